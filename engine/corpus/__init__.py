@@ -1,0 +1,67 @@
+"""load_corpus: builtin offline corpora, Hugging Face datasets and local files -> Dataset.
+
+Every corpus becomes a ``datasets.Dataset`` with columns text, source (where each document came
+from) and row_id (its position), plus ``messages`` for chat data.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable
+
+import datasets
+
+from engine.corpus.builtin import builtin_documents
+from engine.corpus.documents import to_dataset
+from engine.corpus.files import SUPPORTED as SUPPORTED_FILE_TYPES
+from engine.corpus.files import file_documents
+from engine.corpus.hub import HUB_RECIPES, hub_documents
+from engine.progress import Progress, no_progress
+from engine.specs import CorpusKind, CorpusSpec
+
+
+def _builtin(spec: CorpusSpec):
+    return builtin_documents(spec.name, spec.split), None
+
+
+def _hub(spec: CorpusSpec):
+    return hub_documents(spec), None
+
+
+_SOURCES: dict[CorpusKind, Callable[[CorpusSpec], tuple]] = {
+    CorpusKind.BUILTIN: _builtin,
+    CorpusKind.HUB: _hub,
+    CorpusKind.FILE: file_documents,
+}
+
+
+def load_corpus(spec: CorpusSpec, progress: Progress = no_progress) -> datasets.Dataset:
+    """Read the corpus ``spec`` names; raises CorpusError with a fix when it cannot."""
+    progress(0.0, f"Reading {spec.label}")
+    documents, extra = _SOURCES[spec.kind](spec)
+    dataset = to_dataset(documents, spec.min_chars, spec.max_documents, spec.label, extra)
+    progress(1.0, f"Read {len(dataset):,} documents from {spec.label}")
+    return dataset
+
+
+def _domain(source: str) -> str:
+    return source.split(":", 1)[0] if ":" in source else "file"
+
+
+def corpus_summary(dataset: datasets.Dataset) -> list[tuple[str, str]]:
+    """(property, value) rows describing a corpus: size, lengths, and its domains."""
+    lengths = [len(text) for text in dataset["text"]]
+    domains = Counter(_domain(source) for source in dataset["source"])
+    rows = [
+        ("Documents", f"{len(lengths):,}"),
+        ("Characters", f"{sum(lengths):,}"),
+        ("Median document", f"{statistics.median(lengths):,.0f} characters"),
+        ("Longest document", f"{max(lengths):,} characters"),
+    ]
+    rows += [(f"Domain: {name}", f"{count:,} documents") for name, count in domains.most_common()]
+    if "messages" in dataset.column_names:
+        rows.append(("Chat records", f"{sum(1 for m in dataset['messages'] if m):,}"))
+    return rows
+
+
+__all__ = ["HUB_RECIPES", "SUPPORTED_FILE_TYPES", "corpus_summary", "load_corpus"]

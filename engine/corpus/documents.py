@@ -1,0 +1,55 @@
+"""Turning raw (text, source) pairs into the corpus Dataset every later stage reads."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import datasets
+
+from engine.errors import CorpusError
+
+COLUMNS = ("text", "source", "row_id")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+
+
+def clean(text: str) -> str:
+    """Normalize newlines, drop leading blank lines and trailing whitespace; keep indentation."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _LEADING_BLANK_LINES.sub("", text).rstrip()
+
+
+def to_dataset(
+    documents: Iterable[tuple[str, str]],
+    min_chars: int,
+    max_documents: int | None,
+    origin: str,
+    extra: dict[str, list] | None = None,
+) -> datasets.Dataset:
+    """Build the Dataset (text, source, row_id) from (text, source) pairs.
+
+    Documents shorter than ``min_chars`` after cleaning are dropped; ``row_id`` is the position in
+    the returned Dataset, ``source`` names where each document came from. ``extra`` holds optional
+    columns aligned with ``documents`` (e.g. chat ``messages``), filtered the same way.
+    """
+    texts: list[str] = []
+    sources: list[str] = []
+    kept_extra: dict[str, list] = {key: [] for key in (extra or {})}
+    seen = 0
+    for index, (text, source) in enumerate(documents):
+        seen += 1
+        text = clean(text)
+        if len(text.strip()) < min_chars:
+            continue
+        texts.append(text)
+        sources.append(source)
+        for key, values in (extra or {}).items():
+            kept_extra[key].append(values[index])
+        if max_documents is not None and len(texts) >= max_documents:
+            break
+    if not texts:
+        raise CorpusError(
+            f"{origin} holds no usable documents: {seen} read, none with at least {min_chars} "
+            "characters after removing blank space. Check that it contains text, or lower min_chars."
+        )
+    columns = {"text": texts, "source": sources, "row_id": list(range(len(texts))), **kept_extra}
+    return datasets.Dataset.from_dict(columns)
