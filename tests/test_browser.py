@@ -1,0 +1,30 @@
+"""The dashboard in a real headless Chromium: what a user sees after a click."""
+import pytest
+
+from tests.browser import chromium_page, served_app
+from ui.limits import Limits
+
+pytestmark = pytest.mark.browser
+
+
+def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
+    with served_app(limits=Limits(), default_model="tiny-random-llama") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_role("button", name="Load model and corpus").click()
+        page.wait_for_function("() => document.body.innerText.includes('Loaded tiny-random-llama')", timeout=60_000)
+        text = page.inner_text("body")
+        assert "LlamaForCausalLM" in text and "builtin:mixed[train]" in text
+        assert "python-docs:" in text  # the preview table shows real documents
+        assert "Traceback" not in text
+        page.screenshot(path=str(tmp_path / "model-data.png"), full_page=True)
+
+
+def test_bad_input_shows_a_message_and_the_app_stays_up():
+    with served_app(limits=Limits(), default_model="builtin:does-not-exist") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_role("button", name="Load model and corpus").click()
+        page.wait_for_function("() => document.body.innerText.includes('Unknown builtin model')", timeout=30_000)
+        assert "Traceback" not in page.inner_text("body")
+        page.get_by_role("button", name="Load model and corpus").click()  # still responsive
+        page.wait_for_timeout(500)
+        assert page.get_by_role("button", name="Load model and corpus").is_enabled()

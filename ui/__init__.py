@@ -1,0 +1,1 @@
+"""The calibscope dashboard: Gradio widgets over the engine. Nothing here computes statistics."""

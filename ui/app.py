@@ -1,0 +1,41 @@
+"""The dashboard: ``build_app()`` assembles the tabs; ``launch()`` serves them. No work at import."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.limits import Limits
+from ui.state import Session
+from ui.tabs import model_data
+from ui.theme import CSS, theme
+
+TITLE = "calibscope"
+TAGLINE = "Choose, inspect and trust the calibration data of post-training quantization."
+
+
+def build_app(limits: Limits | None = None, default_model: str | None = None) -> gr.Blocks:
+    """The whole dashboard as a ``gr.Blocks``, not launched.
+
+    ``default_model`` preselects a model (the builtin Gemma when installed, otherwise a tiny one).
+    """
+    limits = limits or Limits.from_environment()
+    with gr.Blocks(title=TITLE) as app:
+        session = gr.State(Session())
+        mode = " · shared Space: sizes are capped" if limits.shared else ""
+        gr.Markdown(f"# {TITLE}\n{TAGLINE}{mode}", elem_id="cs-header")
+        with gr.Tabs():
+            with gr.Tab("Model & Data", id="model-data"):
+                model_data.build(session, limits, default_model)
+    return app
+
+
+def launch(
+    host: str = "127.0.0.1", port: int = 7860, share: bool = False, shared_space: bool | None = None, **kwargs
+) -> None:
+    """Serve the dashboard (blocks until stopped)."""
+    limits = Limits.from_environment(shared_space)
+    app = build_app(limits)
+    app.queue(default_concurrency_limit=2)
+    app.launch(
+        server_name=host, server_port=port, share=share, theme=theme(), css=CSS,
+        max_file_size=limits.max_upload_bytes, **kwargs,
+    )
