@@ -1,0 +1,185 @@
+"""Sampling specs: one frozen, validated dataclass per strategy.
+
+Lengths count tokens as the model sees them, including the BOS token that ``add_bos`` prepends
+where the tokenizer adds one at inference. ``seed`` makes every strategy reproducible.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.errors import SpecError
+
+DEFAULT_EDGES = (64, 128, 256, 512, 1024, 2048)
+MAX_SAMPLES = 100_000
+
+
+class Strategy(str, Enum):
+    """Sampling strategies; the values are the labels the UI shows and manifests record."""
+
+    RANDOM = "random"
+    LENGTH_STRATIFIED = "length-stratified"
+    GPTQ_WINDOWS = "gptq-windows"
+    PACKED = "packed"
+
+
+class Allocation(str, Enum):
+    EQUAL = "equal"
+    PROPORTIONAL = "proportional"
+
+
+class WindowMode(str, Enum):
+    """GPTQ's two recipes: wikitext2 (joined corpus, random offsets) and c4 (document rejection)."""
+
+    JOINED = "joined"
+    DOCUMENTS = "documents"
+
+
+def _check_positive(name: str, value: int, upper: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpecError(f"{name}={value!r} must be a positive whole number.")
+    if upper is not None and value > upper:
+        raise SpecError(f"{name}={value:,} is more than the {upper:,} calibscope handles; use fewer.")
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Fields every strategy shares.
+
+    nsamples: how many calibration sequences to return.
+    add_bos: start every sequence the way an inference sequence starts (BOS where the tokenizer
+    adds it); False reproduces recipes that cut raw token windows.
+    chat_template: render chat ``messages`` with the tokenizer's chat template when it has one.
+    """
+
+    nsamples: int = 128
+    seed: int = 0
+    add_bos: bool = True
+    chat_template: bool = True
+
+    strategy = None  # set by each subclass
+
+    def __post_init__(self) -> None:
+        _check_positive("nsamples", self.nsamples, MAX_SAMPLES)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise SpecError(f"seed={self.seed!r} must be a whole number >= 0.")
+
+    @property
+    def length(self) -> int:
+        """The longest sequence this spec can produce (clamped to the model's maximum)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RandomSpec(SamplingSpec):
+    """Whole documents drawn without replacement, truncated to ``max_length`` tokens."""
+
+    max_length: int = 2048
+    min_tokens: int = 1
+    strategy = Strategy.RANDOM
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("max_length", self.max_length)
+        _check_positive("min_tokens", self.min_tokens)
+        if self.min_tokens > self.max_length:
+            raise SpecError(f"min_tokens={self.min_tokens} is above max_length={self.max_length}.")
+
+    @property
+    def length(self) -> int:
+        return self.max_length
+
+
+@dataclass(frozen=True)
+class LengthStratifiedSpec(SamplingSpec):
+    """Documents drawn per length bucket ``(edges[i-1], edges[i]]`` tokens.
+
+    allocation: ``equal`` (nsamples // buckets each, the seed design) or ``proportional`` to what
+    each bucket holds. A bucket with too few documents passes its shortfall to the others.
+    Documents longer than the last edge are cut into windows of that length, not dropped.
+    """
+
+    edges: tuple[int, ...] = DEFAULT_EDGES
+    allocation: str = Allocation.EQUAL.value
+    min_tokens: int = 1
+    strategy = Strategy.LENGTH_STRATIFIED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "edges", tuple(int(e) for e in self.edges))
+        if not self.edges or any(e < 1 for e in self.edges) or list(self.edges) != sorted(set(self.edges)):
+            raise SpecError(f"edges={self.edges} must be positive token counts in increasing order, e.g. {DEFAULT_EDGES}.")
+        if self.allocation not in {a.value for a in Allocation}:
+            raise SpecError(f"allocation={self.allocation!r} is not supported; use 'equal' or 'proportional'.")
+        _check_positive("min_tokens", self.min_tokens)
+
+    @property
+    def length(self) -> int:
+        return self.edges[-1]
+
+
+@dataclass(frozen=True)
+class GptqWindowsSpec(SamplingSpec):
+    """Random windows of exactly ``seqlen`` tokens, GPTQ's reference recipe (128 x 2048, seed 0).
+
+    mode ``joined``: the corpus joined with ``separator`` and tokenized once, windows at random
+    offsets (the wikitext2 recipe). mode ``documents``: random documents until one has at least
+    seqlen tokens, then a random window in it (the c4 recipe); at most ``max_attempts`` draws.
+    """
+
+    seqlen: int = 2048
+    mode: str = WindowMode.JOINED.value
+    separator: str = "\n\n"
+    max_attempts: int = 100_000
+    strategy = Strategy.GPTQ_WINDOWS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("seqlen", self.seqlen)
+        _check_positive("max_attempts", self.max_attempts)
+        if self.mode not in {m.value for m in WindowMode}:
+            raise SpecError(f"mode={self.mode!r} is not supported; use 'joined' or 'documents'.")
+        if self.seqlen < 2:
+            raise SpecError("seqlen must be at least 2 tokens.")
+
+    @property
+    def length(self) -> int:
+        return self.seqlen
+
+
+@dataclass(frozen=True)
+class PackedSpec(SamplingSpec):
+    """Documents in random order concatenated (EOS between them) and cut into seqlen blocks (AWQ style)."""
+
+    seqlen: int = 2048
+    strategy = Strategy.PACKED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("seqlen", self.seqlen)
+        if self.seqlen < 2:
+            raise SpecError("seqlen must be at least 2 tokens.")
+
+    @property
+    def length(self) -> int:
+        return self.seqlen
+
+
+SPEC_TYPES: dict[Strategy, type[SamplingSpec]] = {
+    Strategy.RANDOM: RandomSpec,
+    Strategy.LENGTH_STRATIFIED: LengthStratifiedSpec,
+    Strategy.GPTQ_WINDOWS: GptqWindowsSpec,
+    Strategy.PACKED: PackedSpec,
+}
+
+
+def with_length(spec: SamplingSpec, length: int) -> SamplingSpec:
+    """A copy of ``spec`` whose longest sequence is ``length`` tokens (used to clamp to the model)."""
+    from dataclasses import replace
+
+    if isinstance(spec, RandomSpec):
+        return replace(spec, max_length=length, min_tokens=min(spec.min_tokens, length))
+    if isinstance(spec, LengthStratifiedSpec):
+        edges = tuple(e for e in spec.edges if e < length) + (length,)
+        return replace(spec, edges=edges)
+    return replace(spec, seqlen=length)
