@@ -23,3 +23,7 @@ class CorpusError(CalibscopeError):
 
 class SamplingError(CalibscopeError):
     """A calibration set could not be built from the corpus as asked."""
+
+
+class ExportError(CalibscopeError):
+    """An artifact could not be written (the target exists, a format is unknown, the disk is full)."""

@@ -18,6 +18,17 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
         assert "Traceback" not in text
         page.screenshot(path=str(tmp_path / "model-data.png"), full_page=True)
 
+        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_role("button", name="Build calibration set").click()
+        page.wait_for_function("() => document.body.innerText.includes('Built 128 samples')", timeout=60_000)
+        plots = page.locator(".js-plotly-plot")
+        plots.first.wait_for(timeout=10_000)
+        assert plots.count() == 2
+        traces = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(p => p.data.length)")
+        assert traces == [2, 3]  # length histogram (corpus, samples) and bucket bars (available, asked, selected)
+        assert "1,025–2,048" in page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+
 
 def test_bad_input_shows_a_message_and_the_app_stays_up():
     with served_app(limits=Limits(), default_model="builtin:does-not-exist") as url, chromium_page() as page:

@@ -5,7 +5,7 @@ import gradio as gr
 
 from ui.limits import Limits
 from ui.state import Session
-from ui.tabs import model_data
+from ui.tabs import dataset, model_data
 from ui.theme import CSS, theme
 
 TITLE = "calibscope"
@@ -24,7 +24,9 @@ def build_app(limits: Limits | None = None, default_model: str | None = None) ->
         gr.Markdown(f"# {TITLE}\n{TAGLINE}{mode}", elem_id="cs-header")
         with gr.Tabs():
             with gr.Tab("Model & Data", id="model-data"):
-                model_data.build(session, limits, default_model)
+                model_data.build_tab(session, limits, default_model)
+            with gr.Tab("Dataset", id="dataset"):
+                dataset.build_tab(session, limits)
     return app
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import datasets
 
 from engine import LoadedModel, ModelSpec, load_model
+from engine.errors import CalibscopeError
 from engine.progress import Progress, no_progress
+from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec
 
 
@@ -23,6 +25,12 @@ class Session:
     model_spec: ModelSpec | None = None
     corpus_spec: CorpusSpec | None = None
     corpus: datasets.Dataset | None = None
+    calibration: CalibrationSet | None = None
+
+    def require_corpus(self) -> datasets.Dataset:
+        if self.model_spec is None or self.corpus is None:
+            raise CalibscopeError("Load a model and a corpus in the Model & Data tab first.")
+        return self.corpus
 
 
 class ModelCache:

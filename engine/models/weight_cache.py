@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from engine.atomic import staged_directory
 
 MARKER = "calibscope-cache.json"
 
@@ -39,24 +39,11 @@ def complete_entry(key: str) -> Path | None:
 def building_entry(key: str, metadata: dict) -> Iterator[Path]:
     """Yield a temporary directory to fill; on success it becomes the entry for ``key``.
 
-    On any exception the temporary directory is removed and nothing is published.
+    On any exception the temporary directory is removed and nothing is published. An unmarked
+    directory already at the entry's place (never trusted) is replaced.
     """
     final = entry_path(key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_directory(final, replace_existing=complete_entry(key) is None) as staging:
         yield staging
         marker = {"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **metadata}
         (staging / MARKER).write_text(json.dumps(marker, indent=2))
-        if final.exists() and complete_entry(key) is None:
-            shutil.rmtree(final)  # an unmarked leftover: never trusted, safe to replace
-        try:
-            os.replace(staging, final)
-        except OSError:
-            if complete_entry(key) is None:  # lost a race to nobody: a real failure
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # another process published first
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -90,7 +90,7 @@ def _corpus_visibility(kind: str):
     )
 
 
-def build(session: gr.State, limits: Limits, default_model: str | None = None) -> None:
+def build_tab(session: gr.State, limits: Limits, default_model: str | None = None) -> None:
     """The Model & Data tab's widgets and wiring."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):

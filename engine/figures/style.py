@@ -1,0 +1,24 @@
+"""One look for every figure: template, colours, fonts, margins."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+CORPUS = "#94a3b8"      # slate: what exists
+SELECTED = "#4f46e5"    # indigo: what calibscope chose
+ASKED = "#0ea5e9"       # sky: what was asked for
+EDGE = "#64748b"
+
+
+def styled(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    fig.update_layout(
+        template="plotly_white",
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 16}},
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        font={"family": "Inter, system-ui, sans-serif", "size": 13},
+        margin={"l": 60, "r": 20, "t": 60, "b": 55},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        hoverlabel={"font_size": 12},
+        height=380,
+    )
+    return fig

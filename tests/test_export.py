@@ -1,0 +1,59 @@
+import datasets
+import numpy as np
+import pytest
+
+from engine.errors import ExportError
+from engine.export import FORMATS, load_calibration_export, save_calibration_set
+from engine.sampling import LengthStratifiedSpec, build
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_llama):
+    texts = [("abc " * n).strip() for n in (5, 20, 40, 80, 120, 10, 60, 30)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": [f"d{i}" for i in range(8)], "row_id": list(range(8))})
+    return build(data, tiny_llama.tokenizer, LengthStratifiedSpec(nsamples=6, edges=(64, 256, 512)))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_export_round_trip_each_format(tmp_path, tiny_llama, calibration, fmt):
+    target = save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "calib", fmt=fmt)
+    dataset, manifest = load_calibration_export(target)
+    assert manifest == calibration.manifest
+    assert len(dataset) == len(calibration)
+    for row, sequence, provenance in zip(dataset, calibration.sequences, calibration.provenance):
+        assert row["input_ids"] == sequence.tolist() and row["attention_mask"] == [1] * len(sequence)
+        assert (row["row_id"], row["source"], row["bucket"]) == (provenance.row_id, provenance.source, provenance.bucket)
+        assert row["text"].startswith("abc")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_disk_export_loads_with_datasets(tmp_path, tiny_llama, calibration):
+    target = save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "calib")
+    reloaded = datasets.load_from_disk(str(target / "dataset"))
+    assert np.array_equal(np.array(reloaded[0]["input_ids"]), calibration.sequences[0])
+
+
+def test_export_never_overwrites_unless_asked(tmp_path, tiny_llama, calibration):
+    target = save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "calib", fmt="jsonl")
+    before = (target / "manifest.json").read_text()
+    with pytest.raises(ExportError, match="already exists"):
+        save_calibration_set(calibration, tiny_llama.tokenizer, target, fmt="parquet")
+    assert (target / "manifest.json").read_text() == before and (target / "calibration.jsonl").is_file()
+    save_calibration_set(calibration, tiny_llama.tokenizer, target, fmt="parquet", overwrite=True)
+    assert (target / "calibration.parquet").is_file() and not (target / "calibration.jsonl").exists()
+
+
+def test_failed_export_leaves_nothing(tmp_path, tiny_llama, calibration, monkeypatch):
+    import engine.export as export
+
+    monkeypatch.setattr(export, "_write_samples", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(ExportError, match="No space left"):
+        save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "calib")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_format_and_foreign_folder(tmp_path, tiny_llama, calibration):
+    with pytest.raises(ExportError, match="Unknown export format"):
+        save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "x", fmt="csv")
+    with pytest.raises(ExportError, match="not a calibscope export"):
+        load_calibration_export(tmp_path)
