@@ -12,7 +12,7 @@ from collections.abc import Callable
 import datasets
 
 from engine.corpus.builtin import builtin_documents
-from engine.corpus.documents import to_dataset
+from engine.corpus.documents import column, to_dataset
 from engine.corpus.files import SUPPORTED as SUPPORTED_FILE_TYPES
 from engine.corpus.files import file_documents
 from engine.corpus.hub import HUB_RECIPES, hub_documents
@@ -50,8 +50,8 @@ def _domain(source: str) -> str:
 
 def corpus_summary(dataset: datasets.Dataset) -> list[tuple[str, str]]:
     """(property, value) rows describing a corpus: size, lengths, and its domains."""
-    lengths = [len(text) for text in dataset["text"]]
-    domains = Counter(_domain(source) for source in dataset["source"])
+    lengths = [len(text) for text in column(dataset, "text")]
+    domains = Counter(_domain(source) for source in column(dataset, "source"))
     rows = [
         ("Documents", f"{len(lengths):,}"),
         ("Characters", f"{sum(lengths):,}"),
@@ -60,7 +60,7 @@ def corpus_summary(dataset: datasets.Dataset) -> list[tuple[str, str]]:
     ]
     rows += [(f"Domain: {name}", f"{count:,} documents") for name, count in domains.most_common()]
     if "messages" in dataset.column_names:
-        rows.append(("Chat records", f"{sum(1 for m in dataset['messages'] if m):,}"))
+        rows.append(("Chat records", f"{sum(1 for m in column(dataset, 'messages') if m):,}"))
     return rows
 
 

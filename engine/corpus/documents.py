@@ -12,6 +12,12 @@ COLUMNS = ("text", "source", "row_id")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 
 
+def column(dataset: datasets.Dataset, name: str) -> list:
+    """All values of one column as a Python list, read through Arrow (iterating a Dataset column
+    decodes row by row: ~100x slower on 100k rows). Respects select/shuffle index mappings."""
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
 def clean(text: str) -> str:
     """Normalize newlines, drop leading blank lines and trailing whitespace; keep indentation."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from engine.corpus.documents import column
 from engine.errors import SamplingError
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import manifest as manifests
@@ -60,7 +61,7 @@ def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress) -> Samp
     if bos_text:  # a chat template that writes BOS itself would otherwise give two
         texts = [t[len(bos_text):] if t.startswith(bos_text) else t for t in texts]
     return SamplingContext(
-        dataset=dataset, tokenizer=tokenizer, texts=texts, sources=list(dataset["source"]), prefix=prefix,
+        dataset=dataset, tokenizer=tokenizer, texts=texts, sources=column(dataset, "source"), prefix=prefix,
         lengths=token_lengths(tokenizer, texts, progress), eos_id=tokenizer.eos_token_id,
     )
 

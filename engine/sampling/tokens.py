@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from engine.corpus.documents import column
 from engine.progress import Progress, no_progress
 
 CHUNK = 2048  # documents per tokenizer call: big enough to amortize, small enough to report progress
@@ -32,10 +33,10 @@ def inference_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def render_texts(dataset, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> list[str]:
     """The text to tokenize per document: chat ``messages`` through the chat template when asked."""
-    texts = list(dataset["text"])
+    texts = column(dataset, "text")
     if not chat_template or "messages" not in dataset.column_names or not getattr(tokenizer, "chat_template", None):
         return texts
-    for index, messages in enumerate(dataset["messages"]):
+    for index, messages in enumerate(column(dataset, "messages")):
         if messages:
             texts[index] = tokenizer.apply_chat_template(json.loads(messages), tokenize=False)
     return texts
