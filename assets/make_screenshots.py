@@ -28,7 +28,12 @@ def main() -> None:
         page.wait_for_function("() => document.body.innerText.includes('Loaded ')", timeout=300_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(OUT / "model-data.png"), full_page=True)
-    print(f"wrote {OUT / 'model-data.png'}")
+        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_role("button", name="Build calibration set").click()
+        page.wait_for_function("() => document.body.innerText.includes('Built ')", timeout=300_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(OUT / "dataset.png"), full_page=True)
+    print(f"wrote {OUT}/model-data.png and dataset.png")
 
 
 if __name__ == "__main__":

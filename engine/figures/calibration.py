@@ -43,8 +43,8 @@ def length_histogram(corpus_lengths: np.ndarray, selected_lengths: np.ndarray, e
         fig.add_annotation(x=float(np.log10(edge)), y=1.0, yref="paper", yanchor="bottom", text=f"{edge:,}",
                            showarrow=False, font={"size": 11, "color": EDGE})
     fig.update_xaxes(type="log")
-    fig.update_layout(legend={"y": 1.13}, margin={"t": 95})
-    return styled(fig, "Token lengths: corpus vs calibration set", "tokens per sequence (log scale)", "share (%)")
+    styled(fig, "Token lengths: corpus vs calibration set", "tokens per sequence (log scale)", "share (%)")
+    return fig.update_layout(legend={"y": 1.14}, margin={"t": 100})  # legend above the edge labels
 
 
 def bucket_bars(buckets: pd.DataFrame) -> go.Figure:
