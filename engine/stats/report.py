@@ -1,0 +1,121 @@
+"""StatsReport: per-layer summaries as a DataFrame, per-channel arrays, histograms; saved as
+safetensors (tensors) + JSON (everything else)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.atomic import staged_directory
+from engine.errors import CalibscopeError
+from engine.stats.specs import StatsSpec
+
+TENSORS = "statistics.safetensors"
+SUMMARY = "statistics.json"
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
+def percentile_column(percent: float) -> str:
+    return f"p{percent:g}"
+
+
+@dataclass
+class StatsReport:
+    """summary: one row per observed tensor (layer input or output), in execution order.
+    channels: per observed tensor, per-channel arrays (min, max, absmax, mean, std, count, nan, inf,
+    absmax_row, absmax_position, channel_percentiles [Q, C]) and the |x| histogram counts.
+    Layers that read the same input as an earlier one point to its arrays (``shared_with``)."""
+
+    summary: pd.DataFrame
+    channels: dict[str, dict[str, torch.Tensor]]
+    spec: StatsSpec
+    meta: dict = field(default_factory=dict)
+
+    def arrays(self, key: str) -> dict[str, torch.Tensor]:
+        row = self.summary.set_index("key").loc[key]
+        return self.channels[row["shared_with"] or key]
+
+    def outliers(self, top: int | None = None) -> pd.DataFrame:
+        """The channels with the largest |max| over all distinct tensors, with where each max was set."""
+        rows = []
+        for key, values in self.channels.items():
+            absmax = values["absmax"]
+            over = torch.nonzero(absmax > self.spec.outlier_threshold).flatten()
+            for channel in over.tolist():
+                rows.append({"key": key, "channel": channel, "absmax": float(absmax[channel]),
+                             "min": float(values["min"][channel]), "max": float(values["max"][channel]),
+                             "row": int(values["absmax_row"][channel]), "position": int(values["absmax_position"][channel])})
+        frame = pd.DataFrame(rows, columns=["key", "channel", "absmax", "min", "max", "row", "position"])
+        return frame.sort_values("absmax", ascending=False).head(top or self.spec.top_outliers).reset_index(drop=True)
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        folder = Path(folder)
+        if folder.exists() and not overwrite:
+            from engine.errors import ExportError
+
+            raise ExportError(f"'{folder}' already exists. Choose another name, or allow overwriting it.")
+        flat = {f"{key}::{name}": value.contiguous() for key, values in self.channels.items() for name, value in values.items()}
+        payload = {"spec": dataclasses.asdict(self.spec), "meta": self.meta,
+                   "summary": self.summary.to_dict(orient="records")}  # exact floats (to_json keeps 10 digits)
+        with staged_directory(folder, replace_existing=overwrite) as staging:
+            save_file(flat, str(staging / TENSORS))
+            (staging / SUMMARY).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StatsReport:
+        folder = Path(folder)
+        if not (folder / SUMMARY).is_file() or not (folder / TENSORS).is_file():
+            raise CalibscopeError(f"'{folder}' holds no saved statistics ({SUMMARY} and {TENSORS}).")
+        payload = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        channels: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in load_file(str(folder / TENSORS)).items():
+            key, stat = name.rsplit("::", 1)
+            channels.setdefault(key, {})[stat] = tensor
+        summary = pd.DataFrame(payload["summary"])
+        summary["shared_with"] = summary["shared_with"].fillna("")
+        return cls(summary=summary, channels=channels, spec=StatsSpec(**payload["spec"]), meta=payload["meta"])
+
+
+def _row(key: str, layer, side: str, values: dict, spec: StatsSpec, shared_with: str) -> dict:
+    absmax = values["absmax"]
+    top = int(absmax.argmax())
+    row = {
+        "key": key, "layer": layer.name, "side": side, "kind": layer.kind,
+        "block": int(m.group(1)) if (m := _BLOCK.search(layer.name)) else -1,
+        "module": layer.name.split(".")[-1] if not layer.is_head else "lm_head",
+        "channels": int(absmax.numel()), "tokens": int(values["count"].max()),
+        "min": float(values["min"].min()), "max": float(values["max"].max()), "absmax": float(absmax.max()),
+        "mean": float(values["tensor_mean"]), "std": float(values["tensor_std"]),
+        "outlier_channels": int((absmax > spec.outlier_threshold).sum()),
+        "top_channel": top, "absmax_row": int(values["absmax_row"][top]), "absmax_position": int(values["absmax_position"][top]),
+        "nan": int(values["nan"].sum()), "inf": int(values["inf"].sum()), "shared_with": shared_with,
+    }
+    for percent, value in zip(spec.percentiles, values["tensor_percentiles"].tolist()):
+        row[percentile_column(percent)] = value
+    return row
+
+
+def build_report(accumulators: dict, shared: dict[str, str], layers: list, spec: StatsSpec, calibration, loaded,
+                 seconds: float) -> StatsReport:
+    quantiles = torch.tensor(spec.percentiles, dtype=torch.float64) / 100.0
+    channels = {key: acc.result(quantiles) for key, acc in accumulators.items()}
+    rows = []
+    for layer in layers:
+        for side in spec.sides:
+            key = layer.name if side == "input" else f"{layer.name}:output"
+            leader = shared.get(key, "") if side == "input" else ""
+            if (leader or key) in channels:
+                rows.append(_row(key, layer, side, channels[leader or key], spec, leader))
+    meta = {
+        "model": loaded.info.name, "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
+        "calibration_sha256": calibration.manifest.token_sha256, "seconds": seconds,
+        "observed": len(rows), "distinct": len(channels), "shared": len(shared),
+    }
+    return StatsReport(summary=pd.DataFrame(rows), channels=channels, spec=spec, meta=meta)
