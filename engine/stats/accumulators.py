@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.stats.histogram import LogBins, magnitudes_of, percentiles_from_counts
+from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_counts
 
 TENSOR_BINS = LogBins(mantissa_bits=5, low_exponent=-24, high_exponent=40)   # 2048 bins, ~2% wide
 CHANNEL_BINS = LogBins(mantissa_bits=2, low_exponent=-16, high_exponent=16)  # 128 bins, ~15% wide
@@ -91,14 +91,19 @@ class ActivationAccumulator:
 
     def _histogram(self, finite_x: torch.Tensor, stand_ins: torch.Tensor | None) -> None:
         """Add |x| to the histograms; zeros that stood in for NaN/Inf (bin 0) are taken out again."""
-        magnitudes = magnitudes_of(finite_x)
-        counts = torch.bincount(TENSOR_BINS.index(magnitudes).view(-1), minlength=TENSOR_BINS.count)
+        # Integer work on |x|'s bits, in place where possible: each pass over the data costs ~5 ms
+        # per 8M values on a CPU, as much as the reductions above.
+        bits = magnitude_bits(finite_x)
+        bits >>= TENSOR_BINS.shift
+        channel_index = (CHANNEL_BINS.index_of_magnitude_bits(bits, shifted_by=TENSOR_BINS.shift)
+                         if self.channel_counts is not None else None)
+        tensor_index = TENSOR_BINS.index_of_shifted_(bits)
+        counts = torch.bincount(tensor_index.view(-1), minlength=TENSOR_BINS.count)
         if stand_ins is not None:
             counts[0] -= stand_ins.sum()
         self.tensor_counts += counts
-        if self.channel_counts is None:
+        if channel_index is None:
             return
-        channel_index = CHANNEL_BINS.index(magnitudes)
         channel_index += torch.arange(self.channels, dtype=torch.int32, device=self.device) * CHANNEL_BINS.count
         per_channel = torch.bincount(channel_index.view(-1), minlength=self.channels * CHANNEL_BINS.count)
         per_channel = per_channel.view(self.channels, CHANNEL_BINS.count)

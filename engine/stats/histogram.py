@@ -35,12 +35,23 @@ class LogBins:
     def count(self) -> int:
         return (self.high_exponent - self.low_exponent) * self.per_octave
 
-    def index(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        """Bin index (int32) of each |x| (a float32 tensor of magnitudes, finite)."""
-        bits = magnitudes.contiguous().view(torch.int32)
-        shifted = bits >> (MANTISSA_BITS - self.mantissa_bits)
+    def index(self, values: torch.Tensor) -> torch.Tensor:
+        """Bin index (int32) of each |x| for finite float32 ``values`` (sign ignored)."""
+        return self.index_of_magnitude_bits(magnitude_bits(values))
+
+    @property
+    def shift(self) -> int:
+        """How far |x|'s bits are shifted right to keep the exponent and ``mantissa_bits`` bits."""
+        return MANTISSA_BITS - self.mantissa_bits
+
+    def index_of_magnitude_bits(self, bits: torch.Tensor, shifted_by: int = 0) -> torch.Tensor:
+        """Bin index from |x|'s bits already shifted right by ``shifted_by`` (a new int32 tensor)."""
+        return self.index_of_shifted_(bits >> (self.shift - shifted_by))
+
+    def index_of_shifted_(self, shifted: torch.Tensor) -> torch.Tensor:
+        """Turn bits shifted by ``self.shift`` into bin indices, in place."""
         first = (FLOAT32_EXPONENT_BIAS + self.low_exponent) << self.mantissa_bits
-        return (shifted - first).clamp_(0, self.count - 1)
+        return shifted.sub_(first).clamp_(0, self.count - 1)
 
     def edges(self) -> torch.Tensor:
         """Lower edge of every bin, plus the upper edge of the last (float64, count + 1 values)."""
@@ -52,9 +63,9 @@ class LogBins:
         return edges
 
 
-def magnitudes_of(values: torch.Tensor) -> torch.Tensor:
-    """|x| as float32 (the bit trick needs float32; bf16/fp16 widen exactly)."""
-    return values.float().abs() if values.dtype != torch.float32 else values.abs()
+def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
+    """The bits of |x| as int32: the float32 bits with the sign bit cleared (bf16/fp16 widen exactly)."""
+    return values.float().contiguous().view(torch.int32) & 0x7FFFFFFF
 
 
 def percentiles_from_counts(counts: torch.Tensor, bins: LogBins, quantiles: torch.Tensor,
