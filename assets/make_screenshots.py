@@ -33,7 +33,12 @@ def main() -> None:
         page.wait_for_function("() => document.body.innerText.includes('Built ')", timeout=300_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(OUT / "dataset.png"), full_page=True)
-    print(f"wrote {OUT}/model-data.png and dataset.png")
+        page.get_by_role("tab", name="Activation ranges").click()
+        page.get_by_role("button", name="Collect statistics").click()
+        page.wait_for_function("() => document.body.innerText.includes('Collected ')", timeout=600_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(OUT / "activations.png"), full_page=True)
+    print(f"wrote {OUT}/model-data.png, dataset.png and activations.png")
 
 
 if __name__ == "__main__":

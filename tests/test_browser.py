@@ -20,14 +20,22 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
 
         page.get_by_role("tab", name="Dataset").click()
         page.get_by_role("button", name="Build calibration set").click()
-        page.wait_for_function("() => document.body.innerText.includes('Built 128 samples')", timeout=60_000)
+        page.wait_for_function("() => document.body.innerText.includes('Built 32 samples')", timeout=60_000)
         plots = page.locator(".js-plotly-plot")
         plots.first.wait_for(timeout=10_000)
         assert plots.count() == 2
         traces = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(p => p.data.length)")
         assert traces == [2, 3]  # length histogram (corpus, samples) and bucket bars (available, asked, selected)
-        assert "1,025–2,048" in page.inner_text("body")
+        assert "257–512" in page.inner_text("body")
         page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+
+        page.get_by_role("tab", name="Activation ranges").click()
+        page.get_by_role("button", name="Collect statistics").click()
+        page.wait_for_function("() => document.body.innerText.includes('Collected 14 tensors')", timeout=60_000)
+        page.wait_for_timeout(500)
+        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).map(p => p.data.length)")
+        assert visible[-2:] == [7, 5]  # ranges (6 lines + threshold); the top layer's channels (bar, 3 percentiles, threshold)
+        assert page.locator("mark").count() == 1  # the token that set the maximum, highlighted
 
 
 def test_bad_input_shows_a_message_and_the_app_stays_up():

@@ -37,3 +37,81 @@ def test_bucket_bars_groups_three_counts_per_bucket():
     assert all(t["type"] == "bar" for t in fig["data"]) and fig["layout"]["barmode"] == "group"
     assert list(fig["data"][2]["y"]) == [7, 3] and list(fig["data"][0]["x"]) == ["1–64", "65–128"]
     assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["xaxis"]["title"]["text"].startswith("bucket")
+
+
+# --- activation statistics figures ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stats_report(tiny_llama):
+    import datasets
+
+    from engine.sampling import RandomSpec, build
+    from engine.stats import StatsSpec, collect
+
+    texts = [f"{i} " + "calibration text, with some numbers 12345 " * (i + 2) for i in range(8)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": [f"s{i}" for i in range(8)], "row_id": list(range(8))})
+    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=8, max_length=256))
+    return collect(tiny_llama, calibration, StatsSpec(outlier_threshold=0.05)), calibration
+
+
+def test_ranges_across_depth_has_one_point_per_distinct_tensor_and_a_toggle(stats_report):
+    from engine.figures import ranges_across_depth
+
+    report, _ = stats_report
+    fig = ranges_across_depth(report).to_dict()
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["|max|", "p99.9 |x|", "p99.99 |x|", "p99.999 |x|", "max", "min", "outlier threshold 0.05"]
+    distinct = report.summary[report.summary["shared_with"] == ""]
+    assert fig["data"][0]["y"] == distinct["absmax"].tolist() and fig["data"][0]["x"][0] == "0.q_proj"
+    assert [b["label"] for b in fig["layout"]["updatemenus"][0]["buttons"]] == ["log", "linear"]
+    assert fig["layout"]["yaxis"]["type"] == "log" and "across depth" in fig["layout"]["title"]["text"]
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("layer")
+
+
+def test_heatmap_rows_are_layers_and_cells_log_absmax(stats_report):
+    from engine.figures import channel_heatmap
+
+    report, _ = stats_report
+    fig = channel_heatmap(report).to_dict()
+    (heatmap,) = fig["data"]
+    distinct = report.summary[report.summary["shared_with"] == ""]
+    assert heatmap["type"] == "heatmap" and len(heatmap["z"]) == len(distinct) and len(heatmap["z"][0]) == 37
+    first = report.channels[distinct["key"].iloc[0]]["absmax"]
+    assert heatmap["z"][0][0] == pytest.approx(float(np.log10(first[0])), rel=1e-6)
+    assert np.isnan(heatmap["z"][0][36])  # a 32-channel input padded to the widest (37)
+
+
+def test_distribution_boxes_use_histogram_quantiles_and_exact_max(stats_report):
+    from engine.figures import layer_distributions
+
+    report, _ = stats_report
+    data = layer_distributions(report).to_dict()["data"]
+    boxes = [t for t in data if t["type"] == "box"]
+    marks = [t for t in data if t["type"] == "scatter"]
+    assert len(boxes) == len(marks) == (report.summary["shared_with"] == "").sum()
+    assert all(b["q1"][0] <= b["median"][0] <= b["q3"][0] <= b["upperfence"][0] for b in boxes)
+    assert all(m["y"][0] >= b["upperfence"][0] for b, m in zip(boxes, marks))
+
+
+def test_layer_channels_and_outliers_and_attribution(stats_report, tiny_llama):
+    from engine.figures import attribution_html, layer_channels, outlier_table
+    from engine.stats.attribution import attribute
+
+    report, calibration = stats_report
+    key = "model.layers.1.mlp.down_proj"
+    fig = layer_channels(report, key).to_dict()
+    assert fig["data"][0]["type"] == "bar" and len(fig["data"][0]["y"]) == 37
+    assert [t["name"] for t in fig["data"][1:]] == ["p99.9", "p99.99", "p99.999", "outlier threshold 0.05"]
+    table = outlier_table(report, top=5)
+    assert list(table.columns) == ["layer", "channel", "absmax", "min", "max", "row", "position", "key"]
+    assert table["absmax"].is_monotonic_decreasing and (table["absmax"] > 0.05).all()
+    found = attribute(report, key, calibration, tiny_llama.tokenizer)
+    assert found.value == pytest.approx(float(report.channels[key]["absmax"].max()))
+    page = attribution_html(found)
+    assert "<mark" in page and html_escaped(found.token) in page and key in page
+
+
+def html_escaped(text):
+    import html
+
+    return html.escape(text).replace("\n", "⏎<br>")

@@ -15,6 +15,7 @@ from engine import LoadedModel, ModelSpec, load_model
 from engine.errors import CalibscopeError
 from engine.progress import Progress, no_progress
 from engine.sampling import CalibrationSet
+from engine.stats import StatsReport
 from engine.specs import CorpusSpec
 
 
@@ -26,11 +27,22 @@ class Session:
     corpus_spec: CorpusSpec | None = None
     corpus: datasets.Dataset | None = None
     calibration: CalibrationSet | None = None
+    stats: StatsReport | None = None
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:
             raise CalibscopeError("Load a model and a corpus in the Model & Data tab first.")
         return self.corpus
+
+    def require_calibration(self) -> CalibrationSet:
+        if self.calibration is None or self.model_spec is None:
+            raise CalibscopeError("Build a calibration set in the Dataset tab first.")
+        return self.calibration
+
+    def require_stats(self) -> StatsReport:
+        if self.stats is None:
+            raise CalibscopeError("Collect activation statistics first.")
+        return self.stats
 
 
 class ModelCache:

@@ -19,6 +19,15 @@ from ui.limits import Limits
 from ui.state import MODELS, Session
 
 DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED.value
+GPU_DEFAULTS = {"nsamples": 128, "edges": DEFAULT_EDGES}
+# On a CPU a first visitor should see every view within about a minute: fewer, shorter samples.
+CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
+
+
+def first_visit_defaults() -> dict:
+    import torch
+
+    return GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
 SUMMARY_BATCH = 8
 STRATEGY_HELP = {
     Strategy.RANDOM.value: "Whole documents drawn at random, truncated to the length.",
@@ -99,15 +108,16 @@ def _strategy_controls(strategy: str):
 
 def build_tab(session: gr.State, limits: Limits) -> None:
     """The Dataset tab's widgets and wiring."""
+    defaults = first_visit_defaults()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             strategy = gr.Radio([s.value for s in Strategy], value=DEFAULT_STRATEGY, label="Strategy")
             help_text = gr.Markdown(STRATEGY_HELP[DEFAULT_STRATEGY])
             with gr.Row():
-                nsamples = gr.Number(value=128, label="Samples", precision=0, minimum=1)
+                nsamples = gr.Number(value=defaults["nsamples"], label="Samples", precision=0, minimum=1)
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0)
             length = gr.Number(value=2048, label="Sequence length (tokens)", precision=0, minimum=2, visible=False)
-            edges = gr.Textbox(value=", ".join(str(e) for e in DEFAULT_EDGES), label="Bucket edges (tokens)",
+            edges = gr.Textbox(value=", ".join(str(e) for e in defaults["edges"]), label="Bucket edges (tokens)",
                                info="Buckets are (previous edge, edge]; longer documents are cut into windows")
             allocation = gr.Radio([a.value for a in Allocation], value=Allocation.EQUAL.value, label="Allocation")
             mode = gr.Radio([m.value for m in WindowMode], value=WindowMode.JOINED.value, visible=False,
