@@ -6,6 +6,8 @@ Usage: python bench/model_load.py [--quick] [--model builtin:gemma-3-270m]
 """
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
 import argparse
 import json
 import os
@@ -14,8 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import report  # noqa: E402
+from bench._common import report
 
 CHILD = """
 import json, sys

@@ -10,26 +10,20 @@ Usage: python bench/tokenize.py [--quick]
 """
 from __future__ import annotations
 
-import os
-import sys
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
-# This file's name shadows the standard library's `tokenize` (which logging and linecache import)
-# while its folder leads sys.path: drop the folder before anything else is imported.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import argparse
+import time
+from pathlib import Path
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
+import datasets
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench._common import report  # noqa: E402
-from engine import CorpusSpec, ModelSpec, load_corpus, load_model  # noqa: E402
-from engine.sampling import LengthStratifiedSpec, build  # noqa: E402
-from engine.sampling.specs import DEFAULT_EDGES  # noqa: E402
+from bench._common import report
+from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.sampling import LengthStratifiedSpec, build
+from engine.sampling.specs import DEFAULT_EDGES
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
 NSAMPLES = 128

@@ -217,3 +217,18 @@ def test_report_save_load_round_trip(tmp_path, tiny, calibration):
     for key, arrays in report.channels.items():
         for name, value in arrays.items():
             assert torch.equal(loaded.channels[key][name], value), (key, name)
+
+
+def test_locations_are_exact_for_the_top_channels_and_never_stale():
+    from engine.stats.accumulators import LOCATED
+
+    x = heavy_tailed(rows=3000, channels=300, seed=3)
+    result = fed(x, chunks=6)
+    absmax = result["absmax"]
+    top = absmax.topk(LOCATED).indices
+    for channel in top.tolist():  # the guarantee: every top-LOCATED channel has its true location
+        assert x[int(result["absmax_row"][channel]), channel].abs() == absmax[channel]
+    for channel in range(300):  # the others are right or marked unknown (-1), never stale
+        row = int(result["absmax_row"][channel])
+        assert row == -1 or x[row, channel].abs() == absmax[channel]
+    assert (result["absmax_row"] == -1).any()  # with 300 channels some were left unlocated

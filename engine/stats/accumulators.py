@@ -15,6 +15,11 @@ import torch
 
 from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_counts
 
+# Locations are found for at most this many channels per batch: those whose |max| grew the most.
+# A channel ranked k-th by its final |max| ranks <= k in the batch that set it (every channel ahead
+# of it there has a larger final |max|), so the top LOCATED channels of each tensor, the layer's
+# maximum included, always get their true location; others whose max moved get -1 (unknown).
+LOCATED = 64
 TENSOR_BINS = LogBins(mantissa_bits=5, low_exponent=-24, high_exponent=40)   # 2048 bins, ~2% wide
 CHANNEL_BINS = LogBins(mantissa_bits=2, low_exponent=-16, high_exponent=16)  # 128 bins, ~15% wide
 
@@ -77,13 +82,18 @@ class ActivationAccumulator:
         return low, high, torch.where(bad, 0.0, x), stand_ins
 
     def _track_absmax(self, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tokens: TokenIndex) -> None:
-        # Only channels whose |max| grew need the location of the new maximum: after the first
-        # batches that is a handful, so the argmax pass stays small. On a tie the first seen stays.
+        # Only channels whose |max| grew need a new location, and only the LOCATED largest of them
+        # (see LOCATED): a small gather and argmax instead of one over the whole batch.
+        # On a tie the first seen stays.
         batch_absmax = torch.maximum(high, -low)
         running_absmax = torch.maximum(self.max, -self.min)
         grown = torch.nonzero(batch_absmax > running_absmax).flatten()
         if grown.numel() == 0:
             return
+        if grown.numel() > LOCATED:
+            self.absmax_row[grown] = -1
+            self.absmax_position[grown] = -1
+            grown = grown[batch_absmax[grown].topk(LOCATED).indices]
         magnitudes = torch.nan_to_num(x[:, grown], nan=0.0).abs()
         where = magnitudes.argmax(0)
         self.absmax_row[grown] = tokens.rows.to(self.device)[where]

@@ -113,7 +113,10 @@ def build_report(accumulators: dict, shared: dict[str, str], layers: list, spec:
             leader = shared.get(key, "") if side == "input" else ""
             if (leader or key) in channels:
                 rows.append(_row(key, layer, side, channels[leader or key], spec, leader))
+    held = sum(t.numel() * t.element_size() for acc in accumulators.values() for t in vars(acc).values()
+               if isinstance(t, torch.Tensor))
     meta = {
+        "accumulator_mb": round(held / 2**20, 2),
         "model": loaded.info.name, "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "seconds": seconds,
         "observed": len(rows), "distinct": len(channels), "shared": len(shared),
