@@ -55,7 +55,7 @@ def ranges_across_depth(report: StatsReport) -> go.Figure:
                              visible="legendonly"))
     fig.add_trace(threshold_line(x, report.spec.outlier_threshold))
     fig.update_layout(updatemenus=[{
-        "type": "buttons", "direction": "right", "x": 0.0, "y": 1.16, "xanchor": "left", "showactive": True,
+        "type": "buttons", "direction": "right", "x": 0.5, "y": 1.24, "xanchor": "left", "showactive": True,
         "buttons": [{"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
                     {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]}],
     }])
