@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
+# isort: split
 import argparse
 import time
 from pathlib import Path

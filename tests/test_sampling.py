@@ -5,7 +5,13 @@ import pytest
 
 from engine import SamplingError
 from engine.sampling import (
-    GptqWindowsSpec, LengthStratifiedSpec, Manifest, PackedSpec, RandomSpec, build, rebuild,
+    GptqWindowsSpec,
+    LengthStratifiedSpec,
+    Manifest,
+    PackedSpec,
+    RandomSpec,
+    build,
+    rebuild,
 )
 from engine.sampling.allocation import allocate, spread
 from engine.sampling.length_stratified import candidate_pieces

@@ -5,7 +5,15 @@ import torch
 
 from engine import ModelSpec, load_model
 from engine.sampling import RandomSpec, build
-from engine.stats import ActivationAccumulator, StatsReport, StatsSpec, TokenIndex, collect, observing, select_layers
+from engine.stats import (
+    ActivationAccumulator,
+    StatsReport,
+    StatsSpec,
+    TokenIndex,
+    collect,
+    observing,
+    select_layers,
+)
 from engine.stats.accumulators import CHANNEL_BINS, TENSOR_BINS
 
 QUANTILES = torch.tensor([0.5, 0.999, 0.9999, 0.99999], dtype=torch.float64)

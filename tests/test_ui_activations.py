@@ -7,7 +7,13 @@ from engine import SpecError
 from tests.test_ui import FakeProgress, _load
 from tests.test_ui_dataset import _build
 from ui.state import Session
-from ui.tabs.activations import collect_statistics, parse_percentiles, pick_from_table, show_layer, stats_spec_from_widgets
+from ui.tabs.activations import (
+    collect_statistics,
+    parse_percentiles,
+    pick_from_table,
+    show_layer,
+    stats_spec_from_widgets,
+)
 
 WIDGETS = [["Linear", "Conv1D"], "", False, "inputs", "99.9, 99.99", True, 0.05, 4]
 

@@ -3,11 +3,20 @@ import gradio as gr
 import pytest
 
 from engine import SpecError
-from engine.sampling import GptqWindowsSpec, LengthStratifiedSpec, PackedSpec, RandomSpec
+from engine.sampling import (
+    GptqWindowsSpec,
+    LengthStratifiedSpec,
+    PackedSpec,
+    RandomSpec,
+)
 from tests.test_ui import FakeProgress, _load
 from ui.limits import Limits
 from ui.state import Session
-from ui.tabs.dataset import build_calibration_set, parse_edges, sampling_spec_from_widgets
+from ui.tabs.dataset import (
+    build_calibration_set,
+    parse_edges,
+    sampling_spec_from_widgets,
+)
 
 
 def widgets(strategy="length-stratified", nsamples=24, length=256, edges="16, 64, 256", allocation="equal", mode="joined",

@@ -15,8 +15,8 @@ from engine import LoadedModel, ModelSpec, load_model
 from engine.errors import CalibscopeError
 from engine.progress import Progress, no_progress
 from engine.sampling import CalibrationSet
-from engine.stats import StatsReport
 from engine.specs import CorpusSpec
+from engine.stats import StatsReport
 
 
 @dataclass

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+
 from engine.errors import CorpusError
 from engine.specs import CorpusSpec
 
@@ -137,8 +139,6 @@ def _pick_column(frame, requested: str | None, name: str) -> str:
 
 
 def table_documents(path: Path, spec: CorpusSpec) -> Iterator[tuple[str, str]]:
-    import pandas as pd
-
     _check_size(path, spec.max_bytes)
     try:
         frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import datasets
+
 from engine.errors import CorpusError
 from engine.specs import CorpusSpec
 
@@ -53,8 +55,6 @@ def _recipe_for(spec: CorpusSpec) -> HubRecipe:
 
 def hub_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
     """(text, source) pairs from a hub dataset; errors become CorpusError with alternatives."""
-    import datasets
-
     recipe = _recipe_for(spec)
     split = recipe.split_alias.get(spec.split, spec.split)
     kwargs = {"split": split, "streaming": recipe.streaming}

@@ -1,7 +1,13 @@
 """Model loading: builtin GGUF models with a weight cache, tiny test models, hub and local models."""
 from engine.models.builtin import available_builtin_models
 from engine.models.layers import LinearLayer, find_linear_layers
-from engine.models.loading import LoadedModel, ModelInfo, choose_device, choose_dtype, load_model
+from engine.models.loading import (
+    LoadedModel,
+    ModelInfo,
+    choose_device,
+    choose_dtype,
+    load_model,
+)
 from engine.models.tiny import TINY_MODELS
 
 __all__ = [

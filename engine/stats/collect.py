@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel, find_linear_layers
 from engine.progress import Progress, no_progress
 from engine.sampling import CalibrationSet
@@ -117,8 +118,6 @@ def collect(loaded: LoadedModel, calibration: CalibrationSet, spec: StatsSpec = 
     started = time.perf_counter()
     layers = select_layers(loaded.model, spec)
     if not layers:
-        from engine.errors import CalibscopeError
-
         raise CalibscopeError("No layer matches this selection; widen the layer types or the name pattern.")
     points = [(layer, side) for layer in layers for side in spec.sides]
     head = next((layer.module for layer in layers if layer.is_head), None)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import staged_directory
-from engine.errors import CalibscopeError
+from engine.errors import CalibscopeError, ExportError
 from engine.stats.specs import StatsSpec
 
 TENSORS = "statistics.safetensors"
@@ -57,8 +57,6 @@ class StatsReport:
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         folder = Path(folder)
         if folder.exists() and not overwrite:
-            from engine.errors import ExportError
-
             raise ExportError(f"'{folder}' already exists. Choose another name, or allow overwriting it.")
         flat = {f"{key}::{name}": value.contiguous() for key, values in self.channels.items() for name, value in values.items()}
         payload = {"spec": dataclasses.asdict(self.spec), "meta": self.meta,

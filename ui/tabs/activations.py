@@ -1,14 +1,20 @@
 """Activation ranges: stream the calibration set through the model once and inspect every layer."""
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
 
 from engine.errors import SpecError
-from engine.figures import attribution_html, channel_heatmap, layer_channels, layer_distributions, outlier_table, ranges_across_depth
+from engine.figures import (
+    attribution_html,
+    channel_heatmap,
+    layer_channels,
+    layer_distributions,
+    outlier_table,
+    ranges_across_depth,
+)
 from engine.figures.stats import short_name
 from engine.stats import StatsReport, StatsSpec, collect
 from engine.stats.attribution import attribute

@@ -7,11 +7,20 @@ from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from engine.errors import SpecError
 from engine.figures import bucket_bars, length_histogram
 from engine.sampling import (
-    Allocation, GptqWindowsSpec, LengthStratifiedSpec, PackedSpec, RandomSpec, SamplingSpec, Strategy, WindowMode, build,
+    Allocation,
+    GptqWindowsSpec,
+    LengthStratifiedSpec,
+    PackedSpec,
+    RandomSpec,
+    SamplingSpec,
+    Strategy,
+    WindowMode,
+    build,
 )
 from engine.sampling.specs import DEFAULT_EDGES
 from ui.errors import as_progress, shown_to_user
@@ -25,8 +34,6 @@ CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
 
 
 def first_visit_defaults() -> dict:
-    import torch
-
     return GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
 SUMMARY_BATCH = 8
 STRATEGY_HELP = {

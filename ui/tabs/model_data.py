@@ -9,6 +9,7 @@ import pandas as pd
 
 from engine import CorpusSpec, ModelSpec
 from engine.corpus import corpus_summary, load_corpus
+from engine.errors import CorpusError
 from engine.progress import scaled
 from engine.specs import BuiltinCorpus, CorpusKind
 from ui import choices
@@ -34,8 +35,6 @@ def corpus_spec_from_widgets(
             config=(hub_config or "").strip() or None, text_column=column,
         )
     if not upload:
-        from engine.errors import CorpusError
-
         raise CorpusError("Choose a file to upload first (.txt, .jsonl, .json, .csv or .parquet).")
     return CorpusSpec.file(upload, text_column=column, max_bytes=limits.max_upload_bytes)
 
