@@ -49,3 +49,28 @@ class StatsSpec:
     @property
     def sides(self) -> tuple[str, ...]:
         return {"inputs": ("input",), "outputs": ("output",), "both": ("input", "output")}[self.capture]
+
+
+@dataclass(frozen=True)
+class HessianSpec:
+    """Which layers get a GPTQ Hessian, in what precision and where it is kept.
+
+    storage: "model" keeps Hessians on the model's device; "cpu" keeps them in host memory (for a
+    model on a GPU whose memory is short). share_inputs: layers reading the same input tensor share
+    one Hessian (turn off only to measure what sharing saves)."""
+
+    layer_types: tuple[str, ...] = LAYER_TYPES
+    name_pattern: str = ""
+    include_head: bool = False
+    dtype: str = "float32"
+    storage: str = "model"
+    share_inputs: bool = True
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        StatsSpec(layer_types=self.layer_types, name_pattern=self.name_pattern, batch_size=self.batch_size)  # same checks
+        if self.dtype not in ("float32", "float64"):
+            raise SpecError(f"dtype={self.dtype!r} is not supported; use 'float32' or 'float64'.")
+        if self.storage not in ("model", "cpu"):
+            raise SpecError(f"storage={self.storage!r} is not supported; use 'model' or 'cpu'.")

@@ -1,0 +1,88 @@
+"""Is the calibration set enough for GPTQ? Spectrum, rank, conditioning and the damping Cholesky needs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+# GPTQ's damping: H + d * mean(diag(H)) * I with d = 0.01 by default; we report the smallest of these that works.
+DAMPING_GRID = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+@dataclass(frozen=True)
+class HessianDiagnostics:
+    layer: str
+    channels: int
+    tokens: int
+    trace: float
+    mean_diagonal: float
+    dead_channels: int
+    rank: int
+    condition_number: float
+    min_damping: float | None
+    warning: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gptq_prepared(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As GPTQ does before factorizing: channels with zero diagonal (never active) get diagonal 1."""
+    prepared = hessian.to(torch.float64).clone()
+    dead = torch.diagonal(prepared) == 0
+    prepared[dead, dead] = 1.0
+    return prepared, dead
+
+
+def numerical_rank(eigenvalues: torch.Tensor, size: int) -> int:
+    """Eigenvalues above λmax · n · ε(float32) count (float32 is what GPTQ factorizes in)."""
+    top = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
+    return int((eigenvalues > top * size * torch.finfo(torch.float32).eps).sum())
+
+
+def min_damping(prepared: torch.Tensor, grid=DAMPING_GRID) -> float | None:
+    """Smallest fraction d of the mean diagonal for which Cholesky of H + d·mean·I succeeds in float32."""
+    mean = float(torch.diagonal(prepared).mean())
+    eye = torch.eye(prepared.shape[0], dtype=prepared.dtype)
+    for damping in grid:
+        _, info = torch.linalg.cholesky_ex((prepared + damping * mean * eye).to(torch.float32))
+        if int(info) == 0:
+            return damping
+    return None
+
+
+def diagnose(layer: str, hessian: torch.Tensor, tokens: int) -> tuple[HessianDiagnostics, torch.Tensor]:
+    """Diagnostics of one Hessian and its eigenvalues (descending, float64)."""
+    channels = hessian.shape[0]
+    prepared, dead = gptq_prepared(hessian)
+    eigenvalues = torch.linalg.eigvalsh(hessian.to(torch.float64)).flip(0)
+    rank = numerical_rank(eigenvalues, channels)
+    smallest = float(eigenvalues[-1])
+    condition = float(eigenvalues[0] / smallest) if smallest > 0 else float("inf")
+    damping = min_damping(prepared)
+    return HessianDiagnostics(
+        layer=layer, channels=channels, tokens=tokens, trace=float(torch.diagonal(hessian).double().sum()),
+        mean_diagonal=float(torch.diagonal(hessian).double().mean()), dead_channels=int(dead.sum()), rank=rank,
+        condition_number=condition, min_damping=damping,
+        warning=rank_warning(channels, tokens, rank, int(dead.sum()), damping),
+    ), eigenvalues
+
+
+def _damping_text(damping: float | None) -> str:
+    if damping is None:
+        return "Cholesky fails even at damping 1.0 of the mean diagonal"
+    return "Cholesky succeeds without damping" if damping == 0 else f"Cholesky needs damping {damping:g} of the mean diagonal"
+
+
+def rank_warning(channels: int, tokens: int, rank: int, dead: int, damping: float | None) -> str:
+    """A plain sentence when the Hessian is rank-deficient: why, and whether more data helps."""
+    if dead:
+        return (f"{dead} of {channels} input channels are never active (zero diagonal): no amount of data makes this "
+                f"Hessian full rank; GPTQ sets their diagonal to 1. {_damping_text(damping)}.")
+    if rank >= channels:
+        return ""
+    if tokens < channels:  # rank <= tokens: the data is what limits it
+        return (f"Rank {rank} of {channels}: only {tokens:,} tokens reached this layer; a full-rank Hessian needs at "
+                f"least {channels - tokens:,} more tokens. {_damping_text(damping)}.")
+    return (f"Rank {rank} of {channels} although {tokens:,} tokens reached this layer: its inputs span only {rank} "
+            f"dimensions (the model's structure), so more data will not help. {_damping_text(damping)}.")
