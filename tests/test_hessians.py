@@ -48,7 +48,8 @@ def test_collected_hessians_match_the_reference_without_padding(tiny_llama, cali
     report = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=4, dtype="float64"))
     reference, tokens = reference_hessian(tiny_llama.model, calibration, layer)
     # the forward runs in float32: batched and single-sequence activations differ by float32 rounding
-    torch.testing.assert_close(report.hessian(layer), reference, rtol=1e-5, atol=1e-9)
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(report.hessian(layer), reference, rtol=1e-5, atol=1e-6 * scale)
     row = report.diagnostics.set_index("layer").loc[layer]
     assert row["tokens"] == tokens == int(calibration.lengths.sum())
 
@@ -67,7 +68,8 @@ def test_padding_and_batch_size_do_not_change_the_hessian(tiny_llama, calibratio
     padded = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=9, dtype="float64"), diagnostics=False)
     single = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=1, dtype="float64"), diagnostics=False)
     for layer in single.hessians:
-        torch.testing.assert_close(padded.hessian(layer), single.hessian(layer), rtol=1e-5, atol=1e-9)
+        scale = float(single.hessian(layer).abs().max())
+        torch.testing.assert_close(padded.hessian(layer), single.hessian(layer), rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_a_rank_deficient_calibration_set_is_diagnosed(tiny_llama):
