@@ -38,7 +38,12 @@ def main() -> None:
         page.wait_for_function("() => document.body.innerText.includes('Collected ')", timeout=600_000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(OUT / "activations.png"), full_page=True)
-    print(f"wrote {OUT}/model-data.png, dataset.png and activations.png")
+        page.get_by_role("tab", name="Hessians").click()
+        page.get_by_role("button", name="Collect Hessians").click()
+        page.wait_for_function("() => document.body.innerText.includes('Collected Hessians')", timeout=600_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(OUT / "hessians.png"), full_page=True)
+    print(f"wrote {OUT}/model-data.png, dataset.png, activations.png and hessians.png")
 
 
 if __name__ == "__main__":

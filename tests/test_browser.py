@@ -37,6 +37,13 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
         assert visible[-2:] == [7, 5]  # ranges (6 lines + threshold); the top layer's channels (bar, 3 percentiles, threshold)
         assert page.locator("mark").count() == 1  # the token that set the maximum, highlighted
 
+        page.get_by_role("tab", name="Hessians").click()
+        page.get_by_role("button", name="Collect Hessians").click()
+        page.wait_for_function("() => document.body.innerText.includes('Collected Hessians of 14 layers')", timeout=60_000)
+        page.wait_for_timeout(500)
+        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).map(p => p.data[0].type)")
+        assert visible[-3:] == ["scatter", "scatter", "heatmap"]  # depth, spectrum, diagonals
+
 
 def test_bad_input_shows_a_message_and_the_app_stays_up():
     with served_app(limits=Limits(), default_model="builtin:does-not-exist") as url, chromium_page() as page:

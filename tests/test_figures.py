@@ -115,3 +115,46 @@ def html_escaped(text):
     import html
 
     return html.escape(text).replace("\n", "⏎<br>")
+
+
+# --- Hessian figures ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hessian_report(tiny_llama, stats_report):
+    from engine.stats.hessian_report import collect_hessians
+
+    _, calibration = stats_report
+    return collect_hessians(tiny_llama, calibration)
+
+
+def test_hessian_depth_traces_axes_and_rank_marks(hessian_report):
+    from engine.figures import hessian_depth
+
+    fig = hessian_depth(hessian_report).to_dict()
+    names = [t["name"] for t in fig["data"]]
+    assert names[:2] == ["trace", "condition number"]
+    distinct = hessian_report.diagnostics[hessian_report.diagnostics["shared_with"] == ""]
+    assert fig["data"][0]["y"] == distinct["trace"].tolist() and len(fig["data"][0]["x"]) == 8
+    deficient = (distinct["rank"] < distinct["channels"]).sum()
+    assert ("rank-deficient" in names) == bool(deficient)
+    assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis2"]["type"] == "log"
+    assert fig["layout"]["yaxis2"]["title"]["text"] == "condition number (log)"
+
+
+def test_eigen_spectrum_is_relative_and_descending(hessian_report):
+    from engine.figures import eigen_spectrum
+
+    fig = eigen_spectrum(hessian_report, "model.layers.0.self_attn.k_proj").to_dict()
+    values = fig["data"][0]["y"]
+    assert values[0] == pytest.approx(1.0) and values == sorted(values, reverse=True) and len(values) == 32
+    assert "rank" in fig["layout"]["title"]["text"] and fig["layout"]["yaxis"]["type"] == "log"
+    assert fig["layout"]["shapes"][0]["x0"] == int(hessian_report.diagnostics.iloc[1]["rank"])
+
+
+def test_diagonal_heatmap_holds_log_diagonals(hessian_report):
+    from engine.figures import diagonal_heatmap
+
+    (heatmap,) = diagonal_heatmap(hessian_report).to_dict()["data"]
+    first = hessian_report.hessians["model.layers.0.self_attn.q_proj"]
+    assert heatmap["z"][0][3] == pytest.approx(float(np.log10(first[3, 3])), rel=1e-6)
+    assert len(heatmap["z"]) == 8 and heatmap["colorbar"]["title"]["text"] == "log10 H_ii"

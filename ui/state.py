@@ -17,6 +17,7 @@ from engine.progress import Progress, no_progress
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec
 from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Session:
     corpus: datasets.Dataset | None = None
     calibration: CalibrationSet | None = None
     stats: StatsReport | None = None
+    hessians: HessianReport | None = None
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:
@@ -38,6 +40,11 @@ class Session:
         if self.calibration is None or self.model_spec is None:
             raise CalibscopeError("Build a calibration set in the Dataset tab first.")
         return self.calibration
+
+    def require_hessians(self) -> HessianReport:
+        if self.hessians is None:
+            raise CalibscopeError("Collect Hessians first.")
+        return self.hessians
 
     def require_stats(self) -> StatsReport:
         if self.stats is None:

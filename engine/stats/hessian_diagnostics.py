@@ -35,7 +35,8 @@ def gptq_prepared(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def numerical_rank(eigenvalues: torch.Tensor, size: int) -> int:
-    """Eigenvalues above λmax · n · ε(float32) count (float32 is what GPTQ factorizes in)."""
+    """Eigenvalues above λmax · n · ε(float32) count: numpy's matrix_rank tolerance at the precision
+    GPTQ factorizes in. Below it an eigenvalue is lost in float32 rounding."""
     top = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
     return int((eigenvalues > top * size * torch.finfo(torch.float32).eps).sum())
 
@@ -84,5 +85,7 @@ def rank_warning(channels: int, tokens: int, rank: int, dead: int, damping: floa
     if tokens < channels:  # rank <= tokens: the data is what limits it
         return (f"Rank {rank} of {channels}: only {tokens:,} tokens reached this layer; a full-rank Hessian needs at "
                 f"least {channels - tokens:,} more tokens. {_damping_text(damping)}.")
-    return (f"Rank {rank} of {channels} although {tokens:,} tokens reached this layer: its inputs span only {rank} "
-            f"dimensions (the model's structure), so more data will not help. {_damping_text(damping)}.")
+    return (f"Numerical rank {rank} of {channels} in float32 although {tokens:,} tokens reached this layer: the "
+            f"inputs carry energy so unevenly (outlier channels, or fewer independent directions than channels) that "
+            f"{channels - rank} eigenvalues fall below float32 resolution. More data of the same kind will not fix that; "
+            f"damping does. {_damping_text(damping)}.")

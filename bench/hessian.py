@@ -1,0 +1,65 @@
+"""Cost of collecting every GPTQ Hessian relative to a bare head-less forward, with and without input sharing.
+
+On builtin:gemma-3-270m with 16 x 512 tokens of wikitext (GPTQ joined windows, BOS first): the
+accumulation pass (H += XᵀX per distinct input, float32) over every quantizable layer but the
+head, divided by a bare head-less forward of the same batches (goal <= 1.5); the same without
+sharing (q/k/v and gate/up each accumulating their own copy), whose ratio to the shared pass is
+the saving; and, separately, the time of the diagnostics (eigenvalues, rank, damping search).
+Runs are interleaved; the best of --repeats is kept. Usage: python bench/hessian.py [--quick]
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+import time
+
+from bench._common import report
+from bench.stats_overhead import calibration_set, forward_all
+from engine import ModelSpec, load_model
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.specs import HessianSpec
+
+BATCH = 8
+
+
+def timed(run) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = run()
+    return time.perf_counter() - started, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="8 x 256 tokens, one repeat")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    samples, seqlen, repeats = (8, 256, 1) if args.quick else (16, 512, args.repeats)
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    calibration = calibration_set(loaded, samples, seqlen)
+    forward_all(loaded.model, calibration, head=False)  # warm-up
+    bare, shared, separate = [], [], []
+    for _ in range(repeats):
+        bare.append(timed(lambda: forward_all(loaded.model, calibration, head=False))[0])
+        seconds, result = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH), diagnostics=False))
+        shared.append(seconds)
+        separate.append(timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, share_inputs=False),
+                                                       diagnostics=False))[0])
+    diagnostics_s, diagnosed = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH)))
+    ratio = min(shared) / min(bare)
+    report(
+        "hessian", "all Hessians seconds / bare head-less forward seconds", round(ratio, 3), "<= 1.5", ratio <= 1.5,
+        samples=samples, seqlen=seqlen, repeats=repeats, bare_forward_s=[round(t, 2) for t in bare],
+        hessians_s=[round(t, 2) for t in shared], without_sharing_s=[round(t, 2) for t in separate],
+        without_sharing_ratio=round(min(separate) / min(bare), 3),
+        sharing_speedup=round(min(separate) / min(shared), 3),
+        memory_mb=result.meta["memory_mb"], memory_without_sharing_mb=result.meta["memory_without_sharing_mb"],
+        layers=result.meta["layers"], distinct_inputs=result.meta["distinct"],
+        pass_and_diagnostics_s=round(diagnostics_s, 2), rank_deficient_layers=int((diagnosed.diagnostics["warning"] != "").sum()),
+        largest_condition_number=float(diagnosed.diagnostics["condition_number"].max()),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Hessians: GPTQ's H = 2/N Σ XᵀX for every layer, and whether the calibration set is enough."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import gradio as gr
+import pandas as pd
+
+from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth
+from engine.figures.stats import short_name
+from engine.stats.hessian_report import HessianReport, collect_hessians
+from engine.stats.specs import HessianSpec
+from ui.errors import as_progress, shown_to_user
+from ui.state import MODELS, Session
+
+SHOWN_WARNINGS = 8
+
+
+def status_line(report: HessianReport) -> str:
+    meta = report.meta
+    warnings = report.warnings
+    line = (f"**Collected** Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
+            f"{meta['memory_mb']:,.1f} MB instead of {meta['memory_without_sharing_mb']:,.1f} MB without sharing) "
+            f"over {meta['tokens']:,} tokens · pass {meta['pass_seconds']:.1f} s, total {meta['seconds']:.1f} s")
+    if not warnings:
+        return line + "\n- Every Hessian is full rank: this calibration set is enough for GPTQ on these layers."
+    shown = "".join(f"\n- {w}" for w in warnings[:SHOWN_WARNINGS])
+    more = f"\n- … and {len(warnings) - SHOWN_WARNINGS} more (see the table)" if len(warnings) > SHOWN_WARNINGS else ""
+    return line + f"\n\n**{len(warnings)} warning(s)**" + shown + more
+
+
+def diagnostics_table(report: HessianReport) -> pd.DataFrame:
+    table = report.diagnostics.copy()
+    table.insert(0, "name", [short_name(layer) for layer in table["layer"]])
+    table["shared_with"] = [short_name(k) if k else "" for k in table["shared_with"]]
+    columns = ["name", "channels", "tokens", "rank", "dead_channels", "condition_number", "min_damping", "trace",
+               "shared_with", "warning", "layer"]
+    return table[[c for c in columns if c in table]].round({"trace": 4, "mean_diagonal": 6})
+
+
+@shown_to_user
+def compute_hessians(pattern, dtype, storage, batch_size, session: Session | None, progress=gr.Progress()):
+    session = session or Session()
+    calibration = session.require_calibration()
+    spec = HessianSpec(name_pattern=(pattern or "").strip(), dtype=dtype, storage=storage, batch_size=int(batch_size or 0))
+    loaded = MODELS.get(session.model_spec)
+    report = collect_hessians(loaded, calibration, spec, progress=as_progress(progress))
+    worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
+    return (status_line(report), hessian_depth(report), diagnostics_table(report),
+            gr.update(choices=list(report.diagnostics["layer"]), value=worst), eigen_spectrum(report, worst),
+            diagonal_heatmap(report), replace(session, hessians=report))
+
+
+@shown_to_user
+def show_spectrum(layer: str, session: Session | None):
+    report = (session or Session()).require_hessians()
+    if not layer:
+        raise gr.Error("Choose a layer.")
+    return eigen_spectrum(report, layer)
+
+
+def build_tab(session: gr.State) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=280):
+            pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder="all quantizable layers but the head")
+            dtype = gr.Radio(["float32", "float64"], value="float32", label="Accumulate in")
+            storage = gr.Radio(["model", "cpu"], value="model", label="Keep Hessians on",
+                               info="cpu: host memory, for a model on a GPU that is short of memory")
+            batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
+            run = gr.Button("Collect Hessians", variant="primary")
+        with gr.Column(scale=3):
+            status = gr.Markdown("Build a calibration set, then collect Hessians.", elem_classes="cs-status")
+            depth = gr.Plot(show_label=False)
+    table = gr.Dataframe(label="Per layer (sortable)", interactive=False, wrap=True, max_height=380)
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            layer = gr.Dropdown(label="Layer", choices=[], interactive=True, info="Opens on the least well-conditioned layer")
+            spectrum = gr.Plot(show_label=False)
+        with gr.Column():
+            diagonals = gr.Plot(show_label=False)
+    run.click(compute_hessians, [pattern, dtype, storage, batch_size, session],
+              [status, depth, table, layer, spectrum, diagonals, session],
+              show_progress_on=[status], concurrency_id="heavy", api_name="compute_hessians")
+    layer.input(show_spectrum, [layer, session], spectrum)
