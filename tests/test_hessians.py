@@ -79,6 +79,7 @@ def test_a_rank_deficient_calibration_set_is_diagnosed(tiny_llama):
     row = report.diagnostics.iloc[0]
     assert row["tokens"] == 11 and row["rank"] == 11 and row["condition_number"] == float("inf")
     assert "needs at least 21 more tokens" in row["warning"]
+    assert report.findings()["data_limited"] == [row["layer"]] and len(report.warnings) == 1
     prepared, _ = gptq_prepared(report.hessian(row["layer"]))
     assert row["min_damping"] > 0
     mean = float(torch.diagonal(prepared).mean())

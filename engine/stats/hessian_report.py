@@ -46,8 +46,23 @@ class HessianReport:
 
     @property
     def warnings(self) -> list[str]:
-        rows = self.diagnostics[self.diagnostics["warning"] != ""]
+        """One sentence per distinct input whose Hessian is rank-deficient (shared layers not repeated)."""
+        rows = self.diagnostics[(self.diagnostics["warning"] != "") & (self.diagnostics["shared_with"] == "")]
         return [f"{row.layer}: {row.warning}" for row in rows.itertuples()]
+
+    def findings(self) -> dict[str, list[str]]:
+        """Distinct inputs by what limits their Hessian, the actionable kinds first:
+        data_limited (fewer tokens than channels), needs_damping (float32 Cholesky fails undamped),
+        dead_channels (never-active inputs), float32_rank (ill-conditioned, fine with damping)."""
+        rows = self.diagnostics[self.diagnostics["shared_with"] == ""]
+        deficient = rows["rank"] < rows["channels"]
+        kinds = {
+            "data_limited": deficient & (rows["tokens"] < rows["channels"]),
+            "needs_damping": rows["min_damping"].fillna(1.0) > 0,
+            "dead_channels": rows["dead_channels"] > 0,
+        }
+        kinds["float32_rank"] = deficient & ~kinds["data_limited"] & ~kinds["dead_channels"]
+        return {kind: rows.loc[mask, "layer"].tolist() for kind, mask in kinds.items()}
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """One tensor per layer named by its module name (what quantizers look up), plus JSON."""

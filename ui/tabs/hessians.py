@@ -16,17 +16,30 @@ from ui.state import MODELS, Session
 SHOWN_WARNINGS = 8
 
 
+FINDINGS = {
+    "data_limited": "have fewer tokens than input channels: add calibration data",
+    "needs_damping": "need damping before a float32 Cholesky succeeds (GPTQ's default is 0.01)",
+    "dead_channels": "have input channels that are never active (GPTQ sets their diagonal to 1)",
+    "float32_rank": "are rank-deficient in float32 although they saw more tokens than channels: uneven channel "
+                    "energy or fewer independent directions than channels (damping handles it; more data of the "
+                    "same kind does not)",
+}
+
+
 def status_line(report: HessianReport) -> str:
     meta = report.meta
-    warnings = report.warnings
     line = (f"**Collected** Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
             f"{meta['memory_mb']:,.1f} MB instead of {meta['memory_without_sharing_mb']:,.1f} MB without sharing) "
             f"over {meta['tokens']:,} tokens · pass {meta['pass_seconds']:.1f} s, total {meta['seconds']:.1f} s")
-    if not warnings:
-        return line + "\n- Every Hessian is full rank: this calibration set is enough for GPTQ on these layers."
-    shown = "".join(f"\n- {w}" for w in warnings[:SHOWN_WARNINGS])
-    more = f"\n- … and {len(warnings) - SHOWN_WARNINGS} more (see the table)" if len(warnings) > SHOWN_WARNINGS else ""
-    return line + f"\n\n**{len(warnings)} warning(s)**" + shown + more
+    findings = {kind: layers for kind, layers in report.findings().items() if layers}
+    if not findings:
+        return line + "\n- Every Hessian is full rank and factorizes without damping: this set is enough for GPTQ here."
+    bullets = []
+    for kind, layers in findings.items():
+        named = ", ".join(short_name(layer) for layer in layers[:SHOWN_WARNINGS])
+        more = f" and {len(layers) - SHOWN_WARNINGS} more" if len(layers) > SHOWN_WARNINGS else ""
+        bullets.append(f"\n- **{len(layers)}** of {meta['distinct']} {FINDINGS[kind]}: {named}{more}")
+    return line + "".join(bullets) + "\n\nEach layer's full diagnosis is in the table's *warning* column."
 
 
 def diagnostics_table(report: HessianReport) -> pd.DataFrame:
