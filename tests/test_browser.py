@@ -1,4 +1,7 @@
 """The dashboard in a real headless Chromium: what a user sees after a click."""
+import zipfile
+
+import datasets
 import pytest
 
 from tests.browser import chromium_page, served_app
@@ -43,6 +46,18 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
         page.wait_for_timeout(500)
         visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).map(p => p.data[0].type)")
         assert visible[-3:] == ["scatter", "scatter", "heatmap"]  # depth, spectrum, diagonals
+
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="Prepare downloads").click()
+        page.wait_for_function("() => document.body.innerText.includes('Ready')", timeout=60_000)
+        with page.expect_download() as download:
+            page.locator("a[download=\"calibration-disk.zip\"]").click()
+        archive = tmp_path / "calibration.zip"
+        download.value.save_as(archive)
+        with zipfile.ZipFile(archive) as opened:
+            opened.extractall(tmp_path / "unzipped")
+        reloaded = datasets.load_from_disk(str(tmp_path / "unzipped" / "calibration-disk" / "dataset"))
+        assert len(reloaded) == 32 and reloaded[0]["input_ids"][0] == 1  # every sample starts with BOS
 
 
 def test_bad_input_shows_a_message_and_the_app_stays_up():

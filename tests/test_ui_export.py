@@ -1,0 +1,62 @@
+"""The Export tab: every artifact downloadable, and each reloads."""
+import zipfile
+from pathlib import Path
+
+import datasets
+import gradio as gr
+import pytest
+
+from engine.export import load_calibration_export
+from engine.sampling import Manifest
+from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
+from tests.test_ui import FakeProgress, _load
+from tests.test_ui_activations import WIDGETS
+from tests.test_ui_dataset import _build
+from ui.state import Session
+from ui.tabs.activations import collect_statistics
+from ui.tabs.export import prepare_downloads
+from ui.tabs.hessians import compute_hessians
+
+
+@pytest.fixture(scope="module")
+def full_session():
+    (_, _, _, _, session), _ = _load(builtin="python-docs")
+    *_, session = _build(session, nsamples=6, edges="64, 128")
+    *_, session = collect_statistics(*WIDGETS, session, progress=FakeProgress())
+    *_, session = compute_hessians("", "float32", "model", 4, session, progress=FakeProgress())
+    return session
+
+
+def unzip(path, into):
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(into)
+    return into / Path(path).stem
+
+
+def test_export_needs_a_calibration_set():
+    with pytest.raises(gr.Error, match="Dataset tab first"):
+        prepare_downloads("disk", Session())
+
+
+def test_every_artifact_downloads_and_reloads(full_session, tmp_path):
+    status, files = prepare_downloads("disk", full_session)
+    assert status.startswith("**Ready**") and "6 samples" in status and "Hessians (14 layers" in status
+    names = [Path(f).name for f in files]
+    assert names == ["calibration-disk.zip", "manifest.json", "statistics.zip", "hessians.zip"]
+    calibration = unzip(files[0], tmp_path)
+    reloaded = datasets.load_from_disk(str(calibration / "dataset"))
+    assert reloaded["input_ids"][0] == full_session.calibration.sequences[0].tolist()
+    assert Manifest.from_json(Path(files[1]).read_text()) == full_session.calibration.manifest
+    stats = StatsReport.load(unzip(files[2], tmp_path))
+    assert stats.summary.equals(full_session.stats.summary)
+    hessians = HessianReport.load(unzip(files[3], tmp_path))
+    assert set(hessians.diagnostics["layer"]) == set(full_session.hessians.diagnostics["layer"])
+
+
+def test_parquet_export_and_fresh_folders(full_session, tmp_path):
+    _, first = prepare_downloads("parquet", full_session)
+    _, second = prepare_downloads("parquet", full_session)
+    assert Path(first[0]).parent != Path(second[0]).parent  # nothing the user downloaded is overwritten
+    dataset, manifest = load_calibration_export(unzip(first[0], tmp_path))
+    assert len(dataset) == 6 and manifest.token_sha256 == full_session.calibration.manifest.token_sha256

@@ -1,0 +1,60 @@
+"""Export: download what this session built, in the forms quantization tools read."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from engine.atomic import write_file
+from engine.errors import CalibscopeError
+from engine.export import FORMATS, save_calibration_set
+from ui.errors import shown_to_user
+from ui.state import MODELS, Session
+
+FORMAT_LABELS = {"disk": "datasets folder (load_from_disk), zipped", "parquet": "parquet", "jsonl": "jsonl"}
+
+
+def _zip(folder: Path) -> Path:
+    """folder -> folder.zip beside it (the archive keeps the folder's name at its root)."""
+    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder.parent, base_dir=folder.name))
+
+
+@shown_to_user
+def prepare_downloads(fmt: str, session: Session | None):
+    """Write every artifact of the session into a fresh folder and return the files to download."""
+    session = session or Session()
+    calibration = session.require_calibration()
+    if fmt not in FORMATS:
+        raise CalibscopeError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    tokenizer = MODELS.get(session.model_spec).tokenizer
+    folder = Path(tempfile.mkdtemp(prefix="calibscope-export-"))  # fresh per request: nothing is overwritten
+    files = [_zip(save_calibration_set(calibration, tokenizer, folder / f"calibration-{fmt}", fmt=fmt))]
+    manifest = folder / "manifest.json"
+    write_file(manifest, calibration.manifest.to_json())
+    files.append(manifest)
+    made = [f"calibration set ({len(calibration):,} samples, {FORMAT_LABELS[fmt]})", "manifest"]
+    if session.stats is not None:
+        files.append(_zip(session.stats.save(folder / "statistics")))
+        made.append(f"activation statistics ({session.stats.meta['observed']} tensors)")
+    if session.hessians is not None:
+        files.append(_zip(session.hessians.save(folder / "hessians")))
+        made.append(f"Hessians ({session.hessians.meta['layers']} layers, {session.hessians.meta['memory_mb']:,.0f} MB)")
+    status = "**Ready**: " + "; ".join(made) + "."
+    return status, [str(f) for f in files]
+
+
+def build_tab(session: gr.State) -> None:
+    gr.Markdown(
+        "Download the calibration set with its manifest (rebuild it bit for bit with "
+        "`engine.sampling.rebuild`), and the statistics and Hessians collected in this session "
+        "(safetensors + JSON; Hessians as one tensor per module name)."
+    )
+    with gr.Row():
+        fmt = gr.Radio([(label, value) for value, label in FORMAT_LABELS.items()], value="disk", label="Calibration set format")
+        run = gr.Button("Prepare downloads", variant="primary", scale=0)
+    status = gr.Markdown("Build a calibration set first; statistics and Hessians are included when collected.",
+                         elem_classes="cs-status")
+    files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+    run.click(prepare_downloads, [fmt, session], [status, files], api_name="prepare_downloads")
