@@ -15,6 +15,12 @@ from tests.browser import chromium_page, served_app  # noqa: E402
 from ui.limits import Limits  # noqa: E402
 
 OUT = ROOT / "assets" / "screenshots"
+# (tab, button to click, text that appears when done, file name)
+STEPS = [
+    ("Dataset", "Build calibration set", "Built ", "dataset.png"),
+    ("Activation ranges", "Collect statistics", "Collected ", "activations.png"),
+    ("Hessians", "Collect Hessians", "Collected Hessians", "hessians.png"),
+]
 
 
 def main() -> None:
@@ -28,22 +34,13 @@ def main() -> None:
         page.wait_for_function("() => document.body.innerText.includes('Loaded ')", timeout=300_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(OUT / "model-data.png"), full_page=True)
-        page.get_by_role("tab", name="Dataset").click()
-        page.get_by_role("button", name="Build calibration set").click()
-        page.wait_for_function("() => document.body.innerText.includes('Built ')", timeout=300_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(OUT / "dataset.png"), full_page=True)
-        page.get_by_role("tab", name="Activation ranges").click()
-        page.get_by_role("button", name="Collect statistics").click()
-        page.wait_for_function("() => document.body.innerText.includes('Collected ')", timeout=600_000)
-        page.wait_for_timeout(2000)
-        page.screenshot(path=str(OUT / "activations.png"), full_page=True)
-        page.get_by_role("tab", name="Hessians").click()
-        page.get_by_role("button", name="Collect Hessians").click()
-        page.wait_for_function("() => document.body.innerText.includes('Collected Hessians')", timeout=600_000)
-        page.wait_for_timeout(2000)
-        page.screenshot(path=str(OUT / "hessians.png"), full_page=True)
-    print(f"wrote {OUT}/model-data.png, dataset.png, activations.png and hessians.png")
+        for tab, button, done, name in STEPS:
+            page.get_by_role("tab", name=tab).click()
+            page.get_by_role("button", name=button).click()
+            page.wait_for_function(f"() => document.body.innerText.includes('{done}')", timeout=600_000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(OUT / name), full_page=True)
+    print(f"wrote model-data.png and {', '.join(step[-1] for step in STEPS)} in {OUT}")
 
 
 if __name__ == "__main__":

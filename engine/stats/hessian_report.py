@@ -1,17 +1,14 @@
 """collect_hessians: GPTQ Hessians of the selected layers in one pass, diagnosed and exportable."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
-from engine.atomic import staged_directory
-from engine.errors import CalibscopeError, ExportError
+from engine.bundle import read_bundle, write_bundle
 from engine.models import LinearLayer, LoadedModel
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import CalibrationSet
@@ -66,27 +63,19 @@ class HessianReport:
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """One tensor per layer named by its module name (what quantizers look up), plus JSON."""
-        folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise ExportError(f"'{folder}' already exists. Choose another name, or allow overwriting it.")
-        tensors = {layer: self.hessian(layer).contiguous().cpu() for layer in self.diagnostics["layer"]}
-        tensors = {name: t.clone() if any(t is o for o in list(tensors.values())[:i]) else t
-                   for i, (name, t) in enumerate(tensors.items())}  # safetensors refuses shared storage
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in self.diagnostics["layer"]:
+            hessian = self.hessian(layer)
+            shared = any(hessian is kept for kept in tensors.values())
+            tensors[layer] = hessian.clone() if shared else hessian  # safetensors refuses shared storage
         payload = {"meta": self.meta, "shared_with": self.shared_with,
                    "diagnostics": self.diagnostics.to_dict(orient="records"),
                    "eigenvalues": {k: v.tolist() for k, v in self.eigenvalues.items()}}
-        with staged_directory(folder, replace_existing=overwrite) as staging:
-            save_file(tensors, str(staging / TENSORS))
-            (staging / SUMMARY).write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        return folder
+        return write_bundle(folder, tensors, payload, (TENSORS, SUMMARY), overwrite)
 
     @classmethod
     def load(cls, folder: str | Path) -> HessianReport:
-        folder = Path(folder)
-        if not (folder / SUMMARY).is_file() or not (folder / TENSORS).is_file():
-            raise CalibscopeError(f"'{folder}' holds no saved Hessians ({SUMMARY} and {TENSORS}).")
-        payload = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / TENSORS))
+        tensors, payload = read_bundle(folder, (TENSORS, SUMMARY), "Hessians")
         shared = payload["shared_with"]
         return cls(hessians={k: v for k, v in tensors.items() if k not in shared}, shared_with=shared,
                    diagnostics=pd.DataFrame(payload["diagnostics"]),

@@ -3,17 +3,14 @@ safetensors (tensors) + JSON (everything else)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
-from engine.atomic import staged_directory
-from engine.errors import CalibscopeError, ExportError
+from engine.bundle import read_bundle, write_bundle
 from engine.stats.specs import StatsSpec
 
 TENSORS = "statistics.safetensors"
@@ -55,25 +52,16 @@ class StatsReport:
         return frame.sort_values("absmax", ascending=False).head(top or self.spec.top_outliers).reset_index(drop=True)
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise ExportError(f"'{folder}' already exists. Choose another name, or allow overwriting it.")
-        flat = {f"{key}::{name}": value.contiguous() for key, values in self.channels.items() for name, value in values.items()}
+        flat = {f"{key}::{name}": value for key, values in self.channels.items() for name, value in values.items()}
         payload = {"spec": dataclasses.asdict(self.spec), "meta": self.meta,
                    "summary": self.summary.to_dict(orient="records")}  # exact floats (to_json keeps 10 digits)
-        with staged_directory(folder, replace_existing=overwrite) as staging:
-            save_file(flat, str(staging / TENSORS))
-            (staging / SUMMARY).write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        return folder
+        return write_bundle(folder, flat, payload, (TENSORS, SUMMARY), overwrite)
 
     @classmethod
     def load(cls, folder: str | Path) -> StatsReport:
-        folder = Path(folder)
-        if not (folder / SUMMARY).is_file() or not (folder / TENSORS).is_file():
-            raise CalibscopeError(f"'{folder}' holds no saved statistics ({SUMMARY} and {TENSORS}).")
-        payload = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        flat, payload = read_bundle(folder, (TENSORS, SUMMARY), "statistics")
         channels: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in load_file(str(folder / TENSORS)).items():
+        for name, tensor in flat.items():
             key, stat = name.rsplit("::", 1)
             channels.setdefault(key, {})[stat] = tensor
         summary = pd.DataFrame(payload["summary"])
