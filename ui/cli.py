@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,11 +21,40 @@ def _parser() -> argparse.ArgumentParser:
         help="shared-Space mode for many visitors: capped upload size, no local model folders (env CALIBSCOPE_SHARED=1)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="headless: build, collect and write every artifact and an HTML report from a config")
+    run.add_argument("config", help="a .toml or .json file with [model], [corpus], [sampling], optional [stats], [hessians], [export] and output")
     return parser
+
+
+def run_config(path: str) -> int:
+    """`calibscope run CONFIG`: 0 on success; 2 with a one-line message on bad input."""
+    from tqdm import tqdm
+
+    from engine.errors import CalibscopeError
+    from engine.pipeline import load_config, run
+
+    try:
+        config = load_config(path)
+        with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {postfix}") as bar:
+            def progress(fraction: float, message: str) -> None:
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(message[:60])
+
+            written = run(config, progress)
+    except CalibscopeError as error:
+        print(f"calibscope: {error}", file=sys.stderr)
+        return 2
+    for name, target in written.items():
+        print(f"{name:12s} {target}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        logging.basicConfig(level=logging.WARNING)
+        sys.exit(run_config(args.config))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
     from ui.app import launch  # imported late: `calibscope --help` stays instant

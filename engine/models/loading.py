@@ -44,7 +44,7 @@ class ModelInfo:
             ("Model", self.name),
             ("Source", self.source),
             ("Architecture", self.architecture),
-            ("Parameters", f"{self.parameters / 1e6:,.1f} M"),
+            ("Parameters", f"{self.parameters / 1e6:,.1f} M" if self.parameters >= 1e6 else f"{self.parameters:,}"),
             ("Transformer blocks", str(self.layers)),
             ("Quantizable layers", str(self.linear_layers)),
             ("Hidden size", f"{self.hidden_size:,}"),

@@ -125,6 +125,6 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 
 __all__ = [
-    "Allocation", "CalibrationSet", "GptqWindowsSpec", "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance",
+    "SPEC_TYPES", "Allocation", "CalibrationSet", "GptqWindowsSpec", "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance",
     "RandomSpec", "SamplingSpec", "Strategy", "WindowMode", "build", "rebuild", "spec_from_manifest",
 ]

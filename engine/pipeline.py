@@ -1,0 +1,141 @@
+"""Headless runs: a TOML or JSON config -> the same specs as the dashboard -> every artifact + an HTML report."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import tomllib
+
+from engine.atomic import write_file
+from engine.corpus import corpus_summary, load_corpus
+from engine.errors import CalibscopeError, SpecError
+from engine.export import FORMATS, save_calibration_set
+from engine.figures import (
+    bucket_bars,
+    channel_heatmap,
+    diagonal_heatmap,
+    hessian_depth,
+    layer_distributions,
+    length_histogram,
+    outlier_table,
+    ranges_across_depth,
+)
+from engine.html_report import render, section
+from engine.models import load_model
+from engine.progress import Progress, no_progress, scaled
+from engine.sampling import (
+    SPEC_TYPES,
+    LengthStratifiedSpec,
+    SamplingSpec,
+    Strategy,
+    build,
+)
+from engine.specs import CorpusSpec, ModelSpec
+from engine.stats import StatsSpec, collect
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.specs import HessianSpec
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output: Path
+    model: ModelSpec
+    corpus: CorpusSpec
+    sampling: SamplingSpec
+    stats: StatsSpec | None
+    hessians: HessianSpec | None
+    export_format: str = "disk"
+
+
+def _spec(kind: type, values: dict, section_name: str):
+    fields = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise SpecError(f"[{section_name}] has unknown keys {unknown}; allowed: {', '.join(sorted(fields))}.")
+    return kind(**values)
+
+
+def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
+    """Specs from a config dictionary (the TOML/JSON content); SpecError on anything wrong."""
+    if "output" not in data:
+        raise SpecError("The config needs an `output` folder for the artifacts.")
+    sampling = dict(data.get("sampling", {}))
+    try:
+        strategy = Strategy(sampling.pop("strategy", Strategy.LENGTH_STRATIFIED.value))
+    except ValueError:
+        raise SpecError(f"[sampling] strategy must be one of {', '.join(s.value for s in Strategy)}.") from None
+    export_format = data.get("export", {}).get("format", "disk")
+    if export_format not in FORMATS:
+        raise SpecError(f"[export] format must be one of {', '.join(FORMATS)}.")
+    return RunConfig(
+        output=(base / data["output"]).resolve(),
+        model=_spec(ModelSpec, data.get("model", {}), "model"),
+        corpus=_spec(CorpusSpec, data.get("corpus", {}), "corpus"),
+        sampling=_spec(SPEC_TYPES[strategy], sampling, "sampling"),
+        stats=_spec(StatsSpec, data["stats"], "stats") if "stats" in data else None,
+        hessians=_spec(HessianSpec, data["hessians"], "hessians") if "hessians" in data else None,
+        export_format=export_format,
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise CalibscopeError(f"The config file '{path}' does not exist.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if path.suffix == ".toml" else json.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"'{path.name}' is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
+    return parse_config(data, base=path.parent)
+
+
+def run(config: RunConfig, progress: Progress = no_progress) -> dict[str, Path]:
+    """Load, build, collect and write everything into ``config.output`` (refused if it exists)."""
+    if config.output.exists():
+        raise CalibscopeError(f"'{config.output}' already exists; choose another output folder (nothing was overwritten).")
+    loaded = load_model(config.model, scaled(progress, 0.0, 0.1))
+    corpus = load_corpus(config.corpus, scaled(progress, 0.1, 0.15))
+    calibration = build(corpus, loaded.tokenizer, config.sampling, max_positions=loaded.info.max_positions,
+                        corpus_label=config.corpus.label, progress=scaled(progress, 0.15, 0.2))
+    written = {"calibration": save_calibration_set(calibration, loaded.tokenizer, config.output / "calibration", config.export_format)}
+    prefix = len(calibration.manifest.tokenizer["prefix_ids"])
+    edges = config.sampling.edges if isinstance(config.sampling, LengthStratifiedSpec) else ()
+    sections = [
+        section("Model and corpus", tables=[pd.DataFrame(loaded.info.as_rows(), columns=["Model", ""]),
+                                            pd.DataFrame(corpus_summary(corpus), columns=["Corpus", ""])]),
+        section("Calibration set", notes=calibration.notes,
+                tables=[pd.DataFrame(calibration.summary_rows(), columns=["Calibration set", ""])]
+                + ([calibration.buckets] if calibration.buckets is not None else []),
+                figures=[length_histogram(calibration.corpus_lengths, calibration.lengths, edges, prefix)]
+                + ([bucket_bars(calibration.buckets)] if calibration.buckets is not None else [])),
+    ]
+    if config.stats is not None:
+        stats = collect(loaded, calibration, config.stats, scaled(progress, 0.2, 0.6))
+        written["statistics"] = stats.save(config.output / "statistics")
+        sections.append(section("Activation ranges", tables=[outlier_table(stats)],
+                                figures=[ranges_across_depth(stats), layer_distributions(stats), channel_heatmap(stats)]))
+    if config.hessians is not None:
+        hessians = collect_hessians(loaded, calibration, config.hessians, scaled(progress, 0.6, 0.95))
+        written["hessians"] = hessians.save(config.output / "hessians")
+        sections.append(section("Hessians", notes=hessians.warnings[:20], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)]))
+    written["report"] = config.output / "report.html"
+    write_file(written["report"], render("calibscope report", f"{loaded.info.name} · {config.corpus.label}", sections))
+    written["config"] = config.output / "config.json"
+    write_file(written["config"], json.dumps(_as_json(config), indent=2))
+    progress(1.0, f"Wrote {len(written)} artifacts to {config.output}")
+    return written
+
+
+def _as_json(config: RunConfig) -> dict:
+    """The config as it was run (every default filled in), to reproduce it."""
+    data = {"output": str(config.output), "model": dataclasses.asdict(config.model),
+            "corpus": {**dataclasses.asdict(config.corpus), "kind": config.corpus.kind.value},
+            "sampling": {"strategy": config.sampling.strategy.value, **dataclasses.asdict(config.sampling)},
+            "export": {"format": config.export_format}}
+    for name in ("stats", "hessians"):
+        if getattr(config, name) is not None:
+            data[name] = dataclasses.asdict(getattr(config, name))
+    return json.loads(json.dumps(data))

@@ -1,0 +1,94 @@
+"""`calibscope run CONFIG`: headless runs end to end, and bad configs as clear one-line errors."""
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+
+from engine.pipeline import load_config
+from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
+from ui.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path, **overrides):
+    config = {
+        "output": "out", "model": {"name": "tiny-random-llama"}, "corpus": {"kind": "builtin", "name": "python-docs"},
+        "sampling": {"strategy": "length-stratified", "nsamples": 6, "edges": [64, 128, 256]},
+        "stats": {"percentiles": [99.9]}, "hessians": {}, **overrides,
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run(path):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(path)])
+    return exited.value.code
+
+
+def test_run_writes_every_artifact_and_a_report(tmp_path, capsys):
+    assert run(write_config(tmp_path)) == 0
+    out = tmp_path / "out"
+    listing = capsys.readouterr().out
+    for name in ("calibration", "statistics", "hessians", "report", "config"):
+        assert name in listing
+    assert len(datasets.load_from_disk(str(out / "calibration" / "dataset"))) == 6
+    assert len(StatsReport.load(out / "statistics").summary) == 14
+    assert len(HessianReport.load(out / "hessians").diagnostics) == 14
+    page = (out / "report.html").read_text()
+    assert page.count('class="plotly-graph-div"') == 7 and "Plotly" in page[:5_000_000]  # plotly.js inlined: offline
+    rerun = json.loads((out / "config.json").read_text())
+    assert rerun["sampling"]["strategy"] == "length-stratified" and rerun["sampling"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"sampling": {"strategy": "magic"}}, "strategy must be one of"),
+        ({"sampling": {"nsamples": 0}}, "nsamples=0"),
+        ({"model": {"name": "tiny-random-llama", "colour": "red"}}, "unknown keys ['colour']"),
+        ({"corpus": {"kind": "file", "name": "/no/such/file.txt"}}, "does not exist"),
+        ({"export": {"format": "xlsx"}}, "format must be one of"),
+    ],
+)
+def test_bad_configs_exit_2_with_a_message(tmp_path, capsys, overrides, words):
+    assert run(write_config(tmp_path, **overrides)) == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]  # the progress bar also writes to stderr, before the message
+    assert last.startswith("calibscope: ") and words in last and "Traceback" not in error
+
+
+def test_existing_output_is_never_overwritten(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    assert run(write_config(tmp_path)) == 2
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "out" / "mine.txt").read_text() == "keep me"
+
+
+def test_missing_and_invalid_config_files(tmp_path, capsys):
+    assert run(tmp_path / "absent.toml") == 2
+    broken = tmp_path / "broken.toml"
+    broken.write_text("output = [unclosed")
+    assert run(broken) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_example_config_runs_on_the_builtin_model(tmp_path, capsys):
+    example = tmp_path / "example-run.toml"
+    shutil.copy(REPO / "assets" / "example-run.toml", example)
+    config = load_config(example)
+    assert config.model.name == "builtin:gemma-3-270m" and config.export_format == "parquet"
+    assert run(example) == 0
+    out = (tmp_path / "../runs/gemma-mixed").resolve()
+    try:
+        assert (out / "calibration" / "calibration.parquet").is_file() and (out / "report.html").stat().st_size > 3_000_000
+        hessians = HessianReport.load(out / "hessians")
+        assert set(hessians.diagnostics["layer"].str.extract(r"layers\.(\d+)\.")[0]) == {"0", "17"}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
