@@ -35,10 +35,6 @@ class LogBins:
     def count(self) -> int:
         return (self.high_exponent - self.low_exponent) * self.per_octave
 
-    def index(self, values: torch.Tensor) -> torch.Tensor:
-        """Bin index (int32) of each |x| for finite float32 ``values`` (sign ignored)."""
-        return self.index_of_magnitude_bits(magnitude_bits(values))
-
     @property
     def shift(self) -> int:
         """How far |x|'s bits are shifted right to keep the exponent and ``mantissa_bits`` bits."""

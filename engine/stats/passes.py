@@ -48,6 +48,11 @@ class BatchTokens:
     index: TokenIndex
     rows: torch.Tensor  # the calibration row of each batch entry
 
+    def to(self, device: torch.device) -> BatchTokens:
+        """Everything on the model's device once per batch, not once per observed layer."""
+        keep = None if self.keep is None else self.keep.to(device)
+        return BatchTokens(keep, TokenIndex(self.index.rows.to(device), self.index.positions.to(device)), self.rows.to(device))
+
 
 def batch_tokens(rows: list[int], mask: torch.Tensor) -> BatchTokens:
     width = mask.shape[1]
@@ -104,7 +109,7 @@ class _Router:
         else:
             flat = tensor.reshape(-1, tensor.shape[-1])
             if self.tokens.keep is not None:
-                flat = flat[self.tokens.keep.to(flat.device)]
+                flat = flat[self.tokens.keep]
             index = self.tokens.index
         if key not in self.accumulators:
             self.accumulators[key] = self.factory(flat.shape[1], flat.device)
@@ -142,7 +147,7 @@ def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: l
         with torch.inference_mode():
             for number, rows in enumerate(batches):
                 ids, mask = calibration.pad(rows)
-                router.tokens = batch_tokens(rows, mask)
+                router.tokens = batch_tokens(rows, mask).to(device)
                 _forward(loaded.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, head)
                 router.first_batch = False
                 router.last_input = None
