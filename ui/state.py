@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import datasets
 
 from engine import LoadedModel, ModelSpec, load_model
 from engine.errors import CalibscopeError
 from engine.progress import Progress, no_progress
+from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec
 from engine.stats import StatsReport
@@ -30,6 +31,17 @@ class Session:
     calibration: CalibrationSet | None = None
     stats: StatsReport | None = None
     hessians: HessianReport | None = None
+    quantization: QuantReport | None = None
+    quant_runs: list[dict] = field(default_factory=list)  # one small record per Quantize run, for comparison
+
+    def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
+        """A new model or corpus: what was built from the old ones no longer applies and is dropped
+        (the record of quantization runs stays, for comparison)."""
+        return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs)
+
+    def with_calibration(self, calibration: CalibrationSet) -> Session:
+        """A new calibration set: statistics, Hessians and quantization of the old one are dropped."""
+        return replace(self, calibration=calibration, stats=None, hessians=None, quantization=None)
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class LoadedModel:
     device: torch.device
     info: ModelInfo
     spec: ModelSpec = field(repr=False)
+    # Held by every pass that hooks or swaps weights: sessions sharing a cached model take turns,
+    # so no pass ever observes another session's forward or quantized weights.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
 
 def choose_device(requested: str) -> torch.device:

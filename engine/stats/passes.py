@@ -143,7 +143,7 @@ def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: l
                      share_inputs=share_inputs)
     batches = calibration.batch_indices(batch_size, by_length=True)  # less padding, same results
     device = next(loaded.model.parameters()).device
-    with observing([(layer.module, side, router.observer(layer, side)) for layer, side in points]):
+    with loaded.lock, observing([(layer.module, side, router.observer(layer, side)) for layer, side in points]):
         with torch.inference_mode():
             for number, rows in enumerate(batches):
                 ids, mask = calibration.pad(rows)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
@@ -97,7 +96,7 @@ def build_calibration_set(strategy, nsamples, length, edges, allocation, mode, s
     return (
         status_line(calibration, seconds), histogram, gr.update(value=buckets_figure, visible=has_buckets), summary,
         gr.update(value=calibration.buckets, visible=has_buckets), calibration.preview(loaded.tokenizer),
-        replace(session, calibration=calibration),
+        session.with_calibration(calibration),
     )
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
@@ -71,7 +70,7 @@ def load_model_and_corpus(
     )
     loaded = MODELS.get(model_spec, scaled(report, 0.0, 0.8))
     corpus = load_corpus(corpus_spec, scaled(report, 0.8, 1.0))
-    session = replace(session or Session(), model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus)
+    session = (session or Session()).with_data(model_spec, corpus_spec, corpus)
     info = loaded.info
     status = (
         f"**Loaded** {info.name} on {info.device} ({info.parameters / 1e6:,.0f} M parameters, "

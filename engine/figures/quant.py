@@ -1,0 +1,47 @@
+"""Figures of simulated quantization: which layers it hurts, and perplexity per scheme."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.figures.stats import short_name
+from engine.figures.style import ASKED, CORPUS, SELECTED, styled
+from engine.quant import QuantReport
+
+METRICS = {  # column -> (legend, colour, dash)
+    "output_error": ("weights: relative output error (calibration tokens)", SELECTED, "solid"),
+    "input_error": ("activations: relative input error", ASKED, "dot"),
+}
+
+
+def sensitivity_depth(report: QuantReport) -> go.Figure:
+    """Per-layer sensitivity in execution order: the cheap measures (log, left axis) and, in the
+    thorough mode, the perplexity change with only that layer quantized (bars, right axis)."""
+    table = report.layers
+    x = [short_name(layer) for layer in table["layer"]]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if "perplexity_change" in table:
+        fig.add_trace(go.Bar(x=x, y=table["perplexity_change"].tolist(), name="perplexity change, this layer alone",
+                             marker={"color": CORPUS}, opacity=0.6), secondary_y=True)
+        fig.update_yaxes(title_text="Δ perplexity", secondary_y=True, showgrid=False)
+    for column, (name, colour, dash) in METRICS.items():
+        if column in table and table[column].notna().any():
+            fig.add_trace(go.Scatter(x=x, y=table[column].tolist(), name=name, mode="lines+markers",
+                                     line={"color": colour, "dash": dash}, marker={"size": 5}), secondary_y=False)
+    fig.update_yaxes(type="log", title_text="relative error (log)", secondary_y=False)
+    fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
+    styled(fig, f"Per-layer sensitivity: {report.spec.label()}", "layer (block.module, execution order)",
+           "relative error (log)")
+    return fig.update_layout(height=420, margin={"b": 110})
+
+
+def perplexity_runs(runs: list[dict]) -> go.Figure:
+    """Quantized perplexity of each run of this session (label, float, quantized), float as a line."""
+    labels = [run["label"] for run in runs]
+    fig = go.Figure(go.Bar(x=labels, y=[run["quantized"] for run in runs], name="quantized", marker={"color": SELECTED},
+                           text=[f"{run['quantized']:.2f}" for run in runs], textposition="outside",
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=labels, y=[run["float"] for run in runs], name="float", mode="markers",
+                             marker={"color": "#0f172a", "symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
+                             hovertemplate="float: %{y:.3f}<extra></extra>"))
+    return styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")

@@ -1,0 +1,88 @@
+"""Quantized weights and activation grids for a model's layers, and the context manager that puts
+them in the model for a while and always puts the original weights back."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.errors import CalibscopeError
+from engine.models import LinearLayer, LoadedModel
+from engine.quant.grid import Grid
+
+
+def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
+    """The layer's weight as [out, in] (the layout GPTQ's Hessian indexes), or None for a
+    convolution whose kernel is wider than 1 (its Hessian would be over unfolded patches)."""
+    weight = layer.module.weight.detach()
+    if layer.kind == "Conv1D":
+        return weight.T
+    if layer.kind in ("Conv1d", "Conv2d"):
+        if any(k != 1 for k in weight.shape[2:]) or weight.shape[1] != layer.in_features:
+            return None
+        return weight.reshape(weight.shape[0], weight.shape[1])
+    return weight
+
+
+def module_weight(layer: LinearLayer, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` [out, in] back in the module's own layout, dtype and device."""
+    weight = layer.module.weight
+    shaped = matrix.T if layer.kind == "Conv1D" else matrix.reshape(weight.shape)
+    return shaped.to(device=weight.device, dtype=weight.dtype).contiguous()
+
+
+@dataclass
+class QuantizedModel:
+    """What to swap in: module name -> weight in the module's layout; module name -> input grid."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, Grid] = field(default_factory=dict)
+
+    def only(self, names: set[str]) -> QuantizedModel:
+        """The same quantization restricted to some layers (per-layer sensitivity)."""
+        return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
+                              {k: v for k, v in self.inputs.items() if k in names})
+
+
+def _on(grid: Grid, device: torch.device) -> Grid:
+    return Grid(grid.scale.to(device), grid.zero.to(device), grid.maxq)
+
+
+@contextmanager
+def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
+    """Run the model with ``plan``'s weights and fake-quantized inputs inside the block.
+
+    The original weight tensors are kept (not copied) and put back in ``finally``, and every hook is
+    removed, so an exception or a cancelled run leaves the cached model exactly as it was. The
+    model's lock is held throughout: no other session's pass sees the quantized model.
+    """
+    modules = dict(loaded.model.named_modules())
+    missing = (set(plan.weights) | set(plan.inputs)) - set(modules)
+    if missing:
+        raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
+    with loaded.lock:
+        originals: dict[str, torch.Tensor] = {}
+        handles = []
+        try:
+            for name, weight in plan.weights.items():
+                originals[name] = modules[name].weight.data
+                modules[name].weight.data = weight
+            for name, grid in plan.inputs.items():
+                device = modules[name].weight.device
+                handles.append(modules[name].register_forward_pre_hook(_input_quantizer(_on(grid, device))))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name, weight in originals.items():
+                modules[name].weight.data = weight
+
+
+def _input_quantizer(grid: Grid):
+    def hook(_module, args):
+        x = args[0]
+        return (grid.fake_quantize(x.float()).to(x.dtype), *args[1:])
+
+    return hook

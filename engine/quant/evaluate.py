@@ -1,0 +1,97 @@
+"""evaluate: quantize (simulated) with a calibration set's statistics and Hessians, measure the
+perplexity against float on held-out text, and how much each layer contributes."""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from engine.errors import CalibscopeError
+from engine.models import LoadedModel
+from engine.progress import Progress, no_progress, scaled
+from engine.quant.apply import quantized
+from engine.quant.perplexity import EvaluationSet, perplexity
+from engine.quant.plan import plan_quantization
+from engine.quant.specs import QuantSpec
+from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
+from engine.stats.passes import select_layers
+
+SENSITIVITY_MODES = ("none", "cheap", "thorough")
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class QuantReport:
+    """Float and quantized perplexity on one evaluation set, and one row per quantized layer."""
+
+    spec: QuantSpec
+    float_perplexity: float
+    quantized_perplexity: float
+    layers: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def gap(self) -> float:
+        return self.quantized_perplexity - self.float_perplexity
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        return [
+            ("Scheme", self.spec.label()),
+            ("Float perplexity", f"{self.float_perplexity:.3f}"),
+            ("Quantized perplexity", f"{self.quantized_perplexity:.3f}"),
+            ("Gap", f"{self.gap:+.3f} ({100 * self.gap / self.float_perplexity:+.2f}%)"),
+            ("Evaluated on", f"{self.meta['evaluation']} ({self.meta['evaluation_tokens']:,} tokens)"),
+        ]
+
+
+def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None = None,
+             hessians: HessianReport | None = None, sensitivity: str = "cheap", float_perplexity: float | None = None,
+             batch_size: int = 4, progress: Progress = no_progress) -> QuantReport:
+    """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
+
+    sensitivity: cheap (per layer, from the calibration data alone: relative output error through
+    the Hessian, GPTQ's loss, the input's expected quantization error), thorough (also the
+    perplexity change with only that layer quantized: one evaluation per layer), or none.
+    ``float_perplexity`` skips the float evaluation when it is known for this evaluation set."""
+    if sensitivity not in SENSITIVITY_MODES:
+        raise CalibscopeError(f"sensitivity={sensitivity!r} is not supported; use one of {', '.join(SENSITIVITY_MODES)}.")
+    started = time.perf_counter()
+    layers = select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), spec.name_pattern, False)
+    thorough = sensitivity == "thorough"
+    split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
+    plan, table = plan_quantization(layers, spec, stats, hessians, scaled(progress, 0.0, split[0]))
+    if float_perplexity is None:
+        float_perplexity = perplexity(loaded, evaluation, batch_size, scaled(progress, split[0], split[1]))
+    with quantized(loaded, plan):
+        quantized_perplexity = perplexity(loaded, evaluation, batch_size, scaled(progress, split[1], split[2]))
+    if thorough:
+        table["perplexity_change"] = layer_perplexity_changes(loaded, plan, list(table["layer"]), evaluation,
+                                                              float_perplexity, batch_size, scaled(progress, split[2], 1.0))
+    table.insert(1, "block", [int(m.group(1)) if (m := _BLOCK.search(name)) else -1 for name in table["layer"]])
+    if sensitivity == "none":
+        table = table[["layer", "block", "kind", "in_features", "seconds"]]
+    calibrated = stats or hessians
+    meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
+            "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity,
+            "calibration_sha256": calibrated.meta.get("calibration_sha256", "") if calibrated else "",
+            "seconds": round(time.perf_counter() - started, 2)}
+    report = QuantReport(spec, float_perplexity, quantized_perplexity, table, meta)
+    if not math.isfinite(quantized_perplexity):
+        raise CalibscopeError(f"{spec.label()} makes the model's loss non-finite on {evaluation.name}; "
+                              "use more bits or wider ranges.")
+    return report
+
+
+def layer_perplexity_changes(loaded: LoadedModel, plan, names: list[str], evaluation: EvaluationSet,
+                             float_perplexity: float, batch_size: int, progress: Progress = no_progress) -> list[float]:
+    """Perplexity with only one layer quantized, minus float, for each layer."""
+    changes = []
+    for number, name in enumerate(names):
+        with quantized(loaded, plan.only({name})):
+            changes.append(perplexity(loaded, evaluation, batch_size) - float_perplexity)
+        progress((number + 1) / len(names), f"Sensitivity: {name} ({number + 1} of {len(names)})")
+    return changes

@@ -1,0 +1,95 @@
+"""GPTQ (Frantar et al., 2022): quantize a layer's weight column by column, each column's rounding
+error spread over the columns not yet quantized, weighted by the inverse Hessian of the layer's
+inputs, so that the layer's output on the calibration data changes as little as possible.
+
+Follows the reference implementation (gptq.py's fasterquant): dead inputs (H_ii = 0) get H_ii = 1
+and a zero weight column; damping λ·mean(diag H) on the diagonal; the upper Cholesky factor of
+H⁻¹; lazy batch updates over blocks of ``block_size`` columns; group grids found on the
+already-updated weights when a group starts; optional activation order (columns by decreasing
+H_ii; groups then follow that order, as the reference's act-order without static groups).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import CalibscopeError
+from engine.quant.grid import Grid, row_grid
+
+MAX_DAMPING = 1.0
+
+
+@dataclass
+class GptqResult:
+    weight: torch.Tensor  # fake-quantized, float32, original column order
+    loss: float  # GPTQ's objective: Σ (w - q)² / [H⁻¹]_ii² / 2 over the layer
+    damping: float  # the damping fraction that made the Cholesky succeed
+
+
+def inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹, raising λ tenfold until H factorizes."""
+    mean_diagonal = torch.mean(torch.diag(hessian))
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    while damping <= MAX_DAMPING:
+        factor, info = torch.linalg.cholesky_ex(hessian + damping * mean_diagonal * eye)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper, damping
+        damping *= 10
+    raise CalibscopeError("GPTQ: the Hessian does not factorize even with damping 1.0 of its mean diagonal; "
+                          "the calibration data may contain NaN or Inf activations.")
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True,
+         block_size: int = 128, damping: float = 0.01, act_order: bool = False) -> GptqResult:
+    """Quantize ``weight`` [out, in] given H [in, in] (any scale: GPTQ's result does not depend on it)."""
+    weight = weight.detach().clone().float()
+    hessian = hessian.detach().clone().float().to(weight.device)
+    columns = weight.shape[1]
+    dead = torch.diag(hessian) == 0
+    hessian[dead, dead] = 1
+    weight[:, dead] = 0
+    order = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    if order is not None:
+        weight, hessian = weight[:, order], hessian[order][:, order]
+    hinv, used = inverse_cholesky(hessian, damping)
+    quantized = torch.zeros_like(weight)
+    losses = torch.zeros_like(weight)
+    grid = row_grid(weight, bits, symmetric) if not group_size else None
+    for start in range(0, columns, block_size):
+        stop = min(start + block_size, columns)
+        block = weight[:, start:stop].clone()
+        errors = torch.zeros_like(block)
+        block_hinv = hinv[start:stop, start:stop]
+        for i in range(stop - start):
+            column = start + i
+            if group_size and column % group_size == 0:
+                grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
+            w = block[:, i]
+            d = block_hinv[i, i]
+            q = _quantize_column(grid, w)
+            quantized[:, column] = q
+            losses[:, column] = (w - q) ** 2 / d**2 / 2
+            error = (w - q) / d
+            block[:, i:] -= error[:, None] @ block_hinv[i, i:][None, :]
+            errors[:, i] = error
+        weight[:, stop:] -= errors @ hinv[start:stop, stop:]
+    if order is not None:
+        quantized = quantized[:, torch.argsort(order)]
+    return GptqResult(quantized, float(losses.sum()), used)
+
+
+def _group(weight: torch.Tensor, block: torch.Tensor, start: int, column: int, group_size: int) -> torch.Tensor:
+    """The group's columns as they stand now: inside the current block the updated copy, after it
+    the weights updated by earlier blocks (equal to the reference when groups align with blocks)."""
+    stop = column + group_size
+    inside = block[:, column - start:min(stop - start, block.shape[1])]
+    beyond = weight[:, start + block.shape[1]:stop] if stop > start + block.shape[1] else weight[:, :0]
+    return torch.cat([inside, beyond], dim=1)
+
+
+def _quantize_column(grid: Grid, w: torch.Tensor) -> torch.Tensor:
+    return Grid(grid.scale[:, 0], grid.zero[:, 0], grid.maxq).fake_quantize(w)

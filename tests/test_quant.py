@@ -1,0 +1,216 @@
+"""Simulated quantization against direct computations: GPTQ vs RTN, activation clipping, restoring
+weights, perplexity, and the end-to-end evaluation on a tiny model."""
+import math
+
+import datasets
+import pytest
+import torch
+
+from engine import ModelSpec, load_model
+from engine.errors import CalibscopeError, SpecError
+from engine.quant import (
+    ActivationSpec,
+    QuantizedModel,
+    QuantSpec,
+    WeightSpec,
+    evaluate,
+    evaluation_windows,
+    gptq,
+    perplexity,
+    plan_quantization,
+    quantized,
+    rtn,
+)
+from engine.quant.grid import minmax_grid
+from engine.quant.plan import output_error
+from engine.quant.ranges import activation_grid, mse_clip
+from engine.sampling import RandomSpec, build
+from engine.stats import ActivationAccumulator, StatsSpec, TokenIndex, collect
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.passes import select_layers
+
+
+def correlated_inputs(tokens: int, channels: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(channels, channels, generator=generator) / channels**0.5
+    scales = torch.logspace(-1, 1, channels)
+    return (torch.randn(tokens, channels, generator=generator) * scales) @ mixing + 0.1 * torch.randn(tokens, channels, generator=generator)
+
+
+def relative_output_error(weight, quantized_weight, x):
+    return float(((x @ (quantized_weight - weight).T) ** 2).sum() / ((x @ weight.T) ** 2).sum())
+
+
+@pytest.mark.parametrize("bits,group_size,act_order", [(4, 0, False), (3, 32, False), (4, 32, True), (2, 0, True)])
+def test_gptq_beats_rtn_on_the_layer_output(bits, group_size, act_order):
+    x = correlated_inputs(2048, 96)
+    weight = torch.randn(64, 96, generator=torch.Generator().manual_seed(1))
+    hessian = 2 * x.T @ x / x.shape[0]
+    result = gptq(weight, hessian, bits, group_size, block_size=32, act_order=act_order)
+    gptq_error = relative_output_error(weight, result.weight, x)
+    rtn_error = relative_output_error(weight, rtn(weight, bits, group_size), x)
+    assert gptq_error < 0.8 * rtn_error, (gptq_error, rtn_error)
+    assert result.damping == 0.01 and result.loss > 0
+    torch.testing.assert_close(output_error(result.weight - weight, weight, hessian), gptq_error, rtol=1e-3, atol=0)
+
+
+def test_gptq_lazy_blocks_equal_column_by_column_and_values_lie_on_the_grid():
+    x = correlated_inputs(512, 64, seed=3)
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(4))
+    hessian = x.T @ x
+    lazy = gptq(weight, hessian, 4, group_size=16, block_size=16)
+    eager = gptq(weight, hessian, 4, group_size=16, block_size=1)
+    torch.testing.assert_close(lazy.weight, eager.weight, rtol=1e-4, atol=1e-4)
+    for start in range(0, 64, 16):  # each row of each group takes at most 16 distinct values
+        group = lazy.weight[:, start:start + 16]
+        assert all(len(torch.unique(row)) <= 16 for row in group)
+
+
+def test_gptq_handles_dead_inputs_and_raises_damping_when_needed():
+    x = correlated_inputs(8, 32, seed=5)  # 8 tokens, 32 channels: rank 8
+    x[:, 3] = 0
+    weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(6))
+    result = gptq(weight, x.T @ x, 4, damping=1e-9)
+    assert result.damping > 1e-9 and torch.all(result.weight[:, 3] == 0)
+    assert torch.isfinite(result.weight).all()
+
+
+def test_rtn_matches_a_direct_grid_per_group():
+    weight = torch.randn(4, 8)
+    out = rtn(weight, 3, group_size=4, symmetric=False)
+    for start in (0, 4):
+        part = weight[:, start:start + 4]
+        low, high = part.min(1).values.clamp(max=0), part.max(1).values.clamp(min=0)
+        scale = (high - low) / 7
+        zero = torch.round(-low / scale)
+        expected = scale[:, None] * (torch.clamp(torch.round(part / scale[:, None]) + zero[:, None], 0, 7) - zero[:, None])
+        torch.testing.assert_close(out[:, start:start + 4], expected)
+
+
+def statistics_of(x: torch.Tensor, quantiles: tuple[float, ...]) -> dict:
+    accumulator = ActivationAccumulator(x.shape[1])
+    accumulator.update(x, TokenIndex(torch.arange(x.shape[0]), torch.zeros(x.shape[0], dtype=torch.int64)))
+    return accumulator.result(torch.tensor(quantiles, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method,bits,gain", [("percentile", 4, 0.7), ("mse", 4, 0.5), ("mse", 8, 1.0)])
+def test_clipping_beats_min_max_on_heavy_tailed_activations(method, bits, gain):
+    """Laplace activations (exponential tails, as LLM activations outside outlier channels): the
+    rare largest values set min/max, so every other value gets a coarse grid."""
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((50000, 4))
+    arrays = statistics_of(x, (0.999, 0.9999))
+
+    def error(spec):
+        grid = activation_grid(arrays, spec, (99.9, 99.99))
+        return float(((grid.fake_quantize(x) - x) ** 2).mean())
+
+    minmax = error(ActivationSpec(bits, "minmax"))
+    clipped = error(ActivationSpec(bits, method, percentile=99.9))
+    assert clipped < gain * minmax, (clipped, minmax)
+
+
+def test_mse_clip_keeps_the_full_range_of_uniform_data_and_per_channel_percentiles_are_used():
+    x = torch.rand(50000, 2) * 2 - 1
+    arrays = statistics_of(x, (0.999,))
+    assert mse_clip(arrays["tensor_counts"], float(arrays["absmax"].max()), 8) > 0.95
+    grid = activation_grid(arrays, ActivationSpec(8, "percentile", 99.9, granularity="channel"), (99.9,))
+    assert grid.scale.shape == (2,)
+    with pytest.raises(SpecError, match="p99.99"):
+        activation_grid(arrays, ActivationSpec(8, "percentile", 99.99, granularity="channel"), (99.9,))
+
+
+def test_asymmetric_min_max_grid_covers_the_observed_range():
+    grid = minmax_grid(torch.tensor(0.5), torch.tensor(3.0), 8, symmetric=False)
+    values = torch.tensor([0.0, 1.0, 3.0])
+    assert torch.allclose(grid.fake_quantize(values), values, atol=float(grid.scale))
+
+
+def test_specs_refuse_what_cannot_be_done():
+    with pytest.raises(SpecError, match="Nothing to quantize"):
+        QuantSpec(WeightSpec("none"))
+    with pytest.raises(SpecError, match="minmax"):
+        ActivationSpec(8, "percentile", symmetric=False)
+    with pytest.raises(SpecError, match="bits"):
+        WeightSpec("rtn", bits=1)
+    assert QuantSpec(WeightSpec("gptq", 4, 128), ActivationSpec(8, "mse")).label() == "W4 g128 GPTQ + A8 static per-tensor mse"
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_llama):
+    texts = [f"Paragraph {i}. " + "the quick brown fox jumps over the lazy dog " * (3 + i % 5) for i in range(24)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": ["q"] * 24, "row_id": list(range(24))})
+    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=16, max_length=128))
+    stats = collect(tiny_llama, calibration, StatsSpec(percentiles=(99.9, 99.99)))
+    hessians = collect_hessians(tiny_llama, calibration)
+    evaluation = evaluation_windows(tiny_llama.tokenizer, ["held-out text about foxes and dogs. " * 40] * 3, 64, 6, "held-out")
+    return stats, hessians, evaluation
+
+
+def direct_perplexity(model, windows):
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in windows:
+            logits = model(row[None]).logits[0, :-1].float()
+            total += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
+            count += row.numel() - 1
+    return math.exp(total / count)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gpt2"])
+def test_perplexity_matches_a_direct_computation(name):
+    loaded = load_model(ModelSpec(name))
+    evaluation = evaluation_windows(loaded.tokenizer, ["Some held-out text, repeated. " * 30], 48, 5, "text")
+    assert evaluation.windows.shape == (5, 48) and evaluation.tokens == 5 * 47
+    assert torch.all(evaluation.windows[:, 0] == loaded.tokenizer("x").input_ids[0])  # each window starts with BOS
+    expected = direct_perplexity(loaded.model, evaluation.windows)
+    assert perplexity(loaded, evaluation, batch_size=2) == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluation_windows_refuse_too_little_text(tiny_llama):
+    with pytest.raises(CalibscopeError, match="fewer than one window"):
+        evaluation_windows(tiny_llama.tokenizer, ["short"], 512, 4, "short")
+
+
+def test_weights_and_hooks_are_restored_after_an_exception(tiny_llama, calibrated):
+    stats, hessians, _ = calibrated
+    layers = select_layers(tiny_llama.model, ("Linear",), "", False)
+    plan, _ = plan_quantization(layers, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), stats, hessians)
+    module = layers[0].module
+    original = module.weight.data
+    before = original.clone()
+    with pytest.raises(RuntimeError, match="boom"), quantized(tiny_llama, plan):
+        assert not torch.equal(module.weight.data, before) and module._forward_pre_hooks
+        raise RuntimeError("boom")
+    assert module.weight.data_ptr() == original.data_ptr() and torch.equal(module.weight.data, before)
+    assert not any(layer.module._forward_pre_hooks for layer in layers)
+
+
+def test_evaluate_on_a_tiny_model_orders_schemes_and_leaves_the_model_unchanged(tiny_llama, calibrated):
+    stats, hessians, evaluation = calibrated
+    state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    float_ppl = perplexity(tiny_llama, evaluation)
+    w8 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 8, 0)), evaluation, stats, hessians)
+    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), evaluation, stats, hessians, float_perplexity=float_ppl)
+    both = evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)),
+                    evaluation, stats, hessians, sensitivity="thorough")
+    assert w8.float_perplexity == pytest.approx(float_ppl) == w2.float_perplexity
+    assert abs(w8.gap) < 0.1 * w2.gap  # random weights: perplexity ~ vocabulary, yet 2 bits still shows
+    table = both.layers
+    assert len(table) == len(select_layers(tiny_llama.model, ("Linear",), "", False))
+    assert {"output_error", "gptq_loss", "input_error", "perplexity_change", "clip", "block"} <= set(table.columns)
+    assert (table["output_error"] > 0).all() and table["perplexity_change"].notna().all()
+    assert both.meta["evaluation_tokens"] == evaluation.tokens
+    for name, value in tiny_llama.model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_evaluate_says_what_is_missing(tiny_llama, calibrated):
+    _, _, evaluation = calibrated
+    with pytest.raises(CalibscopeError, match="collect Hessians"):
+        evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), evaluation)
+    with pytest.raises(CalibscopeError, match="activation statistics"):
+        evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), evaluation)
+    with pytest.raises(CalibscopeError, match="no module"):
+        with quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
+            pass
