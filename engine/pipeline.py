@@ -6,33 +6,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import tomllib
 
 from engine.atomic import write_file
-from engine.corpus import corpus_summary, load_corpus
+from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
 from engine.export import FORMATS, save_calibration_set
-from engine.figures import (
-    bucket_bars,
-    channel_heatmap,
-    diagonal_heatmap,
-    hessian_depth,
-    layer_distributions,
-    length_histogram,
-    outlier_table,
-    ranges_across_depth,
-)
-from engine.html_report import render, section
 from engine.models import load_model
 from engine.progress import Progress, no_progress, scaled
-from engine.sampling import (
-    SPEC_TYPES,
-    LengthStratifiedSpec,
-    SamplingSpec,
-    Strategy,
-    build,
-)
+from engine.run_report import run_report
+from engine.sampling import SPEC_TYPES, SamplingSpec, Strategy, build
 from engine.specs import CorpusSpec, ModelSpec
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -101,35 +84,22 @@ def run(config: RunConfig, progress: Progress = no_progress) -> dict[str, Path]:
     calibration = build(corpus, loaded.tokenizer, config.sampling, max_positions=loaded.info.max_positions,
                         corpus_label=config.corpus.label, progress=scaled(progress, 0.15, 0.2))
     written = {"calibration": save_calibration_set(calibration, loaded.tokenizer, config.output / "calibration", config.export_format)}
-    prefix = len(calibration.manifest.tokenizer["prefix_ids"])
-    edges = config.sampling.edges if isinstance(config.sampling, LengthStratifiedSpec) else ()
-    sections = [
-        section("Model and corpus", tables=[pd.DataFrame(loaded.info.as_rows(), columns=["Model", ""]),
-                                            pd.DataFrame(corpus_summary(corpus), columns=["Corpus", ""])]),
-        section("Calibration set", notes=calibration.notes,
-                tables=[pd.DataFrame(calibration.summary_rows(), columns=["Calibration set", ""])]
-                + ([calibration.buckets] if calibration.buckets is not None else []),
-                figures=[length_histogram(calibration.corpus_lengths, calibration.lengths, edges, prefix)]
-                + ([bucket_bars(calibration.buckets)] if calibration.buckets is not None else [])),
-    ]
+    stats = hessians = None
     if config.stats is not None:
         stats = collect(loaded, calibration, config.stats, scaled(progress, 0.2, 0.6))
         written["statistics"] = stats.save(config.output / "statistics")
-        sections.append(section("Activation ranges", tables=[outlier_table(stats)],
-                                figures=[ranges_across_depth(stats), layer_distributions(stats), channel_heatmap(stats)]))
     if config.hessians is not None:
         hessians = collect_hessians(loaded, calibration, config.hessians, scaled(progress, 0.6, 0.95))
         written["hessians"] = hessians.save(config.output / "hessians")
-        sections.append(section("Hessians", notes=hessians.warnings[:20], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)]))
     written["report"] = config.output / "report.html"
-    write_file(written["report"], render("calibscope report", f"{loaded.info.name} · {config.corpus.label}", sections))
+    write_file(written["report"], run_report(loaded.info, config.corpus.label, corpus, calibration, stats, hessians))
     written["config"] = config.output / "config.json"
-    write_file(written["config"], json.dumps(_as_json(config), indent=2))
+    write_file(written["config"], json.dumps(config_as_json(config), indent=2))
     progress(1.0, f"Wrote {len(written)} artifacts to {config.output}")
     return written
 
 
-def _as_json(config: RunConfig) -> dict:
+def config_as_json(config: RunConfig) -> dict:
     """The config as it was run (every default filled in), to reproduce it."""
     data = {"output": str(config.output), "model": dataclasses.asdict(config.model),
             "corpus": {**dataclasses.asdict(config.corpus), "kind": config.corpus.kind.value},

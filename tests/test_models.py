@@ -103,10 +103,10 @@ def test_missing_optional_package_says_how_to_install(monkeypatch):
 
 
 def test_remote_code_is_explained_not_run():
-    from engine.models.loading import _explain_pretrained_failure
+    from engine.models.loading import explain_load_failure
 
     error = ValueError("The repository contains custom code which must be executed; pass trust_remote_code=True")
-    assert "never" in str(_explain_pretrained_failure("org/custom", error))
+    assert "never" in str(explain_load_failure("org/custom", error))
 
 
 def test_device_and_dtype_choice():

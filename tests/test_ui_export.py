@@ -7,6 +7,7 @@ import gradio as gr
 import pytest
 
 from engine.export import load_calibration_export
+from engine.pipeline import load_config, run
 from engine.sampling import Manifest
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -43,7 +44,8 @@ def test_every_artifact_downloads_and_reloads(full_session, tmp_path):
     status, files = prepare_downloads("disk", full_session)
     assert status.startswith("**Ready**") and "6 samples" in status and "Hessians (14 layers" in status
     names = [Path(f).name for f in files]
-    assert names == ["calibration-disk.zip", "manifest.json", "statistics.zip", "hessians.zip"]
+    assert names == ["calibration-disk.zip", "manifest.json", "statistics.zip", "hessians.zip", "report.html",
+                     "calibscope-run.json"]
     calibration = unzip(files[0], tmp_path)
     reloaded = datasets.load_from_disk(str(calibration / "dataset"))
     assert reloaded["input_ids"][0] == full_session.calibration.sequences[0].tolist()
@@ -60,3 +62,17 @@ def test_parquet_export_and_fresh_folders(full_session, tmp_path):
     assert Path(first[0]).parent != Path(second[0]).parent  # nothing the user downloaded is overwritten
     dataset, manifest = load_calibration_export(unzip(first[0], tmp_path))
     assert len(dataset) == 6 and manifest.token_sha256 == full_session.calibration.manifest.token_sha256
+
+
+def test_the_downloaded_run_config_repeats_the_session_headless(full_session, tmp_path):
+    _, files = prepare_downloads("jsonl", full_session)
+    report = Path(files[-2]).read_text()
+    assert report.count('class="plotly-graph-div"') >= 5 and "Hessians" in report
+    config_path = tmp_path / "calibscope-run.json"
+    config_path.write_text(Path(files[-1]).read_text())
+    config = load_config(config_path)
+    assert config.output == tmp_path / "calibscope-run" and config.export_format == "jsonl"
+    assert config.stats == full_session.stats.spec and config.hessians is not None
+    written = run(config)
+    _, manifest = load_calibration_export(written["calibration"])
+    assert manifest.token_sha256 == full_session.calibration.manifest.token_sha256  # the same set, token for token

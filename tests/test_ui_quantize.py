@@ -9,7 +9,14 @@ from ui.limits import Limits
 from ui.state import Session
 from ui.tabs.activations import collect_statistics
 from ui.tabs.hessians import compute_hessians
-from ui.tabs.quantize import CUSTOM, FLOAT_PERPLEXITY, HELD_OUT, UPLOADED, make_handler, preset_widgets
+from ui.tabs.quantize import (
+    CUSTOM,
+    FLOAT_PERPLEXITY,
+    HELD_OUT,
+    UPLOADED,
+    make_handler,
+    preset_widgets,
+)
 
 HELD = next(iter(HELD_OUT))
 run_quantization = make_handler(Limits())

@@ -30,7 +30,7 @@ def build_app(limits: Limits | None = None, default_model: str | None = None) ->
             with gr.Tab("Activation ranges", id="activations"):
                 activations.build_tab(session)
             with gr.Tab("Hessians", id="hessians"):
-                hessians.build_tab(session)
+                hessians.build_tab(session, limits)
             with gr.Tab("Quantize", id="quantize"):
                 quantize.build_tab(session, limits)
             with gr.Tab("Export", id="export"):

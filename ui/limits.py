@@ -18,10 +18,13 @@ class Limits:
     allow_local_paths: bool = True
     max_samples: int = 100_000
     max_sequence_length: int = 1 << 20
+    max_parameters: int | None = None
+    max_hessian_mb: float | None = None
 
     @classmethod
     def shared_space(cls) -> Limits:
-        return cls(shared=True, max_upload_bytes=20 * MIB, allow_local_paths=False, max_samples=256, max_sequence_length=2048)
+        return cls(shared=True, max_upload_bytes=20 * MIB, allow_local_paths=False, max_samples=256, max_sequence_length=2048,
+                   max_parameters=1_500_000_000, max_hessian_mb=1024.0)
 
     @classmethod
     def from_environment(cls, shared: bool | None = None) -> Limits:
@@ -45,4 +48,26 @@ class Limits:
             raise CalibscopeError(
                 "Local model folders are disabled on this shared Space. Use a builtin model or a "
                 "Hugging Face model id (org/name)."
+            )
+
+    def check_model_size(self, name: str, estimate=None) -> None:
+        """Refuse a hub model larger than ``max_parameters`` before downloading its weights
+        (``estimate(name)`` reads only its config; builtin and tiny models are known to be small)."""
+        from engine.models.size import estimate_parameters, is_packaged
+
+        if self.max_parameters is None or is_packaged(name):
+            return
+        parameters = (estimate or estimate_parameters)(name)
+        if parameters > self.max_parameters:
+            raise CalibscopeError(
+                f"'{name}' has {parameters / 1e9:,.2f} B parameters; this shared Space takes models up to "
+                f"{self.max_parameters / 1e9:,.1f} B. Run calibscope locally (pip install calibscope) for larger models."
+            )
+
+    def check_hessian_memory(self, megabytes: float) -> None:
+        if self.max_hessian_mb is not None and megabytes > self.max_hessian_mb:
+            raise CalibscopeError(
+                f"These Hessians would take {megabytes:,.0f} MB, more than the {self.max_hessian_mb:,.0f} MB a session may "
+                "hold on this shared Space. Select fewer layers with the name filter (e.g. 'layers\\.(0|1)\\.'), "
+                "or run calibscope locally."
             )

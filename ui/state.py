@@ -5,6 +5,7 @@ models are large and read-only during calibration, so one cache serves every ses
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,18 @@ class Session:
     def with_calibration(self, calibration: CalibrationSet) -> Session:
         """A new calibration set: statistics, Hessians and quantization of the old one are dropped."""
         return replace(self, calibration=calibration, stats=None, hessians=None, quantization=None)
+
+    def _same_set(self, report) -> bool:
+        return report is not None and self.calibration is not None and \
+            report.meta.get("calibration_sha256") == self.calibration.manifest.token_sha256
+
+    def reusable_stats(self, spec) -> StatsReport | None:
+        """This session's statistics if they were collected on this set with exactly ``spec``."""
+        return self.stats if self._same_set(self.stats) and self.stats.spec == spec else None
+
+    def reusable_hessians(self, spec) -> HessianReport | None:
+        """This session's Hessians if they were collected on this set with exactly ``spec``."""
+        return self.hessians if self._same_set(self.hessians) and self.hessians.meta.get("spec") == dataclasses.asdict(spec) else None
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:

@@ -97,7 +97,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(name))
 
 
-def _explain_pretrained_failure(name: str, error: Exception) -> ModelLoadError:
+def explain_load_failure(name: str, error: Exception) -> ModelLoadError:
     text = str(error)
     if "trust_remote_code" in text or "remote code" in text.lower():
         return ModelLoadError(
@@ -129,7 +129,7 @@ def _load_pretrained(name_or_path: str, spec: ModelSpec, device: torch.device, d
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise _explain_pretrained_failure(name_or_path, error) from error
+        raise explain_load_failure(name_or_path, error) from error
     if not spec.device_map:
         model.to(device)
     return model, tokenizer

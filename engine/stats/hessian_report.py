@@ -1,6 +1,7 @@
 """collect_hessians: GPTQ Hessians of the selected layers in one pass, diagnosed and exportable."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: Hes
         rows.append(row)
     distinct_mb = sum(h.numel() * h.element_size() for h in hessians.values()) / 2**20
     meta = {
-        "model": loaded.info.name, "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
+        "model": loaded.info.name, "spec": dataclasses.asdict(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype, "storage": spec.storage,
         "layers": len(layers), "distinct": len(hessians), "memory_mb": round(distinct_mb, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),

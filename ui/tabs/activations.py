@@ -20,7 +20,8 @@ from engine.stats import StatsReport, StatsSpec, collect
 from engine.stats.attribution import attribute
 from engine.stats.report import percentile_column
 from engine.stats.specs import CAPTURES, LAYER_TYPES
-from ui.errors import as_progress, shown_to_user
+from ui.cancel import cancel_button, cancellable, wire_cancel
+from ui.errors import shown_to_user
 from ui.state import MODELS, Session
 
 
@@ -49,10 +50,11 @@ def layer_table(report: StatsReport) -> pd.DataFrame:
     return table[columns].round(3)
 
 
-def status_line(report: StatsReport) -> str:
+def status_line(report: StatsReport, reused: bool = False) -> str:
     meta = report.meta
     saved = f", {meta['shared']} reuse another layer's input" if meta["shared"] else ""
-    return (f"**Collected** {meta['observed']} tensors ({meta['distinct']} distinct{saved}) over {meta['samples']:,} samples, "
+    verb = "**Reused** (same set and settings as your last run):" if reused else "**Collected**"
+    return (f"{verb} {meta['observed']} tensors ({meta['distinct']} distinct{saved}) over {meta['samples']:,} samples, "
             f"{meta['tokens']:,} tokens · {meta['seconds']:.1f} s")
 
 
@@ -63,17 +65,18 @@ def drill_down(report: StatsReport, key: str, session: Session):
 
 @shown_to_user
 def collect_statistics(layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size,
-                       session: Session | None, progress=gr.Progress()):
+                       session: Session | None, progress=gr.Progress(), request: gr.Request = None):
     session = session or Session()
     calibration = session.require_calibration()
     spec = stats_spec_from_widgets(layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size)
     loaded = MODELS.get(session.model_spec)
-    report = collect(loaded, calibration, spec, progress=as_progress(progress))
+    reused = session.reusable_stats(spec)
+    report = reused or collect(loaded, calibration, spec, progress=cancellable(progress, request))
     session = replace(session, stats=report)
     top = report.summary.sort_values("absmax", ascending=False)["key"].iloc[0]
     channels, attribution = drill_down(report, top, session)
     return (
-        status_line(report), ranges_across_depth(report), layer_table(report), outlier_table(report),
+        status_line(report, reused is not None), ranges_across_depth(report), layer_table(report), outlier_table(report),
         channel_heatmap(report), layer_distributions(report),
         gr.update(choices=list(report.summary["key"]), value=top), channels, attribution, session,
     )
@@ -106,7 +109,9 @@ def build_tab(session: gr.State) -> None:
                 threshold = gr.Number(value=6.0, label="Outlier threshold", info="LLM.int8() uses 6")
                 batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
             channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info="128-bin histogram per channel")
-            run = gr.Button("Collect statistics", variant="primary")
+            with gr.Row():
+                run = gr.Button("Collect statistics", variant="primary", scale=3)
+                cancel = cancel_button()
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then collect statistics.", elem_classes="cs-status")
             ranges = gr.Plot(show_label=False)
@@ -123,11 +128,12 @@ def build_tab(session: gr.State) -> None:
         heatmap = gr.Plot(show_label=False)
         distributions = gr.Plot(show_label=False)
 
-    run.click(
+    event = run.click(
         collect_statistics,
         [layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size, session],
         [status, ranges, table, outliers, heatmap, distributions, layer, channels, attribution, session],
         show_progress_on=[status], concurrency_id="heavy", api_name="collect_statistics",
     )
+    wire_cancel(cancel, event, status)
     layer.input(show_layer, [layer, session], [channels, attribution])
     table.select(pick_from_table, table, layer).then(show_layer, [layer, session], [channels, attribution])

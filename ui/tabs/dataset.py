@@ -1,7 +1,6 @@
 """Dataset: build a calibration set from the loaded corpus and see exactly what it holds."""
 from __future__ import annotations
 
-import functools
 import time
 
 import gradio as gr
@@ -22,7 +21,8 @@ from engine.sampling import (
     build,
 )
 from engine.sampling.specs import DEFAULT_EDGES
-from ui.errors import as_progress, shown_to_user
+from ui.cancel import cancel_button, cancellable, wire_cancel
+from ui.errors import shown_to_user, with_limits
 from ui.limits import Limits
 from ui.state import MODELS, Session
 
@@ -76,7 +76,8 @@ def status_line(calibration, seconds: float) -> str:
 
 @shown_to_user
 def build_calibration_set(strategy, nsamples, length, edges, allocation, mode, seed, add_bos, chat_template,
-                          session: Session | None, limits: Limits = Limits(), progress=gr.Progress()):
+                          session: Session | None, progress=gr.Progress(), request: gr.Request = None, *,
+                          limits: Limits = Limits()):
     """Build the set, keep it in the session, and show it."""
     session = session or Session()
     corpus = session.require_corpus()
@@ -85,7 +86,7 @@ def build_calibration_set(strategy, nsamples, length, edges, allocation, mode, s
     loaded = MODELS.get(session.model_spec)
     started = time.perf_counter()
     calibration = build(corpus, loaded.tokenizer, spec, max_positions=loaded.info.max_positions,
-                        corpus_label=session.corpus_spec.label, progress=as_progress(progress))
+                        corpus_label=session.corpus_spec.label, progress=cancellable(progress, request))
     seconds = time.perf_counter() - started
     prefix = len(calibration.manifest.tokenizer["prefix_ids"])
     edges_shown = spec.edges if isinstance(spec, LengthStratifiedSpec) else ()
@@ -131,7 +132,9 @@ def build_tab(session: gr.State, limits: Limits) -> None:
             add_bos = gr.Checkbox(value=True, label="Start every sample with BOS, as at inference",
                                   info="Off reproduces raw-window recipes; Gemma's perplexity is ~2.8x worse without BOS")
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
-            run = gr.Button("Build calibration set", variant="primary")
+            with gr.Row():
+                run = gr.Button("Build calibration set", variant="primary", scale=3)
+                cancel = cancel_button()
         with gr.Column(scale=2):
             status = gr.Markdown("Load a model and a corpus, then build a set.", elem_classes="cs-status")
             histogram = gr.Plot(label="Token lengths", show_label=False)
@@ -143,9 +146,10 @@ def build_tab(session: gr.State, limits: Limits) -> None:
                            column_widths=["7%", "7%", "10%", "22%", "54%"])
 
     strategy.change(_strategy_controls, strategy, [length, edges, allocation, mode, help_text])
-    run.click(
-        functools.partial(build_calibration_set, limits=limits),
+    event = run.click(
+        with_limits(build_calibration_set, limits),
         [strategy, nsamples, length, edges, allocation, mode, seed, add_bos, chat_template, session],
         [status, histogram, buckets_plot, summary, bucket_table, preview, session],
         show_progress_on=[status], concurrency_id="heavy", api_name="build_calibration_set",
     )
+    wire_cancel(cancel, event, status)

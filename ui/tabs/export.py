@@ -1,6 +1,7 @@
 """Export: download what this session built, in the forms quantization tools read."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,7 +11,9 @@ import gradio as gr
 from engine.atomic import write_file
 from engine.errors import CalibscopeError
 from engine.export import FORMATS, save_calibration_set
+from engine.run_report import run_report
 from ui.errors import shown_to_user
+from ui.run_config import session_config
 from ui.state import MODELS, Session
 
 FORMAT_LABELS = {"disk": "datasets folder (load_from_disk), zipped", "parquet": "parquet", "jsonl": "jsonl"}
@@ -41,6 +44,22 @@ def prepare_downloads(fmt: str, session: Session | None):
     if session.hessians is not None:
         files.append(_zip(session.hessians.save(folder / "hessians")))
         made.append(f"Hessians ({session.hessians.meta['layers']} layers, {session.hessians.meta['memory_mb']:,.0f} MB)")
+    quantization = session.quantization
+    if quantization is not None:
+        table = folder / "quantization-layers.csv"
+        write_file(table, quantization.layers.to_csv(index=False))
+        files.append(table)
+        made.append(f"per-layer quantization results ({quantization.spec.label()})")
+    loaded = MODELS.get(session.model_spec)
+    report = folder / "report.html"
+    write_file(report, run_report(loaded.info, session.corpus_spec.label, session.corpus, calibration, session.stats,
+                                  session.hessians, quantization))
+    config, notes = session_config(session, fmt)
+    config_file = folder / "calibscope-run.json"
+    write_file(config_file, json.dumps(config, indent=2))
+    files += [report, config_file]
+    made += ["HTML report with every figure (works offline)", "run config (`calibscope run calibscope-run.json`"
+             + "".join(f"; {note}" for note in notes) + ")"]
     status = "**Ready**: " + "; ".join(made) + "."
     return status, [str(f) for f in files]
 
@@ -48,8 +67,9 @@ def prepare_downloads(fmt: str, session: Session | None):
 def build_tab(session: gr.State) -> None:
     gr.Markdown(
         "Download the calibration set with its manifest (rebuild it bit for bit with "
-        "`engine.sampling.rebuild`), and the statistics and Hessians collected in this session "
-        "(safetensors + JSON; Hessians as one tensor per module name)."
+        "`engine.sampling.rebuild`), the statistics and Hessians collected in this session "
+        "(safetensors + JSON; Hessians as one tensor per module name), the quantization results, "
+        "an HTML report with every figure, and the run config that repeats this session headless."
     )
     with gr.Row():
         fmt = gr.Radio([(label, value) for value, label in FORMAT_LABELS.items()], value="disk", label="Calibration set format")

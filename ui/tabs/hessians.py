@@ -8,9 +8,16 @@ import pandas as pd
 
 from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth
 from engine.figures.stats import short_name
-from engine.stats.hessian_report import HessianReport, collect_hessians
+from engine.stats.hessian_report import (
+    HessianReport,
+    collect_hessians,
+    hessian_megabytes,
+)
+from engine.stats.passes import select_layers
 from engine.stats.specs import HessianSpec
-from ui.errors import as_progress, shown_to_user
+from ui.cancel import cancel_button, cancellable, wire_cancel
+from ui.errors import shown_to_user, with_limits
+from ui.limits import Limits
 from ui.state import MODELS, Session
 
 SHOWN_WARNINGS = 8
@@ -26,9 +33,10 @@ FINDINGS = {
 }
 
 
-def status_line(report: HessianReport) -> str:
+def status_line(report: HessianReport, reused: bool = False) -> str:
     meta = report.meta
-    line = (f"**Collected** Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
+    verb = "**Reused** (same set and settings as your last run):" if reused else "**Collected**"
+    line = (f"{verb} Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
             f"{meta['memory_mb']:,.1f} MB instead of {meta['memory_without_sharing_mb']:,.1f} MB without sharing) "
             f"over {meta['tokens']:,} tokens · pass {meta['pass_seconds']:.1f} s, total {meta['seconds']:.1f} s")
     findings = {kind: layers for kind, layers in report.findings().items() if layers}
@@ -52,14 +60,20 @@ def diagnostics_table(report: HessianReport) -> pd.DataFrame:
 
 
 @shown_to_user
-def compute_hessians(pattern, dtype, storage, batch_size, session: Session | None, progress=gr.Progress()):
+def compute_hessians(pattern, dtype, storage, batch_size, session: Session | None, progress=gr.Progress(),
+                     request: gr.Request = None, *, limits: Limits = Limits()):
     session = session or Session()
     calibration = session.require_calibration()
     spec = HessianSpec(name_pattern=(pattern or "").strip(), dtype=dtype, storage=storage, batch_size=int(batch_size or 0))
     loaded = MODELS.get(session.model_spec)
-    report = collect_hessians(loaded, calibration, spec, progress=as_progress(progress))
+    report = session.reusable_hessians(spec)
+    reused = report is not None
+    if not reused:
+        layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+        limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
+        report = collect_hessians(loaded, calibration, spec, progress=cancellable(progress, request))
     worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
-    return (status_line(report), hessian_depth(report), diagnostics_table(report),
+    return (status_line(report, reused), hessian_depth(report), diagnostics_table(report),
             gr.update(choices=list(report.diagnostics["layer"]), value=worst), eigen_spectrum(report, worst),
             diagonal_heatmap(report), replace(session, hessians=report))
 
@@ -72,7 +86,7 @@ def show_spectrum(layer: str, session: Session | None):
     return eigen_spectrum(report, layer)
 
 
-def build_tab(session: gr.State) -> None:
+def build_tab(session: gr.State, limits: Limits) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder="all quantizable layers but the head")
@@ -80,7 +94,9 @@ def build_tab(session: gr.State) -> None:
             storage = gr.Radio(["model", "cpu"], value="model", label="Keep Hessians on",
                                info="cpu: host memory, for a model on a GPU that is short of memory")
             batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
-            run = gr.Button("Collect Hessians", variant="primary")
+            with gr.Row():
+                run = gr.Button("Collect Hessians", variant="primary", scale=3)
+                cancel = cancel_button()
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then collect Hessians.", elem_classes="cs-status")
             depth = gr.Plot(show_label=False)
@@ -91,7 +107,8 @@ def build_tab(session: gr.State) -> None:
             spectrum = gr.Plot(show_label=False)
         with gr.Column():
             diagonals = gr.Plot(show_label=False)
-    run.click(compute_hessians, [pattern, dtype, storage, batch_size, session],
+    event = run.click(with_limits(compute_hessians, limits), [pattern, dtype, storage, batch_size, session],
               [status, depth, table, layer, spectrum, diagonals, session],
               show_progress_on=[status], concurrency_id="heavy", api_name="compute_hessians")
+    wire_cancel(cancel, event, status)
     layer.input(show_spectrum, [layer, session], spectrum)

@@ -65,6 +65,7 @@ def load_model_and_corpus(
     report = as_progress(progress)
     model_spec = ModelSpec(name=(model_name or "").strip(), device=device, dtype=dtype)
     limits.check_model_name(model_spec.name)
+    limits.check_model_size(model_spec.name)
     corpus_spec = corpus_spec_from_widgets(
         kind, builtin_name, split, hub_name, hub_config, hub_split, text_column, upload, limits
     )

@@ -25,7 +25,8 @@ from engine.quant import (
 from engine.quant.specs import GRANULARITIES, RANGE_METHODS, WEIGHT_METHODS
 from engine.specs import BuiltinCorpus
 from ui.cache import ResultCache
-from ui.errors import as_progress, shown_to_user
+from ui.cancel import cancel_button, cancellable, wire_cancel
+from ui.errors import shown_to_user
 from ui.limits import Limits
 from ui.state import MODELS, Session
 
@@ -104,7 +105,7 @@ def run_record(report: QuantReport, number: int) -> dict:
 def make_handler(limits: Limits):
     @shown_to_user
     def run_quantization(method, bits, group, act_order, act_bits, range_method, percentile, granularity, source, upload,
-                         length, windows, sensitivity, session: Session | None, progress=gr.Progress()):
+                         length, windows, sensitivity, session: Session | None, progress=gr.Progress(), request: gr.Request = None):
         session = session or Session()
         session.require_calibration()
         spec = spec_from_widgets(method, bits, group, act_order, act_bits, range_method, percentile, granularity)
@@ -116,7 +117,7 @@ def make_handler(limits: Limits):
         loaded = MODELS.get(session.model_spec)
         float_key = (session.model_spec, evaluation.key)
         report = evaluate(loaded, spec, evaluation, session.stats, session.hessians, sensitivity,
-                          float_perplexity=FLOAT_PERPLEXITY.peek(float_key), progress=as_progress(progress))
+                          float_perplexity=FLOAT_PERPLEXITY.peek(float_key), progress=cancellable(progress, request))
         FLOAT_PERPLEXITY.put(float_key, report.float_perplexity)
         runs = [*session.quant_runs, run_record(report, len(session.quant_runs) + 1)]
         session = replace(session, quantization=report, quant_runs=runs)
@@ -143,13 +144,15 @@ def build_tab(session: gr.State, limits: Limits) -> None:
                 granularity = gr.Radio(list(GRANULARITIES), value="tensor", label="One range per")
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
-                upload = gr.File(label="Held-out file (for 'Uploaded file')", type="filepath", height=90)
+                upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
                 with gr.Row():
                     length = gr.Number(length_default, label="Window (tokens)", precision=0, minimum=2)
                     windows = gr.Number(windows_default, label="Windows", precision=0, minimum=1)
                 sensitivity = gr.Radio(list(SENSITIVITY_MODES), value="cheap", label="Per-layer sensitivity",
                                        info="thorough: one extra evaluation per layer")
-            run = gr.Button("Quantize and evaluate", variant="primary")
+            with gr.Row():
+                run = gr.Button("Quantize and evaluate", variant="primary", scale=3)
+                cancel = cancel_button()
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, collect Hessians (GPTQ) or statistics (static activations), "
                                  "then quantize.", elem_classes="cs-status")
@@ -159,8 +162,10 @@ def build_tab(session: gr.State, limits: Limits) -> None:
     table = gr.Dataframe(label="Per layer, most sensitive first (sortable)", interactive=False, max_height=380)
     details = [method, bits, group, act_order, act_bits, range_method, percentile, granularity]
     preset.input(preset_widgets, preset, details)
+    source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
     for control in details:
         control.input(lambda: CUSTOM, None, preset)
-    run.click(make_handler(limits), [*details, source, upload, length, windows, sensitivity, session],
+    event = run.click(make_handler(limits), [*details, source, upload, length, windows, sensitivity, session],
               [status, summary, runs, depth, table, session], show_progress_on=[status], concurrency_id="heavy",
               api_name="quantize")
+    wire_cancel(cancel, event, status)

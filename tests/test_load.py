@@ -1,0 +1,94 @@
+"""The launched app under load: 8 concurrent visitors through gradio_client, each with its own
+results, the page still answering, queued visitors told their position; and the shared-Space
+refusals as a visitor meets them. Everything stays on the loopback interface and stops by itself."""
+import re
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import transformers
+
+from tests.browser import served_app
+from ui.limits import Limits
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+VISITORS = 8
+DEADLINE_S = 300  # the whole test gives up (and fails) after this, never hangs
+LOAD = ["tiny-random-llama", "auto", "auto", "builtin", "python-docs", "train", "wikitext2", "", "train", "", None]
+
+
+def build_inputs(samples: int, seed: int) -> list:
+    return ["random", samples, 96, "64, 128", "equal", "joined", seed, True, True]
+
+
+STATS = [["Linear"], "", False, "inputs", "99.9", True, 6.0, 4]
+
+
+def visitor(url: str, number: int, queue_seen: list) -> dict:
+    """One visitor's whole flow; returns what its own pages said."""
+    client = Client(url, verbose=False)
+    samples = 3 + number  # every visitor asks for a different set, so mixing would show
+    client.predict(*LOAD, api_name="/load_model_and_corpus")
+    built = client.predict(*build_inputs(samples, seed=number), api_name="/build_calibration_set")[0]
+    job = client.submit(*STATS, api_name="/collect_statistics")
+    while not job.done():
+        status = job.status()
+        if status.rank is not None and status.rank > 0:
+            queue_seen.append(status.rank)
+        time.sleep(0.05)
+    collected = job.result()[0]
+    return {"samples": samples, "built": built, "collected": collected}
+
+
+def tokens_in(text: str) -> int:
+    return int(re.search(r"([\d,]+) tokens", text).group(1).replace(",", ""))
+
+
+def test_eight_concurrent_visitors_get_their_own_results_and_the_app_stays_responsive():
+    queue_seen: list[int] = []
+    with served_app(limits=Limits(), default_model="tiny-random-llama") as url:
+        with ThreadPoolExecutor(VISITORS) as pool:
+            futures = [pool.submit(visitor, url, number, queue_seen) for number in range(VISITORS)]
+            answers = []
+            while not all(f.done() for f in futures):  # the page keeps answering while visitors work
+                started = time.perf_counter()
+                with urllib.request.urlopen(url, timeout=30) as page:
+                    assert page.status == 200
+                answers.append(time.perf_counter() - started)
+                time.sleep(0.2)
+            results = [f.result(timeout=DEADLINE_S) for f in futures]
+    for result in results:
+        assert result["built"].startswith(f"**Built** {result['samples']} samples"), result
+        assert f"over {result['samples']} samples, {tokens_in(result['built']):,} tokens" in result["collected"], result
+    assert len({tokens_in(r["built"]) for r in results}) > 1
+    assert answers and max(answers) < 10, answers
+    assert queue_seen, "with 8 visitors and 2 heavy slots, some visitors should have been told their queue position"
+
+
+def _error_of(client: Client, *args, api_name: str) -> str:
+    with pytest.raises(Exception) as caught:
+        client.predict(*args, api_name=api_name)
+    return str(caught.value)
+
+
+def test_shared_space_refusals_reach_the_visitor(tmp_path, monkeypatch):
+    def refuse_remote_code(name, **kwargs):
+        if name == "someorg/custom-code-model":
+            raise ValueError("The repository contains custom code which must be executed; pass trust_remote_code=True")
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse_remote_code)
+    with served_app(limits=Limits.shared_space(), default_model="tiny-random-llama") as url:
+        client = Client(url, verbose=False)
+        local = _error_of(client, str(tmp_path), *LOAD[1:], api_name="/load_model_and_corpus")
+        assert "Local model folders are disabled on this shared Space" in local
+        remote = _error_of(client, "someorg/custom-code-model", *LOAD[1:], api_name="/load_model_and_corpus")
+        assert "trust_remote_code" in remote and "never" in remote
+        client.predict(*LOAD, api_name="/load_model_and_corpus")
+        huge = _error_of(client, *build_inputs(100_000, 0), api_name="/build_calibration_set")
+        assert "more than the 256 allowed on this shared Space" in huge
+        built = client.predict(*build_inputs(4, 0), api_name="/build_calibration_set")[0]
+        assert built.startswith("**Built** 4 samples")  # the app is still up and serving this visitor

@@ -1,0 +1,84 @@
+"""Product behaviour across tabs: reuse of finished runs, cancellation, shared-Space caps, and what a
+new model or set invalidates."""
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from transformers import LlamaConfig
+
+from engine.errors import CalibscopeError
+from engine.models.size import estimate_parameters
+from engine.stats.hessian_report import collect_hessians
+from tests.test_ui import FakeProgress, _load
+from tests.test_ui_dataset import _build
+from ui.cancel import Cancelled, cancellable, request_cancel
+from ui.limits import Limits
+from ui.state import MODELS
+from ui.tabs.activations import collect_statistics
+from ui.tabs.hessians import compute_hessians
+
+
+@pytest.fixture(scope="module")
+def built_session():
+    (_, _, _, _, session), _ = _load(builtin="python-docs")
+    *_, session = _build(session, nsamples=6, edges="64, 128")
+    return session
+
+
+def _stats(session):
+    return collect_statistics(["Linear"], "", False, "inputs", "99.9", True, 6.0, 4, session, progress=FakeProgress())
+
+
+def test_a_second_run_with_the_same_set_and_settings_is_reused(built_session):
+    first = _stats(built_session)
+    again = _stats(first[-1])
+    assert first[0].startswith("**Collected**") and again[0].startswith("**Reused**")
+    assert again[-1].stats is first[-1].stats
+    other = collect_statistics(["Linear"], "", False, "inputs", "99.99", True, 6.0, 4, first[-1], progress=FakeProgress())
+    assert other[0].startswith("**Collected**")
+    hessians = compute_hessians("", "float32", "model", 4, built_session, progress=FakeProgress())
+    assert compute_hessians("", "float32", "model", 4, hessians[-1], progress=FakeProgress())[0].startswith("**Reused**")
+
+
+def test_a_new_set_or_model_drops_what_was_built_from_the_old_one(built_session):
+    *_, with_stats = _stats(built_session)
+    rebuilt = with_stats.with_calibration(with_stats.calibration)
+    assert rebuilt.stats is None and rebuilt.hessians is None and rebuilt.calibration is with_stats.calibration
+    (_, _, _, _, reloaded), _ = _load(builtin="python-code", session=with_stats)
+    assert reloaded.calibration is None and reloaded.stats is None
+
+
+def test_shared_space_caps_hessian_memory_per_session(built_session):
+    tiny_cap = Limits(shared=True, max_hessian_mb=0.001)
+    with pytest.raises(gr.Error, match="more than the 0 MB a session may hold"):
+        compute_hessians("", "float32", "model", 4, built_session, progress=FakeProgress(), limits=tiny_cap)
+
+
+def test_shared_space_refuses_large_models_before_loading(tmp_path):
+    shared = Limits.shared_space()
+    shared.check_model_size("tiny-random-llama")  # packaged: never estimated
+    with pytest.raises(CalibscopeError, match="7.00 B parameters"):
+        shared.check_model_size("org/huge", estimate=lambda name: 7_000_000_000)
+    shared.check_model_size("org/small", estimate=lambda name: 100_000_000)
+    LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2).save_pretrained(tmp_path)
+    expected = 100 * 16 * 2 + 2 * (4 * 16 * 16 + 3 * 16 * 32 + 2 * 16) + 16  # embed + head, blocks, final norm
+    assert estimate_parameters(str(tmp_path)) == expected
+
+
+def test_cancel_stops_a_pass_at_its_next_report_and_leaves_the_model_usable(built_session):
+    request = SimpleNamespace(session_hash="visitor-1")
+    progress = cancellable(FakeProgress(), request)
+    progress(0.1, "first batch")
+    request_cancel(request)
+    loaded = MODELS.get(built_session.model_spec)
+    with pytest.raises(Cancelled):
+        collect_hessians(loaded, built_session.calibration, progress=progress)
+    assert not any(module._forward_pre_hooks for module in loaded.model.modules())
+    acquired = []
+    thread = threading.Thread(target=lambda: acquired.append(loaded.lock.acquire(timeout=5) and loaded.lock.release() is None))
+    thread.start()
+    thread.join()
+    assert acquired == [True]  # the lock was released on the way out
+    cancellable(FakeProgress(), request)(0.5, "a new run starts uncancelled")
