@@ -37,3 +37,23 @@ def gemma():
     from engine import ModelSpec, load_model
 
     return load_model(ModelSpec("builtin:gemma-3-270m"))
+
+
+TOPICS = {
+    "cooking": "Simmer the onions in butter, add garlic and a pinch of salt, then fold in the cream. ",
+    "astronomy": "The telescope resolved the spiral galaxy's arms and the redshift of distant quasars. ",
+    "football": "The striker volleyed the ball past the goalkeeper in the final minute of the match. ",
+    "finance": "The central bank raised interest rates as bond yields and inflation expectations climbed. ",
+}
+
+
+@pytest.fixture(scope="session")
+def topical_corpus():
+    import datasets
+
+    texts, sources = [], []
+    for topic, sentence in TOPICS.items():
+        for i in range(10):
+            texts.append(f"{sentence * (1 + i % 3)}Note {i}.")
+            sources.append(topic)
+    return datasets.Dataset.from_dict({"text": texts, "source": sources, "row_id": list(range(len(texts)))})

@@ -9,6 +9,7 @@ from ui.tabs import activations, dataset, export, hessians, model_data, quantize
 from ui.theme import CSS, theme
 
 TITLE = "calibscope"
+SESSION_TTL_S = 3600
 TAGLINE = "Choose, inspect and trust the calibration data of post-training quantization."
 
 
@@ -19,7 +20,9 @@ def build_app(limits: Limits | None = None, default_model: str | None = None) ->
     """
     limits = limits or Limits.from_environment()
     with gr.Blocks(title=TITLE) as app:
-        session = gr.State(Session())
+        # Shared Space: a visitor's results (Hessians can take hundreds of MB) are freed an hour
+        # after their last change, so memory does not grow with every visitor who ever came.
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S if limits.shared else None)
         mode = " · shared Space: sizes are capped" if limits.shared else ""
         gr.Markdown(f"# {TITLE}\n{TAGLINE}{mode}", elem_id="cs-header")
         with gr.Tabs():

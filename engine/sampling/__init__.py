@@ -17,20 +17,25 @@ from engine.errors import SamplingError
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import manifest as manifests
 from engine.sampling.calibration_set import CalibrationSet, Provenance
+from engine.sampling.cluster_selection import activation_clusters, embedding_clusters
 from engine.sampling.context import Draft, SamplingContext
 from engine.sampling.gptq_windows import gptq_windows
 from engine.sampling.length_stratified import length_stratified
 from engine.sampling.manifest import Manifest
 from engine.sampling.packed import packed
 from engine.sampling.random_documents import random_documents
+from engine.sampling.self_generated import self_generated
 from engine.sampling.specs import (
     SPEC_TYPES,
+    ActivationClustersSpec,
     Allocation,
+    EmbeddingClustersSpec,
     GptqWindowsSpec,
     LengthStratifiedSpec,
     PackedSpec,
     RandomSpec,
     SamplingSpec,
+    SelfGeneratedSpec,
     Strategy,
     WindowMode,
     with_length,
@@ -42,7 +47,11 @@ STRATEGIES: dict[Strategy, Callable[[SamplingContext, SamplingSpec, np.random.Ge
     Strategy.LENGTH_STRATIFIED: length_stratified,
     Strategy.GPTQ_WINDOWS: gptq_windows,
     Strategy.PACKED: packed,
+    Strategy.EMBEDDING_CLUSTERS: embedding_clusters,
+    Strategy.ACTIVATION_CLUSTERS: activation_clusters,
+    Strategy.SELF_GENERATED: self_generated,
 }
+NEEDS_MODEL = (Strategy.ACTIVATION_CLUSTERS, Strategy.SELF_GENERATED)
 
 
 def _clamp(spec: SamplingSpec, max_positions: int | None) -> tuple[SamplingSpec, list[str]]:
@@ -52,7 +61,7 @@ def _clamp(spec: SamplingSpec, max_positions: int | None) -> tuple[SamplingSpec,
     return with_length(spec, max_positions), [note]
 
 
-def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress) -> SamplingContext:
+def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress, model=None) -> SamplingContext:
     prefix = inference_prefix(tokenizer) if spec.add_bos else []
     if spec.length <= len(prefix):
         raise SamplingError(f"A sequence length of {spec.length} leaves no room after the {len(prefix)} start token(s).")
@@ -62,24 +71,27 @@ def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress) -> Samp
         texts = [t[len(bos_text):] if t.startswith(bos_text) else t for t in texts]
     return SamplingContext(
         dataset=dataset, tokenizer=tokenizer, texts=texts, sources=column(dataset, "source"), prefix=prefix,
-        lengths=token_lengths(tokenizer, texts, progress), eos_id=tokenizer.eos_token_id,
+        lengths=token_lengths(tokenizer, texts, progress), eos_id=tokenizer.eos_token_id, model=model,
     )
 
 
 def build(
     dataset, tokenizer, spec: SamplingSpec, *, max_positions: int | None = None, corpus_label: str = "",
-    progress: Progress = no_progress,
+    progress: Progress = no_progress, model=None,
 ) -> CalibrationSet:
     """Build the calibration set ``spec`` describes from ``dataset`` (text, source, row_id).
 
     Deterministic given the spec (its seed included), the corpus and the tokenizer. Sequence
     lengths above ``max_positions`` are clamped with a note. Raises SamplingError when the corpus
     cannot give what is asked at all; returns fewer samples, with a note, when it gives some.
+    ``model`` (the LoadedModel) is needed by the strategies that run it (``NEEDS_MODEL``).
     """
     if len(dataset) == 0:
         raise SamplingError("The corpus is empty: load a corpus with at least one document.")
     spec, notes = _clamp(spec, max_positions)
-    context = _context(dataset, tokenizer, spec, scaled(progress, 0.0, 0.8))
+    if spec.strategy in NEEDS_MODEL and model is None:
+        raise SamplingError(f"The {spec.strategy.value} strategy runs the target model: pass model= to build().")
+    context = _context(dataset, tokenizer, spec, scaled(progress, 0.0, 0.8), model)
     progress(0.8, f"Sampling ({spec.strategy.value})")
     draft = STRATEGIES[spec.strategy](context, spec, np.random.default_rng(spec.seed))
     if not draft.sequences:
@@ -102,7 +114,7 @@ def build(
     return CalibrationSet(
         sequences=draft.sequences, provenance=draft.provenance, spec=spec, asked=spec.nsamples,
         pad_token_id=pad_id(tokenizer), padding_side=tokenizer.padding_side, manifest=manifest,
-        notes=notes + draft.notes, buckets=draft.buckets, corpus_lengths=context.lengths,
+        notes=notes + draft.notes, buckets=draft.buckets, corpus_lengths=context.lengths, selection=draft.selection,
     )
 
 
@@ -113,18 +125,20 @@ def spec_from_manifest(manifest: Manifest) -> SamplingSpec:
         raise SamplingError(f"The manifest's strategy or parameters are not understood ({error}).") from None
 
 
-def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_progress) -> CalibrationSet:
-    """Rebuild a set from its manifest and check it is the same, token for token."""
+def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_progress, model=None) -> CalibrationSet:
+    """Rebuild a set from its manifest and check it is the same, token for token (``model`` for the
+    strategies that run it)."""
     rendered = render_texts(dataset, tokenizer, manifest.corpus.get("chat_template", True))
     manifest.check_inputs(manifests.corpus_fingerprint(rendered), manifests.vocabulary_hash(tokenizer))
     rebuilt = build(dataset, tokenizer, spec_from_manifest(manifest), corpus_label=manifest.corpus.get("label", ""),
-                    progress=progress)
+                    progress=progress, model=model)
     if rebuilt.manifest.token_sha256 != manifest.token_sha256:
         raise SamplingError("The rebuilt set differs from the manifest's tokens (a different tokenizer or library version?).")
     return rebuilt
 
 
 __all__ = [
-    "SPEC_TYPES", "Allocation", "CalibrationSet", "GptqWindowsSpec", "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance",
-    "RandomSpec", "SamplingSpec", "Strategy", "WindowMode", "build", "rebuild", "spec_from_manifest",
+    "NEEDS_MODEL", "SPEC_TYPES", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec",
+    "GptqWindowsSpec", "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec",
+    "SelfGeneratedSpec", "Strategy", "WindowMode", "build", "rebuild", "spec_from_manifest",
 ]

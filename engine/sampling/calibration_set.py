@@ -1,6 +1,7 @@
 """CalibrationSet: token sequences with their provenance, padded into batches on demand."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.sampling.manifest import Manifest
+from engine.sampling.manifest import Manifest, token_hash
 from engine.sampling.specs import SamplingSpec
 
 
@@ -36,7 +37,8 @@ class CalibrationSet:
 
     ``notes`` holds what the user must know (fewer samples than asked, a clamped length, ...);
     ``buckets`` the per-bucket table of length-stratified sets; ``corpus_lengths`` the token count of
-    every corpus document, for the length histogram.
+    every corpus document, for the length histogram; ``selection`` the candidates of cluster strategies
+    (2-D projection, cluster, selected).
     """
 
     sequences: list[np.ndarray]
@@ -49,6 +51,7 @@ class CalibrationSet:
     notes: list[str] = field(default_factory=list)
     buckets: pd.DataFrame | None = None
     corpus_lengths: np.ndarray | None = None
+    selection: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -56,6 +59,17 @@ class CalibrationSet:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(s) for s in self.sequences], dtype=np.int64)
+
+    def subset(self, rows: list[int]) -> CalibrationSet:
+        """The sequences at ``rows`` (in that order) as a set of their own: sample-count sweeps and
+        comparisons at several sizes. The manifest keeps the recipe and lists only these rows."""
+        sequences = [self.sequences[i] for i in rows]
+        manifest = dataclasses.replace(self.manifest, rows=[self.manifest.rows[i] for i in rows],
+                                       token_sha256=token_hash(sequences), samples=len(rows),
+                                       tokens=int(sum(len(s) for s in sequences)))
+        return dataclasses.replace(self, sequences=sequences, provenance=[self.provenance[i] for i in rows],
+                                   manifest=manifest, buckets=None, selection=None,
+                                   notes=[*self.notes, f"{len(rows)} of the {len(self)} samples of this set."])
 
     def pad(self, indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) of the chosen sequences, padded on the tokenizer's side."""

@@ -18,6 +18,7 @@ class SamplingContext:
     prefix: list[int]
     lengths: np.ndarray  # tokens per document, without the prefix
     eos_id: int | None
+    model: object = None  # the LoadedModel, for strategies that run it (activation clusters, self-generated)
 
     def with_prefix(self, tokens: np.ndarray) -> np.ndarray:
         """A sequence as the model sees it at inference: prefix (e.g. BOS) + tokens."""
@@ -38,3 +39,4 @@ class Draft:
     provenance: list[Provenance]
     notes: list[str] = field(default_factory=list)
     buckets: pd.DataFrame | None = None
+    selection: pd.DataFrame | None = None  # cluster strategies: every candidate's projection, cluster, selected

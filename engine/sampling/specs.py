@@ -21,6 +21,9 @@ class Strategy(str, Enum):
     LENGTH_STRATIFIED = "length-stratified"
     GPTQ_WINDOWS = "gptq-windows"
     PACKED = "packed"
+    EMBEDDING_CLUSTERS = "embedding-clusters"
+    ACTIVATION_CLUSTERS = "activation-clusters"
+    SELF_GENERATED = "self-generated"
 
 
 class Allocation(str, Enum):
@@ -165,11 +168,94 @@ class PackedSpec(SamplingSpec):
         return self.seqlen
 
 
+@dataclass(frozen=True)
+class ClusterSpec(SamplingSpec):
+    """Diversity by clustering: embed up to ``candidates`` documents (a seeded random subset of
+    those with at least ``min_tokens`` tokens), k-means into ``clusters`` groups (0: one per
+    sample), and take the documents nearest each centroid; with fewer clusters than samples each
+    cluster gets samples in proportion to its size. Documents are truncated to ``max_length``."""
+
+    max_length: int = 512
+    min_tokens: int = 16
+    clusters: int = 0
+    candidates: int = 2000
+    embed_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("max_length", self.max_length)
+        _check_positive("min_tokens", self.min_tokens)
+        _check_positive("candidates", self.candidates)
+        _check_positive("embed_tokens", self.embed_tokens)
+        if self.clusters < 0 or self.clusters > self.nsamples:
+            raise SpecError(f"clusters={self.clusters} must be between 0 (one per sample) and nsamples={self.nsamples}.")
+        if self.candidates < self.nsamples:
+            raise SpecError(f"candidates={self.candidates} must be at least nsamples={self.nsamples}.")
+
+    @property
+    def length(self) -> int:
+        return self.max_length
+
+    @property
+    def k(self) -> int:
+        return self.clusters or self.nsamples
+
+
+@dataclass(frozen=True)
+class EmbeddingClustersSpec(ClusterSpec):
+    """Clusters of sentence embeddings (all-MiniLM-L6-v2, mean-pooled, shipped offline in a wheel)."""
+
+    strategy = Strategy.EMBEDDING_CLUSTERS
+
+
+@dataclass(frozen=True)
+class ActivationClustersSpec(ClusterSpec):
+    """Clusters of the target model's own hidden states after block ``layer`` (-1: the middle
+    block), mean-pooled over the text tokens: diversity in the space the quantizer sees. Costs one
+    forward (up to that block) per candidate, so fewer candidates by default."""
+
+    candidates: int = 256
+    embed_tokens: int = 128
+    layer: int = -1
+    strategy = Strategy.ACTIVATION_CLUSTERS
+
+
+@dataclass(frozen=True)
+class SelfGeneratedSpec(SamplingSpec):
+    """Text sampled from the target model itself, for users without data: from BOS (or each of
+    ``prompts`` in turn), ``max_length`` tokens, temperature falling linearly from
+    ``temperature_start`` to ``temperature_end`` (diverse openings, coherent continuations), top-k."""
+
+    max_length: int = 512
+    temperature_start: float = 1.5
+    temperature_end: float = 0.8
+    top_k: int = 50
+    prompts: tuple[str, ...] = ()
+    batch_size: int = 16
+    strategy = Strategy.SELF_GENERATED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        _check_positive("max_length", self.max_length)
+        _check_positive("top_k", self.top_k)
+        _check_positive("batch_size", self.batch_size)
+        if not (0 < self.temperature_end and 0 < self.temperature_start):
+            raise SpecError("Temperatures must be positive (e.g. 1.5 falling to 0.8).")
+
+    @property
+    def length(self) -> int:
+        return self.max_length
+
+
 SPEC_TYPES: dict[Strategy, type[SamplingSpec]] = {
     Strategy.RANDOM: RandomSpec,
     Strategy.LENGTH_STRATIFIED: LengthStratifiedSpec,
     Strategy.GPTQ_WINDOWS: GptqWindowsSpec,
     Strategy.PACKED: PackedSpec,
+    Strategy.EMBEDDING_CLUSTERS: EmbeddingClustersSpec,
+    Strategy.ACTIVATION_CLUSTERS: ActivationClustersSpec,
+    Strategy.SELF_GENERATED: SelfGeneratedSpec,
 }
 
 
@@ -182,4 +268,8 @@ def with_length(spec: SamplingSpec, length: int) -> SamplingSpec:
     if isinstance(spec, LengthStratifiedSpec):
         edges = tuple(e for e in spec.edges if e < length) + (length,)
         return replace(spec, edges=edges)
+    if isinstance(spec, ClusterSpec):
+        return replace(spec, max_length=length, min_tokens=min(spec.min_tokens, length))
+    if isinstance(spec, SelfGeneratedSpec):
+        return replace(spec, max_length=length)
     return replace(spec, seqlen=length)

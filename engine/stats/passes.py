@@ -134,14 +134,20 @@ class PassResult:
 
 def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: list[LinearLayer], sides: tuple[str, ...],
                      factory: Factory, batch_size: int, share_inputs: bool = True,
-                     progress: Progress = no_progress) -> PassResult:
+                     progress: Progress = no_progress, batches: list[list[int]] | None = None,
+                     after_batch: Callable[[int, dict[str, object]], None] | None = None) -> PassResult:
     """Stream ``calibration`` through the model once, feeding each observed tensor's real tokens
-    (as [tokens, channels]) to an accumulator made by ``factory``."""
+    (as [tokens, channels]) to an accumulator made by ``factory``.
+
+    ``batches`` (row indices) replaces the default grouping by length; ``after_batch(samples_done,
+    accumulators)`` is called after each batch (snapshots of a sample-count sweep)."""
     points = [(layer, side) for layer in layers for side in sides]
     head = next((layer.module for layer in layers if layer.is_head), None)
     router = _Router(factory, stop_after=tap_key(points[-1][0].name, points[-1][1]) if head is None else "",
                      share_inputs=share_inputs)
-    batches = calibration.batch_indices(batch_size, by_length=True)  # less padding, same results
+    if batches is None:
+        batches = calibration.batch_indices(batch_size, by_length=True)  # less padding, same results
+    done = 0
     device = next(loaded.model.parameters()).device
     with loaded.lock, observing([(layer.module, side, router.observer(layer, side)) for layer, side in points]):
         with torch.inference_mode():
@@ -151,5 +157,8 @@ def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: l
                 _forward(loaded.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, head)
                 router.first_batch = False
                 router.last_input = None
+                done += len(rows)
+                if after_batch is not None:
+                    after_batch(done, router.accumulators)
                 progress((number + 1) / len(batches), f"Batch {number + 1} of {len(batches)}")
     return PassResult(router.accumulators, router.shared)

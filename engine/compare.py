@@ -1,0 +1,133 @@
+"""The comparison experiment: does the choice of calibration samples change the quantized model?
+
+For every strategy x seed x sample count: build the set (same corpus, same length), collect what
+the schemes need (Hessians for GPTQ, statistics for static activations), quantize, and measure
+perplexity on each held-out evaluation set. Means and spreads over seeds answer "is cluster
+selection better than random?" for this model and data, with error bars.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from engine.errors import SpecError
+from engine.models import LoadedModel
+from engine.progress import Progress, no_progress, scaled
+from engine.quant import (
+    PRESETS,
+    EvaluationSet,
+    perplexity,
+    plan_quantization,
+    quantized,
+)
+from engine.sampling import (
+    ActivationClustersSpec,
+    EmbeddingClustersSpec,
+    LengthStratifiedSpec,
+    RandomSpec,
+    SamplingSpec,
+    SelfGeneratedSpec,
+    Strategy,
+    build,
+)
+from engine.stats import StatsSpec, collect
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.passes import select_layers
+
+COMPARED = (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.ACTIVATION_CLUSTERS,
+            Strategy.SELF_GENERATED)
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """strategies x seeds (0..seeds-1) x counts, each set of ``length``-token samples, quantized
+    with each of ``schemes`` (names of engine.quant.PRESETS)."""
+
+    strategies: tuple[str, ...] = tuple(s.value for s in COMPARED)
+    seeds: int = 5
+    counts: tuple[int, ...] = (8, 32, 128)
+    length: int = 256
+    schemes: tuple[str, ...] = ("W4 g128 GPTQ", "W8A8 static (p99.99)")
+
+    def __post_init__(self) -> None:
+        for name in self.strategies:
+            if name not in {s.value for s in COMPARED}:
+                raise SpecError(f"strategy {name!r} cannot be compared; use {', '.join(s.value for s in COMPARED)}.")
+        unknown = [s for s in self.schemes if s not in PRESETS]
+        if unknown:
+            raise SpecError(f"schemes {unknown} are unknown; use {', '.join(PRESETS)}.")
+        if self.seeds < 1 or not self.counts or min(self.counts) < 1 or self.length < 2:
+            raise SpecError("Use at least one seed, positive sample counts and a length of at least 2 tokens.")
+
+    @property
+    def runs(self) -> int:
+        return len(self.strategies) * self.seeds * len(self.counts)
+
+
+def strategy_spec(strategy: str, samples: int, length: int, seed: int) -> SamplingSpec:
+    """Each strategy at its defaults, all giving ``samples`` sequences of at most ``length`` tokens."""
+    chosen = Strategy(strategy)
+    if chosen is Strategy.RANDOM:
+        return RandomSpec(nsamples=samples, max_length=length, seed=seed)
+    if chosen is Strategy.LENGTH_STRATIFIED:
+        edges = tuple(e for e in (16, 32, 64, 128, 256, 512, 1024, 2048) if e < length) + (length,)
+        return LengthStratifiedSpec(nsamples=samples, edges=edges, seed=seed)
+    if chosen is Strategy.EMBEDDING_CLUSTERS:
+        return EmbeddingClustersSpec(nsamples=samples, max_length=length, seed=seed, candidates=max(2000, samples))
+    if chosen is Strategy.ACTIVATION_CLUSTERS:
+        return ActivationClustersSpec(nsamples=samples, max_length=length, seed=seed, candidates=max(256, samples))
+    return SelfGeneratedSpec(nsamples=samples, max_length=length, seed=seed)
+
+
+def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluations: list[EvaluationSet],
+             floats: dict[str, float]) -> list[dict]:
+    needs_stats = any(PRESETS[s].activations.enabled for s in schemes)
+    needs_hessians = any(PRESETS[s].weights.method == "gptq" for s in schemes)
+    stats = collect(loaded, calibration, StatsSpec(channel_histograms=False)) if needs_stats else None
+    hessians = collect_hessians(loaded, calibration, diagnostics=False) if needs_hessians else None
+    rows = []
+    for scheme in schemes:
+        spec = PRESETS[scheme]
+        layers = select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), spec.name_pattern, False)
+        plan, _ = plan_quantization(layers, spec, stats, hessians)
+        with quantized(loaded, plan):
+            for evaluation in evaluations:
+                value = perplexity(loaded, evaluation)
+                rows.append({"scheme": scheme, "evaluation": evaluation.name, "perplexity": value,
+                             "float_perplexity": floats[evaluation.name], "gap": value - floats[evaluation.name]})
+    return rows
+
+
+def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list[EvaluationSet], corpus_label: str = "",
+            progress: Progress = no_progress) -> pd.DataFrame:
+    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float."""
+    floats = {e.name: perplexity(loaded, e) for e in evaluations}
+    rows, done = [], 0
+    for strategy in spec.strategies:
+        for samples in spec.counts:
+            for seed in range(spec.seeds):
+                started = time.perf_counter()
+                report = scaled(progress, done / spec.runs, (done + 1) / spec.runs)
+                report(0.0, f"{strategy}, {samples} samples, seed {seed} ({done + 1} of {spec.runs})")
+                calibration = build(corpus, loaded.tokenizer, strategy_spec(strategy, samples, spec.length, seed),
+                                    max_positions=loaded.info.max_positions, corpus_label=corpus_label, model=loaded)
+                for row in _measure(loaded, calibration, spec.schemes, evaluations, floats):
+                    rows.append({"strategy": strategy, "seed": seed, "samples": samples, "calibration": corpus_label,
+                                 "tokens": int(calibration.lengths.sum()), **row,
+                                 "seconds": round(time.perf_counter() - started, 1)})
+                done += 1
+                report(1.0, f"{strategy}, {samples} samples, seed {seed} done")
+    return pd.DataFrame(rows)
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std of perplexity over seeds per (calibration, evaluation, scheme, samples, strategy)."""
+    keys = ["calibration", "evaluation", "scheme", "samples", "strategy"]
+    grouped = rows.groupby(keys)["perplexity"]
+    table = grouped.agg(["mean", "std", "count"]).reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    best = table.groupby(keys[:-1])["mean"].transform("min")
+    table["best"] = table["mean"] == best
+    return table.sort_values(keys).reset_index(drop=True)

@@ -1,0 +1,58 @@
+"""Sample-count sweeps: every snapshot equals a separate collection on the same first n samples."""
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import SpecError
+from engine.sampling import RandomSpec, build
+from engine.stats import StatsSpec, collect
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.sweep import SweepSpec, count_batches, sweep
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_llama):
+    texts = [f"Sample {i}: " + "numbers and words " * (2 + i % 7) + "x" * i for i in range(12)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": ["s"] * 12, "row_id": list(range(12))})
+    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=12, max_length=128))
+
+
+def test_batches_end_at_every_count_and_default_counts_are_powers_of_two():
+    assert count_batches(list(range(10)), [1, 2, 4, 10], 3) == [[0], [1], [2, 3], [4, 5, 6], [7, 8, 9]]
+    assert SweepSpec().resolved_counts(12) == [1, 2, 4, 8, 12]
+    assert SweepSpec(counts=(3, 6)).resolved_counts(12) == [3, 6, 12]
+    with pytest.raises(SpecError, match="the set has 12 samples"):
+        SweepSpec(counts=(20,)).resolved_counts(12)
+
+
+def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, calibration):
+    spec = SweepSpec(counts=(3, 6, 12), shuffles=2, seed=5, snapshot_dtype="float32", batch_size=4)
+    result = sweep(tiny_llama, calibration, spec)
+    assert result.counts == [3, 6, 12] and set(result.rows["shuffle"]) == {0, 1}
+    full = collect_hessians(tiny_llama, calibration, diagnostics=False)
+    for shuffle in (0, 1):
+        order = np.random.default_rng(5 + shuffle).permutation(12).tolist()
+        for count in (3, 6):
+            subset = calibration.subset(order[:count])
+            stats = collect(tiny_llama, subset, StatsSpec(percentiles=(99.99,), channel_histograms=False))
+            hessians = collect_hessians(tiny_llama, subset, diagnostics=False)
+            rows = result.rows[(result.rows["shuffle"] == shuffle) & (result.rows["count"] == count)].set_index("key")
+            summary = stats.summary[stats.summary["shared_with"] == ""].set_index("key")
+            assert set(rows.index) == set(summary.index)
+            np.testing.assert_allclose(rows["absmax"], summary.loc[rows.index, "absmax"], rtol=1e-6)
+            np.testing.assert_allclose(rows["percentile"], summary.loc[rows.index, "p99.99"], rtol=1e-6)
+            for key in rows.index:
+                expected = torch.linalg.matrix_norm(hessians.hessian(key) - full.hessian(key)) / torch.linalg.matrix_norm(full.hessian(key))
+                assert rows.loc[key, "hessian_change"] == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
+    at_n = result.rows[result.rows["count"] == 12]
+    assert (at_n[["absmax_change", "percentile_change", "hessian_change"]] == 0).all().all()
+    curve = result.curves("hessian_change")
+    assert list(curve["count"]) == [3, 6, 12] and curve["mean"].iloc[0] > curve["mean"].iloc[1] > 0
+    assert (curve["low"] <= curve["mean"]).all() and (curve["mean"] <= curve["high"]).all()
+
+
+def test_subset_is_a_set_of_its_own(calibration):
+    subset = calibration.subset([5, 0, 7])
+    assert len(subset) == 3 and subset.manifest.samples == 3 and np.array_equal(subset.sequences[0], calibration.sequences[5])
+    assert subset.manifest.token_sha256 != calibration.manifest.token_sha256
