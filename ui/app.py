@@ -5,7 +5,16 @@ import gradio as gr
 
 from ui.limits import Limits
 from ui.state import Session
-from ui.tabs import activations, dataset, export, hessians, model_data, quantize
+from ui.tabs import (
+    activations,
+    compare,
+    dataset,
+    export,
+    hessians,
+    model_data,
+    quantize,
+    sensitivity,
+)
 from ui.theme import CSS, theme
 
 TITLE = "calibscope"
@@ -34,8 +43,12 @@ def build_app(limits: Limits | None = None, default_model: str | None = None) ->
                 activations.build_tab(session)
             with gr.Tab("Hessians", id="hessians"):
                 hessians.build_tab(session, limits)
+            with gr.Tab("Sensitivity", id="sensitivity"):
+                sensitivity.build_tab(session, limits)
             with gr.Tab("Quantize", id="quantize"):
                 quantize.build_tab(session, limits)
+            with gr.Tab("Compare", id="compare"):
+                compare.build_tab(session, limits)
             with gr.Tab("Export", id="export"):
                 export.build_tab(session)
     return app

@@ -20,11 +20,12 @@ class Limits:
     max_sequence_length: int = 1 << 20
     max_parameters: int | None = None
     max_hessian_mb: float | None = None
+    max_compare_runs: int | None = None
 
     @classmethod
     def shared_space(cls) -> Limits:
         return cls(shared=True, max_upload_bytes=20 * MIB, allow_local_paths=False, max_samples=256, max_sequence_length=2048,
-                   max_parameters=1_500_000_000, max_hessian_mb=1024.0)
+                   max_parameters=1_500_000_000, max_hessian_mb=1024.0, max_compare_runs=12)
 
     @classmethod
     def from_environment(cls, shared: bool | None = None) -> Limits:
@@ -70,4 +71,11 @@ class Limits:
                 f"These Hessians would take {megabytes:,.0f} MB, more than the {self.max_hessian_mb:,.0f} MB a session may "
                 "hold on this shared Space. Select fewer layers with the name filter (e.g. 'layers\\.(0|1)\\.'), "
                 "or run calibscope locally."
+            )
+
+    def check_runs(self, runs: int) -> None:
+        if self.max_compare_runs is not None and runs > self.max_compare_runs:
+            raise CalibscopeError(
+                f"This comparison builds and quantizes {runs} sets; this shared Space runs at most {self.max_compare_runs} "
+                "per request. Use fewer strategies, seeds or counts, or run bench/selection.py locally."
             )

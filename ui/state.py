@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import datasets
+import pandas as pd
 
 from engine import LoadedModel, ModelSpec, load_model
 from engine.errors import CalibscopeError
@@ -34,11 +35,13 @@ class Session:
     hessians: HessianReport | None = None
     quantization: QuantReport | None = None
     quant_runs: list[dict] = field(default_factory=list)  # one small record per Quantize run, for comparison
+    comparison: pd.DataFrame | None = None  # the Compare tab's measurements
 
     def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
         """A new model or corpus: what was built from the old ones no longer applies and is dropped
         (the record of quantization runs stays, for comparison)."""
-        return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs)
+        return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs,
+                       comparison=self.comparison)
 
     def with_calibration(self, calibration: CalibrationSet) -> Session:
         """A new calibration set: statistics, Hessians and quantization of the old one are dropped."""
@@ -70,6 +73,11 @@ class Session:
         if self.hessians is None:
             raise CalibscopeError("Collect Hessians first.")
         return self.hessians
+
+    def require_comparison(self) -> pd.DataFrame:
+        if self.comparison is None:
+            raise CalibscopeError("Run a comparison first.")
+        return self.comparison
 
     def require_stats(self) -> StatsReport:
         if self.stats is None:

@@ -9,13 +9,17 @@ import torch
 
 from engine.errors import SpecError
 from engine.figures import bucket_bars, length_histogram
+from engine.figures.selection import selection_scatter
 from engine.sampling import (
+    ActivationClustersSpec,
     Allocation,
+    EmbeddingClustersSpec,
     GptqWindowsSpec,
     LengthStratifiedSpec,
     PackedSpec,
     RandomSpec,
     SamplingSpec,
+    SelfGeneratedSpec,
     Strategy,
     WindowMode,
     build,
@@ -40,7 +44,14 @@ STRATEGY_HELP = {
     Strategy.LENGTH_STRATIFIED.value: "Documents drawn per length bucket; long documents are cut into windows, not dropped.",
     Strategy.GPTQ_WINDOWS.value: "GPTQ's recipe: random windows of exactly the length (joined corpus, or c4-style document rejection).",
     Strategy.PACKED.value: "Documents concatenated with EOS between them and cut into full blocks (AWQ style).",
+    Strategy.EMBEDDING_CLUSTERS.value: "Sentence embeddings (MiniLM) of the documents, k-means, the document nearest each "
+                                       "centroid: one sample per region of the corpus.",
+    Strategy.ACTIVATION_CLUSTERS.value: "The same with the model's own hidden states (middle block) as embeddings: "
+                                        "diversity where the quantizer looks. Runs the model on 256 candidates.",
+    Strategy.SELF_GENERATED.value: "Text sampled from the model itself from BOS (temperature 1.5 falling to 0.8): "
+                                   "no data needed; ignores the corpus.",
 }
+MAX_LENGTH_LABEL = "Max length (tokens)"
 
 
 def parse_edges(text: str) -> tuple[int, ...]:
@@ -62,6 +73,12 @@ def sampling_spec_from_widgets(strategy: str, nsamples: float, length: float, ed
         return LengthStratifiedSpec(edges=parse_edges(edges), allocation=allocation, **common)
     if chosen is Strategy.GPTQ_WINDOWS:
         return GptqWindowsSpec(seqlen=int(length or 0), mode=mode, **common)
+    if chosen is Strategy.EMBEDDING_CLUSTERS:
+        return EmbeddingClustersSpec(max_length=int(length or 0), **common)
+    if chosen is Strategy.ACTIVATION_CLUSTERS:
+        return ActivationClustersSpec(max_length=int(length or 0), **common)
+    if chosen is Strategy.SELF_GENERATED:
+        return SelfGeneratedSpec(max_length=int(length or 0), **common)
     return PackedSpec(seqlen=int(length or 0), **common)
 
 
@@ -86,26 +103,31 @@ def build_calibration_set(strategy, nsamples, length, edges, allocation, mode, s
     loaded = MODELS.get(session.model_spec)
     started = time.perf_counter()
     calibration = build(corpus, loaded.tokenizer, spec, max_positions=loaded.info.max_positions,
-                        corpus_label=session.corpus_spec.label, progress=cancellable(progress, request))
+                        corpus_label=session.corpus_spec.label, progress=cancellable(progress, request), model=loaded)
     seconds = time.perf_counter() - started
     prefix = len(calibration.manifest.tokenizer["prefix_ids"])
     edges_shown = spec.edges if isinstance(spec, LengthStratifiedSpec) else ()
     histogram = length_histogram(calibration.corpus_lengths, calibration.lengths, edges_shown, prefix)
     has_buckets = calibration.buckets is not None
-    buckets_figure = bucket_bars(calibration.buckets) if has_buckets else None
+    second = bucket_bars(calibration.buckets) if has_buckets else None
+    if calibration.selection is not None:
+        second = selection_scatter(calibration.selection)
     summary = pd.DataFrame(calibration.summary_rows(SUMMARY_BATCH), columns=["Property", "Value"])
     return (
-        status_line(calibration, seconds), histogram, gr.update(value=buckets_figure, visible=has_buckets), summary,
+        status_line(calibration, seconds), histogram, gr.update(value=second, visible=second is not None), summary,
         gr.update(value=calibration.buckets, visible=has_buckets), calibration.preview(loaded.tokenizer),
         session.with_calibration(calibration),
     )
+
+
+WINDOWED = (Strategy.GPTQ_WINDOWS, Strategy.PACKED)
 
 
 def _strategy_controls(strategy: str):
     chosen = Strategy(strategy)
     return (
         gr.update(visible=chosen is not Strategy.LENGTH_STRATIFIED,
-                  label="Max length (tokens)" if chosen is Strategy.RANDOM else "Sequence length (tokens)"),
+                  label="Sequence length (tokens)" if chosen in WINDOWED else MAX_LENGTH_LABEL),
         gr.update(visible=chosen is Strategy.LENGTH_STRATIFIED),
         gr.update(visible=chosen is Strategy.LENGTH_STRATIFIED),
         gr.update(visible=chosen is Strategy.GPTQ_WINDOWS),

@@ -50,6 +50,11 @@ def prepare_downloads(fmt: str, session: Session | None):
         write_file(table, quantization.layers.to_csv(index=False))
         files.append(table)
         made.append(f"per-layer quantization results ({quantization.spec.label()})")
+    if session.comparison is not None:
+        runs = folder / "comparison-runs.csv"
+        write_file(runs, session.comparison.to_csv(index=False))
+        files.append(runs)
+        made.append(f"comparison ({len(session.comparison)} measurements)")
     loaded = MODELS.get(session.model_spec)
     report = folder / "report.html"
     write_file(report, run_report(loaded.info, session.corpus_spec.label, session.corpus, calibration, session.stats,

@@ -1,0 +1,67 @@
+"""The comparison experiment on builtin:gemma-3-270m: which calibration samples quantize best?
+
+Strategies (random, length-stratified, embedding-clusters, activation-clusters, self-generated) x
+--seeds x --counts samples of --length tokens, calibrated on a builtin corpus and on wikitext-2's
+first half (../shared/data), each quantized W4 g128 GPTQ and W8A8 static (p99.99), perplexity on
+held-out windows of both domains: wikitext-2's last quarter and the builtin corpus's held-out
+10%. Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
+CPU-feasible defaults; --quick is a smoke run.
+Usage: python bench/selection.py [--quick] [--seeds N] [--counts 8,32] [--corpus python-docs]
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+
+import pandas as pd
+
+from bench._common import RESULTS, report
+from bench.quant_quality import calibration_corpus, held_out_texts
+from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.compare import ComparisonSpec, compare, summarize
+from engine.corpus.documents import column
+from engine.quant import evaluation_windows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 strategies, 2 seeds, 4 samples: a smoke run")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--counts", default="8,32")
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--corpus", default="python-docs", choices=["python-docs", "python-code", "mixed"])
+    args = parser.parse_args()
+    counts = tuple(int(c) for c in args.counts.split(","))
+    spec = (ComparisonSpec(strategies=("random", "embedding-clusters"), seeds=2, counts=(4,), length=128)
+            if args.quick else ComparisonSpec(seeds=args.seeds, counts=counts, length=args.length))
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    builtin_held_out = column(load_corpus(CorpusSpec.builtin(args.corpus, split="test")), "text")
+    evaluations = [evaluation_windows(loaded.tokenizer, held_out_texts(), spec.length, args.windows, "wikitext-2 held-out"),
+                   evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
+    runs = []
+    for name in (args.corpus, "wikitext"):
+        corpus = calibration_corpus(name)
+        runs.append(compare(loaded, corpus, spec, evaluations, corpus_label=name,
+                            progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
+    rows = pd.concat(runs, ignore_index=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(RESULTS / "selection_runs.csv", index=False)
+    table = summarize(rows)
+    table.to_csv(RESULTS / "selection_summary.csv", index=False)
+    print(table.to_string(index=False))
+    random = table[table["strategy"] == "random"].set_index(["calibration", "evaluation", "scheme", "samples"])["mean"]
+    best = table[table["best"]]
+    wins = {f"{r.calibration}->{r.evaluation} {r.scheme} n={r.samples}": r.strategy for r in best.itertuples()}
+    beats_random = sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
+                       for r in best.itertuples())
+    report("selection", "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
+           beats_random, "measured, not a target", True, cells=len(best), winners=wins, seeds=spec.seeds,
+           counts=list(spec.counts), length=spec.length, strategies=list(spec.strategies), schemes=list(spec.schemes),
+           evaluation_tokens={e.name: e.tokens for e in evaluations})
+
+
+if __name__ == "__main__":
+    main()

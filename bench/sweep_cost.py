@@ -1,0 +1,67 @@
+"""Cost of a sample-count sweep with snapshots, against one collection at N and the naive re-runs.
+
+On builtin:gemma-3-270m with N = 32 x 256 tokens of wikitext (GPTQ joined windows, BOS first):
+- one collection: a single pass accumulating per-tensor statistics and Σ XᵀX of every distinct
+  input of every quantizable layer but the head (the same accumulators the sweep uses);
+- the sweep: one shuffled pass with snapshots at 1, 2, 4, 8, 16, 32 samples (Hessians copied to
+  bfloat16 on the CPU at each count), changes relative to N computed at the end;
+- the naive way: a fresh collection on the first n samples, for every n.
+Goal: sweep / one collection <= 1.15. Runs are interleaved; the best of --repeats is kept.
+Usage: python bench/sweep_cost.py [--quick] [--repeats N]
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+import time
+
+import numpy as np
+
+from bench._common import report
+from bench.stats_overhead import calibration_set
+from engine import ModelSpec, load_model
+from engine.stats import passes
+from engine.stats.sweep import SweepSpec, _Both, sweep
+
+GOAL = 1.15
+
+
+def one_collection(loaded, calibration, batch_size: int) -> None:
+    layers = passes.select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), "", False)
+    passes.calibration_pass(loaded, calibration, layers, ("input",), lambda c, d: _Both(c, d, True), batch_size)
+
+
+def timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="8 x 128 tokens, one repeat")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    samples, seqlen, repeats = (8, 128, 1) if args.quick else (32, 256, args.repeats)
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    calibration = calibration_set(loaded, samples, seqlen)
+    spec = SweepSpec(shuffles=1, batch_size=8)
+    counts = spec.resolved_counts(len(calibration))
+    order = np.random.default_rng(spec.seed).permutation(len(calibration)).tolist()
+    one_collection(loaded, calibration.subset(order[:2]), 8)  # warm-up
+    single, swept, naive = [], [], []
+    for _ in range(repeats):
+        single.append(timed(lambda: one_collection(loaded, calibration, 8)))
+        swept.append(timed(lambda: sweep(loaded, calibration, spec)))
+        naive.append(timed(lambda: [one_collection(loaded, calibration.subset(order[:n]), 8) for n in counts]))
+    ratio = min(swept) / min(single)
+    report("sweep_cost", "sweep with snapshots seconds / one collection at N seconds", round(ratio, 3), f"<= {GOAL}",
+           ratio <= GOAL, samples=samples, seqlen=seqlen, counts=counts, repeats=repeats,
+           one_collection_s=[round(t, 2) for t in single], sweep_s=[round(t, 2) for t in swept],
+           naive_reruns_s=[round(t, 2) for t in naive], sweep_vs_naive=round(min(swept) / min(naive), 3))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Figures of sample selection: sample-count sweeps, cluster selections, the comparison experiment."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from engine.figures.style import ASKED, CORPUS, SELECTED, styled
+from engine.stats.sweep import SweepResult
+
+SWEEP_METRICS = {  # column -> (legend, colour)
+    "absmax_change": ("|max|", SELECTED),
+    "percentile_change": ("percentile", ASKED),
+    "hessian_change": ("Hessian (Frobenius)", "#f59e0b"),
+}
+PALETTE = qualitative.Set2 + qualitative.Pastel1
+
+
+def _band(fig: go.Figure, x: list, low: list, high: list, colour: str, name: str) -> None:
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], fill="toself", fillcolor=colour, opacity=0.18,
+                             line={"width": 0}, hoverinfo="skip", showlegend=False, name=f"{name} band"))
+
+
+def sweep_curves(result: SweepResult) -> go.Figure:
+    """Relative change to the full set against sample count: the median over inputs, its mean over
+    shuffles as the line and the min–max over shuffles as the band (log-log)."""
+    fig = go.Figure()
+    for column, (name, colour) in SWEEP_METRICS.items():
+        if column not in result.rows:
+            continue
+        curve = result.curves(column)
+        curve = curve[curve["count"] < result.counts[-1]]  # at N every change is 0 (off a log axis)
+        x = curve["count"].tolist()
+        _band(fig, x, curve["low"].clip(lower=1e-6).tolist(), curve["high"].clip(lower=1e-6).tolist(), colour, name)
+        fig.add_trace(go.Scatter(x=x, y=curve["mean"].clip(lower=1e-6).tolist(), mode="lines+markers", name=name,
+                                 line={"color": colour}, hovertemplate="%{x} samples: %{y:.3g}<extra>" + name + "</extra>"))
+    fig.update_xaxes(type="log", dtick=0.30103)
+    fig.update_yaxes(type="log")
+    shuffles = result.meta["shuffles"]
+    return styled(fig, f"How far n samples are from all {result.counts[-1]} (median over {result.meta['inputs']} inputs, "
+                       f"band: {shuffles} shuffles)", "calibration samples (log)", "relative change to the full set (log)")
+
+
+def selection_scatter(selection: pd.DataFrame, title: str = "Candidates in embedding space (PCA)") -> go.Figure:
+    """Every candidate document in the first two principal components, coloured by cluster, the
+    selected representatives drawn large with a dark outline."""
+    fig = go.Figure()
+    clusters = sorted(selection["cluster"].unique())
+    colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(clusters)}
+    fig.add_trace(go.Scatter(x=selection["pc1"].tolist(), y=selection["pc2"].tolist(), mode="markers", name="candidates",
+                             marker={"color": [colours[c] for c in selection["cluster"]], "size": 6, "opacity": 0.6},
+                             text=[f"document {r}, cluster {c}" for r, c in zip(selection["row_id"], selection["cluster"])],
+                             hovertemplate="%{text}<extra></extra>"))
+    chosen = selection[selection["selected"]]
+    fig.add_trace(go.Scatter(x=chosen["pc1"].tolist(), y=chosen["pc2"].tolist(), mode="markers", name="selected",
+                             marker={"color": [colours[c] for c in chosen["cluster"]], "size": 13, "symbol": "diamond",
+                                     "line": {"color": "#0f172a", "width": 1.5}},
+                             text=[f"selected: document {r}, cluster {c}" for r, c in zip(chosen["row_id"], chosen["cluster"])],
+                             hovertemplate="%{text}<extra></extra>"))
+    return styled(fig, f"{title}: {len(selection):,} candidates, {len(clusters)} clusters, {len(chosen)} selected",
+                  "principal component 1", "principal component 2")
+
+
+def comparison_bars(table: pd.DataFrame, scheme: str, evaluation: str, float_perplexity: float | None = None) -> go.Figure:
+    """Mean perplexity ± std over seeds per strategy, grouped by sample count (one scheme, one
+    evaluation set; every calibration corpus in the table gets its own bar group label)."""
+    rows = table[(table["scheme"] == scheme) & (table["evaluation"] == evaluation)]
+    fig = go.Figure()
+    strategies = list(dict.fromkeys(rows["strategy"]))
+    for i, strategy in enumerate(strategies):
+        part = rows[rows["strategy"] == strategy]
+        labels = [f"{c} · n={n}" if rows["calibration"].nunique() > 1 else f"n={n}"
+                  for c, n in zip(part["calibration"], part["samples"])]
+        fig.add_trace(go.Bar(x=labels, y=part["mean"].tolist(), name=strategy, marker={"color": PALETTE[i % len(PALETTE)]},
+                             error_y={"type": "data", "array": part["std"].tolist(), "visible": True},
+                             hovertemplate=strategy + ": %{y:.3f} ± %{error_y.array:.3f}<extra></extra>"))
+    if float_perplexity is not None:
+        fig.add_hline(y=float_perplexity, line={"color": CORPUS, "dash": "dash"},
+                      annotation_text=f"float {float_perplexity:.2f}", annotation_position="top left")
+    fig.update_layout(barmode="group")
+    return styled(fig, f"{scheme} on {evaluation}: mean ± std over seeds (lower is better)", "calibration set",
+                  "perplexity")

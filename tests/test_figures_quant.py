@@ -1,0 +1,61 @@
+"""Figure builders of quantization, sweeps, selection and comparison, checked on their content."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.figures.quant import perplexity_runs, sensitivity_depth
+from engine.figures.selection import comparison_bars, selection_scatter, sweep_curves
+from engine.quant import QuantReport, QuantSpec, WeightSpec
+from engine.stats.sweep import SweepResult
+
+
+def test_sensitivity_depth_shows_each_measure_in_execution_order():
+    layers = pd.DataFrame({"layer": ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"],
+                           "output_error": [0.01, 0.2], "input_error": [0.001, np.nan], "perplexity_change": [0.1, 2.5]})
+    report = QuantReport(QuantSpec(WeightSpec("gptq", 4, 128)), 20.0, 22.0, layers, {})
+    fig = sensitivity_depth(report)
+    bars, output, inputs = fig.data
+    assert bars.type == "bar" and list(bars.y) == [0.1, 2.5] and list(bars.x) == ["0.q_proj", "0.down_proj"]
+    assert list(output.y) == [0.01, 0.2] and output.name.startswith("weights") and inputs.name.startswith("activations")
+    assert "W4 g128 GPTQ" in fig.layout.title.text and fig.layout.yaxis.type == "log"
+
+
+def test_perplexity_runs_put_float_beside_each_run():
+    fig = perplexity_runs([{"label": "#1 A", "float": 20.0, "quantized": 25.0}, {"label": "#2 B", "float": 20.0, "quantized": 21.0}])
+    bars, floats = fig.data
+    assert list(bars.x) == ["#1 A", "#2 B"] and list(bars.y) == [25.0, 21.0] and list(floats.y) == [20.0, 20.0]
+
+
+def test_sweep_curves_plot_mean_and_band_below_the_full_count():
+    rows = pd.DataFrame([{"shuffle": s, "count": n, "key": k, "absmax_change": c, "percentile_change": c / 2,
+                          "hessian_change": c * 3}
+                         for s in (0, 1) for n, base in ((1, 0.4), (4, 0.1), (8, 0.0)) for k in ("a", "b")
+                         for c in [base * (1 + s)]])
+    fig = sweep_curves(SweepResult(rows, [1, 4, 8], {"shuffles": 2, "inputs": 2}))
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["|max|", "percentile", "Hessian (Frobenius)"]
+    absmax = lines[0]
+    assert list(absmax.x) == [1, 4] and absmax.y == pytest.approx([0.6, 0.15])  # mean of shuffles 0.4 and 0.8
+    band = fig.data[0]
+    assert band.fill == "toself" and list(band.y) == pytest.approx([0.8, 0.2, 0.1, 0.4])
+    assert "all 8" in fig.layout.title.text and fig.layout.xaxis.type == "log"
+
+
+def test_selection_scatter_marks_the_selected_documents():
+    selection = pd.DataFrame({"row_id": [0, 1, 2, 3], "pc1": [0.0, 1.0, 2.0, 3.0], "pc2": [1.0, 0.0, 1.0, 0.0],
+                              "cluster": [0, 0, 1, 1], "selected": [True, False, False, True]})
+    fig = selection_scatter(selection)
+    everyone, chosen = fig.data
+    assert len(everyone.x) == 4 and list(chosen.x) == [0.0, 3.0] and chosen.marker.symbol == "diamond"
+    assert "4 candidates, 2 clusters, 2 selected" in fig.layout.title.text
+
+
+def test_comparison_bars_group_strategies_with_error_bars():
+    table = pd.DataFrame({"calibration": ["docs"] * 4, "evaluation": ["wiki"] * 4, "scheme": ["W4"] * 4,
+                          "samples": [8, 32, 8, 32], "strategy": ["random", "random", "clusters", "clusters"],
+                          "mean": [30.0, 28.0, 29.0, 27.5], "std": [1.0, 0.5, 0.8, 0.2], "count": [5] * 4, "best": [False] * 4})
+    fig = comparison_bars(table, "W4", "wiki", float_perplexity=25.0)
+    random, clusters = fig.data
+    assert random.name == "random" and list(random.x) == ["n=8", "n=32"] and list(random.error_y.array) == [1.0, 0.5]
+    assert list(clusters.y) == [29.0, 27.5] and fig.layout.barmode == "group"
+    assert fig.layout.shapes[0].y0 == 25.0
