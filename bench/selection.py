@@ -1,10 +1,10 @@
 """The comparison experiment on builtin:gemma-3-270m: which calibration samples quantize best?
 
 Strategies (random, length-stratified, embedding-clusters, activation-clusters, self-generated) x
---seeds x --counts samples of --length tokens, calibrated on a builtin corpus and on wikitext-2's
-first half (../shared/data), each quantized W4 g128 GPTQ and W8A8 static (p99.99), perplexity on
-held-out windows of both domains: wikitext-2's last quarter and the builtin corpus's held-out
-10%. Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
+--seeds x --counts samples of --length tokens, calibrated on a builtin corpus (and with
+--also-wikitext on wikitext-2's first half, ../shared/data), each quantized W4 g128 GPTQ and W8A8
+static (p99.99), perplexity on held-out windows of two domains: the builtin corpus's held-out 10%
+(in-domain) and wikitext-2's last quarter (cross-domain). Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
 CPU-feasible defaults; --quick is a smoke run.
 Usage: python bench/selection.py [--quick] [--seeds N] [--counts 8,32] [--corpus python-docs]
 """
@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--counts", default="8,32")
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--corpus", default="python-docs", choices=["python-docs", "python-code", "mixed"])
+    parser.add_argument("--corpus", default="python-docs", choices=["python-docs", "python-code", "mixed"],
+                        help="the builtin corpus calibrated on (and whose held-out part is one evaluation set)")
+    parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
     spec = (ComparisonSpec(strategies=("random", "embedding-clusters"), seeds=2, counts=(4,), length=128)
@@ -42,7 +44,7 @@ def main() -> None:
     evaluations = [evaluation_windows(loaded.tokenizer, held_out_texts(), spec.length, args.windows, "wikitext-2 held-out"),
                    evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
     runs = []
-    for name in (args.corpus, "wikitext"):
+    for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
         runs.append(compare(loaded, corpus, spec, evaluations, corpus_label=name,
                             progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
@@ -55,10 +57,10 @@ def main() -> None:
     random = table[table["strategy"] == "random"].set_index(["calibration", "evaluation", "scheme", "samples"])["mean"]
     best = table[table["best"]]
     wins = {f"{r.calibration}->{r.evaluation} {r.scheme} n={r.samples}": r.strategy for r in best.itertuples()}
-    beats_random = sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
-                       for r in best.itertuples())
+    beats_random = int(sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
+                       for r in best.itertuples()))
     report("selection", "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
-           beats_random, "measured, not a target", True, cells=len(best), winners=wins, seeds=spec.seeds,
+           beats_random, "measured, not a target", True, cells=int(len(best)), winners=wins, seeds=spec.seeds,
            counts=list(spec.counts), length=spec.length, strategies=list(spec.strategies), schemes=list(spec.schemes),
            evaluation_tokens={e.name: e.tokens for e in evaluations})
 
