@@ -5,7 +5,6 @@ models are large and read-only during calibration, so one cache serves every ses
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,7 @@ from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec
 from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
+from engine.stats.hessian_report import HessianReport, spec_record
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Session:
 
     def reusable_hessians(self, spec) -> HessianReport | None:
         """This session's Hessians if they were collected on this set with exactly ``spec``."""
-        return self.hessians if self._same_set(self.hessians) and self.hessians.meta.get("spec") == dataclasses.asdict(spec) else None
+        return self.hessians if self._same_set(self.hessians) and self.hessians.meta.get("spec") == spec_record(spec) else None
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ from engine.stats.specs import HessianSpec
 
 TENSORS = "hessians.safetensors"
 SUMMARY = "hessians.json"
+
+
+def spec_record(spec: HessianSpec) -> dict:
+    """The spec as JSON-normal data (lists, not tuples): equal to its own save/load round trip."""
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
 def hessian_megabytes(layers: list[LinearLayer], dtype: str) -> float:
@@ -113,7 +119,7 @@ def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: Hes
         rows.append(row)
     distinct_mb = sum(h.numel() * h.element_size() for h in hessians.values()) / 2**20
     meta = {
-        "model": loaded.info.name, "spec": dataclasses.asdict(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
+        "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype, "storage": spec.storage,
         "layers": len(layers), "distinct": len(hessians), "memory_mb": round(distinct_mb, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),
