@@ -20,6 +20,10 @@ STEPS = [
     ("Dataset", "Build calibration set", "Built ", "dataset.png"),
     ("Activation ranges", "Collect statistics", "Collected ", "activations.png"),
     ("Hessians", "Collect Hessians", "Collected Hessians", "hessians.png"),
+    ("Sensitivity", "Run sweep", "Swept ", "sensitivity.png"),
+    ("Quantize", "Quantize and evaluate", "GPTQ: perplexity", "quantize.png"),
+    ("Compare", "Run comparison", "Compared ", "compare.png"),
+    ("Export", "Prepare downloads", "Ready", "export.png"),
 ]
 
 
@@ -37,7 +41,7 @@ def main() -> None:
         for tab, button, done, name in STEPS:
             page.get_by_role("tab", name=tab).click()
             page.get_by_role("button", name=button).click()
-            page.wait_for_function(f"() => document.body.innerText.includes('{done}')", timeout=600_000)
+            page.wait_for_function(f"() => document.body.innerText.includes('{done}')", timeout=1_800_000)
             page.wait_for_timeout(2000)
             page.screenshot(path=str(OUT / name), full_page=True)
     print(f"wrote model-data.png and {', '.join(step[-1] for step in STEPS)} in {OUT}")

@@ -14,6 +14,7 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--counts", default="8,32")
     parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--corpus", default="python-docs", choices=["python-docs", "python-code", "mixed"],
                         help="the builtin corpus calibrated on (and whose held-out part is one evaluation set)")
     parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
@@ -44,13 +45,15 @@ def main() -> None:
     evaluations = [evaluation_windows(loaded.tokenizer, held_out_texts(), spec.length, args.windows, "wikitext-2 held-out"),
                    evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
     runs = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
-        runs.append(compare(loaded, corpus, spec, evaluations, corpus_label=name,
-                            progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
+        for strategy in spec.strategies:  # one strategy at a time, saved as it completes
+            one = replace(spec, strategies=(strategy,))
+            runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name,
+                                progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
+            pd.concat(runs, ignore_index=True).to_csv(RESULTS / "selection_runs.csv", index=False)
     rows = pd.concat(runs, ignore_index=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(RESULTS / "selection_runs.csv", index=False)
     table = summarize(rows)
     table.to_csv(RESULTS / "selection_summary.csv", index=False)
     print(table.to_string(index=False))

@@ -15,12 +15,11 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
 import argparse
-import time
 
 import numpy as np
 
 from bench._common import report
-from bench.stats_overhead import calibration_set
+from bench.stats_overhead import calibration_set, timed
 from engine import ModelSpec, load_model
 from engine.stats import passes
 from engine.stats.sweep import SweepSpec, _Both, sweep
@@ -31,12 +30,6 @@ GOAL = 1.15
 def one_collection(loaded, calibration, batch_size: int) -> None:
     layers = passes.select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), "", False)
     passes.calibration_pass(loaded, calibration, layers, ("input",), lambda c, d: _Both(c, d, True), batch_size)
-
-
-def timed(run) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ from engine.figures import (
     outlier_table,
     ranges_across_depth,
 )
+from engine.compare import summarize
 from engine.figures.quant import sensitivity_depth
+from engine.figures.selection import comparison_bars
 from engine.html_report import render, section
 from engine.models import ModelInfo
 from engine.quant import QuantReport
@@ -38,8 +40,9 @@ def calibration_section(calibration: CalibrationSet) -> str:
 
 
 def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: CalibrationSet, stats: StatsReport | None = None,
-               hessians: HessianReport | None = None, quantization: QuantReport | None = None) -> str:
-    """One self-contained HTML page (works offline)."""
+               hessians: HessianReport | None = None, quantization: QuantReport | None = None,
+               comparison: pd.DataFrame | None = None) -> str:
+    """One self-contained HTML page (works offline); ``comparison`` is engine.compare's rows."""
     sections = [
         section("Model and corpus", tables=[pd.DataFrame(info.as_rows(), columns=["Model", ""]),
                                             pd.DataFrame(corpus_summary(corpus), columns=["Corpus", ""])]),
@@ -53,4 +56,9 @@ def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: Calibrat
     if quantization is not None:
         sections.append(section("Quantization", tables=[pd.DataFrame(quantization.summary_rows(), columns=["Quantization", ""])],
                                 figures=[sensitivity_depth(quantization)]))
+    if comparison is not None and len(comparison):
+        table = summarize(comparison)
+        figures = [comparison_bars(table, scheme, evaluation, float(part["float_perplexity"].iloc[0]))
+                   for (scheme, evaluation), part in comparison.groupby(["scheme", "evaluation"])]
+        sections.append(section("Strategy comparison", tables=[table], figures=figures))
     return render("calibscope report", f"{info.name} · {corpus_label}", sections)

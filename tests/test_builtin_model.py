@@ -3,12 +3,12 @@
 Guards the transformers range in pyproject: versions whose GGUF conversion mis-loads Gemma 3
 (5.17 gives perplexity ~150 on these windows) fail here.
 """
-import math
-
 import pytest
 import torch
 
 from engine import ModelSpec, find_linear_layers, load_model
+from engine.quant import evaluation_windows, perplexity
+from tests.test_quant import direct_perplexity
 
 pytestmark = pytest.mark.slow
 WINDOW = 512
@@ -22,16 +22,6 @@ def _windows(tokenizer, text: str, with_bos: bool) -> torch.Tensor:
     if with_bos:
         rows = [[tokenizer.bos_token_id, *row] for row in rows]
     return torch.tensor(rows)
-
-
-def _perplexity(model, windows: torch.Tensor) -> float:
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for row in windows:
-            logits = model(row[None]).logits[0, :-1].float()
-            total += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
-            count += row.numel() - 1
-    return math.exp(total / count)
 
 
 def test_gemma_loads_with_its_real_shape(gemma):
@@ -53,7 +43,14 @@ def test_gemma_second_load_comes_from_the_weight_cache(gemma):
 
 def test_gemma_perplexity_on_wikitext_is_sane_and_needs_bos(gemma, wikitext_path):
     text = "\n".join(wikitext_path.read_text(encoding="utf-8").splitlines()[:400])
-    with_bos = _perplexity(gemma.model, _windows(gemma.tokenizer, text, with_bos=True))
-    without_bos = _perplexity(gemma.model, _windows(gemma.tokenizer, text, with_bos=False))
+    with_bos = direct_perplexity(gemma.model, _windows(gemma.tokenizer, text, with_bos=True))
+    without_bos = direct_perplexity(gemma.model, _windows(gemma.tokenizer, text, with_bos=False))
     assert 15 < with_bos < 45, f"perplexity {with_bos:.1f}: the GGUF conversion looks wrong"
     assert without_bos > 1.5 * with_bos, (with_bos, without_bos)
+
+
+def test_engine_perplexity_equals_the_direct_computation_on_gemma(gemma, wikitext_path):
+    """The chunked LM head and the BOS-first windows give the model's own perplexity."""
+    text = wikitext_path.read_text(encoding="utf-8")[:20000]
+    evaluation = evaluation_windows(gemma.tokenizer, [text], WINDOW, 2, "wikitext")
+    assert perplexity(gemma, evaluation) == pytest.approx(direct_perplexity(gemma.model, evaluation.windows), rel=1e-4)

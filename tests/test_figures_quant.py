@@ -41,6 +41,13 @@ def test_sweep_curves_plot_mean_and_band_below_the_full_count():
     assert "all 8" in fig.layout.title.text and fig.layout.xaxis.type == "log"
 
 
+def test_sweep_curves_end_where_the_change_reaches_zero():
+    rows = pd.DataFrame([{"shuffle": 0, "count": n, "key": "a", "absmax_change": c, "percentile_change": c}
+                         for n, c in ((1, 0.3), (2, 0.0), (4, 0.0))])
+    fig = sweep_curves(SweepResult(rows, [1, 2, 4], {"shuffles": 1, "inputs": 1}))
+    assert all(list(t.x) == [1] for t in fig.data if t.mode == "lines+markers")
+
+
 def test_selection_scatter_marks_the_selected_documents():
     selection = pd.DataFrame({"row_id": [0, 1, 2, 3], "pc1": [0.0, 1.0, 2.0, 3.0], "pc2": [1.0, 0.0, 1.0, 0.0],
                               "cluster": [0, 0, 1, 1], "selected": [True, False, False, True]})
@@ -52,8 +59,8 @@ def test_selection_scatter_marks_the_selected_documents():
 
 def test_comparison_bars_group_strategies_with_error_bars():
     table = pd.DataFrame({"calibration": ["docs"] * 4, "evaluation": ["wiki"] * 4, "scheme": ["W4"] * 4,
-                          "samples": [8, 32, 8, 32], "strategy": ["random", "random", "clusters", "clusters"],
-                          "mean": [30.0, 28.0, 29.0, 27.5], "std": [1.0, 0.5, 0.8, 0.2], "count": [5] * 4, "best": [False] * 4})
+                          "samples": [8, 32, 8, 32], "strategy": ["embedding-clusters", "embedding-clusters", "random", "random"],
+                          "mean": [29.0, 27.5, 30.0, 28.0], "std": [0.8, 0.2, 1.0, 0.5], "count": [5] * 4, "best": [False] * 4})
     fig = comparison_bars(table, "W4", "wiki", float_perplexity=25.0)
     random, clusters = fig.data
     assert random.name == "random" and list(random.x) == ["n=8", "n=32"] and list(random.error_y.array) == [1.0, 0.5]

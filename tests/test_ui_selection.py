@@ -7,8 +7,8 @@ from tests.test_ui_dataset import _build
 from ui.limits import Limits
 from ui.state import Session
 from ui.tabs.compare import run_comparison, show_scheme
-from ui.tabs.sensitivity import parse_counts, run_sweep
 from ui.tabs.quantize import HELD_OUT
+from ui.tabs.sensitivity import parse_counts, run_sweep
 
 HELD = next(iter(HELD_OUT))
 

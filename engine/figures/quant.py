@@ -28,7 +28,7 @@ def sensitivity_depth(report: QuantReport) -> go.Figure:
         if column in table and table[column].notna().any():
             fig.add_trace(go.Scatter(x=x, y=table[column].tolist(), name=name, mode="lines+markers",
                                      line={"color": colour, "dash": dash}, marker={"size": 5}), secondary_y=False)
-    fig.update_yaxes(type="log", title_text="relative error (log)", secondary_y=False)
+    fig.update_yaxes(type="log", dtick=1, tickformat=".2~%", title_text="relative error (log)", secondary_y=False)
     fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
     styled(fig, f"Per-layer sensitivity: {report.spec.label()}", "layer (block.module, execution order)",
            "relative error (log)")
@@ -44,4 +44,7 @@ def perplexity_runs(runs: list[dict]) -> go.Figure:
     fig.add_trace(go.Scatter(x=labels, y=[run["float"] for run in runs], name="float", mode="markers",
                              marker={"color": "#0f172a", "symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
                              hovertemplate="float: %{y:.3f}<extra></extra>"))
+    top = max(max(run["quantized"], run["float"]) for run in runs)
+    fig.update_layout(bargap=0.5 if len(runs) > 2 else 0.7)
+    fig.update_yaxes(range=[0, top * 1.15])  # room for the value labels above the bars
     return styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")

@@ -5,6 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from engine.compare import COMPARED
 from engine.figures.style import ASKED, CORPUS, SELECTED, styled
 from engine.stats.sweep import SweepResult
 
@@ -29,13 +30,16 @@ def sweep_curves(result: SweepResult) -> go.Figure:
         if column not in result.rows:
             continue
         curve = result.curves(column)
-        curve = curve[curve["count"] < result.counts[-1]]  # at N every change is 0 (off a log axis)
+        # A change of exactly 0 (at N, or once every input's maximum has been seen) has no place on a
+        # log axis: the curve ends there instead of diving to an arbitrary floor.
+        curve = curve[(curve["count"] < result.counts[-1]) & (curve["mean"] > 0)]
         x = curve["count"].tolist()
-        _band(fig, x, curve["low"].clip(lower=1e-6).tolist(), curve["high"].clip(lower=1e-6).tolist(), colour, name)
-        fig.add_trace(go.Scatter(x=x, y=curve["mean"].clip(lower=1e-6).tolist(), mode="lines+markers", name=name,
+        low = curve["low"].where(curve["low"] > 0, curve["mean"] / 10)
+        _band(fig, x, low.tolist(), curve["high"].tolist(), colour, name)
+        fig.add_trace(go.Scatter(x=x, y=curve["mean"].tolist(), mode="lines+markers", name=name,
                                  line={"color": colour}, hovertemplate="%{x} samples: %{y:.3g}<extra>" + name + "</extra>"))
     fig.update_xaxes(type="log", dtick=0.30103)
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", dtick=1, tickformat=".2~%")
     shuffles = result.meta["shuffles"]
     return styled(fig, f"How far n samples are from all {result.counts[-1]} (median over {result.meta['inputs']} inputs, "
                        f"band: {shuffles} shuffles)", "calibration samples (log)", "relative change to the full set (log)")
@@ -66,7 +70,8 @@ def comparison_bars(table: pd.DataFrame, scheme: str, evaluation: str, float_per
     evaluation set; every calibration corpus in the table gets its own bar group label)."""
     rows = table[(table["scheme"] == scheme) & (table["evaluation"] == evaluation)]
     fig = go.Figure()
-    strategies = list(dict.fromkeys(rows["strategy"]))
+    canonical = [s.value for s in COMPARED]  # random first: the baseline the others are read against
+    strategies = sorted(dict.fromkeys(rows["strategy"]), key=lambda s: canonical.index(s) if s in canonical else len(canonical))
     for i, strategy in enumerate(strategies):
         part = rows[rows["strategy"] == strategy]
         labels = [f"{c} · n={n}" if rows["calibration"].nunique() > 1 else f"n={n}"

@@ -58,7 +58,7 @@ def prepare_downloads(fmt: str, session: Session | None):
     loaded = MODELS.get(session.model_spec)
     report = folder / "report.html"
     write_file(report, run_report(loaded.info, session.corpus_spec.label, session.corpus, calibration, session.stats,
-                                  session.hessians, quantization))
+                                  session.hessians, quantization, session.comparison))
     config, notes = session_config(session, fmt)
     config_file = folder / "calibscope-run.json"
     write_file(config_file, json.dumps(config, indent=2))
