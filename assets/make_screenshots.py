@@ -30,21 +30,27 @@ STEPS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="builtin:gemma-3-270m")
+    parser.add_argument("--only", nargs="*", default=None, metavar="FILE",
+                        help="capture only these files (every step still runs up to the last of them)")
     args = parser.parse_args()
+    wanted = set(args.only) if args.only else {step[-1] for step in STEPS} | {"model-data.png"}
+    last = max(i for i, step in enumerate(STEPS) if step[-1] in wanted or not args.only)
     OUT.mkdir(parents=True, exist_ok=True)
     with served_app(limits=Limits(), default_model=args.model) as url, chromium_page(1400, 1000) as page:
         page.goto(url)
         page.get_by_role("button", name="Load model and corpus").click()
         page.wait_for_function("() => document.body.innerText.includes('Loaded ')", timeout=300_000)
         page.wait_for_timeout(1000)
-        page.screenshot(path=str(OUT / "model-data.png"), full_page=True)
-        for tab, button, done, name in STEPS:
+        if "model-data.png" in wanted:
+            page.screenshot(path=str(OUT / "model-data.png"), full_page=True)
+        for tab, button, done, name in STEPS[:last + 1]:
             page.get_by_role("tab", name=tab).click()
             page.get_by_role("button", name=button).click()
             page.wait_for_function(f"() => document.body.innerText.includes('{done}')", timeout=1_800_000)
             page.wait_for_timeout(2000)
-            page.screenshot(path=str(OUT / name), full_page=True)
-    print(f"wrote model-data.png and {', '.join(step[-1] for step in STEPS)} in {OUT}")
+            if name in wanted:
+                page.screenshot(path=str(OUT / name), full_page=True)
+    print(f"wrote {', '.join(sorted(wanted))} in {OUT}")
 
 
 if __name__ == "__main__":

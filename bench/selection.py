@@ -35,17 +35,25 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--corpus", default="python-docs", choices=["python-docs", "python-code", "mixed"],
                         help="the builtin corpus calibrated on (and whose held-out part is one evaluation set)")
+    parser.add_argument("--strategies", default="", help="comma-separated subset of the strategies (default: all)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in bench/results/selection_runs.csv (those of other strategies)")
     parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
     spec = (ComparisonSpec(strategies=("random", "embedding-clusters"), seeds=2, counts=(4,), length=128)
             if args.quick else ComparisonSpec(seeds=args.seeds, counts=counts, length=args.length))
+    if args.strategies:
+        spec = replace(spec, strategies=tuple(args.strategies.split(",")))
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     builtin_held_out = column(load_corpus(CorpusSpec.builtin(args.corpus, split="test")), "text")
     evaluations = [evaluation_windows(loaded.tokenizer, held_out_texts(), spec.length, args.windows, "wikitext-2 held-out"),
                    evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
-    runs = []
     RESULTS.mkdir(parents=True, exist_ok=True)
+    runs = []
+    if args.append and (RESULTS / "selection_runs.csv").is_file():
+        kept = pd.read_csv(RESULTS / "selection_runs.csv")
+        runs.append(kept[~kept["strategy"].isin(spec.strategies)])
     for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
         for strategy in spec.strategies:  # one strategy at a time, saved as it completes
@@ -53,7 +61,11 @@ def main() -> None:
             runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name,
                                 progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
             pd.concat(runs, ignore_index=True).to_csv(RESULTS / "selection_runs.csv", index=False)
-    rows = pd.concat(runs, ignore_index=True)
+    summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations})
+
+
+def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict) -> None:
+    """Mean ± std table (bench/results/selection_summary.csv) and the JSON summary, from all runs."""
     table = summarize(rows)
     table.to_csv(RESULTS / "selection_summary.csv", index=False)
     print(table.to_string(index=False))
@@ -63,9 +75,12 @@ def main() -> None:
     beats_random = int(sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
                        for r in best.itertuples()))
     report("selection", "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
-           beats_random, "measured, not a target", True, cells=int(len(best)), winners=wins, seeds=spec.seeds,
-           counts=list(spec.counts), length=spec.length, strategies=list(spec.strategies), schemes=list(spec.schemes),
-           evaluation_tokens={e.name: e.tokens for e in evaluations})
+           beats_random, "measured, not a target", True, cells=int(len(best)), winners=wins,
+           seeds=int(rows["seed"].nunique()), counts=sorted(int(n) for n in rows["samples"].unique()), length=length,
+           runs_per_strategy_and_count={f"{k[0]} n={k[1]}": int(v) for k, v in
+                                        rows.drop_duplicates(["strategy", "seed", "samples", "calibration"])
+                                        .groupby(["strategy", "samples"]).size().items()},
+           schemes=sorted(rows["scheme"].unique()), evaluation_tokens=evaluation_tokens)
 
 
 if __name__ == "__main__":
