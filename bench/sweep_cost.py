@@ -22,13 +22,14 @@ from bench._common import report
 from bench.stats_overhead import calibration_set, timed
 from engine import ModelSpec, load_model
 from engine.stats import passes
+from engine.stats.specs import LAYER_TYPES
 from engine.stats.sweep import SweepSpec, _Both, sweep
 
 GOAL = 1.15
 
 
 def one_collection(loaded, calibration, batch_size: int) -> None:
-    layers = passes.select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), "", False)
+    layers = passes.select_layers(loaded.model, LAYER_TYPES, "", False)
     passes.calibration_pass(loaded, calibration, layers, ("input",), lambda c, d: _Both(c, d, True), batch_size)
 
 

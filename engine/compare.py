@@ -22,6 +22,7 @@ from engine.quant import (
     plan_quantization,
     quantized,
 )
+from engine.quant.plan import quantizable_layers
 from engine.sampling import (
     ActivationClustersSpec,
     EmbeddingClustersSpec,
@@ -34,7 +35,6 @@ from engine.sampling import (
 )
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
-from engine.stats.passes import select_layers
 
 COMPARED = (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.ACTIVATION_CLUSTERS,
             Strategy.SELF_GENERATED)
@@ -90,8 +90,7 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        layers = select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), spec.name_pattern, False)
-        plan, _ = plan_quantization(layers, spec, stats, hessians)
+        plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, stats, hessians)
         with quantized(loaded, plan):
             for evaluation in evaluations:
                 value = perplexity(loaded, evaluation)

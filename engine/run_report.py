@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from engine.compare import summarize
 from engine.corpus import corpus_summary
 from engine.figures import (
     bucket_bars,
@@ -17,7 +18,6 @@ from engine.figures import (
     outlier_table,
     ranges_across_depth,
 )
-from engine.compare import summarize
 from engine.figures.quant import sensitivity_depth
 from engine.figures.selection import comparison_bars
 from engine.html_report import render, section

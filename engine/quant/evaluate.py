@@ -3,7 +3,6 @@ perplexity against float on held-out text, and how much each layer contributes."
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -14,14 +13,13 @@ from engine.models import LoadedModel
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import quantized
 from engine.quant.perplexity import EvaluationSet, perplexity
-from engine.quant.plan import plan_quantization
+from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.quant.specs import QuantSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
-from engine.stats.passes import select_layers
+from engine.stats.report import block_of
 
 SENSITIVITY_MODES = ("none", "cheap", "thorough")
-_BLOCK = re.compile(r"\.(\d+)\.")
 
 
 @dataclass
@@ -60,7 +58,7 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if sensitivity not in SENSITIVITY_MODES:
         raise CalibscopeError(f"sensitivity={sensitivity!r} is not supported; use one of {', '.join(SENSITIVITY_MODES)}.")
     started = time.perf_counter()
-    layers = select_layers(loaded.model, ("Linear", "Conv1D", "Conv1d", "Conv2d"), spec.name_pattern, False)
+    layers = quantizable_layers(loaded.model, spec)
     thorough = sensitivity == "thorough"
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
     plan, table = plan_quantization(layers, spec, stats, hessians, scaled(progress, 0.0, split[0]))
@@ -71,7 +69,7 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if thorough:
         table["perplexity_change"] = layer_perplexity_changes(loaded, plan, list(table["layer"]), evaluation,
                                                               float_perplexity, batch_size, scaled(progress, split[2], 1.0))
-    table.insert(1, "block", [int(m.group(1)) if (m := _BLOCK.search(name)) else -1 for name in table["layer"]])
+    table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity == "none":
         table = table[["layer", "block", "kind", "in_features", "seconds"]]
     calibrated = stats or hessians

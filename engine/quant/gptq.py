@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.grid import Grid, row_grid
+from engine.quant.grid import row_grid
 
 MAX_DAMPING = 1.0
 
@@ -70,7 +70,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
                 grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
             w = block[:, i]
             d = block_hinv[i, i]
-            q = _quantize_column(grid, w)
+            q = grid.fake_quantize(w[:, None])[:, 0]  # the row grids broadcast over one column
             quantized[:, column] = q
             losses[:, column] = (w - q) ** 2 / d**2 / 2
             error = (w - q) / d
@@ -89,7 +89,3 @@ def _group(weight: torch.Tensor, block: torch.Tensor, start: int, column: int, g
     inside = block[:, column - start:min(stop - start, block.shape[1])]
     beyond = weight[:, start + block.shape[1]:stop] if stop > start + block.shape[1] else weight[:, :0]
     return torch.cat([inside, beyond], dim=1)
-
-
-def _quantize_column(grid: Grid, w: torch.Tensor) -> torch.Tensor:
-    return Grid(grid.scale[:, 0], grid.zero[:, 0], grid.maxq).fake_quantize(w)

@@ -17,6 +17,13 @@ from engine.quant.rtn import rtn
 from engine.quant.specs import QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
+from engine.stats.passes import select_layers
+from engine.stats.specs import LAYER_TYPES
+
+
+def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
+    """Every layer type the engine handles whose name matches the spec, the LM head excluded."""
+    return select_layers(model, LAYER_TYPES, spec.name_pattern, False)
 
 
 def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -68,12 +75,12 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
             if layer.name not in observed:
                 raise CalibscopeError(f"No activation statistics for {layer.name}: collect statistics of layer inputs "
                                       "for every layer you quantize.")
-            grid = activation_grid(stats.arrays(layer.name), spec.activations, stats.spec.percentiles)
+            arrays = stats.arrays(layer.name)
+            grid = activation_grid(arrays, spec.activations, stats.spec.percentiles)
             plan.inputs[layer.name] = grid
             row["clip"] = float((grid.scale * (grid.maxq - grid.zero)).max())
             if spec.activations.granularity == "tensor" and spec.activations.symmetric:
-                counts = stats.arrays(layer.name)["tensor_counts"]
-                row["input_error"] = relative_error(counts, row["clip"], spec.activations.bits)
+                row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], spec.activations.bits)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
         progress((number + 1) / len(layers), f"Quantized {layer.name}")

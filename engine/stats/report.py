@@ -18,6 +18,11 @@ SUMMARY = "statistics.json"
 _BLOCK = re.compile(r"\.(\d+)\.")
 
 
+def block_of(name: str) -> int:
+    """model.layers.3.mlp.up_proj -> 3 (-1 for modules outside the blocks, e.g. the head)."""
+    return int(m.group(1)) if (m := _BLOCK.search(name)) else -1
+
+
 def percentile_column(percent: float) -> str:
     return f"p{percent:g}"
 
@@ -74,7 +79,7 @@ def _row(key: str, layer, side: str, values: dict, spec: StatsSpec, shared_with:
     top = int(absmax.argmax())
     row = {
         "key": key, "layer": layer.name, "side": side, "kind": layer.kind,
-        "block": int(m.group(1)) if (m := _BLOCK.search(layer.name)) else -1,
+        "block": block_of(layer.name),
         "module": layer.name.split(".")[-1] if not layer.is_head else "lm_head",
         "channels": int(absmax.numel()), "tokens": int(values["count"].max()),
         "min": float(values["min"].min()), "max": float(values["max"].max()), "absmax": float(absmax.max()),
