@@ -1,6 +1,7 @@
 """Shared plumbing for bench scripts: result files and the one-line JSON summary."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -28,3 +29,14 @@ def report(name: str, metric: str, value: float, goal: str, met: bool, **details
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return summary
+
+
+def sized_run(doc: str, quick: tuple[int, int], full: tuple[int, int], repeats: int,
+              parser: argparse.ArgumentParser | None = None) -> tuple[argparse.Namespace, int, int, int]:
+    """The usual options (--quick, --repeats) parsed: (args, samples, tokens per sample, repeats)."""
+    parser = parser or argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help=f"{quick[0]} x {quick[1]} tokens, one repeat")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args()
+    samples, length = quick if args.quick else full
+    return args, samples, length, 1 if args.quick else args.repeats

@@ -12,14 +12,13 @@ from __future__ import annotations
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
-import argparse
 import time
 
-from bench._common import report
+from bench._common import report, sized_run
 from bench.stats_overhead import calibration_set, forward_all
 from engine import ModelSpec, load_model
+from engine.stats import HessianSpec
 from engine.stats.hessian_report import collect_hessians
-from engine.stats.specs import HessianSpec
 
 BATCH = 8
 
@@ -31,11 +30,7 @@ def timed(run) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="8 x 256 tokens, one repeat")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    samples, seqlen, repeats = (8, 256, 1) if args.quick else (16, 512, args.repeats)
+    _, samples, seqlen, repeats = sized_run(__doc__, quick=(8, 256), full=(16, 512), repeats=2)
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     calibration = calibration_set(loaded, samples, seqlen)
     forward_all(loaded.model, calibration, head=False)  # warm-up

@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     samples, seqlen, windows = (16, 256, 4) if args.quick else (args.samples, args.seqlen, args.windows)
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
-    calibration = build(calibration_corpus(args.calibration), loaded.tokenizer, GptqWindowsSpec(nsamples=samples, seqlen=seqlen))
+    calibration = build(calibration_corpus(args.calibration), loaded.tokenizer, GptqWindowsSpec(nsamples=samples, length=seqlen))
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
     started = time.perf_counter()
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))

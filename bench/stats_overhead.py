@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-from bench._common import report
+from bench._common import report, sized_run
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.hooks import observing
 from engine.sampling import GptqWindowsSpec, build
-from engine.stats import StatsSpec, collect, observing, select_layers
+from engine.stats import StatsSpec, collect, select_layers
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
 BATCH = 8
@@ -38,7 +39,7 @@ BATCH = 8
 
 def calibration_set(loaded, samples: int, seqlen: int):
     corpus = load_corpus(CorpusSpec.file(WIKITEXT))
-    return build(corpus, loaded.tokenizer, GptqWindowsSpec(nsamples=samples, seqlen=seqlen))
+    return build(corpus, loaded.tokenizer, GptqWindowsSpec(nsamples=samples, length=seqlen))
 
 
 def timed(run) -> float:
@@ -48,8 +49,10 @@ def timed(run) -> float:
 
 
 def forward_all(model, calibration, head: bool) -> None:
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in calibration.batches(BATCH):
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}  # the model's device, CUDA included
             (model if head else model.base_model)(**batch, use_cache=False)
 
 
@@ -105,14 +108,11 @@ def memory_at(samples: int, seqlen: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="8 x 256 tokens, memory at 8 vs 32 samples, one repeat")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, samples, seqlen, repeats = sized_run(__doc__, quick=(8, 256), full=(16, 512), repeats=3, parser=parser)
     if args.memory_child:
         memory_child(*args.memory_child)
         return
-    samples, seqlen, repeats = (8, 256, 1) if args.quick else (16, 512, args.repeats)
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     calibration = calibration_set(loaded, samples, seqlen)
     spec = StatsSpec(batch_size=BATCH)

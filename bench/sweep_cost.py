@@ -14,31 +14,27 @@ from __future__ import annotations
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
-import argparse
 
 import numpy as np
 
-from bench._common import report
+from bench._common import report, sized_run
 from bench.stats_overhead import calibration_set, timed
 from engine import ModelSpec, load_model
-from engine.stats import passes
-from engine.stats.specs import LAYER_TYPES
-from engine.stats.sweep import SweepSpec, _Both, sweep
+from engine.experiments.sweep import SweepSpec, _Both, sweep
+from engine.hooks import Side, select_layers
+from engine.models.layers import LAYER_KINDS
+from engine.runner import calibration_pass
 
 GOAL = 1.15
 
 
 def one_collection(loaded, calibration, batch_size: int) -> None:
-    layers = passes.select_layers(loaded.model, LAYER_TYPES, "", False)
-    passes.calibration_pass(loaded, calibration, layers, ("input",), lambda c, d: _Both(c, d, True), batch_size)
+    layers = select_layers(loaded.model, LAYER_KINDS, "", False)
+    calibration_pass(loaded, calibration, layers, (Side.INPUT,), lambda c, d: _Both(c, d, True), batch_size)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="8 x 128 tokens, one repeat")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    samples, seqlen, repeats = (8, 128, 1) if args.quick else (32, 256, args.repeats)
+    _, samples, seqlen, repeats = sized_run(__doc__, quick=(8, 128), full=(32, 256), repeats=2)
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     calibration = calibration_set(loaded, samples, seqlen)
     spec = SweepSpec(shuffles=1, batch_size=8)

@@ -13,16 +13,38 @@ would produce), the decoded text, and where it came from (row_id, source, token_
 """
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import datasets
 
 from engine.atomic import staged_directory
-from engine.errors import ExportError
+from engine.errors import ExportError, SpecError
 from engine.sampling import CalibrationSet, Manifest
+from engine.specs import choice
 
-FORMATS = {"disk": "dataset", "parquet": "calibration.parquet", "jsonl": "calibration.jsonl"}
+
+class ExportFormat(str, Enum):
+    """How the samples are written: a ``datasets`` folder (``load_from_disk``), parquet, or jsonl."""
+
+    DISK = "disk"
+    PARQUET = "parquet"
+    JSONL = "jsonl"
+
+    @property
+    def filename(self) -> str:
+        return {ExportFormat.DISK: "dataset", ExportFormat.PARQUET: "calibration.parquet",
+                ExportFormat.JSONL: "calibration.jsonl"}[self]
+
+
 MANIFEST = "manifest.json"
+
+
+def export_format(value: ExportFormat | str) -> ExportFormat:
+    try:
+        return choice(ExportFormat, value, "export format")
+    except SpecError as error:
+        raise ExportError(str(error)) from None
 
 
 def calibration_dataset(calibration: CalibrationSet, tokenizer) -> datasets.Dataset:
@@ -40,25 +62,24 @@ def calibration_dataset(calibration: CalibrationSet, tokenizer) -> datasets.Data
     )
 
 
-def _write_samples(dataset: datasets.Dataset, folder: Path, fmt: str) -> None:
-    path = folder / FORMATS[fmt]
-    if fmt == "disk":
-        dataset.save_to_disk(str(path))
-    elif fmt == "parquet":
-        dataset.to_parquet(str(path))
-    else:
-        dataset.to_json(str(path), lines=True, force_ascii=False)
+def _write_samples(dataset: datasets.Dataset, folder: Path, fmt: ExportFormat) -> None:
+    path = str(folder / fmt.filename)
+    writers = {
+        ExportFormat.DISK: lambda: dataset.save_to_disk(path),
+        ExportFormat.PARQUET: lambda: dataset.to_parquet(path),
+        ExportFormat.JSONL: lambda: dataset.to_json(path, lines=True, force_ascii=False),
+    }
+    writers[fmt]()
 
 
-def save_calibration_set(calibration: CalibrationSet, tokenizer, target: str | Path, fmt: str = "disk",
+def save_calibration_set(calibration: CalibrationSet, tokenizer, target: str | Path, fmt: ExportFormat | str = ExportFormat.DISK,
                          overwrite: bool = False) -> Path:
     """Write the set and its manifest to the directory ``target``; returns it.
 
     Raises ExportError if ``target`` exists and ``overwrite`` is False; with ``overwrite`` the old
     export is replaced only once the new one is complete.
     """
-    if fmt not in FORMATS:
-        raise ExportError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    fmt = export_format(fmt)
     target = Path(target).expanduser()
     if target.exists() and not overwrite:
         raise ExportError(f"'{target}' already exists. Choose another name, or allow overwriting it.")
@@ -78,10 +99,12 @@ def load_calibration_export(folder: str | Path) -> tuple[datasets.Dataset, Manif
     if not (folder / MANIFEST).is_file():
         raise ExportError(f"'{folder}' is not a calibscope export (no {MANIFEST}).")
     manifest = Manifest.from_json((folder / MANIFEST).read_text(encoding="utf-8"))
-    if (folder / FORMATS["disk"]).is_dir():
-        return datasets.load_from_disk(str(folder / FORMATS["disk"])), manifest
-    if (folder / FORMATS["parquet"]).is_file():
-        return datasets.Dataset.from_parquet(str(folder / FORMATS["parquet"])), manifest
-    if (folder / FORMATS["jsonl"]).is_file():
-        return datasets.Dataset.from_json(str(folder / FORMATS["jsonl"])), manifest
-    raise ExportError(f"'{folder}' holds a manifest but no samples ({', '.join(FORMATS.values())}).")
+    readers = {
+        ExportFormat.DISK: datasets.load_from_disk,
+        ExportFormat.PARQUET: datasets.Dataset.from_parquet,
+        ExportFormat.JSONL: datasets.Dataset.from_json,
+    }
+    for fmt, read in readers.items():
+        if (folder / fmt.filename).exists():
+            return read(str(folder / fmt.filename)), manifest
+    raise ExportError(f"'{folder}' holds a manifest but no samples ({', '.join(f.filename for f in ExportFormat)}).")

@@ -11,12 +11,12 @@ import tomllib
 from engine.atomic import write_file
 from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
-from engine.export import FORMATS, save_calibration_set
+from engine.export import ExportFormat, save_calibration_set
 from engine.models import load_model
 from engine.progress import Progress, no_progress, scaled
 from engine.run_report import run_report
-from engine.sampling import SPEC_TYPES, SamplingSpec, Strategy, build
-from engine.specs import CorpusSpec, ModelSpec
+from engine.sampling import SamplingSpec, Strategy, build, spec_from_params
+from engine.specs import CorpusSpec, ModelSpec, choice
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
@@ -30,7 +30,7 @@ class RunConfig:
     sampling: SamplingSpec
     stats: StatsSpec | None
     hessians: HessianSpec | None
-    export_format: str = "disk"
+    export_format: ExportFormat = ExportFormat.DISK
 
 
 def _spec(kind: type, values: dict, section_name: str):
@@ -46,18 +46,13 @@ def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
     if "output" not in data:
         raise SpecError("The config needs an `output` folder for the artifacts.")
     sampling = dict(data.get("sampling", {}))
-    try:
-        strategy = Strategy(sampling.pop("strategy", Strategy.LENGTH_STRATIFIED.value))
-    except ValueError:
-        raise SpecError(f"[sampling] strategy must be one of {', '.join(s.value for s in Strategy)}.") from None
-    export_format = data.get("export", {}).get("format", "disk")
-    if export_format not in FORMATS:
-        raise SpecError(f"[export] format must be one of {', '.join(FORMATS)}.")
+    strategy = sampling.pop("strategy", Strategy.LENGTH_STRATIFIED.value)
+    export_format = choice(ExportFormat, data.get("export", {}).get("format", ExportFormat.DISK), "[export] format")
     return RunConfig(
         output=(base / data["output"]).resolve(),
         model=_spec(ModelSpec, data.get("model", {}), "model"),
         corpus=_spec(CorpusSpec, data.get("corpus", {}), "corpus"),
-        sampling=_spec(SPEC_TYPES[strategy], sampling, "sampling"),
+        sampling=spec_from_params(strategy, sampling),
         stats=_spec(StatsSpec, data["stats"], "stats") if "stats" in data else None,
         hessians=_spec(HessianSpec, data["hessians"], "hessians") if "hessians" in data else None,
         export_format=export_format,
@@ -104,7 +99,7 @@ def config_as_json(config: RunConfig) -> dict:
     data = {"output": str(config.output), "model": dataclasses.asdict(config.model),
             "corpus": {**dataclasses.asdict(config.corpus), "kind": config.corpus.kind.value},
             "sampling": {"strategy": config.sampling.strategy.value, **dataclasses.asdict(config.sampling)},
-            "export": {"format": config.export_format}}
+            "export": {"format": config.export_format.value}}
     for name in ("stats", "hessians"):
         if getattr(config, name) is not None:
             data[name] = dataclasses.asdict(getattr(config, name))

@@ -4,10 +4,12 @@ Shared by ``calibscope run`` and the dashboard's Export tab, so both reports sho
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
-from engine.compare import summarize
 from engine.corpus import corpus_summary
+from engine.experiments.compare import summarize
 from engine.figures import (
     bucket_bars,
     channel_heatmap,
@@ -18,7 +20,7 @@ from engine.figures import (
     outlier_table,
     ranges_across_depth,
 )
-from engine.figures.quant import sensitivity_depth
+from engine.figures.quant import perplexity_runs, run_label, sensitivity_depth
 from engine.figures.selection import comparison_bars
 from engine.html_report import render, section
 from engine.models import ModelInfo
@@ -39,10 +41,21 @@ def calibration_section(calibration: CalibrationSet) -> str:
                    + ([bucket_bars(calibration.buckets)] if buckets else []))
 
 
+def quantization_section(reports: Sequence[QuantReport]) -> str:
+    """Every run side by side (scheme, held-out text, perplexities), and each run's per-layer view."""
+    runs = pd.DataFrame([{"run": run_label(number, report), "evaluated on": report.meta["evaluation"],
+                          "tokens": report.meta["evaluation_tokens"], "float": round(report.float_perplexity, 3),
+                          "quantized": round(report.quantized_perplexity, 3), "gap": round(report.gap, 3)}
+                         for number, report in enumerate(reports, 1)])
+    return section("Quantization", tables=[runs],
+                   figures=[perplexity_runs(list(reports)), *[sensitivity_depth(report) for report in reports]])
+
+
 def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: CalibrationSet, stats: StatsReport | None = None,
-               hessians: HessianReport | None = None, quantization: QuantReport | None = None,
+               hessians: HessianReport | None = None, quantizations: Sequence[QuantReport] = (),
                comparison: pd.DataFrame | None = None) -> str:
-    """One self-contained HTML page (works offline); ``comparison`` is engine.compare's rows."""
+    """One self-contained HTML page (works offline): every quantization run given, in order;
+    ``comparison`` is the comparison experiment's rows."""
     sections = [
         section("Model and corpus", tables=[pd.DataFrame(info.as_rows(), columns=["Model", ""]),
                                             pd.DataFrame(corpus_summary(corpus), columns=["Corpus", ""])]),
@@ -53,9 +66,8 @@ def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: Calibrat
                                 figures=[ranges_across_depth(stats), layer_distributions(stats), channel_heatmap(stats)]))
     if hessians is not None:
         sections.append(section("Hessians", notes=hessians.warnings[:20], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)]))
-    if quantization is not None:
-        sections.append(section("Quantization", tables=[pd.DataFrame(quantization.summary_rows(), columns=["Quantization", ""])],
-                                figures=[sensitivity_depth(quantization)]))
+    if quantizations:
+        sections.append(quantization_section(quantizations))
     if comparison is not None and len(comparison):
         table = summarize(comparison)
         figures = [comparison_bars(table, scheme, evaluation, float(part["float_perplexity"].iloc[0]))

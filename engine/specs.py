@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from engine.errors import SpecError
 
@@ -14,7 +15,17 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = (None, "auto")
 DEFAULT_MAX_CORPUS_BYTES = 200 * 1024 * 1024
-TXT_MODES = ("paragraphs", "lines", "file")
+
+
+E = TypeVar("E", bound=Enum)
+
+
+class TxtMode(str, Enum):
+    """How a text file is cut into documents."""
+
+    PARAGRAPHS = "paragraphs"
+    LINES = "lines"
+    FILE = "file"
 
 
 class CorpusKind(str, Enum):
@@ -44,6 +55,20 @@ class Split(str, Enum):
 def _choice_error(field: str, value: object, allowed: tuple) -> SpecError:
     shown = ", ".join(repr(a) for a in allowed)
     return SpecError(f"{field}={value!r} is not supported; use one of {shown}.")
+
+
+def choice(vocabulary: type[E], value: object, field: str) -> E:
+    """``value`` as a member of the str-Enum ``vocabulary`` (its label or the member itself), or a
+    SpecError naming the field and every allowed label. Specs call it in ``__post_init__``."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        raise _choice_error(field, value, tuple(member.value for member in vocabulary)) from None
+
+
+def labels(vocabulary: type[Enum]) -> list[str]:
+    """The labels a widget shows for a vocabulary, in its declared order."""
+    return [member.value for member in vocabulary]
 
 
 @dataclass(frozen=True)
@@ -98,16 +123,14 @@ class CorpusSpec:
     split: str = Split.TRAIN.value
     config: str | None = None
     text_column: str | None = None
-    txt_mode: str = "paragraphs"
+    txt_mode: TxtMode = TxtMode.PARAGRAPHS
     min_chars: int = 16
     max_documents: int | None = None
     max_bytes: int = DEFAULT_MAX_CORPUS_BYTES
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", CorpusKind(self.kind))
-        except ValueError:
-            raise _choice_error("kind", self.kind, tuple(k.value for k in CorpusKind)) from None
+        object.__setattr__(self, "kind", choice(CorpusKind, self.kind, "kind"))
+        object.__setattr__(self, "txt_mode", choice(TxtMode, self.txt_mode, "txt_mode"))
         if not self.name or not str(self.name).strip():
             raise SpecError("The corpus name is empty; pick a builtin corpus, a hub dataset or a file.")
         if self.kind is CorpusKind.BUILTIN:
@@ -116,8 +139,6 @@ class CorpusSpec:
                 raise _choice_error("builtin corpus", self.name, allowed)
             if self.split not in tuple(s.value for s in Split):
                 raise _choice_error("split", self.split, tuple(s.value for s in Split))
-        if self.txt_mode not in TXT_MODES:
-            raise _choice_error("txt_mode", self.txt_mode, TXT_MODES)
         if self.min_chars < 1:
             raise SpecError(f"min_chars={self.min_chars} must be at least 1.")
         if self.max_documents is not None and self.max_documents < 1:

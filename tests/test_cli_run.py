@@ -49,11 +49,11 @@ def test_run_writes_every_artifact_and_a_report(tmp_path, capsys):
 @pytest.mark.parametrize(
     "overrides, words",
     [
-        ({"sampling": {"strategy": "magic"}}, "strategy must be one of"),
+        ({"sampling": {"strategy": "magic"}}, "strategy='magic' is not supported; use one of"),
         ({"sampling": {"nsamples": 0}}, "nsamples=0"),
         ({"model": {"name": "tiny-random-llama", "colour": "red"}}, "unknown keys ['colour']"),
         ({"corpus": {"kind": "file", "name": "/no/such/file.txt"}}, "does not exist"),
-        ({"export": {"format": "xlsx"}}, "format must be one of"),
+        ({"export": {"format": "xlsx"}}, "format='xlsx' is not supported; use one of"),
     ],
 )
 def test_bad_configs_exit_2_with_a_message(tmp_path, capsys, overrides, words):

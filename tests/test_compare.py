@@ -1,16 +1,16 @@
 """The comparison experiment on a tiny model: every cell measured, summaries right."""
-import pandas as pd
 import pytest
 
-from engine.compare import ComparisonSpec, compare, strategy_spec, summarize
 from engine.errors import SpecError
+from engine.experiments.compare import ComparisonSpec, compare, summarize
 from engine.quant import evaluation_windows
-from engine.sampling import Strategy, build
+from engine.sampling import Strategy, build, spec_for
 
 
 def test_every_strategy_gives_exactly_the_asked_count(topical_corpus, tiny_llama):
     for strategy in ComparisonSpec().strategies:
-        calibration = build(topical_corpus, tiny_llama.tokenizer, strategy_spec(strategy, 6, 64, 1), model=tiny_llama)
+        calibration = build(topical_corpus, tiny_llama.tokenizer, spec_for(strategy, nsamples=6, length=64, seed=1),
+                            model=tiny_llama)
         assert len(calibration) == 6 and calibration.lengths.max() <= 64, strategy
 
 
@@ -29,7 +29,9 @@ def test_compare_fills_the_grid_and_summarizes_over_seeds(topical_corpus, tiny_l
     subset = rows[(rows["scheme"] == first["scheme"]) & (rows["samples"] == first["samples"]) & (rows["strategy"] == first["strategy"])]
     assert first["mean"] == pytest.approx(subset["perplexity"].mean()) and first["std"] == pytest.approx(subset["perplexity"].std())
     assert table.groupby(["scheme", "samples"])["best"].sum().eq(1).all()
-    assert isinstance(table, pd.DataFrame)
+    best = table[table["best"]].iloc[0]
+    rivals = table[(table["scheme"] == best["scheme"]) & (table["samples"] == best["samples"])]
+    assert best["mean"] == rivals["mean"].min()
 
 
 def test_comparison_spec_refuses_unknown_names():

@@ -50,7 +50,7 @@ def stats_report(tiny_llama):
 
     texts = [f"{i} " + "calibration text, with some numbers 12345 " * (i + 2) for i in range(8)]
     data = datasets.Dataset.from_dict({"text": texts, "source": [f"s{i}" for i in range(8)], "row_id": list(range(8))})
-    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=8, max_length=256))
+    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=8, length=256))
     return collect(tiny_llama, calibration, StatsSpec(outlier_threshold=0.05)), calibration
 
 

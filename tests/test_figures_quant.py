@@ -3,10 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.experiments.sweep import SweepResult
 from engine.figures.quant import perplexity_runs, sensitivity_depth
 from engine.figures.selection import comparison_bars, selection_scatter, sweep_curves
 from engine.quant import QuantReport, QuantSpec, WeightSpec
-from engine.stats.sweep import SweepResult
 
 
 def test_sensitivity_depth_shows_each_measure_in_execution_order():
@@ -21,9 +21,13 @@ def test_sensitivity_depth_shows_each_measure_in_execution_order():
 
 
 def test_perplexity_runs_put_float_beside_each_run():
-    fig = perplexity_runs([{"label": "#1 A", "float": 20.0, "quantized": 25.0}, {"label": "#2 B", "float": 20.0, "quantized": 21.0}])
+    layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"]})
+    runs = [QuantReport(QuantSpec(WeightSpec("gptq", 4, 128)), 20.0, 25.0, layers, {}),
+            QuantReport(QuantSpec(WeightSpec("rtn", 3, 128)), 20.0, 21.0, layers, {})]
+    fig = perplexity_runs(runs)
     bars, floats = fig.data
-    assert list(bars.x) == ["#1 A", "#2 B"] and list(bars.y) == [25.0, 21.0] and list(floats.y) == [20.0, 20.0]
+    assert list(bars.x) == ["#1 W4 g128 GPTQ", "#2 W3 g128 RTN"] and list(bars.y) == [25.0, 21.0]
+    assert list(floats.y) == [20.0, 20.0]
 
 
 def test_sweep_curves_plot_mean_and_band_below_the_full_count():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from engine.errors import SpecError
+from engine.hooks import observing
 from engine.sampling import RandomSpec, build
-from engine.stats import observing
 from engine.stats.hessian import HessianAccumulator
 from engine.stats.hessian_diagnostics import diagnose, gptq_prepared, min_damping
 from engine.stats.hessian_report import HessianReport, collect_hessians
@@ -29,7 +29,7 @@ def test_accumulator_equals_float64_reference_and_merges():
 def calibration(tiny_llama):
     texts = [f"{i}: " + "hessian input text " * (i + 1) for i in range(9)]
     data = datasets.Dataset.from_dict({"text": texts, "source": [f"h{i}" for i in range(9)], "row_id": list(range(9))})
-    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=9, max_length=256))
+    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=9, length=256))
 
 
 def reference_hessian(model, calibration, layer):

@@ -50,7 +50,7 @@ def test_find_linear_layers_gpt2_conv1d_shapes():
     c_attn = next(layer for layer in layers if layer.name == "transformer.h.0.attn.c_attn")
     assert (c_attn.kind, c_attn.in_features, c_attn.out_features) == ("Conv1D", 32, 96)
     assert layers[-1].name == "lm_head" and layers[-1].is_head
-    assert [layer.name for layer in find_linear_layers(loaded.model, order="registration")][0] == "transformer.h.0.attn.c_attn"
+    assert [layer.name for layer in find_linear_layers(loaded.model, execution_order=False)][0] == "transformer.h.0.attn.c_attn"
 
 
 def test_find_linear_layers_follows_execution_not_registration():
@@ -66,7 +66,7 @@ def test_find_linear_layers_follows_execution_not_registration():
 
     model = Swapped()
     assert [layer.name for layer in find_linear_layers(model)] == ["early", "late"]
-    assert [layer.name for layer in find_linear_layers(model, order="registration")] == ["late", "early"]
+    assert [layer.name for layer in find_linear_layers(model, execution_order=False)] == ["late", "early"]
 
 
 def test_local_directory_model_loads(tmp_path, tiny_llama):

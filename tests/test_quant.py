@@ -8,6 +8,7 @@ import torch
 
 from engine import ModelSpec, load_model
 from engine.errors import CalibscopeError, SpecError
+from engine.hooks import select_layers
 from engine.quant import (
     ActivationSpec,
     QuantizedModel,
@@ -21,13 +22,12 @@ from engine.quant import (
     quantized,
     rtn,
 )
-from engine.quant.grid import minmax_grid
+from engine.quant.grid import minmax_grid, row_grid
 from engine.quant.plan import output_error
 from engine.quant.ranges import activation_grid, mse_clip
 from engine.sampling import RandomSpec, build
 from engine.stats import ActivationAccumulator, StatsSpec, TokenIndex, collect
 from engine.stats.hessian_report import collect_hessians
-from engine.stats.passes import select_layers
 
 
 def correlated_inputs(tokens: int, channels: int, seed: int = 0) -> torch.Tensor:
@@ -41,7 +41,8 @@ def relative_output_error(weight, quantized_weight, x):
     return float(((x @ (quantized_weight - weight).T) ** 2).sum() / ((x @ weight.T) ** 2).sum())
 
 
-@pytest.mark.parametrize("bits,group_size,act_order", [(4, 0, False), (3, 32, False), (4, 32, True), (2, 0, True)])
+@pytest.mark.parametrize("bits,group_size,act_order", [(4, 0, "none"), (3, 32, "none"), (4, 32, "dynamic"),
+                                                       (4, 32, "static"), (2, 0, "dynamic")])
 def test_gptq_beats_rtn_on_the_layer_output(bits, group_size, act_order):
     x = correlated_inputs(2048, 96)
     weight = torch.randn(64, 96, generator=torch.Generator().manual_seed(1))
@@ -52,6 +53,21 @@ def test_gptq_beats_rtn_on_the_layer_output(bits, group_size, act_order):
     assert gptq_error < 0.8 * rtn_error, (gptq_error, rtn_error)
     assert result.damping == 0.01 and result.loss > 0
     torch.testing.assert_close(output_error(result.weight - weight, weight, hessian), gptq_error, rtol=1e-3, atol=0)
+
+
+def test_static_act_order_keeps_each_group_on_its_original_grid_and_dynamic_records_the_groups():
+    x = correlated_inputs(1024, 64, seed=5)
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(6))
+    hessian = x.T @ x
+    static = gptq(weight, hessian, 4, 16, block_size=16, act_order="static")
+    for start in range(0, 64, 16):  # every value of a group lies on the grid of that group's original weights
+        grid = row_grid(weight[:, start:start + 16], 4, True)
+        group = static.weight[:, start:start + 16]
+        torch.testing.assert_close(grid.fake_quantize(group), group)
+    assert static.group_index is None
+    dynamic = gptq(weight, hessian, 4, 16, block_size=16, act_order="dynamic")
+    order = torch.argsort(torch.diag(hessian), descending=True)
+    assert dynamic.group_index is not None and (dynamic.group_index[order] == torch.arange(64) // 16).all()
 
 
 def test_gptq_lazy_blocks_equal_column_by_column_and_values_lie_on_the_grid():
@@ -140,7 +156,7 @@ def test_specs_refuse_what_cannot_be_done():
 def calibrated(tiny_llama):
     texts = [f"Paragraph {i}. " + "the quick brown fox jumps over the lazy dog " * (3 + i % 5) for i in range(24)]
     data = datasets.Dataset.from_dict({"text": texts, "source": ["q"] * 24, "row_id": list(range(24))})
-    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=16, max_length=128))
+    calibration = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=16, length=128))
     stats = collect(tiny_llama, calibration, StatsSpec(percentiles=(99.9, 99.99)))
     hessians = collect_hessians(tiny_llama, calibration)
     evaluation = evaluation_windows(tiny_llama.tokenizer, ["held-out text about foxes and dogs. " * 40] * 3, 64, 6, "held-out")

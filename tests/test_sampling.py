@@ -1,9 +1,11 @@
 """Calibration set builders on synthetic corpora with known token lengths (1 byte = 1 token here)."""
+import dataclasses
+
 import datasets
 import numpy as np
 import pytest
 
-from engine import SamplingError
+from engine import SamplingError, SpecError
 from engine.sampling import (
     GptqWindowsSpec,
     LengthStratifiedSpec,
@@ -12,6 +14,8 @@ from engine.sampling import (
     RandomSpec,
     build,
     rebuild,
+    spec_from_manifest,
+    spec_from_params,
 )
 from engine.sampling.allocation import allocate, spread
 from engine.sampling.length_stratified import candidate_pieces
@@ -71,7 +75,7 @@ def test_candidate_pieces_cut_long_documents_into_windows():
 
 def test_random_returns_distinct_documents_and_counts_truncation(tokenizer):
     data = corpus([50] * 20 + [500] * 10)
-    cs = build(data, tokenizer, RandomSpec(nsamples=25, max_length=100, seed=3))
+    cs = build(data, tokenizer, RandomSpec(nsamples=25, length=100, seed=3))
     assert len(cs) == 25 and len({p.row_id for p in cs.provenance}) == 25
     assert all(s[0] == BOS and len(s) <= 100 for s in cs.sequences)
     long_rows = [p for p in cs.provenance if p.document_tokens == 500]
@@ -79,7 +83,7 @@ def test_random_returns_distinct_documents_and_counts_truncation(tokenizer):
 
 
 def test_random_with_too_few_documents_returns_them_all_and_says_so(tokenizer):
-    cs = build(corpus([40] * 5), tokenizer, RandomSpec(nsamples=50, max_length=64))
+    cs = build(corpus([40] * 5), tokenizer, RandomSpec(nsamples=50, length=64))
     assert len(cs) == 5 and cs.asked == 50
     assert any("returning 5 of the 50 asked" in note for note in cs.notes)
     assert ("Samples", "5 (asked 50)") in cs.summary_rows()
@@ -118,7 +122,7 @@ def test_stratified_cuts_documents_longer_than_the_last_edge(tokenizer):
 
 def test_gptq_joined_windows_are_exact_and_in_bounds(tokenizer):
     data = corpus([300] * 10)
-    cs = build(data, tokenizer, GptqWindowsSpec(nsamples=50, seqlen=128, seed=0))
+    cs = build(data, tokenizer, GptqWindowsSpec(nsamples=50, length=128, seed=0))
     joined = tokenizer("\n\n".join(data["text"]), add_special_tokens=False).input_ids
     assert all(len(s) == 128 and s[0] == BOS for s in cs.sequences)
     for sequence, provenance in zip(cs.sequences, cs.provenance):
@@ -127,45 +131,45 @@ def test_gptq_joined_windows_are_exact_and_in_bounds(tokenizer):
 
 
 def test_gptq_without_bos_reproduces_raw_windows(tokenizer):
-    cs = build(corpus([300] * 4), tokenizer, GptqWindowsSpec(nsamples=5, seqlen=64, add_bos=False))
+    cs = build(corpus([300] * 4), tokenizer, GptqWindowsSpec(nsamples=5, length=64, add_bos=False))
     assert all(len(s) == 64 and s[0] != BOS for s in cs.sequences)
     assert cs.manifest.tokenizer["prefix_ids"] == []
 
 
-def test_gptq_documents_accepts_a_document_of_exactly_seqlen_tokens(tokenizer):
+def test_gptq_documents_accepts_a_document_of_exactly_window_length(tokenizer):
     data = corpus([127, 20, 30, 126])  # only document 0 has the 127 tokens a BOS + 127 window needs
-    cs = build(data, tokenizer, GptqWindowsSpec(nsamples=3, seqlen=128, mode="documents"))
+    cs = build(data, tokenizer, GptqWindowsSpec(nsamples=3, length=128, mode="documents"))
     assert {p.row_id for p in cs.provenance} == {0} and {p.token_offset for p in cs.provenance} == {0}
     assert all(len(s) == 128 for s in cs.sequences)
 
 
 def test_gptq_documents_errors_instead_of_looping(tokenizer):
     with pytest.raises(SamplingError, match="joined"):
-        build(corpus([50, 60]), tokenizer, GptqWindowsSpec(nsamples=2, seqlen=128, mode="documents"))
+        build(corpus([50, 60]), tokenizer, GptqWindowsSpec(nsamples=2, length=128, mode="documents"))
     rare = corpus([10] * 3000 + [200])
     with pytest.raises(SamplingError, match="document draws"):
-        build(rare, tokenizer, GptqWindowsSpec(nsamples=5, seqlen=128, mode="documents", max_attempts=100))
+        build(rare, tokenizer, GptqWindowsSpec(nsamples=5, length=128, mode="documents", max_attempts=100))
 
 
 def test_gptq_joined_corpus_too_small_is_a_clear_error(tokenizer):
     with pytest.raises(SamplingError, match="only 22 tokens"):
-        build(corpus([10, 10]), tokenizer, GptqWindowsSpec(nsamples=1, seqlen=128))
+        build(corpus([10, 10]), tokenizer, GptqWindowsSpec(nsamples=1, length=128))
 
 
 def test_packed_blocks_are_full_and_separated_by_eos(tokenizer):
-    cs = build(corpus([100] * 30), tokenizer, PackedSpec(nsamples=6, seqlen=256))
+    cs = build(corpus([100] * 30), tokenizer, PackedSpec(nsamples=6, length=256))
     assert len(cs) == 6 and all(len(s) == 256 and s[0] == BOS for s in cs.sequences)
     eos = tokenizer.eos_token_id
     assert sum(int((s == eos).sum()) for s in cs.sequences) >= 6 * 255 // 101 - 1
-    few = build(corpus([100] * 3), tokenizer, PackedSpec(nsamples=6, seqlen=256))
+    few = build(corpus([100] * 3), tokenizer, PackedSpec(nsamples=6, length=256))
     assert len(few) == 1 and any("1 blocks of the 6 asked" in n for n in few.notes)
 
 
 @pytest.mark.parametrize(
     "spec",
-    [RandomSpec(nsamples=10, max_length=64), LengthStratifiedSpec(nsamples=10, edges=(32, 64, 128)),
-     GptqWindowsSpec(nsamples=10, seqlen=64), GptqWindowsSpec(nsamples=10, seqlen=64, mode="documents"),
-     PackedSpec(nsamples=10, seqlen=64)],
+    [RandomSpec(nsamples=10, length=64), LengthStratifiedSpec(nsamples=10, edges=(32, 64, 128)),
+     GptqWindowsSpec(nsamples=10, length=64), GptqWindowsSpec(nsamples=10, length=64, mode="documents"),
+     PackedSpec(nsamples=10, length=64)],
     ids=lambda spec: f"{spec.strategy.value}-{getattr(spec, 'mode', '')}",
 )
 def test_deterministic_by_seed_and_manifest_rebuilds_bit_for_bit(tokenizer, spec):
@@ -203,8 +207,8 @@ def test_batches_pad_on_the_tokenizers_side_with_masks(tokenizer):
 
 
 def test_length_beyond_the_model_is_clamped_with_a_note(tokenizer):
-    cs = build(corpus([400] * 5), tokenizer, GptqWindowsSpec(nsamples=2, seqlen=4096), max_positions=256)
-    assert all(len(s) == 256 for s in cs.sequences) and cs.spec.seqlen == 256
+    cs = build(corpus([400] * 5), tokenizer, GptqWindowsSpec(nsamples=2, length=4096), max_positions=256)
+    assert all(len(s) == 256 for s in cs.sequences) and cs.spec.length == 256
     assert any("clamped to 256" in note for note in cs.notes)
 
 
@@ -236,9 +240,19 @@ def test_gemma_windows_start_like_inference_and_pad_left(gemma, wikitext_path):
     tok = gemma.tokenizer
     for text in data["text"][:20]:
         assert [tok.bos_token_id, *encode(tok, [text])[0].tolist()] == tok(text).input_ids
-    cs = build(data, tok, GptqWindowsSpec(nsamples=4, seqlen=512), max_positions=gemma.info.max_positions)
+    cs = build(data, tok, GptqWindowsSpec(nsamples=4, length=512), max_positions=gemma.info.max_positions)
     assert all(len(s) == 512 and s[0] == tok.bos_token_id == 2 for s in cs.sequences)
     stratified = build(data, tok, LengthStratifiedSpec(nsamples=12, edges=(64, 128, 256)))
     ids, mask = stratified.pad()
     assert stratified.padding_side == "left" and mask[:, -1].all()  # Gemma pads on the left
     assert len(stratified) == 12
+
+
+def test_manifests_and_configs_with_the_old_length_names_still_load(tokenizer):
+    cs = build(corpus([120] * 6), tokenizer, GptqWindowsSpec(nsamples=3, length=64, seed=2))
+    recorded = dataclasses.replace(cs.manifest, params={**{k: v for k, v in cs.manifest.params.items() if k != "length"},
+                                                        "seqlen": 64})
+    assert spec_from_manifest(recorded) == cs.spec
+    assert spec_from_params("random", {"nsamples": 4, "max_length": 99}) == RandomSpec(nsamples=4, length=99)
+    with pytest.raises(SpecError, match="does not take"):
+        spec_from_params("packed", {"nsamples": 4, "edges": [8, 16]})

@@ -41,7 +41,7 @@ def test_fewer_clusters_than_samples_share_samples_by_cluster_size():
 
 
 def test_embedding_clusters_cover_every_topic_deterministically(topical_corpus, tiny_llama):
-    spec = EmbeddingClustersSpec(nsamples=4, max_length=128, min_tokens=1, seed=3)
+    spec = EmbeddingClustersSpec(nsamples=4, length=128, min_tokens=1, seed=3)
     first = build(topical_corpus, tiny_llama.tokenizer, spec)
     again = build(topical_corpus, tiny_llama.tokenizer, spec)
     assert len(first) == 4 and first.manifest.token_sha256 == again.manifest.token_sha256
@@ -52,7 +52,7 @@ def test_embedding_clusters_cover_every_topic_deterministically(topical_corpus, 
 
 
 def test_activation_clusters_use_the_model_and_return_exactly_nsamples(topical_corpus, tiny_llama):
-    spec = ActivationClustersSpec(nsamples=5, max_length=96, min_tokens=1, candidates=40, seed=0)
+    spec = ActivationClustersSpec(nsamples=5, length=96, min_tokens=1, candidates=40, seed=0)
     with pytest.raises(SamplingError, match="pass model="):
         build(topical_corpus, tiny_llama.tokenizer, spec)
     first = build(topical_corpus, tiny_llama.tokenizer, spec, model=tiny_llama)
@@ -65,14 +65,14 @@ def test_activation_clusters_use_the_model_and_return_exactly_nsamples(topical_c
 
 
 def test_self_generated_text_is_reproducible_starts_like_inference_and_respects_the_length(topical_corpus, tiny_llama):
-    spec = SelfGeneratedSpec(nsamples=5, max_length=24, batch_size=2, seed=4, prompts=("The", "In"))
+    spec = SelfGeneratedSpec(nsamples=5, length=24, batch_size=2, seed=4, prompts=("The", "In"))
     first = build(topical_corpus, tiny_llama.tokenizer, spec, model=tiny_llama)
     again = build(topical_corpus, tiny_llama.tokenizer, spec, model=tiny_llama)
     assert len(first) == 5 and first.manifest.token_sha256 == again.manifest.token_sha256
     bos = tiny_llama.tokenizer("x").input_ids[0]
     assert all(s[0] == bos and 2 < len(s) <= 24 for s in first.sequences)
     assert [p.source for p in first.provenance].count("self-generated:prompt 0") == 3
-    other = build(topical_corpus, tiny_llama.tokenizer, SelfGeneratedSpec(nsamples=5, max_length=24, seed=5), model=tiny_llama)
+    other = build(topical_corpus, tiny_llama.tokenizer, SelfGeneratedSpec(nsamples=5, length=24, seed=5), model=tiny_llama)
     assert other.manifest.token_sha256 != first.manifest.token_sha256
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine import ModelSpec, load_model
+from engine.hooks import observing
 from engine.sampling import RandomSpec, build
 from engine.stats import (
     ActivationAccumulator,
@@ -11,7 +12,6 @@ from engine.stats import (
     StatsSpec,
     TokenIndex,
     collect,
-    observing,
     select_layers,
 )
 from engine.stats.accumulators import CHANNEL_BINS, TENSOR_BINS
@@ -131,7 +131,7 @@ def calibration(tiny):
     # distinct openings: causal attention then gives every row its own activations (no exact ties)
     texts = [f"{i}: " + ("token soup " * n)[: 3 * n + 5] for i, n in enumerate((3, 40, 17, 90, 8, 60, 25, 33, 71, 12))]
     data = datasets.Dataset.from_dict({"text": texts, "source": [f"t{i}" for i in range(10)], "row_id": list(range(10))})
-    return build(data, tiny.tokenizer, RandomSpec(nsamples=10, max_length=512))
+    return build(data, tiny.tokenizer, RandomSpec(nsamples=10, length=512))
 
 
 def reference_inputs(tiny, calibration, layer_name):

@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from engine.errors import SpecError
+from engine.experiments.sweep import SweepSpec, count_batches, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
-from engine.stats.sweep import SweepSpec, count_batches, sweep
 
 
 @pytest.fixture(scope="module")
 def calibration(tiny_llama):
     texts = [f"Sample {i}: " + "numbers and words " * (2 + i % 7) + "x" * i for i in range(12)]
     data = datasets.Dataset.from_dict({"text": texts, "source": ["s"] * 12, "row_id": list(range(12))})
-    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=12, max_length=128))
+    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=12, length=128))
 
 
 def test_batches_end_at_every_count_and_default_counts_are_powers_of_two():

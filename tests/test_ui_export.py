@@ -3,30 +3,33 @@ import zipfile
 from pathlib import Path
 
 import datasets
-import gradio as gr
 import pytest
 
+from engine.errors import CalibscopeError
 from engine.export import load_calibration_export
 from engine.pipeline import load_config, run
 from engine.sampling import Manifest
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
-from tests.test_ui import FakeProgress, _load
-from tests.test_ui_activations import WIDGETS
-from tests.test_ui_dataset import _build
+from tests.test_ui_activations import FORM as STATS_FORM
+from tests.ui_helpers import CONTEXT, Recorder, build, load
 from ui.state import Session
 from ui.tabs.activations import collect_statistics
-from ui.tabs.export import prepare_downloads
-from ui.tabs.hessians import compute_hessians
+from ui.tabs.export import ExportForm
+from ui.tabs.export import prepare_downloads as prepare
+from ui.tabs.hessians import HessianForm, compute_hessians
 
 
 @pytest.fixture(scope="module")
 def full_session():
-    (_, _, _, _, session), _ = _load(builtin="python-docs")
-    *_, session = _build(session, nsamples=6, edges="64, 128")
-    *_, session = collect_statistics(*WIDGETS, session, progress=FakeProgress())
-    *_, session = compute_hessians("", "float32", "model", 4, session, progress=FakeProgress())
-    return session
+    session = build(load(builtin_name="python-docs")["session"], nsamples=6, edges="64, 128")["session"]
+    session = collect_statistics(STATS_FORM, session, CONTEXT, Recorder())["session"]
+    return compute_hessians(HessianForm(batch_size=4), session, CONTEXT, Recorder())["session"]
+
+
+def prepare_downloads(fmt, session):
+    result = prepare(ExportForm(fmt), session, CONTEXT, Recorder())
+    return result["status"], result["files"]
 
 
 def unzip(path, into):
@@ -36,7 +39,7 @@ def unzip(path, into):
 
 
 def test_export_needs_a_calibration_set():
-    with pytest.raises(gr.Error, match="Dataset tab first"):
+    with pytest.raises(CalibscopeError, match="Dataset tab first"):
         prepare_downloads("disk", Session())
 
 

@@ -1,39 +1,42 @@
 """The Hessians tab's handlers, called as functions."""
-import gradio as gr
 import pytest
 
-from tests.test_ui import FakeProgress, _load
-from tests.test_ui_dataset import _build
+from engine.errors import CalibscopeError, SpecError
+from tests.ui_helpers import CONTEXT, Recorder, build, load
 from ui.state import Session
-from ui.tabs.hessians import compute_hessians, show_spectrum
+from ui.tabs.hessians import HessianForm, compute_hessians, show_spectrum
+
+
+def hessians(session, context=CONTEXT, **fields):
+    return compute_hessians(HessianForm(**{"batch_size": 4, **fields}), session, context, Recorder())
 
 
 @pytest.fixture(scope="module")
 def built_session():
-    (_, _, _, _, session), _ = _load(builtin="python-docs")
-    *_, session = _build(session, nsamples=6, edges="64, 128")
-    return session
+    session = load(builtin_name="python-docs")["session"]
+    return build(session, nsamples=6, edges="64, 128")["session"]
 
 
 def test_hessians_need_a_calibration_set():
-    with pytest.raises(gr.Error, match="Dataset tab first"):
-        compute_hessians("", "float32", "model", 4, Session(), progress=FakeProgress())
+    with pytest.raises(CalibscopeError, match="Dataset tab first"):
+        hessians(Session())
 
 
 def test_hessians_fill_every_view_and_open_on_the_worst_layer(built_session):
-    status, depth, table, layer, spectrum, diagonals, session = compute_hessians(
-        "", "float32", "model", 4, built_session, progress=FakeProgress())
+    result = hessians(built_session)
+    status, table, session = result["status"], result["table"], result["session"]
     assert status.startswith("**Collected** Hessians of 14 layers (8 distinct inputs:")
     assert "instead of" in status and ("of 8 " in status or "full rank" in status)
     assert len(table) == 14 and table["name"].iloc[0] == "0.q_proj"
     worst = table.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
-    assert layer["value"] == worst and spectrum.data[0].type == "scatter" and diagonals.data[0].type == "heatmap"
-    assert session.hessians is not None and depth.data[0].name == "trace"
+    assert result["layer"]["value"] == worst and result["spectrum"].data[0].type == "scatter"
+    assert result["diagonals"].data[0].type == "heatmap"
+    assert session.hessians is not None and result["depth"].data[0].name == "trace"
     assert show_spectrum("model.layers.1.mlp.down_proj", session).data[0].type == "scatter"
 
 
 def test_bad_hessian_settings_are_messages(built_session):
-    with pytest.raises(gr.Error, match="regular expression"):
-        compute_hessians("layers.(", "float32", "model", 4, built_session, progress=FakeProgress())
-    with pytest.raises(gr.Error, match="No layer matches"):
-        compute_hessians("nothing_like_this", "float32", "model", 4, built_session, progress=FakeProgress())
+    with pytest.raises(SpecError, match="regular expression"):
+        hessians(built_session, pattern="layers.(")
+    with pytest.raises(CalibscopeError, match="No layer matches"):
+        hessians(built_session, pattern="nothing_like_this")

@@ -3,56 +3,56 @@ new model or set invalidates."""
 import threading
 from types import SimpleNamespace
 
-import gradio as gr
 import pytest
 from transformers import LlamaConfig
 
 from engine.errors import CalibscopeError
 from engine.models.size import estimate_parameters
 from engine.stats.hessian_report import collect_hessians
-from tests.test_ui import FakeProgress, _load
-from tests.test_ui_dataset import _build
+from tests.ui_helpers import CONTEXT, Recorder, build, load
 from ui.cancel import Cancelled, cancellable, request_cancel
+from ui.context import AppContext
 from ui.limits import Limits
-from ui.state import MODELS
-from ui.tabs.activations import collect_statistics
-from ui.tabs.hessians import compute_hessians
+from ui.tabs.activations import StatsForm, collect_statistics
+from ui.tabs.hessians import HessianForm, compute_hessians
 
 
 @pytest.fixture(scope="module")
 def built_session():
-    (_, _, _, _, session), _ = _load(builtin="python-docs")
-    *_, session = _build(session, nsamples=6, edges="64, 128")
-    return session
+    return build(load(builtin_name="python-docs")["session"], nsamples=6, edges="64, 128")["session"]
 
 
-def _stats(session):
-    return collect_statistics(["Linear"], "", False, "inputs", "99.9", True, 6.0, 4, session, progress=FakeProgress())
+def _stats(session, percentiles="99.9"):
+    form = StatsForm(layer_types=["Linear"], percentiles=percentiles, batch_size=4)
+    return collect_statistics(form, session, CONTEXT, Recorder())
+
+
+def _hessians(session, context=CONTEXT):
+    return compute_hessians(HessianForm(batch_size=4), session, context, Recorder())
 
 
 def test_a_second_run_with_the_same_set_and_settings_is_reused(built_session):
     first = _stats(built_session)
-    again = _stats(first[-1])
-    assert first[0].startswith("**Collected**") and again[0].startswith("**Reused**")
-    assert again[-1].stats is first[-1].stats
-    other = collect_statistics(["Linear"], "", False, "inputs", "99.99", True, 6.0, 4, first[-1], progress=FakeProgress())
-    assert other[0].startswith("**Collected**")
-    hessians = compute_hessians("", "float32", "model", 4, built_session, progress=FakeProgress())
-    assert compute_hessians("", "float32", "model", 4, hessians[-1], progress=FakeProgress())[0].startswith("**Reused**")
+    again = _stats(first["session"])
+    assert first["status"].startswith("**Collected**") and again["status"].startswith("**Reused**")
+    assert again["session"].stats is first["session"].stats
+    assert _stats(first["session"], percentiles="99.99")["status"].startswith("**Collected**")
+    hessians = _hessians(built_session)
+    assert _hessians(hessians["session"])["status"].startswith("**Reused**")
 
 
 def test_a_new_set_or_model_drops_what_was_built_from_the_old_one(built_session):
-    *_, with_stats = _stats(built_session)
+    with_stats = _stats(built_session)["session"]
     rebuilt = with_stats.with_calibration(with_stats.calibration)
     assert rebuilt.stats is None and rebuilt.hessians is None and rebuilt.calibration is with_stats.calibration
-    (_, _, _, _, reloaded), _ = _load(builtin="python-code", session=with_stats)
+    reloaded = load(builtin_name="python-code", session=with_stats)["session"]
     assert reloaded.calibration is None and reloaded.stats is None
 
 
 def test_shared_space_caps_hessian_memory_per_session(built_session):
-    tiny_cap = Limits(shared=True, max_hessian_mb=0.001)
-    with pytest.raises(gr.Error, match="more than the 0 MB a session may hold"):
-        compute_hessians("", "float32", "model", 4, built_session, progress=FakeProgress(), limits=tiny_cap)
+    tiny_cap = AppContext(limits=Limits(shared=True, max_hessian_mb=0.001), models=CONTEXT.models)
+    with pytest.raises(CalibscopeError, match="more than the 0 MB a session may hold"):
+        _hessians(built_session, tiny_cap)
 
 
 def test_shared_space_refuses_large_models_before_loading(tmp_path):
@@ -69,10 +69,10 @@ def test_shared_space_refuses_large_models_before_loading(tmp_path):
 
 def test_cancel_stops_a_pass_at_its_next_report_and_leaves_the_model_usable(built_session):
     request = SimpleNamespace(session_hash="visitor-1")
-    progress = cancellable(FakeProgress(), request)
+    progress = cancellable(lambda fraction, desc=None: None, request)
     progress(0.1, "first batch")
     request_cancel(request)
-    loaded = MODELS.get(built_session.model_spec)
+    loaded = CONTEXT.models.get(built_session.model_spec)
     with pytest.raises(Cancelled):
         collect_hessians(loaded, built_session.calibration, progress=progress)
     assert not any(module._forward_pre_hooks for module in loaded.model.modules())
@@ -81,4 +81,4 @@ def test_cancel_stops_a_pass_at_its_next_report_and_leaves_the_model_usable(buil
     thread.start()
     thread.join()
     assert acquired == [True]  # the lock was released on the way out
-    cancellable(FakeProgress(), request)(0.5, "a new run starts uncancelled")
+    cancellable(lambda fraction, desc=None: None, request)(0.5, "a new run starts uncancelled")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ui.context import AppContext
 from ui.limits import Limits
 from ui.state import Session
 from ui.tabs import (
@@ -17,17 +18,25 @@ from ui.tabs import (
 )
 from ui.theme import CSS, theme
 
+# The flow of a session, left to right: each tab uses what the ones before it built.
+TABS = [("Model & Data", "model-data", model_data), ("Dataset", "dataset", dataset),
+        ("Activation ranges", "activations", activations), ("Hessians", "hessians", hessians),
+        ("Sensitivity", "sensitivity", sensitivity), ("Quantize", "quantize", quantize), ("Compare", "compare", compare),
+        ("Export", "export", export)]
 TITLE = "calibscope"
 SESSION_TTL_S = 3600
 TAGLINE = "Choose, inspect and trust the calibration data of post-training quantization."
 
 
-def build_app(limits: Limits | None = None, default_model: str | None = None) -> gr.Blocks:
+def build_app(limits: Limits | None = None, default_model: str | None = None,
+              context: AppContext | None = None) -> gr.Blocks:
     """The whole dashboard as a ``gr.Blocks``, not launched.
 
-    ``default_model`` preselects a model (the builtin Gemma when installed, otherwise a tiny one).
+    ``default_model`` preselects a model (the builtin Gemma when installed, otherwise a tiny one);
+    ``context`` (limits, model cache, evaluation cache) is made here unless given.
     """
-    limits = limits or Limits.from_environment()
+    context = context or AppContext(limits=limits or Limits.from_environment(), default_model=default_model)
+    limits = context.limits
     with gr.Blocks(title=TITLE) as app:
         # Shared Space: a visitor's results (Hessians can take hundreds of MB) are freed an hour
         # after their last change, so memory does not grow with every visitor who ever came.
@@ -35,22 +44,9 @@ def build_app(limits: Limits | None = None, default_model: str | None = None) ->
         mode = " · shared Space: sizes are capped" if limits.shared else ""
         gr.Markdown(f"# {TITLE}\n{TAGLINE}{mode}", elem_id="cs-header")
         with gr.Tabs():
-            with gr.Tab("Model & Data", id="model-data"):
-                model_data.build_tab(session, limits, default_model)
-            with gr.Tab("Dataset", id="dataset"):
-                dataset.build_tab(session, limits)
-            with gr.Tab("Activation ranges", id="activations"):
-                activations.build_tab(session)
-            with gr.Tab("Hessians", id="hessians"):
-                hessians.build_tab(session, limits)
-            with gr.Tab("Sensitivity", id="sensitivity"):
-                sensitivity.build_tab(session, limits)
-            with gr.Tab("Quantize", id="quantize"):
-                quantize.build_tab(session, limits)
-            with gr.Tab("Compare", id="compare"):
-                compare.build_tab(session, limits)
-            with gr.Tab("Export", id="export"):
-                export.build_tab(session)
+            for label, tab_id, tab in TABS:
+                with gr.Tab(label, id=tab_id):
+                    tab.build_tab(session, context)
     return app
 
 

@@ -53,8 +53,12 @@ def cancellable(progress: gr.Progress, request: gr.Request | None) -> Callable[[
     return report
 
 
-def cancel_button() -> gr.Button:
-    return gr.Button("Cancel", variant="stop", size="sm", min_width=80)
+def run_and_cancel(label: str) -> tuple[gr.Button, gr.Button]:
+    """A step's primary button with its Cancel button beside it."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", scale=3)
+        cancel = gr.Button("Cancel", variant="stop", size="sm", min_width=80)
+    return run, cancel
 
 
 def wire_cancel(button: gr.Button, event, status) -> None:

@@ -24,3 +24,4 @@ def default_model() -> str:
 
 DEVICE_CHOICES = list(DEVICES)
 DTYPE_CHOICES = list(DTYPES)
+DTYPE_HELP = "auto: bf16 on GPU, fp32 on CPU"

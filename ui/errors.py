@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Callable
 
@@ -43,16 +42,3 @@ def shown_to_user(handler: Callable) -> Callable:
 def as_progress(progress: gr.Progress) -> Callable[[float, str], None]:
     """Adapt ``gr.Progress`` to the engine's ``progress(fraction, message)`` callable."""
     return lambda fraction, message: progress(fraction, desc=message)
-
-
-def with_limits(handler: Callable, limits) -> Callable:
-    """``handler`` with its keyword-only ``limits`` bound, keeping the signature and annotations
-    Gradio reads to pass ``gr.Progress`` and ``gr.Request`` (which functools.partial hides)."""
-
-    @functools.wraps(handler)
-    def bound(*args, **kwargs):
-        return handler(*args, limits=limits, **kwargs)
-
-    signature = inspect.signature(handler)
-    bound.__signature__ = signature.replace(parameters=[p for p in signature.parameters.values() if p.name != "limits"])
-    return bound

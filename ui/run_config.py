@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.export import ExportFormat
 from engine.pipeline import RunConfig, config_as_json
 from engine.sampling import spec_from_manifest
 from engine.specs import CorpusKind
-from engine.stats.specs import HessianSpec
+from engine.stats import HessianSpec
 from ui.state import Session
 
 OUTPUT = "calibscope-run"
 
 
-def session_config(session: Session, export_format: str) -> tuple[dict, list[str]]:
+def session_config(session: Session, export_format: ExportFormat) -> tuple[dict, list[str]]:
     """The config (JSON-ready) that reproduces this session's set, statistics and Hessians, and
     notes on what the user has to adjust (an uploaded corpus lives in a temporary folder here)."""
     calibration = session.require_calibration()

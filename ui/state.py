@@ -1,30 +1,33 @@
-"""Per-session state and the process-wide, bounded, locked model cache.
-
-Sessions keep only specs and small results (in ``gr.State``, so visitors never share data);
-models are large and read-only during calibration, so one cache serves every session.
-"""
+"""What one visitor has chosen and built so far (kept in ``gr.State``, so visitors never share it)."""
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import datasets
 import pandas as pd
 
-from engine import LoadedModel, ModelSpec, load_model
 from engine.errors import CalibscopeError
-from engine.progress import Progress, no_progress
+from engine.experiments import SweepResult
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
-from engine.specs import CorpusSpec
-from engine.stats import StatsReport
+from engine.specs import CorpusSpec, ModelSpec
+from engine.stats import HessianSpec, StatsReport, StatsSpec
 from engine.stats.hessian_report import HessianReport, spec_record
+
+
+MAKES = {
+    "stats": "Collect activation statistics first.",
+    "hessians": "Collect Hessians first.",
+    "sweep": "Run a sample-count sweep first.",
+    "comparison": "Run a comparison first.",
+}
 
 
 @dataclass
 class Session:
-    """What one visitor has chosen and built so far."""
+    """A visitor's model and corpus, the calibration set built from them, and what was measured
+    on it. Results belong to the set they were measured on: a new set drops them, a new model or
+    corpus drops the set too; the quantization runs and the comparison stay for side-by-side views."""
 
     model_spec: ModelSpec | None = None
     corpus_spec: CorpusSpec | None = None
@@ -32,31 +35,41 @@ class Session:
     calibration: CalibrationSet | None = None
     stats: StatsReport | None = None
     hessians: HessianReport | None = None
-    quantization: QuantReport | None = None
-    quant_runs: list[dict] = field(default_factory=list)  # one small record per Quantize run, for comparison
+    sweep: SweepResult | None = None
+    quant_runs: list[QuantReport] = field(default_factory=list)  # every Quantize run of the session, in order
     comparison: pd.DataFrame | None = None  # the Compare tab's measurements
 
+    @property
+    def quantization(self) -> QuantReport | None:
+        """The latest quantization run."""
+        return self.quant_runs[-1] if self.quant_runs else None
+
     def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
-        """A new model or corpus: what was built from the old ones no longer applies and is dropped
-        (the record of quantization runs stays, for comparison)."""
         return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs,
                        comparison=self.comparison)
 
     def with_calibration(self, calibration: CalibrationSet) -> Session:
-        """A new calibration set: statistics, Hessians and quantization of the old one are dropped."""
-        return replace(self, calibration=calibration, stats=None, hessians=None, quantization=None)
+        return replace(self, calibration=calibration, stats=None, hessians=None, sweep=None)
+
+    def with_run(self, report: QuantReport) -> Session:
+        return replace(self, quant_runs=[*self.quant_runs, report])
 
     def _same_set(self, report) -> bool:
         return report is not None and self.calibration is not None and \
             report.meta.get("calibration_sha256") == self.calibration.manifest.token_sha256
 
-    def reusable_stats(self, spec) -> StatsReport | None:
+    def reusable_stats(self, spec: StatsSpec) -> StatsReport | None:
         """This session's statistics if they were collected on this set with exactly ``spec``."""
         return self.stats if self._same_set(self.stats) and self.stats.spec == spec else None
 
-    def reusable_hessians(self, spec) -> HessianReport | None:
+    def reusable_hessians(self, spec: HessianSpec) -> HessianReport | None:
         """This session's Hessians if they were collected on this set with exactly ``spec``."""
         return self.hessians if self._same_set(self.hessians) and self.hessians.meta.get("spec") == spec_record(spec) else None
+
+    def require_model(self) -> ModelSpec:
+        if self.model_spec is None:
+            raise CalibscopeError("Load a model and a corpus in the Model & Data tab first.")
+        return self.model_spec
 
     def require_corpus(self) -> datasets.Dataset:
         if self.model_spec is None or self.corpus is None:
@@ -68,66 +81,10 @@ class Session:
             raise CalibscopeError("Build a calibration set in the Dataset tab first.")
         return self.calibration
 
-    def require_hessians(self) -> HessianReport:
-        if self.hessians is None:
-            raise CalibscopeError("Collect Hessians first.")
-        return self.hessians
-
-    def require_comparison(self) -> pd.DataFrame:
-        if self.comparison is None:
-            raise CalibscopeError("Run a comparison first.")
-        return self.comparison
-
-    def require_stats(self) -> StatsReport:
-        if self.stats is None:
-            raise CalibscopeError("Collect activation statistics first.")
-        return self.stats
-
-
-class ModelCache:
-    """At most ``capacity`` loaded models, least recently used evicted first.
-
-    Two sessions asking for the same model at once load it once: the second waits on a per-model
-    lock instead of loading a second copy.
-    """
-
-    def __init__(self, capacity: int = 2) -> None:
-        self.capacity = capacity
-        self._models: OrderedDict[ModelSpec, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[ModelSpec, threading.Lock] = {}
-
-    def _cached(self, spec: ModelSpec) -> LoadedModel | None:
-        with self._lock:
-            if spec in self._models:
-                self._models.move_to_end(spec)
-                return self._models[spec]
-            return None
-
-    def get(self, spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
-        found = self._cached(spec)
-        if found is not None:
-            return found
-        with self._lock:
-            spec_lock = self._loading.setdefault(spec, threading.Lock())
-        with spec_lock:
-            found = self._cached(spec)
-            if found is not None:
-                return found
-            loaded = load_model(spec, progress)
-            with self._lock:
-                self._models[spec] = loaded
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
-            return loaded
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._models)
-
-    def __contains__(self, spec: ModelSpec) -> bool:
-        with self._lock:
-            return spec in self._models
-
-
-MODELS = ModelCache()
+    def require(self, result: str):
+        """One of this session's results (stats, hessians, sweep, comparison), or a message that says
+        which step makes it."""
+        value = getattr(self, result)
+        if value is None:
+            raise CalibscopeError(MAKES[result])
+        return value

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.errors import CorpusError
-from engine.specs import CorpusSpec
+from engine.specs import CorpusSpec, TxtMode
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".raw")
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -50,12 +50,12 @@ def read_text_file(path: Path, max_bytes: int) -> str:
 
 def _text_documents(path: Path, spec: CorpusSpec, label: str) -> Iterator[tuple[str, str]]:
     text = read_text_file(path, spec.max_bytes).replace("\r\n", "\n").replace("\r", "\n")
-    if spec.txt_mode == "file":
+    if spec.txt_mode is TxtMode.FILE:
         yield text, label
         return
     # Paragraphs are blank-line separated; a file with no blank line at all (wikitext's raw
     # files) holds one paragraph per line.
-    pieces = _PARAGRAPH_BREAK.split(text) if spec.txt_mode == "paragraphs" else []
+    pieces = _PARAGRAPH_BREAK.split(text) if spec.txt_mode is TxtMode.PARAGRAPHS else []
     if len(pieces) <= 1:
         pieces = text.split("\n")
     for index, paragraph in enumerate(pieces):

@@ -35,16 +35,22 @@ def sensitivity_depth(report: QuantReport) -> go.Figure:
     return fig.update_layout(height=420, margin={"b": 110})
 
 
-def perplexity_runs(runs: list[dict]) -> go.Figure:
-    """Quantized perplexity of each run of this session (label, float, quantized), float as a line."""
-    labels = [run["label"] for run in runs]
-    fig = go.Figure(go.Bar(x=labels, y=[run["quantized"] for run in runs], name="quantized", marker={"color": SELECTED},
-                           text=[f"{run['quantized']:.2f}" for run in runs], textposition="outside",
+def run_label(number: int, report: QuantReport) -> str:
+    return f"#{number} {report.spec.label()}"
+
+
+def perplexity_runs(reports: list[QuantReport]) -> go.Figure:
+    """Quantized perplexity of each run of this session, float as a marker."""
+    labels = [run_label(number, report) for number, report in enumerate(reports, 1)]
+    quantized = [report.quantized_perplexity for report in reports]
+    floats = [report.float_perplexity for report in reports]
+    fig = go.Figure(go.Bar(x=labels, y=quantized, name="quantized", marker={"color": SELECTED},
+                           text=[f"{value:.2f}" for value in quantized], textposition="outside",
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=labels, y=[run["float"] for run in runs], name="float", mode="markers",
+    fig.add_trace(go.Scatter(x=labels, y=floats, name="float", mode="markers",
                              marker={"color": "#0f172a", "symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
                              hovertemplate="float: %{y:.3f}<extra></extra>"))
-    top = max(max(run["quantized"], run["float"]) for run in runs)
-    fig.update_layout(bargap=0.5 if len(runs) > 2 else 0.7)
+    top = max(max(quantized), max(floats))
+    fig.update_layout(bargap=0.5 if len(reports) > 2 else 0.7)
     fig.update_yaxes(range=[0, top * 1.15])  # room for the value labels above the bars
     return styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")

@@ -1,13 +1,17 @@
 """Figures of sample selection: sample-count sweeps, cluster selections, the comparison experiment."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from engine.compare import COMPARED
 from engine.figures.style import ASKED, CORPUS, SELECTED, styled
-from engine.stats.sweep import SweepResult
+from engine.sampling import Strategy
+
+if TYPE_CHECKING:  # the result type only: figures never run an experiment
+    from engine.experiments.sweep import SweepResult
 
 SWEEP_METRICS = {  # column -> (legend, colour)
     "absmax_change": ("|max|", SELECTED),
@@ -70,7 +74,7 @@ def comparison_bars(table: pd.DataFrame, scheme: str, evaluation: str, float_per
     evaluation set; every calibration corpus in the table gets its own bar group label)."""
     rows = table[(table["scheme"] == scheme) & (table["evaluation"] == evaluation)]
     fig = go.Figure()
-    canonical = [s.value for s in COMPARED]  # random first: the baseline the others are read against
+    canonical = [s.value for s in Strategy]  # random first: the baseline the others are read against
     strategies = sorted(dict.fromkeys(rows["strategy"]), key=lambda s: canonical.index(s) if s in canonical else len(canonical))
     for i, strategy in enumerate(strategies):
         part = rows[rows["strategy"] == strategy]

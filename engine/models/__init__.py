@@ -1,5 +1,6 @@
 """Model loading: builtin GGUF models with a weight cache, tiny test models, hub and local models."""
 from engine.models.builtin import available_builtin_models
+from engine.models.cache import ModelCache
 from engine.models.layers import LinearLayer, find_linear_layers
 from engine.models.loading import (
     LoadedModel,
@@ -13,6 +14,7 @@ from engine.models.tiny import TINY_MODELS
 __all__ = [
     "LinearLayer",
     "LoadedModel",
+    "ModelCache",
     "ModelInfo",
     "TINY_MODELS",
     "available_builtin_models",

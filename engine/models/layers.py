@@ -2,12 +2,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)
+
+class LayerKind(str, Enum):
+    """The quantizable module types, by class name (the labels the dashboard shows)."""
+
+    LINEAR = "Linear"
+    CONV1D_TRANSPOSED = "Conv1D"  # transformers' Conv1D: a Linear with its weight stored (in, out)
+    CONV1D = "Conv1d"
+    CONV2D = "Conv2d"
+
+    @property
+    def channels_first(self) -> bool:
+        """Convolutions read [batch, channels, ...]; every spatial position is a token."""
+        return self in (LayerKind.CONV1D, LayerKind.CONV2D)
+
+    @property
+    def is_linear(self) -> bool:
+        """A matrix product over the last dimension (what static activation quantization handles)."""
+        return self in (LayerKind.LINEAR, LayerKind.CONV1D_TRANSPOSED)
+
+
+LAYER_KINDS = tuple(LayerKind)
+# By isinstance, so subclasses (a library's own Linear) are found too. Conv1D first: it is no nn.Linear.
+KIND_OF_TYPE: dict[type[nn.Module], LayerKind] = {
+    Conv1D: LayerKind.CONV1D_TRANSPOSED, nn.Conv1d: LayerKind.CONV1D, nn.Conv2d: LayerKind.CONV2D,
+    nn.Linear: LayerKind.LINEAR,
+}
+QUANTIZABLE_TYPES = tuple(KIND_OF_TYPE)
+
+
+def layer_kind(module: nn.Module) -> LayerKind:
+    return next(kind for base, kind in KIND_OF_TYPE.items() if isinstance(module, base))
 
 
 @dataclass(frozen=True)
@@ -15,7 +46,7 @@ class LinearLayer:
     """One quantizable layer: its module path, type, shape, and whether it is the LM head."""
 
     name: str
-    kind: str
+    kind: LayerKind
     in_features: int
     out_features: int
     is_head: bool
@@ -50,17 +81,17 @@ def _execution_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list
     return ordered + [name for name in candidates if name not in ordered]
 
 
-def find_linear_layers(model: nn.Module, order: str = "execution") -> list[LinearLayer]:
+def find_linear_layers(model: nn.Module, execution_order: bool = True) -> list[LinearLayer]:
     """The quantizable layers (nn.Linear, transformers Conv1D, Conv1d/2d), LM head flagged.
 
-    order="execution" runs a 2-token forward to list layers in the order they are called (module
-    registration order does not always match it); order="registration" skips that forward.
+    execution_order runs a 2-token forward to list layers in the order they are called (module
+    registration order does not always match it); without it, registration order, no forward.
     """
     candidates = {
         name: module for name, module in model.named_modules() if isinstance(module, QUANTIZABLE_TYPES)
     }
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = _execution_order(model, candidates) if order == "execution" else list(candidates)
+    names = _execution_order(model, candidates) if execution_order else list(candidates)
     layers = []
     for name in names:
         module = candidates[name]
@@ -68,7 +99,7 @@ def find_linear_layers(model: nn.Module, order: str = "execution") -> list[Linea
         layers.append(
             LinearLayer(
                 name=name,
-                kind=type(module).__name__,
+                kind=layer_kind(module),
                 in_features=in_features,
                 out_features=out_features,
                 is_head=module is head,

@@ -209,7 +209,7 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel
     model.requires_grad_(False)
     _ensure_padding(tokenizer)
     progress(0.97, "Finding quantizable layers")
-    linear_count = len(find_linear_layers(model, order="registration"))
+    linear_count = len(find_linear_layers(model, execution_order=False))
     seconds = time.perf_counter() - started
     info = _describe(spec, model, source, device, dtype, seconds, from_cache, linear_count)
     log.info("loaded %s in %.1f s (cache: %s)", spec.name, seconds, from_cache)

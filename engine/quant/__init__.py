@@ -1,12 +1,21 @@
 """Simulated quantization: RTN and GPTQ weights, static activation ranges, perplexity, sensitivity."""
 from engine.quant.apply import QuantizedModel, quantized
-from engine.quant.evaluate import SENSITIVITY_MODES, QuantReport, evaluate
+from engine.quant.evaluate import QuantReport, Sensitivity, evaluate
 from engine.quant.gptq import gptq
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
 from engine.quant.plan import plan_quantization
 from engine.quant.rtn import rtn
-from engine.quant.specs import PRESETS, ActivationSpec, QuantSpec, WeightSpec
+from engine.quant.specs import (
+    PRESETS,
+    ActivationSpec,
+    ActOrder,
+    Granularity,
+    QuantSpec,
+    RangeMethod,
+    WeightMethod,
+    WeightSpec,
+)
 
-__all__ = ["PRESETS", "SENSITIVITY_MODES", "ActivationSpec", "EvaluationSet", "QuantReport", "QuantSpec",
-           "QuantizedModel", "WeightSpec", "evaluate", "evaluation_windows", "gptq", "perplexity",
-           "plan_quantization", "quantized", "rtn"]
+__all__ = ["PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "QuantReport", "QuantSpec",
+           "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
+           "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]

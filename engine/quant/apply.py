@@ -10,6 +10,7 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel
+from engine.models.layers import LayerKind
 from engine.quant.grid import Grid
 
 
@@ -17,9 +18,9 @@ def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
     """The layer's weight as [out, in] (the layout GPTQ's Hessian indexes), or None for a
     convolution whose kernel is wider than 1 (its Hessian would be over unfolded patches)."""
     weight = layer.module.weight.detach()
-    if layer.kind == "Conv1D":
+    if layer.kind is LayerKind.CONV1D_TRANSPOSED:
         return weight.T
-    if layer.kind in ("Conv1d", "Conv2d"):
+    if layer.kind.channels_first:
         if any(k != 1 for k in weight.shape[2:]) or weight.shape[1] != layer.in_features:
             return None
         return weight.reshape(weight.shape[0], weight.shape[1])
@@ -29,7 +30,7 @@ def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
 def module_weight(layer: LinearLayer, matrix: torch.Tensor) -> torch.Tensor:
     """``matrix`` [out, in] back in the module's own layout, dtype and device."""
     weight = layer.module.weight
-    shaped = matrix.T if layer.kind == "Conv1D" else matrix.reshape(weight.shape)
+    shaped = matrix.T if layer.kind is LayerKind.CONV1D_TRANSPOSED else matrix.reshape(weight.shape)
     return shaped.to(device=weight.device, dtype=weight.dtype).contiguous()
 
 

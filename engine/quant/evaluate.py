@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 import pandas as pd
 
@@ -15,11 +16,20 @@ from engine.quant.apply import quantized
 from engine.quant.perplexity import EvaluationSet, perplexity
 from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.quant.specs import QuantSpec
+from engine.specs import choice
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
 from engine.stats.report import block_of
 
-SENSITIVITY_MODES = ("none", "cheap", "thorough")
+
+class Sensitivity(str, Enum):
+    """How each layer's share of the damage is measured. cheap: from the calibration data alone
+    (relative output error through the Hessian, GPTQ's loss, the input's expected error); thorough:
+    also the perplexity with only that layer quantized (one evaluation per layer); none."""
+
+    NONE = "none"
+    CHEAP = "cheap"
+    THOROUGH = "thorough"
 
 
 @dataclass
@@ -47,19 +57,17 @@ class QuantReport:
 
 
 def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None = None,
-             hessians: HessianReport | None = None, sensitivity: str = "cheap", float_perplexity: float | None = None,
+             hessians: HessianReport | None = None, sensitivity: Sensitivity = Sensitivity.CHEAP,
+             float_perplexity: float | None = None,
              batch_size: int = 4, progress: Progress = no_progress) -> QuantReport:
     """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
 
-    sensitivity: cheap (per layer, from the calibration data alone: relative output error through
-    the Hessian, GPTQ's loss, the input's expected quantization error), thorough (also the
-    perplexity change with only that layer quantized: one evaluation per layer), or none.
-    ``float_perplexity`` skips the float evaluation when it is known for this evaluation set."""
-    if sensitivity not in SENSITIVITY_MODES:
-        raise CalibscopeError(f"sensitivity={sensitivity!r} is not supported; use one of {', '.join(SENSITIVITY_MODES)}.")
+    sensitivity: see ``Sensitivity``. ``float_perplexity`` skips the float evaluation when it is
+    known for this evaluation set."""
+    sensitivity = choice(Sensitivity, sensitivity, "sensitivity")
     started = time.perf_counter()
     layers = quantizable_layers(loaded.model, spec)
-    thorough = sensitivity == "thorough"
+    thorough = sensitivity is Sensitivity.THOROUGH
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
     plan, table = plan_quantization(layers, spec, stats, hessians, scaled(progress, 0.0, split[0]))
     if float_perplexity is None:
@@ -70,11 +78,11 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
         table["perplexity_change"] = layer_perplexity_changes(loaded, plan, list(table["layer"]), evaluation,
                                                               float_perplexity, batch_size, scaled(progress, split[2], 1.0))
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
-    if sensitivity == "none":
+    if sensitivity is Sensitivity.NONE:
         table = table[["layer", "block", "kind", "in_features", "seconds"]]
     calibrated = stats or hessians
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
-            "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity,
+            "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity.value,
             "calibration_sha256": calibrated.meta.get("calibration_sha256", "") if calibrated else "",
             "seconds": round(time.perf_counter() - started, 2)}
     report = QuantReport(spec, float_perplexity, quantized_perplexity, table, meta)

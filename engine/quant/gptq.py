@@ -6,7 +6,10 @@ Follows the reference implementation (gptq.py's fasterquant): dead inputs (H_ii 
 and a zero weight column; damping λ·mean(diag H) on the diagonal; the upper Cholesky factor of
 H⁻¹; lazy batch updates over blocks of ``block_size`` columns; group grids found on the
 already-updated weights when a group starts; optional activation order (columns by decreasing
-H_ii; groups then follow that order, as the reference's act-order without static groups).
+H_ii): ``ActOrder.DYNAMIC`` forms groups in that order (the reference's act-order; inference needs
+the permutation, llm-compressor's ``g_idx``), ``ActOrder.STATIC`` fixes each group's grid from the
+original weight in the original column order first (llm-compressor's "weight" ordering: nothing to
+reorder at inference).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.grid import row_grid
+from engine.quant.grid import Grid, row_grid
+from engine.quant.specs import ActOrder
 
 MAX_DAMPING = 1.0
 
@@ -25,6 +29,7 @@ class GptqResult:
     weight: torch.Tensor  # fake-quantized, float32, original column order
     loss: float  # GPTQ's objective: Σ (w - q)² / [H⁻¹]_ii² / 2 over the layer
     damping: float  # the damping fraction that made the Cholesky succeed
+    group_index: torch.Tensor | None = None  # ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx)
 
 
 def inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
@@ -44,18 +49,22 @@ def inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tenso
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True,
-         block_size: int = 128, damping: float = 0.01, act_order: bool = False) -> GptqResult:
+         block_size: int = 128, damping: float = 0.01, act_order: ActOrder = ActOrder.NONE) -> GptqResult:
     """Quantize ``weight`` [out, in] given H [in, in] (any scale: GPTQ's result does not depend on it)."""
+    act_order = ActOrder(act_order)
     weight = weight.detach().clone().float()
     hessian = hessian.detach().clone().float().to(weight.device)
     columns = weight.shape[1]
     dead = torch.diag(hessian) == 0
     hessian[dead, dead] = 1
     weight[:, dead] = 0
-    order = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    static = _static_group_grids(weight, bits, group_size, symmetric) if act_order is ActOrder.STATIC and group_size else None
+    order = torch.argsort(torch.diag(hessian), descending=True) if act_order is not ActOrder.NONE else None
     if order is not None:
         weight, hessian = weight[:, order], hessian[order][:, order]
     hinv, used = inverse_cholesky(hessian, damping)
+    # the original group of each column as processed (read once per layer, not once per column)
+    static_groups = (order // group_size).tolist() if static is not None else None
     quantized = torch.zeros_like(weight)
     losses = torch.zeros_like(weight)
     grid = row_grid(weight, bits, symmetric) if not group_size else None
@@ -66,7 +75,9 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         block_hinv = hinv[start:stop, start:stop]
         for i in range(stop - start):
             column = start + i
-            if group_size and column % group_size == 0:
+            if static is not None:  # the original column's group, fixed before any update
+                grid = static.grid(static_groups[column])
+            elif group_size and column % group_size == 0:
                 grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
             w = block[:, i]
             d = block_hinv[i, i]
@@ -77,9 +88,30 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             block[:, i:] -= error[:, None] @ block_hinv[i, i:][None, :]
             errors[:, i] = error
         weight[:, stop:] -= errors @ hinv[start:stop, stop:]
+    group_index = None
     if order is not None:
-        quantized = quantized[:, torch.argsort(order)]
-    return GptqResult(quantized, float(losses.sum()), used)
+        inverse = torch.argsort(order)
+        quantized = quantized[:, inverse]
+        if act_order is ActOrder.DYNAMIC and group_size:
+            group_index = (torch.arange(columns, device=weight.device) // group_size)[inverse]
+    return GptqResult(quantized, float(losses.sum()), used, group_index)
+
+
+@dataclass
+class _GroupGrids:
+    """One grid per group of original columns: scale and zero [rows, groups]."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    maxq: int
+
+    def grid(self, group: int) -> Grid:
+        return Grid(self.scale[:, group, None], self.zero[:, group, None], self.maxq)
+
+
+def _static_group_grids(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> _GroupGrids:
+    grids = [row_grid(weight[:, start:start + group_size], bits, symmetric) for start in range(0, weight.shape[1], group_size)]
+    return _GroupGrids(torch.cat([g.scale for g in grids], 1), torch.cat([g.zero for g in grids], 1), grids[0].maxq)
 
 
 def _group(weight: torch.Tensor, block: torch.Tensor, start: int, column: int, group_size: int) -> torch.Tensor:

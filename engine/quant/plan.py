@@ -8,22 +8,22 @@ import pandas as pd
 import torch
 
 from engine.errors import CalibscopeError
+from engine.hooks import select_layers
 from engine.models import LinearLayer
+from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress
 from engine.quant.apply import QuantizedModel, module_weight, weight_matrix
 from engine.quant.gptq import gptq
 from engine.quant.ranges import activation_grid, relative_error
 from engine.quant.rtn import rtn
-from engine.quant.specs import QuantSpec, WeightSpec
+from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
-from engine.stats.passes import select_layers
-from engine.stats.specs import LAYER_TYPES
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
     """Every layer type the engine handles whose name matches the spec, the LM head excluded."""
-    return select_layers(model, LAYER_TYPES, spec.name_pattern, False)
+    return select_layers(model, LAYER_KINDS, spec.name_pattern, False)
 
 
 def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -37,7 +37,7 @@ def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tenso
 
 def quantize_weight(matrix: torch.Tensor, spec: WeightSpec, hessian: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
     """One layer's fake-quantized [out, in] weight and its costs."""
-    if spec.method == "gptq":
+    if spec.needs_hessians:
         if hessian is None:
             raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
         result = gptq(matrix, hessian, spec.bits, spec.group_size, spec.symmetric, spec.block_size, spec.damping,
@@ -71,7 +71,7 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
             row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
             if hessian is not None:
                 row["output_error"] = output_error(delta, original, hessian)
-        if spec.activations.enabled and layer.kind in ("Linear", "Conv1D"):
+        if spec.activations.enabled and layer.kind.is_linear:
             if layer.name not in observed:
                 raise CalibscopeError(f"No activation statistics for {layer.name}: collect statistics of layer inputs "
                                       "for every layer you quantize.")
@@ -79,7 +79,7 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
             grid = activation_grid(arrays, spec.activations, stats.spec.percentiles)
             plan.inputs[layer.name] = grid
             row["clip"] = float((grid.scale * (grid.maxq - grid.zero)).max())
-            if spec.activations.granularity == "tensor" and spec.activations.symmetric:
+            if spec.activations.granularity is Granularity.TENSOR and spec.activations.symmetric:
                 row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], spec.activations.bits)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)

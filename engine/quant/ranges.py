@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import SpecError
 from engine.quant.grid import Grid, clip_grid, minmax_grid
-from engine.quant.specs import ActivationSpec
+from engine.quant.specs import ActivationSpec, Granularity, RangeMethod
 from engine.stats.accumulators import TENSOR_BINS
 from engine.stats.histogram import LogBins, percentiles_from_counts
 
@@ -53,7 +53,7 @@ def activation_grid(arrays: dict[str, torch.Tensor], spec: ActivationSpec, colle
     """The grid one layer input is quantized on, from its statistics arrays (a StatsReport entry)."""
     if not spec.symmetric:
         low, high = arrays["min"].float(), arrays["max"].float()
-        if spec.granularity == "tensor":
+        if spec.granularity is Granularity.TENSOR:
             low, high = low.min(), high.max()
         return minmax_grid(low, high, spec.bits, symmetric=False)
     clip = torch.nan_to_num(_clip(arrays, spec, collected), nan=0.0, posinf=0.0, neginf=0.0)  # unseen channels
@@ -62,10 +62,10 @@ def activation_grid(arrays: dict[str, torch.Tensor], spec: ActivationSpec, colle
 
 def _clip(arrays: dict[str, torch.Tensor], spec: ActivationSpec, collected: tuple[float, ...]) -> torch.Tensor:
     absmax = arrays["absmax"].double()
-    per_tensor = spec.granularity == "tensor"
-    if spec.range_method == "minmax":
+    per_tensor = spec.granularity is Granularity.TENSOR
+    if spec.range_method is RangeMethod.MINMAX:
         return absmax.max() if per_tensor else absmax
-    if spec.range_method == "mse":
+    if spec.range_method is RangeMethod.MSE:
         return torch.tensor(mse_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits))
     if per_tensor:
         quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64)

@@ -3,12 +3,44 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 
 from engine.errors import SpecError
+from engine.specs import choice
 
-WEIGHT_METHODS = ("none", "rtn", "gptq")
-RANGE_METHODS = ("minmax", "percentile", "mse")
-GRANULARITIES = ("tensor", "channel")
+
+class WeightMethod(str, Enum):
+    """How weights are rounded; the values are the labels the dashboard shows."""
+
+    NONE = "none"
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
+class ActOrder(str, Enum):
+    """GPTQ's column order. none: the weight's own order. static (llm-compressor "weight"): group
+    grids fixed in the original column order, columns quantized by decreasing Hessian diagonal;
+    nothing to reorder at inference. dynamic (llm-compressor "group", the reference's act-order):
+    groups formed in the permuted order, so inference needs the permutation (``g_idx``)."""
+
+    NONE = "none"
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class RangeMethod(str, Enum):
+    """How a static activation range is chosen from the statistics."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+class Granularity(str, Enum):
+    """One activation range per tensor, or per input channel."""
+
+    TENSOR = "tensor"
+    CHANNEL = "channel"
 
 
 @dataclass(frozen=True)
@@ -18,19 +50,21 @@ class WeightSpec:
     group_size: one scale per ``group_size`` input columns of each output row (0 = per output
     channel). GPTQ: ``block_size`` columns are processed at once; ``damping`` is the fraction of the
     mean Hessian diagonal added to it (raised tenfold until a Cholesky succeeds); ``act_order``
-    quantizes columns by decreasing Hessian diagonal."""
+    orders the columns (see ActOrder; True and False are read as dynamic and none)."""
 
-    method: str = "rtn"
+    method: WeightMethod = WeightMethod.RTN
     bits: int = 4
     group_size: int = 128
     symmetric: bool = True
     block_size: int = 128
     damping: float = 0.01
-    act_order: bool = False
+    act_order: ActOrder = ActOrder.NONE
 
     def __post_init__(self) -> None:
-        if self.method not in WEIGHT_METHODS:
-            raise SpecError(f"weight method {self.method!r} is not supported; use one of {', '.join(WEIGHT_METHODS)}.")
+        object.__setattr__(self, "method", choice(WeightMethod, self.method, "weight method"))
+        if isinstance(self.act_order, bool):  # the boolean of earlier releases: the reference's act-order
+            object.__setattr__(self, "act_order", ActOrder.DYNAMIC if self.act_order else ActOrder.NONE)
+        object.__setattr__(self, "act_order", choice(ActOrder, self.act_order, "act_order"))
         if not 2 <= self.bits <= 8:
             raise SpecError(f"weight bits={self.bits} is not supported; use 2 to 8.")
         if self.group_size < 0 or self.block_size < 1:
@@ -40,13 +74,18 @@ class WeightSpec:
 
     @property
     def enabled(self) -> bool:
-        return self.method != "none"
+        return self.method is not WeightMethod.NONE
+
+    @property
+    def needs_hessians(self) -> bool:
+        return self.method is WeightMethod.GPTQ
 
     def label(self) -> str:
         if not self.enabled:
             return "float weights"
         group = f"g{self.group_size}" if self.group_size else "per-channel"
-        return f"W{self.bits} {group} {self.method.upper()}" + (" act-order" if self.act_order and self.method == "gptq" else "")
+        order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not ActOrder.NONE else ""
+        return f"W{self.bits} {group} {self.method.value.upper()}{order}"
 
 
 @dataclass(frozen=True)
@@ -59,24 +98,22 @@ class ActivationSpec:
     input channel."""
 
     bits: int = 0
-    range_method: str = "minmax"
+    range_method: RangeMethod = RangeMethod.MINMAX
     percentile: float = 99.99
-    granularity: str = "tensor"
+    granularity: Granularity = Granularity.TENSOR
     symmetric: bool = True
 
     def __post_init__(self) -> None:
         if self.bits and not 2 <= self.bits <= 16:
             raise SpecError(f"activation bits={self.bits} is not supported; use 0 (off) or 2 to 16.")
-        if self.range_method not in RANGE_METHODS:
-            raise SpecError(f"range method {self.range_method!r} is not supported; use one of {', '.join(RANGE_METHODS)}.")
-        if self.granularity not in GRANULARITIES:
-            raise SpecError(f"granularity {self.granularity!r} is not supported; use 'tensor' or 'channel'.")
+        object.__setattr__(self, "range_method", choice(RangeMethod, self.range_method, "range method"))
+        object.__setattr__(self, "granularity", choice(Granularity, self.granularity, "granularity"))
         if not 0 < self.percentile <= 100:
             raise SpecError(f"percentile={self.percentile} must be in (0, 100], e.g. 99.99.")
-        if not self.symmetric and self.range_method != "minmax":
+        if not self.symmetric and self.range_method is not RangeMethod.MINMAX:
             raise SpecError("Asymmetric activation ranges need min and max: use range method 'minmax', "
                             "or keep them symmetric for percentile and MSE clipping (histograms are of |x|).")
-        if self.granularity == "channel" and self.range_method == "mse":
+        if self.granularity is Granularity.CHANNEL and self.range_method is RangeMethod.MSE:
             raise SpecError("MSE clipping is searched per tensor (over its 2,048-bin histogram); "
                             "use granularity 'tensor', or 'minmax' / 'percentile' per channel.")
 
@@ -87,8 +124,8 @@ class ActivationSpec:
     def label(self) -> str:
         if not self.enabled:
             return "float activations"
-        method = f"p{self.percentile:g}" if self.range_method == "percentile" else self.range_method
-        return f"A{self.bits} static per-{self.granularity} {method}"
+        method = f"p{self.percentile:g}" if self.range_method is RangeMethod.PERCENTILE else self.range_method.value
+        return f"A{self.bits} static per-{self.granularity.value} {method}"
 
 
 @dataclass(frozen=True)
@@ -114,13 +151,23 @@ class QuantSpec:
         return " + ".join(parts)
 
 
+    @property
+    def needs_hessians(self) -> bool:
+        return self.weights.needs_hessians
+
+    @property
+    def needs_stats(self) -> bool:
+        return self.activations.enabled
+
+
+GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
 PRESETS: dict[str, QuantSpec] = {
-    "W4 g128 GPTQ": QuantSpec(WeightSpec("gptq", 4, 128)),
-    "W4 g128 RTN": QuantSpec(WeightSpec("rtn", 4, 128)),
-    "W3 g128 GPTQ": QuantSpec(WeightSpec("gptq", 3, 128)),
-    "W3 g128 RTN": QuantSpec(WeightSpec("rtn", 3, 128)),
-    "W8A8 static (min/max)": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax")),
-    "W8A8 static (p99.99)": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "percentile", 99.99)),
-    "W8A8 static (MSE)": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "mse")),
-    "A8 static only (min/max)": QuantSpec(WeightSpec("none"), ActivationSpec(8, "minmax")),
+    "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),
+    "W4 g128 RTN": QuantSpec(WeightSpec(RTN, 4, 128)),
+    "W3 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 3, 128)),
+    "W3 g128 RTN": QuantSpec(WeightSpec(RTN, 3, 128)),
+    "W8A8 static (min/max)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MINMAX)),
+    "W8A8 static (p99.99)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.PERCENTILE, 99.99)),
+    "W8A8 static (MSE)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MSE)),
+    "A8 static only (min/max)": QuantSpec(WeightSpec(WeightMethod.NONE), ActivationSpec(8, RangeMethod.MINMAX)),
 }

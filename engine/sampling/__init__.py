@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 
 import numpy as np
 
@@ -17,16 +16,16 @@ from engine.errors import SamplingError
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import manifest as manifests
 from engine.sampling.calibration_set import CalibrationSet, Provenance
-from engine.sampling.cluster_selection import activation_clusters, embedding_clusters
-from engine.sampling.context import Draft, SamplingContext
-from engine.sampling.gptq_windows import gptq_windows
-from engine.sampling.length_stratified import length_stratified
+from engine.sampling.context import SamplingContext
 from engine.sampling.manifest import Manifest
-from engine.sampling.packed import packed
-from engine.sampling.random_documents import random_documents
-from engine.sampling.self_generated import self_generated
+from engine.sampling.registry import (
+    REGISTRY,
+    StrategyEntry,
+    entry,
+    spec_for,
+    spec_from_params,
+)
 from engine.sampling.specs import (
-    SPEC_TYPES,
     ActivationClustersSpec,
     Allocation,
     EmbeddingClustersSpec,
@@ -38,27 +37,15 @@ from engine.sampling.specs import (
     SelfGeneratedSpec,
     Strategy,
     WindowMode,
-    with_length,
 )
 from engine.sampling.tokens import inference_prefix, pad_id, render_texts, token_lengths
-
-STRATEGIES: dict[Strategy, Callable[[SamplingContext, SamplingSpec, np.random.Generator], Draft]] = {
-    Strategy.RANDOM: random_documents,
-    Strategy.LENGTH_STRATIFIED: length_stratified,
-    Strategy.GPTQ_WINDOWS: gptq_windows,
-    Strategy.PACKED: packed,
-    Strategy.EMBEDDING_CLUSTERS: embedding_clusters,
-    Strategy.ACTIVATION_CLUSTERS: activation_clusters,
-    Strategy.SELF_GENERATED: self_generated,
-}
-NEEDS_MODEL = (Strategy.ACTIVATION_CLUSTERS, Strategy.SELF_GENERATED)
 
 
 def _clamp(spec: SamplingSpec, max_positions: int | None) -> tuple[SamplingSpec, list[str]]:
     if max_positions is None or spec.length <= max_positions:
         return spec, []
     note = f"Sequence length {spec.length:,} exceeds the model's {max_positions:,} positions; clamped to {max_positions:,}."
-    return with_length(spec, max_positions), [note]
+    return spec.with_length(max_positions), [note]
 
 
 def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress, model=None) -> SamplingContext:
@@ -84,16 +71,17 @@ def build(
     Deterministic given the spec (its seed included), the corpus and the tokenizer. Sequence
     lengths above ``max_positions`` are clamped with a note. Raises SamplingError when the corpus
     cannot give what is asked at all; returns fewer samples, with a note, when it gives some.
-    ``model`` (the LoadedModel) is needed by the strategies that run it (``NEEDS_MODEL``).
+    ``model`` (the LoadedModel) is needed by the strategies that run it (``needs_model`` in the registry).
     """
     if len(dataset) == 0:
         raise SamplingError("The corpus is empty: load a corpus with at least one document.")
     spec, notes = _clamp(spec, max_positions)
-    if spec.strategy in NEEDS_MODEL and model is None:
+    strategy = REGISTRY[spec.strategy]
+    if strategy.needs_model and model is None:
         raise SamplingError(f"The {spec.strategy.value} strategy runs the target model: pass model= to build().")
     context = _context(dataset, tokenizer, spec, scaled(progress, 0.0, 0.8), model)
     progress(0.8, f"Sampling ({spec.strategy.value})")
-    draft = STRATEGIES[spec.strategy](context, spec, np.random.default_rng(spec.seed))
+    draft = strategy.builder(context, spec, np.random.default_rng(spec.seed))
     if not draft.sequences:
         raise SamplingError("No calibration sequence could be built from this corpus with these settings.")
     progress(0.95, "Hashing the manifest")
@@ -119,8 +107,9 @@ def build(
 
 
 def spec_from_manifest(manifest: Manifest) -> SamplingSpec:
+    """The spec a manifest records (manifests of earlier releases included)."""
     try:
-        return SPEC_TYPES[Strategy(manifest.strategy)](**manifest.params)
+        return spec_from_params(manifest.strategy, manifest.params, section="manifest")
     except (ValueError, TypeError) as error:
         raise SamplingError(f"The manifest's strategy or parameters are not understood ({error}).") from None
 
@@ -138,7 +127,8 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 
 __all__ = [
-    "NEEDS_MODEL", "SPEC_TYPES", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec",
-    "GptqWindowsSpec", "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec",
-    "SelfGeneratedSpec", "Strategy", "WindowMode", "build", "rebuild", "spec_from_manifest",
+    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec", "GptqWindowsSpec",
+    "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec", "SelfGeneratedSpec",
+    "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
+    "spec_from_params",
 ]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.sampling.specs import Allocation
+
 
 def spread(amount: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
     """Split ``amount`` over slots in proportion to ``weights`` (largest remainder), never above ``caps``.
@@ -32,7 +34,7 @@ def spread(amount: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
     return given
 
 
-def allocate(available: np.ndarray, nsamples: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def allocate(available: np.ndarray, nsamples: int, mode: Allocation) -> tuple[np.ndarray, np.ndarray]:
     """(asked, selected) per bucket.
 
     asked: the first allocation: ``equal`` gives every bucket nsamples // buckets (the remainder to
@@ -40,9 +42,10 @@ def allocate(available: np.ndarray, nsamples: int, mode: str) -> tuple[np.ndarra
     what each bucket holds; a bucket's shortfall goes to buckets with documents to spare (equally or
     proportionally, as asked), so selected sums to min(nsamples, available.sum()).
     """
+    mode = Allocation(mode)
     available = np.asarray(available, dtype=np.int64)
     unlimited = np.full_like(available, nsamples)
-    if mode == "equal":
+    if mode is Allocation.EQUAL:
         # equal shares; the remainder goes to the fullest buckets (tiny weight breaks the tie)
         asked = spread(nsamples, np.ones(len(available)) + available * 1e-12, unlimited)
     else:
@@ -52,6 +55,6 @@ def allocate(available: np.ndarray, nsamples: int, mode: str) -> tuple[np.ndarra
     if shortfall > 0:
         spare = available - selected
         # equal: the same share to every bucket with spare documents (ties to the fullest)
-        weights = np.ones(len(available)) + spare * 1e-12 if mode == "equal" else spare.astype(np.float64)
+        weights = np.ones(len(available)) + spare * 1e-12 if mode is Allocation.EQUAL else spare.astype(np.float64)
         selected = selected + spread(shortfall, weights, spare)
     return asked, selected

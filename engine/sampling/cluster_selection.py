@@ -32,7 +32,7 @@ def _cluster_draft(context: SamplingContext, spec: ClusterSpec, rng: np.random.G
     encoded = encode(context.tokenizer, [context.texts[i] for i in documents])
     embeddings = embed(documents, encoded)
     chosen, labels = cluster_select(embeddings, spec.k, spec.nsamples, spec.seed)
-    body = spec.max_length - len(context.prefix)
+    body = spec.length - len(context.prefix)
     sequences = [context.with_prefix(encoded[i][:body]) for i in chosen]
     provenance = [context.row(documents[i], 0, bucket=f"cluster {labels[i]}", truncated=len(encoded[i]) > body)
                   for i in chosen]

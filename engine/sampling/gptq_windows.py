@@ -5,7 +5,7 @@ random offsets; offsets run over every start where a whole window fits, ``[0, N 
 documents (c4): draw a random document (with replacement) until one has at least ``window``
 tokens, then a random window in it. A document of exactly ``window`` tokens is accepted and used
 whole (optimum's port draws ``randint(0, -1)`` there and crashes). The draws are bounded.
-With ``add_bos`` each window is BOS + (seqlen - 1) tokens, as an inference sequence starts.
+With ``add_bos`` each window is BOS + (length - 1) tokens, as an inference sequence starts.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from engine.sampling.tokens import encode, encode_with_char_offsets
 
 def _start_note(context: SamplingContext, spec: GptqWindowsSpec) -> str:
     if context.prefix:
-        return f"Each window is {context.tokenizer.decode(context.prefix)} + {spec.seqlen - len(context.prefix):,} corpus tokens, as at inference."
-    return f"Each window is {spec.seqlen:,} raw corpus tokens (no BOS), as in the original recipe."
+        return f"Each window is {context.tokenizer.decode(context.prefix)} + {spec.length - len(context.prefix):,} corpus tokens, as at inference."
+    return f"Each window is {spec.length:,} raw corpus tokens (no BOS), as in the original recipe."
 
 
 def _joined(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Generator) -> Draft:
-    window = spec.seqlen - len(context.prefix)
+    window = spec.length - len(context.prefix)
     text = spec.separator.join(context.texts)
     ids, token_chars = encode_with_char_offsets(context.tokenizer, text)
     if len(ids) < window:
@@ -55,7 +55,7 @@ def _locate(document_chars: np.ndarray, token_chars: np.ndarray | None, start: i
 
 
 def _documents(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Generator) -> Draft:
-    window = spec.seqlen - len(context.prefix)
+    window = spec.length - len(context.prefix)
     long_enough = int((context.lengths >= window).sum())
     if long_enough == 0:
         raise SamplingError(
@@ -87,7 +87,7 @@ def _documents(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.G
     return Draft(sequences, provenance, notes)
 
 
-MODES = {WindowMode.JOINED.value: _joined, WindowMode.DOCUMENTS.value: _documents}
+MODES = {WindowMode.JOINED: _joined, WindowMode.DOCUMENTS: _documents}
 
 
 def gptq_windows(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Generator) -> Draft:

@@ -1,4 +1,4 @@
-"""packed: documents in random order, concatenated with EOS between them, cut into seqlen blocks (AWQ style)."""
+"""packed: documents in random order, concatenated with EOS between them, cut into blocks of `length` tokens (AWQ style)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ ENCODE_CHUNK = 256
 
 
 def packed(context: SamplingContext, spec: PackedSpec, rng: np.random.Generator) -> Draft:
-    block = spec.seqlen - len(context.prefix)
+    block = spec.length - len(context.prefix)
     needed = spec.nsamples * block
     separator = np.array([context.eos_id] if context.eos_id is not None else [], dtype=np.int64)
     order = rng.permutation(len(context.texts))
@@ -33,7 +33,7 @@ def packed(context: SamplingContext, spec: PackedSpec, rng: np.random.Generator)
         piece = int(np.searchsorted(starts_array, i * block, side="right") - 1)
         provenance.append(context.row(owners[piece], i * block - starts[piece]))
     contributing = int(np.searchsorted(starts_array, blocks * block, side="left")) if blocks else 0
-    notes = [f"{contributing:,} documents packed into {blocks:,} blocks of {spec.seqlen:,} tokens, EOS between documents."]
+    notes = [f"{contributing:,} documents packed into {blocks:,} blocks of {spec.length:,} tokens, EOS between documents."]
     if blocks < spec.nsamples:
         notes.append(f"The corpus holds only {len(stream):,} tokens: {blocks:,} blocks of the {spec.nsamples:,} asked.")
     return Draft(sequences, provenance, notes)

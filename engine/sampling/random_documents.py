@@ -1,4 +1,4 @@
-"""random: whole documents drawn without replacement, truncated to max_length tokens."""
+"""random: whole documents drawn without replacement, truncated to `length` tokens."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from engine.sampling.tokens import encode
 
 def random_documents(context: SamplingContext, spec: RandomSpec, rng: np.random.Generator) -> Draft:
     prefix_length = len(context.prefix)
-    body = spec.max_length - prefix_length
+    body = spec.length - prefix_length
     eligible = np.flatnonzero(context.lengths + prefix_length >= spec.min_tokens)
     chosen = rng.permutation(eligible)[: spec.nsamples]
     notes = []
@@ -24,5 +24,5 @@ def random_documents(context: SamplingContext, spec: RandomSpec, rng: np.random.
     provenance = [context.row(i, 0, truncated=len(ids) > body) for i, ids in zip(chosen, encoded)]
     truncated = sum(p.truncated for p in provenance)
     if truncated:
-        notes.append(f"{truncated:,} of {len(chosen):,} documents were longer than {spec.max_length:,} tokens and were truncated.")
+        notes.append(f"{truncated:,} of {len(chosen):,} documents were longer than {spec.length:,} tokens and were truncated.")
     return Draft(sequences, provenance, notes)

@@ -4,7 +4,7 @@ Each sequence starts as inference does (BOS, then a prompt when given) and is ex
 token with a KV cache; the temperature falls linearly from temperature_start to temperature_end
 over the sequence (hot openings spread the samples over topics, cooler continuations keep them
 fluent), sampling from the top_k tokens with a seeded generator. A sequence ends at EOS or at
-max_length tokens.
+``length`` tokens.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _generate(loaded, start: list[int], rows: int, spec: SelfGeneratedSpec, gene
     ids = torch.tensor([start] * rows, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens, past = ids, None
-    steps = spec.max_length - len(start)
+    steps = spec.length - len(start)
     generated = []
     for step in range(steps):
         output = model(input_ids=tokens, past_key_values=past, use_cache=True)
@@ -59,8 +59,8 @@ def self_generated(context: SamplingContext, spec: SelfGeneratedSpec, rng: np.ra
         raise SamplingError("Self-generated text comes from the target model: pass the loaded model to build().")
     prompts = list(spec.prompts) or [""]
     starts = [context.prefix + context.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    if any(len(s) >= spec.max_length for s in starts):
-        raise SamplingError(f"A prompt is as long as max_length={spec.max_length}; use shorter prompts or longer samples.")
+    if any(len(s) >= spec.length for s in starts):
+        raise SamplingError(f"A prompt is as long as the sample length {spec.length}; use shorter prompts or longer samples.")
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     per_prompt = np.bincount(np.arange(spec.nsamples) % len(prompts), minlength=len(prompts))
     sequences, provenance = [], []

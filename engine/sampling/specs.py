@@ -1,21 +1,30 @@
 """Sampling specs: one frozen, validated dataclass per strategy.
 
-Lengths count tokens as the model sees them, including the BOS token that ``add_bos`` prepends
-where the tokenizer adds one at inference. ``seed`` makes every strategy reproducible.
+Every spec has ``length``: the longest sample it produces, in tokens as the model sees them
+(including the BOS token that ``add_bos`` prepends where the tokenizer adds one at inference).
+Windowed strategies produce exactly ``length`` tokens; the others truncate to it; a
+length-stratified set's length is its last bucket edge. ``seed`` makes every strategy reproducible.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
 from enum import Enum
+from typing import ClassVar
 
 from engine.errors import SpecError
+from engine.specs import choice
 
 DEFAULT_EDGES = (64, 128, 256, 512, 1024, 2048)
 MAX_SAMPLES = 100_000
+# Earlier releases spelled a sample's length three ways; manifests and configs that use the old
+# names still load (``SamplingSpec.from_params``).
+LEGACY_LENGTH_NAMES = ("max_length", "seqlen")
 
 
 class Strategy(str, Enum):
-    """Sampling strategies; the values are the labels the UI shows and manifests record."""
+    """Sampling strategies; the values are the labels the UI shows and manifests record. The
+    declared order is the order they are listed and compared in (random first: the baseline)."""
 
     RANDOM = "random"
     LENGTH_STRATIFIED = "length-stratified"
@@ -60,37 +69,54 @@ class SamplingSpec:
     add_bos: bool = True
     chat_template: bool = True
 
-    strategy = None  # set by each subclass
+    strategy: ClassVar[Strategy]
+    # ``length`` is each strategy's own: a field, or (length-stratified) the last edge.
 
     def __post_init__(self) -> None:
         _check_positive("nsamples", self.nsamples, MAX_SAMPLES)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise SpecError(f"seed={self.seed!r} must be a whole number >= 0.")
+        if "length" in self.field_names():
+            _check_positive("length", self.length)
+        if "min_tokens" in self.field_names():
+            _check_positive("min_tokens", self.min_tokens)
+            if self.min_tokens > self.length:
+                raise SpecError(f"min_tokens={self.min_tokens} is above the sample length {self.length}.")
 
-    @property
-    def length(self) -> int:
-        """The longest sequence this spec can produce (clamped to the model's maximum)."""
-        raise NotImplementedError
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def with_length(self, length: int) -> SamplingSpec:
+        """A copy whose longest sample is ``length`` tokens (used to clamp to the model's maximum)."""
+        changes = {"length": length}
+        if "min_tokens" in self.field_names():
+            changes["min_tokens"] = min(self.min_tokens, length)
+        return replace(self, **changes)
+
+    @classmethod
+    def from_params(cls, params: dict, section: str = "sampling") -> SamplingSpec:
+        """The spec from recorded or configured parameters, old spellings of the length included;
+        a SpecError names unknown keys."""
+        params = dict(params)
+        for legacy in LEGACY_LENGTH_NAMES:
+            if legacy in params and "length" in cls.field_names():
+                params.setdefault("length", params.pop(legacy))
+        unknown = sorted(set(params) - set(cls.field_names()))
+        if unknown:
+            raise SpecError(f"[{section}] has keys {unknown} that the {cls.strategy.value} strategy does not take; "
+                            f"it takes {', '.join(cls.field_names())}.")
+        return cls(**params)
 
 
 @dataclass(frozen=True)
 class RandomSpec(SamplingSpec):
-    """Whole documents drawn without replacement, truncated to ``max_length`` tokens."""
+    """Whole documents drawn without replacement, truncated to ``length`` tokens; documents of
+    fewer than ``min_tokens`` tokens are not drawn."""
 
-    max_length: int = 2048
+    length: int = 2048
     min_tokens: int = 1
     strategy = Strategy.RANDOM
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_positive("max_length", self.max_length)
-        _check_positive("min_tokens", self.min_tokens)
-        if self.min_tokens > self.max_length:
-            raise SpecError(f"min_tokens={self.min_tokens} is above max_length={self.max_length}.")
-
-    @property
-    def length(self) -> int:
-        return self.max_length
 
 
 @dataclass(frozen=True)
@@ -99,73 +125,66 @@ class LengthStratifiedSpec(SamplingSpec):
 
     allocation: ``equal`` (nsamples // buckets each, the seed design) or ``proportional`` to what
     each bucket holds. A bucket with too few documents passes its shortfall to the others.
-    Documents longer than the last edge are cut into windows of that length, not dropped.
+    Documents longer than the last edge are cut into windows of that length, not dropped;
+    documents of fewer than ``min_tokens`` tokens are not drawn.
     """
 
     edges: tuple[int, ...] = DEFAULT_EDGES
-    allocation: str = Allocation.EQUAL.value
+    allocation: Allocation = Allocation.EQUAL
     min_tokens: int = 1
     strategy = Strategy.LENGTH_STRATIFIED
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         object.__setattr__(self, "edges", tuple(int(e) for e in self.edges))
         if not self.edges or any(e < 1 for e in self.edges) or list(self.edges) != sorted(set(self.edges)):
             raise SpecError(f"edges={self.edges} must be positive token counts in increasing order, e.g. {DEFAULT_EDGES}.")
-        if self.allocation not in {a.value for a in Allocation}:
-            raise SpecError(f"allocation={self.allocation!r} is not supported; use 'equal' or 'proportional'.")
-        _check_positive("min_tokens", self.min_tokens)
+        object.__setattr__(self, "allocation", choice(Allocation, self.allocation, "allocation"))
+        super().__post_init__()
 
     @property
     def length(self) -> int:
         return self.edges[-1]
 
+    def with_length(self, length: int) -> LengthStratifiedSpec:
+        edges = tuple(e for e in self.edges if e < length) + (length,)
+        return replace(self, edges=edges, min_tokens=min(self.min_tokens, length))
+
 
 @dataclass(frozen=True)
 class GptqWindowsSpec(SamplingSpec):
-    """Random windows of exactly ``seqlen`` tokens, GPTQ's reference recipe (128 x 2048, seed 0).
+    """Random windows of exactly ``length`` tokens, GPTQ's reference recipe (128 x 2048, seed 0).
 
     mode ``joined``: the corpus joined with ``separator`` and tokenized once, windows at random
     offsets (the wikitext2 recipe). mode ``documents``: random documents until one has at least
-    seqlen tokens, then a random window in it (the c4 recipe); at most ``max_attempts`` draws.
+    ``length`` tokens, then a random window in it (the c4 recipe); at most ``max_attempts`` draws.
     """
 
-    seqlen: int = 2048
-    mode: str = WindowMode.JOINED.value
+    length: int = 2048
+    mode: WindowMode = WindowMode.JOINED
     separator: str = "\n\n"
     max_attempts: int = 100_000
     strategy = Strategy.GPTQ_WINDOWS
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive("seqlen", self.seqlen)
         _check_positive("max_attempts", self.max_attempts)
-        if self.mode not in {m.value for m in WindowMode}:
-            raise SpecError(f"mode={self.mode!r} is not supported; use 'joined' or 'documents'.")
-        if self.seqlen < 2:
-            raise SpecError("seqlen must be at least 2 tokens.")
-
-    @property
-    def length(self) -> int:
-        return self.seqlen
+        object.__setattr__(self, "mode", choice(WindowMode, self.mode, "mode"))
+        if self.length < 2:
+            raise SpecError("A window needs at least 2 tokens.")
 
 
 @dataclass(frozen=True)
 class PackedSpec(SamplingSpec):
-    """Documents in random order concatenated (EOS between them) and cut into seqlen blocks (AWQ style)."""
+    """Documents in random order concatenated (EOS between them) and cut into blocks of exactly
+    ``length`` tokens (AWQ style)."""
 
-    seqlen: int = 2048
+    length: int = 2048
     strategy = Strategy.PACKED
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive("seqlen", self.seqlen)
-        if self.seqlen < 2:
-            raise SpecError("seqlen must be at least 2 tokens.")
-
-    @property
-    def length(self) -> int:
-        return self.seqlen
+        if self.length < 2:
+            raise SpecError("A packed block needs at least 2 tokens.")
 
 
 @dataclass(frozen=True)
@@ -173,9 +192,9 @@ class ClusterSpec(SamplingSpec):
     """Diversity by clustering: embed up to ``candidates`` documents (a seeded random subset of
     those with at least ``min_tokens`` tokens), k-means into ``clusters`` groups (0: one per
     sample), and take the documents nearest each centroid; with fewer clusters than samples each
-    cluster gets samples in proportion to its size. Documents are truncated to ``max_length``."""
+    cluster gets samples in proportion to its size. Documents are truncated to ``length``."""
 
-    max_length: int = 512
+    length: int = 512
     min_tokens: int = 16
     clusters: int = 0
     candidates: int = 2000
@@ -183,18 +202,12 @@ class ClusterSpec(SamplingSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive("max_length", self.max_length)
-        _check_positive("min_tokens", self.min_tokens)
         _check_positive("candidates", self.candidates)
         _check_positive("embed_tokens", self.embed_tokens)
         if self.clusters < 0 or self.clusters > self.nsamples:
             raise SpecError(f"clusters={self.clusters} must be between 0 (one per sample) and nsamples={self.nsamples}.")
         if self.candidates < self.nsamples:
             raise SpecError(f"candidates={self.candidates} must be at least nsamples={self.nsamples}.")
-
-    @property
-    def length(self) -> int:
-        return self.max_length
 
     @property
     def k(self) -> int:
@@ -223,10 +236,10 @@ class ActivationClustersSpec(ClusterSpec):
 @dataclass(frozen=True)
 class SelfGeneratedSpec(SamplingSpec):
     """Text sampled from the target model itself, for users without data: from BOS (or each of
-    ``prompts`` in turn), ``max_length`` tokens, temperature falling linearly from
+    ``prompts`` in turn), ``length`` tokens, temperature falling linearly from
     ``temperature_start`` to ``temperature_end`` (diverse openings, coherent continuations), top-k."""
 
-    max_length: int = 512
+    length: int = 512
     temperature_start: float = 1.5
     temperature_end: float = 0.8
     top_k: int = 50
@@ -237,39 +250,7 @@ class SelfGeneratedSpec(SamplingSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "prompts", tuple(self.prompts))
-        _check_positive("max_length", self.max_length)
         _check_positive("top_k", self.top_k)
         _check_positive("batch_size", self.batch_size)
         if not (0 < self.temperature_end and 0 < self.temperature_start):
             raise SpecError("Temperatures must be positive (e.g. 1.5 falling to 0.8).")
-
-    @property
-    def length(self) -> int:
-        return self.max_length
-
-
-SPEC_TYPES: dict[Strategy, type[SamplingSpec]] = {
-    Strategy.RANDOM: RandomSpec,
-    Strategy.LENGTH_STRATIFIED: LengthStratifiedSpec,
-    Strategy.GPTQ_WINDOWS: GptqWindowsSpec,
-    Strategy.PACKED: PackedSpec,
-    Strategy.EMBEDDING_CLUSTERS: EmbeddingClustersSpec,
-    Strategy.ACTIVATION_CLUSTERS: ActivationClustersSpec,
-    Strategy.SELF_GENERATED: SelfGeneratedSpec,
-}
-
-
-def with_length(spec: SamplingSpec, length: int) -> SamplingSpec:
-    """A copy of ``spec`` whose longest sequence is ``length`` tokens (used to clamp to the model)."""
-    from dataclasses import replace
-
-    if isinstance(spec, RandomSpec):
-        return replace(spec, max_length=length, min_tokens=min(spec.min_tokens, length))
-    if isinstance(spec, LengthStratifiedSpec):
-        edges = tuple(e for e in spec.edges if e < length) + (length,)
-        return replace(spec, edges=edges)
-    if isinstance(spec, ClusterSpec):
-        return replace(spec, max_length=length, min_tokens=min(spec.min_tokens, length))
-    if isinstance(spec, SelfGeneratedSpec):
-        return replace(spec, max_length=length)
-    return replace(spec, seqlen=length)

@@ -1,8 +1,8 @@
-"""Streaming activation statistics: accumulators, hooks, one-pass collection and the report."""
+"""Streaming activation statistics and GPTQ Hessians: accumulators, one-pass collection, reports."""
 from engine.stats.accumulators import ActivationAccumulator, TokenIndex
 from engine.stats.collect import collect, select_layers
-from engine.stats.hooks import StopForward, observing
 from engine.stats.report import StatsReport
-from engine.stats.specs import StatsSpec
+from engine.stats.specs import Capture, HessianSpec, Precision, StatsSpec, Storage
 
-__all__ = ["ActivationAccumulator", "StatsReport", "StatsSpec", "StopForward", "TokenIndex", "collect", "observing", "select_layers"]
+__all__ = ["ActivationAccumulator", "Capture", "HessianSpec", "Precision", "StatsReport", "StatsSpec", "Storage",
+           "TokenIndex", "collect", "select_layers"]

@@ -11,7 +11,7 @@ import torch
 
 from engine.stats.accumulators import TokenIndex
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # by Precision label
 
 
 class HessianAccumulator:

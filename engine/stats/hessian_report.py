@@ -11,13 +11,14 @@ import pandas as pd
 import torch
 
 from engine.bundle import read_bundle, write_bundle
+from engine.hooks import Side, select_layers
 from engine.models import LinearLayer, LoadedModel
 from engine.progress import Progress, no_progress, scaled
+from engine.runner import calibration_pass
 from engine.sampling import CalibrationSet
-from engine.stats import passes
 from engine.stats.hessian import DTYPES, HessianAccumulator
 from engine.stats.hessian_diagnostics import diagnose
-from engine.stats.specs import HessianSpec
+from engine.stats.specs import HessianSpec, Precision, Storage
 
 TENSORS = "hessians.safetensors"
 SUMMARY = "hessians.json"
@@ -28,7 +29,7 @@ def spec_record(spec: HessianSpec) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
-def hessian_megabytes(layers: list[LinearLayer], dtype: str) -> float:
+def hessian_megabytes(layers: list[LinearLayer], dtype: Precision = Precision.FLOAT32) -> float:
     """Memory of one Hessian per layer (in_features² values), before any sharing."""
     size = torch.tensor([], dtype=DTYPES[dtype]).element_size()
     return sum(layer.in_features**2 for layer in layers) * size / 2**20
@@ -94,13 +95,13 @@ def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: Hes
                      progress: Progress = no_progress, diagnostics: bool = True) -> HessianReport:
     """One pass accumulating H = 2/N Σ XᵀX for every selected layer's input, then diagnostics."""
     started = time.perf_counter()
-    layers = passes.select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
     dtype = DTYPES[spec.dtype]
 
     def factory(channels: int, device: torch.device) -> HessianAccumulator:
-        return HessianAccumulator(channels, dtype, "cpu" if spec.storage == "cpu" else device)
+        return HessianAccumulator(channels, dtype, "cpu" if spec.storage is Storage.CPU else device)
 
-    result = passes.calibration_pass(loaded, calibration, layers, ("input",), factory, spec.batch_size,
+    result = calibration_pass(loaded, calibration, layers, (Side.INPUT,), factory, spec.batch_size,
                                      spec.share_inputs, scaled(progress, 0.0, 0.8 if diagnostics else 1.0))
     pass_seconds = time.perf_counter() - started
     hessians = {key: acc.result() for key, acc in result.accumulators.items()}
@@ -120,7 +121,7 @@ def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: Hes
     distinct_mb = sum(h.numel() * h.element_size() for h in hessians.values()) / 2**20
     meta = {
         "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
-        "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype, "storage": spec.storage,
+        "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype.value, "storage": spec.storage.value,
         "layers": len(layers), "distinct": len(hessians), "memory_mb": round(distinct_mb, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),
         "pass_seconds": round(pass_seconds, 2), "seconds": round(time.perf_counter() - started, 2),

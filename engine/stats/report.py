@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from engine.bundle import read_bundle, write_bundle
+from engine.hooks import Side, tap_key
 from engine.stats.specs import StatsSpec
 
 TENSORS = "statistics.safetensors"
@@ -78,7 +79,7 @@ def _row(key: str, layer, side: str, values: dict, spec: StatsSpec, shared_with:
     absmax = values["absmax"]
     top = int(absmax.argmax())
     row = {
-        "key": key, "layer": layer.name, "side": side, "kind": layer.kind,
+        "key": key, "layer": layer.name, "side": side.value, "kind": layer.kind.value,
         "block": block_of(layer.name),
         "module": layer.name.split(".")[-1] if not layer.is_head else "lm_head",
         "channels": int(absmax.numel()), "tokens": int(values["count"].max()),
@@ -100,8 +101,8 @@ def build_report(accumulators: dict, shared: dict[str, str], layers: list, spec:
     rows = []
     for layer in layers:
         for side in spec.sides:
-            key = layer.name if side == "input" else f"{layer.name}:output"
-            leader = shared.get(key, "") if side == "input" else ""
+            key = tap_key(layer.name, side)
+            leader = shared.get(key, "") if side is Side.INPUT else ""
             if (leader or key) in channels:
                 rows.append(_row(key, layer, side, channels[leader or key], spec, leader))
     held = sum(t.numel() * t.element_size() for acc in accumulators.values() for t in vars(acc).values()

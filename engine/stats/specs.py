@@ -3,11 +3,55 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 
 from engine.errors import SpecError
+from engine.hooks import Side
+from engine.models.layers import LAYER_KINDS, LayerKind
+from engine.specs import choice
 
-LAYER_TYPES = ("Linear", "Conv1D", "Conv1d", "Conv2d")
-CAPTURES = ("inputs", "outputs", "both")
+
+class Capture(str, Enum):
+    """Which tensors of each selected layer a statistics pass observes."""
+
+    INPUTS = "inputs"
+    OUTPUTS = "outputs"
+    BOTH = "both"
+
+    @property
+    def sides(self) -> tuple[Side, ...]:
+        return {Capture.INPUTS: (Side.INPUT,), Capture.OUTPUTS: (Side.OUTPUT,), Capture.BOTH: (Side.INPUT, Side.OUTPUT)}[self]
+
+
+class Precision(str, Enum):
+    """What a Hessian accumulates in."""
+
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class Storage(str, Enum):
+    """Where Hessians are kept while they accumulate: beside the model, or in host memory."""
+
+    MODEL = "model"
+    CPU = "cpu"
+
+
+def layer_kinds(values) -> tuple[LayerKind, ...]:
+    """A layer-type selection as LayerKinds; a SpecError naming the allowed types otherwise."""
+    kinds = tuple(values)
+    unknown = [v for v in kinds if v not in {k.value for k in LayerKind}]
+    if unknown or not kinds:
+        raise SpecError(f"layer_types {sorted(map(str, unknown)) or '()'} not supported; "
+                        f"choose from {', '.join(k.value for k in LayerKind)}.")
+    return tuple(LayerKind(v) for v in kinds)
+
+
+def check_pattern(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise SpecError(f"name_pattern {pattern!r} is not a valid regular expression ({error}).") from None
 
 
 @dataclass(frozen=True)
@@ -17,10 +61,10 @@ class StatsSpec:
     capture: inputs (what quantizers calibrate), outputs, or both. percentiles are in percent.
     Channels whose |max| exceeds outlier_threshold are outliers (6.0 as in LLM.int8())."""
 
-    layer_types: tuple[str, ...] = LAYER_TYPES
+    layer_types: tuple[LayerKind, ...] = LAYER_KINDS
     name_pattern: str = ""
     include_head: bool = False
-    capture: str = "inputs"
+    capture: Capture = Capture.INPUTS
     percentiles: tuple[float, ...] = (99.9, 99.99, 99.999)
     channel_histograms: bool = True
     outlier_threshold: float = 6.0
@@ -28,17 +72,10 @@ class StatsSpec:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
-        unknown = set(self.layer_types) - set(LAYER_TYPES)
-        if unknown or not self.layer_types:
-            raise SpecError(f"layer_types {sorted(unknown) or '()'} not supported; choose from {', '.join(LAYER_TYPES)}.")
-        try:
-            re.compile(self.name_pattern)
-        except re.error as error:
-            raise SpecError(f"name_pattern {self.name_pattern!r} is not a valid regular expression ({error}).") from None
-        if self.capture not in CAPTURES:
-            raise SpecError(f"capture={self.capture!r} is not supported; use one of {', '.join(CAPTURES)}.")
+        check_pattern(self.name_pattern)
+        object.__setattr__(self, "capture", choice(Capture, self.capture, "capture"))
         if not self.percentiles or not all(0 < p <= 100 for p in self.percentiles):
             raise SpecError(f"percentiles {self.percentiles} must be in (0, 100], e.g. 99.9, 99.99.")
         if self.outlier_threshold <= 0:
@@ -47,8 +84,8 @@ class StatsSpec:
             raise SpecError("batch_size and top_outliers must be at least 1.")
 
     @property
-    def sides(self) -> tuple[str, ...]:
-        return {"inputs": ("input",), "outputs": ("output",), "both": ("input", "output")}[self.capture]
+    def sides(self) -> tuple[Side, ...]:
+        return self.capture.sides
 
 
 @dataclass(frozen=True)
@@ -59,18 +96,18 @@ class HessianSpec:
     model on a GPU whose memory is short). share_inputs: layers reading the same input tensor share
     one Hessian (turn off only to measure what sharing saves)."""
 
-    layer_types: tuple[str, ...] = LAYER_TYPES
+    layer_types: tuple[LayerKind, ...] = LAYER_KINDS
     name_pattern: str = ""
     include_head: bool = False
-    dtype: str = "float32"
-    storage: str = "model"
+    dtype: Precision = Precision.FLOAT32
+    storage: Storage = Storage.MODEL
     share_inputs: bool = True
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        StatsSpec(layer_types=self.layer_types, name_pattern=self.name_pattern, batch_size=self.batch_size)  # same checks
-        if self.dtype not in ("float32", "float64"):
-            raise SpecError(f"dtype={self.dtype!r} is not supported; use 'float32' or 'float64'.")
-        if self.storage not in ("model", "cpu"):
-            raise SpecError(f"storage={self.storage!r} is not supported; use 'model' or 'cpu'.")
+        object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
+        check_pattern(self.name_pattern)
+        if self.batch_size < 1:
+            raise SpecError("batch_size must be at least 1.")
+        object.__setattr__(self, "dtype", choice(Precision, self.dtype, "dtype"))
+        object.__setattr__(self, "storage", choice(Storage, self.storage, "storage"))

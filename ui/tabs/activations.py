@@ -1,12 +1,11 @@
 """Activation ranges: stream the calibration set through the model once and inspect every layer."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 import pandas as pd
 
-from engine.errors import SpecError
 from engine.figures import (
     attribution_html,
     channel_heatmap,
@@ -16,28 +15,40 @@ from engine.figures import (
     ranges_across_depth,
 )
 from engine.figures.stats import short_name
-from engine.stats import StatsReport, StatsSpec, collect
+from engine.models.layers import LayerKind
+from engine.progress import Progress, no_progress
+from engine.specs import labels
+from engine.stats import Capture, StatsReport, StatsSpec, collect
 from engine.stats.attribution import attribute
 from engine.stats.report import percentile_column
-from engine.stats.specs import CAPTURES, LAYER_TYPES
-from ui.cancel import cancel_button, cancellable, wire_cancel
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
 from ui.errors import shown_to_user
-from ui.state import MODELS, Session
+from ui.parsing import parse_percentiles, whole
+from ui.state import Session
+from ui.wiring import connect
 
 
-def parse_percentiles(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(p) for p in text.replace(";", ",").split(",") if p.strip())
-    except ValueError:
-        raise SpecError(f"Percentiles {text!r} must be numbers separated by commas, e.g. 99.9, 99.99, 99.999.") from None
+@dataclass(frozen=True)
+class StatsForm:
+    """What the Activation ranges widgets hold."""
 
+    layer_types: list[str] = field(default_factory=lambda: labels(LayerKind))
+    pattern: str = ""
+    include_head: bool = False
+    capture: str = Capture.INPUTS.value
+    percentiles: str = "99.9, 99.99, 99.999"
+    channel_histograms: bool = True
+    threshold: float = 6.0
+    batch_size: float = 8
 
-def stats_spec_from_widgets(layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size) -> StatsSpec:
-    return StatsSpec(
-        layer_types=tuple(layer_types or ()), name_pattern=(pattern or "").strip(), include_head=bool(include_head),
-        capture=capture, percentiles=parse_percentiles(percentiles), channel_histograms=bool(channel_histograms),
-        outlier_threshold=float(threshold or 0), batch_size=int(batch_size or 0),
-    )
+    def spec(self) -> StatsSpec:
+        return StatsSpec(
+            layer_types=tuple(self.layer_types or ()), name_pattern=(self.pattern or "").strip(),
+            include_head=bool(self.include_head), capture=self.capture, percentiles=parse_percentiles(self.percentiles),
+            channel_histograms=bool(self.channel_histograms), outlier_threshold=float(self.threshold or 0),
+            batch_size=whole(self.batch_size),
+        )
 
 
 def layer_table(report: StatsReport) -> pd.DataFrame:
@@ -58,37 +69,39 @@ def status_line(report: StatsReport, reused: bool = False) -> str:
             f"{meta['tokens']:,} tokens · {meta['seconds']:.1f} s")
 
 
-def drill_down(report: StatsReport, key: str, session: Session):
-    loaded = MODELS.get(session.model_spec)
-    return layer_channels(report, key), attribution_html(attribute(report, key, session.calibration, loaded.tokenizer))
+def drill_down(report: StatsReport, key: str, session: Session, context: AppContext):
+    tokenizer = context.model(session).tokenizer
+    return layer_channels(report, key), attribution_html(attribute(report, key, session.calibration, tokenizer))
 
 
-@shown_to_user
-def collect_statistics(layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size,
-                       session: Session | None, progress=gr.Progress(), request: gr.Request = None):
-    session = session or Session()
+def collect_statistics(form: StatsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
-    spec = stats_spec_from_widgets(layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size)
-    loaded = MODELS.get(session.model_spec)
+    spec = form.spec()
     reused = session.reusable_stats(spec)
-    report = reused or collect(loaded, calibration, spec, progress=cancellable(progress, request))
+    report = reused or collect(context.model(session), calibration, spec, progress=progress)
     session = replace(session, stats=report)
     top = report.summary.sort_values("absmax", ascending=False)["key"].iloc[0]
-    channels, attribution = drill_down(report, top, session)
-    return (
-        status_line(report, reused is not None), ranges_across_depth(report), layer_table(report), outlier_table(report),
-        channel_heatmap(report), layer_distributions(report),
-        gr.update(choices=list(report.summary["key"]), value=top), channels, attribution, session,
-    )
+    channels, attribution = drill_down(report, top, session, context)
+    return {
+        "status": status_line(report, reused is not None), "ranges": ranges_across_depth(report),
+        "table": layer_table(report), "outliers": outlier_table(report), "heatmap": channel_heatmap(report),
+        "distributions": layer_distributions(report), "layer": gr.update(choices=list(report.summary["key"]), value=top),
+        "channels": channels, "attribution": attribution, "session": session,
+    }
 
 
-@shown_to_user
-def show_layer(key: str, session: Session | None):
-    session = session or Session()
-    report = session.require_stats()
-    if not key:
-        raise gr.Error("Choose a layer.")
-    return drill_down(report, key, session)
+def layer_view(context: AppContext):
+    """The drill-down handler for one layer, bound to the app's context."""
+
+    @shown_to_user
+    def show_layer(key: str, session: Session | None):
+        session = session or Session()
+        report = session.require("stats")
+        if not key:
+            raise gr.Error("Choose a layer.")
+        return drill_down(report, key, session, context)
+
+    return show_layer
 
 
 def pick_from_table(table: pd.DataFrame, event: gr.SelectData):
@@ -97,21 +110,20 @@ def pick_from_table(table: pd.DataFrame, event: gr.SelectData):
     return gr.update(value=table.iloc[row]["key"])
 
 
-def build_tab(session: gr.State) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            layer_types = gr.CheckboxGroup(list(LAYER_TYPES), value=list(LAYER_TYPES), label="Layer types")
+            layer_types = gr.CheckboxGroup(labels(LayerKind), value=labels(LayerKind), label="Layer types")
             pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder=r"e.g. layers\.(0|1)\. or mlp")
             include_head = gr.Checkbox(value=False, label="Include the LM head", info="Off: passes skip the head and its logits")
-            capture = gr.Radio(list(CAPTURES), value="inputs", label="Capture", info="inputs are what quantizers calibrate")
+            capture = gr.Radio(labels(Capture), value=Capture.INPUTS.value, label="Capture",
+                               info="inputs are what quantizers calibrate")
             percentiles = gr.Textbox(value="99.9, 99.99, 99.999", label="Percentiles of |x|")
             with gr.Row():
                 threshold = gr.Number(value=6.0, label="Outlier threshold", info="LLM.int8() uses 6")
                 batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
             channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info="128-bin histogram per channel")
-            with gr.Row():
-                run = gr.Button("Collect statistics", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Collect statistics")
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then collect statistics.", elem_classes="cs-status")
             ranges = gr.Plot(show_label=False)
@@ -128,12 +140,14 @@ def build_tab(session: gr.State) -> None:
         heatmap = gr.Plot(show_label=False)
         distributions = gr.Plot(show_label=False)
 
-    event = run.click(
-        collect_statistics,
-        [layer_types, pattern, include_head, capture, percentiles, channel_histograms, threshold, batch_size, session],
-        [status, ranges, table, outliers, heatmap, distributions, layer, channels, attribution, session],
-        show_progress_on=[status], concurrency_id="heavy", api_name="collect_statistics",
-    )
-    wire_cancel(cancel, event, status)
+    widgets = {"layer_types": layer_types, "pattern": pattern, "include_head": include_head, "capture": capture,
+               "percentiles": percentiles, "channel_histograms": channel_histograms, "threshold": threshold,
+               "batch_size": batch_size}
+    outputs = {"status": status, "ranges": ranges, "table": table, "outliers": outliers, "heatmap": heatmap,
+               "distributions": distributions, "layer": layer, "channels": channels, "attribution": attribution,
+               "session": session}
+    connect(run.click, collect_statistics, StatsForm, widgets, session, outputs, context,
+            api_name="collect_statistics", status=status, cancel=cancel)
+    show_layer = layer_view(context)
     layer.input(show_layer, [layer, session], [channels, attribution])
     table.select(pick_from_table, table, layer).then(show_layer, [layer, session], [channels, attribution])

@@ -1,22 +1,24 @@
 """Compare: strategies x seeds x sample counts, quantized and measured on held-out text."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 import pandas as pd
 import torch
 
-from engine.compare import COMPARED, ComparisonSpec, compare, summarize
+from engine.errors import CalibscopeError
+from engine.experiments import COMPARED, HELD_OUT, ComparisonSpec, compare, summarize
 from engine.figures.selection import comparison_bars
+from engine.progress import Progress, no_progress
 from engine.quant import PRESETS
 from engine.sampling import Strategy
-from ui.cancel import cancel_button, cancellable, wire_cancel
-from ui.errors import shown_to_user, with_limits
-from ui.limits import Limits
-from ui.state import MODELS, Session
-from ui.tabs.quantize import HELD_OUT, evaluation_set
-from ui.tabs.sensitivity import parse_counts
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
+from ui.errors import shown_to_user
+from ui.parsing import parse_counts, whole
+from ui.state import Session
+from ui.wiring import connect
 
 # A CPU visitor should get an answer in minutes: two strategies, two seeds, one count, W4 GPTQ.
 CPU_DEFAULTS = {"strategies": [Strategy.RANDOM.value, Strategy.EMBEDDING_CLUSTERS.value], "seeds": 2, "counts": "8",
@@ -27,6 +29,25 @@ GPU_DEFAULTS = {"strategies": [s.value for s in COMPARED], "seeds": 5, "counts":
 
 def defaults() -> dict:
     return GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
+
+
+@dataclass(frozen=True)
+class CompareForm:
+    """What the Compare widgets hold."""
+
+    strategies: list[str] = field(default_factory=lambda: list(CPU_DEFAULTS["strategies"]))
+    seeds: float = 2
+    counts: str = "8"
+    length: float = 128
+    schemes: list[str] = field(default_factory=lambda: list(CPU_DEFAULTS["schemes"]))
+    source: str = next(iter(HELD_OUT))
+    windows: float = 4
+
+    def spec(self) -> ComparisonSpec:
+        if not self.strategies or not self.schemes:
+            raise CalibscopeError("Choose at least one strategy and one scheme.")
+        return ComparisonSpec(strategies=tuple(self.strategies), seeds=whole(self.seeds), counts=parse_counts(self.counts),
+                              length=whole(self.length), schemes=tuple(self.schemes))
 
 
 def status_line(table: pd.DataFrame, rows: pd.DataFrame, seconds: float) -> str:
@@ -44,38 +65,32 @@ def status_line(table: pd.DataFrame, rows: pd.DataFrame, seconds: float) -> str:
             f"{rows['samples'].nunique()} counts ({len(rows)} measurements) · {seconds:.0f} s\n- " + "\n- ".join(lines))
 
 
-@shown_to_user
-def run_comparison(strategies, seeds, counts, length, schemes, source, windows, session: Session | None,
-                   progress=gr.Progress(), request: gr.Request = None, *, limits: Limits = Limits()):
-    session = session or Session()
+def run_comparison(form: CompareForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     corpus = session.require_corpus()
-    spec = ComparisonSpec(strategies=tuple(strategies or ()), seeds=int(seeds or 0), counts=parse_counts(counts),
-                          length=int(length or 0), schemes=tuple(schemes or ()))
-    if not spec.strategies or not spec.schemes:
-        raise gr.Error("Choose at least one strategy and one scheme.")
-    limits.check_sampling(max(spec.counts), spec.length)
-    limits.check_runs(spec.runs)
-    evaluation = evaluation_set(session, source, None, spec.length, int(windows or 0), limits)
-    loaded = MODELS.get(session.model_spec)
-    rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label,
-                   progress=cancellable(progress, request))
+    spec = form.spec()
+    context.limits.check_sampling(max(spec.counts), spec.length)
+    context.limits.check_runs(spec.runs)
+    context.limits.check_sampling(whole(form.windows), spec.length)
+    loaded = context.model(session)
+    evaluation = context.evaluations.windows(loaded, form.source, spec.length, whole(form.windows))
+    rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress)
     table = summarize(rows)
     seconds = float(rows.drop_duplicates(["strategy", "seed", "samples"])["seconds"].sum())
     figure = comparison_bars(table, spec.schemes[0], evaluation.name, float(rows["float_perplexity"].iloc[0]))
-    shown = table.drop(columns=["calibration", "evaluation"]).round(3)
-    return (status_line(table, rows, seconds), figure, shown, gr.update(choices=list(spec.schemes), value=spec.schemes[0]),
-            replace(session, comparison=rows))
+    return {"status": status_line(table, rows, seconds), "bars": figure,
+            "table": table.drop(columns=["calibration", "evaluation"]).round(3),
+            "scheme": gr.update(choices=list(spec.schemes), value=spec.schemes[0]),
+            "session": replace(session, comparison=rows)}
 
 
 @shown_to_user
 def show_scheme(scheme: str, session: Session | None):
-    rows = (session or Session()).require_comparison()
-    table = summarize(rows)
+    rows = (session or Session()).require("comparison")
     part = rows[rows["scheme"] == scheme]
-    return comparison_bars(table, scheme, part["evaluation"].iloc[0], float(part["float_perplexity"].iloc[0]))
+    return comparison_bars(summarize(rows), scheme, part["evaluation"].iloc[0], float(part["float_perplexity"].iloc[0]))
 
 
-def build_tab(session: gr.State, limits: Limits) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     start = defaults()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
@@ -90,17 +105,16 @@ def build_tab(session: gr.State, limits: Limits) -> None:
             with gr.Row():
                 source = gr.Dropdown(list(HELD_OUT), value=next(iter(HELD_OUT)), label="Held-out text")
                 windows = gr.Number(start["windows"], label="Windows", precision=0, minimum=1)
-            with gr.Row():
-                run = gr.Button("Run comparison", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Run comparison")
         with gr.Column(scale=3):
             status = gr.Markdown("Load a model and a corpus, then compare strategies. Every cell is built, "
                                  "collected, quantized and evaluated: expect minutes on a CPU.", elem_classes="cs-status")
             scheme = gr.Dropdown([], label="Scheme shown", interactive=True)
             bars = gr.Plot(show_label=False)
     table = gr.Dataframe(label="Perplexity over seeds (mean, std; best per scheme and count marked)", interactive=False)
-    event = run.click(with_limits(run_comparison, limits), [strategies, seeds, counts, length, schemes, source, windows, session],
-                      [status, bars, table, scheme, session], show_progress_on=[status], concurrency_id="heavy",
-                      api_name="compare")
-    wire_cancel(cancel, event, status)
+    widgets = {"strategies": strategies, "seeds": seeds, "counts": counts, "length": length, "schemes": schemes,
+               "source": source, "windows": windows}
+    outputs = {"status": status, "bars": bars, "table": table, "scheme": scheme, "session": session}
+    connect(run.click, run_comparison, CompareForm, widgets, session, outputs, context, api_name="compare",
+            status=status, cancel=cancel)
     scheme.input(show_scheme, [scheme, session], bars)

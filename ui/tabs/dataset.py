@@ -2,84 +2,66 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 import torch
 
-from engine.errors import SpecError
 from engine.figures import bucket_bars, length_histogram
 from engine.figures.selection import selection_scatter
+from engine.progress import Progress, no_progress
 from engine.sampling import (
-    ActivationClustersSpec,
+    REGISTRY,
     Allocation,
-    EmbeddingClustersSpec,
-    GptqWindowsSpec,
-    LengthStratifiedSpec,
-    PackedSpec,
-    RandomSpec,
     SamplingSpec,
-    SelfGeneratedSpec,
     Strategy,
     WindowMode,
     build,
+    entry,
+    spec_for,
 )
 from engine.sampling.specs import DEFAULT_EDGES
-from ui.cancel import cancel_button, cancellable, wire_cancel
-from ui.errors import shown_to_user, with_limits
-from ui.limits import Limits
-from ui.state import MODELS, Session
+from engine.specs import labels
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
+from ui.parsing import parse_edges, whole
+from ui.state import Session
+from ui.wiring import connect
 
-DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED.value
+DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED
 GPU_DEFAULTS = {"nsamples": 128, "edges": DEFAULT_EDGES}
 # On a CPU a first visitor should see every view within about a minute: fewer, shorter samples.
 CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
+SUMMARY_BATCH = 8
+OPTION_WIDGETS = ("edges", "allocation", "mode")  # the per-strategy controls; which show comes from the registry
 
 
 def first_visit_defaults() -> dict:
     return GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
-SUMMARY_BATCH = 8
-STRATEGY_HELP = {
-    Strategy.RANDOM.value: "Whole documents drawn at random, truncated to the length.",
-    Strategy.LENGTH_STRATIFIED.value: "Documents drawn per length bucket; long documents are cut into windows, not dropped.",
-    Strategy.GPTQ_WINDOWS.value: "GPTQ's recipe: random windows of exactly the length (joined corpus, or c4-style document rejection).",
-    Strategy.PACKED.value: "Documents concatenated with EOS between them and cut into full blocks (AWQ style).",
-    Strategy.EMBEDDING_CLUSTERS.value: "Sentence embeddings (MiniLM) of the documents, k-means, the document nearest each "
-                                       "centroid: one sample per region of the corpus.",
-    Strategy.ACTIVATION_CLUSTERS.value: "The same with the model's own hidden states (middle block) as embeddings: "
-                                        "diversity where the quantizer looks. Runs the model on 256 candidates.",
-    Strategy.SELF_GENERATED.value: "Text sampled from the model itself from BOS (temperature 1.5 falling to 0.8): "
-                                   "no data needed; ignores the corpus.",
-}
-MAX_LENGTH_LABEL = "Max length (tokens)"
 
 
-def parse_edges(text: str) -> tuple[int, ...]:
-    """'64, 128, 256' -> (64, 128, 256); a message that shows the expected form otherwise."""
-    try:
-        return tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
-    except ValueError:
-        raise SpecError(f"Bucket edges {text!r} must be whole numbers separated by commas, e.g. 64, 128, 256.") from None
+@dataclass(frozen=True)
+class DatasetForm:
+    """What the Dataset widgets hold."""
 
+    strategy: str = DEFAULT_STRATEGY.value
+    nsamples: float = 32
+    length: float = 2048
+    edges: str = "64, 128, 256, 512"
+    allocation: str = Allocation.EQUAL.value
+    mode: str = WindowMode.JOINED.value
+    seed: float = 0
+    add_bos: bool = True
+    chat_template: bool = True
 
-def sampling_spec_from_widgets(strategy: str, nsamples: float, length: float, edges: str, allocation: str, mode: str,
-                               seed: float, add_bos: bool, chat_template: bool) -> SamplingSpec:
-    """The SamplingSpec the Dataset widgets describe (raises SpecError on bad values)."""
-    common = {"nsamples": int(nsamples or 0), "seed": int(seed or 0), "add_bos": bool(add_bos), "chat_template": bool(chat_template)}
-    chosen = Strategy(strategy)
-    if chosen is Strategy.RANDOM:
-        return RandomSpec(max_length=int(length or 0), **common)
-    if chosen is Strategy.LENGTH_STRATIFIED:
-        return LengthStratifiedSpec(edges=parse_edges(edges), allocation=allocation, **common)
-    if chosen is Strategy.GPTQ_WINDOWS:
-        return GptqWindowsSpec(seqlen=int(length or 0), mode=mode, **common)
-    if chosen is Strategy.EMBEDDING_CLUSTERS:
-        return EmbeddingClustersSpec(max_length=int(length or 0), **common)
-    if chosen is Strategy.ACTIVATION_CLUSTERS:
-        return ActivationClustersSpec(max_length=int(length or 0), **common)
-    if chosen is Strategy.SELF_GENERATED:
-        return SelfGeneratedSpec(max_length=int(length or 0), **common)
-    return PackedSpec(seqlen=int(length or 0), **common)
+    def spec(self) -> SamplingSpec:
+        """The SamplingSpec these widgets describe (raises SpecError on bad values)."""
+        chosen = entry(self.strategy)
+        given = {"edges": lambda: parse_edges(self.edges), "allocation": lambda: self.allocation, "mode": lambda: self.mode}
+        options = {name: value() for name, value in given.items() if name in chosen.options}
+        return spec_for(chosen.strategy, nsamples=whole(self.nsamples), length=whole(self.length), seed=whole(self.seed),
+                        add_bos=bool(self.add_bos), chat_template=bool(self.chat_template), **options)
 
 
 def status_line(calibration, seconds: float) -> str:
@@ -91,87 +73,78 @@ def status_line(calibration, seconds: float) -> str:
     return line + notes
 
 
-@shown_to_user
-def build_calibration_set(strategy, nsamples, length, edges, allocation, mode, seed, add_bos, chat_template,
-                          session: Session | None, progress=gr.Progress(), request: gr.Request = None, *,
-                          limits: Limits = Limits()):
+def build_calibration_set(form: DatasetForm, session: Session, context: AppContext,
+                          progress: Progress = no_progress) -> dict:
     """Build the set, keep it in the session, and show it."""
-    session = session or Session()
     corpus = session.require_corpus()
-    spec = sampling_spec_from_widgets(strategy, nsamples, length, edges, allocation, mode, seed, add_bos, chat_template)
-    limits.check_sampling(spec.nsamples, spec.length)
-    loaded = MODELS.get(session.model_spec)
+    spec = form.spec()
+    context.limits.check_sampling(spec.nsamples, spec.length)
+    loaded = context.model(session)
     started = time.perf_counter()
     calibration = build(corpus, loaded.tokenizer, spec, max_positions=loaded.info.max_positions,
-                        corpus_label=session.corpus_spec.label, progress=cancellable(progress, request), model=loaded)
+                        corpus_label=session.corpus_spec.label, progress=progress, model=loaded)
     seconds = time.perf_counter() - started
     prefix = len(calibration.manifest.tokenizer["prefix_ids"])
-    edges_shown = spec.edges if isinstance(spec, LengthStratifiedSpec) else ()
-    histogram = length_histogram(calibration.corpus_lengths, calibration.lengths, edges_shown, prefix)
+    edges_shown = getattr(calibration.spec, "edges", ())
     has_buckets = calibration.buckets is not None
     second = bucket_bars(calibration.buckets) if has_buckets else None
     if calibration.selection is not None:
         second = selection_scatter(calibration.selection)
-    summary = pd.DataFrame(calibration.summary_rows(SUMMARY_BATCH), columns=["Property", "Value"])
-    return (
-        status_line(calibration, seconds), histogram, gr.update(value=second, visible=second is not None), summary,
-        gr.update(value=calibration.buckets, visible=has_buckets), calibration.preview(loaded.tokenizer),
-        session.with_calibration(calibration),
-    )
+    return {
+        "status": status_line(calibration, seconds),
+        "histogram": length_histogram(calibration.corpus_lengths, calibration.lengths, edges_shown, prefix),
+        "second_plot": gr.update(value=second, visible=second is not None),
+        "summary": pd.DataFrame(calibration.summary_rows(SUMMARY_BATCH), columns=["Property", "Value"]),
+        "bucket_table": gr.update(value=calibration.buckets, visible=has_buckets),
+        "preview": calibration.preview(loaded.tokenizer),
+        "session": session.with_calibration(calibration),
+    }
 
 
-WINDOWED = (Strategy.GPTQ_WINDOWS, Strategy.PACKED)
+def strategy_controls(strategy: str) -> list:
+    """The length field (not for length-stratified), the strategy's own options, and its summary."""
+    chosen = entry(strategy)
+    uses_length = "length" in chosen.spec_type.field_names()
+    length_label = "Sequence length (tokens)" if chosen.exact_length else "Max length (tokens)"
+    return [gr.update(visible=uses_length, label=length_label),
+            *[gr.update(visible=name in chosen.options) for name in OPTION_WIDGETS],
+            gr.update(value=chosen.summary)]
 
 
-def _strategy_controls(strategy: str):
-    chosen = Strategy(strategy)
-    return (
-        gr.update(visible=chosen is not Strategy.LENGTH_STRATIFIED,
-                  label="Sequence length (tokens)" if chosen in WINDOWED else MAX_LENGTH_LABEL),
-        gr.update(visible=chosen is Strategy.LENGTH_STRATIFIED),
-        gr.update(visible=chosen is Strategy.LENGTH_STRATIFIED),
-        gr.update(visible=chosen is Strategy.GPTQ_WINDOWS),
-        gr.update(value=STRATEGY_HELP[strategy]),
-    )
-
-
-def build_tab(session: gr.State, limits: Limits) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     """The Dataset tab's widgets and wiring."""
     defaults = first_visit_defaults()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
-            strategy = gr.Radio([s.value for s in Strategy], value=DEFAULT_STRATEGY, label="Strategy")
-            help_text = gr.Markdown(STRATEGY_HELP[DEFAULT_STRATEGY])
+            strategy = gr.Radio(labels(Strategy), value=DEFAULT_STRATEGY.value, label="Strategy")
+            help_text = gr.Markdown(REGISTRY[DEFAULT_STRATEGY].summary)
             with gr.Row():
                 nsamples = gr.Number(value=defaults["nsamples"], label="Samples", precision=0, minimum=1)
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0)
             length = gr.Number(value=2048, label="Sequence length (tokens)", precision=0, minimum=2, visible=False)
             edges = gr.Textbox(value=", ".join(str(e) for e in defaults["edges"]), label="Bucket edges (tokens)",
                                info="Buckets are (previous edge, edge]; longer documents are cut into windows")
-            allocation = gr.Radio([a.value for a in Allocation], value=Allocation.EQUAL.value, label="Allocation")
-            mode = gr.Radio([m.value for m in WindowMode], value=WindowMode.JOINED.value, visible=False,
+            allocation = gr.Radio(labels(Allocation), value=Allocation.EQUAL.value, label="Allocation")
+            mode = gr.Radio(labels(WindowMode), value=WindowMode.JOINED.value, visible=False,
                             label="GPTQ recipe", info="joined: wikitext2-style; documents: c4-style rejection")
             add_bos = gr.Checkbox(value=True, label="Start every sample with BOS, as at inference",
                                   info="Off reproduces raw-window recipes; Gemma's perplexity is ~2.8x worse without BOS")
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
-            with gr.Row():
-                run = gr.Button("Build calibration set", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Build calibration set")
         with gr.Column(scale=2):
             status = gr.Markdown("Load a model and a corpus, then build a set.", elem_classes="cs-status")
             histogram = gr.Plot(label="Token lengths", show_label=False)
-            buckets_plot = gr.Plot(label="Buckets", show_label=False)
+            second_plot = gr.Plot(label="Buckets", show_label=False)
     with gr.Row(equal_height=False):
         summary = gr.Dataframe(label="Summary", interactive=False, wrap=True, scale=1)
         bucket_table = gr.Dataframe(label="Per bucket", interactive=False, scale=1)
     preview = gr.Dataframe(label="Samples (decoded; ⏎ marks a newline)", interactive=False, wrap=True, max_height=420,
                            column_widths=["7%", "7%", "10%", "22%", "54%"])
 
-    strategy.change(_strategy_controls, strategy, [length, edges, allocation, mode, help_text])
-    event = run.click(
-        with_limits(build_calibration_set, limits),
-        [strategy, nsamples, length, edges, allocation, mode, seed, add_bos, chat_template, session],
-        [status, histogram, buckets_plot, summary, bucket_table, preview, session],
-        show_progress_on=[status], concurrency_id="heavy", api_name="build_calibration_set",
-    )
-    wire_cancel(cancel, event, status)
+    strategy.change(strategy_controls, strategy, [length, edges, allocation, mode, help_text])
+    widgets = {"strategy": strategy, "nsamples": nsamples, "length": length, "edges": edges, "allocation": allocation,
+               "mode": mode, "seed": seed, "add_bos": add_bos, "chat_template": chat_template}
+    outputs = {"status": status, "histogram": histogram, "second_plot": second_plot, "summary": summary,
+               "bucket_table": bucket_table, "preview": preview, "session": session}
+    connect(run.click, build_calibration_set, DatasetForm, widgets, session, outputs, context,
+            api_name="build_calibration_set", status=status, cancel=cancel)

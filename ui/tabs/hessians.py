@@ -1,28 +1,30 @@
 """Hessians: GPTQ's H = 2/N Σ XᵀX for every layer, and whether the calibration set is enough."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import gradio as gr
 import pandas as pd
 
 from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth
 from engine.figures.stats import short_name
+from engine.hooks import select_layers
+from engine.progress import Progress, no_progress
+from engine.specs import labels
+from engine.stats import HessianSpec, Precision, Storage
 from engine.stats.hessian_report import (
     HessianReport,
     collect_hessians,
     hessian_megabytes,
 )
-from engine.stats.passes import select_layers
-from engine.stats.specs import HessianSpec
-from ui.cancel import cancel_button, cancellable, wire_cancel
-from ui.errors import shown_to_user, with_limits
-from ui.limits import Limits
-from ui.state import MODELS, Session
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
+from ui.errors import shown_to_user
+from ui.parsing import whole
+from ui.state import Session
+from ui.wiring import connect
 
 SHOWN_WARNINGS = 8
-
-
 FINDINGS = {
     "data_limited": "have fewer tokens than input channels: add calibration data",
     "needs_damping": "need damping before a float32 Cholesky succeeds (GPTQ's default is 0.01)",
@@ -31,6 +33,20 @@ FINDINGS = {
                     "energy or fewer independent directions than channels (damping handles it; more data of the "
                     "same kind does not)",
 }
+
+
+@dataclass(frozen=True)
+class HessianForm:
+    """What the Hessians widgets hold."""
+
+    pattern: str = ""
+    dtype: str = Precision.FLOAT32.value
+    storage: str = Storage.MODEL.value
+    batch_size: float = 8
+
+    def spec(self) -> HessianSpec:
+        return HessianSpec(name_pattern=(self.pattern or "").strip(), dtype=self.dtype, storage=self.storage,
+                           batch_size=whole(self.batch_size))
 
 
 def status_line(report: HessianReport, reused: bool = False) -> str:
@@ -59,44 +75,40 @@ def diagnostics_table(report: HessianReport) -> pd.DataFrame:
     return table[[c for c in columns if c in table]].round({"trace": 4, "mean_diagonal": 6})
 
 
-@shown_to_user
-def compute_hessians(pattern, dtype, storage, batch_size, session: Session | None, progress=gr.Progress(),
-                     request: gr.Request = None, *, limits: Limits = Limits()):
-    session = session or Session()
+def compute_hessians(form: HessianForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
-    spec = HessianSpec(name_pattern=(pattern or "").strip(), dtype=dtype, storage=storage, batch_size=int(batch_size or 0))
-    loaded = MODELS.get(session.model_spec)
+    spec = form.spec()
+    loaded = context.model(session)
     report = session.reusable_hessians(spec)
     reused = report is not None
     if not reused:
         layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
-        limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
-        report = collect_hessians(loaded, calibration, spec, progress=cancellable(progress, request))
+        context.limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
+        report = collect_hessians(loaded, calibration, spec, progress=progress)
     worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
-    return (status_line(report, reused), hessian_depth(report), diagnostics_table(report),
-            gr.update(choices=list(report.diagnostics["layer"]), value=worst), eigen_spectrum(report, worst),
-            diagonal_heatmap(report), replace(session, hessians=report))
+    return {"status": status_line(report, reused), "depth": hessian_depth(report), "table": diagnostics_table(report),
+            "layer": gr.update(choices=list(report.diagnostics["layer"]), value=worst),
+            "spectrum": eigen_spectrum(report, worst), "diagonals": diagonal_heatmap(report),
+            "session": replace(session, hessians=report)}
 
 
 @shown_to_user
 def show_spectrum(layer: str, session: Session | None):
-    report = (session or Session()).require_hessians()
+    report = (session or Session()).require("hessians")
     if not layer:
         raise gr.Error("Choose a layer.")
     return eigen_spectrum(report, layer)
 
 
-def build_tab(session: gr.State, limits: Limits) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder="all quantizable layers but the head")
-            dtype = gr.Radio(["float32", "float64"], value="float32", label="Accumulate in")
-            storage = gr.Radio(["model", "cpu"], value="model", label="Keep Hessians on",
+            dtype = gr.Radio(labels(Precision), value=Precision.FLOAT32.value, label="Accumulate in")
+            storage = gr.Radio(labels(Storage), value=Storage.MODEL.value, label="Keep Hessians on",
                                info="cpu: host memory, for a model on a GPU that is short of memory")
             batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
-            with gr.Row():
-                run = gr.Button("Collect Hessians", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Collect Hessians")
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then collect Hessians.", elem_classes="cs-status")
             depth = gr.Plot(show_label=False)
@@ -107,8 +119,9 @@ def build_tab(session: gr.State, limits: Limits) -> None:
             spectrum = gr.Plot(show_label=False)
         with gr.Column():
             diagonals = gr.Plot(show_label=False)
-    event = run.click(with_limits(compute_hessians, limits), [pattern, dtype, storage, batch_size, session],
-              [status, depth, table, layer, spectrum, diagonals, session],
-              show_progress_on=[status], concurrency_id="heavy", api_name="compute_hessians")
-    wire_cancel(cancel, event, status)
+    widgets = {"pattern": pattern, "dtype": dtype, "storage": storage, "batch_size": batch_size}
+    outputs = {"status": status, "depth": depth, "table": table, "layer": layer, "spectrum": spectrum,
+               "diagonals": diagonals, "session": session}
+    connect(run.click, compute_hessians, HessianForm, widgets, session, outputs, context,
+            api_name="compute_hessians", status=status, cancel=cancel)
     layer.input(show_spectrum, [layer, session], spectrum)

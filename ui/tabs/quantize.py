@@ -1,89 +1,90 @@
 """Quantize: simulate a scheme with this session's statistics and Hessians, and measure perplexity."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 import torch
 
-from engine import CorpusSpec, load_corpus
-from engine.corpus.documents import column
 from engine.errors import CalibscopeError
+from engine.experiments import HELD_OUT, UPLOADED
 from engine.figures.quant import perplexity_runs, sensitivity_depth
 from engine.figures.stats import short_name
+from engine.progress import Progress, no_progress
 from engine.quant import (
     PRESETS,
-    SENSITIVITY_MODES,
     ActivationSpec,
+    ActOrder,
+    Granularity,
     QuantReport,
     QuantSpec,
+    RangeMethod,
+    Sensitivity,
+    WeightMethod,
     WeightSpec,
-    evaluate,
-    evaluation_windows,
 )
-from engine.quant.specs import GRANULARITIES, RANGE_METHODS, WEIGHT_METHODS
-from engine.specs import BuiltinCorpus
-from ui.cache import ResultCache
-from ui.cancel import cancel_button, cancellable, wire_cancel
-from ui.errors import shown_to_user
-from ui.limits import Limits
-from ui.state import MODELS, Session
+from engine.specs import labels
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
+from ui.parsing import whole
+from ui.state import Session
+from ui.wiring import connect
 
 CUSTOM = "Custom"
-HELD_OUT = {f"{corpus.value} (held-out 10%)": corpus.value for corpus in BuiltinCorpus}
-UPLOADED = "Uploaded file"
+DEFAULT_PRESET = "W4 g128 GPTQ"
 GROUPS = {"per channel": 0, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
 GPU_EVALUATION = (32, 512)
-EVALUATIONS = ResultCache(capacity=8)   # (model, source, length, windows) -> EvaluationSet
-FLOAT_PERPLEXITY = ResultCache(capacity=64)  # (model, evaluation key) -> float perplexity: deterministic, shareable
+SCHEME_WIDGETS = ("method", "bits", "group", "act_order", "act_bits", "range_method", "percentile", "granularity")
 
 
 def evaluation_defaults() -> tuple[int, int]:
     return GPU_EVALUATION if torch.cuda.is_available() else CPU_EVALUATION
 
 
-def spec_from_widgets(method, bits, group, act_order, act_bits, range_method, percentile, granularity) -> QuantSpec:
-    weights = WeightSpec(method=method, bits=int(bits), group_size=GROUPS[group], act_order=bool(act_order))
-    activations = ActivationSpec(bits=int(act_bits or 0), range_method=range_method, percentile=float(percentile or 0),
-                                 granularity=granularity)
-    return QuantSpec(weights, activations)
+@dataclass(frozen=True)
+class QuantizeForm:
+    """What the Quantize widgets hold: the scheme, the held-out text, the sensitivity mode."""
+
+    method: str = WeightMethod.GPTQ.value
+    bits: float = 4
+    group: str = "128"
+    act_order: str = ActOrder.NONE.value
+    act_bits: float = 0
+    range_method: str = RangeMethod.MINMAX.value
+    percentile: float = 99.99
+    granularity: str = Granularity.TENSOR.value
+    source: str = next(iter(HELD_OUT))
+    upload: str | None = None
+    length: float = 256
+    windows: float = 8
+    sensitivity: str = Sensitivity.CHEAP.value
+
+    def spec(self) -> QuantSpec:
+        weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
+                             act_order=self.act_order)
+        activations = ActivationSpec(bits=whole(self.act_bits), range_method=self.range_method,
+                                     percentile=float(self.percentile or 0), granularity=self.granularity)
+        return QuantSpec(weights, activations)
 
 
 def preset_widgets(name: str) -> list:
     """The detailed controls showing a preset (left as they are for Custom)."""
     if name not in PRESETS:
-        return [gr.update()] * 8
-    spec = PRESETS[name]
-    w, a = spec.weights, spec.activations
+        return [gr.update()] * len(SCHEME_WIDGETS)
+    w, a = PRESETS[name].weights, PRESETS[name].activations
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
-    return [w.method, w.bits, group, w.act_order, a.bits, a.range_method, a.percentile, a.granularity]
+    return [w.method.value, w.bits, group, w.act_order.value, a.bits, a.range_method.value, a.percentile,
+            a.granularity.value]
 
 
-def held_out_texts(source: str, upload: str | None) -> list[str]:
-    if source == UPLOADED:
-        if not upload:
-            raise CalibscopeError("Upload a held-out text file (.txt, .jsonl, .csv, .parquet), or choose a builtin held-out part.")
-        return column(load_corpus(CorpusSpec.file(upload)), "text")
-    if source not in HELD_OUT:
-        raise CalibscopeError(f"Unknown evaluation text {source!r}; choose one of the list.")
-    return column(load_corpus(CorpusSpec.builtin(HELD_OUT[source], split="test")), "text")
-
-
-def evaluation_set(session: Session, source: str, upload: str | None, length: int, windows: int, limits: Limits):
-    limits.check_sampling(windows, length)
-    loaded = MODELS.get(session.model_spec)
-    key = (session.model_spec, source, upload, length, windows)
-    return EVALUATIONS.get_or_compute(
-        key, lambda: evaluation_windows(loaded.tokenizer, held_out_texts(source, upload), length, windows, source))
-
-
-def status_line(report: QuantReport) -> str:
+def status_line(report: QuantReport, reused: bool) -> str:
     meta = report.meta
     relative = 100 * report.gap / report.float_perplexity
-    return (f"**{report.spec.label()}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
+    verb = "Reused: " if reused else ""
+    return (f"{verb}**{report.spec.label()}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
             f"({report.gap:+.2f}, {relative:+.1f}%) on {meta['evaluation']} ({meta['evaluation_tokens']:,} tokens) · "
             f"{meta['layers']} layers · {meta['seconds']:.1f} s")
 
@@ -97,62 +98,52 @@ def layer_table(report: QuantReport) -> pd.DataFrame:
     return table.drop(columns=["seconds"]).round(6)
 
 
-def run_record(report: QuantReport, number: int) -> dict:
-    return {"label": f"#{number} {report.spec.label()}", "float": report.float_perplexity,
-            "quantized": report.quantized_perplexity, "evaluation": report.meta["evaluation"]}
+def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    session.require_calibration()
+    spec = form.spec()
+    if spec.needs_hessians and session.hessians is None:
+        raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first (or choose RTN).")
+    if spec.needs_stats and session.stats is None:
+        raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
+    context.limits.check_sampling(whole(form.windows), whole(form.length))
+    loaded = context.model(session)
+    evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
+    report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
+                                                  form.sensitivity, progress=progress)
+    session = session.with_run(report)
+    return {"status": status_line(report, reused),
+            "summary": pd.DataFrame(report.summary_rows(), columns=["", "value"]),
+            "runs": perplexity_runs(session.quant_runs), "depth": sensitivity_depth(report),
+            "table": layer_table(report), "session": session}
 
 
-def make_handler(limits: Limits):
-    @shown_to_user
-    def run_quantization(method, bits, group, act_order, act_bits, range_method, percentile, granularity, source, upload,
-                         length, windows, sensitivity, session: Session | None, progress=gr.Progress(), request: gr.Request = None):
-        session = session or Session()
-        session.require_calibration()
-        spec = spec_from_widgets(method, bits, group, act_order, act_bits, range_method, percentile, granularity)
-        if spec.weights.method == "gptq" and session.hessians is None:
-            raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first (or choose RTN).")
-        if spec.activations.enabled and session.stats is None:
-            raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
-        evaluation = evaluation_set(session, source, upload, int(length or 0), int(windows or 0), limits)
-        loaded = MODELS.get(session.model_spec)
-        float_key = (session.model_spec, evaluation.key)
-        report = evaluate(loaded, spec, evaluation, session.stats, session.hessians, sensitivity,
-                          float_perplexity=FLOAT_PERPLEXITY.peek(float_key), progress=cancellable(progress, request))
-        FLOAT_PERPLEXITY.put(float_key, report.float_perplexity)
-        runs = [*session.quant_runs, run_record(report, len(session.quant_runs) + 1)]
-        session = replace(session, quantization=report, quant_runs=runs)
-        return (status_line(report), pd.DataFrame(report.summary_rows(), columns=["", "value"]), perplexity_runs(runs),
-                sensitivity_depth(report), layer_table(report), session)
-
-    return run_quantization
-
-
-def build_tab(session: gr.State, limits: Limits) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     windows_default, length_default = evaluation_defaults()
+    default = PRESETS[DEFAULT_PRESET]
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            preset = gr.Dropdown([*PRESETS, CUSTOM], value="W4 g128 GPTQ", label="Scheme",
+            preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
                                  info="GPTQ needs Hessians; static activations need statistics")
             with gr.Accordion("Scheme details", open=False):
-                method = gr.Radio(list(WEIGHT_METHODS), value="gptq", label="Weights")
-                bits = gr.Slider(2, 8, value=4, step=1, label="Weight bits")
+                method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
+                bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits")
                 group = gr.Dropdown(list(GROUPS), value="128", label="Group size (input columns per scale)")
-                act_order = gr.Checkbox(False, label="GPTQ activation order")
+                act_order = gr.Radio(labels(ActOrder), value=default.weights.act_order.value, label="GPTQ activation order",
+                                     info="static: group scales in the original order (llm-compressor 'weight'); "
+                                          "dynamic: groups in the permuted order (needs g_idx)")
                 act_bits = gr.Radio([0, 8, 6, 4], value=0, label="Activation bits (0 = float)")
-                range_method = gr.Radio(list(RANGE_METHODS), value="minmax", label="Activation range")
+                range_method = gr.Radio(labels(RangeMethod), value=RangeMethod.MINMAX.value, label="Activation range")
                 percentile = gr.Number(99.99, label="Percentile of |x| (range 'percentile')")
-                granularity = gr.Radio(list(GRANULARITIES), value="tensor", label="One range per")
+                granularity = gr.Radio(labels(Granularity), value=Granularity.TENSOR.value, label="One range per")
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
                 with gr.Row():
                     length = gr.Number(length_default, label="Window (tokens)", precision=0, minimum=2)
                     windows = gr.Number(windows_default, label="Windows", precision=0, minimum=1)
-                sensitivity = gr.Radio(list(SENSITIVITY_MODES), value="cheap", label="Per-layer sensitivity",
+                sensitivity = gr.Radio(labels(Sensitivity), value=Sensitivity.CHEAP.value, label="Per-layer sensitivity",
                                        info="thorough: one extra evaluation per layer")
-            with gr.Row():
-                run = gr.Button("Quantize and evaluate", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Quantize and evaluate")
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, collect Hessians (GPTQ) or statistics (static activations), "
                                  "then quantize.", elem_classes="cs-status")
@@ -160,12 +151,14 @@ def build_tab(session: gr.State, limits: Limits) -> None:
             runs = gr.Plot(show_label=False)
     depth = gr.Plot(show_label=False)
     table = gr.Dataframe(label="Per layer, most sensitive first (sortable)", interactive=False, max_height=380)
-    details = [method, bits, group, act_order, act_bits, range_method, percentile, granularity]
-    preset.input(preset_widgets, preset, details)
+    scheme = {"method": method, "bits": bits, "group": group, "act_order": act_order, "act_bits": act_bits,
+              "range_method": range_method, "percentile": percentile, "granularity": granularity}
+    preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])
     source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
-    for control in details:
+    for control in scheme.values():
         control.input(lambda: CUSTOM, None, preset)
-    event = run.click(make_handler(limits), [*details, source, upload, length, windows, sensitivity, session],
-              [status, summary, runs, depth, table, session], show_progress_on=[status], concurrency_id="heavy",
-              api_name="quantize")
-    wire_cancel(cancel, event, status)
+    widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
+               "sensitivity": sensitivity}
+    outputs = {"status": status, "summary": summary, "runs": runs, "depth": depth, "table": table, "session": session}
+    connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
+            status=status, cancel=cancel)

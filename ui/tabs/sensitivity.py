@@ -1,27 +1,37 @@
 """Sensitivity: is this many samples enough? Snapshots of ranges and Hessians at growing counts."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import gradio as gr
 import pandas as pd
 
-from engine.errors import SpecError
+from engine.experiments import SweepResult, SweepSpec, snapshot_megabytes, sweep
 from engine.figures.selection import SWEEP_METRICS, sweep_curves
-from engine.stats.hessian_report import hessian_megabytes
-from engine.stats.passes import select_layers
-from engine.stats.sweep import SweepResult, SweepSpec, sweep
-from ui.cancel import cancel_button, cancellable, wire_cancel
-from ui.errors import shown_to_user, with_limits
-from ui.limits import Limits
-from ui.state import MODELS, Session
+from engine.progress import Progress, no_progress
+from ui.cancel import run_and_cancel
+from ui.context import AppContext
+from ui.parsing import parse_counts, whole
+from ui.state import Session
+from ui.wiring import connect
 
 CLOSE_ENOUGH = 0.05  # "within 5% of the full set"
 
 
-def parse_counts(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in (text or "").replace(";", ",").split(",") if part.strip())
-    except ValueError:
-        raise SpecError(f"Sample counts {text!r} must be whole numbers separated by commas, e.g. 1, 4, 16, 64.") from None
+@dataclass(frozen=True)
+class SweepForm:
+    """What the Sensitivity widgets hold."""
+
+    counts: str = ""
+    shuffles: float = 3
+    percentile: float = 99.99
+    hessians: bool = True
+    batch_size: float = 8
+
+    def spec(self) -> SweepSpec:
+        return SweepSpec(counts=parse_counts(self.counts), shuffles=whole(self.shuffles),
+                         percentile=float(self.percentile or 0), hessians=bool(self.hessians),
+                         batch_size=whole(self.batch_size))
 
 
 def enough_at(result: SweepResult, metric: str, tolerance: float = CLOSE_ENOUGH) -> int | None:
@@ -56,23 +66,17 @@ def sweep_table(result: SweepResult) -> pd.DataFrame:
     return table
 
 
-@shown_to_user
-def run_sweep(counts, shuffles, percentile, hessians, batch_size, session: Session | None, progress=gr.Progress(),
-              request: gr.Request = None, *, limits: Limits = Limits()):
-    session = session or Session()
+def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
-    spec = SweepSpec(counts=parse_counts(counts), shuffles=int(shuffles or 0), percentile=float(percentile or 0),
-                     hessians=bool(hessians), batch_size=int(batch_size or 0))
-    loaded = MODELS.get(session.model_spec)
-    if spec.hessians:
-        layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
-        snapshots = len(spec.resolved_counts(len(calibration)))
-        limits.check_hessian_memory(hessian_megabytes(layers, "float32") / 2 * snapshots)  # bfloat16 copies
-    result = sweep(loaded, calibration, spec, progress=cancellable(progress, request))
-    return status_line(result), sweep_curves(result), sweep_table(result)
+    spec = form.spec()
+    loaded = context.model(session)
+    context.limits.check_hessian_memory(snapshot_megabytes(loaded, spec, len(calibration)))
+    result = sweep(loaded, calibration, spec, progress=progress)
+    return {"status": status_line(result), "curves": sweep_curves(result), "table": sweep_table(result),
+            "session": replace(session, sweep=result)}
 
 
-def build_tab(session: gr.State, limits: Limits) -> None:
+def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("Is this set big enough? One shuffled pass snapshots the ranges, percentiles and Hessians "
@@ -82,13 +86,13 @@ def build_tab(session: gr.State, limits: Limits) -> None:
             percentile = gr.Number(99.99, label="Percentile of |x|")
             hessians = gr.Checkbox(True, label="Hessians too", info="one bfloat16 copy per count")
             batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
-            with gr.Row():
-                run = gr.Button("Run sweep", variant="primary", scale=3)
-                cancel = cancel_button()
+            run, cancel = run_and_cancel("Run sweep")
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then run a sweep.", elem_classes="cs-status")
             curves = gr.Plot(show_label=False)
     table = gr.Dataframe(label="Median change to the full set: mean over shuffles (min–max)", interactive=False)
-    event = run.click(with_limits(run_sweep, limits), [counts, shuffles, percentile, hessians, batch_size, session],
-                      [status, curves, table], show_progress_on=[status], concurrency_id="heavy", api_name="sweep")
-    wire_cancel(cancel, event, status)
+    widgets = {"counts": counts, "shuffles": shuffles, "percentile": percentile, "hessians": hessians,
+               "batch_size": batch_size}
+    outputs = {"status": status, "curves": curves, "table": table, "session": session}
+    connect(run.click, run_sweep, SweepForm, widgets, session, outputs, context, api_name="sweep", status=status,
+            cancel=cancel)

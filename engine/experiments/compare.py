@@ -23,19 +23,11 @@ from engine.quant import (
     quantized,
 )
 from engine.quant.plan import quantizable_layers
-from engine.sampling import (
-    ActivationClustersSpec,
-    EmbeddingClustersSpec,
-    LengthStratifiedSpec,
-    RandomSpec,
-    SamplingSpec,
-    SelfGeneratedSpec,
-    Strategy,
-    build,
-)
+from engine.sampling import Strategy, build, spec_for
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 
+# Windows and packed blocks are recipes for a length, not selections among documents.
 COMPARED = (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.ACTIVATION_CLUSTERS,
             Strategy.SELF_GENERATED)
 
@@ -66,25 +58,10 @@ class ComparisonSpec:
         return len(self.strategies) * self.seeds * len(self.counts)
 
 
-def strategy_spec(strategy: str, samples: int, length: int, seed: int) -> SamplingSpec:
-    """Each strategy at its defaults, all giving ``samples`` sequences of at most ``length`` tokens."""
-    chosen = Strategy(strategy)
-    if chosen is Strategy.RANDOM:
-        return RandomSpec(nsamples=samples, max_length=length, seed=seed)
-    if chosen is Strategy.LENGTH_STRATIFIED:
-        edges = tuple(e for e in (16, 32, 64, 128, 256, 512, 1024, 2048) if e < length) + (length,)
-        return LengthStratifiedSpec(nsamples=samples, edges=edges, seed=seed)
-    if chosen is Strategy.EMBEDDING_CLUSTERS:
-        return EmbeddingClustersSpec(nsamples=samples, max_length=length, seed=seed, candidates=max(2000, samples))
-    if chosen is Strategy.ACTIVATION_CLUSTERS:
-        return ActivationClustersSpec(nsamples=samples, max_length=length, seed=seed, candidates=max(256, samples))
-    return SelfGeneratedSpec(nsamples=samples, max_length=length, seed=seed)
-
-
 def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluations: list[EvaluationSet],
              floats: dict[str, float]) -> list[dict]:
-    needs_stats = any(PRESETS[s].activations.enabled for s in schemes)
-    needs_hessians = any(PRESETS[s].weights.method == "gptq" for s in schemes)
+    needs_stats = any(PRESETS[s].needs_stats for s in schemes)
+    needs_hessians = any(PRESETS[s].needs_hessians for s in schemes)
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False)) if needs_stats else None
     hessians = collect_hessians(loaded, calibration, diagnostics=False) if needs_hessians else None
     rows = []
@@ -110,7 +87,8 @@ def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list
                 started = time.perf_counter()
                 report = scaled(progress, done / spec.runs, (done + 1) / spec.runs)
                 report(0.0, f"{strategy}, {samples} samples, seed {seed} ({done + 1} of {spec.runs})")
-                calibration = build(corpus, loaded.tokenizer, strategy_spec(strategy, samples, spec.length, seed),
+                sampling = spec_for(strategy, nsamples=samples, length=spec.length, seed=seed)
+                calibration = build(corpus, loaded.tokenizer, sampling,
                                     max_positions=loaded.info.max_positions, corpus_label=corpus_label, model=loaded)
                 for row in _measure(loaded, calibration, spec.schemes, evaluations, floats):
                     rows.append({"strategy": strategy, "seed": seed, "samples": samples, "calibration": corpus_label,

@@ -23,14 +23,17 @@ import pandas as pd
 import torch
 
 from engine.errors import SpecError
+from engine.hooks import Side, select_layers
 from engine.models import LoadedModel
+from engine.models.layers import LAYER_KINDS, LayerKind
 from engine.progress import Progress, no_progress, scaled
+from engine.runner import calibration_pass
 from engine.sampling import CalibrationSet
-from engine.stats import passes
 from engine.stats.accumulators import TENSOR_BINS, ActivationAccumulator
 from engine.stats.hessian import HessianAccumulator
+from engine.stats.hessian_report import hessian_megabytes
 from engine.stats.histogram import percentiles_from_counts
-from engine.stats.specs import LAYER_TYPES
+from engine.stats.specs import layer_kinds
 
 SNAPSHOT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -47,12 +50,13 @@ class SweepSpec:
     percentile: float = 99.99
     hessians: bool = True
     snapshot_dtype: str = "bfloat16"
-    layer_types: tuple[str, ...] = LAYER_TYPES
+    layer_types: tuple[LayerKind, ...] = LAYER_KINDS
     name_pattern: str = ""
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", tuple(sorted(set(int(c) for c in self.counts))))
+        object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
         if any(c < 1 for c in self.counts):
             raise SpecError(f"counts {self.counts} must be positive sample counts.")
         if self.shuffles < 1 or self.batch_size < 1:
@@ -136,7 +140,7 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
     """One pass per shuffle with snapshots at every count; changes relative to the full set."""
     started = time.perf_counter()
     counts = spec.resolved_counts(len(calibration))
-    layers = passes.select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
     quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64)
     dtype = SNAPSHOT_DTYPES[spec.snapshot_dtype]
     rows = []
@@ -148,8 +152,8 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
             if done in counts:
                 snapshots[done] = {key: acc.snapshot(quantile, dtype) for key, acc in accumulators.items()}
 
-        passes.calibration_pass(
-            loaded, calibration, layers, ("input",), lambda channels, device: _Both(channels, device, spec.hessians),
+        calibration_pass(
+            loaded, calibration, layers, (Side.INPUT,), lambda channels, device: _Both(channels, device, spec.hessians),
             spec.batch_size, progress=scaled(progress, shuffle / spec.shuffles, (shuffle + 1) / spec.shuffles),
             batches=count_batches(order, counts, spec.batch_size), after_batch=take)
         final = snapshots[counts[-1]]
@@ -166,3 +170,12 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
             "percentile": spec.percentile, "inputs": len({r["key"] for r in rows}),
             "seconds": round(time.perf_counter() - started, 2)}
     return SweepResult(pd.DataFrame(rows), counts, meta)
+
+
+def snapshot_megabytes(loaded: LoadedModel, spec: SweepSpec, samples: int) -> float:
+    """Memory the Hessian snapshots of one shuffle take (one copy per count, in the snapshot dtype)."""
+    if not spec.hessians:
+        return 0.0
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
+    per_value = torch.tensor([], dtype=SNAPSHOT_DTYPES[spec.snapshot_dtype]).element_size() / 4
+    return hessian_megabytes(layers) * per_value * len(spec.resolved_counts(samples))

@@ -1,0 +1,83 @@
+"""Held-out text for evaluations, and a bounded cache of what evaluating on it costs.
+
+Evaluation windows depend only on (model, text, length, count); a float perplexity only on (model,
+windows); a quantized evaluation on (model, calibration set, what was collected from it, scheme,
+windows). All are deterministic in their key, so one cache instance can serve every session of a
+process (the dashboard keeps one in its application context; nothing here is a module global).
+"""
+from __future__ import annotations
+
+import json
+
+from engine.corpus import load_corpus
+from engine.corpus.documents import column
+from engine.errors import CalibscopeError
+from engine.experiments.cache import ResultCache
+from engine.models import LoadedModel
+from engine.progress import Progress, no_progress
+from engine.quant import (
+    EvaluationSet,
+    QuantReport,
+    QuantSpec,
+    Sensitivity,
+    evaluate,
+    evaluation_windows,
+    perplexity,
+)
+from engine.specs import BuiltinCorpus, CorpusSpec
+from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
+
+UPLOADED = "Uploaded file"
+HELD_OUT = {f"{corpus.value} (held-out 10%)": corpus.value for corpus in BuiltinCorpus}
+
+
+def held_out_texts(source: str, upload: str | None = None) -> list[str]:
+    """The documents of a held-out source: a builtin corpus's held-out 10%, or an uploaded file."""
+    if source == UPLOADED:
+        if not upload:
+            raise CalibscopeError("Upload a held-out text file (.txt, .jsonl, .csv, .parquet), or choose a builtin held-out part.")
+        return column(load_corpus(CorpusSpec.file(upload)), "text")
+    if source not in HELD_OUT:
+        raise CalibscopeError(f"Unknown evaluation text {source!r}; choose one of {', '.join([*HELD_OUT, UPLOADED])}.")
+    return column(load_corpus(CorpusSpec.builtin(HELD_OUT[source], split="test")), "text")
+
+
+def _collected_key(stats: StatsReport | None, hessians: HessianReport | None) -> tuple:
+    """What a quantized evaluation depends on besides the scheme: the set and how it was measured."""
+    stats_key = (stats.meta.get("calibration_sha256"), stats.spec) if stats is not None else None
+    hessian_key = ((hessians.meta.get("calibration_sha256"), json.dumps(hessians.meta.get("spec"), sort_keys=True))
+                   if hessians is not None else None)
+    return stats_key, hessian_key
+
+
+class EvaluationCache:
+    """Bounded caches of evaluation windows, float perplexities and quantized evaluations."""
+
+    def __init__(self, windows: int = 8, perplexities: int = 64, reports: int = 32) -> None:
+        self._windows = ResultCache(windows)
+        self._floats = ResultCache(perplexities)
+        self._reports = ResultCache(reports)
+
+    def windows(self, loaded: LoadedModel, source: str, length: int, count: int, upload: str | None = None) -> EvaluationSet:
+        key = (loaded.spec, source, upload, length, count)
+        return self._windows.get_or_compute(
+            key, lambda: evaluation_windows(loaded.tokenizer, held_out_texts(source, upload), length, count, source))
+
+    def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
+        return self._floats.get_or_compute((loaded.spec, evaluation.key), lambda: perplexity(loaded, evaluation, progress=progress))
+
+    def evaluate(self, loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None,
+                 hessians: HessianReport | None, sensitivity: Sensitivity,
+                 progress: Progress = no_progress) -> tuple[QuantReport, bool]:
+        """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
+        known; returns the report and whether it was reused."""
+        key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *_collected_key(stats, hessians))
+        found = self._reports.peek(key)
+        if found is not None:
+            return found, True
+        known = self._floats.peek((loaded.spec, evaluation.key))
+        report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress)
+        self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
+        self._reports.put(key, report)
+        return report, False

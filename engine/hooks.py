@@ -1,0 +1,117 @@
+"""The one place that knows how a causal LM is put together for a calibration pass: its decoder
+blocks, its quantizable layers, how to observe what flows through them, and how to stop a forward
+early. Statistics, Hessians, embeddings for cluster selection and the runners all use it.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+
+import torch
+from torch import nn
+
+from engine.errors import CalibscopeError
+from engine.models.layers import LayerKind, LinearLayer, find_linear_layers
+
+Observer = Callable[[torch.Tensor], None]
+
+
+class Side(str, Enum):
+    """Which tensor of a layer is observed."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+class StopForward(Exception):
+    """Raised by an observer once everything asked for is seen: the rest of the forward is skipped."""
+
+
+def tap_key(layer: str, side: Side) -> str:
+    """The name an observed tensor is recorded under: the module name for inputs (what quantizers
+    look up), ``name:output`` for outputs."""
+    return layer if side is Side.INPUT else f"{layer}:output"
+
+
+@contextmanager
+def observing(points: Sequence[tuple[nn.Module, Side, Observer]]) -> Iterator[None]:
+    """Attach ``observer(tensor)`` to each (module, side) point for the block's duration.
+
+    Every handle is removed in ``finally``: an exception inside the forward (including StopForward)
+    leaves the model exactly as it was.
+    """
+    handles = []
+    try:
+        for module, side, observer in points:
+            if Side(side) is Side.INPUT:
+                handles.append(module.register_forward_pre_hook(lambda _m, args, fn=observer: fn(args[0])))
+            else:
+                handles.append(module.register_forward_hook(lambda _m, _a, out, fn=observer: fn(out)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks: ``layers`` (Llama, Gemma, Mistral, Qwen, ...) or
+    ``h`` (GPT-2) of the base model, else the longest ModuleList."""
+    base = getattr(model, "base_model", model)
+    for name in ("layers", "h", "blocks"):
+        found = getattr(base, name, None)
+        if isinstance(found, nn.ModuleList) and len(found):
+            return found
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise CalibscopeError("This model has no list of transformer blocks calibscope can find.")
+    return max(lists, key=len)
+
+
+def block_prefix(model: nn.Module) -> str:
+    """The module-name prefix of the blocks, e.g. ``model.layers`` (block i is ``prefix.i``)."""
+    blocks = decoder_blocks(model)
+    return next(name for name, module in model.named_modules() if module is blocks)
+
+
+def select_layers(model: nn.Module, layer_types: Sequence[LayerKind], name_pattern: str,
+                  include_head: bool) -> list[LinearLayer]:
+    """The layers asked for, in execution order; raises when none matches."""
+    pattern = re.compile(name_pattern) if name_pattern else None
+    layers = [
+        layer for layer in find_linear_layers(model)
+        if layer.kind in layer_types and (include_head or not layer.is_head)
+        and (pattern is None or pattern.search(layer.name))
+    ]
+    if not layers:
+        raise CalibscopeError("No layer matches this selection; widen the layer types or the name pattern.")
+    return layers
+
+
+def headless_forward(model: nn.Module, inputs: dict[str, torch.Tensor], head: nn.Module | None = None) -> None:
+    """A forward without logits (the base model; then the head on its output only when given),
+    ending quietly where an observer raised StopForward."""
+    try:
+        hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        if head is not None:
+            head(hidden)
+    except StopForward:
+        pass
+
+
+@contextmanager
+def output_then_stop(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, a forward through ``module`` records its output (the hidden states of a
+    block) in the yielded dict under "output" and stops there: nothing after it is computed."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(_module, _args, output):
+        captured["output"] = output[0] if isinstance(output, tuple) else output
+        raise StopForward
+
+    handle = module.register_forward_hook(grab)
+    try:
+        yield captured
+    finally:
+        handle.remove()

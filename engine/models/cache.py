@@ -1,0 +1,56 @@
+"""A bounded, locked cache of loaded models, for a process that serves many requests."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from engine.models.loading import LoadedModel, load_model
+from engine.progress import Progress, no_progress
+from engine.specs import ModelSpec
+
+
+class ModelCache:
+    """At most ``capacity`` loaded models, least recently used evicted first.
+
+    Two callers asking for the same model at once load it once: the second waits on a per-model
+    lock instead of loading a second copy. ``loader`` is ``load_model`` unless a test replaces it.
+    """
+
+    def __init__(self, capacity: int = 2, loader=load_model) -> None:
+        self.capacity = capacity
+        self._loader = loader
+        self._models: OrderedDict[ModelSpec, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[ModelSpec, threading.Lock] = {}
+
+    def _cached(self, spec: ModelSpec) -> LoadedModel | None:
+        with self._lock:
+            if spec in self._models:
+                self._models.move_to_end(spec)
+                return self._models[spec]
+            return None
+
+    def get(self, spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
+        found = self._cached(spec)
+        if found is not None:
+            return found
+        with self._lock:
+            spec_lock = self._loading.setdefault(spec, threading.Lock())
+        with spec_lock:
+            found = self._cached(spec)
+            if found is not None:
+                return found
+            loaded = self._loader(spec, progress)
+            with self._lock:
+                self._models[spec] = loaded
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            return loaded
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    def __contains__(self, spec: ModelSpec) -> bool:
+        with self._lock:
+            return spec in self._models

@@ -1,0 +1,31 @@
+"""What the dashboard tests share: one app context, a progress recorder, and the first steps."""
+from __future__ import annotations
+
+from ui.context import AppContext
+from ui.state import Session
+from ui.tabs.dataset import DatasetForm, build_calibration_set
+from ui.tabs.model_data import ModelDataForm, load_model_and_corpus
+
+CONTEXT = AppContext()  # the tests' app: one model cache and evaluation cache, as one running dashboard has
+
+
+class Recorder:
+    """The engine's Progress, remembering every report."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, fraction, message):
+        self.calls.append((fraction, message))
+
+
+def load(session=None, context=CONTEXT, **fields) -> dict:
+    """Model & Data on the tiny Llama and a builtin corpus (python-docs unless given)."""
+    fields = {"model": "tiny-random-llama", "builtin_name": "python-docs", **fields}
+    return load_model_and_corpus(ModelDataForm(**fields), session or Session(), context, Recorder())
+
+
+def build(session, context=CONTEXT, **fields) -> dict:
+    """Dataset: a small length-stratified set unless told otherwise."""
+    fields = {"nsamples": 24, "length": 256, "edges": "16, 64, 256", **fields}
+    return build_calibration_set(DatasetForm(**fields), session, context, Recorder())

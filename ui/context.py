@@ -1,0 +1,26 @@
+"""What every tab's handlers share in one running app: its limits and its bounded caches.
+
+One instance per app (made by ``build_app``), handed to each tab: no module globals, so two apps in
+one process (tests, a Space and a local run) never share or leak state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.experiments import EvaluationCache
+from engine.models import LoadedModel, ModelCache
+from ui.limits import Limits
+from ui.state import Session
+
+
+@dataclass(frozen=True)
+class AppContext:
+    limits: Limits = field(default_factory=Limits)
+    models: ModelCache = field(default_factory=ModelCache)
+    evaluations: EvaluationCache = field(default_factory=EvaluationCache)
+    default_model: str | None = None  # preselected in Model & Data (None: the builtin Gemma when installed)
+
+    def model(self, session: Session) -> LoadedModel:
+        """The session's model (loaded in Model & Data; cached, so this is instant)."""
+        session.require_model()
+        return self.models.get(session.model_spec)

@@ -1,0 +1,64 @@
+"""One way to connect a button to a handler: named widgets in, a typed form to the handler, named
+results out.
+
+A tab declares its widgets as ``{field name: component}`` and its outputs as ``{name: component}``;
+its handler is a plain function ``handler(form, session, context, progress) -> {name: value}`` that
+tests call directly. ``connect`` builds the function Gradio calls: it turns the widget values into
+the form, runs the handler with the visitor's session, the app's context and a cancellable progress
+callback, shows any failure as a readable message, and returns the results by component. Gradio
+reads the parameter names it shows in the API page (``/api``) and where to pass ``gr.Progress`` and
+``gr.Request`` from the function's signature, which is therefore written out from the form's names.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gradio as gr
+
+from engine.progress import Progress
+from ui.cancel import cancellable, wire_cancel
+from ui.context import AppContext
+from ui.errors import shown_to_user
+from ui.state import Session
+
+Handler = Callable[[Any, Session, AppContext, Progress], dict[str, Any]]
+
+
+def gradio_function(handler: Handler, form: type, names: list[str], outputs: Mapping[str, gr.components.Component],
+                    context: AppContext, track_tqdm: bool = False) -> Callable:
+    """The function Gradio calls with the widget values, the session, gr.Progress and gr.Request."""
+    count = len(names)
+
+    def run(*args):
+        values, session, progress, request = args[:count], args[count], args[count + 1], args[count + 2]
+        result = handler(form(**dict(zip(names, values))), session or Session(), context, cancellable(progress, request))
+        return {outputs[name]: value for name, value in result.items()}
+
+    run = shown_to_user(run)
+    parameter = inspect.Parameter
+    run.__signature__ = inspect.Signature(
+        [parameter(name, parameter.POSITIONAL_OR_KEYWORD) for name in [*names, "session"]]
+        + [parameter("progress", parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=track_tqdm)),
+           parameter("request", parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)])
+    run.__annotations__ = {"request": gr.Request}
+    del run.__wrapped__  # Gradio must read the signature above, not the handler's
+    run.__name__ = run.__qualname__ = handler.__name__
+    return run
+
+
+def connect(trigger: Callable, handler: Handler, form: type, widgets: Mapping[str, gr.components.Component],
+            session: gr.State, outputs: Mapping[str, gr.components.Component], context: AppContext, *,
+            api_name: str, status: gr.components.Component | None = None, cancel: gr.Button | None = None,
+            heavy: bool = True, track_tqdm: bool = False):
+    """``trigger`` (e.g. ``button.click``) runs ``handler`` on the form made from ``widgets``;
+    ``cancel`` stops it (and says so in ``status``). Returns the event."""
+    names = list(widgets)
+    function = gradio_function(handler, form, names, outputs, context, track_tqdm)
+    event = trigger(function, [*widgets.values(), session], list(outputs.values()), api_name=api_name,
+                    show_progress_on=[status] if status is not None else None,
+                    concurrency_id="heavy" if heavy else None)
+    if cancel is not None:
+        wire_cancel(cancel, event, status)
+    return event
