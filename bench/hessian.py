@@ -37,10 +37,9 @@ def main() -> None:
     bare, shared, separate = [], [], []
     for _ in range(repeats):
         bare.append(timed(lambda: forward_all(loaded.model, calibration, head=False))[0])
-        seconds, result = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH), diagnostics=False))
+        seconds, result = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, diagnostics="none")))
         shared.append(seconds)
-        separate.append(timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, share_inputs=False),
-                                                       diagnostics=False))[0])
+        separate.append(timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, share_inputs=False, diagnostics="none")))[0])
     diagnostics_s, diagnosed = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH)))
     ratio = min(shared) / min(bare)
     report(

@@ -22,7 +22,7 @@ from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.corpus.documents import column
 from engine.quant import PRESETS, evaluate, evaluation_windows, perplexity
 from engine.sampling import GptqWindowsSpec, build
-from engine.stats import StatsSpec, collect
+from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 
 SCHEMES = ("W4 g128 RTN", "W4 g128 GPTQ", "W3 g128 RTN", "W3 g128 GPTQ",
@@ -56,7 +56,7 @@ def main() -> None:
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
     started = time.perf_counter()
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))
-    hessians = collect_hessians(loaded, calibration, diagnostics=False)
+    hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
     calibration_s = time.perf_counter() - started
     float_ppl = perplexity(loaded, evaluation)
     results = {"float": {"perplexity": round(float_ppl, 4)}}

@@ -23,14 +23,15 @@ from engine import ModelSpec, load_model
 from engine.experiments.sweep import SweepSpec, _Both, sweep
 from engine.hooks import Side, select_layers
 from engine.models.layers import LAYER_KINDS
-from engine.runner import calibration_pass
+from engine.runner import PassRequest, run_pass
 
 GOAL = 1.15
 
 
 def one_collection(loaded, calibration, batch_size: int) -> None:
     layers = select_layers(loaded.model, LAYER_KINDS, "", False)
-    calibration_pass(loaded, calibration, layers, (Side.INPUT,), lambda c, d: _Both(c, d, True), batch_size)
+    request = PassRequest(layers, (Side.INPUT,), lambda c, d: _Both(c, d, True), lambda layer: 0, batch_size=batch_size)
+    run_pass(loaded, calibration, request)
 
 
 def main() -> None:

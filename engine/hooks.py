@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -23,6 +24,14 @@ class Side(str, Enum):
 
     INPUT = "input"
     OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class TokenIndex:
+    """For each observed token: its calibration row and its position in that row (padding excluded)."""
+
+    rows: torch.Tensor
+    positions: torch.Tensor
 
 
 class StopForward(Exception):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,15 @@ from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
 from engine.export import ExportFormat, save_calibration_set
 from engine.models import load_model
-from engine.progress import Progress, no_progress, scaled
+from engine.progress import Progress, labelled, no_progress, scaled
 from engine.run_report import run_report
+from engine.runner import distributed
 from engine.sampling import SamplingSpec, Strategy, build, spec_from_params
 from engine.specs import CorpusSpec, ModelSpec, choice
 from engine.stats import StatsSpec, collect
+from engine.stats.collect import memory_plan as stats_plan
 from engine.stats.hessian_report import collect_hessians
+from engine.stats.hessian_report import memory_plan as hessian_plan
 from engine.stats.specs import HessianSpec
 
 
@@ -70,22 +74,35 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, base=path.parent)
 
 
-def run(config: RunConfig, progress: Progress = no_progress) -> dict[str, Path]:
-    """Load, build, collect and write everything into ``config.output`` (refused if it exists)."""
+def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str], None] = lambda line: None) -> dict[str, Path]:
+    """Load, build, collect and write everything into ``config.output`` (refused if it exists).
+
+    ``log`` receives each pass's memory plan before it starts. Under ``torchrun`` every rank runs
+    its shard of each pass and rank 0 writes; the other ranks return an empty dict."""
     if config.output.exists():
         raise CalibscopeError(f"'{config.output}' already exists; choose another output folder (nothing was overwritten).")
-    loaded = load_model(config.model, scaled(progress, 0.0, 0.1))
-    corpus = load_corpus(config.corpus, scaled(progress, 0.1, 0.15))
+    writer = distributed.is_writer()
+    loaded = load_model(config.model, labelled(scaled(progress, 0.0, 0.1), "Model"))
+    corpus = load_corpus(config.corpus, labelled(scaled(progress, 0.1, 0.15), "Corpus"))
     calibration = build(corpus, loaded.tokenizer, config.sampling, max_positions=loaded.info.max_positions,
-                        corpus_label=config.corpus.label, progress=scaled(progress, 0.15, 0.2))
-    written = {"calibration": save_calibration_set(calibration, loaded.tokenizer, config.output / "calibration", config.export_format)}
+                        corpus_label=config.corpus.label, progress=labelled(scaled(progress, 0.15, 0.2), "Calibration set"))
+    written = {}
+    if writer:
+        written["calibration"] = save_calibration_set(calibration, loaded.tokenizer, config.output / "calibration",
+                                                      config.export_format)
     stats = hessians = None
     if config.stats is not None:
-        stats = collect(loaded, calibration, config.stats, scaled(progress, 0.2, 0.6))
-        written["statistics"] = stats.save(config.output / "statistics")
+        log(f"Statistics: {stats_plan(loaded, calibration, config.stats).summary()}")
+        stats = collect(loaded, calibration, config.stats, labelled(scaled(progress, 0.2, 0.6), "Statistics"))
+        if writer:
+            written["statistics"] = stats.save(config.output / "statistics")
     if config.hessians is not None:
-        hessians = collect_hessians(loaded, calibration, config.hessians, scaled(progress, 0.6, 0.95))
-        written["hessians"] = hessians.save(config.output / "hessians")
+        log(f"Hessians: {hessian_plan(loaded, calibration, config.hessians).summary()}")
+        hessians = collect_hessians(loaded, calibration, config.hessians, labelled(scaled(progress, 0.6, 0.95), "Hessians"))
+        if writer:
+            written["hessians"] = hessians.save(config.output / "hessians")
+    if not writer:
+        return written
     written["report"] = config.output / "report.html"
     write_file(written["report"], run_report(loaded.info, config.corpus.label, corpus, calibration, stats, hessians))
     written["config"] = config.output / "config.json"

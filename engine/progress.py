@@ -23,3 +23,8 @@ def scaled(progress: Progress, start: float, stop: float) -> Progress:
         progress(start + (stop - start) * clamped, message)
 
     return report
+
+
+def labelled(progress: Progress, stage: str) -> Progress:
+    """A Progress whose messages name their stage ("Hessians: Block 3 of 18 done")."""
+    return lambda fraction, message: progress(fraction, f"{stage}: {message}")

@@ -11,13 +11,35 @@ from typing import TypeVar
 
 from engine.errors import SpecError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICE_MAPS = (None, "auto")
+AUTO = "auto"
+DEVICES = (AUTO, "cpu", "cuda", "mps")  # and "cuda:N": an open vocabulary, checked by prefix
+DEVICE_MAPS = (None, AUTO)
 DEFAULT_MAX_CORPUS_BYTES = 200 * 1024 * 1024
 
 
 E = TypeVar("E", bound=Enum)
+
+
+class DType(str, Enum):
+    """The dtype a model computes in; auto: bfloat16 on CUDA and on CPUs with native bfloat16
+    arithmetic, float32 elsewhere."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Offload(str, Enum):
+    """Where a model's weights wait while calibration runs block by block. none: every weight on the
+    device; cpu: in CPU memory, each block moved to the device for its turn; disk: read from the
+    safetensors checkpoint block by block, so the whole model is never in memory; auto: none when
+    the model fits on the device, else cpu when it fits in CPU memory, else disk."""
+
+    AUTO = "auto"
+    NONE = "none"
+    CPU = "cpu"
+    DISK = "disk"
 
 
 class TxtMode(str, Enum):
@@ -78,16 +100,17 @@ class ModelSpec:
     name: ``builtin:gemma-3-270m``, ``builtin:smollm2-135m``, ``tiny-random-llama``,
     ``tiny-random-gpt2``, a Hugging Face model id (``org/name``) or a local directory.
     device: ``auto`` picks cuda, then mps, then cpu (``cuda:1`` selects a GPU).
-    dtype: ``auto`` is bfloat16 on CUDA and float32 elsewhere.
+    dtype: see ``DType``. offload: see ``Offload`` (calibration then runs block by block).
     device_map: ``"auto"`` spreads a model too large for one GPU over the GPUs and the CPU.
     Remote code is never trusted.
     """
 
     name: str = "builtin:gemma-3-270m"
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = AUTO
+    dtype: DType = DType.AUTO
     device_map: str | None = None
     revision: str | None = None
+    offload: Offload = Offload.AUTO
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.strip():
@@ -96,8 +119,8 @@ class ModelSpec:
             object.__setattr__(self, "name", self.name.strip())
         if self.device.split(":")[0] not in DEVICES:
             raise _choice_error("device", self.device, DEVICES + ("cuda:N",))
-        if self.dtype not in DTYPES:
-            raise _choice_error("dtype", self.dtype, DTYPES)
+        object.__setattr__(self, "dtype", choice(DType, self.dtype, "dtype"))
+        object.__setattr__(self, "offload", choice(Offload, self.offload, "offload"))
         if self.device_map not in DEVICE_MAPS:
             raise _choice_error("device_map", self.device_map, DEVICE_MAPS)
 

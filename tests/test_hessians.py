@@ -55,8 +55,8 @@ def test_collected_hessians_match_the_reference_without_padding(tiny_llama, cali
 
 
 def test_sharing_equals_per_module_accumulation_and_saves_memory(tiny_llama, calibration):
-    shared = collect_hessians(tiny_llama, calibration, HessianSpec(), diagnostics=False)
-    separate = collect_hessians(tiny_llama, calibration, HessianSpec(share_inputs=False), diagnostics=False)
+    shared = collect_hessians(tiny_llama, calibration, HessianSpec(diagnostics="none"))
+    separate = collect_hessians(tiny_llama, calibration, HessianSpec(share_inputs=False, diagnostics="none"))
     assert shared.shared_with["model.layers.0.self_attn.k_proj"] == "model.layers.0.self_attn.q_proj"
     assert separate.shared_with == {} and len(separate.hessians) == 14 and len(shared.hessians) == 8
     for layer in separate.hessians:
@@ -65,8 +65,8 @@ def test_sharing_equals_per_module_accumulation_and_saves_memory(tiny_llama, cal
 
 
 def test_padding_and_batch_size_do_not_change_the_hessian(tiny_llama, calibration):
-    padded = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=9, dtype="float64"), diagnostics=False)
-    single = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=1, dtype="float64"), diagnostics=False)
+    padded = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=9, dtype="float64", diagnostics="none"))
+    single = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=1, dtype="float64", diagnostics="none"))
     for layer in single.hessians:
         scale = float(single.hessian(layer).abs().max())
         torch.testing.assert_close(padded.hessian(layer), single.hessian(layer), rtol=1e-5, atol=1e-6 * scale)
@@ -109,7 +109,7 @@ def test_save_load_round_trip_with_module_names(tmp_path, tiny_llama, calibratio
 
 
 def test_cpu_storage_and_bad_specs(tiny_llama, calibration):
-    report = collect_hessians(tiny_llama, calibration, HessianSpec(storage="cpu"), diagnostics=False)
+    report = collect_hessians(tiny_llama, calibration, HessianSpec(storage="cpu", diagnostics="none"))
     assert all(h.device.type == "cpu" for h in report.hessians.values())
     with pytest.raises(SpecError, match="dtype"):
         HessianSpec(dtype="float16")

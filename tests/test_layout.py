@@ -80,6 +80,9 @@ def string_comparisons(path: Path, labels: set[str]) -> list[str]:
             continue
         left = node.left
         for op, right in zip(node.ops, node.comparators):
+            if any(isinstance(side, ast.Attribute) and side.attr == "type" for side in (left, right)):
+                left = right  # torch's own vocabulary: device.type == "cpu"
+                continue
             if isinstance(op, (ast.In, ast.NotIn)):  # `x in ("a", "b")`; `"key" in mapping` is no comparison
                 constants = list(right.elts) if isinstance(right, (ast.Tuple, ast.List, ast.Set)) else []
             else:

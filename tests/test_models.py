@@ -103,7 +103,7 @@ def test_missing_optional_package_says_how_to_install(monkeypatch):
 
 
 def test_remote_code_is_explained_not_run():
-    from engine.models.loading import explain_load_failure
+    from engine.models.sources import explain_load_failure
 
     error = ValueError("The repository contains custom code which must be executed; pass trust_remote_code=True")
     assert "never" in str(explain_load_failure("org/custom", error))

@@ -7,7 +7,7 @@ import torch
 from engine.errors import SpecError
 from engine.experiments.sweep import SweepSpec, count_batches, sweep
 from engine.sampling import RandomSpec, build
-from engine.stats import StatsSpec, collect
+from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 
 
@@ -30,13 +30,13 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
     spec = SweepSpec(counts=(3, 6, 12), shuffles=2, seed=5, snapshot_dtype="float32", batch_size=4)
     result = sweep(tiny_llama, calibration, spec)
     assert result.counts == [3, 6, 12] and set(result.rows["shuffle"]) == {0, 1}
-    full = collect_hessians(tiny_llama, calibration, diagnostics=False)
+    full = collect_hessians(tiny_llama, calibration, HessianSpec(diagnostics="none"))
     for shuffle in (0, 1):
         order = np.random.default_rng(5 + shuffle).permutation(12).tolist()
         for count in (3, 6):
             subset = calibration.subset(order[:count])
             stats = collect(tiny_llama, subset, StatsSpec(percentiles=(99.99,), channel_histograms=False))
-            hessians = collect_hessians(tiny_llama, subset, diagnostics=False)
+            hessians = collect_hessians(tiny_llama, subset, HessianSpec(diagnostics="none"))
             rows = result.rows[(result.rows["shuffle"] == shuffle) & (result.rows["count"] == count)].set_index("key")
             summary = stats.summary[stats.summary["shared_with"] == ""].set_index("key")
             assert set(rows.index) == set(summary.index)

@@ -40,3 +40,12 @@ def test_bad_hessian_settings_are_messages(built_session):
         hessians(built_session, pattern="layers.(")
     with pytest.raises(CalibscopeError, match="No layer matches"):
         hessians(built_session, pattern="nothing_like_this")
+
+
+def test_the_memory_plan_is_shown_before_a_run(built_session):
+    from ui.tabs.hessians import plan_view
+
+    text = plan_view(CONTEXT)(built_session, "", "float32", "model", 4)
+    assert text.startswith("**Memory plan: whole-model**") and "| accumulators, every layer |" in text
+    assert plan_view(CONTEXT)(Session(), "", "float32", "model", 4) == ""
+    assert "not a valid regular expression" in plan_view(CONTEXT)(built_session, "layers.(", "float32", "model", 4)

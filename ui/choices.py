@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from engine.corpus import HUB_RECIPES
 from engine.models import TINY_MODELS, available_builtin_models
-from engine.specs import DEVICES, DTYPES, BuiltinCorpus, CorpusKind, Split
+from engine.specs import DEVICES, BuiltinCorpus, CorpusKind, DType, Split, labels
 
 DEFAULT_MODEL = "builtin:gemma-3-270m"
 CORPUS_KINDS = [kind.value for kind in CorpusKind]
@@ -23,5 +23,5 @@ def default_model() -> str:
 
 
 DEVICE_CHOICES = list(DEVICES)
-DTYPE_CHOICES = list(DTYPES)
-DTYPE_HELP = "auto: bf16 on GPU, fp32 on CPU"
+DTYPE_CHOICES = labels(DType)
+DTYPE_HELP = "auto: bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere"

@@ -33,15 +33,17 @@ def run_config(path: str) -> int:
 
     from engine.errors import CalibscopeError
     from engine.pipeline import load_config, run
+    from engine.runner import distributed
 
     try:
+        rank, _ = distributed.init_from_environment()  # under torchrun: one rank of a data-parallel run
         config = load_config(path)
-        with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {postfix}") as bar:
+        with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {postfix}", disable=rank > 0) as bar:
             def progress(fraction: float, message: str) -> None:
                 bar.n = round(100 * fraction)
-                bar.set_postfix_str(message[:60])
+                bar.set_postfix_str(message[:80])
 
-            written = run(config, progress)
+            written = run(config, progress, log=lambda line: bar.write(line, file=sys.stderr) if rank == 0 else None)
     except CalibscopeError as error:
         print(f"calibscope: {error}", file=sys.stderr)
         return 2

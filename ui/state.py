@@ -14,7 +14,6 @@ from engine.specs import CorpusSpec, ModelSpec
 from engine.stats import HessianSpec, StatsReport, StatsSpec
 from engine.stats.hessian_report import HessianReport, spec_record
 
-
 MAKES = {
     "stats": "Collect activation statistics first.",
     "hessians": "Collect Hessians first.",

@@ -24,7 +24,7 @@ from engine.quant import (
 )
 from engine.quant.plan import quantizable_layers
 from engine.sampling import Strategy, build, spec_for
-from engine.stats import StatsSpec, collect
+from engine.stats import Diagnostics, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 
 # Windows and packed blocks are recipes for a length, not selections among documents.
@@ -63,7 +63,7 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     needs_stats = any(PRESETS[s].needs_stats for s in schemes)
     needs_hessians = any(PRESETS[s].needs_hessians for s in schemes)
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False)) if needs_stats else None
-    hessians = collect_hessians(loaded, calibration, diagnostics=False) if needs_hessians else None
+    hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics=Diagnostics.NONE)) if needs_hessians else None
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]

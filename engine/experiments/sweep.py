@@ -27,8 +27,9 @@ from engine.hooks import Side, select_layers
 from engine.models import LoadedModel
 from engine.models.layers import LAYER_KINDS, LayerKind
 from engine.progress import Progress, no_progress, scaled
-from engine.runner import calibration_pass
+from engine.runner import Execution, PassRequest, run_pass
 from engine.sampling import CalibrationSet
+from engine.specs import choice
 from engine.stats.accumulators import TENSOR_BINS, ActivationAccumulator
 from engine.stats.hessian import HessianAccumulator
 from engine.stats.hessian_report import hessian_megabytes
@@ -53,10 +54,12 @@ class SweepSpec:
     layer_types: tuple[LayerKind, ...] = LAYER_KINDS
     name_pattern: str = ""
     batch_size: int = 8
+    execution: Execution = Execution.AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", tuple(sorted(set(int(c) for c in self.counts))))
         object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
+        object.__setattr__(self, "execution", choice(Execution, self.execution, "execution"))
         if any(c < 1 for c in self.counts):
             raise SpecError(f"counts {self.counts} must be positive sample counts.")
         if self.shuffles < 1 or self.batch_size < 1:
@@ -141,7 +144,7 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
     started = time.perf_counter()
     counts = spec.resolved_counts(len(calibration))
     layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
-    quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64)
+    quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64, device="cpu")
     dtype = SNAPSHOT_DTYPES[spec.snapshot_dtype]
     rows = []
     for shuffle in range(spec.shuffles):
@@ -149,13 +152,14 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
         snapshots: dict[int, dict[str, dict]] = {}
 
         def take(done: int, accumulators: dict, snapshots=snapshots) -> None:
-            if done in counts:
-                snapshots[done] = {key: acc.snapshot(quantile, dtype) for key, acc in accumulators.items()}
+            if done in counts:  # block by block, each block adds its inputs' snapshots at each count
+                snapshots.setdefault(done, {}).update({key: acc.snapshot(quantile, dtype) for key, acc in accumulators.items()})
 
-        calibration_pass(
-            loaded, calibration, layers, (Side.INPUT,), lambda channels, device: _Both(channels, device, spec.hessians),
-            spec.batch_size, progress=scaled(progress, shuffle / spec.shuffles, (shuffle + 1) / spec.shuffles),
-            batches=count_batches(order, counts, spec.batch_size), after_batch=take)
+        request = PassRequest(layers, (Side.INPUT,), lambda channels, device: _Both(channels, device, spec.hessians),
+                              state_bytes=lambda layer: layer.in_features**2 * 4 if spec.hessians else 0,
+                              batch_size=spec.batch_size, batches=count_batches(order, counts, spec.batch_size),
+                              after_batch=take, execution=spec.execution)
+        run_pass(loaded, calibration, request, scaled(progress, shuffle / spec.shuffles, (shuffle + 1) / spec.shuffles))
         final = snapshots[counts[-1]]
         for count in counts:
             for key, snapshot in snapshots[count].items():
@@ -177,5 +181,5 @@ def snapshot_megabytes(loaded: LoadedModel, spec: SweepSpec, samples: int) -> fl
     if not spec.hessians:
         return 0.0
     layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
-    per_value = torch.tensor([], dtype=SNAPSHOT_DTYPES[spec.snapshot_dtype]).element_size() / 4
+    per_value = SNAPSHOT_DTYPES[spec.snapshot_dtype].itemsize / 4
     return hessian_megabytes(layers) * per_value * len(spec.resolved_counts(samples))

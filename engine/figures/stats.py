@@ -86,10 +86,10 @@ def layer_distributions(report: StatsReport) -> go.Figure:
     """A box per layer from its |x| histogram: quartiles, p99.9 whisker, and the exact max."""
     rows = _distinct(report)
     fig = go.Figure()
-    quantiles = torch.tensor(BOX_QUANTILES, dtype=torch.float64)
+    quantiles = torch.tensor(BOX_QUANTILES, dtype=torch.float64, device="cpu")
     for key, absmax in zip(rows["key"], rows["absmax"]):
         q1, median, q3, upper = percentiles_from_counts(report.channels[key]["tensor_counts"], TENSOR_BINS, quantiles,
-                                                         torch.tensor(absmax)).tolist()
+                                                         torch.tensor(absmax, device="cpu")).tolist()
         fig.add_trace(go.Box(name=short_name(key), q1=[q1], median=[median], q3=[q3], lowerfence=[0.0], upperfence=[upper],
                              marker_color=SELECTED, showlegend=False, hoverinfo="y+name"))
         fig.add_trace(go.Scatter(x=[short_name(key)], y=[absmax], mode="markers", marker={"symbol": "x", "color": "#ef4444"},

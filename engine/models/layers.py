@@ -1,6 +1,7 @@
 """Discovery of the quantizable layers of a model, in the order a forward pass runs them."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -35,6 +36,14 @@ KIND_OF_TYPE: dict[type[nn.Module], LayerKind] = {
     nn.Linear: LayerKind.LINEAR,
 }
 QUANTIZABLE_TYPES = tuple(KIND_OF_TYPE)
+
+
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
+def block_of(name: str) -> int:
+    """model.layers.3.mlp.up_proj -> 3 (-1 for modules outside the blocks, e.g. the head)."""
+    return int(m.group(1)) if (m := _BLOCK.search(name)) else -1
 
 
 def layer_kind(module: nn.Module) -> LayerKind:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.models.builtin import BUILTIN_MODELS
-from engine.models.loading import explain_load_failure
+from engine.models.sources import explain_load_failure
 from engine.models.tiny import TINY_MODELS
 
 

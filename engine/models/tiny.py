@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -78,9 +80,21 @@ def _tiny_gpt2(vocab_size: int) -> PreTrainedModel:
     return GPT2LMHeadModel(config)
 
 
+def _tiny_gemma3(vocab_size: int) -> PreTrainedModel:
+    # Sliding-window and global layers alternate: blocks are called with different masks and rotary
+    # embeddings, which the block-by-block runner must hand each block as the whole model would.
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=16, max_position_embeddings=MAX_POSITIONS,
+        layer_types=["sliding_attention", "full_attention"] * 2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return Gemma3ForCausalLM(config)
+
+
 TINY_MODELS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-random-llama": _tiny_llama,
     "tiny-random-gpt2": _tiny_gpt2,
+    "tiny-random-gemma3": _tiny_gemma3,
 }
 
 

@@ -27,9 +27,13 @@ MAX_DAMPING = 1.0
 @dataclass
 class GptqResult:
     weight: torch.Tensor  # fake-quantized, float32, original column order
-    loss: float  # GPTQ's objective: Σ (w - q)² / [H⁻¹]_ii² / 2 over the layer
+    row_losses: torch.Tensor  # GPTQ's objective per row: Σ_columns (w - q)² / [H⁻¹]_ii² / 2
     damping: float  # the damping fraction that made the Cholesky succeed
     group_index: torch.Tensor | None = None  # ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx)
+
+    @property
+    def loss(self) -> float:
+        return float(self.row_losses.sum())
 
 
 def inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
@@ -94,7 +98,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         quantized = quantized[:, inverse]
         if act_order is ActOrder.DYNAMIC and group_size:
             group_index = (torch.arange(columns, device=weight.device) // group_size)[inverse]
-    return GptqResult(quantized, float(losses.sum()), used, group_index)
+    return GptqResult(quantized, losses.sum(1), used, group_index)
 
 
 @dataclass

@@ -55,7 +55,7 @@ def evaluation_windows(tokenizer, texts: Sequence[str], length: int, count: int,
         raise CalibscopeError(f"The evaluation text has {len(ids):,} tokens, fewer than one window of {body:,}; "
                               "use shorter windows or more held-out text.")
     rows = [prefix + ids[i * body:(i + 1) * body] for i in range(available)]
-    return EvaluationSet(torch.tensor(rows, dtype=torch.int64), name)
+    return EvaluationSet(torch.tensor(rows, dtype=torch.int64, device="cpu"), name)
 
 
 def output_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -65,29 +65,32 @@ def output_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def negative_log_likelihood(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token NLL and the number of scored tokens (real token predicted from a real one)."""
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    scored = (mask[:, 1:] & mask[:, :-1]).bool()
-    states, targets = hidden[:, :-1][scored], ids[:, 1:][scored]
-    total = 0.0
+def negative_log_likelihood(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL over scored tokens (a real token predicted from a real one), as a
+    float64 tensor on the model's device. ``mask`` lives on the host, where the scored positions
+    are found without waiting for the device."""
+    hidden = model.base_model(input_ids=ids, attention_mask=mask.to(ids.device), use_cache=False).last_hidden_state
+    scored = (mask[:, 1:] & mask[:, :-1]).reshape(-1)
+    scored_positions = torch.nonzero(scored).flatten().to(hidden.device)
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, scored_positions)
+    targets = ids[:, 1:].reshape(-1).index_select(0, scored_positions)
+    total = torch.zeros((), dtype=torch.float64, device=hidden.device)
     for start in range(0, states.shape[0], HEAD_CHUNK):
         logits = output_logits(model, states[start:start + HEAD_CHUNK])
-        total += float(torch.nn.functional.cross_entropy(logits, targets[start:start + HEAD_CHUNK], reduction="sum"))
-    return total, int(scored.sum())
+        total += torch.nn.functional.cross_entropy(logits, targets[start:start + HEAD_CHUNK], reduction="sum").double()
+    return total
 
 
 def perplexity(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int = 4,
                progress: Progress = no_progress) -> float:
-    """exp(mean NLL) over the evaluation windows."""
+    """exp(mean NLL) over the evaluation windows; the device is read once, at the end."""
     device = next(loaded.model.parameters()).device
     windows = evaluation.windows
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
     with loaded.lock, torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
-            ids = windows[start:start + batch_size].to(device)
-            nll, scored = negative_log_likelihood(loaded.model, ids, torch.ones_like(ids))
-            total, count = total + nll, count + scored
+            chunk = windows[start:start + batch_size]
+            total += negative_log_likelihood(loaded.model, chunk.to(device), torch.ones_like(chunk))
             done = min(start + batch_size, windows.shape[0])
             progress(done / windows.shape[0], f"Perplexity: window {done} of {windows.shape[0]}")
-    return math.exp(total / count)
+    return math.exp(float(total) / evaluation.tokens)

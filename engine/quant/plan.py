@@ -11,7 +11,7 @@ from engine.errors import CalibscopeError
 from engine.hooks import select_layers
 from engine.models import LinearLayer
 from engine.models.layers import LAYER_KINDS
-from engine.progress import Progress, no_progress
+from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, module_weight, weight_matrix
 from engine.quant.gptq import gptq
 from engine.quant.ranges import activation_grid, relative_error
@@ -35,15 +35,48 @@ def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tenso
     return float(change / signal) if signal > 0 else float("nan")
 
 
-def quantize_weight(matrix: torch.Tensor, spec: WeightSpec, hessian: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-    """One layer's fake-quantized [out, in] weight and its costs."""
-    if spec.needs_hessians:
-        if hessian is None:
-            raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
-        result = gptq(matrix, hessian, spec.bits, spec.group_size, spec.symmetric, spec.block_size, spec.damping,
-                      spec.act_order)
-        return result.weight, {"gptq_loss": result.loss, "damping": result.damping}
-    return rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}
+def _shared_groups(layers: list[LinearLayer], hessians: HessianReport | None, stacked: bool) -> list[list[LinearLayer]]:
+    """Layers that read the same input (one Hessian) together when ``stacked``, else one by one."""
+    if not stacked or hessians is None:
+        return [[layer] for layer in layers]
+    groups: dict[str, list[LinearLayer]] = {}
+    for layer in layers:
+        groups.setdefault(hessians.shared_with.get(layer.name, layer.name), []).append(layer)
+    return list(groups.values())
+
+
+def quantize_group(matrices: list[torch.Tensor], spec: WeightSpec, hessian: torch.Tensor | None) -> list[tuple[torch.Tensor, dict]]:
+    """Fake-quantized [out, in] weights and their costs. GPTQ runs once on the stacked rows of layers
+    that share a Hessian (q/k/v, gate/up): its rows are independent given H, so this equals one call
+    per layer, with fewer, larger column steps."""
+    if not spec.needs_hessians:
+        return [(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in matrices]
+    if hessian is None:
+        raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
+    result = gptq(torch.cat(matrices), hessian, spec.bits, spec.group_size, spec.symmetric, spec.block_size, spec.damping,
+                  spec.act_order)
+    sizes = [matrix.shape[0] for matrix in matrices]
+    return [(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping})
+            for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))]
+
+
+def quantized_weights(layers: list[LinearLayer], spec: WeightSpec, hessians: HessianReport | None,
+                      progress: Progress = no_progress) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict]]:
+    """Per layer with a matrix weight: (original [out, in] float32, fake-quantized, costs with seconds)."""
+    done: dict[str, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+    groups = _shared_groups(layers, hessians, spec.needs_hessians)
+    for number, group in enumerate(groups):
+        started = time.perf_counter()
+        group = [layer for layer in group if weight_matrix(layer) is not None]
+        if group:
+            originals = [weight_matrix(layer).float() for layer in group]
+            leader = group[0].name
+            hessian = hessians.hessian(leader) if hessians is not None and hessians.has(leader) else None
+            seconds = (time.perf_counter() - started) / len(group)
+            for layer, original, (fake, costs) in zip(group, originals, quantize_group(originals, spec, hessian)):
+                done[layer.name] = (original, fake, {**costs, "seconds": seconds})
+        progress((number + 1) / len(groups), f"Quantized {', '.join(layer.name for layer in group)}")
+    return done
 
 
 def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsReport | None = None,
@@ -55,22 +88,19 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
     quantized input over its histogram, per-tensor symmetric grids) and seconds."""
     if spec.activations.enabled and stats is None:
         raise CalibscopeError("Static activation quantization needs activation statistics: collect them first.")
-    available = set(hessians.diagnostics["layer"]) if hessians is not None else set()
     observed = set(stats.summary["key"]) if stats is not None else set()
+    weights = quantized_weights(layers, spec.weights, hessians, scaled(progress, 0.0, 0.9)) if spec.weights.enabled else {}
     plan, rows = QuantizedModel(), []
-    for number, layer in enumerate(layers):
+    for layer in layers:
         started = time.perf_counter()
-        row = {"layer": layer.name, "kind": layer.kind, "in_features": layer.in_features}
-        matrix = weight_matrix(layer)
-        if spec.weights.enabled and matrix is not None:
-            hessian = hessians.hessian(layer.name) if layer.name in available else None
-            original = matrix.float()
-            fake, costs = quantize_weight(original, spec.weights, hessian)
+        row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
+        if layer.name in weights:
+            original, fake, costs = weights[layer.name]
             plan.weights[layer.name] = module_weight(layer, fake)
             delta = fake - original
             row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
-            if hessian is not None:
-                row["output_error"] = output_error(delta, original, hessian)
+            if hessians is not None and hessians.has(layer.name):
+                row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
         if spec.activations.enabled and layer.kind.is_linear:
             if layer.name not in observed:
                 raise CalibscopeError(f"No activation statistics for {layer.name}: collect statistics of layer inputs "
@@ -81,7 +111,7 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
             row["clip"] = float((grid.scale * (grid.maxq - grid.zero)).max())
             if spec.activations.granularity is Granularity.TENSOR and spec.activations.symmetric:
                 row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], spec.activations.bits)
-        row["seconds"] = time.perf_counter() - started
+        row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
         rows.append(row)
-        progress((number + 1) / len(layers), f"Quantized {layer.name}")
+    progress(1.0, f"Quantized {len(layers)} layers")
     return plan, pd.DataFrame(rows)

@@ -35,7 +35,7 @@ def mse_clip(counts: torch.Tensor, absmax: float, bits: int, bins: LogBins = TEN
     spaced geometrically from absmax / 2^12 to absmax."""
     if absmax <= 0:
         return 0.0
-    clips = absmax * torch.logspace(-12 * 0.30103, 0, CANDIDATES, dtype=torch.float64)
+    clips = absmax * torch.logspace(-12 * 0.30103, 0, CANDIDATES, dtype=torch.float64, device=counts.device)
     errors = expected_error(counts, bin_values(bins).clamp(max=absmax), clips, bits)
     return float(clips[int(torch.argmin(errors))])
 
@@ -45,7 +45,7 @@ def relative_error(counts: torch.Tensor, clip: float, bits: int, bins: LogBins =
     values = bin_values(bins)
     counts = counts.double()
     power = float(values.pow(2) @ counts / counts.sum().clamp(min=1))
-    error = float(expected_error(counts, values, torch.tensor([clip], dtype=torch.float64), bits)[0])
+    error = float(expected_error(counts, values, torch.tensor([clip], dtype=torch.float64, device=counts.device), bits)[0])
     return error / power if power > 0 else float("nan")
 
 
@@ -66,9 +66,9 @@ def _clip(arrays: dict[str, torch.Tensor], spec: ActivationSpec, collected: tupl
     if spec.range_method is RangeMethod.MINMAX:
         return absmax.max() if per_tensor else absmax
     if spec.range_method is RangeMethod.MSE:
-        return torch.tensor(mse_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits))
+        return torch.tensor(mse_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits), device=absmax.device)
     if per_tensor:
-        quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64)
+        quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64, device=absmax.device)
         return percentiles_from_counts(arrays["tensor_counts"], TENSOR_BINS, quantile, absmax.max())[0]
     if "channel_percentiles" not in arrays or spec.percentile not in collected:
         raise SpecError(f"Per-channel p{spec.percentile:g} ranges need that percentile collected with per-channel "

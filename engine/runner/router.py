@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.hooks import Side, StopForward, tap_key
+from engine.hooks import Side, StopForward, TokenIndex, tap_key
 from engine.models import LinearLayer
-from engine.stats.accumulators import TokenIndex
 
 Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
 
@@ -38,7 +37,7 @@ def batch_tokens(rows: list[int], mask: torch.Tensor) -> BatchTokens:
     """From a CPU attention mask [batch, time] and the calibration rows of the batch."""
     width = mask.shape[1]
     position = (mask.cumsum(1) - 1).reshape(-1)  # position among the row's real tokens (left padding too)
-    batch_rows = torch.tensor(rows, dtype=torch.int64)
+    batch_rows = torch.tensor(rows, dtype=torch.int64, device="cpu")
     row = batch_rows.repeat_interleave(width)
     if bool(mask.all()):
         return BatchTokens(None, TokenIndex(row, position), batch_rows)

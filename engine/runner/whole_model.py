@@ -3,44 +3,32 @@ routed to accumulators, the forward stopped after the last observed layer and th
 unless it is observed."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import defaultdict
 
 import torch
 
-from engine.hooks import Side, headless_forward, observing, tap_key
-from engine.models import LinearLayer, LoadedModel
+from engine.hooks import headless_forward, observing, tap_key
+from engine.models import LoadedModel
+from engine.models.layers import block_of
 from engine.progress import Progress, no_progress
-from engine.runner.router import Factory, Router, batch_tokens
+from engine.runner import distributed
+from engine.runner.request import FinishedBlock, PassRequest, PassResult
+from engine.runner.router import Router, batch_tokens
 from engine.sampling import CalibrationSet
-
-AfterBatch = Callable[[int, dict[str, object]], None]  # (samples done, accumulators)
-
-
-@dataclass
-class PassResult:
-    accumulators: dict[str, object]
-    shared: dict[str, str]  # layer key -> the key whose accumulator it reuses
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: list[LinearLayer], sides: tuple[Side, ...],
-                     factory: Factory, batch_size: int, share_inputs: bool = True,
-                     progress: Progress = no_progress, batches: list[list[int]] | None = None,
-                     after_batch: AfterBatch | None = None) -> PassResult:
-    """Stream ``calibration`` through the model once, feeding each observed tensor's real tokens
-    (as [tokens, channels]) to an accumulator made by ``factory``.
-
-    ``batches`` (row indices) replaces the default grouping by length; ``after_batch(samples_done,
-    accumulators)`` is called after each batch (snapshots of a sample-count sweep)."""
+def whole_model_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequest, batches: list[list[int]],
+                     progress: Progress = no_progress) -> PassResult:
+    """Stream ``batches`` through the model once, feeding each observed tensor's real tokens (as
+    [tokens, channels]) to an accumulator; then finish every block in order (``after_block``)."""
+    layers, sides = request.layers, request.sides
     head = next((layer.module for layer in layers if layer.is_head), None)
     last = tap_key(layers[-1].name, sides[-1])
-    router = Router(factory, stop_after=last if head is None else "", share_inputs=share_inputs)
-    if batches is None:
-        batches = calibration.batch_indices(batch_size, by_length=True)  # less padding, same results
+    router = Router(request.factory, stop_after=last if head is None else "", share_inputs=request.share_inputs)
     done = 0
     device = model_device(loaded.model)
     with loaded.lock, observing(router.points(layers, sides)), torch.inference_mode():
@@ -50,7 +38,25 @@ def calibration_pass(loaded: LoadedModel, calibration: CalibrationSet, layers: l
             headless_forward(loaded.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, head)
             router.end_batch()
             done += len(rows)
-            if after_batch is not None:
-                after_batch(done, router.accumulators)
+            if request.after_batch is not None:
+                request.after_batch(done, router.accumulators)
             progress((number + 1) / len(batches), f"Batch {number + 1} of {len(batches)}")
-    return PassResult(router.accumulators, router.shared)
+    with torch.inference_mode():  # the accumulators are inference tensors: finish them as such, outside the lock
+        distributed.all_reduce(router.accumulators)
+        return PassResult(finish_blocks(router.accumulators, router.shared, request), router.shared)
+
+
+def finish_blocks(accumulators: dict[str, object], shared: dict[str, str], request: PassRequest) -> dict[str, object]:
+    """``after_block`` on each block's accumulators in block order (outside the blocks last); what
+    it leaves is the pass's result. One pass: weights it returns change nothing downstream."""
+    if request.after_block is None:
+        return accumulators
+    by_block = defaultdict(dict)
+    for key, accumulator in accumulators.items():
+        by_block[block_of(key)][key] = accumulator
+    kept = {}
+    for block in sorted(by_block, key=lambda index: (index < 0, index)):
+        block_shared = {key: leader for key, leader in shared.items() if leader in by_block[block]}
+        request.after_block(FinishedBlock(block, by_block[block], block_shared))
+        kept.update(by_block[block])
+    return kept

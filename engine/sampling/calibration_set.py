@@ -75,8 +75,8 @@ class CalibrationSet:
         """(input_ids, attention_mask) of the chosen sequences, padded on the tokenizer's side."""
         chosen = [self.sequences[i] for i in (range(len(self)) if indices is None else indices)]
         width = max((len(s) for s in chosen), default=0)
-        ids = torch.full((len(chosen), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chosen), width), dtype=torch.long)
+        ids = torch.full((len(chosen), width), self.pad_token_id, dtype=torch.long, device="cpu")
+        mask = torch.zeros((len(chosen), width), dtype=torch.long, device="cpu")
         for row, sequence in enumerate(chosen):
             span = slice(width - len(sequence), width) if self.padding_side == "left" else slice(0, len(sequence))
             ids[row, span] = torch.from_numpy(sequence)

@@ -76,8 +76,8 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
 def _right_padded(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right padding: positions stay 0..len-1, as each sequence alone would have them."""
     width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(sequences), width), dtype=torch.long, device="cpu")
     for row, sequence in enumerate(sequences):
         ids[row, :len(sequence)] = torch.from_numpy(sequence)
         mask[row, :len(sequence)] = 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import SpecError
+from engine.sampling import specs
 from engine.sampling.cluster_selection import activation_clusters, embedding_clusters
 from engine.sampling.context import Draft, SamplingContext
 from engine.sampling.gptq_windows import gptq_windows
@@ -18,7 +19,6 @@ from engine.sampling.length_stratified import length_stratified
 from engine.sampling.packed import packed
 from engine.sampling.random_documents import random_documents
 from engine.sampling.self_generated import self_generated
-from engine.sampling import specs
 from engine.sampling.specs import SamplingSpec, Strategy
 from engine.specs import choice
 

@@ -4,15 +4,21 @@ Follows the observer contract: ``update(x, tokens)`` adds a batch of real (non-p
 ``merge(other)`` adds another accumulator's data, ``result()`` normalizes only when read, so the
 result does not depend on batch size or order: ranges, counts, histograms (hence percentiles) are
 bit-identical however the data is batched; means and deviations are summed in float32 per batch
-and float64 across batches (float64 reductions cost 15x on a CPU), so only their rounding differs. Everything kept is O(channels x bins): memory does
-not grow with the number of samples.
+and float64 across batches (float64 reductions cost 15x on a CPU), so only their rounding differs.
+Everything kept is O(channels x bins): memory does not grow with the number of samples.
+
+No update waits for the device: on an accelerator NaN/Inf are handled without asking whether any
+is present (a few more elementwise passes, cheap there), and maxima are located for a fixed number
+of channels, so every tensor has a size known in advance. On the CPU, where asking costs nothing,
+the common all-finite batch takes the shorter path. ``all_reduce`` merges across the ranks of a
+``torch.distributed`` group (sums, MIN, MAX; each maximum's location from the lowest rank holding it,
+which is where a single process, reading the ranks' contiguous shards in order, would have found it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from engine.hooks import TokenIndex
 from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_counts
 
 # Locations are found for at most this many channels per batch: those whose |max| grew the most.
@@ -24,18 +30,25 @@ TENSOR_BINS = LogBins(mantissa_bits=5, low_exponent=-24, high_exponent=40)   # 2
 CHANNEL_BINS = LogBins(mantissa_bits=2, low_exponent=-16, high_exponent=16)  # 128 bins, ~15% wide
 
 
-@dataclass(frozen=True)
-class TokenIndex:
-    """For each captured token: its calibration row and its position in that row (padding excluded)."""
+def accumulator_bytes(accumulator) -> int:
+    """Device memory an accumulator holds (its tensors)."""
+    return sum(t.numel() * t.element_size() for t in vars(accumulator).values() if isinstance(t, torch.Tensor))
 
-    rows: torch.Tensor
-    positions: torch.Tensor
+
+def all_reduce_count(count: int, device: torch.device, group=None) -> int:
+    """A host-side count summed over the ranks (once per block or pass, never per batch)."""
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total, torch.distributed.ReduceOp.SUM, group)
+    return int(total.item())
 
 
 class ActivationAccumulator:
-    def __init__(self, channels: int, channel_histograms: bool = True, device: torch.device | str = "cpu") -> None:
+    def __init__(self, channels: int, channel_histograms: bool = True, device: torch.device | str = "cpu",
+                 branch_free: bool | None = None) -> None:
         self.channels = channels
         self.device = torch.device(device)
+        # None: branch-free wherever a host branch would wait for the device (anything but the CPU)
+        self.branch_free = self.device.type != "cpu" if branch_free is None else branch_free
         full = lambda value, dtype=torch.float32: torch.full((channels,), value, dtype=dtype, device=self.device)  # noqa: E731
         self.min, self.max = full(float("inf")), full(float("-inf"))
         self.sum, self.sum_squares = full(0.0, torch.float64), full(0.0, torch.float64)
@@ -47,6 +60,12 @@ class ActivationAccumulator:
         self.channel_counts = (torch.zeros(channels, CHANNEL_BINS.count, dtype=torch.int32, device=self.device)
                                if channel_histograms else None)
 
+    @staticmethod
+    def bytes_per_channel(channel_histograms: bool) -> int:
+        """Memory per channel: min, max (float32), sum, sum of squares (float64), finite, NaN and Inf
+        counts and the location of the maximum (int64), and the histogram's int32 bins."""
+        return 2 * 4 + 2 * 8 + 3 * 8 + 2 * 8 + (CHANNEL_BINS.count * 4 if channel_histograms else 0)
+
     # -- update -------------------------------------------------------------------------------
     def update(self, x: torch.Tensor, tokens: TokenIndex) -> None:
         """Add ``x`` [tokens, channels] whose rows are the real tokens described by ``tokens``."""
@@ -54,14 +73,18 @@ class ActivationAccumulator:
             return
         x = x.float()
         self.tokens += x.shape[0]
-        batch_sum = x.sum(0)
-        stand_ins = None
-        if bool(torch.isfinite(batch_sum).all()):
-            low, high, finite_x = x.amin(0), x.amax(0), x
-            self.finite += x.shape[0]
-        else:  # rare: NaN or Inf present; count them, keep Inf in min/max, drop both from the rest
+        if self.branch_free:
             low, high, finite_x, stand_ins = self._split_non_finite(x)
             batch_sum = finite_x.sum(0)
+        else:
+            batch_sum = x.sum(0)
+            stand_ins = None
+            if bool(torch.isfinite(batch_sum).all()):  # a host branch: free on the CPU
+                low, high, finite_x = x.amin(0), x.amax(0), x
+                self.finite += x.shape[0]
+            else:  # rare: NaN or Inf present; count them, keep Inf in min/max, drop both from the rest
+                low, high, finite_x, stand_ins = self._split_non_finite(x)
+                batch_sum = finite_x.sum(0)
         self._track_absmax(x, low, high, tokens)
         torch.minimum(self.min, low, out=self.min)
         torch.maximum(self.max, high, out=self.max)
@@ -82,22 +105,19 @@ class ActivationAccumulator:
         return low, high, torch.where(bad, 0.0, x), stand_ins
 
     def _track_absmax(self, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tokens: TokenIndex) -> None:
-        # Only channels whose |max| grew need a new location, and only the LOCATED largest of them
-        # (see LOCATED): a small gather and argmax instead of one over the whole batch.
-        # On a tie the first seen stays.
+        # Only channels whose |max| grew need a new location, and only the LOCATED that grew most
+        # (see LOCATED): a gather of a fixed number of columns and an argmax, not one over the whole
+        # batch. Channels that grew beyond those become unknown (-1). On a tie the first seen stays.
         batch_absmax = torch.maximum(high, -low)
-        running_absmax = torch.maximum(self.max, -self.min)
-        grown = torch.nonzero(batch_absmax > running_absmax).flatten()
-        if grown.numel() == 0:
-            return
-        if grown.numel() > LOCATED:
-            self.absmax_row[grown] = -1
-            self.absmax_position[grown] = -1
-            grown = grown[batch_absmax[grown].topk(LOCATED).indices]
-        magnitudes = torch.nan_to_num(x[:, grown], nan=0.0).abs()
-        where = magnitudes.argmax(0)
-        self.absmax_row[grown] = tokens.rows.to(self.device)[where]
-        self.absmax_position[grown] = tokens.positions.to(self.device)[where]
+        grown = batch_absmax > torch.maximum(self.max, -self.min)
+        top = torch.where(grown, batch_absmax, -1.0).topk(min(LOCATED, self.channels)).indices
+        located = grown[top]
+        unknown = grown.index_fill(0, top, False)
+        self.absmax_row.masked_fill_(unknown, -1)
+        self.absmax_position.masked_fill_(unknown, -1)
+        where = torch.nan_to_num(x.index_select(1, top), nan=0.0).abs().argmax(0)
+        self.absmax_row[top] = torch.where(located, tokens.rows[where], self.absmax_row[top])
+        self.absmax_position[top] = torch.where(located, tokens.positions[where], self.absmax_position[top])
 
     def _histogram(self, finite_x: torch.Tensor, stand_ins: torch.Tensor | None) -> None:
         """Add |x| to the histograms; zeros that stood in for NaN/Inf (bin 0) are taken out again."""
@@ -138,6 +158,25 @@ class ActivationAccumulator:
         else:
             self.channel_counts = None
         self.tokens += other.tokens
+        return self
+
+    def all_reduce(self, group=None) -> ActivationAccumulator:
+        """Merge the same accumulator of every rank of ``group`` into each, in place; returns self."""
+        dist = torch.distributed
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        local = torch.maximum(self.max, -self.min)
+        dist.all_reduce(self.min, dist.ReduceOp.MIN, group)
+        dist.all_reduce(self.max, dist.ReduceOp.MAX, group)
+        holder = torch.where(local == torch.maximum(self.max, -self.min), rank, world)
+        dist.all_reduce(holder, dist.ReduceOp.MIN, group)  # the lowest rank that holds each maximum
+        for name in ("absmax_row", "absmax_position"):
+            located = torch.where(holder == rank, getattr(self, name), -1)
+            dist.all_reduce(located, dist.ReduceOp.MAX, group)
+            setattr(self, name, located)
+        for name in ("sum", "sum_squares", "finite", "nan", "inf", "tensor_counts", "channel_counts"):
+            if getattr(self, name) is not None:
+                dist.all_reduce(getattr(self, name), dist.ReduceOp.SUM, group)
+        self.tokens = all_reduce_count(self.tokens, self.device, group)
         return self
 
     def result(self, quantiles: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.stats.accumulators import TokenIndex
+from engine.hooks import TokenIndex
+from engine.stats.accumulators import all_reduce_count
+
+HALF_PRECISION = (torch.bfloat16, torch.float16)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # by Precision label
 
@@ -30,9 +33,15 @@ class HessianAccumulator:
     def update(self, x: torch.Tensor, tokens: TokenIndex | None = None) -> None:
         if x.shape[0] == 0:
             return
-        x = x.to(device=self.xtx.device, dtype=self.dtype)
-        self.xtx.addmm_(x.T, x)  # Σ_t x_t x_tᵀ, one GEMM per batch
+        x = x.to(device=self.xtx.device)
         self.tokens += x.shape[0]
+        if x.is_cuda and x.dtype in HALF_PRECISION and self.dtype == torch.float32:
+            # A product of two bf16/fp16 numbers is exact in float32 and the tensor cores accumulate
+            # in float32: the same sums as upcasting first, at the half-precision GEMM's speed.
+            self.xtx += torch.mm(x.T, x, out_dtype=torch.float32)
+        else:
+            x = x.to(self.dtype)
+            self.xtx.addmm_(x.T, x)  # Σ_t x_t x_tᵀ, one GEMM per batch
 
     def merge(self, other: HessianAccumulator) -> HessianAccumulator:
         if other.channels != self.channels:
@@ -40,6 +49,18 @@ class HessianAccumulator:
         self.xtx += other.xtx.to(self.xtx)
         self.tokens += other.tokens
         return self
+
+    def all_reduce(self, group=None) -> HessianAccumulator:
+        """Sum the same Hessian over every rank of ``group``, in place; returns self."""
+        torch.distributed.all_reduce(self.xtx, torch.distributed.ReduceOp.SUM, group)
+        self.tokens = all_reduce_count(self.tokens, self.xtx.device, group)
+        return self
+
+    def take(self) -> torch.Tensor:
+        """H, normalized in place: the accumulator gives up its matrix instead of copying it."""
+        hessian = self.xtx.mul_(2.0 / self.tokens) if self.tokens else self.xtx
+        self.xtx = None
+        return hessian
 
     def result(self) -> torch.Tensor:
         """H = 2/N · Σ XᵀX (zeros before any token)."""

@@ -17,7 +17,7 @@ class HessianDiagnostics:
     trace: float
     mean_diagonal: float
     dead_channels: int
-    rank: int
+    rank: int | float  # NaN when not computed (quick diagnosis)
     condition_number: float
     min_damping: float | None
     warning: str
@@ -44,7 +44,7 @@ def numerical_rank(eigenvalues: torch.Tensor, size: int) -> int:
 def min_damping(prepared: torch.Tensor, grid=DAMPING_GRID) -> float | None:
     """Smallest fraction d of the mean diagonal for which Cholesky of H + d·mean·I succeeds in float32."""
     mean = float(torch.diagonal(prepared).mean())
-    eye = torch.eye(prepared.shape[0], dtype=prepared.dtype)
+    eye = torch.eye(prepared.shape[0], dtype=prepared.dtype, device=prepared.device)
     for damping in grid:
         _, info = torch.linalg.cholesky_ex((prepared + damping * mean * eye).to(torch.float32))
         if int(info) == 0:
@@ -52,15 +52,24 @@ def min_damping(prepared: torch.Tensor, grid=DAMPING_GRID) -> float | None:
     return None
 
 
-def diagnose(layer: str, hessian: torch.Tensor, tokens: int) -> tuple[HessianDiagnostics, torch.Tensor]:
-    """Diagnostics of one Hessian and its eigenvalues (descending, float64)."""
+QUICK_GRID = (0.0, 0.01)  # without damping, and at GPTQ's default
+
+
+def diagnose(layer: str, hessian: torch.Tensor, tokens: int, spectrum: bool = True) -> tuple[HessianDiagnostics, torch.Tensor]:
+    """Diagnostics of one Hessian and its eigenvalues (descending, float64).
+
+    Without ``spectrum`` (a quick diagnosis, for matrices too large to decompose in time): no
+    eigenvalues, so rank and condition are NaN, and the damping is tried at 0 and GPTQ's 0.01 only."""
     channels = hessian.shape[0]
     prepared, dead = gptq_prepared(hessian)
-    eigenvalues = torch.linalg.eigvalsh(hessian.to(torch.float64)).flip(0)
-    rank = numerical_rank(eigenvalues, channels)
-    smallest = float(eigenvalues[-1])
-    condition = float(eigenvalues[0] / smallest) if smallest > 0 else float("inf")
-    damping = min_damping(prepared)
+    if spectrum:
+        eigenvalues = torch.linalg.eigvalsh(hessian.to(torch.float64)).flip(0)
+        rank = numerical_rank(eigenvalues, channels)
+        smallest = float(eigenvalues[-1])
+        condition = float(eigenvalues[0] / smallest) if smallest > 0 else float("inf")
+    else:
+        eigenvalues, rank, condition = torch.empty(0, dtype=torch.float64), float("nan"), float("nan")
+    damping = min_damping(prepared, DAMPING_GRID if spectrum else QUICK_GRID)
     return HessianDiagnostics(
         layer=layer, channels=channels, tokens=tokens, trace=float(torch.diagonal(hessian).double().sum()),
         mean_diagonal=float(torch.diagonal(hessian).double().mean()), dead_channels=int(dead.sum()), rank=rank,
@@ -80,7 +89,7 @@ def rank_warning(channels: int, tokens: int, rank: int, dead: int, damping: floa
     if dead:
         return (f"{dead} of {channels} input channels are never active (zero diagonal): no amount of data makes this "
                 f"Hessian full rank; GPTQ sets their diagonal to 1. {_damping_text(damping)}.")
-    if rank >= channels:
+    if rank >= channels or (rank != rank and tokens >= channels):  # full rank, or unknown and not data-limited
         return ""
     if tokens < channels:  # rank <= tokens: the data is what limits it
         return (f"Rank {rank} of {channels}: only {tokens:,} tokens reached this layer; a full-rank Hessian needs at "

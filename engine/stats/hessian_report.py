@@ -14,11 +14,11 @@ from engine.bundle import read_bundle, write_bundle
 from engine.hooks import Side, select_layers
 from engine.models import LinearLayer, LoadedModel
 from engine.progress import Progress, no_progress, scaled
-from engine.runner import calibration_pass
+from engine.runner import Execution, FinishedBlock, MemoryPlan, PassRequest, plan_for, run_pass
 from engine.sampling import CalibrationSet
 from engine.stats.hessian import DTYPES, HessianAccumulator
-from engine.stats.hessian_diagnostics import diagnose
-from engine.stats.specs import HessianSpec, Precision, Storage
+from engine.stats.hessian_diagnostics import HessianDiagnostics, diagnose
+from engine.stats.specs import Diagnostics, HessianSpec, Precision, Storage
 
 TENSORS = "hessians.safetensors"
 SUMMARY = "hessians.json"
@@ -31,7 +31,7 @@ def spec_record(spec: HessianSpec) -> dict:
 
 def hessian_megabytes(layers: list[LinearLayer], dtype: Precision = Precision.FLOAT32) -> float:
     """Memory of one Hessian per layer (in_features² values), before any sharing."""
-    size = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    size = DTYPES[dtype].itemsize
     return sum(layer.in_features**2 for layer in layers) * size / 2**20
 
 
@@ -48,6 +48,10 @@ class HessianReport:
 
     def hessian(self, layer: str) -> torch.Tensor:
         return self.hessians[self.shared_with.get(layer, layer)]
+
+    def has(self, layer: str) -> bool:
+        """Whether this layer's Hessian is kept (diagnostics-only collections drop them)."""
+        return self.shared_with.get(layer, layer) in self.hessians
 
     @property
     def warnings(self) -> list[str]:
@@ -87,43 +91,76 @@ class HessianReport:
         shared = payload["shared_with"]
         return cls(hessians={k: v for k, v in tensors.items() if k not in shared}, shared_with=shared,
                    diagnostics=pd.DataFrame(payload["diagnostics"]),
-                   eigenvalues={k: torch.tensor(v, dtype=torch.float64) for k, v in payload["eigenvalues"].items()},
+                   eigenvalues={k: torch.tensor(v, dtype=torch.float64, device="cpu") for k, v in payload["eigenvalues"].items()},
                    meta=payload["meta"])
 
 
-def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec = HessianSpec(),
-                     progress: Progress = no_progress, diagnostics: bool = True) -> HessianReport:
-    """One pass accumulating H = 2/N Σ XᵀX for every selected layer's input, then diagnostics."""
-    started = time.perf_counter()
-    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+class _FinishPerBlock:
+    """after_block: each finished block's Hessians normalized in place (no second copy), diagnosed,
+    and kept or dropped as the spec says, freeing the accumulators at once."""
+
+    def __init__(self, spec: HessianSpec, progress: Progress, expected: int) -> None:
+        self.spec, self.progress, self.expected = spec, progress, max(expected, 1)
+        self.hessians: dict[str, torch.Tensor] = {}
+        self.found: dict[str, HessianDiagnostics] = {}
+        self.spectra: dict[str, torch.Tensor] = {}
+        self.bytes = 0
+
+    def __call__(self, block: FinishedBlock) -> None:
+        for key in list(block.accumulators):
+            accumulator = block.accumulators.pop(key)
+            tokens = accumulator.tokens
+            hessian = accumulator.take()
+            self.bytes += hessian.numel() * hessian.element_size()
+            if self.spec.diagnostics is not Diagnostics.NONE:
+                self.found[key], self.spectra[key] = diagnose(key, hessian, tokens, self.spec.diagnostics is Diagnostics.FULL)
+                self.progress(len(self.found) / self.expected, f"Diagnosed {key}")
+            if self.spec.keep:
+                self.hessians[key] = hessian
+
+
+def request_for(layers: list[LinearLayer], spec: HessianSpec, after_block=None) -> PassRequest:
     dtype = DTYPES[spec.dtype]
 
     def factory(channels: int, device: torch.device) -> HessianAccumulator:
         return HessianAccumulator(channels, dtype, "cpu" if spec.storage is Storage.CPU else device)
 
-    result = calibration_pass(loaded, calibration, layers, (Side.INPUT,), factory, spec.batch_size,
-                                     spec.share_inputs, scaled(progress, 0.0, 0.8 if diagnostics else 1.0))
-    pass_seconds = time.perf_counter() - started
-    hessians = {key: acc.result() for key, acc in result.accumulators.items()}
-    tokens = {key: acc.tokens for key, acc in result.accumulators.items()}
-    rows, spectra = [], {}
-    for number, layer in enumerate(layers):
+    return PassRequest(layers, (Side.INPUT,), factory, state_bytes=lambda layer: layer.in_features**2 * dtype.itemsize,
+                       batch_size=spec.batch_size, share_inputs=spec.share_inputs, after_block=after_block,
+                       execution=spec.execution)
+
+
+def memory_plan(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec) -> MemoryPlan:
+    """The memory plan collecting Hessians with ``spec`` would follow (shown before it starts)."""
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+    return plan_for(loaded, calibration, request_for(layers, spec))
+
+
+def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec = HessianSpec(),
+                     progress: Progress = no_progress) -> HessianReport:
+    """One pass accumulating H = 2/N Σ XᵀX for every selected layer's input; each block's Hessians
+    diagnosed as soon as the block is done (block by block: then kept or dropped)."""
+    started = time.perf_counter()
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+    whole = memory_plan(loaded, calibration, spec).execution is Execution.WHOLE
+    # whole-model: the pass, then the diagnostics of every block; block by block: both per block
+    diagnosed = spec.diagnostics is not Diagnostics.NONE
+    finish = _FinishPerBlock(spec, scaled(progress, 0.8, 1.0) if whole else no_progress, len(layers))
+    result = run_pass(loaded, calibration, request_for(layers, spec, finish),
+                      scaled(progress, 0.0, 0.8 if whole and diagnosed else 1.0))
+    rows = []
+    for layer in layers:
         source = result.shared.get(layer.name, layer.name)
-        if diagnostics and source not in spectra:
-            found, spectra[source] = diagnose(source, hessians[source], tokens[source])
-            progress(0.8 + 0.2 * (number + 1) / len(layers), f"Diagnosed {layer.name}")
-        elif not diagnostics:
-            found = None
         row = {"layer": layer.name, "shared_with": result.shared.get(layer.name, ""), "channels": layer.in_features}
-        if found is not None:
-            row.update({k: v for k, v in found.as_dict().items() if k not in ("layer", "channels")})
+        if source in finish.found:
+            row.update({k: v for k, v in finish.found[source].as_dict().items() if k not in ("layer", "channels")})
         rows.append(row)
-    distinct_mb = sum(h.numel() * h.element_size() for h in hessians.values()) / 2**20
     meta = {
         "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype.value, "storage": spec.storage.value,
-        "layers": len(layers), "distinct": len(hessians), "memory_mb": round(distinct_mb, 2),
+        "layers": len(layers), "distinct": len({result.shared.get(layer.name, layer.name) for layer in layers}),
+        "memory_mb": round(finish.bytes / 2**20, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),
-        "pass_seconds": round(pass_seconds, 2), "seconds": round(time.perf_counter() - started, 2),
+        "kept": spec.keep, "plan": result.plan.as_dict(), "seconds": round(time.perf_counter() - started, 2),
     }
-    return HessianReport(hessians, dict(result.shared), pd.DataFrame(rows), spectra, meta)
+    return HessianReport(finish.hessians, dict(result.shared), pd.DataFrame(rows), finish.spectra, meta)

@@ -51,7 +51,7 @@ class LogBins:
 
     def edges(self) -> torch.Tensor:
         """Lower edge of every bin, plus the upper edge of the last (float64, count + 1 values)."""
-        bins = torch.arange(self.count + 1, dtype=torch.float64)
+        bins = torch.arange(self.count + 1, dtype=torch.float64, device="cpu")
         exponent = self.low_exponent + torch.div(bins, self.per_octave, rounding_mode="floor")
         fraction = 1.0 + torch.remainder(bins, self.per_octave) / self.per_octave
         edges = torch.pow(2.0, exponent) * fraction

@@ -3,7 +3,6 @@ safetensors (tensors) + JSON (everything else)."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,18 +11,11 @@ import torch
 
 from engine.bundle import read_bundle, write_bundle
 from engine.hooks import Side, tap_key
+from engine.models.layers import block_of
 from engine.stats.specs import StatsSpec
 
 TENSORS = "statistics.safetensors"
 SUMMARY = "statistics.json"
-_BLOCK = re.compile(r"\.(\d+)\.")
-
-
-def block_of(name: str) -> int:
-    """model.layers.3.mlp.up_proj -> 3 (-1 for modules outside the blocks, e.g. the head)."""
-    return int(m.group(1)) if (m := _BLOCK.search(name)) else -1
-
-
 def percentile_column(percent: float) -> str:
     return f"p{percent:g}"
 
@@ -94,10 +86,9 @@ def _row(key: str, layer, side: str, values: dict, spec: StatsSpec, shared_with:
     return row
 
 
-def build_report(accumulators: dict, shared: dict[str, str], layers: list, spec: StatsSpec, calibration, loaded,
-                 seconds: float) -> StatsReport:
-    quantiles = torch.tensor(spec.percentiles, dtype=torch.float64) / 100.0
-    channels = {key: acc.result(quantiles) for key, acc in accumulators.items()}
+def build_report(channels: dict[str, dict[str, torch.Tensor]], shared: dict[str, str], layers: list, spec: StatsSpec,
+                 calibration, loaded, extra_meta: dict) -> StatsReport:
+    """The report from each distinct tensor's arrays (``ActivationAccumulator.result``)."""
     rows = []
     for layer in layers:
         for side in spec.sides:
@@ -105,12 +96,9 @@ def build_report(accumulators: dict, shared: dict[str, str], layers: list, spec:
             leader = shared.get(key, "") if side is Side.INPUT else ""
             if (leader or key) in channels:
                 rows.append(_row(key, layer, side, channels[leader or key], spec, leader))
-    held = sum(t.numel() * t.element_size() for acc in accumulators.values() for t in vars(acc).values()
-               if isinstance(t, torch.Tensor))
     meta = {
-        "accumulator_mb": round(held / 2**20, 2),
         "model": loaded.info.name, "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
-        "calibration_sha256": calibration.manifest.token_sha256, "seconds": seconds,
-        "observed": len(rows), "distinct": len(channels), "shared": len(shared),
+        "calibration_sha256": calibration.manifest.token_sha256,
+        "observed": len(rows), "distinct": len(channels), "shared": len(shared), **extra_meta,
     }
     return StatsReport(summary=pd.DataFrame(rows), channels=channels, spec=spec, meta=meta)

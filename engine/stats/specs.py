@@ -8,6 +8,7 @@ from enum import Enum
 from engine.errors import SpecError
 from engine.hooks import Side
 from engine.models.layers import LAYER_KINDS, LayerKind
+from engine.runner.plan import Execution
 from engine.specs import choice
 
 
@@ -28,6 +29,16 @@ class Precision(str, Enum):
 
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+
+
+class Diagnostics(str, Enum):
+    """How far each Hessian is diagnosed. full: eigenvalues, numerical rank, conditioning and the
+    smallest damping that factorizes; quick: trace, diagonal, dead channels and whether GPTQ's default
+    damping factorizes (one float32 Cholesky: for matrices too large to decompose in time); none."""
+
+    FULL = "full"
+    QUICK = "quick"
+    NONE = "none"
 
 
 class Storage(str, Enum):
@@ -70,9 +81,11 @@ class StatsSpec:
     outlier_threshold: float = 6.0
     top_outliers: int = 20
     batch_size: int = 8
+    execution: Execution = Execution.AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
+        object.__setattr__(self, "execution", choice(Execution, self.execution, "execution"))
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         check_pattern(self.name_pattern)
         object.__setattr__(self, "capture", choice(Capture, self.capture, "capture"))
@@ -94,7 +107,9 @@ class HessianSpec:
 
     storage: "model" keeps Hessians on the model's device; "cpu" keeps them in host memory (for a
     model on a GPU whose memory is short). share_inputs: layers reading the same input tensor share
-    one Hessian (turn off only to measure what sharing saves)."""
+    one Hessian (turn off only to measure what sharing saves). keep: keep every Hessian (for GPTQ
+    and export) or only their diagnostics (a model whose Hessians do not fit in memory together).
+    execution: the whole model at once, block by block, or as the memory plan decides."""
 
     layer_types: tuple[LayerKind, ...] = LAYER_KINDS
     name_pattern: str = ""
@@ -103,9 +118,14 @@ class HessianSpec:
     storage: Storage = Storage.MODEL
     share_inputs: bool = True
     batch_size: int = 8
+    keep: bool = True
+    diagnostics: Diagnostics = Diagnostics.FULL
+    execution: Execution = Execution.AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
+        object.__setattr__(self, "execution", choice(Execution, self.execution, "execution"))
+        object.__setattr__(self, "diagnostics", choice(Diagnostics, self.diagnostics, "diagnostics"))
         check_pattern(self.name_pattern)
         if self.batch_size < 1:
             raise SpecError("batch_size must be at least 1.")

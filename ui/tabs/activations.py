@@ -66,7 +66,7 @@ def status_line(report: StatsReport, reused: bool = False) -> str:
     saved = f", {meta['shared']} reuse another layer's input" if meta["shared"] else ""
     verb = "**Reused** (same set and settings as your last run):" if reused else "**Collected**"
     return (f"{verb} {meta['observed']} tensors ({meta['distinct']} distinct{saved}) over {meta['samples']:,} samples, "
-            f"{meta['tokens']:,} tokens · {meta['seconds']:.1f} s")
+            f"{meta['tokens']:,} tokens · {meta['plan']['execution']} · {meta['seconds']:.1f} s")
 
 
 def drill_down(report: StatsReport, key: str, session: Session, context: AppContext):

@@ -6,17 +6,14 @@ from dataclasses import dataclass, replace
 import gradio as gr
 import pandas as pd
 
+from engine.errors import CalibscopeError
 from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth
 from engine.figures.stats import short_name
 from engine.hooks import select_layers
 from engine.progress import Progress, no_progress
 from engine.specs import labels
 from engine.stats import HessianSpec, Precision, Storage
-from engine.stats.hessian_report import (
-    HessianReport,
-    collect_hessians,
-    hessian_megabytes,
-)
+from engine.stats.hessian_report import HessianReport, collect_hessians, hessian_megabytes, memory_plan
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
@@ -54,7 +51,7 @@ def status_line(report: HessianReport, reused: bool = False) -> str:
     verb = "**Reused** (same set and settings as your last run):" if reused else "**Collected**"
     line = (f"{verb} Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
             f"{meta['memory_mb']:,.1f} MB instead of {meta['memory_without_sharing_mb']:,.1f} MB without sharing) "
-            f"over {meta['tokens']:,} tokens · pass {meta['pass_seconds']:.1f} s, total {meta['seconds']:.1f} s")
+            f"over {meta['tokens']:,} tokens · {meta['plan']['execution']} · {meta['seconds']:.1f} s")
     findings = {kind: layers for kind, layers in report.findings().items() if layers}
     if not findings:
         return line + "\n- Every Hessian is full rank and factorizes without damping: this set is enough for GPTQ here."
@@ -92,6 +89,28 @@ def compute_hessians(form: HessianForm, session: Session, context: AppContext, p
             "session": replace(session, hessians=report)}
 
 
+def plan_markdown(plan) -> str:
+    rows = "".join(f"\n| {item.what} | {item.megabytes:,.1f} MB | {item.where} |" for item in plan.items)
+    return (f"**Memory plan: {plan.execution.value}** on {plan.device} ({plan.reason})\n\n| holds | size | where |"
+            f"\n|---|---:|---|{rows}")
+
+
+def plan_view(context: AppContext):
+    """The memory plan the current settings would follow, shown before the run (empty until there is a set)."""
+
+    def preview(session: Session | None, pattern: str, dtype: str, storage: str, batch_size: float) -> str:
+        session = session or Session()
+        if session.calibration is None:
+            return ""
+        try:
+            spec = HessianForm(pattern, dtype, storage, batch_size).spec()
+            return plan_markdown(memory_plan(context.model(session), session.calibration, spec))
+        except CalibscopeError as error:  # an unfinished pattern while typing: say so, quietly
+            return f"Memory plan: {error}"
+
+    return preview
+
+
 @shown_to_user
 def show_spectrum(layer: str, session: Session | None):
     report = (session or Session()).require("hessians")
@@ -111,6 +130,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             run, cancel = run_and_cancel("Collect Hessians")
         with gr.Column(scale=3):
             status = gr.Markdown("Build a calibration set, then collect Hessians.", elem_classes="cs-status")
+            with gr.Accordion("Memory plan", open=False):
+                plan = gr.Markdown()
             depth = gr.Plot(show_label=False)
     table = gr.Dataframe(label="Per layer (sortable)", interactive=False, wrap=True, max_height=380)
     with gr.Row(equal_height=False):
@@ -125,3 +146,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     connect(run.click, compute_hessians, HessianForm, widgets, session, outputs, context,
             api_name="compute_hessians", status=status, cancel=cancel)
     layer.input(show_spectrum, [layer, session], spectrum)
+    preview = plan_view(context)
+    settings = [session, pattern, dtype, storage, batch_size]
+    for trigger in (session.change, pattern.submit, dtype.change, storage.change, batch_size.change):
+        trigger(preview, settings, plan, queue=False, show_progress="hidden")

@@ -1,0 +1,72 @@
+"""GPTQ block by block: each block's Hessians accumulated, its weights quantized (stacked per shared
+input) and the Hessians freed before the next block, so at most one block's Hessians exist at once.
+
+propagate=True is sequential GPTQ (llm-compressor's sequential pipeline, GPTQModel's default): the
+block is run again with its quantized weights, so each block's Hessians come from the outputs of the
+blocks before it as already quantized. propagate=False gives the one-pass result (every Hessian from
+the float model), the same as collecting every Hessian and then quantizing, without holding them all.
+The model's own weights are never changed: the result is a plan of quantized weights, evaluated like
+any other.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pandas as pd
+import torch
+
+from engine.errors import CalibscopeError
+from engine.models import LoadedModel
+from engine.progress import Progress, no_progress
+from engine.quant.apply import QuantizedModel, module_weight
+from engine.quant.plan import output_error, quantizable_layers, quantized_weights
+from engine.quant.specs import QuantSpec
+from engine.runner import Execution, FinishedBlock, run_pass
+from engine.sampling import CalibrationSet
+from engine.stats import HessianSpec, hessian_report
+
+
+class _BlockHessians:
+    """The HessianReport view GPTQ reads, over one finished block."""
+
+    def __init__(self, block: FinishedBlock) -> None:
+        self.shared_with = block.shared
+        self.hessians = {key: block.accumulators.pop(key).take() for key in list(block.accumulators)}
+
+    def has(self, layer: str) -> bool:
+        return self.shared_with.get(layer, layer) in self.hessians
+
+    def hessian(self, layer: str) -> torch.Tensor:
+        return self.hessians[self.shared_with.get(layer, layer)]
+
+
+def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
+                        hessians: HessianSpec = HessianSpec(), propagate: bool = True,
+                        progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
+    """The quantized weights of every block's layers and one row per layer (weight_error,
+    output_error on the inputs it saw, gptq_loss, damping, seconds), as ``plan_quantization``."""
+    if not spec.needs_hessians or spec.activations.enabled:
+        raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
+    layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
+    plan, rows = QuantizedModel(), []
+
+    def quantize_block(block: FinishedBlock) -> dict[str, torch.Tensor]:
+        view = _BlockHessians(block)
+        mine = [layers[name] for name in layers if view.has(name)]
+        done = quantized_weights(mine, spec.weights, view)
+        for layer in mine:
+            original, fake, costs = done[layer.name]
+            plan.weights[layer.name] = module_weight(layer, fake)
+            delta = fake - original
+            rows.append({"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features, **costs,
+                         "weight_error": float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)),
+                         "output_error": output_error(delta, original, view.hessian(layer.name))})
+        return {name: plan.weights[name] for name in (layer.name for layer in mine)}
+
+    request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
+    started = time.perf_counter()
+    run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE), progress)
+    table = pd.DataFrame(rows)
+    table.attrs["seconds"] = time.perf_counter() - started
+    return plan, table

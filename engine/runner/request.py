@@ -1,0 +1,59 @@
+"""What a pass is asked to do, whichever runner does it."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.hooks import Side
+from engine.models import LinearLayer
+from engine.runner.plan import Execution, MemoryPlan
+
+Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
+AfterBatch = Callable[[int, dict[str, object]], None]  # (samples done, accumulators of the running block(s))
+
+
+@dataclass
+class FinishedBlock:
+    """A block whose batches have all been seen: its index (-1: layers outside the blocks), its
+    accumulators (pop what you consume: Hessians handed to GPTQ or written out are freed at once)
+    and which of its layers share another's accumulator."""
+
+    index: int
+    accumulators: dict[str, object]
+    shared: dict[str, str]
+
+
+# -> weights (module name -> [out, in] in the module's layout) to run the block with before its
+# outputs go on, so the next block sees quantized outputs; or None.
+AfterBlock = Callable[[FinishedBlock], dict[str, torch.Tensor] | None]
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """layers and sides to observe, the accumulator ``factory`` and what it costs per layer
+    (``state_bytes``, for the memory plan), batching, and the callbacks of sweeps and sequential
+    quantization. ``propagate``: after_block's weights replace the block's for its outputs (only
+    the block-by-block runner can do that)."""
+
+    layers: list[LinearLayer]
+    sides: tuple[Side, ...]
+    factory: Factory
+    state_bytes: Callable[[LinearLayer], int]
+    batch_size: int = 8
+    share_inputs: bool = True
+    batches: list[list[int]] | None = None
+    after_batch: AfterBatch | None = None
+    after_block: AfterBlock | None = None
+    propagate: bool = False
+    execution: Execution = Execution.AUTO
+    budget: int | None = None  # bytes: replaces the memory found free (tests; a shared GPU)
+
+
+@dataclass
+class PassResult:
+    accumulators: dict[str, object]
+    shared: dict[str, str]  # layer key -> the key whose accumulator it reuses
+    plan: MemoryPlan | None = None
+    meta: dict = field(default_factory=dict)
