@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-from bench._common import report, sized_run
+from bench._common import STABLE_MALLOC, current_rss_mb, peak_rss_mb, report, sized_run
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.hooks import observing
 from engine.sampling import GptqWindowsSpec, build
@@ -77,27 +77,6 @@ def memory_child(samples: int, seqlen: int) -> None:
     result = collect(loaded, calibration, StatsSpec(batch_size=BATCH))
     print(json.dumps({"peak_rss_during_collect_mb": peak_rss_mb(), "rss_before_collect_mb": resident,
                       "accumulator_mb": result.meta["accumulator_mb"]}))
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)  # kB
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def current_rss_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    return _status_mb("VmHWM")
-
-
-# glibc keeps freed activation memory in its arenas, so peak RSS would depend on allocation
-# history (seen: +-30% between identical runs). Serving large blocks with mmap returns them to the
-# system on free, and peak RSS then tracks live memory (repeat runs agree within 0.2%).
-STABLE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 
 
 def memory_at(samples: int, seqlen: int) -> dict:

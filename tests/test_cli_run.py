@@ -1,14 +1,19 @@
 """`calibscope run CONFIG`: headless runs end to end, and bad configs as clear one-line errors."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from engine.pipeline import load_config
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
+from tests.test_runner import free_port
 from ui.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +97,24 @@ def test_example_config_runs_on_the_builtin_model(tmp_path, capsys):
         assert set(hessians.diagnostics["layer"].str.extract(r"layers\.(\d+)\.")[0]) == {"0", "17"}
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_torchrun_with_two_ranks_writes_once_what_one_process_writes(tmp_path):
+    """`torchrun --nproc-per-node 2 -m ui.cli run CONFIG`: gloo ranks share the batches, rank 0 writes."""
+    single = tmp_path / "single"
+    single.mkdir()
+    assert run(write_config(single, hessians={"batch_size": 2}, stats={"percentiles": [99.9], "batch_size": 2})) == 0
+    ranks = tmp_path / "ranks"
+    ranks.mkdir()
+    config = write_config(ranks, hessians={"batch_size": 2}, stats={"percentiles": [99.9], "batch_size": 2})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+                           "-m", "ui.cli", "run", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("hessians ") == 1  # one listing: rank 0's
+    first, second = HessianReport.load(single / "out" / "hessians"), HessianReport.load(ranks / "out" / "hessians")
+    for key, hessian in first.hessians.items():
+        assert float((hessian - second.hessians[key]).abs().max() / hessian.abs().max()) <= 1e-5, key
+    stats_first, stats_second = StatsReport.load(single / "out" / "statistics"), StatsReport.load(ranks / "out" / "statistics")
+    for key, arrays in stats_first.channels.items():
+        assert torch.equal(arrays["max"], stats_second.channels[key]["max"]), key

@@ -54,20 +54,28 @@ def test_bad_input_is_a_message(fields, words):
         load(**fields)
 
 
+STATUS = gr.Markdown()
+
+
 def _wired(context=CONTEXT):
-    """The Model & Data handler as Gradio calls it: widget values, session, gr.Progress, gr.Request."""
+    """The Model & Data handler as Gradio calls it: widget values, session, gr.Progress and gr.Request."""
     names = [f for f in ModelDataForm.__dataclass_fields__]
-    return gradio_function(load_model_and_corpus, ModelDataForm, names, {}, context), names
+    outputs = {"status": STATUS, "model_table": gr.Dataframe(visible=False), "corpus_table": gr.Dataframe(),
+               "preview": gr.Dataframe(), "session": gr.State()}
+    return gradio_function(load_model_and_corpus, ModelDataForm, names, outputs, context), names, outputs
 
 
-def test_wired_handlers_show_readable_errors_and_name_their_parameters():
-    run, names = _wired()
+def test_wired_handlers_show_failures_in_the_status_line_and_name_their_parameters():
+    run, names, outputs = _wired()
     values = {**ModelDataForm().__dict__, "model": "builtin:nothing"}
-    with pytest.raises(gr.Error) as raised:
-        run(*[values[n] for n in names], Session(), lambda *a, **k: None, None)
-    assert "Unknown builtin model" in raised.value.message and "Traceback" not in raised.value.message
+    answer = run(*[values[n] for n in names], Session(), lambda *a, **k: None, None)
+    assert list(answer) == [STATUS]  # nothing else changes: not the tables, not the session
+    assert answer[STATUS].startswith("**Not done:** Unknown builtin model") and "Traceback" not in answer[STATUS]
     parameters = list(inspect.signature(run).parameters)
     assert parameters == [*names, "session", "progress", "request"] and run.__name__ == "load_model_and_corpus"
+    values = {**ModelDataForm().__dict__, "model": "tiny-random-llama", "builtin_name": "python-docs"}
+    answer = run(*[values[n] for n in names], Session(), lambda *a, **k: None, None)
+    assert answer[outputs["model_table"]]["visible"] is True  # results appear with their first value
 
 
 def test_bad_upload_is_a_readable_error(tmp_path):
@@ -81,11 +89,10 @@ def test_unexpected_errors_are_summarized_not_dumped():
     def boom(spec, progress):
         raise RuntimeError("boom\nframe 1\nframe 2")
 
-    run, names = _wired(AppContext(models=ModelCache(loader=boom)))
+    run, names, _ = _wired(AppContext(models=ModelCache(loader=boom)))
     values = {**ModelDataForm().__dict__, "model": "tiny-random-llama"}
-    with pytest.raises(gr.Error) as raised:
-        run(*[values[n] for n in names], Session(), lambda *a, **k: None, None)
-    assert "RuntimeError: boom" in raised.value.message and "frame 1" not in raised.value.message
+    status = run(*[values[n] for n in names], Session(), lambda *a, **k: None, None)[STATUS]
+    assert "RuntimeError: boom" in status and "frame 1" not in status and "still running" in status
 
 
 def test_shared_space_refuses_local_paths_and_caps_uploads(tmp_path):

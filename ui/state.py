@@ -22,11 +22,15 @@ MAKES = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """A visitor's model and corpus, the calibration set built from them, and what was measured
     on it. Results belong to the set they were measured on: a new set drops them, a new model or
-    corpus drops the set too; the quantization runs and the comparison stay for side-by-side views."""
+    corpus drops the set too; the quantization runs and the comparison stay for side-by-side views.
+
+    Compared by identity (every change makes a new Session): Gradio compares a State's old and new
+    values to fire its change event, and field-by-field equality of datasets and arrays is neither
+    cheap nor well-defined."""
 
     model_spec: ModelSpec | None = None
     corpus_spec: CorpusSpec | None = None

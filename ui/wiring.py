@@ -12,38 +12,54 @@ reads the parameter names it shows in the API page (``/api``) and where to pass 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import gradio as gr
 
+from engine.errors import CalibscopeError
 from engine.progress import Progress
 from ui.cancel import cancellable, wire_cancel
 from ui.context import AppContext
-from ui.errors import shown_to_user
+from ui.errors import user_message
 from ui.state import Session
+from ui.widgets import shown
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, Session, AppContext, Progress], dict[str, Any]]
 
 
+def failure(error: Exception) -> str:
+    """The status line of a step that did not happen: what was wrong, in the line people read."""
+    return f"**Not done:** {user_message(error)}"
+
+
 def gradio_function(handler: Handler, form: type, names: list[str], outputs: Mapping[str, gr.components.Component],
                     context: AppContext, track_tqdm: bool = False) -> Callable:
-    """The function Gradio calls with the widget values, the session, gr.Progress and gr.Request."""
+    """The function Gradio calls with the widget values, the session, gr.Progress and gr.Request.
+
+    A failure becomes the step's status line (no error badge over it, no traceback, other views and
+    the session left as they were); results go to their components, hidden ones made visible."""
     count = len(names)
 
     def run(*args):
         values, session, progress, request = args[:count], args[count], args[count + 1], args[count + 2]
-        result = handler(form(**dict(zip(names, values))), session or Session(), context, cancellable(progress, request))
-        return {outputs[name]: value for name, value in result.items()}
+        try:
+            result = handler(form(**dict(zip(names, values))), session or Session(), context, cancellable(progress, request))
+        except Exception as error:  # the boundary between the engine and the page
+            if not isinstance(error, CalibscopeError):
+                log.exception("handler %s failed", handler.__name__)
+            return {outputs["status"]: failure(error)}
+        return {outputs[name]: shown(outputs[name], value) for name, value in result.items()}
 
-    run = shown_to_user(run)
     parameter = inspect.Parameter
     run.__signature__ = inspect.Signature(
         [parameter(name, parameter.POSITIONAL_OR_KEYWORD) for name in [*names, "session"]]
         + [parameter("progress", parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=track_tqdm)),
            parameter("request", parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)])
     run.__annotations__ = {"request": gr.Request}
-    del run.__wrapped__  # Gradio must read the signature above, not the handler's
     run.__name__ = run.__qualname__ = handler.__name__
     return run
 

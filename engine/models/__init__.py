@@ -7,6 +7,7 @@ from engine.models.loading import (
     ModelInfo,
     choose_device,
     choose_dtype,
+    from_model,
     load_model,
 )
 from engine.models.tiny import TINY_MODELS
@@ -21,5 +22,6 @@ __all__ = [
     "choose_device",
     "choose_dtype",
     "find_linear_layers",
+    "from_model",
     "load_model",
 ]

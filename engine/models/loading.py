@@ -245,6 +245,20 @@ def _describe(spec, model, source, device, dtype, seconds, from_cache, linear_co
     )
 
 
+def from_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory model") -> LoadedModel:
+    """A model you already hold (built, patched, or loaded your own way) ready for calibration passes,
+    on the device and in the dtype of its parameters."""
+    model.eval()
+    model.requires_grad_(False)
+    _ensure_padding(tokenizer)
+    parameter = next(model.parameters())
+    spec = ModelSpec(name=name, device=str(parameter.device), dtype=str(parameter.dtype).removeprefix("torch."),
+                     offload=Offload.NONE)
+    info = _describe(spec, model, "given in memory", parameter.device, parameter.dtype, 0.0, False,
+                     len(find_linear_layers(model, execution_order=False)))
+    return LoadedModel(model=model, tokenizer=tokenizer, device=parameter.device, info=info, spec=spec)
+
+
 def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
     """Load a causal LM and its tokenizer as ``spec`` says, ready for calibration passes.
 

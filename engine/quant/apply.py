@@ -59,6 +59,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     removed, so an exception or a cancelled run leaves the cached model exactly as it was. The
     model's lock is held throughout: no other session's pass sees the quantized model.
     """
+    loaded.require_resident("Quantized evaluation")
     modules = dict(loaded.model.named_modules())
     missing = (set(plan.weights) | set(plan.inputs)) - set(modules)
     if missing:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import save_file
 
 from engine.errors import CalibscopeError
 from engine.models import LoadedModel
@@ -42,10 +44,13 @@ class _BlockHessians:
 
 
 def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
-                        hessians: HessianSpec = HessianSpec(), propagate: bool = True,
+                        hessians: HessianSpec = HessianSpec(), propagate: bool = True, save_to: str | Path | None = None,
                         progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
     """The quantized weights of every block's layers and one row per layer (weight_error,
-    output_error on the inputs it saw, gptq_loss, damping, seconds), as ``plan_quantization``."""
+    output_error on the inputs it saw, gptq_loss, damping, hessian_trace, seconds), as
+    ``plan_quantization``. ``save_to``: each block's quantized weights are written there
+    (``block-NNN.safetensors``, module name -> weight) as soon as the block is done and not kept, so
+    a model of any size is quantized in the memory of one block; the plan then holds none."""
     if not spec.needs_hessians or spec.activations.enabled:
         raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
     layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
@@ -62,8 +67,16 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
             rows.append({"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features, **costs,
                          "weight_error": float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)),
                          "output_error": output_error(delta, original, view.hessian(layer.name))})
-        return {name: plan.weights[name] for name in (layer.name for layer in mine)}
+        quantized = {layer.name: plan.weights[layer.name] for layer in mine}
+        if save_to is not None and quantized:
+            save_file({name: weight.contiguous() for name, weight in quantized.items()},
+                      Path(save_to) / f"block-{block.index:03d}.safetensors")
+            for name in quantized:
+                del plan.weights[name]
+        return quantized
 
+    if save_to is not None:
+        Path(save_to).mkdir(parents=True, exist_ok=True)
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
     started = time.perf_counter()
     run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE), progress)

@@ -84,13 +84,12 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             elif group_size and column % group_size == 0:
                 grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
             w = block[:, i]
-            d = block_hinv[i, i]
             q = grid.fake_quantize(w[:, None])[:, 0]  # the row grids broadcast over one column
             quantized[:, column] = q
-            losses[:, column] = (w - q) ** 2 / d**2 / 2
-            error = (w - q) / d
+            error = (w - q) / block_hinv[i, i]
             block[:, i:] -= error[:, None] @ block_hinv[i, i:][None, :]
             errors[:, i] = error
+        losses[:, start:stop] = errors.square() / 2  # (w - q)² / [H⁻¹]_ii² / 2, for the whole block at once
         weight[:, stop:] -= errors @ hinv[start:stop, stop:]
     group_index = None
     if order is not None:

@@ -84,6 +84,7 @@ def negative_log_likelihood(model: torch.nn.Module, ids: torch.Tensor, mask: tor
 def perplexity(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int = 4,
                progress: Progress = no_progress) -> float:
     """exp(mean NLL) over the evaluation windows; the device is read once, at the end."""
+    loaded.require_resident("Perplexity")
     device = next(loaded.model.parameters()).device
     windows = evaluation.windows
     total = torch.zeros((), dtype=torch.float64, device=device)

@@ -56,7 +56,8 @@ def quantize_group(matrices: list[torch.Tensor], spec: WeightSpec, hessian: torc
     result = gptq(torch.cat(matrices), hessian, spec.bits, spec.group_size, spec.symmetric, spec.block_size, spec.damping,
                   spec.act_order)
     sizes = [matrix.shape[0] for matrix in matrices]
-    return [(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping})
+    trace = float(torch.diagonal(hessian).double().sum())
+    return [(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace})
             for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))]
 
 

@@ -53,6 +53,7 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
     """The target model's hidden states after block ``layer`` (-1: the middle block), mean-pooled
     over each sequence's text tokens (the prefix is left out: BOS carries huge attention-sink
     activations that would dominate every mean); the forward stops after that block."""
+    loaded.require_resident("Activation-cluster selection")
     model = loaded.model
     blocks = decoder_blocks(model)
     index = len(blocks) // 2 if layer < 0 else layer

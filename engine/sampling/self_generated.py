@@ -57,6 +57,7 @@ def _generate(loaded, start: list[int], rows: int, spec: SelfGeneratedSpec, gene
 def self_generated(context: SamplingContext, spec: SelfGeneratedSpec, rng: np.random.Generator) -> Draft:
     if context.model is None:
         raise SamplingError("Self-generated text comes from the target model: pass the loaded model to build().")
+    context.model.require_resident("Self-generated text")
     prompts = list(spec.prompts) or [""]
     starts = [context.prefix + context.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     if any(len(s) >= spec.length for s in starts):

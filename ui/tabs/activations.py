@@ -26,6 +26,7 @@ from ui.context import AppContext
 from ui.errors import shown_to_user
 from ui.parsing import parse_percentiles, whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 
@@ -125,20 +126,22 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info="128-bin histogram per channel")
             run, cancel = run_and_cancel("Collect statistics")
         with gr.Column(scale=3):
-            status = gr.Markdown("Build a calibration set, then collect statistics.", elem_classes="cs-status")
-            ranges = gr.Plot(show_label=False)
+            context_line(session)
+            status = gr.Markdown("One pass over the calibration set: every layer's ranges, percentiles and outlier "
+                                 "channels, and which token set each maximum.", elem_classes="cs-status")
+            ranges = result_plot()
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            table = gr.Dataframe(label="Layers (click a row to inspect it; sortable)", interactive=False, max_height=380)
+            table = result_table("Layers (click a row to inspect it; sortable)", max_height=380)
         with gr.Column(scale=2):
-            outliers = gr.Dataframe(label="Top outlier channels (|max| above the threshold)", interactive=False, max_height=380)
+            outliers = result_table("Top outlier channels (|max| above the threshold)", max_height=380)
     gr.Markdown("### Inspect one layer")
     layer = gr.Dropdown(label="Layer", choices=[], interactive=True)
     attribution = gr.HTML()
-    channels = gr.Plot(show_label=False)
+    channels = result_plot()
     with gr.Accordion("All channels and distributions", open=False):
-        heatmap = gr.Plot(show_label=False)
-        distributions = gr.Plot(show_label=False)
+        heatmap = result_plot()
+        distributions = result_plot()
 
     widgets = {"layer_types": layer_types, "pattern": pattern, "include_head": include_head, "capture": capture,
                "percentiles": percentiles, "channel_histograms": channel_histograms, "threshold": threshold,

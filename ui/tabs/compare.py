@@ -18,6 +18,7 @@ from ui.context import AppContext
 from ui.errors import shown_to_user
 from ui.parsing import parse_counts, whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 # A CPU visitor should get an answer in minutes: two strategies, two seeds, one count, W4 GPTQ.
@@ -107,11 +108,12 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 windows = gr.Number(start["windows"], label="Windows", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run comparison")
         with gr.Column(scale=3):
-            status = gr.Markdown("Load a model and a corpus, then compare strategies. Every cell is built, "
-                                 "collected, quantized and evaluated: expect minutes on a CPU.", elem_classes="cs-status")
+            context_line(session)
+            status = gr.Markdown("Every cell is built from the loaded corpus, collected, quantized and evaluated.",
+                                 elem_classes="cs-status")
             scheme = gr.Dropdown([], label="Scheme shown", interactive=True)
-            bars = gr.Plot(show_label=False)
-    table = gr.Dataframe(label="Perplexity over seeds (mean, std; best per scheme and count marked)", interactive=False)
+            bars = result_plot()
+    table = result_table("Perplexity over seeds (mean, std; best per scheme and count marked)")
     widgets = {"strategies": strategies, "seeds": seeds, "counts": counts, "length": length, "schemes": schemes,
                "source": source, "windows": windows}
     outputs = {"status": status, "bars": bars, "table": table, "scheme": scheme, "session": session}

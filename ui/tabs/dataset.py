@@ -27,6 +27,7 @@ from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.parsing import parse_edges, whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED
@@ -132,13 +133,14 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
             run, cancel = run_and_cancel("Build calibration set")
         with gr.Column(scale=2):
-            status = gr.Markdown("Load a model and a corpus, then build a set.", elem_classes="cs-status")
-            histogram = gr.Plot(label="Token lengths", show_label=False)
-            second_plot = gr.Plot(label="Buckets", show_label=False)
+            context_line(session)
+            status = gr.Markdown("Choose a strategy and build a set from the loaded corpus.", elem_classes="cs-status")
+            histogram = result_plot()
+            second_plot = result_plot()
     with gr.Row(equal_height=False):
-        summary = gr.Dataframe(label="Summary", interactive=False, wrap=True, scale=1)
-        bucket_table = gr.Dataframe(label="Per bucket", interactive=False, scale=1)
-    preview = gr.Dataframe(label="Samples (decoded; ⏎ marks a newline)", interactive=False, wrap=True, max_height=420,
+        summary = result_table("Summary", wrap=True, scale=1)
+        bucket_table = result_table("Per bucket", scale=1)
+    preview = result_table("Samples (decoded; ⏎ marks a newline)", wrap=True, max_height=420,
                            column_widths=["7%", "7%", "10%", "22%", "54%"])
 
     strategy.change(strategy_controls, strategy, [length, edges, allocation, mode, help_text])

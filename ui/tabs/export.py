@@ -16,6 +16,7 @@ from engine.run_report import run_report
 from ui.context import AppContext
 from ui.run_config import session_config
 from ui.state import Session
+from ui.widgets import context_line
 from ui.wiring import connect
 
 FORMAT_LABELS = {ExportFormat.DISK: "datasets folder (load_from_disk), zipped", ExportFormat.PARQUET: "parquet",
@@ -82,7 +83,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()], value=ExportFormat.DISK.value,
                        label="Calibration set format")
         run = gr.Button("Prepare downloads", variant="primary", scale=0)
-    status = gr.Markdown("Build a calibration set first; statistics and Hessians are included when collected.",
+    context_line(session)
+    status = gr.Markdown("Statistics, Hessians and results are included when this session has them.",
                          elem_classes="cs-status")
     files = gr.File(label="Downloads", file_count="multiple", interactive=False)
     connect(run.click, prepare_downloads, ExportForm, {"fmt": fmt}, session, {"status": status, "files": files}, context,

@@ -19,6 +19,7 @@ from ui.context import AppContext
 from ui.errors import shown_to_user
 from ui.parsing import whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 SHOWN_WARNINGS = 8
@@ -129,17 +130,19 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Collect Hessians")
         with gr.Column(scale=3):
-            status = gr.Markdown("Build a calibration set, then collect Hessians.", elem_classes="cs-status")
+            context_line(session)
+            status = gr.Markdown("GPTQ's H = 2/N Σ XᵀX for every layer's input, and whether the set is enough: "
+                                 "rank, conditioning, dead channels, the damping a Cholesky needs.", elem_classes="cs-status")
             with gr.Accordion("Memory plan", open=False):
                 plan = gr.Markdown()
-            depth = gr.Plot(show_label=False)
-    table = gr.Dataframe(label="Per layer (sortable)", interactive=False, wrap=True, max_height=380)
+            depth = result_plot()
+    table = result_table("Per layer (sortable)", wrap=True, max_height=380)
     with gr.Row(equal_height=False):
         with gr.Column():
             layer = gr.Dropdown(label="Layer", choices=[], interactive=True, info="Opens on the least well-conditioned layer")
-            spectrum = gr.Plot(show_label=False)
+            spectrum = result_plot()
         with gr.Column():
-            diagonals = gr.Plot(show_label=False)
+            diagonals = result_plot()
     widgets = {"pattern": pattern, "dtype": dtype, "storage": storage, "batch_size": batch_size}
     outputs = {"status": status, "depth": depth, "table": table, "layer": layer, "spectrum": spectrum,
                "diagonals": diagonals, "session": session}

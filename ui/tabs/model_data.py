@@ -10,10 +10,11 @@ from engine import CorpusSpec, ModelSpec
 from engine.corpus import corpus_summary, load_corpus
 from engine.errors import CorpusError
 from engine.progress import Progress, no_progress, scaled
-from engine.specs import BuiltinCorpus, CorpusKind, Split, choice
+from engine.specs import BuiltinCorpus, CorpusKind, Offload, Split, choice, labels
 from ui import choices
 from ui.context import AppContext
 from ui.state import Session
+from ui.widgets import context_line, result_table
 from ui.wiring import connect
 
 PREVIEW_ROWS = 50
@@ -27,6 +28,7 @@ class ModelDataForm:
     model: str = choices.DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
+    offload: str = Offload.AUTO.value
     kind: str = CorpusKind.BUILTIN.value
     builtin_name: str = BuiltinCorpus.MIXED.value
     split: str = Split.TRAIN.value
@@ -37,7 +39,7 @@ class ModelDataForm:
     upload: str | None = None
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(name=(self.model or "").strip(), device=self.device, dtype=self.dtype)
+        return ModelSpec(name=(self.model or "").strip(), device=self.device, dtype=self.dtype, offload=self.offload)
 
     def corpus_spec(self, max_upload_bytes: int) -> CorpusSpec:
         """The CorpusSpec these widgets describe (raises SpecError / CorpusError on bad values)."""
@@ -106,6 +108,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             with gr.Row():
                 device = gr.Dropdown(choices.DEVICE_CHOICES, value="auto", label="Device")
                 dtype = gr.Dropdown(choices.DTYPE_CHOICES, value="auto", label="Dtype", info=choices.DTYPE_HELP)
+                offload = gr.Dropdown(labels(Offload), value=Offload.AUTO.value, label="Weights",
+                                      info="auto: offloaded only when the model does not fit (passes then run block by block)")
         with gr.Column(scale=1):
             gr.Markdown("### Corpus", elem_classes="cs-section-title")
             kind = gr.Radio(choices.CORPUS_KINDS, value=CorpusKind.BUILTIN.value, label="Source")
@@ -123,15 +127,15 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 upload = gr.File(label="Corpus file", file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"], type="filepath")
             text_column = gr.Textbox(label="Text column", placeholder="auto: 'text' (or chat 'messages')")
     load = gr.Button("Load model and corpus", variant="primary", size="lg")
+    context_line(session)
     status = gr.Markdown("Choose a model and a corpus, then load them.", elem_classes="cs-status")
     with gr.Row(equal_height=False):
-        model_table = gr.Dataframe(label="Model", interactive=False, wrap=True)
-        corpus_table = gr.Dataframe(label="Corpus", interactive=False, wrap=True)
-    corpus_preview = gr.Dataframe(label="First documents", interactive=False, wrap=True, max_height=360,
-                                  column_widths=["7%", "25%", "10%", "58%"])
+        model_table = result_table("Model", wrap=True)
+        corpus_table = result_table("Corpus", wrap=True)
+    corpus_preview = result_table("First documents", wrap=True, max_height=360, column_widths=["7%", "25%", "10%", "58%"])
 
     kind.change(_corpus_visibility, kind, [builtin_group, hub_group, file_group])
-    widgets = {"model": model, "device": device, "dtype": dtype, "kind": kind, "builtin_name": builtin_name,
+    widgets = {"model": model, "device": device, "dtype": dtype, "offload": offload, "kind": kind, "builtin_name": builtin_name,
                "split": split, "hub_name": hub_name, "hub_config": hub_config, "hub_split": hub_split,
                "text_column": text_column, "upload": upload}
     outputs = {"status": status, "model_table": model_table, "corpus_table": corpus_table, "preview": corpus_preview,

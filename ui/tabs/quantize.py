@@ -29,6 +29,7 @@ from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.parsing import whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 CUSTOM = "Custom"
@@ -145,12 +146,14 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                        info="thorough: one extra evaluation per layer")
             run, cancel = run_and_cancel("Quantize and evaluate")
         with gr.Column(scale=3):
-            status = gr.Markdown("Build a calibration set, collect Hessians (GPTQ) or statistics (static activations), "
-                                 "then quantize.", elem_classes="cs-status")
-            summary = gr.Dataframe(headers=["", "value"], interactive=False, show_label=False)
-            runs = gr.Plot(show_label=False)
-    depth = gr.Plot(show_label=False)
-    table = gr.Dataframe(label="Per layer, most sensitive first (sortable)", interactive=False, max_height=380)
+            context_line(session)
+            status = gr.Markdown("Quantize (simulated) with this set's Hessians (GPTQ) or statistics (static "
+                                 "activations) and measure perplexity against float on held-out text.",
+                                 elem_classes="cs-status")
+            summary = result_table("Run", show_label=False)
+            runs = result_plot()
+    depth = result_plot()
+    table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "bits": bits, "group": group, "act_order": act_order, "act_bits": act_bits,
               "range_method": range_method, "percentile": percentile, "granularity": granularity}
     preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])

@@ -13,6 +13,7 @@ from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.parsing import parse_counts, whole
 from ui.state import Session
+from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
 CLOSE_ENOUGH = 0.05  # "within 5% of the full set"
@@ -88,9 +89,11 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run sweep")
         with gr.Column(scale=3):
-            status = gr.Markdown("Build a calibration set, then run a sweep.", elem_classes="cs-status")
-            curves = gr.Plot(show_label=False)
-    table = gr.Dataframe(label="Median change to the full set: mean over shuffles (min–max)", interactive=False)
+            context_line(session)
+            status = gr.Markdown("How far the ranges, percentiles and Hessians of the first n samples still are from "
+                                 "those of the whole set.", elem_classes="cs-status")
+            curves = result_plot()
+    table = result_table("Median change to the full set: mean over shuffles (min–max)")
     widgets = {"counts": counts, "shuffles": shuffles, "percentile": percentile, "hessians": hessians,
                "batch_size": batch_size}
     outputs = {"status": status, "curves": curves, "table": table, "session": session}

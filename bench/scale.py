@@ -1,0 +1,149 @@
+"""Calibrating the models people quantize: block by block against the whole model, and the GPU table.
+
+Default (CPU): the Llama-3.2-1B shape (random bf16 weights written once to the cache, computed in
+float32), Hessians + GPTQ W4 g128 on 8 x 256 tokens, each run in a fresh process: the whole model
+in memory (every Hessian kept, then GPTQ) against block by block from the checkpoint on disk (each
+block's Hessians handed to GPTQ and freed). Prints peak RSS of both and their ratio (goal <= 0.35),
+and how far the two agree (Hessian traces, quantized weights).
+--shape llama-3.1-8b: the 8B shape (16 GB bf16 on disk) through statistics + Hessians (quick
+diagnosis, dropped after each block) block by block on 4 x 128 tokens: peak RSS (goal <= 6 GB).
+--table --device cuda: per shape (Gemma-270M, Llama-1B, Llama-8B), 128 x 2048 tokens, bf16: a bare
+head-less forward, full statistics, every Hessian, GPTQ W4 g128 over all layers (seconds, ratios
+to the forward) and peak GPU memory, whole model and block by block.
+--quick shrinks every size (2 blocks, 4 x 64 tokens) to check the script (minutes on a CPU: GPTQ of 8192 columns).
+Usage: python bench/scale.py [--quick] [--shape llama-3.1-8b] [--table --device cuda]
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from bench._checkpoints import SHAPES, checkpoint
+from bench._common import STABLE_MALLOC, peak_rss_mb, report
+from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.quant import PRESETS
+from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.sampling import PackedSpec, build
+from engine.stats import HessianSpec, StatsSpec, collect
+from engine.stats.hessian_report import collect_hessians
+
+ROOT = Path(__file__).resolve().parents[1]
+GPTQ = PRESETS["W4 g128 GPTQ"]
+
+
+def calibration(loaded, samples: int, length: int):
+    """Packed blocks of the builtin corpus (byte tokens): every sample exactly ``length`` tokens."""
+    corpus = load_corpus(CorpusSpec.builtin("mixed"))
+    return build(corpus, loaded.tokenizer, PackedSpec(nsamples=samples, length=length, seed=0))
+
+
+def checksums(table) -> dict:
+    """Per layer: its Hessian's trace and its quantized weight's relative error (to compare runs)."""
+    return {row.layer: {"hessian_trace": row.hessian_trace, "weight_error": row.weight_error} for row in table.itertuples()}
+
+
+def child(mode: str, folder: str, samples: int, length: int) -> dict:
+    """One measured run in this fresh process (peak RSS covers loading too); both runs write the
+    quantized weights to a folder, the job a user runs."""
+    started = time.perf_counter()
+    out = Path(tempfile.mkdtemp(prefix="calibscope-scale-"))
+    if mode == "whole":  # the whole model in memory, every Hessian kept, then GPTQ
+        loaded = load_model(ModelSpec(folder, dtype="float32", offload="none"))
+        data = calibration(loaded, samples, length)
+        hessians = collect_hessians(loaded, data, HessianSpec(diagnostics="none", execution="whole-model"))
+        plan, table = plan_quantization(quantizable_layers(loaded.model, GPTQ), GPTQ, None, hessians)
+        save_file({name: weight.contiguous() for name, weight in plan.weights.items()}, out / "quantized.safetensors")
+    elif mode == "blockwise":  # block by block from disk, each block's Hessians handed to GPTQ and freed
+        loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
+        data = calibration(loaded, samples, length)
+        _, table = gptq_block_by_block(loaded, data, GPTQ, HessianSpec(diagnostics="none"), propagate=False, save_to=out)
+    else:  # statistics + Hessians, diagnosed and dropped per block
+        loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
+        data = calibration(loaded, samples, length)
+        stats = collect(loaded, data, StatsSpec(batch_size=4))
+        hessians = collect_hessians(loaded, data, HessianSpec(batch_size=4, keep=False, diagnostics="quick"))
+        return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1),
+                "observed": stats.meta["observed"], "diagnosed": int(hessians.diagnostics["trace"].notna().sum()),
+                "plan": hessians.meta["plan"], "tokens": int(data.lengths.sum())}
+    shutil.rmtree(out, ignore_errors=True)
+    return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1),
+            "layers": len(table), "checksums": checksums(table), "tokens": int(data.lengths.sum())}
+
+
+def measured(mode: str, folder: Path, samples: int, length: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", mode, str(folder), str(samples), str(length)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **STABLE_MALLOC},
+                          cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{mode} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def largest_relative_difference(first: dict, second: dict, field: str) -> float:
+    return max(abs(first[k][field] - second[k][field]) / max(abs(first[k][field]), 1e-30) for k in first if field in first[k])
+
+
+def cpu_comparison(args) -> None:
+    layers, samples, length = (2, 4, 64) if args.quick else (None, 8, 256)
+    folder = checkpoint("llama-3.2-1b", layers)
+    whole = measured("whole", folder, samples, length)
+    blockwise = measured("blockwise", folder, samples, length)
+    ratio = blockwise["peak_rss_mb"] / whole["peak_rss_mb"]
+    report("scale", "peak_rss_ratio_blockwise_vs_whole", round(ratio, 3), "<= 0.35", ratio <= 0.35,
+           shape="llama-3.2-1b" + (f" ({layers} blocks)" if layers else ""), samples=samples, tokens_per_sample=length,
+           dtype="float32 compute, bf16 on disk", whole_peak_rss_mb=whole["peak_rss_mb"],
+           blockwise_peak_rss_mb=blockwise["peak_rss_mb"], whole_s=whole["seconds"], blockwise_s=blockwise["seconds"],
+           layers=whole["layers"],
+           hessian_trace_max_relative_difference=largest_relative_difference(whole["checksums"], blockwise["checksums"],
+                                                                             "hessian_trace"),
+           weight_error_max_relative_difference=largest_relative_difference(whole["checksums"], blockwise["checksums"],
+                                                                            "weight_error"))
+
+
+def bigger_than_memory(args) -> None:
+    layers, samples, length = (2, 4, 64) if args.quick else (None, 4, 128)
+    folder = checkpoint(args.shape, layers)
+    run = measured("stats-hessians", folder, samples, length)
+    goal_mb = 6 * 1024
+    report("scale_8b", "peak_rss_mb_statistics_and_hessians_block_by_block", run["peak_rss_mb"], f"<= {goal_mb}",
+           run["peak_rss_mb"] <= goal_mb, shape=args.shape + (f" ({layers} blocks)" if layers else ""),
+           checkpoint_gb=round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30, 2), **run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 blocks, 4 x 64 tokens: checks the script")
+    parser.add_argument("--shape", choices=list(SHAPES), default="llama-3.2-1b")
+    parser.add_argument("--table", action="store_true", help="the per-shape speed and memory table (see --device)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, folder, samples, length = args.child
+        print(json.dumps(child(mode, folder, int(samples), int(length))))
+    elif args.table:
+        from bench.scale_table import table
+
+        table(args.device, args.quick)
+    elif args.shape == "llama-3.2-1b":
+        cpu_comparison(args)
+    else:
+        bigger_than_memory(args)
+
+
+if __name__ == "__main__":
+    main()
