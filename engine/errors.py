@@ -17,6 +17,20 @@ class ModelLoadError(CalibscopeError):
     """A model could not be loaded (unknown name, offline hub, missing optional package)."""
 
 
+class HubUnavailable(ModelLoadError):
+    """A model id the Hugging Face hub could not provide (unknown id, or no network and not cached)."""
+
+    def __init__(self, name: str, reason: str, builtins: tuple[str, ...], local_folders: bool = True) -> None:
+        self.name, self.reason, self.builtins = name, reason, builtins
+        where = "a builtin model" + (" or a local model directory" if local_folders else "")
+        super().__init__(f"Could not load '{name}' from the Hugging Face hub ({reason}). Check the id (org/name), or use "
+                         f"{where}; builtin models work offline: {', '.join(builtins)}.")
+
+    def without_local_folders(self) -> HubUnavailable:
+        """The same advice where local folders are refused (a shared Space)."""
+        return HubUnavailable(self.name, self.reason, self.builtins, local_folders=False)
+
+
 class CorpusError(CalibscopeError):
     """A corpus could not be read or holds no usable documents."""
 

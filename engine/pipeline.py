@@ -7,11 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import tomllib
 
 from engine.atomic import write_file
 from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
+from engine.experiments.evaluations import EvaluationCache
+from engine.experiments.runs import ComparisonRun, QuantRun, as_json, comparison_run_from, quant_run_from
 from engine.export import ExportFormat, save_calibration_set
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
@@ -35,6 +38,8 @@ class RunConfig:
     stats: StatsSpec | None
     hessians: HessianSpec | None
     export_format: ExportFormat = ExportFormat.DISK
+    quantize: tuple[QuantRun, ...] = ()
+    compare: ComparisonRun | None = None
 
 
 def _spec(kind: type, values: dict, section_name: str):
@@ -43,6 +48,13 @@ def _spec(kind: type, values: dict, section_name: str):
     if unknown:
         raise SpecError(f"[{section_name}] has unknown keys {unknown}; allowed: {', '.join(sorted(fields))}.")
     return kind(**values)
+
+
+def _run(parse, values: dict, section_name: str):
+    try:
+        return parse(values)
+    except TypeError as error:  # an unknown key
+        raise SpecError(f"[{section_name}] {error}") from None
 
 
 def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
@@ -59,6 +71,8 @@ def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
         sampling=spec_from_params(strategy, sampling),
         stats=_spec(StatsSpec, data["stats"], "stats") if "stats" in data else None,
         hessians=_spec(HessianSpec, data["hessians"], "hessians") if "hessians" in data else None,
+        quantize=tuple(_run(quant_run_from, values, "quantize") for values in data.get("quantize", [])),
+        compare=_run(comparison_run_from, data["compare"], "compare") if "compare" in data else None,
         export_format=export_format,
     )
 
@@ -101,13 +115,36 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
         hessians = collect_hessians(loaded, calibration, config.hessians, labelled(scaled(progress, 0.6, 0.95), "Hessians"))
         if writer:
             written["hessians"] = hessians.save(config.output / "hessians")
+    cache = EvaluationCache()
+    reports = [run.run(loaded, stats, hessians, cache, labelled(scaled(progress, 0.95, 0.97), f"Quantize {run.spec.label()}"))
+               for run in config.quantize]
+    comparison = (config.compare.run(loaded, corpus, config.corpus.label, cache, labelled(scaled(progress, 0.97, 0.99), "Compare"))
+                  if config.compare is not None else None)
     if not writer:
         return written
+    written.update(_results(config.output, reports, comparison))
     written["report"] = config.output / "report.html"
-    write_file(written["report"], run_report(loaded.info, config.corpus.label, corpus, calibration, stats, hessians))
+    write_file(written["report"], run_report(loaded.info, config.corpus.label, corpus, calibration, stats, hessians,
+                                             reports, comparison))
     written["config"] = config.output / "config.json"
     write_file(written["config"], json.dumps(config_as_json(config), indent=2))
     progress(1.0, f"Wrote {len(written)} artifacts to {config.output}")
+    return written
+
+
+def _results(output: Path, reports: list, comparison) -> dict[str, Path]:
+    """Quantization runs (one row each, and each run's per-layer table) and the comparison's rows, as CSV."""
+    written = {}
+    if reports:
+        written["quantization"] = output / "quantization-runs.csv"
+        summary = pd.DataFrame([{"scheme": r.spec.label(), "evaluation": r.meta["evaluation"], "tokens": r.meta["evaluation_tokens"],
+                                 "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap} for r in reports])
+        write_file(written["quantization"], summary.to_csv(index=False))
+        for number, report in enumerate(reports, 1):
+            write_file(output / f"quantization-{number}-layers.csv", report.layers.to_csv(index=False))
+    if comparison is not None:
+        written["comparison"] = output / "comparison-runs.csv"
+        write_file(written["comparison"], comparison.to_csv(index=False))
     return written
 
 
@@ -120,4 +157,8 @@ def config_as_json(config: RunConfig) -> dict:
     for name in ("stats", "hessians"):
         if getattr(config, name) is not None:
             data[name] = dataclasses.asdict(getattr(config, name))
+    if config.quantize:
+        data["quantize"] = [as_json(run) for run in config.quantize]
+    if config.compare is not None:
+        data["compare"] = as_json(config.compare)
     return json.loads(json.dumps(data))

@@ -22,7 +22,8 @@ from engine.figures import (
 )
 from engine.figures.quant import perplexity_runs, run_label, sensitivity_depth
 from engine.figures.selection import comparison_bars
-from engine.html_report import render, section
+from engine.figures.stats import short_name
+from engine.html_report import Section, render, section
 from engine.models import ModelInfo
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
@@ -30,7 +31,7 @@ from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
 
 
-def calibration_section(calibration: CalibrationSet) -> str:
+def calibration_section(calibration: CalibrationSet) -> Section:
     prefix = len(calibration.manifest.tokenizer["prefix_ids"])
     edges = tuple(calibration.manifest.params.get("edges", ())) if calibration.buckets is not None else ()
     buckets = calibration.buckets is not None
@@ -41,7 +42,7 @@ def calibration_section(calibration: CalibrationSet) -> str:
                    + ([bucket_bars(calibration.buckets)] if buckets else []))
 
 
-def quantization_section(reports: Sequence[QuantReport]) -> str:
+def quantization_section(reports: Sequence[QuantReport]) -> Section:
     """Every run side by side (scheme, held-out text, perplexities), and each run's per-layer view."""
     runs = pd.DataFrame([{"run": run_label(number, report), "evaluated on": report.meta["evaluation"],
                           "tokens": report.meta["evaluation_tokens"], "float": round(report.float_perplexity, 3),
@@ -49,6 +50,24 @@ def quantization_section(reports: Sequence[QuantReport]) -> str:
                          for number, report in enumerate(reports, 1)])
     return section("Quantization", tables=[runs],
                    figures=[perplexity_runs(list(reports)), *[sensitivity_depth(report) for report in reports]])
+
+
+FINDING_TEXT = {
+    "data_limited": "fewer tokens than input channels: more calibration data helps",
+    "needs_damping": "a float32 Cholesky needs damping (GPTQ's default 0.01 of the mean diagonal)",
+    "dead_channels": "input channels never active (GPTQ sets their diagonal to 1)",
+    "float32_rank": "rank-deficient in float32 despite enough tokens: damping, not more data, handles it",
+}
+
+
+def hessian_section(hessians: HessianReport) -> Section:
+    """Findings folded into one table (kind, how many inputs, which), not a sentence per layer."""
+    rows = [{"finding": FINDING_TEXT[kind], "inputs": len(layers),
+             "layers": ", ".join(short_name(layer) for layer in layers)}
+            for kind, layers in hessians.findings().items() if layers]
+    table = pd.DataFrame(rows or [{"finding": "every Hessian is full rank and factorizes undamped", "inputs": 0,
+                                   "layers": ""}])
+    return section("Hessians", tables=[table], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)])
 
 
 def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: CalibrationSet, stats: StatsReport | None = None,
@@ -65,7 +84,7 @@ def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: Calibrat
         sections.append(section("Activation ranges", tables=[outlier_table(stats)],
                                 figures=[ranges_across_depth(stats), layer_distributions(stats), channel_heatmap(stats)]))
     if hessians is not None:
-        sections.append(section("Hessians", notes=hessians.warnings[:20], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)]))
+        sections.append(hessian_section(hessians))
     if quantizations:
         sections.append(quantization_section(quantizations))
     if comparison is not None and len(comparison):

@@ -70,3 +70,29 @@ def test_bad_input_shows_a_message_and_the_app_stays_up():
         page.get_by_role("button", name="Load model and corpus").click()  # still responsive
         page.wait_for_timeout(500)
         assert page.get_by_role("button", name="Load model and corpus").is_enabled()
+
+
+def test_the_html_report_draws_every_figure_offline(tmp_path):
+    from tests.ui_helpers import CONTEXT, Recorder
+    from ui.tabs.export import ExportForm, prepare_downloads
+
+    session = _export_session()
+    files = prepare_downloads(ExportForm("jsonl"), session, CONTEXT, Recorder())["files"]
+    report = next(f for f in files if f.endswith("report.html"))
+    expected = open(report, encoding="utf-8").read().count('class="cs-figure"')
+    with chromium_page() as page:
+        page.goto(f"file://{report}")
+        page.wait_for_function("() => document.body.dataset.figuresDrawn !== undefined", timeout=30_000)
+        drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.data && p.data.length).length")
+    assert expected >= 5 and drawn == expected
+
+
+def _export_session():
+    from tests.test_ui_activations import FORM as STATS_FORM
+    from tests.ui_helpers import CONTEXT, Recorder, build, load
+    from ui.tabs.activations import collect_statistics
+    from ui.tabs.hessians import HessianForm, compute_hessians
+
+    session = build(load(builtin_name="python-docs")["session"], nsamples=6, edges="64, 128")["session"]
+    session = collect_statistics(STATS_FORM, session, CONTEXT, Recorder())["session"]
+    return compute_hessians(HessianForm(batch_size=4), session, CONTEXT, Recorder())["session"]

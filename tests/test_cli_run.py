@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 
@@ -46,7 +47,7 @@ def test_run_writes_every_artifact_and_a_report(tmp_path, capsys):
     assert len(StatsReport.load(out / "statistics").summary) == 14
     assert len(HessianReport.load(out / "hessians").diagnostics) == 14
     page = (out / "report.html").read_text()
-    assert page.count('class="plotly-graph-div"') == 7 and "Plotly" in page[:5_000_000]  # plotly.js inlined: offline
+    assert page.count('class="cs-figure"') == 7 and "const PLOTLY" in page  # plotly.js embedded: offline
     rerun = json.loads((out / "config.json").read_text())
     assert rerun["sampling"]["strategy"] == "length-stratified" and rerun["sampling"]["seed"] == 0
 
@@ -118,3 +119,27 @@ def test_torchrun_with_two_ranks_writes_once_what_one_process_writes(tmp_path):
     stats_first, stats_second = StatsReport.load(single / "out" / "statistics"), StatsReport.load(ranks / "out" / "statistics")
     for key, arrays in stats_first.channels.items():
         assert torch.equal(arrays["max"], stats_second.channels[key]["max"]), key
+
+
+def test_a_config_repeats_quantization_runs_and_a_comparison(tmp_path):
+    config = write_config(tmp_path, quantize=[
+        {"scheme": "W4 g128 GPTQ", "evaluation": {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}},
+        {"weights": {"method": "rtn", "bits": 8, "group_size": 0}, "activations": {"bits": 8, "range_method": "percentile"},
+         "sensitivity": "none", "evaluation": {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}}],
+        compare={"strategies": ["random"], "seeds": 1, "counts": [3], "length": 48, "schemes": ["W4 g128 RTN"],
+                 "evaluation": {"windows": 2}})
+    assert run(config) == 0
+    out = tmp_path / "out"
+    runs = pd.read_csv(out / "quantization-runs.csv")
+    assert list(runs["scheme"]) == ["W4 g128 GPTQ", "W8 per-channel RTN + A8 static per-tensor p99.99"]
+    assert (out / "quantization-2-layers.csv").is_file() and len(pd.read_csv(out / "comparison-runs.csv")) == 1
+    again = json.loads((out / "config.json").read_text())
+    assert again["quantize"][0]["weights"]["method"] == "gptq" and again["compare"]["seeds"] == 1
+    assert load_config(out / "config.json").quantize == load_config(config).quantize  # the config it wrote runs the same
+
+
+def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W5 magic"}])) == 2
+    assert "scheme 'W5 magic' is unknown" in capsys.readouterr().err
+    assert run(write_config(tmp_path, compare={"seeds": 0})) == 2
+    assert "at least one seed" in capsys.readouterr().err

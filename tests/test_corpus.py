@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from engine import CorpusError, CorpusSpec, load_corpus
-from engine.corpus import corpus_summary
+from engine.corpus import corpus_notes, corpus_summary
 from engine.corpus.builtin import split_of
 
 
@@ -109,7 +109,7 @@ BAD_INPUTS = [
     ("blob.txt", b"\x00\x01\x02binary" * 10, None, "binary"),
     ("short.txt", b"a\n\nb\n\nc", None, "no usable documents"),
     ("bad.jsonl", b'{"text": "fine line of text"}\n{not json}\n', None, "line 2 is not valid JSON"),
-    ("fields.jsonl", b'{"body": "some text"}\n', None, "no a 'text' or 'messages' field"),
+    ("fields.jsonl", b'{"body": "some text"}\n', None, "no 'text' or 'messages' field"),
     ("cols.csv", b"a,b\nsome long text,other long text\n", None, "Choose the text column"),
     ("cols2.csv", b"a,b\nsome long text,other long text\n", "body", "no column 'body'"),
     ("table.xlsx", b"PK\x03\x04 pretend spreadsheet", None, "not supported"),
@@ -145,3 +145,16 @@ def test_hub_dataset_offline_names_the_offline_alternatives():
 def test_unknown_hub_dataset_offline_is_a_corpus_error():
     with pytest.raises(CorpusError, match="Hugging Face hub"):
         load_corpus(CorpusSpec.hub("someone/unknown-dataset", text_column="body"))
+
+
+def test_what_reading_decided_is_counted_and_shown(tmp_path):
+    table = tmp_path / "notes.csv"
+    pd.DataFrame({"id": [1, 2, 3], "content": ["A long enough document about calibration.", "tiny", "Another proper document."]}
+                 ).to_csv(table, index=False)
+    corpus = load_corpus(CorpusSpec.file(table, min_chars=10))
+    notes = corpus_notes(corpus)
+    assert notes == {"text_column": "content", "columns": ["id", "content"], "column_guessed": True, "read": 3,
+                     "dropped_short": 1, "min_chars": 10}
+    rows = dict(corpus_summary(corpus))
+    assert rows["Dropped as too short"] == "1 of 3 read (fewer than 10 characters)"
+    assert rows["Text column"].startswith("'content' (guessed: the only text-like column; columns: id, content)")

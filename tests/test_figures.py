@@ -139,6 +139,8 @@ def test_hessian_depth_traces_axes_and_rank_marks(hessian_report):
     assert ("rank-deficient" in names) == bool(deficient)
     assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis2"]["type"] == "log"
     assert fig["layout"]["yaxis2"]["title"]["text"] == "condition number (log)"
+    for axis in ("yaxis", "yaxis2"):  # decades only, powers of ten on both: never "1T" beside "10^15"
+        assert fig["layout"][axis]["dtick"] == 1 and fig["layout"][axis]["exponentformat"] == "power"
 
 
 def test_eigen_spectrum_is_relative_and_descending(hessian_report):
@@ -158,3 +160,13 @@ def test_diagonal_heatmap_holds_log_diagonals(hessian_report):
     first = hessian_report.hessians["model.layers.0.self_attn.q_proj"]
     assert heatmap["z"][0][3] == pytest.approx(float(np.log10(first[3, 3])), rel=1e-6)
     assert len(heatmap["z"]) == 8 and heatmap["colorbar"]["title"]["text"] == "log10 H_ii"
+
+
+def test_percent_log_axes_keep_their_digits():
+    import plotly.graph_objects as go
+
+    from engine.figures.style import log_axis
+
+    layout = log_axis(go.Figure(go.Scatter(x=[1, 2], y=[1e-5, 0.3])), percent=True).to_dict()["layout"]["yaxis"]
+    assert layout["tickformat"] == ".2~p" and layout["dtick"] == 1  # 0.001% shows as 0.001%, not 0%
+    assert "showticklabels" not in layout["minor"]  # minor ticks carry no labels to crowd the axis

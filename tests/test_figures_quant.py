@@ -45,11 +45,13 @@ def test_sweep_curves_plot_mean_and_band_below_the_full_count():
     assert "all 8" in fig.layout.title.text and fig.layout.xaxis.type == "log"
 
 
-def test_sweep_curves_end_where_the_change_reaches_zero():
+def test_sweep_curves_show_an_exact_zero_at_the_floor_instead_of_dropping_it():
     rows = pd.DataFrame([{"shuffle": 0, "count": n, "key": "a", "absmax_change": c, "percentile_change": c}
                          for n, c in ((1, 0.3), (2, 0.0), (4, 0.0))])
     fig = sweep_curves(SweepResult(rows, [1, 2, 4], {"shuffles": 1, "inputs": 1}))
-    assert all(list(t.x) == [1] for t in fig.data if t.mode == "lines+markers")
+    absmax = next(t for t in fig.data if t.mode == "lines+markers")
+    assert list(absmax.x) == [1, 2] and absmax.y[1] == pytest.approx(0.3 / 4)  # 0 at the floor, not dropped
+    assert list(absmax.marker.symbol) == ["circle", "triangle-down-open"] and list(absmax.customdata)[1] == "exactly 0"
 
 
 def test_selection_scatter_marks_the_selected_documents():
@@ -70,3 +72,19 @@ def test_comparison_bars_group_strategies_with_error_bars():
     assert random.name == "random" and list(random.x) == ["n=8", "n=32"] and list(random.error_y.array) == [1.0, 0.5]
     assert list(clusters.y) == [29.0, 27.5] and fig.layout.barmode == "group"
     assert fig.layout.shapes[0].y0 == 25.0
+
+
+def test_runs_on_different_texts_are_told_apart_and_long_names_wrap():
+    layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"]})
+    spec = QuantSpec(WeightSpec("gptq", 4, 128, act_order="static"))
+    runs = [QuantReport(spec, 20.0, 25.0, layers, {"evaluation": "docs", "evaluation_tokens": 2040}),
+            QuantReport(spec, 40.0, 45.0, layers, {"evaluation": "wiki", "evaluation_tokens": 1020})]
+    fig = perplexity_runs(runs)
+    bars = [trace for trace in fig.data if trace.type == "bar"]
+    assert [trace.name for trace in bars] == ["on docs (2,040 tokens)", "on wiki (1,020 tokens)"]
+    assert all("<br>" in label for label in bars[0].x) and fig.layout.xaxis.tickangle == 0
+
+
+def test_no_sensitivity_means_no_figure():
+    layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"], "seconds": [0.1]})
+    assert sensitivity_depth(QuantReport(QuantSpec(WeightSpec("rtn", 4, 128)), 20.0, 22.0, layers, {})) is None

@@ -7,7 +7,7 @@ from engine.errors import SpecError
 from engine.hooks import observing
 from engine.sampling import RandomSpec, build
 from engine.stats.hessian import HessianAccumulator
-from engine.stats.hessian_diagnostics import diagnose, gptq_prepared, min_damping
+from engine.stats.hessian_diagnostics import diagnose, min_damping
 from engine.stats.hessian_report import HessianReport, collect_hessians
 from engine.stats.specs import HessianSpec
 
@@ -80,11 +80,12 @@ def test_a_rank_deficient_calibration_set_is_diagnosed(tiny_llama):
     assert row["tokens"] == 11 and row["rank"] == 11 and row["condition_number"] == float("inf")
     assert "needs at least 21 more tokens" in row["warning"]
     assert report.findings()["data_limited"] == [row["layer"]] and len(report.warnings) == 1
-    prepared, _ = gptq_prepared(report.hessian(row["layer"]))
+    prepared = report.hessian(row["layer"]).double()
     assert row["min_damping"] > 0
     mean = float(torch.diagonal(prepared).mean())
     eye = torch.eye(32, dtype=torch.float64)
     assert int(torch.linalg.cholesky_ex((prepared + row["min_damping"] * mean * eye).float())[1]) == 0
+    assert min_damping(report.hessian(row["layer"]), (0.0,)) is None  # undamped, it does not factorize
 
 
 def test_dead_channels_are_reported_and_handled_like_gptq():
@@ -92,7 +93,7 @@ def test_dead_channels_are_reported_and_handled_like_gptq():
     x[:, 2] = 0.0
     found, eigenvalues = diagnose("layer", 2 / 200 * x.T @ x, 200)
     assert found.dead_channels == 1 and found.rank == 5 and "never active" in found.warning
-    assert eigenvalues[0] >= eigenvalues[-1] and min_damping(gptq_prepared(2 / 200 * x.T @ x)[0]) == 0.0
+    assert eigenvalues[0] >= eigenvalues[-1] and min_damping(2 / 200 * x.T @ x) == 0.0  # the dead channel patched
 
 
 def test_save_load_round_trip_with_module_names(tmp_path, tiny_llama, calibration):

@@ -17,11 +17,11 @@ from gradio_client import Client  # noqa: E402
 
 VISITORS = 8
 DEADLINE_S = 300  # the whole test gives up (and fails) after this, never hangs
-LOAD = ["tiny-random-llama", "auto", "auto", "auto", "builtin", "python-docs", "train", "wikitext2", "", "train", "", None]
+LOAD = ["tiny-random-llama", "auto", "auto", "auto", "builtin", "python-docs", "train", "wikitext2", "", "train", "", 16, None]
 
 
 def build_inputs(samples: int, seed: int) -> list:
-    return ["random", samples, 96, "64, 128", "equal", "joined", seed, True, True]
+    return ["random", samples, 96, "64, 128", "equal", "joined", seed, True, True, 16]
 
 
 STATS = [["Linear"], "", False, "inputs", "99.9", True, 6.0, 4]

@@ -230,6 +230,11 @@ def test_chat_messages_use_the_chat_template(tokenizer):
     assert chatty.decode(templated.sequences[0][1:]) == "<user>hi\n<assistant>hello\n"
     plain = build(data, chatty, RandomSpec(nsamples=1, chat_template=False))
     assert chatty.decode(plain.sequences[0][1:]) == "user: hi\n\nassistant: hello"
+    assert templated.manifest.corpus["chat_format"] == "chat template" and not templated.notes
+    assert plain.manifest.corpus["chat_format"] == "plain 'role: content' text" and not plain.notes
+    fallback = build(data, tokenizer, RandomSpec(nsamples=1))  # asked for the template; the tokenizer has none
+    assert fallback.manifest.corpus["chat_format"] == "plain 'role: content' text"
+    assert any("no chat template" in note for note in fallback.notes)
 
 
 @pytest.mark.slow

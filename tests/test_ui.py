@@ -7,7 +7,7 @@ import gradio as gr
 import pytest
 
 from engine import ModelSpec
-from engine.errors import CalibscopeError
+from engine.errors import CalibscopeError, HubUnavailable
 from engine.models import ModelCache
 from tests.ui_helpers import CONTEXT, Recorder, load
 from ui.app import build_app
@@ -151,3 +151,13 @@ def test_cli_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--host", "--port", "--share", "--shared-space"):
         assert option in text
+
+
+def test_an_unknown_hub_model_fails_fast_offline_and_a_shared_space_does_not_suggest_local_folders():
+    shared = AppContext(limits=Limits.shared_space(), models=CONTEXT.models)
+    with pytest.raises(HubUnavailable) as local:
+        load(model="someorg/no-such-model")
+    with pytest.raises(HubUnavailable) as space:
+        load(model="someorg/no-such-model", context=shared)
+    assert "local model directory" in str(local.value) and "builtin:gemma-3-270m" in str(local.value)
+    assert "local model directory" not in str(space.value) and "builtin models work offline" in str(space.value)

@@ -43,7 +43,8 @@ def test_collect_fills_every_view_and_drills_into_the_top_layer(built_session):
     result = collect(built_session)
     session, table = result["session"], result["table"]
     assert result["status"].startswith("**Collected** 14 tensors (8 distinct, 6 reuse another layer's input) over 8 samples")
-    assert len(table) == 14 and table["layer"].iloc[0] == "0.q_proj" and table["shared_with"].iloc[1] == "0.q_proj"
+    assert len(table) == 14 and table["layer"].iloc[0] == "0.q_proj" and table["input of"].iloc[1] == "0.q_proj"
+    assert isinstance(table["absmax"].iloc[0], str) and "outliers" in table  # formatted, short headers
     assert {"p99.9", "p99.99"} <= set(table.columns) and (result["outliers"]["absmax"] > 0.05).all()
     assert result["layer"]["value"] == session.stats.summary.sort_values("absmax", ascending=False)["key"].iloc[0]
     assert len(result["layer"]["choices"]) == 14 and "<mark" in result["attribution"]

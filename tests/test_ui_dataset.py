@@ -17,8 +17,8 @@ FORM = DatasetForm(nsamples=24, length=256, edges="16, 64, 256")
 @pytest.mark.parametrize(
     "strategy, expected",
     [
-        ("random", RandomSpec(nsamples=24, length=256)),
-        ("length-stratified", LengthStratifiedSpec(nsamples=24, edges=(16, 64, 256))),
+        ("random", RandomSpec(nsamples=24, length=256, min_tokens=16)),
+        ("length-stratified", LengthStratifiedSpec(nsamples=24, edges=(16, 64, 256), min_tokens=16)),
         ("gptq-windows", GptqWindowsSpec(nsamples=24, length=256)),
         ("packed", PackedSpec(nsamples=24, length=256)),
     ],
@@ -37,7 +37,9 @@ def test_bad_edges_and_counts_are_explained():
         DatasetForm(nsamples=0).spec()
 
 
-EXPECTED_CONTROLS = {Strategy.LENGTH_STRATIFIED: {"edges", "allocation"}, Strategy.GPTQ_WINDOWS: {"mode"}}
+EXPECTED_CONTROLS = {Strategy.RANDOM: {"min_tokens"}, Strategy.LENGTH_STRATIFIED: {"edges", "allocation", "min_tokens"},
+                     Strategy.GPTQ_WINDOWS: {"mode"}, Strategy.EMBEDDING_CLUSTERS: {"min_tokens"},
+                     Strategy.ACTIVATION_CLUSTERS: {"min_tokens"}}
 
 
 def test_each_strategy_shows_its_own_controls():
@@ -59,6 +61,12 @@ def loaded_session():
 def test_build_needs_a_loaded_corpus_first():
     with pytest.raises(CalibscopeError, match="Model & Data tab first"):
         build(Session())
+
+
+def test_no_default_sample_is_shorter_than_the_minimum(loaded_session):
+    calibration = build(loaded_session, nsamples=24)["session"].calibration
+    assert calibration.lengths.min() >= 16
+    assert build(loaded_session, nsamples=24, min_tokens=1)["session"].calibration.lengths.min() < 16
 
 
 def test_build_shows_status_figures_tables_and_keeps_the_set(loaded_session):

@@ -28,7 +28,10 @@ def test_hessians_fill_every_view_and_open_on_the_worst_layer(built_session):
     assert status.startswith("**Collected** Hessians of 14 layers (8 distinct inputs:")
     assert "instead of" in status and ("of 8 " in status or "full rank" in status)
     assert len(table) == 14 and table["name"].iloc[0] == "0.q_proj"
-    worst = table.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
+    worst = session.hessians.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
+    assert list(table.columns) == ["name", "channels", "tokens", "rank", "dead", "condition", "min damping", "trace",
+                                   "finding", "input of", "diagnosis"]
+    assert table["condition"].str.contains("e+").all() and (table["min damping"] != "").all()
     assert result["layer"]["value"] == worst and result["spectrum"].data[0].type == "scatter"
     assert result["diagonals"].data[0].type == "heatmap"
     assert session.hessians is not None and result["depth"].data[0].name == "trace"

@@ -82,3 +82,15 @@ def test_cancel_stops_a_pass_at_its_next_report_and_leaves_the_model_usable(buil
     thread.join()
     assert acquired == [True]  # the lock was released on the way out
     cancellable(lambda fraction, desc=None: None, request)(0.5, "a new run starts uncancelled")
+
+
+def test_a_long_step_says_how_long_before_it_starts_and_learns_from_what_it_took(built_session):
+    context = AppContext(models=CONTEXT.models)
+    loaded = context.models.get(built_session.model_spec)
+    prior = context.times.estimate(loaded, "hessians", 1000)
+    reports = []
+    compute_hessians(HessianForm(batch_size=4), built_session, context, lambda f, m: reports.append(m))
+    assert reports[0].startswith("Starting: about ") and reports[0].endswith("on this machine")
+    tokens = int(built_session.calibration.lengths.sum())
+    measured = context.times.rates[(loaded.info.name, "hessians")] * tokens
+    assert context.times.estimate(loaded, "hessians", tokens) == pytest.approx(measured) and prior > 0

@@ -4,6 +4,7 @@ import pytest
 
 from engine.errors import CalibscopeError
 from engine.experiments import HELD_OUT, UPLOADED
+from engine.figures.stats import short_name
 from engine.quant import PRESETS
 from tests.test_ui_activations import FORM as STATS_FORM
 from tests.ui_helpers import CONTEXT, Recorder, build, load
@@ -48,16 +49,21 @@ def test_quantize_needs_a_set_and_what_the_scheme_uses(calibrated_session):
 def test_quantize_reports_perplexities_runs_and_sensitivity(calibrated_session):
     context = AppContext(models=CONTEXT.models)  # its own evaluation cache
     result = quantize(calibrated_session, context=context)
-    status, table, session = result["status"], result["table"], result["session"]
+    status, table, session = result["status"], result["table"]["value"], result["session"]
     assert status.startswith("**W4 g128 GPTQ**: perplexity ") and "python-docs (held-out 10%)" in status
     assert list(result["summary"].iloc[:, 0])[:4] == ["Scheme", "Float perplexity", "Quantized perplexity", "Gap"]
-    assert len(table) == 14 and table["output_error"].is_monotonic_decreasing
+    assert len(table) == 14 and result["table"]["label"] == "Per layer, largest relative error first"
+    ranked = session.quantization.layers.sort_values("output_error", ascending=False)["layer"].tolist()
+    assert [short_name(layer) for layer in ranked] == table["name"].tolist() and table["output_error"].iloc[0].endswith("%")
     assert [trace.name for trace in result["depth"].data][:1] == ["weights: relative output error (calibration tokens)"]
     assert result["runs"].data[0].x == ("#1 W4 g128 GPTQ",)
     float_ppl = session.quantization.float_perplexity
     second = quantize(session, preset="W8A8 static (MSE)", sensitivity="thorough", context=context)
     assert second["session"].quantization.float_perplexity == float_ppl  # the same evaluation windows
-    assert "perplexity_change" in second["table"] and second["depth"].data[0].type == "bar"
+    assert "perplexity_change" in second["table"]["value"] and second["depth"].data[0].type == "bar"
+    none = quantize(session, sensitivity="none", context=context)
+    assert none["depth"] is None and "none asked" in none["status"]
+    assert none["table"]["label"] == "Per layer, in execution order (no sensitivity measured)"
     assert [r.spec.label() for r in second["session"].quant_runs] == ["W4 g128 GPTQ",
                                                                        "W8 per-channel RTN + A8 static per-tensor mse"]
     again = quantize(second["session"], context=context)

@@ -57,8 +57,9 @@ def compare(session, context=CONTEXT, **fields):
 def test_compare_measures_every_cell_and_keeps_the_runs(loaded_session):
     result = compare(loaded_session)
     table, session = result["table"], result["session"]
-    assert result["status"].startswith("**Compared** 2 strategies x 2 seeds x 1 counts (8 measurements)")
-    assert len(table) == 4 and set(table["count"]) == {2} and result["scheme"]["value"] == "W4 g128 RTN"
+    assert result["status"].startswith("**Compared** 2 strategies x 2 seeds x 1 count (8 measurements)")
+    assert len(table) == 4 and set(table["seeds"]) == {2} and result["scheme"]["value"] == "W4 g128 RTN"
+    assert set(table["best"]) <= {"✓", ""} and (table["best"] == "✓").sum() >= 2  # at least one best per scheme (ties share it)
     assert {trace.name for trace in result["bars"].data} == {"random", "embedding-clusters"}
     assert len(session.comparison) == 8
     assert show_scheme("W8A8 static (p99.99)", session).layout.title.text.startswith("W8A8 static (p99.99) on")
@@ -69,3 +70,9 @@ def test_compare_measures_every_cell_and_keeps_the_runs(loaded_session):
         compare(Session(), strategies=["random"], seeds=1)
     with pytest.raises(CalibscopeError, match="at least one strategy"):
         compare(loaded_session, strategies=[])
+
+
+def test_one_seed_says_it_has_no_spread(loaded_session):
+    result = compare(loaded_session, strategies=["random"], seeds=1, schemes=["W4 g128 RTN"])
+    assert "1 seed x" in result["status"] and "± n/a" in result["status"] and "One seed gives no spread" in result["status"]
+    assert result["table"]["std"].iloc[0] == "" and not result["bars"].data[0].error_y.visible

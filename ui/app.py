@@ -37,10 +37,12 @@ def build_app(limits: Limits | None = None, default_model: str | None = None,
     """
     context = context or AppContext(limits=limits or Limits.from_environment(), default_model=default_model)
     limits = context.limits
-    with gr.Blocks(title=TITLE) as app:
+    # Gradio keeps a copy of every file it serves: drop copies older than a day, checked hourly.
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as app:
         # Shared Space: a visitor's results (Hessians can take hundreds of MB) are freed an hour
         # after their last change, so memory does not grow with every visitor who ever came.
-        session = gr.State(Session(), time_to_live=SESSION_TTL_S if limits.shared else None)
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S if limits.shared else None,
+                           delete_callback=Session.close)
         mode = " · shared Space: sizes are capped" if limits.shared else ""
         gr.Markdown(f"# {TITLE}\n{TAGLINE}{mode}", elem_id="cs-header")
         with gr.Tabs():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from engine.experiments import EvaluationCache
 from engine.models import LoadedModel, ModelCache
+from ui.estimates import StepTimes
 from ui.limits import Limits
 from ui.state import Session
 
@@ -19,6 +20,7 @@ class AppContext:
     models: ModelCache = field(default_factory=ModelCache)
     evaluations: EvaluationCache = field(default_factory=EvaluationCache)
     default_model: str | None = None  # preselected in Model & Data (None: the builtin Gemma when installed)
+    times: StepTimes = field(default_factory=StepTimes)  # what steps took here: the estimates' correction
 
     def model(self, session: Session) -> LoadedModel:
         """The session's model (loaded in Model & Data; cached, so this is instant)."""

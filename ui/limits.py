@@ -21,11 +21,12 @@ class Limits:
     max_parameters: int | None = None
     max_hessian_mb: float | None = None
     max_compare_runs: int | None = None
+    max_download_mb: float | None = None
 
     @classmethod
     def shared_space(cls) -> Limits:
         return cls(shared=True, max_upload_bytes=20 * MIB, allow_local_paths=False, max_samples=256, max_sequence_length=2048,
-                   max_parameters=1_500_000_000, max_hessian_mb=1024.0, max_compare_runs=12)
+                   max_parameters=1_500_000_000, max_hessian_mb=1024.0, max_compare_runs=12, max_download_mb=512.0)
 
     @classmethod
     def from_environment(cls, shared: bool | None = None) -> Limits:
@@ -71,6 +72,13 @@ class Limits:
                 f"These Hessians would take {megabytes:,.0f} MB, more than the {self.max_hessian_mb:,.0f} MB a session may "
                 "hold on this shared Space. Select fewer layers with the name filter (e.g. 'layers\\.(0|1)\\.'), "
                 "or run calibscope locally."
+            )
+
+    def check_downloads(self, held_mb: float, adding_mb: float, what: str) -> None:
+        if self.max_download_mb is not None and held_mb + adding_mb > self.max_download_mb:
+            raise CalibscopeError(
+                f"{what} would take about {adding_mb:,.0f} MB; this shared Space keeps at most {self.max_download_mb:,.0f} MB "
+                f"of downloads per visitor ({held_mb:,.0f} MB held). Leave it out, or run calibscope locally."
             )
 
     def check_runs(self, runs: int) -> None:

@@ -8,11 +8,13 @@ import pandas as pd
 
 from engine.errors import CalibscopeError
 from engine.experiments import SweepResult
+from engine.experiments.runs import ComparisonRun
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
 from engine.stats import HessianSpec, StatsReport, StatsSpec
 from engine.stats.hessian_report import HessianReport, spec_record
+from ui.exports import ExportFolder
 
 MAKES = {
     "stats": "Collect activation statistics first.",
@@ -41,6 +43,8 @@ class Session:
     sweep: SweepResult | None = None
     quant_runs: list[QuantReport] = field(default_factory=list)  # every Quantize run of the session, in order
     comparison: pd.DataFrame | None = None  # the Compare tab's measurements
+    comparison_run: ComparisonRun | None = None  # what produced them (repeated by the exported run config)
+    exports: ExportFolder = field(default_factory=ExportFolder)  # this visitor's downloads, removed with the session
 
     @property
     def quantization(self) -> QuantReport | None:
@@ -49,7 +53,11 @@ class Session:
 
     def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
         return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs,
-                       comparison=self.comparison)
+                       comparison=self.comparison, comparison_run=self.comparison_run, exports=self.exports)
+
+    def close(self) -> None:
+        """The visitor left (or the session expired): remove their downloads."""
+        self.exports.close()
 
     def with_calibration(self, calibration: CalibrationSet) -> Session:
         return replace(self, calibration=calibration, stats=None, hessians=None, sweep=None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import datasets
 
 from engine.corpus.builtin import builtin_documents
-from engine.corpus.documents import column, to_dataset
+from engine.corpus.documents import column, corpus_notes, to_dataset
 from engine.corpus.files import SUPPORTED as SUPPORTED_FILE_TYPES
 from engine.corpus.files import file_documents
 from engine.corpus.hub import HUB_RECIPES, hub_documents
@@ -21,11 +21,11 @@ from engine.specs import CorpusKind, CorpusSpec
 
 
 def _builtin(spec: CorpusSpec):
-    return builtin_documents(spec.name, spec.split), None
+    return builtin_documents(spec.name, spec.split), None, {}
 
 
 def _hub(spec: CorpusSpec):
-    return hub_documents(spec), None
+    return hub_documents(spec), None, {}
 
 
 _SOURCES: dict[CorpusKind, Callable[[CorpusSpec], tuple]] = {
@@ -38,8 +38,8 @@ _SOURCES: dict[CorpusKind, Callable[[CorpusSpec], tuple]] = {
 def load_corpus(spec: CorpusSpec, progress: Progress = no_progress) -> datasets.Dataset:
     """Read the corpus ``spec`` names; raises CorpusError with a fix when it cannot."""
     progress(0.0, f"Reading {spec.label}")
-    documents, extra = _SOURCES[spec.kind](spec)
-    dataset = to_dataset(documents, spec.min_chars, spec.max_documents, spec.label, extra)
+    documents, extra, notes = _SOURCES[spec.kind](spec)
+    dataset = to_dataset(documents, spec.min_chars, spec.max_documents, spec.label, extra, notes)
     progress(1.0, f"Read {len(dataset):,} documents from {spec.label}")
     return dataset
 
@@ -61,7 +61,19 @@ def corpus_summary(dataset: datasets.Dataset) -> list[tuple[str, str]]:
     rows += [(f"Domain: {name}", f"{count:,} documents") for name, count in domains.most_common()]
     if "messages" in dataset.column_names:
         rows.append(("Chat records", f"{sum(1 for m in column(dataset, 'messages') if m):,}"))
+    return rows + notes_rows(corpus_notes(dataset))
+
+
+def notes_rows(notes: dict) -> list[tuple[str, str]]:
+    """What reading decided, for people: dropped documents and the text column used."""
+    rows = []
+    if notes.get("dropped_short"):
+        rows.append(("Dropped as too short", f"{notes['dropped_short']:,} of {notes['read']:,} read "
+                                             f"(fewer than {notes['min_chars']} characters)"))
+    if "text_column" in notes:
+        how = "guessed: the only text-like column" if notes.get("column_guessed") else "chosen"
+        rows.append(("Text column", f"'{notes['text_column']}' ({how}; columns: {', '.join(notes['columns'])})"))
     return rows
 
 
-__all__ = ["HUB_RECIPES", "SUPPORTED_FILE_TYPES", "corpus_summary", "load_corpus"]
+__all__ = ["HUB_RECIPES", "SUPPORTED_FILE_TYPES", "corpus_notes", "corpus_summary", "load_corpus", "notes_rows"]

@@ -77,7 +77,7 @@ def _record_text(record: object, column: str | None, where: str) -> tuple[str, l
     if column is None:
         column = "text" if "text" in record else "messages" if "messages" in record else None
     if column is None or column not in record:
-        asked = f"the field '{column}'" if column else "a 'text' or 'messages' field"
+        asked = f"field '{column}'" if column else "'text' or 'messages' field"
         raise CorpusError(f"{where} has no {asked}; its fields: {', '.join(record) or 'none'}. Set the text column.")
     if column == "messages":
         return render_messages(record["messages"]), record["messages"]
@@ -121,24 +121,25 @@ def json_documents(path: Path, spec: CorpusSpec) -> tuple[list[tuple[str, str]],
     return documents, ({"messages": [m or "" for m in messages]} if has_chats else None)
 
 
-def _pick_column(frame, requested: str | None, name: str) -> str:
+def _pick_column(frame, requested: str | None, name: str) -> tuple[str, dict]:
+    """The text column and how it was chosen (asked for, named 'text', or guessed as the only text-like one)."""
     columns = [str(c) for c in frame.columns]
     if requested is not None:
         if requested not in columns:
             raise CorpusError(f"'{name}' has no column '{requested}'. Its columns: {', '.join(columns)}.")
-        return requested
+        return requested, {"text_column": requested, "columns": columns, "column_guessed": False}
     if "text" in columns:
-        return "text"
+        return "text", {"text_column": "text", "columns": columns, "column_guessed": False}
     textual = [c for c in columns if frame[c].dtype == object or str(frame[c].dtype).startswith("str")]
     if len(textual) == 1:
-        return textual[0]
+        return textual[0], {"text_column": textual[0], "columns": columns, "column_guessed": True}
     raise CorpusError(
         f"'{name}' has no 'text' column and {len(textual)} text-like columns ({', '.join(textual) or 'none'}). "
         "Choose the text column."
     )
 
 
-def table_documents(path: Path, spec: CorpusSpec) -> Iterator[tuple[str, str]]:
+def table_documents(path: Path, spec: CorpusSpec) -> tuple[list[tuple[str, str]], dict]:
     _check_size(path, spec.max_bytes)
     try:
         frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
@@ -146,13 +147,14 @@ def table_documents(path: Path, spec: CorpusSpec) -> Iterator[tuple[str, str]]:
         raise CorpusError(f"'{path.name}' is not UTF-8 text. Save it as UTF-8.") from None
     except Exception as error:  # parser errors differ by engine; the message is what matters
         raise CorpusError(f"Could not read '{path.name}' as {path.suffix[1:]}: {str(error).splitlines()[0]}") from None
-    column = _pick_column(frame, spec.text_column, path.name)
-    for index, value in enumerate(frame[column].tolist()):
-        yield ("" if value is None or value != value else str(value)), f"{path.name} row {index}"
+    column, notes = _pick_column(frame, spec.text_column, path.name)
+    documents = [("" if value is None or value != value else str(value), f"{path.name} row {index}")
+                 for index, value in enumerate(frame[column].tolist())]
+    return documents, notes
 
 
-def file_documents(spec: CorpusSpec) -> tuple[Iterator[tuple[str, str]] | list, dict[str, list] | None]:
-    """(text, source) pairs and optional extra columns for a local file or folder of text files."""
+def file_documents(spec: CorpusSpec) -> tuple[Iterator[tuple[str, str]] | list, dict[str, list] | None, dict]:
+    """(text, source) pairs, optional extra columns and notes for a local file or folder of text files."""
     path = Path(spec.name).expanduser()
     if not path.exists():
         raise CorpusError(f"The corpus file '{spec.name}' does not exist. Check the path or upload the file.")
@@ -160,12 +162,13 @@ def file_documents(spec: CorpusSpec) -> tuple[Iterator[tuple[str, str]] | list, 
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
         if not files:
             raise CorpusError(f"The folder '{spec.name}' holds no text files ({', '.join(TEXT_SUFFIXES)}).")
-        return (doc for f in files for doc in _text_documents(f, spec, f.relative_to(path).as_posix())), None
+        return (doc for f in files for doc in _text_documents(f, spec, f.relative_to(path).as_posix())), None, {}
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        return _text_documents(path, spec, path.name), None
+        return _text_documents(path, spec, path.name), None, {}
     if suffix in JSON_SUFFIXES:
-        return json_documents(path, spec)
+        return (*json_documents(path, spec), {})
     if suffix in TABLE_SUFFIXES:
-        return table_documents(path, spec), None
+        documents, notes = table_documents(path, spec)
+        return documents, None, notes
     raise CorpusError(f"'{path.name}': files of type '{suffix or 'none'}' are not supported; use {', '.join(SUPPORTED)}.")

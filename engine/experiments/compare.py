@@ -100,11 +100,11 @@ def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std of perplexity over seeds per (calibration, evaluation, scheme, samples, strategy)."""
+    """Mean ± std of perplexity over seeds per (calibration, evaluation, scheme, samples, strategy);
+    std is NaN where one seed gives no spread."""
     keys = ["calibration", "evaluation", "scheme", "samples", "strategy"]
     grouped = rows.groupby(keys)["perplexity"]
-    table = grouped.agg(["mean", "std", "count"]).reset_index()
-    table["std"] = table["std"].fillna(0.0)
+    table = grouped.agg(["mean", "std", "count"]).reset_index()  # std is NaN for one seed: no spread, not zero
     best = table.groupby(keys[:-1])["mean"].transform("min")
     table["best"] = table["mean"] == best
     return table.sort_values(keys).reset_index(drop=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.figures.style import ASKED, CORPUS, EDGE, SELECTED, styled
+from engine.figures.style import ASKED, CORPUS, EDGE, SELECTED, log_axis, styled
 
 BINS = 48
 
@@ -42,7 +42,7 @@ def length_histogram(corpus_lengths: np.ndarray, selected_lengths: np.ndarray, e
         # on a log axis, annotations (unlike shapes) are placed in log10 units
         fig.add_annotation(x=float(np.log10(edge)), y=1.0, yref="paper", yanchor="bottom", text=f"{edge:,}",
                            showarrow=False, font={"size": 11, "color": EDGE})
-    fig.update_xaxes(type="log")
+    log_axis(fig, "x")
     styled(fig, "Token lengths: corpus vs calibration set", "tokens per sequence (log scale)", "share (%)")
     return fig.update_layout(legend={"y": 1.14}, margin={"t": 100})  # legend above the edge labels
 
@@ -59,5 +59,5 @@ def bucket_bars(buckets: pd.DataFrame) -> go.Figure:
     fig.update_layout(barmode="group")
     # log axis: labels at 1, 10, 100, ... only; room below for counts of 1 and above for the labels
     top = float(np.log10(max(1, int(buckets[["available", "asked", "selected"]].to_numpy().max()))))
-    fig.update_yaxes(type="log", dtick=1, range=[-0.3, top + 0.4])
+    log_axis(fig, range=[-0.3, top + 0.4])
     return styled(fig, "Length buckets: available, asked, selected", "bucket (tokens, BOS included)", "count (log scale)")

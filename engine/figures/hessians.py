@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
-from engine.figures.style import ASKED, SELECTED, styled
+from engine.figures.style import ASKED, SELECTED, log_axis, styled
 from engine.stats.hessian_report import HessianReport
 
 
@@ -29,8 +29,8 @@ def hessian_depth(report: HessianReport) -> go.Figure:
         fig.add_trace(go.Scatter(x=[short_name(layer) for layer in deficient["layer"]], y=deficient["trace"].tolist(),
                                  mode="markers", name="rank-deficient", marker={"color": "#ef4444", "size": 11, "symbol": "x"}),
                       secondary_y=False)
-    fig.update_yaxes(type="log", title_text="trace of H (log)", secondary_y=False)
-    fig.update_yaxes(type="log", title_text="condition number (log)", secondary_y=True, showgrid=False)
+    log_axis(fig, title_text="trace of H (log)", secondary_y=False)
+    log_axis(fig, title_text="condition number (log)", secondary_y=True, showgrid=False)
     fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
     styled(fig, "Hessians across depth: trace and condition number", "layer (block.module)", "trace of H (log)")
     return fig.update_layout(height=420, margin={"b": 110})
@@ -46,7 +46,7 @@ def eigen_spectrum(report: HessianReport, layer: str) -> go.Figure:
                                line={"color": SELECTED}, name="λ / λmax",
                                hovertemplate="eigenvalue %{x}: %{y:.3g} of the largest<extra></extra>"))
     fig.add_vline(x=int(row["rank"]), line={"color": "#ef4444", "dash": "dash", "width": 1})
-    fig.update_yaxes(type="log")
+    log_axis(fig)
     return styled(fig, f"Eigen-spectrum of {short_name(layer)} (rank {int(row['rank'])} of {int(row['channels'])})",
                   "eigenvalue index (largest first)", "λ / λmax (log scale)")
 

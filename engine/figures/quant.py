@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
-from engine.figures.style import ASKED, CORPUS, SELECTED, styled
+from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
 from engine.quant import QuantReport
 
 METRICS = {  # column -> (legend, colour, dash)
@@ -14,9 +14,20 @@ METRICS = {  # column -> (legend, colour, dash)
 }
 
 
-def sensitivity_depth(report: QuantReport) -> go.Figure:
+SENSITIVITY_COLUMNS = ("perplexity_change", *METRICS)
+
+
+def has_sensitivity(report: QuantReport) -> bool:
+    """Whether the run measured any per-layer sensitivity (none asked, or nothing to measure it with)."""
+    return any(c in report.layers and report.layers[c].notna().any() for c in SENSITIVITY_COLUMNS)
+
+
+def sensitivity_depth(report: QuantReport) -> go.Figure | None:
     """Per-layer sensitivity in execution order: the cheap measures (log, left axis) and, in the
-    thorough mode, the perplexity change with only that layer quantized (bars, right axis)."""
+    thorough mode, the perplexity change with only that layer quantized (bars, right axis). None
+    when the run measured none (an empty frame with made-up axes would say nothing)."""
+    if not has_sensitivity(report):
+        return None
     table = report.layers
     x = [short_name(layer) for layer in table["layer"]]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -28,29 +39,48 @@ def sensitivity_depth(report: QuantReport) -> go.Figure:
         if column in table and table[column].notna().any():
             fig.add_trace(go.Scatter(x=x, y=table[column].tolist(), name=name, mode="lines+markers",
                                      line={"color": colour, "dash": dash}, marker={"size": 5}), secondary_y=False)
-    fig.update_yaxes(type="log", dtick=1, tickformat=".2~%", title_text="relative error (log)", secondary_y=False)
+    log_axis(fig, percent=True, title_text="relative error (log)", secondary_y=False)
     fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
     styled(fig, f"Per-layer sensitivity: {report.spec.label()}", "layer (block.module, execution order)",
            "relative error (log)")
-    return fig.update_layout(height=420, margin={"b": 110})
+    return fig.update_layout(height=420, margin={"b": 110}, showlegend=True)  # named even when it is the only trace
 
 
 def run_label(number: int, report: QuantReport) -> str:
     return f"#{number} {report.spec.label()}"
 
 
+def wrapped(text: str, width: int = 18) -> str:
+    """A tick label broken into lines of about ``width`` characters (long scheme names stay level)."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join([*lines, line])
+
+
 def perplexity_runs(reports: list[QuantReport]) -> go.Figure:
-    """Quantized perplexity of each run of this session, float as a marker."""
-    labels = [run_label(number, report) for number, report in enumerate(reports, 1)]
-    quantized = [report.quantized_perplexity for report in reports]
+    """Quantized perplexity of each run of this session, one colour per held-out text (runs measured
+    on different texts are not comparable with each other), each run's float perplexity as a marker."""
+    labels = [wrapped(run_label(number, report)) for number, report in enumerate(reports, 1)]
+    fig = go.Figure()
+    texts = list(dict.fromkeys((r.meta.get("evaluation", ""), r.meta.get("evaluation_tokens", 0)) for r in reports))
+    for colour, (text, tokens) in zip([SELECTED, ASKED, CORPUS, "#f59e0b", "#14b8a6"] * 4, texts):
+        mine = [i for i, r in enumerate(reports) if (r.meta.get("evaluation", ""), r.meta.get("evaluation_tokens", 0)) == (text, tokens)]
+        values = [reports[i].quantized_perplexity for i in mine]
+        fig.add_trace(go.Bar(x=[labels[i] for i in mine], y=values, name=f"on {text} ({tokens:,} tokens)",
+                             marker={"color": colour}, text=[f"{v:.2f}" for v in values], textposition="outside",
+                             hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     floats = [report.float_perplexity for report in reports]
-    fig = go.Figure(go.Bar(x=labels, y=quantized, name="quantized", marker={"color": SELECTED},
-                           text=[f"{value:.2f}" for value in quantized], textposition="outside",
-                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=labels, y=floats, name="float", mode="markers",
+    fig.add_trace(go.Scatter(x=labels, y=floats, name="float (same text)", mode="markers",
                              marker={"color": "#0f172a", "symbol": "line-ew-open", "size": 28, "line": {"width": 3}},
                              hovertemplate="float: %{y:.3f}<extra></extra>"))
-    top = max(max(quantized), max(floats))
-    fig.update_layout(bargap=0.5 if len(reports) > 2 else 0.7)
-    fig.update_yaxes(range=[0, top * 1.15])  # room for the value labels above the bars
-    return styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")
+    top = max(max(r.quantized_perplexity for r in reports), max(floats))
+    fig.update_layout(bargap=0.5 if len(reports) > 2 else 0.7, barmode="overlay", showlegend=True)
+    fig.update_yaxes(range=[0, top * 1.18])  # room for the value labels above the bars
+    fig.update_xaxes(tickangle=0, categoryorder="array", categoryarray=labels)
+    styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")
+    return fig.update_layout(height=420, margin={"b": 90})

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from engine.figures.style import ASKED, CORPUS, SELECTED, styled
+from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
 from engine.sampling import Strategy
 
 if TYPE_CHECKING:  # the result type only: figures never run an experiment
@@ -28,25 +28,33 @@ def _band(fig: go.Figure, x: list, low: list, high: list, colour: str, name: str
 
 def sweep_curves(result: SweepResult) -> go.Figure:
     """Relative change to the full set against sample count: the median over inputs, its mean over
-    shuffles as the line and the min–max over shuffles as the band (log-log)."""
+    shuffles as the line and the min–max over shuffles as the band (log-log). A change of exactly 0
+    (once every input's maximum has been seen) has no place on a log axis: it is drawn at the
+    axis floor as an open triangle labelled "exactly 0", so the line reaches the count it is true for."""
     fig = go.Figure()
-    for column, (name, colour) in SWEEP_METRICS.items():
-        if column not in result.rows:
-            continue
-        curve = result.curves(column)
-        # A change of exactly 0 (at N, or once every input's maximum has been seen) has no place on a
-        # log axis: the curve ends there instead of diving to an arbitrary floor.
-        curve = curve[(curve["count"] < result.counts[-1]) & (curve["mean"] > 0)]
+    curves = {column: result.curves(column) for column in SWEEP_METRICS if column in result.rows}
+    below_full = {c: curve[curve["count"] < result.counts[-1]] for c, curve in curves.items()}
+    positive = [v for curve in below_full.values() for v in curve["mean"] if v > 0]
+    floor = min(positive, default=1e-3) / 4
+    for column, curve in below_full.items():
+        name, colour = SWEEP_METRICS[column]
         x = curve["count"].tolist()
-        low = curve["low"].where(curve["low"] > 0, curve["mean"] / 10)
-        _band(fig, x, low.tolist(), curve["high"].tolist(), colour, name)
-        fig.add_trace(go.Scatter(x=x, y=curve["mean"].tolist(), mode="lines+markers", name=name,
-                                 line={"color": colour}, hovertemplate="%{x} samples: %{y:.3g}<extra>" + name + "</extra>"))
+        mean = curve["mean"].where(curve["mean"] > 0, floor).tolist()
+        low = curve["low"].where(curve["low"] > 0, floor).tolist()
+        high = curve["high"].where(curve["high"] > 0, floor).tolist()
+        _band(fig, x, low, high, colour, name)
+        exact = (curve["mean"] == 0).tolist()
+        fig.add_trace(go.Scatter(
+            x=x, y=mean, mode="lines+markers", name=name, line={"color": colour},
+            marker={"symbol": ["triangle-down-open" if zero else "circle" for zero in exact], "size": [11 if z else 7 for z in exact]},
+            customdata=["exactly 0" if zero else f"{value:.3g}" for zero, value in zip(exact, curve["mean"])],
+            hovertemplate="%{x} samples: %{customdata}<extra>" + name + "</extra>"))
     fig.update_xaxes(type="log", dtick=0.30103)
-    fig.update_yaxes(type="log", dtick=1, tickformat=".2~%")
+    log_axis(fig, percent=True)
     shuffles = result.meta["shuffles"]
     return styled(fig, f"How far n samples are from all {result.counts[-1]} (median over {result.meta['inputs']} inputs, "
-                       f"band: {shuffles} shuffles)", "calibration samples (log)", "relative change to the full set (log)")
+                       f"band: {shuffles} shuffles; ▽ = exactly 0)", "calibration samples (log)",
+                  "relative change to the full set (log)")
 
 
 def selection_scatter(selection: pd.DataFrame, title: str = "Candidates in embedding space (PCA)") -> go.Figure:
@@ -81,7 +89,8 @@ def comparison_bars(table: pd.DataFrame, scheme: str, evaluation: str, float_per
         labels = [f"{c} · n={n}" if rows["calibration"].nunique() > 1 else f"n={n}"
                   for c, n in zip(part["calibration"], part["samples"])]
         fig.add_trace(go.Bar(x=labels, y=part["mean"].tolist(), name=strategy, marker={"color": PALETTE[i % len(PALETTE)]},
-                             error_y={"type": "data", "array": part["std"].tolist(), "visible": True},
+                             error_y={"type": "data", "array": part["std"].fillna(0).tolist(),
+                                      "visible": bool(part["std"].notna().any())},
                              hovertemplate=strategy + ": %{y:.3f} ± %{error_y.array:.3f}<extra></extra>"))
     if float_perplexity is not None:
         fig.add_hline(y=float_perplexity, line={"color": CORPUS, "dash": "dash"},

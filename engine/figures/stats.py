@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from engine.figures.style import CORPUS, EDGE, SELECTED, styled
+from engine.figures.style import CORPUS, EDGE, SELECTED, log_axis, styled
 from engine.stats.accumulators import TENSOR_BINS
 from engine.stats.histogram import percentiles_from_counts
 from engine.stats.report import StatsReport, percentile_column
@@ -59,7 +59,7 @@ def ranges_across_depth(report: StatsReport) -> go.Figure:
         "buttons": [{"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
                     {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]}],
     }])
-    fig.update_yaxes(type="log")
+    log_axis(fig)
     fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
     styled(fig, "Activation ranges across depth", "layer (block.module, execution order)", "|activation| (log scale)")
     return fig.update_layout(height=440, margin={"t": 90, "b": 110})
@@ -94,7 +94,7 @@ def layer_distributions(report: StatsReport) -> go.Figure:
                              marker_color=SELECTED, showlegend=False, hoverinfo="y+name"))
         fig.add_trace(go.Scatter(x=[short_name(key)], y=[absmax], mode="markers", marker={"symbol": "x", "color": "#ef4444"},
                                  showlegend=False, hovertemplate="%{x}<br>max |x| %{y:.4g}<extra></extra>"))
-    fig.update_yaxes(type="log")
+    log_axis(fig)
     fig.update_xaxes(tickangle=-60, tickfont={"size": 10})
     styled(fig, "Distribution of |x| per layer (box: quartiles to p99.9; x: max)", "layer", "|activation| (log scale)")
     return fig.update_layout(height=420, margin={"b": 110})
@@ -112,7 +112,7 @@ def layer_channels(report: StatsReport, key: str) -> go.Figure:
             fig.add_trace(go.Scatter(x=channels, y=values.tolist(), name=f"p{percent:g}", mode="markers",
                                      marker={"color": colour, "size": 3}))
     fig.add_trace(threshold_line(channels, report.spec.outlier_threshold))
-    fig.update_yaxes(type="log")
+    log_axis(fig)
     return styled(fig, f"Channels of {key}", "input channel", "|activation| (log scale)")
 
 

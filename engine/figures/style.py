@@ -22,3 +22,13 @@ def styled(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
         height=380,
     )
     return fig
+
+
+def log_axis(fig: go.Figure, axis: str = "y", percent: bool = False, **options) -> go.Figure:
+    """A log axis people can read: labels at decades only (unlabelled minor ticks between them),
+    exponents as powers (10⁶, never the SI "1T" beside "10^15"), and percentages with significant
+    digits (0.001% stays 0.001%, not "0%"). ``options`` go to the axis (range, title_text, secondary_y)."""
+    settings = {"type": "log", "dtick": 1, "minor": {"ticks": "outside", "ticklen": 3, "showgrid": False}}
+    settings.update({"tickformat": ".2~p"} if percent else {"exponentformat": "power", "showexponent": "all"})
+    settings.update(options)
+    return fig.update_yaxes(**settings) if axis == "y" else fig.update_xaxes(**settings)

@@ -17,7 +17,7 @@ from engine.models.builtin import BUILTIN_MODELS, cached_checkpoint
 from engine.models.layers import find_linear_layers
 from engine.models.offload import CheckpointWeights, ResidentWeights, decide_offload, skeleton
 from engine.models.size import estimate_parameters, is_packaged
-from engine.models.sources import explain_load_failure, looks_like_path
+from engine.models.sources import explain_load_failure, hub_reachable, looks_like_path
 from engine.models.tiny import TINY_MODELS, build_tiny
 from engine.progress import Progress, no_progress
 from engine.specs import AUTO, DType, ModelSpec, Offload
@@ -136,6 +136,8 @@ def _load_pretrained(name_or_path: str, spec: ModelSpec, device: torch.device, d
     if looks_like_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
         raise ModelLoadError(f"The model directory '{name_or_path}' does not exist.")
     kwargs: dict = {"trust_remote_code": False, "revision": spec.revision}
+    if not looks_like_path(name_or_path) and not hub_reachable():
+        kwargs["local_files_only"] = True  # offline: the local cache answers at once, no retries with back-off
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
         if spec.device_map:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.models.builtin import BUILTIN_MODELS
-from engine.models.sources import explain_load_failure
+from engine.models.sources import explain_load_failure, hub_reachable, looks_like_path
 from engine.models.tiny import TINY_MODELS
 
 
@@ -18,8 +18,9 @@ def estimate_parameters(name: str, revision: str | None = None) -> int:
     """Parameter count from the config alone (remote code never run: such a config is refused)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    offline = not looks_like_path(name) and not hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=False, revision=revision)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False, revision=revision, local_files_only=offline)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as error:

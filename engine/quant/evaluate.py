@@ -11,7 +11,7 @@ import pandas as pd
 
 from engine.errors import CalibscopeError
 from engine.models import LoadedModel
-from engine.progress import Progress, no_progress, scaled
+from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import quantized
 from engine.quant.perplexity import EvaluationSet, perplexity
 from engine.quant.plan import plan_quantization, quantizable_layers
@@ -69,11 +69,13 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     layers = quantizable_layers(loaded.model, spec)
     thorough = sensitivity is Sensitivity.THOROUGH
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
-    plan, table = plan_quantization(layers, spec, stats, hessians, scaled(progress, 0.0, split[0]))
+    plan, table = plan_quantization(layers, spec, stats, hessians, labelled(scaled(progress, 0.0, split[0]), "Quantizing"))
     if float_perplexity is None:
-        float_perplexity = perplexity(loaded, evaluation, batch_size, scaled(progress, split[0], split[1]))
+        float_perplexity = perplexity(loaded, evaluation, batch_size,
+                                      labelled(scaled(progress, split[0], split[1]), "Float model"))
     with quantized(loaded, plan):
-        quantized_perplexity = perplexity(loaded, evaluation, batch_size, scaled(progress, split[1], split[2]))
+        quantized_perplexity = perplexity(loaded, evaluation, batch_size,
+                                          labelled(scaled(progress, split[1], split[2]), "Quantized model"))
     if thorough:
         table["perplexity_change"] = layer_perplexity_changes(loaded, plan, list(table["layer"]), evaluation,
                                                               float_perplexity, batch_size, scaled(progress, split[2], 1.0))

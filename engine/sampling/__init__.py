@@ -38,7 +38,7 @@ from engine.sampling.specs import (
     Strategy,
     WindowMode,
 )
-from engine.sampling.tokens import inference_prefix, pad_id, render_texts, token_lengths
+from engine.sampling.tokens import ChatFormat, chat_format, inference_prefix, pad_id, render_texts, token_lengths
 
 
 def _clamp(spec: SamplingSpec, max_positions: int | None) -> tuple[SamplingSpec, list[str]]:
@@ -80,6 +80,9 @@ def build(
     if strategy.needs_model and model is None:
         raise SamplingError(f"The {spec.strategy.value} strategy runs the target model: pass model= to build().")
     context = _context(dataset, tokenizer, spec, scaled(progress, 0.0, 0.8), model)
+    chats = chat_format(dataset, tokenizer, spec.chat_template)
+    if chats is ChatFormat.PLAIN and spec.chat_template:
+        notes.append("The chat records were rendered as plain 'role: content' text: this tokenizer has no chat template.")
     progress(0.8, f"Sampling ({spec.strategy.value})")
     draft = strategy.builder(context, spec, np.random.default_rng(spec.seed))
     if not draft.sequences:
@@ -90,7 +93,7 @@ def build(
         params=json.loads(json.dumps(dataclasses.asdict(spec))),  # JSON-normal: equal to its own round trip
         seed=spec.seed,
         corpus={"label": corpus_label, "documents": len(dataset), "sha256": manifests.corpus_fingerprint(context.texts),
-                "chat_template": spec.chat_template},
+                "chat_template": spec.chat_template, "chat_format": chats.value},
         tokenizer=manifests.tokenizer_identity(tokenizer, context.prefix),
         rows=[{"row_id": p.row_id, "offset": p.token_offset, "tokens": int(len(s))} for p, s in zip(draft.provenance, draft.sequences)],
         token_sha256=manifests.token_hash(draft.sequences),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from enum import Enum
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -31,10 +32,25 @@ def inference_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
+class ChatFormat(str, Enum):
+    """How chat records became text: no chat records, the tokenizer's chat template, or plain
+    'role: content' text (asked not to use the template, or the tokenizer has none)."""
+
+    NONE = "no chat records"
+    TEMPLATE = "chat template"
+    PLAIN = "plain 'role: content' text"
+
+
+def chat_format(dataset, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> ChatFormat:
+    if "messages" not in dataset.column_names or not any(column(dataset, "messages")):
+        return ChatFormat.NONE
+    return ChatFormat.TEMPLATE if chat_template and getattr(tokenizer, "chat_template", None) else ChatFormat.PLAIN
+
+
 def render_texts(dataset, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> list[str]:
     """The text to tokenize per document: chat ``messages`` through the chat template when asked."""
     texts = column(dataset, "text")
-    if not chat_template or "messages" not in dataset.column_names or not getattr(tokenizer, "chat_template", None):
+    if chat_format(dataset, tokenizer, chat_template) is not ChatFormat.TEMPLATE:
         return texts
     for index, messages in enumerate(column(dataset, "messages")):
         if messages:

@@ -26,12 +26,9 @@ class HessianDiagnostics:
         return asdict(self)
 
 
-def gptq_prepared(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As GPTQ does before factorizing: channels with zero diagonal (never active) get diagonal 1."""
-    prepared = hessian.to(torch.float64).clone()
-    dead = torch.diagonal(prepared) == 0
-    prepared[dead, dead] = 1.0
-    return prepared, dead
+def dead_channels(hessian: torch.Tensor) -> torch.Tensor:
+    """Input channels never active: zero on the diagonal (GPTQ sets their diagonal to 1)."""
+    return torch.diagonal(hessian) == 0
 
 
 def numerical_rank(eigenvalues: torch.Tensor, size: int) -> int:
@@ -41,12 +38,20 @@ def numerical_rank(eigenvalues: torch.Tensor, size: int) -> int:
     return int((eigenvalues > top * size * torch.finfo(torch.float32).eps).sum())
 
 
-def min_damping(prepared: torch.Tensor, grid=DAMPING_GRID) -> float | None:
-    """Smallest fraction d of the mean diagonal for which Cholesky of H + d·mean·I succeeds in float32."""
-    mean = float(torch.diagonal(prepared).mean())
-    eye = torch.eye(prepared.shape[0], dtype=prepared.dtype, device=prepared.device)
+def min_damping(hessian: torch.Tensor, grid=DAMPING_GRID) -> float | None:
+    """Smallest fraction d of the mean diagonal for which Cholesky of H + d·mean·I succeeds in float32,
+    dead channels patched as GPTQ patches them. One float32 working copy (no identity matrix, no
+    float64 copy): a 14,336-wide Hessian needs its own size twice more, not six times."""
+    dead = dead_channels(hessian)
+    work = torch.empty_like(hessian, dtype=torch.float32)
+    mean = None
     for damping in grid:
-        _, info = torch.linalg.cholesky_ex((prepared + damping * mean * eye).to(torch.float32))
+        work.copy_(hessian)
+        diagonal = work.diagonal()
+        diagonal[dead] = 1.0
+        mean = float(diagonal.double().mean()) if mean is None else mean
+        diagonal.add_(damping * mean)
+        _, info = torch.linalg.cholesky_ex(work)
         if int(info) == 0:
             return damping
     return None
@@ -61,7 +66,7 @@ def diagnose(layer: str, hessian: torch.Tensor, tokens: int, spectrum: bool = Tr
     Without ``spectrum`` (a quick diagnosis, for matrices too large to decompose in time): no
     eigenvalues, so rank and condition are NaN, and the damping is tried at 0 and GPTQ's 0.01 only."""
     channels = hessian.shape[0]
-    prepared, dead = gptq_prepared(hessian)
+    dead = dead_channels(hessian)
     if spectrum:
         eigenvalues = torch.linalg.eigvalsh(hessian.to(torch.float64)).flip(0)
         rank = numerical_rank(eigenvalues, channels)
@@ -69,7 +74,7 @@ def diagnose(layer: str, hessian: torch.Tensor, tokens: int, spectrum: bool = Tr
         condition = float(eigenvalues[0] / smallest) if smallest > 0 else float("inf")
     else:
         eigenvalues, rank, condition = torch.empty(0, dtype=torch.float64), float("nan"), float("nan")
-    damping = min_damping(prepared, DAMPING_GRID if spectrum else QUICK_GRID)
+    damping = min_damping(hessian, DAMPING_GRID if spectrum else QUICK_GRID)
     return HessianDiagnostics(
         layer=layer, channels=channels, tokens=tokens, trace=float(torch.diagonal(hessian).double().sum()),
         mean_diagonal=float(torch.diagonal(hessian).double().mean()), dead_channels=int(dead.sum()), rank=rank,

@@ -73,6 +73,14 @@ class HessianReport:
         kinds["float32_rank"] = deficient & ~kinds["data_limited"] & ~kinds["dead_channels"]
         return {kind: rows.loc[mask, "layer"].tolist() for kind, mask in kinds.items()}
 
+    def finding_of(self) -> dict[str, str]:
+        """Each distinct input's first finding (in findings() order), for a one-word table column."""
+        found: dict[str, str] = {}
+        for kind, layers in self.findings().items():
+            for layer in layers:
+                found.setdefault(layer, kind.replace("_", " "))
+        return found
+
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """One tensor per layer named by its module name (what quantizers look up), plus JSON."""
         tensors: dict[str, torch.Tensor] = {}

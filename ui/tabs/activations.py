@@ -24,8 +24,10 @@ from engine.stats.report import percentile_column
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
+from ui.estimates import timed_step
 from ui.parsing import parse_percentiles, whole
 from ui.state import Session
+from ui.tables import shown
 from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
@@ -53,13 +55,14 @@ class StatsForm:
 
 
 def layer_table(report: StatsReport) -> pd.DataFrame:
-    """One row per observed tensor, numbers rounded, for a sortable table."""
-    columns = ["layer", "channels", "tokens", "absmax", *[percentile_column(p) for p in report.spec.percentiles],
-               "outlier_channels", "top_channel", "shared_with", "key"]
+    """One row per observed tensor, numbers formatted, for a sortable table (``key`` maps a click back)."""
+    percentiles = [percentile_column(p) for p in report.spec.percentiles]
+    columns = ["layer", "channels", "tokens", "absmax", *percentiles, "outlier_channels", "top_channel", "shared_with", "key"]
     table = report.summary.copy()
     table["layer"] = [short_name(k) for k in table["key"]]
     table["shared_with"] = [short_name(k) if k else "" for k in table["shared_with"]]
-    return table[columns].round(3)
+    return shown(table[columns], {"tokens": ",d", "absmax": ".4g", **{p: ".4g" for p in percentiles}},
+                 headers={"outlier_channels": "outliers", "top_channel": "top channel", "shared_with": "input of"})
 
 
 def status_line(report: StatsReport, reused: bool = False) -> str:
@@ -79,7 +82,12 @@ def collect_statistics(form: StatsForm, session: Session, context: AppContext, p
     calibration = session.require_calibration()
     spec = form.spec()
     reused = session.reusable_stats(spec)
-    report = reused or collect(context.model(session), calibration, spec, progress=progress)
+    loaded = context.model(session)
+    if reused is None:
+        with timed_step(context.times, loaded, "statistics", int(calibration.lengths.sum()), progress):
+            report = collect(loaded, calibration, spec, progress=progress)
+    else:
+        report = reused
     session = replace(session, stats=report)
     top = report.summary.sort_values("absmax", ascending=False)["key"].iloc[0]
     channels, attribution = drill_down(report, top, session, context)

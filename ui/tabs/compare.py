@@ -9,6 +9,7 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.experiments import COMPARED, HELD_OUT, ComparisonSpec, compare, summarize
+from engine.experiments.runs import ComparisonRun, EvaluationSpec
 from engine.figures.selection import comparison_bars
 from engine.progress import Progress, no_progress
 from engine.quant import PRESETS
@@ -16,8 +17,10 @@ from engine.sampling import Strategy
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
+from ui.estimates import timed_step
 from ui.parsing import parse_counts, whole
 from ui.state import Session
+from ui.tables import shown
 from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
@@ -51,19 +54,31 @@ class CompareForm:
                               length=whole(self.length), schemes=tuple(self.schemes))
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def spread(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± " + ("n/a" if std != std else f"{std:.2f}")
+
+
 def status_line(table: pd.DataFrame, rows: pd.DataFrame, seconds: float) -> str:
     lines = []
+    seeds = rows["seed"].nunique()
     for (scheme, samples), part in table.groupby(["scheme", "samples"]):
         best = part.loc[part["mean"].idxmin()]
         random = part[part["strategy"] == Strategy.RANDOM.value]
         versus = ""
         if len(random) and best["strategy"] != Strategy.RANDOM.value:
             r = random.iloc[0]
-            overlap = best["mean"] + best["std"] >= r["mean"] - r["std"]
-            versus = f" vs random {r['mean']:.2f} ± {r['std']:.2f}" + (" (within one std: not a clear win)" if overlap else "")
-        lines.append(f"{scheme}, n={samples}: best **{best['strategy']}** {best['mean']:.2f} ± {best['std']:.2f}{versus}")
-    return (f"**Compared** {rows['strategy'].nunique()} strategies x {rows['seed'].nunique()} seeds x "
-            f"{rows['samples'].nunique()} counts ({len(rows)} measurements) · {seconds:.0f} s\n- " + "\n- ".join(lines))
+            overlap = seeds > 1 and best["mean"] + best["std"] >= r["mean"] - r["std"]
+            versus = f" vs random {spread(r['mean'], r['std'])}" + (" (within one std: not a clear win)" if overlap else "")
+        lines.append(f"{scheme}, n={samples}: best **{best['strategy']}** {spread(best['mean'], best['std'])}{versus}")
+    if seeds == 1:
+        lines.append("One seed gives no spread: with two or more, the ± says whether a difference is more than chance.")
+    return (f"**Compared** {plural(rows['strategy'].nunique(), 'strategy').replace('strategys', 'strategies')} x "
+            f"{plural(seeds, 'seed')} x {plural(rows['samples'].nunique(), 'count')} "
+            f"({plural(len(rows), 'measurement')}) · {seconds:.0f} s\n- " + "\n- ".join(lines))
 
 
 def run_comparison(form: CompareForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
@@ -74,14 +89,18 @@ def run_comparison(form: CompareForm, session: Session, context: AppContext, pro
     context.limits.check_sampling(whole(form.windows), spec.length)
     loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, spec.length, whole(form.windows))
-    rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress)
+    units = spec.runs * (sum(spec.counts) / len(spec.counts) * spec.length + evaluation.tokens * len(spec.schemes))
+    with timed_step(context.times, loaded, "compare", units, progress):
+        rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress)
     table = summarize(rows)
     seconds = float(rows.drop_duplicates(["strategy", "seed", "samples"])["seconds"].sum())
     figure = comparison_bars(table, spec.schemes[0], evaluation.name, float(rows["float_perplexity"].iloc[0]))
     return {"status": status_line(table, rows, seconds), "bars": figure,
-            "table": table.drop(columns=["calibration", "evaluation"]).round(3),
+            "table": shown(table.drop(columns=["calibration", "evaluation"]), {"mean": ".3f", "std": ".3f"}, flags=("best",),
+                           headers={"count": "seeds"}),
             "scheme": gr.update(choices=list(spec.schemes), value=spec.schemes[0]),
-            "session": replace(session, comparison=rows)}
+            "session": replace(session, comparison=rows,
+                               comparison_run=ComparisonRun(spec, EvaluationSpec(form.source, spec.length, whole(form.windows))))}
 
 
 @shown_to_user

@@ -1,19 +1,27 @@
-"""Export: download what this session built, in the forms quantization tools read."""
+"""Export: download what this session built, in the forms quantization tools read.
+
+Each artifact is written once per state of the session into the visitor's own folder (ui.exports):
+a second click on an unchanged session writes nothing, a changed artifact replaces its old file,
+and the folder goes with the session. The visitor picks what to prepare: the calibration set alone
+is one small file; the Hessians (hundreds of MB) only when asked for.
+"""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from enum import Enum
 
 import gradio as gr
+import pandas as pd
 
 from engine.atomic import write_file
+from engine.errors import CalibscopeError
 from engine.export import ExportFormat, export_format, save_calibration_set
 from engine.progress import Progress, no_progress
 from engine.run_report import run_report
+from engine.specs import labels
 from ui.context import AppContext
+from ui.exports import zipped
 from ui.run_config import session_config
 from ui.state import Session
 from ui.widgets import context_line
@@ -23,69 +31,132 @@ FORMAT_LABELS = {ExportFormat.DISK: "datasets folder (load_from_disk), zipped", 
                  ExportFormat.JSONL: "jsonl"}
 
 
+class Artifact(str, Enum):
+    """What can be downloaded; the values are the checkbox labels."""
+
+    CALIBRATION = "calibration set + manifest"
+    STATISTICS = "activation statistics"
+    HESSIANS = "Hessians"
+    QUANTIZATION = "quantization results"
+    COMPARISON = "comparison"
+    REPORT = "HTML report"
+    CONFIG = "run config"
+
+
+DEFAULT_ARTIFACTS = [a.value for a in Artifact if a is not Artifact.HESSIANS]  # the Hessians are big: on request
+
+
 @dataclass(frozen=True)
 class ExportForm:
     fmt: str = ExportFormat.DISK.value
+    artifacts: list[str] = field(default_factory=lambda: list(DEFAULT_ARTIFACTS))
 
 
-def _zip(folder: Path) -> Path:
-    """folder -> folder.zip beside it (the archive keeps the folder's name at its root)."""
-    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder.parent, base_dir=folder.name))
+def _stamp(report) -> tuple | None:
+    """What identifies a collected result: its set, its settings and when it was made."""
+    return None if report is None else (report.meta.get("calibration_sha256"), json.dumps(report.meta.get("spec"), default=str),
+                                         str(getattr(report, "spec", "")), report.meta.get("seconds"))
+
+
+def _identities(session: Session, fmt: ExportFormat) -> dict[Artifact, tuple]:
+    calibration = session.calibration.manifest.token_sha256
+    runs = tuple((r.spec.label(), r.meta.get("evaluation"), r.quantized_perplexity) for r in session.quant_runs)
+    comparison = (None if session.comparison is None else
+                  int(pd.util.hash_pandas_object(session.comparison, index=False).sum()))
+    everything = (calibration, _stamp(session.stats), _stamp(session.hessians), runs, comparison)
+    return {Artifact.CALIBRATION: (calibration, fmt), Artifact.STATISTICS: _stamp(session.stats),
+            Artifact.HESSIANS: _stamp(session.hessians), Artifact.QUANTIZATION: runs, Artifact.COMPARISON: comparison,
+            Artifact.REPORT: everything, Artifact.CONFIG: (*everything, fmt)}
+
+
+def _writers(session: Session, context: AppContext, fmt: ExportFormat) -> dict[Artifact, tuple]:
+    """Per artifact: (whether the session has it, what it is in a few words, how to write it into a folder)."""
+    calibration, tokenizer = session.calibration, context.model(session).tokenizer
+
+    def calibration_files(folder):
+        save_calibration_set(calibration, tokenizer, folder / f"calibration-{fmt.value}", fmt=fmt)
+        return zipped(folder / f"calibration-{fmt.value}")
+
+    def quantization_file(folder):
+        rows = [{"run": n, "scheme": r.spec.label(), "evaluation": r.meta["evaluation"], **row}
+                for n, r in enumerate(session.quant_runs, 1) for row in r.layers.to_dict(orient="records")]
+        return _written(folder / "quantization-layers.csv", pd.DataFrame(rows).to_csv(index=False))
+
+    def report_file(folder):
+        return _written(folder / "report.html", run_report(
+            context.model(session).info, session.corpus_spec.label, session.corpus, calibration, session.stats,
+            session.hessians, session.quant_runs, session.comparison))
+
+    def config_file(folder):
+        config, _ = session_config(session, fmt)
+        return _written(folder / "calibscope-run.json", json.dumps(config, indent=2))
+
+    stats, hessians = session.stats, session.hessians
+    return {
+        Artifact.CALIBRATION: (True, f"{len(calibration):,} samples, {FORMAT_LABELS[fmt]}", calibration_files),
+        Artifact.STATISTICS: (stats is not None, stats and f"{stats.meta['observed']} tensors",
+                              lambda folder: zipped(stats.save(folder / "statistics"), compress=False)),
+        Artifact.HESSIANS: (hessians is not None and bool(hessians.hessians),
+                            hessians and f"{hessians.meta['layers']} layers, {hessians.meta['memory_mb']:,.0f} MB",
+                            lambda folder: zipped(hessians.save(folder / "hessians"), compress=False)),
+        Artifact.QUANTIZATION: (bool(session.quant_runs), f"{len(session.quant_runs)} run(s)", quantization_file),
+        Artifact.COMPARISON: (session.comparison is not None, session.comparison is not None
+                              and f"{len(session.comparison)} measurements",
+                              lambda folder: _written(folder / "comparison-runs.csv", session.comparison.to_csv(index=False))),
+        Artifact.REPORT: (True, "every figure, works offline", report_file),
+        Artifact.CONFIG: (True, "`calibscope run calibscope-run.json` repeats the session", config_file),
+    }
+
+
+def _written(path, text: str):
+    write_file(path, text)
+    return path
 
 
 def prepare_downloads(form: ExportForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
-    """Write every artifact of the session into a fresh folder and return the files to download."""
-    calibration = session.require_calibration()
+    """The chosen artifacts of the session, each written only when it changed since the last click."""
+    session.require_calibration()
     fmt = export_format(form.fmt)
-    loaded = context.model(session)
-    folder = Path(tempfile.mkdtemp(prefix="calibscope-export-"))  # fresh per request: nothing is overwritten
-    files = [_zip(save_calibration_set(calibration, loaded.tokenizer, folder / f"calibration-{fmt.value}", fmt=fmt))]
-    manifest = folder / "manifest.json"
-    write_file(manifest, calibration.manifest.to_json())
-    files.append(manifest)
-    made = [f"calibration set ({len(calibration):,} samples, {FORMAT_LABELS[fmt]})", "manifest"]
-    if session.stats is not None:
-        files.append(_zip(session.stats.save(folder / "statistics")))
-        made.append(f"activation statistics ({session.stats.meta['observed']} tensors)")
-    if session.hessians is not None:
-        files.append(_zip(session.hessians.save(folder / "hessians")))
-        made.append(f"Hessians ({session.hessians.meta['layers']} layers, {session.hessians.meta['memory_mb']:,.0f} MB)")
-    if session.quantization is not None:
-        table = folder / "quantization-layers.csv"
-        write_file(table, session.quantization.layers.to_csv(index=False))
-        files.append(table)
-        made.append(f"per-layer quantization results ({session.quantization.spec.label()})")
-    if session.comparison is not None:
-        runs = folder / "comparison-runs.csv"
-        write_file(runs, session.comparison.to_csv(index=False))
-        files.append(runs)
-        made.append(f"comparison ({len(session.comparison)} measurements)")
-    report = folder / "report.html"
-    write_file(report, run_report(loaded.info, session.corpus_spec.label, session.corpus, calibration, session.stats,
-                                  session.hessians, session.quant_runs, session.comparison))
-    config, notes = session_config(session, fmt)
-    config_file = folder / "calibscope-run.json"
-    write_file(config_file, json.dumps(config, indent=2))
-    files += [report, config_file]
-    made += ["HTML report with every figure (works offline)", "run config (`calibscope run calibscope-run.json`"
-             + "".join(f"; {note}" for note in notes) + ")"]
-    return {"status": "**Ready**: " + "; ".join(made) + ".", "files": [str(f) for f in files]}
+    chosen = [Artifact(label) for label in (form.artifacts or [])]
+    if not chosen:
+        raise CalibscopeError("Choose at least one thing to download.")
+    writers, identities = _writers(session, context, fmt), _identities(session, fmt)
+    files, written, kept, missing = [], [], [], []
+    for number, artifact in enumerate(chosen):
+        present, what, write = writers[artifact]
+        if not present:
+            missing.append(artifact.value)
+            continue
+        if artifact is Artifact.HESSIANS:
+            context.limits.check_downloads(session.exports.megabytes(), session.hessians.meta["memory_mb"], "The Hessians")
+        progress(number / len(chosen), f"Preparing the {artifact.value}")
+        path, fresh = session.exports.file(artifact.value, identities[artifact], write)
+        files.append(str(path))
+        (written if fresh else kept).append(f"{artifact.value} ({what})")
+    lines = [f"**Ready**: {len(files)} file(s), {session.exports.megabytes():,.1f} MB."]
+    lines += [f"- written now: {'; '.join(written)}"] if written else []
+    lines += [f"- unchanged since the last click, not written again: {'; '.join(kept)}"] if kept else []
+    lines += [f"- not in this session yet: {', '.join(missing)}"] if missing else []
+    if Artifact.CONFIG in chosen:
+        lines += [f"- the run config: {note}" for note in session_config(session, fmt)[1]]
+    return {"status": "\n".join(lines), "files": files}
 
 
 def build_tab(session: gr.State, context: AppContext) -> None:
     gr.Markdown(
         "Download the calibration set with its manifest (rebuild it bit for bit with "
         "`engine.sampling.rebuild`), the statistics and Hessians collected in this session "
-        "(safetensors + JSON; Hessians as one tensor per module name), the quantization results, "
-        "an HTML report with every figure, and the run config that repeats this session headless."
+        "(safetensors + JSON; Hessians as one tensor per module name), the quantization and comparison "
+        "results, an HTML report with every figure, and the run config that repeats this session headless."
     )
     with gr.Row():
+        artifacts = gr.CheckboxGroup(labels(Artifact), value=DEFAULT_ARTIFACTS, label="Prepare", scale=3,
+                                     info="Each file is written once and reused until what it holds changes")
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()], value=ExportFormat.DISK.value,
-                       label="Calibration set format")
-        run = gr.Button("Prepare downloads", variant="primary", scale=0)
+                       label="Calibration set format", scale=2)
+    run = gr.Button("Prepare downloads", variant="primary")
     context_line(session)
-    status = gr.Markdown("Statistics, Hessians and results are included when this session has them.",
-                         elem_classes="cs-status")
+    status = gr.Markdown("What the session has is prepared; what it lacks is listed.", elem_classes="cs-status")
     files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-    connect(run.click, prepare_downloads, ExportForm, {"fmt": fmt}, session, {"status": status, "files": files}, context,
-            api_name="prepare_downloads", status=status, heavy=False)
+    connect(run.click, prepare_downloads, ExportForm, {"fmt": fmt, "artifacts": artifacts}, session,
+            {"status": status, "files": files}, context, api_name="prepare_downloads", status=status, heavy=False)

@@ -17,8 +17,10 @@ from engine.stats.hessian_report import HessianReport, collect_hessians, hessian
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
+from ui.estimates import timed_step
 from ui.parsing import whole
 from ui.state import Session
+from ui.tables import number, shown
 from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
@@ -65,12 +67,19 @@ def status_line(report: HessianReport, reused: bool = False) -> str:
 
 
 def diagnostics_table(report: HessianReport) -> pd.DataFrame:
+    """One row per layer: short headers, numbers formatted, the finding in a word; the full sentence last."""
     table = report.diagnostics.copy()
+    findings = report.finding_of()
     table.insert(0, "name", [short_name(layer) for layer in table["layer"]])
+    table["finding"] = [findings.get(source or layer, "") for layer, source in zip(table["layer"], table["shared_with"])]
     table["shared_with"] = [short_name(k) if k else "" for k in table["shared_with"]]
     columns = ["name", "channels", "tokens", "rank", "dead_channels", "condition_number", "min_damping", "trace",
-               "shared_with", "warning", "layer"]
-    return table[[c for c in columns if c in table]].round({"trace": 4, "mean_diagonal": 6})
+               "finding", "shared_with", "warning"]
+    damping = {"min_damping": lambda d: "fails" if d is None or d != d else f"{d:g}"}
+    return shown(table[[c for c in columns if c in table]],
+                 {"tokens": ",d", "condition_number": ".2e", "trace": ".4g", "rank": lambda r: number(r, ".0f"), **damping},
+                 headers={"dead_channels": "dead", "condition_number": "condition", "min_damping": "min damping",
+                          "shared_with": "input of", "warning": "diagnosis"})
 
 
 def compute_hessians(form: HessianForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
@@ -82,7 +91,8 @@ def compute_hessians(form: HessianForm, session: Session, context: AppContext, p
     if not reused:
         layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
         context.limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
-        report = collect_hessians(loaded, calibration, spec, progress=progress)
+        with timed_step(context.times, loaded, "hessians", int(calibration.lengths.sum()), progress):
+            report = collect_hessians(loaded, calibration, spec, progress=progress)
     worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
     return {"status": status_line(report, reused), "depth": hessian_depth(report), "table": diagnostics_table(report),
             "layer": gr.update(choices=list(report.diagnostics["layer"]), value=worst),
@@ -136,7 +146,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             with gr.Accordion("Memory plan", open=False):
                 plan = gr.Markdown()
             depth = result_plot()
-    table = result_table("Per layer (sortable)", wrap=True, max_height=380)
+    table = result_table("Per layer (sortable)", wrap=True, max_height=380,
+                         column_widths=["8%", "6%", "6%", "5%", "4%", "8%", "6%", "6%", "9%", "7%", "35%"])
     with gr.Row(equal_height=False):
         with gr.Column():
             layer = gr.Dropdown(label="Layer", choices=[], interactive=True, info="Opens on the least well-conditioned layer")

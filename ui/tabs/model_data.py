@@ -7,12 +7,13 @@ import gradio as gr
 import pandas as pd
 
 from engine import CorpusSpec, ModelSpec
-from engine.corpus import corpus_summary, load_corpus
-from engine.errors import CorpusError
+from engine.corpus import corpus_notes, corpus_summary, load_corpus, notes_rows
+from engine.errors import CorpusError, HubUnavailable
 from engine.progress import Progress, no_progress, scaled
 from engine.specs import BuiltinCorpus, CorpusKind, Offload, Split, choice, labels
 from ui import choices
 from ui.context import AppContext
+from ui.parsing import whole
 from ui.state import Session
 from ui.widgets import context_line, result_table
 from ui.wiring import connect
@@ -36,6 +37,7 @@ class ModelDataForm:
     hub_config: str = ""
     hub_split: str = "train"
     text_column: str = ""
+    min_chars: float = 16
     upload: str | None = None
 
     def model_spec(self) -> ModelSpec:
@@ -45,14 +47,15 @@ class ModelDataForm:
         """The CorpusSpec these widgets describe (raises SpecError / CorpusError on bad values)."""
         column = (self.text_column or "").strip() or None
         kind = choice(CorpusKind, self.kind, "corpus source")
+        min_chars = whole(self.min_chars)
         if kind is CorpusKind.BUILTIN:
-            return CorpusSpec.builtin(self.builtin_name or BuiltinCorpus.MIXED.value, split=self.split)
+            return CorpusSpec.builtin(self.builtin_name or BuiltinCorpus.MIXED.value, split=self.split, min_chars=min_chars)
         if kind is CorpusKind.HUB:
             return CorpusSpec.hub((self.hub_name or "").strip(), split=(self.hub_split or "train").strip(),
-                                  config=(self.hub_config or "").strip() or None, text_column=column)
+                                  config=(self.hub_config or "").strip() or None, text_column=column, min_chars=min_chars)
         if not self.upload:
             raise CorpusError("Choose a file to upload first (.txt, .jsonl, .json, .csv or .parquet).")
-        return CorpusSpec.file(self.upload, text_column=column, max_bytes=max_upload_bytes)
+        return CorpusSpec.file(self.upload, text_column=column, max_bytes=max_upload_bytes, min_chars=min_chars)
 
 
 def table(rows: list[tuple[str, str]]) -> pd.DataFrame:
@@ -75,16 +78,19 @@ def load_model_and_corpus(form: ModelDataForm, session: Session, context: AppCon
     """Load both, keep them in the session, and describe them."""
     model_spec = form.model_spec()
     context.limits.check_model_name(model_spec.name)
-    context.limits.check_model_size(model_spec.name)
     corpus_spec = form.corpus_spec(context.limits.max_upload_bytes)
-    loaded = context.models.get(model_spec, scaled(progress, 0.0, 0.8))
+    try:
+        context.limits.check_model_size(model_spec.name)
+        loaded = context.models.get(model_spec, scaled(progress, 0.0, 0.8))
+    except HubUnavailable as error:  # on a shared Space, local folders are no way out: do not suggest them
+        raise (error.without_local_folders() if context.limits.shared else error) from None
     corpus = load_corpus(corpus_spec, scaled(progress, 0.8, 1.0))
     info = loaded.info
     status = (
         f"**Loaded** {info.name} on {info.device} ({info.parameters / 1e6:,.0f} M parameters, "
         f"{info.load_seconds:.1f} s{', from cache' if info.from_cache else ''}) · "
         f"**{corpus_spec.label}**: {len(corpus):,} documents"
-    )
+    ) + "".join(f"\n- {what}: {value}" for what, value in notes_rows(corpus_notes(corpus)))
     return {"status": status, "model_table": table(info.as_rows()), "corpus_table": table(corpus_summary(corpus)),
             "preview": preview(corpus), "session": session.with_data(model_spec, corpus_spec, corpus)}
 
@@ -125,7 +131,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                     hub_split = gr.Textbox(value="train", label="Split")
             with gr.Group(visible=False) as file_group:
                 upload = gr.File(label="Corpus file", file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"], type="filepath")
-            text_column = gr.Textbox(label="Text column", placeholder="auto: 'text' (or chat 'messages')")
+            with gr.Row():
+                text_column = gr.Textbox(label="Text column", placeholder="auto: 'text' (or chat 'messages')", scale=2)
+                min_chars = gr.Number(16, label="Min characters", precision=0, minimum=1, scale=1,
+                                      info="shorter documents are dropped (and counted)")
     load = gr.Button("Load model and corpus", variant="primary", size="lg")
     context_line(session)
     status = gr.Markdown("Choose a model and a corpus, then load them.", elem_classes="cs-status")
@@ -137,7 +146,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     kind.change(_corpus_visibility, kind, [builtin_group, hub_group, file_group])
     widgets = {"model": model, "device": device, "dtype": dtype, "offload": offload, "kind": kind, "builtin_name": builtin_name,
                "split": split, "hub_name": hub_name, "hub_config": hub_config, "hub_split": hub_split,
-               "text_column": text_column, "upload": upload}
+               "text_column": text_column, "min_chars": min_chars, "upload": upload}
     outputs = {"status": status, "model_table": model_table, "corpus_table": corpus_table, "preview": corpus_preview,
                "session": session}
     connect(load.click, load_model_and_corpus, ModelDataForm, widgets, session, outputs, context,

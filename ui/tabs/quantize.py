@@ -9,7 +9,8 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.experiments import HELD_OUT, UPLOADED
-from engine.figures.quant import perplexity_runs, sensitivity_depth
+from engine.experiments.runs import EvaluationSpec, QuantRun
+from engine.figures.quant import has_sensitivity, perplexity_runs, sensitivity_depth
 from engine.figures.stats import short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
@@ -27,8 +28,10 @@ from engine.quant import (
 from engine.specs import labels
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
+from ui.estimates import timed_step
 from ui.parsing import whole
 from ui.state import Session
+from ui.tables import percent, shown
 from ui.widgets import context_line, result_plot, result_table
 from ui.wiring import connect
 
@@ -90,13 +93,35 @@ def status_line(report: QuantReport, reused: bool) -> str:
             f"{meta['layers']} layers · {meta['seconds']:.1f} s")
 
 
-def layer_table(report: QuantReport) -> pd.DataFrame:
+ERRORS = ("output_error", "input_error")
+
+
+def layer_table(report: QuantReport) -> tuple[pd.DataFrame, str]:
+    """The per-layer table, most sensitive first when a sensitivity was measured (perplexity change,
+    else the larger of a layer's output and input errors), and its title saying which order it is in."""
     table = report.layers.copy()
     table.insert(0, "name", [short_name(layer) for layer in table["layer"]])
-    sort = next((c for c in ("perplexity_change", "output_error", "input_error") if c in table), None)
-    if sort:
-        table = table.sort_values(sort, ascending=False)
-    return table.drop(columns=["seconds"]).round(6)
+    errors = [c for c in ERRORS if c in table and table[c].notna().any()]
+    if "perplexity_change" in table:
+        table, title = table.sort_values("perplexity_change", ascending=False), "Per layer, largest perplexity change first"
+    elif errors:
+        worst = table[errors].max(axis=1)
+        table, title = table.loc[worst.sort_values(ascending=False).index], "Per layer, largest relative error first"
+    else:
+        title = "Per layer, in execution order (no sensitivity measured)"
+    formats = {column: percent for column in (*ERRORS, "weight_error") if column in table}
+    formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace") if c in table})
+    return shown(table.drop(columns=["seconds", "layer"]), formats), title
+
+
+def sensitivity_note(report: QuantReport, sensitivity: str) -> str:
+    """Why the per-layer view is empty, when it is."""
+    if has_sensitivity(report):
+        return ""
+    if Sensitivity(sensitivity) is Sensitivity.NONE:
+        return "\n- Per-layer sensitivity: none asked (choose cheap or thorough)."
+    return ("\n- Per-layer sensitivity: nothing to measure it with: cheap needs this set's Hessians (weights) or "
+            "statistics (activations); thorough measures perplexity per layer.")
 
 
 def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
@@ -109,13 +134,19 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     context.limits.check_sampling(whole(form.windows), whole(form.length))
     loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
-    report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
-                                                  form.sensitivity, progress=progress)
+    passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
+    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0)
+    with timed_step(context.times, loaded, "quantize", units, progress):
+        report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
+                                                      form.sensitivity, progress=progress)
+    report.meta["run"] = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
+                                                       form.upload if form.source == UPLOADED else None), form.sensitivity)
     session = session.with_run(report)
-    return {"status": status_line(report, reused),
+    table, title = layer_table(report)
+    return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
             "summary": pd.DataFrame(report.summary_rows(), columns=["", "value"]),
             "runs": perplexity_runs(session.quant_runs), "depth": sensitivity_depth(report),
-            "table": layer_table(report), "session": session}
+            "table": gr.update(value=table, label=title, visible=True), "session": session}
 
 
 def build_tab(session: gr.State, context: AppContext) -> None:

@@ -11,6 +11,7 @@ from engine.figures.selection import SWEEP_METRICS, sweep_curves
 from engine.progress import Progress, no_progress
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
+from ui.estimates import timed_step
 from ui.parsing import parse_counts, whole
 from ui.state import Session
 from ui.widgets import context_line, result_plot, result_table
@@ -72,7 +73,8 @@ def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: 
     spec = form.spec()
     loaded = context.model(session)
     context.limits.check_hessian_memory(snapshot_megabytes(loaded, spec, len(calibration)))
-    result = sweep(loaded, calibration, spec, progress=progress)
+    with timed_step(context.times, loaded, "sweep", int(calibration.lengths.sum()) * spec.shuffles, progress):
+        result = sweep(loaded, calibration, spec, progress=progress)
     return {"status": status_line(result), "curves": sweep_curves(result), "table": sweep_table(result),
             "session": replace(session, sweep=result)}
 

@@ -1,0 +1,98 @@
+"""Quantization runs and comparisons as plain specs: what a headless config (``[[quantize]]``,
+``[compare]``) asks for, what the dashboard's session repeats, and how each is carried out."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from engine.errors import SpecError
+from engine.experiments.compare import ComparisonSpec, compare
+from engine.experiments.evaluations import HELD_OUT, UPLOADED, EvaluationCache
+from engine.models import LoadedModel
+from engine.progress import Progress, no_progress
+from engine.quant import PRESETS, ActivationSpec, EvaluationSet, QuantReport, QuantSpec, Sensitivity, WeightSpec
+from engine.specs import choice
+from engine.stats import StatsReport
+from engine.stats.hessian_report import HessianReport
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """Held-out text to measure perplexity on: a builtin held-out part (``source``), or a ``file``."""
+
+    source: str = next(iter(HELD_OUT))
+    length: int = 256
+    windows: int = 8
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.file is None and self.source not in HELD_OUT:
+            raise SpecError(f"evaluation source {self.source!r} is unknown; use one of {', '.join(HELD_OUT)}, or file = PATH.")
+        if self.length < 2 or self.windows < 1:
+            raise SpecError("An evaluation needs windows of at least 2 tokens and at least one window.")
+
+    def windows_for(self, loaded: LoadedModel, cache: EvaluationCache) -> EvaluationSet:
+        return cache.windows(loaded, UPLOADED if self.file else self.source, self.length, self.windows, self.file)
+
+
+@dataclass(frozen=True)
+class QuantRun:
+    spec: QuantSpec
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    sensitivity: Sensitivity = Sensitivity.CHEAP
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
+
+    def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,
+            progress: Progress = no_progress) -> QuantReport:
+        if self.spec.needs_hessians and hessians is None:
+            raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config.")
+        if self.spec.needs_stats and stats is None:
+            raise SpecError(f"{self.spec.label()} needs activation statistics: add a [stats] section to the config.")
+        report, _ = cache.evaluate(loaded, self.spec, self.evaluation.windows_for(loaded, cache), stats, hessians,
+                                   self.sensitivity, progress)
+        return report
+
+
+@dataclass(frozen=True)
+class ComparisonRun:
+    spec: ComparisonSpec
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+
+    def run(self, loaded: LoadedModel, corpus, corpus_label: str, cache: EvaluationCache,
+            progress: Progress = no_progress) -> pd.DataFrame:
+        evaluation = EvaluationSpec(self.evaluation.source, self.spec.length, self.evaluation.windows, self.evaluation.file)
+        return compare(loaded, corpus, self.spec, [evaluation.windows_for(loaded, cache)], corpus_label, progress)
+
+
+def quant_spec_from(values: dict) -> QuantSpec:
+    """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...}``."""
+    if "scheme" in values:
+        if values["scheme"] not in PRESETS:
+            raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
+        return PRESETS[values["scheme"]]
+    return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
+                     values.get("name_pattern", ""))
+
+
+def quant_run_from(values: dict) -> QuantRun:
+    values = dict(values)
+    evaluation = EvaluationSpec(**values.pop("evaluation", {}))
+    sensitivity = values.pop("sensitivity", Sensitivity.CHEAP)
+    return QuantRun(quant_spec_from(values), evaluation, sensitivity)
+
+
+def comparison_run_from(values: dict) -> ComparisonRun:
+    values = dict(values)
+    evaluation = EvaluationSpec(**values.pop("evaluation", {}))
+    return ComparisonRun(ComparisonSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}),
+                         evaluation)
+
+
+def as_json(run: QuantRun | ComparisonRun) -> dict:
+    """A run as config data: every field spelled out (no preset names), enums as their labels."""
+    data = dataclasses.asdict(run)
+    return {**data.pop("spec"), **data}
