@@ -44,8 +44,9 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
         page.get_by_role("tab", name="Hessians").click()
         page.get_by_role("button", name="Collect Hessians").click()
         page.wait_for_function("() => document.body.innerText.includes('Collected Hessians of 14 layers')", timeout=60_000)
-        page.wait_for_timeout(500)
-        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).map(p => p.data[0].type)")
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent && p.data).length >= 3",
+                               timeout=30_000)  # the status line can arrive before the figures are drawn
+        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent && p.data).map(p => p.data[0].type)")
         assert visible[-3:] == ["scatter", "scatter", "heatmap"]  # depth, spectrum, diagonals
 
         page.get_by_role("tab", name="Export").click()
@@ -96,3 +97,30 @@ def _export_session():
     session = build(load(builtin_name="python-docs")["session"], nsamples=6, edges="64, 128")["session"]
     session = collect_statistics(STATS_FORM, session, CONTEXT, Recorder())["session"]
     return compute_hessians(HessianForm(batch_size=4), session, CONTEXT, Recorder())["session"]
+
+
+def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path):
+    from tests.walk import Walk, steps, visible
+
+    with served_app(limits=Limits(), default_model="tiny-random-llama") as url, chromium_page() as page:
+        page.goto(url)
+        walk = Walk(page, timeout_ms=120_000)
+        for step in steps():
+            walk.run(step)
+        assert set(walk.times) == {step.name for step in steps()}
+        for fmt in ("parquet", "jsonl"):  # the other formats; the walk exported the default (disk)
+            visible(page, fmt).check()
+            page.get_by_role("button", name="Prepare downloads").click()
+            page.wait_for_function(f"() => document.body.innerText.includes('samples, {fmt})')", timeout=60_000)
+        page.get_by_role("button", name="Prepare downloads").click()  # nothing changed: nothing is written again
+        page.wait_for_function("() => document.body.innerText.includes('unchanged since the last click')", timeout=60_000)
+        assert "written now" not in walk.status()
+
+        page.get_by_role("tab", name="Sensitivity", exact=True).click()  # a long step, cancelled
+        visible(page, "Sample counts").fill("1, 2, 4, 8, 16, 32")
+        page.get_by_role("button", name="Run sweep").click()
+        page.wait_for_timeout(300)
+        page.get_by_role("button", name="Cancel").locator("visible=true").click()
+        page.wait_for_function("() => document.body.innerText.includes('Cancelled')", timeout=30_000)
+        walk.run(steps()[4])  # and the app goes on: the same sweep runs to the end
+        assert "Traceback" not in page.inner_text("body")

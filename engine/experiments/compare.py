@@ -23,7 +23,7 @@ from engine.quant import (
     quantized,
 )
 from engine.quant.plan import quantizable_layers
-from engine.sampling import Strategy, build, spec_for
+from engine.sampling import Strategy, build, entry, spec_for
 from engine.stats import Diagnostics, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 
@@ -58,6 +58,17 @@ class ComparisonSpec:
         return len(self.strategies) * self.seeds * len(self.counts)
 
 
+CANDIDATES_PER_SAMPLE, MIN_CANDIDATES = 16, 128
+
+
+def candidates(strategy: str, samples: int) -> dict:
+    """Cluster selection embeds its candidates (a sentence encoder's or the model's forward per
+    document): in a comparison, 16 per sample (at least 128) keep each cell to seconds on a CPU."""
+    if "candidates" not in entry(strategy).spec_type.field_names():
+        return {}
+    return {"candidates": max(CANDIDATES_PER_SAMPLE * samples, MIN_CANDIDATES), "embed_tokens": 128}
+
+
 def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluations: list[EvaluationSet],
              floats: dict[str, float]) -> list[dict]:
     needs_stats = any(PRESETS[s].needs_stats for s in schemes)
@@ -67,7 +78,7 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, stats, hessians)
+        plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, stats, hessians, output_errors=False)
         with quantized(loaded, plan):
             for evaluation in evaluations:
                 value = perplexity(loaded, evaluation)
@@ -87,7 +98,7 @@ def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list
                 started = time.perf_counter()
                 report = scaled(progress, done / spec.runs, (done + 1) / spec.runs)
                 report(0.0, f"{strategy}, {samples} samples, seed {seed} ({done + 1} of {spec.runs})")
-                sampling = spec_for(strategy, nsamples=samples, length=spec.length, seed=seed)
+                sampling = spec_for(strategy, nsamples=samples, length=spec.length, seed=seed, **candidates(strategy, samples))
                 calibration = build(corpus, loaded.tokenizer, sampling,
                                     max_positions=loaded.info.max_positions, corpus_label=corpus_label, model=loaded)
                 for row in _measure(loaded, calibration, spec.schemes, evaluations, floats):

@@ -22,6 +22,10 @@ from engine.quant.grid import Grid, row_grid
 from engine.quant.specs import ActOrder
 
 MAX_DAMPING = 1.0
+# Columns updated one by one inside a sub-block of this many; the rest of the block with one product
+# per sub-block. The same arithmetic as one rank-1 update per column over the whole block, in far
+# fewer, larger operations (the column loop's per-operation cost is what GPTQ spends on a layer).
+INNER = 16
 
 
 @dataclass
@@ -72,23 +76,29 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
     quantized = torch.zeros_like(weight)
     losses = torch.zeros_like(weight)
     grid = row_grid(weight, bits, symmetric) if not group_size else None
+    inner = INNER if not group_size or group_size % INNER == 0 else 1  # sub-blocks never straddle a group start
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
         block = weight[:, start:stop].clone()
         errors = torch.zeros_like(block)
         block_hinv = hinv[start:stop, start:stop]
-        for i in range(stop - start):
-            column = start + i
-            if static is not None:  # the original column's group, fixed before any update
-                grid = static.grid(static_groups[column])
-            elif group_size and column % group_size == 0:
-                grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
-            w = block[:, i]
-            q = grid.fake_quantize(w[:, None])[:, 0]  # the row grids broadcast over one column
-            quantized[:, column] = q
-            error = (w - q) / block_hinv[i, i]
-            block[:, i:] -= error[:, None] @ block_hinv[i, i:][None, :]
-            errors[:, i] = error
+        diagonal = block_hinv.diagonal().clone()
+        for sub in range(0, stop - start, inner):
+            sub_stop = min(sub + inner, stop - start)
+            for i in range(sub, sub_stop):
+                column = start + i
+                if static is not None:  # the original column's group, fixed before any update
+                    grid = static.grid(static_groups[column])
+                elif group_size and column % group_size == 0:
+                    grid = row_grid(_group(weight, block, start, column, group_size), bits, symmetric)
+                w = block[:, i]
+                q = grid.fake_quantize(w[:, None])[:, 0]  # the row grids broadcast over one column
+                quantized[:, column] = q
+                error = torch.sub(w, q).div_(diagonal[i])
+                block[:, i:sub_stop].addr_(error, block_hinv[i, i:sub_stop], alpha=-1)  # the error, within the sub-block
+                errors[:, i] = error
+            # the rest of the block at once: the same lazy update GPTQ applies between blocks, one level down
+            block[:, sub_stop:] -= errors[:, sub:sub_stop] @ block_hinv[sub:sub_stop, sub_stop:]
         losses[:, start:stop] = errors.square() / 2  # (w - q)² / [H⁻¹]_ii² / 2, for the whole block at once
         weight[:, stop:] -= errors @ hinv[start:stop, stop:]
     group_index = None

@@ -73,20 +73,23 @@ def quantized_weights(layers: list[LinearLayer], spec: WeightSpec, hessians: Hes
             originals = [weight_matrix(layer).float() for layer in group]
             leader = group[0].name
             hessian = hessians.hessian(leader) if hessians is not None and hessians.has(leader) else None
-            seconds = (time.perf_counter() - started) / len(group)
-            for layer, original, (fake, costs) in zip(group, originals, quantize_group(originals, spec, hessian)):
+            with torch.inference_mode():
+                results = quantize_group(originals, spec, hessian)
+            seconds = (time.perf_counter() - started) / len(group)  # a stacked group's time, shared by its layers
+            for layer, original, (fake, costs) in zip(group, originals, results):
                 done[layer.name] = (original, fake, {**costs, "seconds": seconds})
         progress((number + 1) / len(groups), f"Quantized {', '.join(layer.name for layer in group)}")
     return done
 
 
 def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsReport | None = None,
-                      hessians: HessianReport | None = None,
-                      progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
+                      hessians: HessianReport | None = None, progress: Progress = no_progress,
+                      output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians),
     gptq_loss and damping (GPTQ), clip (activation range), input_error (expected relative error of the
-    quantized input over its histogram, per-tensor symmetric grids) and seconds."""
+    quantized input over its histogram, per-tensor symmetric grids) and seconds. ``output_errors``
+    off skips the one costly measure (comparisons need the weights only)."""
     if spec.activations.enabled and stats is None:
         raise CalibscopeError("Static activation quantization needs activation statistics: collect them first.")
     observed = set(stats.summary["key"]) if stats is not None else set()
@@ -100,7 +103,7 @@ def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsRe
             plan.weights[layer.name] = module_weight(layer, fake)
             delta = fake - original
             row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
-            if hessians is not None and hessians.has(layer.name):
+            if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
                 row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
         if spec.activations.enabled and layer.kind.is_linear:
             if layer.name not in observed:

@@ -1,0 +1,48 @@
+"""A newcomer's walk through every tab of the real dashboard, timed from click to result.
+
+Launches the app with the builtin Gemma 3 270M and the defaults (mixed corpus, the CPU defaults of
+each tab; the comparison as small as it gets: 2 strategies, 1 seed, 4 samples), drives it in headless
+Chromium, and times each step from the click to its result. Saves a screenshot per tab (into
+--screenshots, e.g. assets/screenshots for the README). Goal: the slowest step <= 60 s.
+Usage: python bench/ui_walk.py [--quick] [--screenshots DIR]   (--quick: the tiny model)
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+from pathlib import Path
+
+from bench._common import report
+from tests.browser import chromium_page, served_app
+from tests.walk import Walk, steps
+from ui.context import AppContext
+
+GOAL_S = 60.0
+
+
+def first_line(status: str) -> str:
+    """The status's first line of words (Gradio's elapsed-time badge is a line of its own)."""
+    return next((line for line in status.splitlines() if len(line.split()) > 2), "")[:160]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the tiny model: checks the walk in a minute")
+    parser.add_argument("--screenshots", type=Path, default=None, help="save one screenshot per tab here")
+    args = parser.parse_args()
+    model = "tiny-random-llama" if args.quick else "builtin:gemma-3-270m"
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
+    with served_app(context=AppContext(default_model=model)) as url, chromium_page(1400, 1000) as page:
+        page.goto(url)
+        walk = Walk(page, timeout_ms=1_800_000)
+        statuses = {step.name: first_line(walk.run(step, args.screenshots)) for step in steps()}
+    slowest = max(walk.times, key=walk.times.get)
+    report("ui_walk", "slowest_step_seconds", walk.times[slowest], f"<= {GOAL_S:g}", walk.times[slowest] <= GOAL_S,
+           model=model, slowest=slowest, seconds=walk.times, statuses=statuses)
+
+
+if __name__ == "__main__":
+    main()

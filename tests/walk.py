@@ -1,0 +1,85 @@
+"""A walk through every tab of the running dashboard in a browser, as a user clicks it: the browser
+test takes it on the tiny model, bench/ui_walk.py on the builtin model with the defaults, timing
+each step from click to result."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+@dataclass
+class Step:
+    """Go to ``tab``, run ``prepare(page)``, click ``button``, wait until the tab's status shows ``done``."""
+
+    name: str
+    tab: str
+    button: str
+    done: str
+    prepare: Callable | None = None
+    screenshot: str = ""
+
+
+@dataclass
+class Walk:
+    page: object
+    timeout_ms: int
+    times: dict[str, float] = field(default_factory=dict)
+
+    def status(self) -> str:
+        """The visible tab's status line (the results, not the progress overlay)."""
+        return self.page.evaluate(
+            "() => [...document.querySelectorAll('.cs-status')].filter(e => e.offsetParent).map(e => e.innerText).join('\\n')")
+
+    def run(self, step: Step, shots: Path | None = None) -> str:
+        self.page.get_by_role("tab", name=step.tab, exact=True).click()
+        if step.prepare is not None:
+            step.prepare(self.page)
+        started = time.perf_counter()
+        self.page.get_by_role("button", name=step.button, exact=True).click()
+        self.page.wait_for_function(
+            "(done) => [...document.querySelectorAll('.cs-status')].filter(e => e.offsetParent)"
+            ".some(e => e.innerText.includes(done) || e.innerText.includes('Not done:'))",
+            arg=step.done, timeout=self.timeout_ms)
+        self.times[step.name] = round(time.perf_counter() - started, 1)
+        status = self.status()
+        if "Not done:" in status:
+            raise AssertionError(f"{step.name}: {status}")
+        if shots is not None and step.screenshot:
+            self.page.wait_for_timeout(1500)  # figures finish drawing
+            self.page.screenshot(path=str(shots / step.screenshot), full_page=True)
+        return status
+
+
+def visible(page, label: str):
+    """The control labelled ``label`` on the tab in view (tabs reuse labels such as 'Sample counts')."""
+    return page.get_by_label(label, exact=True).locator("visible=true")
+
+
+def choose(label: str, value: str) -> Callable:
+    """Pick ``value`` in the dropdown labelled ``label``."""
+    def pick(page):
+        visible(page, label).click()
+        page.get_by_role("option", name=value, exact=True).click()
+    return pick
+
+
+def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...] = ("random", "embedding-clusters")):
+    """Every tab's main button with its defaults (the comparison as small as it gets: one seed, 4 samples)."""
+    def small_comparison(page):
+        visible(page, "Seeds").fill("1")
+        visible(page, "Sample counts").fill("4")
+        for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "self-generated"):
+            visible(page, strategy).set_checked(strategy in compare_strategies)
+    return [
+        Step("load", "Model & Data", "Load model and corpus", "Loaded", screenshot="model-data.png"),
+        Step("build", "Dataset", "Build calibration set", "padding at batch size", screenshot="dataset.png"),
+        Step("statistics", "Activation ranges", "Collect statistics", "Collected ", screenshot="activations.png"),
+        Step("hessians", "Hessians", "Collect Hessians", "Collected Hessians", screenshot="hessians.png"),
+        Step("sensitivity", "Sensitivity", "Run sweep", "Swept ", screenshot="sensitivity.png"),
+        Step("quantize (RTN)", "Quantize", "Quantize and evaluate", "RTN: perplexity", choose("Scheme", scheme_first)),
+        Step("quantize (GPTQ)", "Quantize", "Quantize and evaluate", "GPTQ: perplexity", choose("Scheme", "W4 g128 GPTQ"),
+             screenshot="quantize.png"),
+        Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
+        Step("export", "Export", "Prepare downloads", "Ready", screenshot="export.png"),
+    ]
