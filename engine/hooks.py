@@ -28,10 +28,14 @@ class Side(str, Enum):
 
 @dataclass(frozen=True)
 class TokenIndex:
-    """For each observed token: its calibration row and its position in that row (padding excluded)."""
+    """For each observed token: its calibration row and its position in that row (padding excluded).
+    On the host, known without asking the device: each batch entry's calibration row and its number of
+    real tokens, in the order the tokens are laid out (empty where the observer made no batch)."""
 
     rows: torch.Tensor
     positions: torch.Tensor
+    batch_rows: tuple[int, ...] = ()
+    lengths: tuple[int, ...] = ()
 
 
 class StopForward(Exception):

@@ -3,6 +3,8 @@ branch-free accumulator path (what accelerators run) equals the host-branch path
 one call per layer; and, where there is a GPU, the CUDA path itself (marked ``gpu``)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
 from engine.quant import PRESETS, evaluate, evaluation_windows, gptq, perplexity
-from engine.quant.plan import quantize_group
+from engine.quant.plan import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from tests.test_runner import calibration_for, relative_difference
@@ -78,17 +80,22 @@ def test_the_branch_free_path_equals_the_host_branch_with_nan_and_inf():
     assert int(first["nan"].sum()) == 1 and int(first["inf"].sum()) == 2
 
 
-def test_gptq_on_stacked_layers_that_share_an_input_equals_one_call_per_layer():
+@pytest.mark.parametrize("act_order", ["none", "static", "dynamic"])
+def test_gptq_on_stacked_and_batched_layers_equals_one_call_per_layer(act_order):
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(512, 64, generator=generator) @ torch.randn(64, 64, generator=generator)
-    hessian = x.T @ x
-    weights = [torch.randn(rows, 64, generator=generator) for rows in (32, 16, 16)]
-    spec = PRESETS["W4 g128 GPTQ"].weights
-    stacked = quantize_group(weights, spec, hessian)
-    for weight, (fake, costs) in zip(weights, stacked):
-        alone = gptq(weight, hessian, spec.bits, spec.group_size, block_size=spec.block_size)
-        torch.testing.assert_close(fake, alone.weight, rtol=0, atol=1e-6)
-        assert costs["gptq_loss"] == pytest.approx(alone.loss, rel=1e-5)
+    hessians = []
+    for scale in (1.0, 1e-3):  # two inputs (different Hessians, one with a dead channel), batched together
+        x = scale * torch.randn(512, 64, generator=generator) @ torch.randn(64, 64, generator=generator)
+        x[:, 5] = 0 if scale < 1 else x[:, 5]
+        hessians.append(x.T @ x)
+    groups = [[torch.randn(rows, 64, generator=generator) for rows in (32, 16, 16)] for _ in hessians]
+    spec = replace(PRESETS["W4 g128 GPTQ"].weights, group_size=16, act_order=act_order)
+    batched = quantize_groups(groups, spec, hessians)
+    for weights, hessian, stacked in zip(groups, hessians, batched):
+        for weight, (fake, costs) in zip(weights, stacked):
+            alone = gptq(weight, hessian, spec.bits, spec.group_size, block_size=spec.block_size, act_order=act_order)
+            torch.testing.assert_close(fake, alone.weight, rtol=0, atol=1e-5)
+            assert costs["gptq_loss"] == pytest.approx(alone.loss, rel=1e-4)
 
 
 @pytest.mark.gpu

@@ -3,8 +3,10 @@ CPU memory or on disk) equals the whole-model pass; the memory plan; data-parall
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import datasets
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -86,9 +88,10 @@ def test_resident_weights_block_by_block_with_activations_anywhere(tiny, where, 
 
 def test_a_sweep_block_by_block_snapshots_what_the_whole_model_sweep_does(tiny):
     resident, on_disk, calibration = tiny
-    spec = SweepSpec(shuffles=1, batch_size=2)
-    whole, blockwise = sweep(resident, calibration, spec), sweep(on_disk, calibration, spec)
-    columns = ["count", "key", "absmax", "percentile"]
+    spec = SweepSpec(shuffles=2, batch_size=2)
+    whole = sweep(resident, calibration, replace(spec, execution=Execution.WHOLE))
+    blockwise = sweep(on_disk, calibration, spec)  # what a sweep with Hessians does unless asked
+    columns = ["shuffle", "count", "key", "absmax", "percentile"]
     assert whole.rows[columns].equals(blockwise.rows[columns])
     torch.testing.assert_close(torch.tensor(whole.rows["hessian_change"].to_numpy()),
                                torch.tensor(blockwise.rows["hessian_change"].to_numpy()), rtol=1e-3, atol=1e-6)
@@ -166,6 +169,10 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert relative_difference(hessians.hessians, ranks["hessians"]) <= 1e-5
     assert relative_difference(hessians.hessians, ranks["blockwise"]) <= 1e-5
     assert hessians.diagnostics["tokens"].tolist() == ranks["tokens"]
+    swept = sweep(loaded, calibration, SweepSpec(shuffles=2, batch_size=2, snapshot_dtype="float32")).rows
+    columns = ["shuffle", "count", "key", "absmax", "percentile"]
+    assert swept[columns].equals(ranks["sweep"][columns])
+    np.testing.assert_allclose(swept["hessian_change"], ranks["sweep"]["hessian_change"], rtol=1e-4, atol=1e-7)
     for key, arrays in stats.channels.items():
         for name in ("min", "max", "count", "tensor_counts", "channel_percentiles", "absmax_row", "absmax_position"):
             assert torch.equal(arrays[name], ranks["channels"][key][name]), (key, name)

@@ -44,6 +44,19 @@ def test_inference_prefix_and_batched_tokenization_match_inference(tokenizer):
         assert length == len(ids)
 
 
+def test_token_lengths_are_measured_once_per_tokenizer_and_corpus(tokenizer, monkeypatch):
+    from engine.sampling import tokens
+
+    measured = []
+    original = tokens._measure_lengths
+    monkeypatch.setattr(tokens, "_measure_lengths", lambda *args: measured.append(1) or original(*args))
+    first = token_lengths(tokenizer, ["one corpus", "of two documents"])
+    first[0] = -1  # the caller's copy: the remembered lengths stay as measured
+    again = token_lengths(tokenizer, ["one corpus", "of two documents"])
+    other = token_lengths(tokenizer, ["one corpus", "of two other documents"])
+    assert len(measured) == 2 and again[0] > 0 and other[1] > again[1]
+
+
 @pytest.mark.parametrize(
     "available, nsamples, mode, asked, selected",
     [

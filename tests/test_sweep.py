@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from engine.errors import SpecError
-from engine.experiments.sweep import SweepSpec, count_batches, sweep
+from engine.experiments.sweep import SweepSpec, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
+from engine.stats.prefixes import prefix_buckets
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +19,18 @@ def calibration(tiny_llama):
     return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=12, length=128))
 
 
-def test_batches_end_at_every_count_and_default_counts_are_powers_of_two():
-    assert count_batches(list(range(10)), [1, 2, 4, 10], 3) == [[0], [1], [2, 3], [4, 5, 6], [7, 8, 9]]
+def test_each_row_is_charged_to_the_first_count_that_includes_it_and_default_counts_are_powers_of_two():
+    order = np.array([4, 0, 3, 1, 2])  # positions: row 4 first, row 0 second, ...
+    assert prefix_buckets([order, np.arange(5)], [1, 2, 4, 5]).tolist() == [[1, 2, 3, 2, 0], [0, 1, 2, 2, 3]]
     assert SweepSpec().resolved_counts(12) == [1, 2, 4, 8, 12]
     assert SweepSpec(counts=(3, 6)).resolved_counts(12) == [3, 6, 12]
     with pytest.raises(SpecError, match="the set has 12 samples"):
         SweepSpec(counts=(20,)).resolved_counts(12)
 
 
-def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, calibration):
-    spec = SweepSpec(counts=(3, 6, 12), shuffles=2, seed=5, snapshot_dtype="float32", batch_size=4)
+@pytest.mark.parametrize("execution", ["whole-model", "block-by-block"])
+def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, calibration, execution):
+    spec = SweepSpec(counts=(3, 6, 12), shuffles=2, seed=5, snapshot_dtype="float32", batch_size=4, execution=execution)
     result = sweep(tiny_llama, calibration, spec)
     assert result.counts == [3, 6, 12] and set(result.rows["shuffle"]) == {0, 1}
     full = collect_hessians(tiny_llama, calibration, HessianSpec(diagnostics="none"))

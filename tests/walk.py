@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 @dataclass
 class Step:
     """Go to ``tab``, run ``prepare(page)``, click ``button``, wait until the tab's status shows ``done``."""

@@ -8,6 +8,7 @@ selection better than random?" for this model and data, with error bars.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -88,9 +89,12 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
 
 
 def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list[EvaluationSet], corpus_label: str = "",
-            progress: Progress = no_progress) -> pd.DataFrame:
-    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float."""
-    floats = {e.name: perplexity(loaded, e) for e in evaluations}
+            progress: Progress = no_progress,
+            float_perplexity: Callable[[EvaluationSet], float] | None = None) -> pd.DataFrame:
+    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float
+    (``float_perplexity``: where the float model's are already known, e.g. a session's cache)."""
+    measure = float_perplexity or (lambda evaluation: perplexity(loaded, evaluation))
+    floats = {e.name: measure(e) for e in evaluations}
     rows, done = [], 0
     for strategy in spec.strategies:
         for samples in spec.counts:

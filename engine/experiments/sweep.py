@@ -1,21 +1,21 @@
-"""Sample-count sensitivity in one pass per shuffle: how much do ranges, percentiles and Hessians
-still move between n samples and all N?
+"""Sample-count sensitivity: how much do ranges, percentiles and Hessians still move between n
+samples and all N, and how much does it depend on which n samples you drew?
 
-Each shuffle streams the set once in a random order, cut into batches that end exactly at the
-chosen counts (1, 2, 4, ..., N by default); after the batch that completes count n, the running
-accumulators are read: per-tensor |max| and a percentile (from the fixed-bin histogram, a few
-microseconds), and a copy of each Σ XᵀX (kept on the CPU, bfloat16 by default to halve the
-memory; the relative changes it measures are far above bfloat16's 0.4% rounding). At the end the
-changes relative to the full set are computed per distinct input:
+Several random orders (shuffles) of the set; for each, the first n samples for every chosen count
+(1, 2, 4, ..., N by default). One forward pass serves every shuffle: each sample's tensors are
+charged to the prefixes it belongs to in each order (engine.stats.prefixes), so the sweep costs one
+statistics-and-Hessians collection, not one per shuffle. Per distinct input and block, once the block
+is finished, the changes relative to the full set:
 
     |max_n − max_N| / max_N,  |p_n − p_N| / p_N,  ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens.
 
-Several shuffles give the spread (bands) of each curve: which n samples you happen to draw matters
-as much as how many.
+The spread over shuffles gives each curve its band. Hessians are held block by block: the largest
+block's Σ XᵀX once per (shuffle, count) in ``snapshot_dtype``, plus the block's totals.
 """
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,15 +25,13 @@ import torch
 from engine.errors import SpecError
 from engine.hooks import Side, select_layers
 from engine.models import LoadedModel
-from engine.models.layers import LAYER_KINDS, LayerKind
-from engine.progress import Progress, no_progress, scaled
-from engine.runner import Execution, PassRequest, run_pass
+from engine.models.layers import LAYER_KINDS, LayerKind, block_of
+from engine.progress import Progress, no_progress
+from engine.runner import Execution, FinishedBlock, PassRequest, run_pass
 from engine.sampling import CalibrationSet
 from engine.specs import choice
-from engine.stats.accumulators import TENSOR_BINS, ActivationAccumulator
-from engine.stats.hessian import HessianAccumulator
 from engine.stats.hessian_report import hessian_megabytes
-from engine.stats.histogram import percentiles_from_counts
+from engine.stats.prefixes import PrefixAccumulator, prefix_buckets
 from engine.stats.specs import layer_kinds
 
 SNAPSHOT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -42,8 +40,8 @@ SNAPSHOT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 @dataclass(frozen=True)
 class SweepSpec:
     """counts: sample counts to snapshot at (empty: powers of two up to N, and N); shuffles: how
-    many random orders (each one pass); hessians: also snapshot Σ XᵀX (memory: one copy of every
-    distinct input's Hessian per count, in ``snapshot_dtype``)."""
+    many random orders (all from the same pass); hessians: also snapshot Σ XᵀX (memory: the
+    block's Hessians once per shuffle and count below N, in ``snapshot_dtype``)."""
 
     counts: tuple[int, ...] = ()
     shuffles: int = 3
@@ -79,47 +77,14 @@ class SweepSpec:
         return [*powers, total]
 
 
-def count_batches(order: list[int], counts: list[int], batch_size: int) -> list[list[int]]:
-    """``order`` cut into batches of at most ``batch_size`` rows that never straddle a count."""
-    batches, start = [], 0
-    for stop in counts:
-        while start < stop:
-            end = min(start + batch_size, stop)
-            batches.append(order[start:end])
-            start = end
-    return batches
+METRICS = ("absmax", "percentile", "absmax_change", "percentile_change", "hessian_change")
 
 
-class _Both:
-    """Activation statistics (tensor level) and Σ XᵀX of one input from the same tokens."""
-
-    def __init__(self, channels: int, device: torch.device, hessian: bool) -> None:
-        self.stats = ActivationAccumulator(channels, channel_histograms=False, device=device)
-        self.hessian = HessianAccumulator(channels, torch.float32, device) if hessian else None
-
-    def update(self, x: torch.Tensor, tokens) -> None:
-        self.stats.update(x, tokens)
-        if self.hessian is not None:
-            self.hessian.update(x)
-
-    def snapshot(self, quantile: torch.Tensor, dtype: torch.dtype) -> dict:
-        absmax = torch.maximum(self.stats.max, -self.stats.min).max().cpu()
-        percentile = percentiles_from_counts(self.stats.tensor_counts.cpu(), TENSOR_BINS, quantile, absmax)[0]
-        out = {"absmax": float(absmax), "percentile": float(percentile)}
-        if self.hessian is not None:
-            out["xtx"] = self.hessian.xtx.to("cpu", dtype, copy=True)
-            out["tokens"] = self.hessian.tokens
-        return out
-
-
-def _relative(value: float, final: float) -> float:
-    return abs(value - final) / final if final > 0 else float("nan")
-
-
-def _hessian_change(snapshot: dict, final: dict) -> float:
-    full = final["xtx"].float() / max(final["tokens"], 1)
-    return float(torch.linalg.matrix_norm(snapshot["xtx"].float() / max(snapshot["tokens"], 1) - full)
-                 / torch.linalg.matrix_norm(full).clamp(min=1e-30))
+def _change_rows(key: str, changes: dict[str, np.ndarray], counts: list[int]) -> list[dict]:
+    """One row per (shuffle, count) of one input, from its [shuffles, counts] arrays."""
+    return [{"shuffle": shuffle, "count": count, "key": key,
+             **{metric: float(changes[metric][shuffle, k]) for metric in METRICS if metric in changes}}
+            for shuffle in range(changes["absmax"].shape[0]) for k, count in enumerate(counts)]
 
 
 @dataclass
@@ -140,46 +105,49 @@ class SweepResult:
 
 def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = SweepSpec(),
           progress: Progress = no_progress) -> SweepResult:
-    """One pass per shuffle with snapshots at every count; changes relative to the full set."""
+    """Snapshots at every count of every shuffle from one pass; changes relative to the full set."""
     started = time.perf_counter()
     counts = spec.resolved_counts(len(calibration))
     layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
-    quantile = torch.tensor([spec.percentile / 100.0], dtype=torch.float64, device="cpu")
+    orders = [np.random.default_rng(spec.seed + shuffle).permutation(len(calibration)) for shuffle in range(spec.shuffles)]
+    buckets = prefix_buckets(orders, counts)
     dtype = SNAPSHOT_DTYPES[spec.snapshot_dtype]
+    copies = spec.shuffles * (len(counts) - 1)
     rows = []
-    for shuffle in range(spec.shuffles):
-        order = np.random.default_rng(spec.seed + shuffle).permutation(len(calibration)).tolist()
-        snapshots: dict[int, dict[str, dict]] = {}
 
-        def take(done: int, accumulators: dict, snapshots=snapshots) -> None:
-            if done in counts:  # block by block, each block adds its inputs' snapshots at each count
-                snapshots.setdefault(done, {}).update({key: acc.snapshot(quantile, dtype) for key, acc in accumulators.items()})
+    def finish(block: FinishedBlock) -> None:  # each block's rows as soon as it is done; its sums freed
+        for key in sorted(block.accumulators):
+            changes = block.accumulators.pop(key).changes(spec.percentile / 100.0)
+            rows.extend(_change_rows(key, changes, counts))
 
-        request = PassRequest(layers, (Side.INPUT,), lambda channels, device: _Both(channels, device, spec.hessians),
-                              state_bytes=lambda layer: layer.in_features**2 * 4 if spec.hessians else 0,
-                              batch_size=spec.batch_size, batches=count_batches(order, counts, spec.batch_size),
-                              after_batch=take, execution=spec.execution)
-        run_pass(loaded, calibration, request, scaled(progress, shuffle / spec.shuffles, (shuffle + 1) / spec.shuffles))
-        final = snapshots[counts[-1]]
-        for count in counts:
-            for key, snapshot in snapshots[count].items():
-                row = {"shuffle": shuffle, "count": count, "key": key, "absmax": snapshot["absmax"],
-                       "percentile": snapshot["percentile"],
-                       "absmax_change": _relative(snapshot["absmax"], final[key]["absmax"]),
-                       "percentile_change": _relative(snapshot["percentile"], final[key]["percentile"])}
-                if spec.hessians:
-                    row["hessian_change"] = _hessian_change(snapshot, final[key])
-                rows.append(row)
+    request = PassRequest(layers, (Side.INPUT,),
+                          lambda channels, device: PrefixAccumulator(channels, device, buckets, spec.hessians, dtype),
+                          state_bytes=lambda layer: layer.in_features**2 * (4 + copies * dtype.itemsize) if spec.hessians else 0,
+                          batch_size=spec.batch_size, after_block=finish, execution=_execution(spec))
+    run_pass(loaded, calibration, request, progress)
     meta = {"model": loaded.info.name, "samples": len(calibration), "shuffles": spec.shuffles,
             "percentile": spec.percentile, "inputs": len({r["key"] for r in rows}),
             "seconds": round(time.perf_counter() - started, 2)}
     return SweepResult(pd.DataFrame(rows), counts, meta)
 
 
+def _execution(spec: SweepSpec) -> Execution:
+    """Hessian snapshots of every block at once would be (shuffles x counts) copies of all of them:
+    unless asked otherwise, they are held one block at a time."""
+    return Execution.BLOCKWISE if spec.hessians and spec.execution is Execution.AUTO else spec.execution
+
+
 def snapshot_megabytes(loaded: LoadedModel, spec: SweepSpec, samples: int) -> float:
-    """Memory the Hessian snapshots of one shuffle take (one copy per count, in the snapshot dtype)."""
+    """Memory the Hessian sums take while a block is measured: per distinct input, the total in
+    float32 and one copy per (shuffle, count below N) in the snapshot dtype; the largest block's
+    (every block's at once if the sweep runs whole-model)."""
     if not spec.hessians:
         return 0.0
     layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
-    per_value = SNAPSHOT_DTYPES[spec.snapshot_dtype].itemsize / 4
-    return hessian_megabytes(layers) * per_value * len(spec.resolved_counts(samples))
+    copies = 1 + spec.shuffles * (len(spec.resolved_counts(samples)) - 1) * SNAPSHOT_DTYPES[spec.snapshot_dtype].itemsize / 4
+    if _execution(spec) is Execution.WHOLE:
+        return hessian_megabytes(layers) * copies
+    by_block = defaultdict(list)
+    for layer in layers:
+        by_block[block_of(layer.name)].append(layer)
+    return max(hessian_megabytes(group) for group in by_block.values()) * copies

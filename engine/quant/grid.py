@@ -40,9 +40,9 @@ def minmax_grid(xmin: torch.Tensor, xmax: torch.Tensor, bits: int, symmetric: bo
 
 
 def row_grid(weight: torch.Tensor, bits: int, symmetric: bool) -> Grid:
-    """One grid per row of ``weight`` [rows, columns], shaped to broadcast over columns."""
-    grid = minmax_grid(weight.min(dim=1).values, weight.max(dim=1).values, bits, symmetric)
-    return Grid(grid.scale[:, None], grid.zero[:, None], grid.maxq)
+    """One grid per row of ``weight`` [..., rows, columns], shaped to broadcast over columns."""
+    grid = minmax_grid(weight.amin(dim=-1), weight.amax(dim=-1), bits, symmetric)
+    return Grid(grid.scale[..., None], grid.zero[..., None], grid.maxq)
 
 
 def clip_grid(clip: torch.Tensor, bits: int) -> Grid:

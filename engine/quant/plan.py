@@ -13,7 +13,7 @@ from engine.models import LinearLayer
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, module_weight, weight_matrix
-from engine.quant.gptq import gptq
+from engine.quant.gptq import gptq_batch
 from engine.quant.ranges import activation_grid, relative_error
 from engine.quant.rtn import rtn
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
@@ -45,40 +45,66 @@ def _shared_groups(layers: list[LinearLayer], hessians: HessianReport | None, st
     return list(groups.values())
 
 
-def quantize_group(matrices: list[torch.Tensor], spec: WeightSpec, hessian: torch.Tensor | None) -> list[tuple[torch.Tensor, dict]]:
-    """Fake-quantized [out, in] weights and their costs. GPTQ runs once on the stacked rows of layers
-    that share a Hessian (q/k/v, gate/up): its rows are independent given H, so this equals one call
-    per layer, with fewer, larger column steps."""
+# GPTQ batches layers of one shape up to this many bytes of weights and Hessians (float32).
+GPTQ_BATCH_BYTES = 512 * 2**20
+
+
+def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec,
+                    hessians: list[torch.Tensor | None]) -> list[list[tuple[torch.Tensor, dict]]]:
+    """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
+    (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
+    independent given H, so this equals one call per layer) and once for all the groups given,
+    which must stack to one shape (their arithmetic stays separate; the column loop is shared)."""
     if not spec.needs_hessians:
-        return [(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in matrices]
-    if hessian is None:
+        return [[(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group] for group in groups]
+    if any(hessian is None for hessian in hessians):
         raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
-    result = gptq(torch.cat(matrices), hessian, spec.bits, spec.group_size, spec.symmetric, spec.block_size, spec.damping,
-                  spec.act_order)
-    sizes = [matrix.shape[0] for matrix in matrices]
-    trace = float(torch.diagonal(hessian).double().sum())
-    return [(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace})
-            for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))]
+    stacked = torch.stack([torch.cat(group) for group in groups])
+    results = gptq_batch(stacked, torch.stack([h.to(stacked.device) for h in hessians]), spec.bits, spec.group_size,
+                         spec.symmetric, spec.block_size, spec.damping, spec.act_order)
+    out = []
+    for group, hessian, result in zip(groups, hessians, results):
+        sizes = [matrix.shape[0] for matrix in group]
+        trace = float(torch.diagonal(hessian).double().sum())
+        out.append([(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace})
+                    for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))])
+    return out
+
+
+def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[list[LinearLayer]]]:
+    """Groups of one stacked shape together (in first-seen order), each batch within
+    GPTQ_BATCH_BYTES; one group per batch when nothing is gained (RTN)."""
+    if not gptq_batches:
+        return [[group] for group in groups]
+    by_shape: dict[tuple[int, int], list[list[list[LinearLayer]]]] = {}
+    for group in groups:
+        rows, columns = sum(layer.out_features for layer in group), group[0].in_features
+        batches = by_shape.setdefault((rows, columns), [[]])
+        if batches[-1] and (len(batches[-1]) + 1) * (rows + columns) * columns * 4 > GPTQ_BATCH_BYTES:
+            batches.append([])
+        batches[-1].append(group)
+    return [batch for batches in by_shape.values() for batch in batches]
 
 
 def quantized_weights(layers: list[LinearLayer], spec: WeightSpec, hessians: HessianReport | None,
                       progress: Progress = no_progress) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict]]:
     """Per layer with a matrix weight: (original [out, in] float32, fake-quantized, costs with seconds)."""
     done: dict[str, tuple[torch.Tensor, torch.Tensor, dict]] = {}
-    groups = _shared_groups(layers, hessians, spec.needs_hessians)
-    for number, group in enumerate(groups):
+    groups = [[layer for layer in group if weight_matrix(layer) is not None]
+              for group in _shared_groups(layers, hessians, spec.needs_hessians)]
+    batches = _batches([group for group in groups if group], spec.needs_hessians)
+    for number, batch in enumerate(batches):
         started = time.perf_counter()
-        group = [layer for layer in group if weight_matrix(layer) is not None]
-        if group:
-            originals = [weight_matrix(layer).float() for layer in group]
-            leader = group[0].name
-            hessian = hessians.hessian(leader) if hessians is not None and hessians.has(leader) else None
-            with torch.inference_mode():
-                results = quantize_group(originals, spec, hessian)
-            seconds = (time.perf_counter() - started) / len(group)  # a stacked group's time, shared by its layers
-            for layer, original, (fake, costs) in zip(group, originals, results):
+        originals = [[weight_matrix(layer).float() for layer in group] for group in batch]
+        leaders = [group[0].name for group in batch]
+        found = [hessians.hessian(name) if hessians is not None and hessians.has(name) else None for name in leaders]
+        with torch.inference_mode():
+            results = quantize_groups(originals, spec, found)
+        seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
+        for group, matrices, group_results in zip(batch, originals, results):
+            for layer, original, (fake, costs) in zip(group, matrices, group_results):
                 done[layer.name] = (original, fake, {**costs, "seconds": seconds})
-        progress((number + 1) / len(groups), f"Quantized {', '.join(layer.name for layer in group)}")
+        progress((number + 1) / len(batches), f"Quantized {', '.join(group[0].name for group in batch)}")
     return done
 
 

@@ -8,7 +8,7 @@ from engine.progress import Progress, no_progress
 from engine.runner import distributed
 from engine.runner.blockwise import blockwise_pass
 from engine.runner.plan import Execution, MemoryPlan, pass_size, plan_pass
-from engine.runner.request import AfterBatch, AfterBlock, Factory, FinishedBlock, PassRequest, PassResult
+from engine.runner.request import AfterBlock, Factory, FinishedBlock, PassRequest, PassResult
 from engine.runner.router import BatchTokens, Router, batch_tokens
 from engine.runner.whole_model import model_device, whole_model_pass
 from engine.sampling import CalibrationSet
@@ -35,5 +35,5 @@ def run_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequ
     return result
 
 
-__all__ = ["AfterBatch", "AfterBlock", "BatchTokens", "Execution", "Factory", "FinishedBlock", "MemoryPlan", "PassRequest", "PassResult",
+__all__ = ["AfterBlock", "BatchTokens", "Execution", "Factory", "FinishedBlock", "MemoryPlan", "PassRequest", "PassResult",
            "Router", "batch_tokens", "distributed", "model_device", "plan_for", "run_pass"]

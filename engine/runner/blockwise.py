@@ -98,8 +98,7 @@ def _capture(loaded: LoadedModel, calibration: CalibrationSet, batches: list[lis
 
 
 def _run_block(block: nn.Module, index: int, captured: _Captured, device: torch.device, router: Router | None,
-               keep_outputs: bool, request: PassRequest, batch_count: int) -> None:
-    done = 0
+               keep_outputs: bool, batch_count: int) -> None:
     for number in range(batch_count):
         if router is not None:
             router.start_batch(captured.tokens[number].to(device))
@@ -109,9 +108,6 @@ def _run_block(block: nn.Module, index: int, captured: _Captured, device: torch.
             captured.store.put(number, output)
         if router is not None:
             router.end_batch()
-            done += len(captured.tokens[number].rows)
-            if request.after_batch is not None:
-                request.after_batch(done, router.accumulators)
 
 
 def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequest, batches: list[list[int]],
@@ -133,13 +129,13 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                     router = Router(request.factory, share_inputs=request.share_inputs)
                     with observing(router.points(grouped.get(index, []), request.sides)):
                         _run_block(block, index, captured, device, router, not request.propagate and index < last,
-                                   request, len(batches))
+                                   len(batches))
                     distributed.all_reduce(router.accumulators)
                     finished = FinishedBlock(index, router.accumulators, dict(router.shared))
                     replacement = request.after_block(finished) if request.after_block else None
                     if request.propagate and index < last:
                         with swapped(block, name, replacement):
-                            _run_block(block, index, captured, device, None, True, request, len(batches))
+                            _run_block(block, index, captured, device, None, True, len(batches))
                     results.update(router.accumulators)
                     shared.update(router.shared)
                 finally:

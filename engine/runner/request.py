@@ -11,7 +11,6 @@ from engine.models import LinearLayer
 from engine.runner.plan import Execution, MemoryPlan
 
 Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
-AfterBatch = Callable[[int, dict[str, object]], None]  # (samples done, accumulators of the running block(s))
 
 
 @dataclass
@@ -33,9 +32,9 @@ AfterBlock = Callable[[FinishedBlock], dict[str, torch.Tensor] | None]
 @dataclass(frozen=True)
 class PassRequest:
     """layers and sides to observe, the accumulator ``factory`` and what it costs per layer
-    (``state_bytes``, for the memory plan), batching, and the callbacks of sweeps and sequential
-    quantization. ``propagate``: after_block's weights replace the block's for its outputs (only
-    the block-by-block runner can do that)."""
+    (``state_bytes``, for the memory plan), batching, and what to do with each finished block.
+    ``propagate``: after_block's weights replace the block's for its outputs (only the
+    block-by-block runner can do that)."""
 
     layers: list[LinearLayer]
     sides: tuple[Side, ...]
@@ -44,7 +43,6 @@ class PassRequest:
     batch_size: int = 8
     share_inputs: bool = True
     batches: list[list[int]] | None = None
-    after_batch: AfterBatch | None = None
     after_block: AfterBlock | None = None
     propagate: bool = False
     execution: Execution = Execution.AUTO

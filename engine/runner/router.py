@@ -29,7 +29,8 @@ class BatchTokens:
     def to(self, device: torch.device) -> BatchTokens:
         """Everything on the model's device once per batch, not once per observed layer."""
         keep = None if self.keep is None else self.keep.to(device, non_blocking=True)
-        index = TokenIndex(self.index.rows.to(device, non_blocking=True), self.index.positions.to(device, non_blocking=True))
+        index = TokenIndex(self.index.rows.to(device, non_blocking=True), self.index.positions.to(device, non_blocking=True),
+                           self.index.batch_rows, self.index.lengths)
         return BatchTokens(keep, index, self.rows.to(device, non_blocking=True))
 
 
@@ -39,10 +40,11 @@ def batch_tokens(rows: list[int], mask: torch.Tensor) -> BatchTokens:
     position = (mask.cumsum(1) - 1).reshape(-1)  # position among the row's real tokens (left padding too)
     batch_rows = torch.tensor(rows, dtype=torch.int64, device="cpu")
     row = batch_rows.repeat_interleave(width)
+    host = (tuple(rows), tuple(mask.sum(1).tolist()))
     if bool(mask.all()):
-        return BatchTokens(None, TokenIndex(row, position), batch_rows)
+        return BatchTokens(None, TokenIndex(row, position, *host), batch_rows)
     keep = torch.nonzero(mask.reshape(-1)).flatten()
-    return BatchTokens(keep, TokenIndex(row[keep], position[keep]), batch_rows)
+    return BatchTokens(keep, TokenIndex(row[keep], position[keep], *host), batch_rows)
 
 
 @dataclass
@@ -98,7 +100,8 @@ class Router:
             flat = tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
             spatial = flat.shape[0] // tensor.shape[0]
             positions = torch.arange(spatial, device=flat.device).repeat(tensor.shape[0])
-            index = TokenIndex(self.tokens.rows.repeat_interleave(spatial), positions)
+            index = TokenIndex(self.tokens.rows.repeat_interleave(spatial), positions, self.tokens.index.batch_rows,
+                               (spatial,) * tensor.shape[0])
         else:
             flat = tensor.reshape(-1, tensor.shape[-1])
             if self.tokens.keep is not None:

@@ -29,7 +29,6 @@ def whole_model_pass(loaded: LoadedModel, calibration: CalibrationSet, request: 
     head = next((layer.module for layer in layers if layer.is_head), None)
     last = tap_key(layers[-1].name, sides[-1])
     router = Router(request.factory, stop_after=last if head is None else "", share_inputs=request.share_inputs)
-    done = 0
     device = model_device(loaded.model)
     with loaded.lock, observing(router.points(layers, sides)), torch.inference_mode():
         for number, rows in enumerate(batches):
@@ -37,9 +36,6 @@ def whole_model_pass(loaded: LoadedModel, calibration: CalibrationSet, request: 
             router.start_batch(batch_tokens(rows, mask).to(device))
             headless_forward(loaded.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, head)
             router.end_batch()
-            done += len(rows)
-            if request.after_batch is not None:
-                request.after_batch(done, router.accumulators)
             progress((number + 1) / len(batches), f"Batch {number + 1} of {len(batches)}")
     with torch.inference_mode():  # the accumulators are inference tensors: finish them as such, outside the lock
         distributed.all_reduce(router.accumulators)

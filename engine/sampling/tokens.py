@@ -9,6 +9,8 @@ cut from the middle of a document start with BOS too.
 from __future__ import annotations
 
 import json
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
 
@@ -17,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from engine.corpus.documents import column
 from engine.progress import Progress, no_progress
+from engine.sampling.manifest import corpus_fingerprint
 
 CHUNK = 2048  # documents per tokenizer call: big enough to amortize, small enough to report progress
 PROBE_TEXT = "Calibration probe"
@@ -58,8 +61,27 @@ def render_texts(dataset, tokenizer: PreTrainedTokenizerBase, chat_template: boo
     return texts
 
 
+# A comparison builds many sets from one corpus: each tokenizer object remembers the lengths of the
+# last few corpora it measured (by content), and forgets them with the tokenizer.
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MEASURED_CORPORA = 4
+
+
 def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], progress: Progress = no_progress) -> np.ndarray:
-    """Token count of each text (no special tokens), in batches, without building id lists in Python."""
+    """Token count of each text (no special tokens); measured once per tokenizer and corpus."""
+    key = (len(tokenizer), corpus_fingerprint(texts))
+    known = _MEASURED.setdefault(tokenizer, OrderedDict())
+    if key not in known:
+        known[key] = _measure_lengths(tokenizer, texts, progress)
+        if len(known) > MEASURED_CORPORA:
+            known.popitem(last=False)
+    known.move_to_end(key)
+    progress(1.0, f"Token lengths of {len(texts):,} documents")
+    return known[key].copy()
+
+
+def _measure_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], progress: Progress) -> np.ndarray:
+    """In batches, without building id lists in Python."""
     lengths = np.zeros(len(texts), dtype=np.int64)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)

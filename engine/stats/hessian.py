@@ -17,6 +17,18 @@ HALF_PRECISION = (torch.bfloat16, torch.float16)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # by Precision label
 
 
+def add_xtx_(target: torch.Tensor, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """target = beta·target + Σ_t x_t x_tᵀ (one GEMM), in target's dtype; returns target (beta=0:
+    target's old values, even uninitialized ones, are ignored)."""
+    if x.is_cuda and x.dtype in HALF_PRECISION and target.dtype == torch.float32:
+        # A product of two bf16/fp16 numbers is exact in float32 and the tensor cores accumulate
+        # in float32: the same sums as upcasting first, at the half-precision GEMM's speed.
+        product = torch.mm(x.T, x, out_dtype=torch.float32)
+        return target.copy_(product) if beta == 0 else target.add_(product)
+    x = x.to(target.dtype)
+    return target.addmm_(x.T, x, beta=beta)
+
+
 class HessianAccumulator:
     """Unnormalized Σ XᵀX and the count of real tokens; normalized only on read.
 
@@ -35,13 +47,7 @@ class HessianAccumulator:
             return
         x = x.to(device=self.xtx.device)
         self.tokens += x.shape[0]
-        if x.is_cuda and x.dtype in HALF_PRECISION and self.dtype == torch.float32:
-            # A product of two bf16/fp16 numbers is exact in float32 and the tensor cores accumulate
-            # in float32: the same sums as upcasting first, at the half-precision GEMM's speed.
-            self.xtx += torch.mm(x.T, x, out_dtype=torch.float32)
-        else:
-            x = x.to(self.dtype)
-            self.xtx.addmm_(x.T, x)  # Σ_t x_t x_tᵀ, one GEMM per batch
+        add_xtx_(self.xtx, x)
 
     def merge(self, other: HessianAccumulator) -> HessianAccumulator:
         if other.channels != self.channels:

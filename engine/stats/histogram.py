@@ -64,6 +64,13 @@ def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
     return values.float().contiguous().view(torch.int32) & 0x7FFFFFFF
 
 
+def tensor_histogram(values: torch.Tensor, bins: LogBins) -> torch.Tensor:
+    """Counts of |values| in ``bins`` (int64; NaN and ±Inf land in the last bin)."""
+    bits = magnitude_bits(values)
+    bits >>= bins.shift
+    return torch.bincount(bins.index_of_shifted_(bits).view(-1), minlength=bins.count)
+
+
 def percentiles_from_counts(counts: torch.Tensor, bins: LogBins, quantiles: torch.Tensor,
                             maximum: torch.Tensor) -> torch.Tensor:
     """Quantiles (0..1) of |x| from histogram counts, interpolating linearly inside the bin.

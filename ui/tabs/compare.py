@@ -91,7 +91,8 @@ def run_comparison(form: CompareForm, session: Session, context: AppContext, pro
     evaluation = context.evaluations.windows(loaded, form.source, spec.length, whole(form.windows))
     units = spec.runs * (sum(spec.counts) / len(spec.counts) * spec.length + evaluation.tokens * len(spec.schemes))
     with timed_step(context.times, loaded, "compare", units, progress):
-        rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress)
+        rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress,
+                       float_perplexity=lambda e: context.evaluations.float_perplexity(loaded, e))
     table = summarize(rows)
     seconds = float(rows.drop_duplicates(["strategy", "seed", "samples"])["seconds"].sum())
     figure = comparison_bars(table, spec.schemes[0], evaluation.name, float(rows["float_perplexity"].iloc[0]))

@@ -73,7 +73,7 @@ def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: 
     spec = form.spec()
     loaded = context.model(session)
     context.limits.check_hessian_memory(snapshot_megabytes(loaded, spec, len(calibration)))
-    with timed_step(context.times, loaded, "sweep", int(calibration.lengths.sum()) * spec.shuffles, progress):
+    with timed_step(context.times, loaded, "sweep", int(calibration.lengths.sum()), progress):  # one pass, any shuffles
         result = sweep(loaded, calibration, spec, progress=progress)
     return {"status": status_line(result), "curves": sweep_curves(result), "table": sweep_table(result),
             "session": replace(session, sweep=result)}
@@ -82,12 +82,12 @@ def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: 
 def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
-            gr.Markdown("Is this set big enough? One shuffled pass snapshots the ranges, percentiles and Hessians "
-                        "at growing sample counts and measures how far each still is from the full set.")
+            gr.Markdown("Is this set big enough? One pass snapshots the ranges, percentiles and Hessians of the "
+                        "first n samples of several shuffles and measures how far each still is from the full set.")
             counts = gr.Textbox(label="Sample counts", placeholder="1, 2, 4, ... up to the set (default)")
-            shuffles = gr.Slider(1, 8, value=3, step=1, label="Shuffles (one pass each; the band)")
+            shuffles = gr.Slider(1, 8, value=3, step=1, label="Shuffles (the band; all from one pass)")
             percentile = gr.Number(99.99, label="Percentile of |x|")
-            hessians = gr.Checkbox(True, label="Hessians too", info="one bfloat16 copy per count")
+            hessians = gr.Checkbox(True, label="Hessians too", info="block by block: one bfloat16 copy per shuffle and count")
             batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run sweep")
         with gr.Column(scale=3):
