@@ -68,7 +68,10 @@ def diagnose(layer: str, hessian: torch.Tensor, tokens: int, spectrum: bool = Tr
     channels = hessian.shape[0]
     dead = dead_channels(hessian)
     if spectrum:
-        eigenvalues = torch.linalg.eigvalsh(hessian.to(torch.float64)).flip(0)
+        # In the precision H was summed in: eigenvalues below ~ε·λmax are rounding noise of the sums
+        # either way, and a float64 solve of a float32 sum costs 1.6x (14.5 s of 43 s on Gemma).
+        working = hessian if hessian.dtype in (torch.float32, torch.float64) else hessian.float()
+        eigenvalues = torch.linalg.eigvalsh(working).to(torch.float64).flip(0)
         rank = numerical_rank(eigenvalues, channels)
         smallest = float(eigenvalues[-1])
         condition = float(eigenvalues[0] / smallest) if smallest > 0 else float("inf")
