@@ -72,6 +72,9 @@ def test_comparison_bars_group_strategies_with_error_bars():
     assert random.name == "random" and list(random.x) == ["n=8", "n=32"] and list(random.error_y.array) == [1.0, 0.5]
     assert list(clusters.y) == [29.0, 27.5] and fig.layout.barmode == "group"
     assert fig.layout.shapes[0].y0 == 25.0
+    assert list(random.text) == ["30.00", "28.00"]  # each mean written on its bar
+    low, high = fig.layout.yaxis.range  # from just below float to above the highest bar: differences visible
+    assert 23.0 < low < 25.0 and 31.0 < high < 32.0
 
 
 def test_runs_on_different_texts_are_told_apart_and_long_names_wrap():

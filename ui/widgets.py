@@ -45,3 +45,9 @@ def context_line(session: gr.State) -> gr.Markdown:
     line = gr.Markdown(working_on(None), elem_classes="cs-context")
     session.change(working_on, session, line, queue=False, show_progress="hidden")
     return line
+
+
+def status_block(session: gr.State, intro: str) -> gr.Markdown:
+    """The head of a tab's results: what it works on, then its status line (``intro`` until a run)."""
+    context_line(session)
+    return gr.Markdown(intro, elem_classes="cs-status")

@@ -91,10 +91,24 @@ def comparison_bars(table: pd.DataFrame, scheme: str, evaluation: str, float_per
         fig.add_trace(go.Bar(x=labels, y=part["mean"].tolist(), name=strategy, marker={"color": PALETTE[i % len(PALETTE)]},
                              error_y={"type": "data", "array": part["std"].fillna(0).tolist(),
                                       "visible": bool(part["std"].notna().any())},
+                             text=[f"{mean:.2f}" for mean in part["mean"]], textposition="inside", insidetextanchor="end",
                              hovertemplate=strategy + ": %{y:.3f} ± %{error_y.array:.3f}<extra></extra>"))
     if float_perplexity is not None:
         fig.add_hline(y=float_perplexity, line={"color": CORPUS, "dash": "dash"},
                       annotation_text=f"float {float_perplexity:.2f}", annotation_position="top left")
     fig.update_layout(barmode="group")
-    return styled(fig, f"{scheme} on {evaluation}: mean ± std over seeds (lower is better)", "calibration set",
-                  "perplexity")
+    styled(fig, f"{scheme} on {evaluation}: mean ± std over seeds (lower is better)", "calibration set", "perplexity")
+    fig.update_yaxes(range=_perplexity_range(rows, float_perplexity))
+    return fig
+
+
+def _perplexity_range(rows: pd.DataFrame, float_perplexity: float | None) -> list[float]:
+    """From a little below the float model (or the lowest bar) to above the highest bar: strategies
+    differ by a point or two on a scale of tens, which bars from zero would flatten."""
+    spread = rows["std"].fillna(0)
+    low = float((rows["mean"] - spread).min())
+    high = float((rows["mean"] + spread).max())
+    if float_perplexity is not None:
+        low = min(low, float_perplexity)
+    margin = 0.1 * max(high - low, 1e-3)
+    return [max(low - margin, 0.0), high + margin]

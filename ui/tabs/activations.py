@@ -28,7 +28,7 @@ from ui.estimates import timed_step
 from ui.parsing import parse_percentiles, whole
 from ui.state import Session
 from ui.tables import shown
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 
@@ -134,9 +134,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info="128-bin histogram per channel")
             run, cancel = run_and_cancel("Collect statistics")
         with gr.Column(scale=3):
-            context_line(session)
-            status = gr.Markdown("One pass over the calibration set: every layer's ranges, percentiles and outlier "
-                                 "channels, and which token set each maximum.", elem_classes="cs-status")
+            status = status_block(session, "One pass over the calibration set: every layer's ranges, percentiles and outlier "
+                                           "channels, and which token set each maximum.")
             ranges = result_plot()
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):

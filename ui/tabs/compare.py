@@ -21,7 +21,7 @@ from ui.estimates import timed_step
 from ui.parsing import parse_counts, whole
 from ui.state import Session
 from ui.tables import shown
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 # A CPU visitor should get an answer in minutes: two strategies, two seeds, one count, W4 GPTQ.
@@ -128,9 +128,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 windows = gr.Number(start["windows"], label="Windows", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run comparison")
         with gr.Column(scale=3):
-            context_line(session)
-            status = gr.Markdown("Every cell is built from the loaded corpus, collected, quantized and evaluated.",
-                                 elem_classes="cs-status")
+            status = status_block(session, "Every cell is built from the loaded corpus, collected, quantized and evaluated.")
             scheme = gr.Dropdown([], label="Scheme shown", interactive=True)
             bars = result_plot()
     table = result_table("Perplexity over seeds (mean, std; best per scheme and count marked)")

@@ -27,7 +27,7 @@ from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.parsing import parse_edges, whole
 from ui.state import Session
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED
@@ -138,8 +138,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
             run, cancel = run_and_cancel("Build calibration set")
         with gr.Column(scale=2):
-            context_line(session)
-            status = gr.Markdown("Choose a strategy and build a set from the loaded corpus.", elem_classes="cs-status")
+            status = status_block(session, "Choose a strategy and build a set from the loaded corpus.")
             histogram = result_plot()
             second_plot = result_plot()
     with gr.Row(equal_height=False):

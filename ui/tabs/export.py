@@ -24,7 +24,7 @@ from ui.context import AppContext
 from ui.exports import zipped
 from ui.run_config import session_config
 from ui.state import Session
-from ui.widgets import context_line
+from ui.widgets import status_block
 from ui.wiring import connect
 
 FORMAT_LABELS = {ExportFormat.DISK: "datasets folder (load_from_disk), zipped", ExportFormat.PARQUET: "parquet",
@@ -155,8 +155,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()], value=ExportFormat.DISK.value,
                        label="Calibration set format", scale=2)
     run = gr.Button("Prepare downloads", variant="primary")
-    context_line(session)
-    status = gr.Markdown("What the session has is prepared; what it lacks is listed.", elem_classes="cs-status")
+    status = status_block(session, "What the session has is prepared; what it lacks is listed.")
     files = gr.File(label="Downloads", file_count="multiple", interactive=False)
     connect(run.click, prepare_downloads, ExportForm, {"fmt": fmt, "artifacts": artifacts}, session,
             {"status": status, "files": files}, context, api_name="prepare_downloads", status=status, heavy=False)

@@ -21,7 +21,7 @@ from ui.estimates import timed_step
 from ui.parsing import whole
 from ui.state import Session
 from ui.tables import number, shown
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 SHOWN_WARNINGS = 8
@@ -140,9 +140,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Collect Hessians")
         with gr.Column(scale=3):
-            context_line(session)
-            status = gr.Markdown("GPTQ's H = 2/N Σ XᵀX for every layer's input, and whether the set is enough: "
-                                 "rank, conditioning, dead channels, the damping a Cholesky needs.", elem_classes="cs-status")
+            status = status_block(session, "GPTQ's H = 2/N Σ XᵀX for every layer's input, and whether the set is enough: "
+                                           "rank, conditioning, dead channels, the damping a Cholesky needs.")
             with gr.Accordion("Memory plan", open=False):
                 plan = gr.Markdown()
             depth = result_plot()

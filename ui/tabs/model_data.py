@@ -15,7 +15,7 @@ from ui import choices
 from ui.context import AppContext
 from ui.parsing import whole
 from ui.state import Session
-from ui.widgets import context_line, result_table
+from ui.widgets import result_table, status_block
 from ui.wiring import connect
 
 PREVIEW_ROWS = 50
@@ -136,8 +136,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 min_chars = gr.Number(16, label="Min characters", precision=0, minimum=1, scale=1,
                                       info="shorter documents are dropped (and counted)")
     load = gr.Button("Load model and corpus", variant="primary", size="lg")
-    context_line(session)
-    status = gr.Markdown("Choose a model and a corpus, then load them.", elem_classes="cs-status")
+    status = status_block(session, "Choose a model and a corpus, then load them.")
     with gr.Row(equal_height=False):
         model_table = result_table("Model", wrap=True)
         corpus_table = result_table("Corpus", wrap=True)

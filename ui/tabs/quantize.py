@@ -32,7 +32,7 @@ from ui.estimates import timed_step
 from ui.parsing import whole
 from ui.state import Session
 from ui.tables import percent, shown
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 CUSTOM = "Custom"
@@ -177,10 +177,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                        info="thorough: one extra evaluation per layer")
             run, cancel = run_and_cancel("Quantize and evaluate")
         with gr.Column(scale=3):
-            context_line(session)
-            status = gr.Markdown("Quantize (simulated) with this set's Hessians (GPTQ) or statistics (static "
-                                 "activations) and measure perplexity against float on held-out text.",
-                                 elem_classes="cs-status")
+            status = status_block(session, "Quantize (simulated) with this set's Hessians (GPTQ) or statistics (static "
+                                           "activations) and measure perplexity against float on held-out text.")
             summary = result_table("Run", show_label=False)
             runs = result_plot()
     depth = result_plot()

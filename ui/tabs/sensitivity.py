@@ -14,7 +14,7 @@ from ui.context import AppContext
 from ui.estimates import timed_step
 from ui.parsing import parse_counts, whole
 from ui.state import Session
-from ui.widgets import context_line, result_plot, result_table
+from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
 CLOSE_ENOUGH = 0.05  # "within 5% of the full set"
@@ -91,9 +91,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run sweep")
         with gr.Column(scale=3):
-            context_line(session)
-            status = gr.Markdown("How far the ranges, percentiles and Hessians of the first n samples still are from "
-                                 "those of the whole set.", elem_classes="cs-status")
+            status = status_block(session, "How far the ranges, percentiles and Hessians of the first n samples still are from "
+                                           "those of the whole set.")
             curves = result_plot()
     table = result_table("Median change to the full set: mean over shuffles (min–max)")
     widgets = {"counts": counts, "shuffles": shuffles, "percentile": percentile, "hessians": hessians,
