@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import SpecError
+from engine.errors import CalibscopeError, SpecError
 from engine.experiments.sweep import SweepSpec, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats.hessian_report import collect_hessians, hessians_from_sums
 from engine.stats.prefixes import prefix_buckets
 
 
@@ -59,3 +59,18 @@ def test_subset_is_a_set_of_its_own(calibration):
     subset = calibration.subset([5, 0, 7])
     assert len(subset) == 3 and subset.manifest.samples == 3 and np.array_equal(subset.sequences[0], calibration.sequences[5])
     assert subset.manifest.token_sha256 != calibration.manifest.token_sha256
+
+
+def test_a_sweeps_whole_set_sums_give_the_hessian_report_a_collection_gives(tiny_llama, calibration):
+    result = sweep(tiny_llama, calibration, SweepSpec(shuffles=2, batch_size=4, keep_totals=True))
+    spec = HessianSpec()
+    from_sweep = hessians_from_sums(tiny_llama, calibration, spec, result.totals, result.shared)
+    collected = collect_hessians(tiny_llama, calibration, spec)
+    assert from_sweep.shared_with == collected.shared_with and set(from_sweep.hessians) == set(collected.hessians)
+    for key, hessian in collected.hessians.items():
+        torch.testing.assert_close(from_sweep.hessians[key], hessian, rtol=1e-5, atol=1e-6)
+    columns = ["layer", "tokens", "rank", "dead_channels", "min_damping"]
+    assert from_sweep.diagnostics[columns].equals(collected.diagnostics[columns])
+    assert from_sweep.meta["calibration_sha256"] == collected.meta["calibration_sha256"]
+    with pytest.raises(CalibscopeError, match="No summed Hessians"):
+        hessians_from_sums(tiny_llama, calibration, spec, {}, result.shared)

@@ -1,5 +1,6 @@
 """The Sensitivity and Compare tabs and the selection strategies in the Dataset tab, on the tiny model."""
 import pytest
+import torch
 
 from engine.errors import CalibscopeError, SpecError
 from engine.experiments import HELD_OUT
@@ -9,6 +10,7 @@ from ui.limits import Limits
 from ui.parsing import parse_counts
 from ui.state import Session
 from ui.tabs.compare import CompareForm, run_comparison, show_scheme
+from ui.tabs.hessians import HessianForm, compute_hessians
 from ui.tabs.sensitivity import SweepForm, run_sweep
 
 HELD = next(iter(HELD_OUT))
@@ -39,7 +41,13 @@ def test_sensitivity_sweep_reports_when_the_set_is_enough(loaded_session):
     assert list(table["samples"]) == [1, 2, 4, 8] and table.columns.tolist()[1:] == ["|max|", "percentile", "Hessian (Frobenius)"]
     assert table.iloc[-1, 1] == "0.00% (0.00%–0.00%)"
     assert [t.name for t in result["curves"].data if t.mode == "lines+markers"] == ["|max|", "percentile", "Hessian (Frobenius)"]
-    assert result["session"].sweep is not None
+    assert result["session"].sweep is not None and "diagnoses them without another pass" in status
+    # the Hessians tab takes the sweep's whole-set sums: the same report a collection gives, no forward
+    from_sweep = compute_hessians(HessianForm(batch_size=4), result["session"], CONTEXT, Recorder())
+    assert "summed by the Sensitivity sweep's pass" in from_sweep["status"]
+    collected = compute_hessians(HessianForm(batch_size=4), session, CONTEXT, Recorder())["session"].hessians
+    for key, hessian in collected.hessians.items():
+        torch.testing.assert_close(from_sweep["session"].hessians.hessians[key], hessian, rtol=1e-5, atol=1e-6)
     with pytest.raises(SpecError, match="separated by commas"):
         sweep(session, counts="1, two")
     tiny_cap = AppContext(limits=Limits(shared=True, max_hessian_mb=0.001), models=CONTEXT.models)

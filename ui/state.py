@@ -12,7 +12,7 @@ from engine.experiments.runs import ComparisonRun
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
-from engine.stats import HessianSpec, StatsReport, StatsSpec
+from engine.stats import HessianSpec, Precision, StatsReport, StatsSpec, Storage
 from engine.stats.hessian_report import HessianReport, spec_record
 from ui.exports import ExportFolder
 
@@ -76,6 +76,16 @@ class Session:
     def reusable_hessians(self, spec: HessianSpec) -> HessianReport | None:
         """This session's Hessians if they were collected on this set with exactly ``spec``."""
         return self.hessians if self._same_set(self.hessians) and self.hessians.meta.get("spec") == spec_record(spec) else None
+
+    def sweep_sums(self, spec: HessianSpec) -> tuple[dict, dict[str, str]] | None:
+        """The whole-set Σ XᵀX the last sample-count sweep kept, with its input sharing, when a
+        Hessian collection with ``spec`` on this set would sum the same: (sums, shared) or None."""
+        sweep = self.sweep
+        if sweep is None or not sweep.totals or not self._same_set(sweep):
+            return None
+        if spec.include_head or not spec.share_inputs or spec.storage is not Storage.MODEL or spec.dtype is not Precision.FLOAT32:
+            return None  # the sweep summed every layer's input in float32 beside the model, inputs shared
+        return sweep.totals, sweep.shared
 
     def require_model(self) -> ModelSpec:
         if self.model_spec is None:

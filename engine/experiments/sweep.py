@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,9 @@ SNAPSHOT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 class SweepSpec:
     """counts: sample counts to snapshot at (empty: powers of two up to N, and N); shuffles: how
     many random orders (all from the same pass); hessians: also snapshot Σ XᵀX (memory: the
-    block's Hessians once per shuffle and count below N, in ``snapshot_dtype``)."""
+    block's Hessians once per shuffle and count below N, in ``snapshot_dtype``); keep_totals: keep
+    the whole set's Σ XᵀX of every input (a full Hessian collection's worth of memory), from which
+    engine.stats.hessian_report.hessians_from_sums makes the Hessian report without another pass."""
 
     counts: tuple[int, ...] = ()
     shuffles: int = 3
@@ -53,6 +55,7 @@ class SweepSpec:
     name_pattern: str = ""
     batch_size: int = 8
     execution: Execution = Execution.AUTO
+    keep_totals: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", tuple(sorted(set(int(c) for c in self.counts))))
@@ -94,6 +97,8 @@ class SweepResult:
     rows: pd.DataFrame
     counts: list[int]
     meta: dict
+    totals: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)  # keep_totals: Σ XᵀX, tokens
+    shared: dict[str, str] = field(default_factory=dict)  # layer -> the layer whose input it shares
 
     def curves(self, metric: str) -> pd.DataFrame:
         """Per count: the median over inputs of ``metric`` in each shuffle, then mean / min / max
@@ -113,22 +118,24 @@ def sweep(loaded: LoadedModel, calibration: CalibrationSet, spec: SweepSpec = Sw
     buckets = prefix_buckets(orders, counts)
     dtype = SNAPSHOT_DTYPES[spec.snapshot_dtype]
     copies = spec.shuffles * (len(counts) - 1)
-    rows = []
+    rows, totals = [], {}
 
     def finish(block: FinishedBlock) -> None:  # each block's rows as soon as it is done; its sums freed
         for key in sorted(block.accumulators):
-            changes = block.accumulators.pop(key).changes(spec.percentile / 100.0)
-            rows.extend(_change_rows(key, changes, counts))
+            accumulator = block.accumulators.pop(key)
+            rows.extend(_change_rows(key, accumulator.changes(spec.percentile / 100.0), counts))
+            if spec.keep_totals and spec.hessians:
+                totals[key] = (accumulator.total_xtx, accumulator.total_tokens)
 
     request = PassRequest(layers, (Side.INPUT,),
                           lambda channels, device: PrefixAccumulator(channels, device, buckets, spec.hessians, dtype),
                           state_bytes=lambda layer: layer.in_features**2 * (4 + copies * dtype.itemsize) if spec.hessians else 0,
                           batch_size=spec.batch_size, after_block=finish, execution=_execution(spec))
-    run_pass(loaded, calibration, request, progress)
+    result = run_pass(loaded, calibration, request, progress)
     meta = {"model": loaded.info.name, "samples": len(calibration), "shuffles": spec.shuffles,
             "percentile": spec.percentile, "inputs": len({r["key"] for r in rows}),
-            "seconds": round(time.perf_counter() - started, 2)}
-    return SweepResult(pd.DataFrame(rows), counts, meta)
+            "calibration_sha256": calibration.manifest.token_sha256, "seconds": round(time.perf_counter() - started, 2)}
+    return SweepResult(pd.DataFrame(rows), counts, meta, totals, dict(result.shared))
 
 
 def _execution(spec: SweepSpec) -> Execution:
@@ -140,14 +147,15 @@ def _execution(spec: SweepSpec) -> Execution:
 def snapshot_megabytes(loaded: LoadedModel, spec: SweepSpec, samples: int) -> float:
     """Memory the Hessian sums take while a block is measured: per distinct input, the total in
     float32 and one copy per (shuffle, count below N) in the snapshot dtype; the largest block's
-    (every block's at once if the sweep runs whole-model)."""
+    (every block's at once if the sweep runs whole-model); plus every total kept (keep_totals)."""
     if not spec.hessians:
         return 0.0
     layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, False)
     copies = 1 + spec.shuffles * (len(spec.resolved_counts(samples)) - 1) * SNAPSHOT_DTYPES[spec.snapshot_dtype].itemsize / 4
+    kept = hessian_megabytes(layers) if spec.keep_totals else 0.0
     if _execution(spec) is Execution.WHOLE:
-        return hessian_megabytes(layers) * copies
+        return kept + hessian_megabytes(layers) * copies
     by_block = defaultdict(list)
     for layer in layers:
         by_block[block_of(layer.name)].append(layer)
-    return max(hessian_megabytes(group) for group in by_block.values()) * copies
+    return kept + max(hessian_megabytes(group) for group in by_block.values()) * copies

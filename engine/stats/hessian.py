@@ -49,6 +49,13 @@ class HessianAccumulator:
         self.tokens += x.shape[0]
         add_xtx_(self.xtx, x)
 
+    @classmethod
+    def of(cls, xtx: torch.Tensor, tokens: int) -> HessianAccumulator:
+        """An accumulator holding sums made elsewhere (``xtx`` is taken, not copied)."""
+        accumulator = cls.__new__(cls)
+        accumulator.channels, accumulator.dtype, accumulator.xtx, accumulator.tokens = xtx.shape[0], xtx.dtype, xtx, tokens
+        return accumulator
+
     def merge(self, other: HessianAccumulator) -> HessianAccumulator:
         if other.channels != self.channels:
             raise ValueError(f"cannot merge {other.channels} channels into {self.channels}")

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from engine.bundle import read_bundle, write_bundle
+from engine.errors import CalibscopeError
 from engine.hooks import Side, select_layers
 from engine.models import LinearLayer, LoadedModel
 from engine.progress import Progress, no_progress, scaled
@@ -156,19 +157,47 @@ def collect_hessians(loaded: LoadedModel, calibration: CalibrationSet, spec: Hes
     finish = _FinishPerBlock(spec, scaled(progress, 0.8, 1.0) if whole else no_progress, len(layers))
     result = run_pass(loaded, calibration, request_for(layers, spec, finish),
                       scaled(progress, 0.0, 0.8 if whole and diagnosed else 1.0))
+    return _report(loaded, calibration, spec, layers, dict(result.shared), finish,
+                   {"plan": result.plan.as_dict(), "seconds": round(time.perf_counter() - started, 2)})
+
+
+def hessians_from_sums(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec,
+                       sums: dict[str, tuple[torch.Tensor, int]], shared: dict[str, str],
+                       progress: Progress = no_progress) -> HessianReport:
+    """The report ``collect_hessians`` would give, from Σ XᵀX and token counts another pass over
+    the same set already summed (a sample-count sweep's whole-set totals): no forward, only the
+    diagnostics. ``sums`` must hold every distinct input of the layers ``spec`` selects."""
+    started = time.perf_counter()
+    layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
+    needed = {shared.get(layer.name, layer.name) for layer in layers}
+    missing = needed - set(sums)
+    if missing:
+        raise CalibscopeError(f"No summed Hessians for {len(missing)} inputs (e.g. {sorted(missing)[0]}): collect them.")
+    finish = _FinishPerBlock(spec, progress, len(layers))
+    accumulators = {key: HessianAccumulator.of(sums[key][0].to(DTYPES[spec.dtype], copy=True), sums[key][1])
+                    for key in sorted(needed)}
+    finish(FinishedBlock(-1, accumulators, {}))
+    return _report(loaded, calibration, spec, layers, shared, finish,
+                   {"plan": None, "seconds": round(time.perf_counter() - started, 2), "from": "sample-count sweep"})
+
+
+def _report(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec, layers: list[LinearLayer],
+            shared: dict[str, str], finish: _FinishPerBlock, extra: dict) -> HessianReport:
     rows = []
     for layer in layers:
-        source = result.shared.get(layer.name, layer.name)
-        row = {"layer": layer.name, "shared_with": result.shared.get(layer.name, ""), "channels": layer.in_features}
+        source = shared.get(layer.name, layer.name)
+        row = {"layer": layer.name, "shared_with": shared.get(layer.name, ""), "channels": layer.in_features}
         if source in finish.found:
             row.update({k: v for k, v in finish.found[source].as_dict().items() if k not in ("layer", "channels")})
         rows.append(row)
     meta = {
         "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype.value, "storage": spec.storage.value,
-        "layers": len(layers), "distinct": len({result.shared.get(layer.name, layer.name) for layer in layers}),
+        "layers": len(layers), "distinct": len({shared.get(layer.name, layer.name) for layer in layers}),
         "memory_mb": round(finish.bytes / 2**20, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),
-        "kept": spec.keep, "plan": result.plan.as_dict(), "seconds": round(time.perf_counter() - started, 2),
+        "kept": spec.keep, **extra,
     }
-    return HessianReport(finish.hessians, dict(result.shared), pd.DataFrame(rows), finish.spectra, meta)
+    names = {layer.name for layer in layers}
+    return HessianReport(finish.hessians, {k: v for k, v in shared.items() if k in names}, pd.DataFrame(rows),
+                         finish.spectra, meta)

@@ -51,6 +51,7 @@ class PrefixAccumulator:
         self.total_counts = torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=device)
         self.xtx = torch.zeros(*shape, channels, channels, dtype=dtype, device=device) if hessian else None
         self.total_xtx = torch.zeros(channels, channels, dtype=torch.float32, device=device) if hessian else None
+        self._buffer: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor, tokens: TokenIndex) -> None:
         for signature, parts in self._groups(x, tokens).items():
@@ -63,7 +64,7 @@ class PrefixAccumulator:
             if self.xtx is not None and not charged:
                 add_xtx_(self.total_xtx, group)  # only in the whole set: straight into the total
             elif self.xtx is not None:
-                xtx = add_xtx_(torch.empty_like(self.total_xtx), group, beta=0)
+                xtx = add_xtx_(self._scratch(), group, beta=0)
                 self.total_xtx += xtx
             for order, bucket in charged:
                 self.absmax[order, bucket] = torch.maximum(self.absmax[order, bucket], absmax)
@@ -71,6 +72,12 @@ class PrefixAccumulator:
                 self.tokens[order, bucket] += group.shape[0]
                 if self.xtx is not None:
                     self.xtx[order, bucket] += xtx
+
+    def _scratch(self) -> torch.Tensor:
+        """One d×d buffer for a group's Σ XᵀX, reused: a fresh one per group costs page faults."""
+        if self._buffer is None:
+            self._buffer = torch.empty_like(self.total_xtx)
+        return self._buffer
 
     def _groups(self, x: torch.Tensor, tokens: TokenIndex) -> dict[tuple[int, ...], list[torch.Tensor]]:
         """The batch's rows (contiguous in ``x``) grouped by their bucket in every order."""

@@ -13,7 +13,7 @@ from engine.hooks import select_layers
 from engine.progress import Progress, no_progress
 from engine.specs import labels
 from engine.stats import HessianSpec, Precision, Storage
-from engine.stats.hessian_report import HessianReport, collect_hessians, hessian_megabytes, memory_plan
+from engine.stats.hessian_report import HessianReport, collect_hessians, hessian_megabytes, hessians_from_sums, memory_plan
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
@@ -52,9 +52,10 @@ class HessianForm:
 def status_line(report: HessianReport, reused: bool = False) -> str:
     meta = report.meta
     verb = "**Reused** (same set and settings as your last run):" if reused else "**Collected**"
+    how = meta["plan"]["execution"] if meta.get("plan") else "summed by the Sensitivity sweep's pass, only diagnosed now"
     line = (f"{verb} Hessians of {meta['layers']} layers ({meta['distinct']} distinct inputs: "
             f"{meta['memory_mb']:,.1f} MB instead of {meta['memory_without_sharing_mb']:,.1f} MB without sharing) "
-            f"over {meta['tokens']:,} tokens · {meta['plan']['execution']} · {meta['seconds']:.1f} s")
+            f"over {meta['tokens']:,} tokens · {how} · {meta['seconds']:.1f} s")
     findings = {kind: layers for kind, layers in report.findings().items() if layers}
     if not findings:
         return line + "\n- Every Hessian is full rank and factorizes without damping: this set is enough for GPTQ here."
@@ -88,9 +89,13 @@ def compute_hessians(form: HessianForm, session: Session, context: AppContext, p
     loaded = context.model(session)
     report = session.reusable_hessians(spec)
     reused = report is not None
+    sums = session.sweep_sums(spec)
     if not reused:
         layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
         context.limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
+    if not reused and sums is not None:  # the sweep's pass already summed them: diagnose only
+        report = hessians_from_sums(loaded, calibration, spec, *sums, progress=progress)
+    elif not reused:
         with timed_step(context.times, loaded, "hessians", int(calibration.lengths.sum()), progress):
             report = collect_hessians(loaded, calibration, spec, progress=progress)
     worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]

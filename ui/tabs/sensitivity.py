@@ -33,7 +33,7 @@ class SweepForm:
     def spec(self) -> SweepSpec:
         return SweepSpec(counts=parse_counts(self.counts), shuffles=whole(self.shuffles),
                          percentile=float(self.percentile or 0), hessians=bool(self.hessians),
-                         batch_size=whole(self.batch_size))
+                         batch_size=whole(self.batch_size), keep_totals=bool(self.hessians))  # the Hessians tab reuses them
 
 
 def enough_at(result: SweepResult, metric: str, tolerance: float = CLOSE_ENOUGH) -> int | None:
@@ -54,6 +54,8 @@ def status_line(result: SweepResult) -> str:
             found = enough_at(result, column)
             parts.append(f"{name} within {CLOSE_ENOUGH:.0%} of the full set from **{found} samples**" if found and found < result.counts[-1]
                          else f"{name} still moving at {result.counts[-1]} samples (more data would change it)")
+    if result.totals:
+        parts.append("The whole set's Hessians are kept: the Hessians tab diagnoses them without another pass.")
     return (f"**Swept** {meta['samples']} samples, {meta['shuffles']} shuffles, {meta['inputs']} distinct inputs · "
             f"{meta['seconds']:.1f} s\n- " + "\n- ".join(parts))
 
