@@ -30,6 +30,9 @@ from engine.sampling import CalibrationSet
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
 
+# The report's heatmaps pool channels to this many columns (max per run): the dashboard has every channel.
+REPORT_COLUMNS = 256
+
 
 def calibration_section(calibration: CalibrationSet) -> Section:
     prefix = len(calibration.manifest.tokenizer["prefix_ids"])
@@ -67,7 +70,7 @@ def hessian_section(hessians: HessianReport) -> Section:
             for kind, layers in hessians.findings().items() if layers]
     table = pd.DataFrame(rows or [{"finding": "every Hessian is full rank and factorizes undamped", "inputs": 0,
                                    "layers": ""}])
-    return section("Hessians", tables=[table], figures=[hessian_depth(hessians), diagonal_heatmap(hessians)])
+    return section("Hessians", tables=[table], figures=[hessian_depth(hessians), diagonal_heatmap(hessians, REPORT_COLUMNS)])
 
 
 def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: CalibrationSet, stats: StatsReport | None = None,
@@ -82,7 +85,8 @@ def run_report(info: ModelInfo, corpus_label: str, corpus, calibration: Calibrat
     ]
     if stats is not None:
         sections.append(section("Activation ranges", tables=[outlier_table(stats)],
-                                figures=[ranges_across_depth(stats), layer_distributions(stats), channel_heatmap(stats)]))
+                                figures=[ranges_across_depth(stats), layer_distributions(stats),
+                                         channel_heatmap(stats, REPORT_COLUMNS)]))
     if hessians is not None:
         sections.append(hessian_section(hessians))
     if quantizations:

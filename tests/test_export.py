@@ -57,3 +57,22 @@ def test_bad_format_and_foreign_folder(tmp_path, tiny_llama, calibration):
         save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "x", fmt="csv")
     with pytest.raises(ExportError, match="not a calibscope export"):
         load_calibration_export(tmp_path)
+
+
+def test_report_figures_carry_their_float_arrays_in_single_precision():
+    import base64
+    import json
+
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from engine.html_report import _single_precision
+
+    values = np.array([0.1, 12345.678, np.pi, -2.5e-7])
+    figure = json.loads(go.Figure(go.Scatter(x=np.arange(4), y=values, name="a")).to_json())
+    compact = _single_precision(figure)
+    y = compact["data"][0]["y"]
+    assert y["dtype"] == "f4" and compact["data"][0]["name"] == "a"
+    np.testing.assert_allclose(np.frombuffer(base64.b64decode(y["bdata"]), dtype="<f4"), values, rtol=1e-7)
+    assert compact["data"][0]["x"] == figure["data"][0]["x"]  # integer arrays stay as they are
+    assert len(json.dumps(compact)) < len(json.dumps(figure))

@@ -72,13 +72,16 @@ def test_heatmap_rows_are_layers_and_cells_log_absmax(stats_report):
     from engine.figures import channel_heatmap
 
     report, _ = stats_report
-    fig = channel_heatmap(report).to_dict()
-    (heatmap,) = fig["data"]
+    (heatmap,) = channel_heatmap(report).data  # z: a float array (sent as a typed array, not Python floats)
     distinct = report.summary[report.summary["shared_with"] == ""]
-    assert heatmap["type"] == "heatmap" and len(heatmap["z"]) == len(distinct) and len(heatmap["z"][0]) == 37
+    assert heatmap.type == "heatmap" and heatmap.z.shape == (len(distinct), 37)
     first = report.channels[distinct["key"].iloc[0]]["absmax"]
-    assert heatmap["z"][0][0] == pytest.approx(float(np.log10(first[0])), rel=1e-6)
-    assert np.isnan(heatmap["z"][0][36])  # a 32-channel input padded to the widest (37)
+    assert heatmap.z[0][0] == pytest.approx(float(np.log10(first[0])), rel=1e-6)
+    assert np.isnan(heatmap.z[0][36])  # a 32-channel input padded to the widest (37)
+    (pooled,) = channel_heatmap(report, max_columns=10).data  # the report's overview
+    assert list(pooled.x) == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36] and pooled.z.shape[1] == 10
+    assert pooled.z[0][1] == pytest.approx(float(np.log10(first[4:8].max())), rel=1e-6)  # an outlier stays visible
+    assert np.isnan(pooled.z[0][9])  # channels 36.. exist only in the wider inputs
 
 
 def test_distribution_boxes_use_histogram_quantiles_and_exact_max(stats_report):
@@ -156,10 +159,12 @@ def test_eigen_spectrum_is_relative_and_descending(hessian_report):
 def test_diagonal_heatmap_holds_log_diagonals(hessian_report):
     from engine.figures import diagonal_heatmap
 
-    (heatmap,) = diagonal_heatmap(hessian_report).to_dict()["data"]
+    (heatmap,) = diagonal_heatmap(hessian_report).data
     first = hessian_report.hessians["model.layers.0.self_attn.q_proj"]
-    assert heatmap["z"][0][3] == pytest.approx(float(np.log10(first[3, 3])), rel=1e-6)
-    assert len(heatmap["z"]) == 8 and heatmap["colorbar"]["title"]["text"] == "log10 H_ii"
+    assert heatmap.z[0][3] == pytest.approx(float(np.log10(first[3, 3])), rel=1e-6)
+    assert len(heatmap.z) == 8 and heatmap.colorbar.title.text == "log10 H_ii"
+    (pooled,) = diagonal_heatmap(hessian_report, max_columns=8).data
+    assert pooled.z[0][0] == pytest.approx(float(np.log10(first.diagonal()[:4].max())), rel=1e-6)
 
 
 def test_percent_log_axes_keep_their_digits():

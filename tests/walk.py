@@ -43,6 +43,7 @@ class Walk:
             ".some(e => e.innerText.includes(done) || e.innerText.includes('Not done:'))",
             arg=step.done, timeout=self.timeout_ms)
         self.times[step.name] = round(time.perf_counter() - started, 1)
+        self.page.wait_for_timeout(1000)  # the progress overlay fades after the result: read the result
         status = self.status()
         if "Not done:" in status:
             raise AssertionError(f"{step.name}: {status}")

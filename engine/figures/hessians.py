@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
-from engine.figures.style import ASKED, SELECTED, log_axis, styled
+from engine.figures.style import ASKED, SELECTED, log_axis, log_channel_grid, styled
 from engine.stats.hessian_report import HessianReport
 
 
@@ -51,17 +51,17 @@ def eigen_spectrum(report: HessianReport, layer: str) -> go.Figure:
                   "eigenvalue index (largest first)", "λ / λmax (log scale)")
 
 
-def diagonal_heatmap(report: HessianReport) -> go.Figure:
-    """diag(H) per input channel (the energy each channel brings), layers as rows, log10 colour."""
+def diagonal_heatmap(report: HessianReport, max_columns: int | None = None) -> go.Figure:
+    """diag(H) per input channel (the energy each channel brings), layers as rows, log10 colour;
+    with ``max_columns``, runs of channels pooled by their maximum (the report's overview)."""
     rows = _distinct(report)
-    width = int(rows["channels"].max())
-    grid = np.full((len(rows), width), np.nan)
-    for i, layer in enumerate(rows["layer"]):
-        diagonal = np.diagonal(report.hessians[layer].double().cpu().numpy())
-        grid[i, : len(diagonal)] = np.log10(np.maximum(diagonal, 1e-12))
-    fig = go.Figure(go.Heatmap(z=grid.tolist(), y=[short_name(layer) for layer in rows["layer"]], x=list(range(width)),
+    diagonals = [np.diagonal(report.hessians[layer].double().cpu().numpy()) for layer in rows["layer"]]
+    grid, channels = log_channel_grid(diagonals, 1e-12, max_columns)
+    pooled = len(channels) > 1 and channels[1] - channels[0] > 1
+    fig = go.Figure(go.Heatmap(z=grid, y=[short_name(layer) for layer in rows["layer"]], x=channels,
                                colorscale="Magma", colorbar={"title": {"text": "log10 H_ii"}},
-                               hovertemplate="%{y} channel %{x}<br>log10 H_ii %{z:.2f}<extra></extra>"))
+                               hovertemplate="%{y} channel %{x}" + ("+" if pooled else "") + "<br>log10 H_ii %{z:.2f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
-    styled(fig, "Hessian diagonals (input-channel energy)", "input channel", "layer")
+    step = f" (max over each {channels[1] - channels[0]} channels)" if pooled else ""
+    styled(fig, f"Hessian diagonals (input-channel energy){step}", "input channel", "layer")
     return fig.update_layout(height=max(380, 14 * len(rows) + 120))

@@ -2,12 +2,11 @@
 distributions and one layer's channels."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from engine.figures.style import CORPUS, EDGE, SELECTED, log_axis, styled
+from engine.figures.style import CORPUS, EDGE, SELECTED, log_axis, log_channel_grid, styled
 from engine.stats.accumulators import TENSOR_BINS
 from engine.stats.histogram import percentiles_from_counts
 from engine.stats.report import StatsReport, percentile_column
@@ -65,20 +64,20 @@ def ranges_across_depth(report: StatsReport) -> go.Figure:
     return fig.update_layout(height=440, margin={"t": 90, "b": 110})
 
 
-def channel_heatmap(report: StatsReport) -> go.Figure:
-    """|max| of every channel of every distinct input (rows: layers; colour: log10 |max|)."""
+def channel_heatmap(report: StatsReport, max_columns: int | None = None) -> go.Figure:
+    """|max| of every channel of every distinct input (rows: layers; colour: log10 |max|); with
+    ``max_columns``, runs of channels pooled by their maximum (the report's overview)."""
     rows = _distinct(report)
-    width = int(rows["channels"].max())
-    grid = np.full((len(rows), width), np.nan)
-    for i, key in enumerate(rows["key"]):
-        absmax = report.channels[key]["absmax"].numpy()
-        grid[i, : len(absmax)] = np.log10(np.maximum(absmax, 1e-6))
+    grid, channels = log_channel_grid([report.channels[key]["absmax"].numpy() for key in rows["key"]], 1e-6, max_columns)
+    pooled = len(channels) > 1 and channels[1] - channels[0] > 1
     fig = go.Figure(go.Heatmap(
-        z=grid.tolist(), y=[short_name(k) for k in rows["key"]], x=list(range(width)), colorscale="Viridis",
-        colorbar={"title": {"text": "log10 |max|"}}, hovertemplate="%{y} channel %{x}<br>log10 |max| %{z:.2f}<extra></extra>",
+        z=grid, y=[short_name(k) for k in rows["key"]], x=channels, colorscale="Viridis",
+        colorbar={"title": {"text": "log10 |max|"}},
+        hovertemplate="%{y} channel %{x}" + ("+" if pooled else "") + "<br>log10 |max| %{z:.2f}<extra></extra>",
     ))
     fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
-    styled(fig, "Per-channel |max| (layers x channels)", "channel", "layer")
+    step = f" (max over each {channels[1] - channels[0]} channels)" if pooled else ""
+    styled(fig, f"Per-channel |max| (layers x channels){step}", "channel", "layer")
     return fig.update_layout(height=max(380, 14 * len(rows) + 120))
 
 

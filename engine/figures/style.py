@@ -1,6 +1,10 @@
 """One look for every figure: template, colours, fonts, margins."""
 from __future__ import annotations
 
+import math
+import warnings
+
+import numpy as np
 import plotly.graph_objects as go
 
 CORPUS = "#94a3b8"      # slate: what exists
@@ -32,3 +36,22 @@ def log_axis(fig: go.Figure, axis: str = "y", percent: bool = False, **options) 
     settings.update({"tickformat": ".2~p"} if percent else {"exponentformat": "power", "showexponent": "all"})
     settings.update(options)
     return fig.update_yaxes(**settings) if axis == "y" else fig.update_xaxes(**settings)
+
+
+def log_channel_grid(rows: list[np.ndarray], floor: float, max_columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """log10 of each row's per-channel values (at least ``floor``), NaN beyond a row's width, as a
+    float array (plotly sends it as a typed array, not a list of Python floats) and the channel of
+    each column. With ``max_columns``, each run of channels becomes one column holding their
+    maximum, so an outlier channel stays visible at a fraction of the size."""
+    width = max(len(row) for row in rows)
+    grid = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        grid[i, : len(row)] = np.log10(np.maximum(row, floor))
+    if max_columns is None or width <= max_columns:
+        return grid, np.arange(width)
+    step = math.ceil(width / max_columns)
+    padded = np.pad(grid, ((0, 0), (0, -width % step)), constant_values=np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN run (beyond a narrow row) stays NaN
+        pooled = np.nanmax(padded.reshape(len(rows), -1, step), axis=2)
+    return pooled, np.arange(0, width, step)
