@@ -20,7 +20,7 @@ def run_rank(rank: int, world: int, port: int, out: str) -> None:
         stats = collect(loaded, calibration, StatsSpec(batch_size=2))
         hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=2))
         blockwise = collect_hessians(loaded, calibration, HessianSpec(batch_size=2, execution="block-by-block"))
-        swept = sweep(loaded, calibration, SweepSpec(shuffles=2, batch_size=2, snapshot_dtype="float32"))
+        swept = sweep(loaded, calibration, SweepSpec(shuffles=2, batch_size=2))  # bfloat16 bucket sums, reduced in float32
         if distributed.is_writer():
             torch.save({"channels": stats.channels, "hessians": hessians.hessians, "blockwise": blockwise.hessians,
                         "tokens": hessians.diagnostics["tokens"].tolist(), "sweep": swept.rows}, out)

