@@ -74,7 +74,7 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
         for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "self-generated"):
             visible(page, strategy).set_checked(strategy in compare_strategies)
     return [
-        Step("load", "Model & Data", "Load model and corpus", "Loaded", screenshot="model-data.png"),
+        Step("load", "Model & Data", "Load model and corpus", "M parameters", screenshot="model-data.png"),  # the final status, not the progress
         Step("build", "Dataset", "Build calibration set", "padding at batch size", screenshot="dataset.png"),
         Step("statistics", "Activation ranges", "Collect statistics", "Collected ", screenshot="activations.png"),
         Step("hessians", "Hessians", "Collect Hessians", "Collected Hessians", screenshot="hessians.png"),
