@@ -51,7 +51,7 @@ def log_channel_grid(rows: list[np.ndarray], floor: float, max_columns: int | No
         return grid, np.arange(width)
     step = math.ceil(width / max_columns)
     padded = np.pad(grid, ((0, 0), (0, -width % step)), constant_values=np.nan)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN run (beyond a narrow row) stays NaN
         pooled = np.nanmax(padded.reshape(len(rows), -1, step), axis=2)
     return pooled, np.arange(0, width, step)

@@ -119,7 +119,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
                 if static is not None:  # the original column's group, fixed before any update
                     grid = static.grid(static_groups[:, column])
                 elif group_size and column % group_size == 0:
-                    grid = _column_grid(_group(columns_first, start, column, group_size), bits, symmetric)
+                    grid = _column_grid(_group(columns_first, column, group_size), bits, symmetric)
                 w = block[:, i:i + 1]  # [B, 1, out]
                 q = grid.fake_quantize(w)
                 error = torch.sub(w, q).div_(diagonal[:, i])
@@ -169,7 +169,8 @@ def _static_group_grids(weight: torch.Tensor, bits: int, group_size: int, symmet
     return _GroupGrids(scale.transpose(1, 2).contiguous(), zero.transpose(1, 2).contiguous(), grids[0].maxq)
 
 
-def _group(columns_first: torch.Tensor, start: int, column: int, group_size: int) -> torch.Tensor:
-    """The group's columns as they stand now (updated by every earlier column's error so far); a
-    view when the group lies inside one block, as it does when groups align with blocks."""
+def _group(columns_first: torch.Tensor, column: int, group_size: int) -> torch.Tensor:
+    """The group's columns as they stand now (a view): inside the current block updated by every
+    earlier column's error, beyond it by the earlier blocks' (equal to the reference when groups
+    align with blocks)."""
     return columns_first[:, column:column + group_size]

@@ -43,14 +43,12 @@ def min_damping(hessian: torch.Tensor, grid=DAMPING_GRID) -> float | None:
     dead channels patched as GPTQ patches them. One float32 working copy (no identity matrix, no
     float64 copy): a 14,336-wide Hessian needs its own size twice more, not six times."""
     dead = dead_channels(hessian)
+    patched = torch.diagonal(hessian).double().masked_fill(dead, 1.0)
+    mean = float(patched.mean())
     work = torch.empty_like(hessian, dtype=torch.float32)
-    mean = None
     for damping in grid:
         work.copy_(hessian)
-        diagonal = work.diagonal()
-        diagonal[dead] = 1.0
-        mean = float(diagonal.double().mean()) if mean is None else mean
-        diagonal.add_(damping * mean)
+        work.diagonal().copy_(patched + damping * mean)
         _, info = torch.linalg.cholesky_ex(work)
         if int(info) == 0:
             return damping

@@ -127,17 +127,16 @@ class PrefixAccumulator:
         final = self.total_xtx / max(self.total_tokens, 1)
         scale = float(torch.linalg.matrix_norm(final).clamp(min=1e-30))
         running, difference = torch.empty_like(final), torch.empty_like(final)
-        changes = np.zeros(self.tokens.shape[0] * (self.stored + 1)).reshape(self.tokens.shape[0], -1)
+        tokens = np.maximum(self.tokens.cumsum(1), 1)  # t_k of every prefix
         norms = torch.empty(self.tokens.shape, dtype=torch.float32, device=final.device)
         for order in range(self.tokens.shape[0]):
             running.zero_()
-            tokens = self.tokens[order].cumsum()
             for bucket in range(self.stored):
                 running += self.xtx[order, bucket]
-                torch.sub(running, final, alpha=max(int(tokens[bucket]), 1), out=difference)
+                torch.sub(running, final, alpha=int(tokens[order, bucket]), out=difference)
                 norms[order, bucket] = torch.linalg.vector_norm(difference)
-        changes[:, :-1] = norms.cpu().numpy() / np.maximum(self.tokens.cumsum(1), 1) / scale
-        return changes  # the last column, the whole set itself, changes by nothing
+        changes = norms.cpu().numpy() / tokens / scale
+        return np.concatenate([changes, np.zeros((len(changes), 1))], 1)  # the whole set itself: no change
 
 
 def _relative(values: np.ndarray) -> np.ndarray:

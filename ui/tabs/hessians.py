@@ -89,15 +89,15 @@ def compute_hessians(form: HessianForm, session: Session, context: AppContext, p
     loaded = context.model(session)
     report = session.reusable_hessians(spec)
     reused = report is not None
-    sums = session.sweep_sums(spec)
     if not reused:
         layers = select_layers(loaded.model, spec.layer_types, spec.name_pattern, spec.include_head)
         context.limits.check_hessian_memory(hessian_megabytes(layers, spec.dtype))
-    if not reused and sums is not None:  # the sweep's pass already summed them: diagnose only
-        report = hessians_from_sums(loaded, calibration, spec, *sums, progress=progress)
-    elif not reused:
-        with timed_step(context.times, loaded, "hessians", int(calibration.lengths.sum()), progress):
-            report = collect_hessians(loaded, calibration, spec, progress=progress)
+        sums = session.sweep_sums(spec)
+        if sums is not None:  # the sweep's pass already summed them: diagnose only
+            report = hessians_from_sums(loaded, calibration, spec, *sums, progress=progress)
+        else:
+            with timed_step(context.times, loaded, "hessians", int(calibration.lengths.sum()), progress):
+                report = collect_hessians(loaded, calibration, spec, progress=progress)
     worst = report.diagnostics.sort_values(["rank", "condition_number"], ascending=[True, False])["layer"].iloc[0]
     return {"status": status_line(report, reused), "depth": hessian_depth(report), "table": diagnostics_table(report),
             "layer": gr.update(choices=list(report.diagnostics["layer"]), value=worst),
