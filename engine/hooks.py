@@ -16,7 +16,7 @@ from torch import nn
 from engine.errors import CalibscopeError
 from engine.models.layers import LayerKind, LinearLayer, find_linear_layers
 
-Observer = Callable[[torch.Tensor], None]
+Observer = Callable[..., None]  # (tensor) for inputs and outputs; (hidden_states, top_k_index) for ROUTED
 
 
 class Side(str, Enum):
@@ -24,6 +24,7 @@ class Side(str, Enum):
 
     INPUT = "input"
     OUTPUT = "output"
+    ROUTED = "routed"  # an MoE experts module's input and the experts each token is routed to
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ def observing(points: Sequence[tuple[nn.Module, Side, Observer]]) -> Iterator[No
     handles = []
     try:
         for module, side, observer in points:
-            if Side(side) is Side.INPUT:
+            if Side(side) is Side.ROUTED:
+                handles.append(module.register_forward_pre_hook(lambda _m, args, kwargs, fn=observer: fn(*_routed(args, kwargs)),
+                                                                with_kwargs=True))
+            elif Side(side) is Side.INPUT:
                 handles.append(module.register_forward_pre_hook(lambda _m, args, fn=observer: fn(args[0])))
             else:
                 handles.append(module.register_forward_hook(lambda _m, _a, out, fn=observer: fn(out)))
@@ -66,6 +70,13 @@ def observing(points: Sequence[tuple[nn.Module, Side, Observer]]) -> Iterator[No
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _routed(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden_states, top_k_index) of a call ``experts(hidden_states, top_k_index, top_k_weights)``."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    routing = args[1] if len(args) > 1 else kwargs["top_k_index"]
+    return hidden, routing
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

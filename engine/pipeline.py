@@ -16,6 +16,7 @@ from engine.errors import CalibscopeError, SpecError
 from engine.experiments.evaluations import EvaluationCache
 from engine.experiments.runs import ComparisonRun, QuantRun, as_json, comparison_run_from, quant_run_from
 from engine.export import ExportFormat, save_calibration_set
+from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.run_report import run_report
@@ -37,6 +38,7 @@ class RunConfig:
     sampling: SamplingSpec
     stats: StatsSpec | None
     hessians: HessianSpec | None
+    imatrix: ImatrixSpec | None = None
     export_format: ExportFormat = ExportFormat.DISK
     quantize: tuple[QuantRun, ...] = ()
     compare: ComparisonRun | None = None
@@ -71,6 +73,7 @@ def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
         sampling=spec_from_params(strategy, sampling),
         stats=_spec(StatsSpec, data["stats"], "stats") if "stats" in data else None,
         hessians=_spec(HessianSpec, data["hessians"], "hessians") if "hessians" in data else None,
+        imatrix=_spec(ImatrixSpec, data["imatrix"], "imatrix") if "imatrix" in data else None,
         quantize=tuple(_run(quant_run_from, values, "quantize") for values in data.get("quantize", [])),
         compare=_run(comparison_run_from, data["compare"], "compare") if "compare" in data else None,
         export_format=export_format,
@@ -115,6 +118,11 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
         hessians = collect_hessians(loaded, calibration, config.hessians, labelled(scaled(progress, 0.6, 0.95), "Hessians"))
         if writer:
             written["hessians"] = hessians.save(config.output / "hessians")
+    if config.imatrix is not None:  # llama-quantize --imatrix reads either file
+        imatrix = collect_imatrix(loaded, calibration, config.imatrix, labelled(scaled(progress, 0.95, 0.96), "Imatrix"))
+        if writer:
+            for suffix in ("gguf", "dat"):
+                written[f"imatrix.{suffix}"] = write_imatrix(imatrix, config.output / f"imatrix.{suffix}")
     cache = EvaluationCache()
     reports = [run.run(loaded, stats, hessians, cache, labelled(scaled(progress, 0.95, 0.97), f"Quantize {run.spec.label()}"))
                for run in config.quantize]
@@ -154,7 +162,7 @@ def config_as_json(config: RunConfig) -> dict:
             "corpus": {**dataclasses.asdict(config.corpus), "kind": config.corpus.kind.value},
             "sampling": {"strategy": config.sampling.strategy.value, **dataclasses.asdict(config.sampling)},
             "export": {"format": config.export_format.value}}
-    for name in ("stats", "hessians"):
+    for name in ("stats", "hessians", "imatrix"):
         if getattr(config, name) is not None:
             data[name] = dataclasses.asdict(getattr(config, name))
     if config.quantize:

@@ -113,7 +113,7 @@ def test_build_app_constructs_without_work_and_preselects():
     assert "tiny-random-gpt2" in dropdown_values and "mixed" in dropdown_values
     labels = [block.label for block in app.blocks.values() if isinstance(block, gr.Tab)]
     assert labels == ["Model & Data", "Dataset", "Activation ranges", "Hessians", "Sensitivity", "Quantize", "Compare",
-                      "Export"]
+                      "Imatrix", "Export"]
     assert len(context.models) == 0  # building the page loads no model
 
 

@@ -83,5 +83,6 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
         Step("quantize (GPTQ)", "Quantize", "Quantize and evaluate", "GPTQ: perplexity", choose("Scheme", "W4 g128 GPTQ"),
              screenshot="quantize.png"),
         Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
+        Step("imatrix", "Imatrix", "Collect imatrix", "tensors over", screenshot="imatrix.png"),
         Step("export", "Export", "Prepare downloads", "Ready", screenshot="export.png"),
     ]

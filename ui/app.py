@@ -12,6 +12,7 @@ from ui.tabs import (
     dataset,
     export,
     hessians,
+    imatrix,
     model_data,
     quantize,
     sensitivity,
@@ -22,7 +23,7 @@ from ui.theme import CSS, theme
 TABS = [("Model & Data", "model-data", model_data), ("Dataset", "dataset", dataset),
         ("Activation ranges", "activations", activations), ("Hessians", "hessians", hessians),
         ("Sensitivity", "sensitivity", sensitivity), ("Quantize", "quantize", quantize), ("Compare", "compare", compare),
-        ("Export", "export", export)]
+        ("Imatrix", "imatrix", imatrix), ("Export", "export", export)]
 TITLE = "calibscope"
 SESSION_TTL_S = 3600
 TAGLINE = "Choose, inspect and trust the calibration data of post-training quantization."

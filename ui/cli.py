@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from ui import imatrix_cli
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="headless: build, collect and write every artifact and an HTML report from a config")
-    run.add_argument("config", help="a .toml or .json file with [model], [corpus], [sampling], optional [stats], [hessians], [export] and output")
+    run.add_argument("config", help="a .toml or .json file with [model], [corpus], [sampling], optional [stats], [hessians], "
+                     "[imatrix], [export] and output")
+    imatrix_cli.add_commands(commands)
     return parser
 
 
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         logging.basicConfig(level=logging.WARNING)
         sys.exit(run_config(args.config))
+    if args.command == "imatrix":
+        logging.basicConfig(level=logging.WARNING)
+        sys.exit(imatrix_cli.run(args))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
     from ui.app import launch  # imported late: `calibscope --help` stays instant

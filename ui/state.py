@@ -9,6 +9,7 @@ import pandas as pd
 from engine.errors import CalibscopeError
 from engine.experiments import SweepResult
 from engine.experiments.runs import ComparisonRun
+from engine.imatrix import Imatrix
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
@@ -45,6 +46,8 @@ class Session:
     comparison: pd.DataFrame | None = None  # the Compare tab's measurements
     comparison_run: ComparisonRun | None = None  # what produced them (repeated by the exported run config)
     exports: ExportFolder = field(default_factory=ExportFolder)  # this visitor's downloads, removed with the session
+    # importance matrices by label, collected or loaded, in order: kept across calibration sets to compare them
+    imatrices: dict[str, Imatrix] = field(default_factory=dict)
 
     @property
     def quantization(self) -> QuantReport | None:
@@ -101,6 +104,12 @@ class Session:
         if self.calibration is None or self.model_spec is None:
             raise CalibscopeError("Build a calibration set in the Dataset tab first.")
         return self.calibration
+
+    def require_imatrix(self, label: str) -> Imatrix:
+        if label not in self.imatrices:
+            raise CalibscopeError("Collect an importance matrix or load one first." if not self.imatrices else
+                                  f"No importance matrix is called '{label}': choose one of the list.")
+        return self.imatrices[label]
 
     def require(self, result: str):
         """One of this session's results (stats, hessians, sweep, comparison), or a message that says

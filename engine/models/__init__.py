@@ -1,7 +1,7 @@
 """Model loading: builtin GGUF models with a weight cache, tiny test models, hub and local models."""
 from engine.models.builtin import available_builtin_models
 from engine.models.cache import ModelCache
-from engine.models.layers import LinearLayer, find_linear_layers
+from engine.models.layers import ExpertsLayer, LinearLayer, find_experts, find_linear_layers
 from engine.models.loading import (
     LoadedModel,
     ModelInfo,
@@ -13,6 +13,7 @@ from engine.models.loading import (
 from engine.models.tiny import TINY_MODELS
 
 __all__ = [
+    "ExpertsLayer",
     "LinearLayer",
     "LoadedModel",
     "ModelCache",
@@ -21,6 +22,7 @@ __all__ = [
     "available_builtin_models",
     "choose_device",
     "choose_dtype",
+    "find_experts",
     "find_linear_layers",
     "from_model",
     "load_model",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -70,8 +71,20 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return module.in_channels, module.out_channels  # Conv1d / Conv2d
 
 
+# The probe forward runs once per model: a pass on another thread (the dashboard previews plans
+# while a pass runs) would otherwise see the probe's tokens in its hooks.
+_ORDERS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
 def _execution_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
-    """Names of ``candidates`` in the order a 2-token forward calls them."""
+    """Names of ``candidates`` in the order a 2-token forward calls them (probed once per model)."""
+    known = _ORDERS.get(model)
+    if known is None or not set(candidates) <= set(known):
+        known = _ORDERS[model] = _probe_order(model, candidates)
+    return [name for name in known if name in candidates]
+
+
+def _probe_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
     seen: list[str] = []
     handles = [
         module.register_forward_pre_hook(lambda _m, _a, name=name: seen.append(name))
@@ -116,3 +129,45 @@ def find_linear_layers(model: nn.Module, execution_order: bool = True) -> list[L
             )
         )
     return layers
+
+
+@dataclass(frozen=True)
+class ExpertsLayer:
+    """The experts of one MoE block as transformers 5 stores them: ``gate_up_proj`` [experts,
+    2·intermediate, hidden] (gate rows first) and ``down_proj`` [experts, hidden, intermediate],
+    called as ``experts(hidden_states, top_k_index, top_k_weights)``; ``router``: the sibling module
+    that scores the experts (its weight is [experts, hidden]), when there is one."""
+
+    name: str
+    experts: int
+    hidden: int
+    intermediate: int
+    module: nn.Module = field(repr=False, compare=False, hash=False)
+    router: str = ""
+
+
+def _expert_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)) or gate_up.dim() != 3 or down.dim() != 3:
+        return None
+    experts, hidden, intermediate = down.shape
+    if tuple(gate_up.shape) != (experts, 2 * intermediate, hidden):  # other layouts (transposed, interleaved): not read
+        return None
+    return gate_up, down
+
+
+def find_experts(model: nn.Module) -> list[ExpertsLayer]:
+    """Every MoE experts module of the layout ExpertsLayer describes, in module order."""
+    modules = dict(model.named_modules())
+    found = []
+    for name, module in modules.items():
+        weights = _expert_weights(module)
+        if weights is None:
+            continue
+        experts, hidden, intermediate = weights[1].shape
+        parent = name.rpartition(".")[0]
+        router = next((other for other, candidate in modules.items() if other.rpartition(".")[0] == parent and other != name
+                       and isinstance(getattr(candidate, "weight", None), torch.Tensor)
+                       and tuple(candidate.weight.shape) == (experts, hidden)), "")
+        found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router))
+    return found

@@ -285,7 +285,8 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel
     model.requires_grad_(False)
     _ensure_padding(tokenizer)
     progress(0.97, "Finding quantizable layers")
-    linear_count = len(find_linear_layers(model, execution_order=False))
+    # Resident weights: probe the execution order now, once, before any pass hooks the model.
+    linear_count = len(find_linear_layers(model, execution_order=offload is Offload.NONE))
     seconds = time.perf_counter() - started
     info = replace(_describe(spec, model, source, device, dtype, seconds, from_cache, linear_count), offload=offload.value)
     log.info("loaded %s in %.1f s (cache: %s, offload: %s)", spec.name, seconds, from_cache, offload.value)

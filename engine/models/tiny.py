@@ -91,10 +91,35 @@ def _tiny_gemma3(vocab_size: int) -> PreTrainedModel:
     return Gemma3ForCausalLM(config)
 
 
+def _tiny_qwen3_moe(vocab_size: int) -> PreTrainedModel:
+    # Mixture of experts: 4 experts, 2 per token, fused gate/up weights per expert (transformers 5).
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, moe_intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=MAX_POSITIONS, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return Qwen3MoeForCausalLM(config)
+
+
+def _tiny_mixtral(vocab_size: int) -> PreTrainedModel:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return MixtralForCausalLM(config)
+
+
 TINY_MODELS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-random-llama": _tiny_llama,
     "tiny-random-gpt2": _tiny_gpt2,
     "tiny-random-gemma3": _tiny_gemma3,
+    "tiny-random-qwen3-moe": _tiny_qwen3_moe,
+    "tiny-random-mixtral": _tiny_mixtral,
 }
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from engine.errors import CalibscopeError
 from engine.hooks import block_prefix, decoder_blocks, observing
 from engine.models import LinearLayer, LoadedModel
+from engine.models.layers import block_of
 from engine.progress import Progress, no_progress, scaled
 from engine.runner import distributed
 from engine.runner.activations import ActivationStore, Location
@@ -126,8 +127,9 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                 block, name = blocks[index], f"{prefix}.{index}"
                 source.onload(block, name, device)
                 try:
-                    router = Router(request.factory, share_inputs=request.share_inputs)
-                    with observing(router.points(grouped.get(index, []), request.sides)):
+                    router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory)
+                    experts = [layer for layer in request.experts if block_of(layer.name) == index]
+                    with observing(router.points(grouped.get(index, []), request.sides, experts)):
                         _run_block(block, index, captured, device, router, not request.propagate and index < last,
                                    len(batches))
                     distributed.all_reduce(router.accumulators)

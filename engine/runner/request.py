@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.hooks import Side
-from engine.models import LinearLayer
+from engine.models import ExpertsLayer, LinearLayer
 from engine.runner.plan import Execution, MemoryPlan
 
 Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
+ExpertsFactory = Callable[[ExpertsLayer, torch.device], object]  # -> accumulator with update(hidden, routing)
 
 
 @dataclass
@@ -32,7 +33,8 @@ AfterBlock = Callable[[FinishedBlock], dict[str, torch.Tensor] | None]
 @dataclass(frozen=True)
 class PassRequest:
     """layers and sides to observe, the accumulator ``factory`` and what it costs per layer
-    (``state_bytes``, for the memory plan), batching, and what to do with each finished block.
+    (``state_bytes``, for the memory plan), batching, and what to do with each finished block;
+    ``experts``: MoE experts modules observed with ``experts_factory``'s accumulators.
     ``propagate``: after_block's weights replace the block's for its outputs (only the
     block-by-block runner can do that)."""
 
@@ -47,6 +49,8 @@ class PassRequest:
     propagate: bool = False
     execution: Execution = Execution.AUTO
     budget: int | None = None  # bytes: replaces the memory found free (tests; a shared GPU)
+    experts: tuple[ExpertsLayer, ...] = ()  # MoE experts modules whose routed inputs are observed too
+    experts_factory: ExpertsFactory | None = None
 
 
 @dataclass

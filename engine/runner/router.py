@@ -7,15 +7,14 @@ whose output size is known in advance, so no observed layer waits for the device
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.hooks import Side, StopForward, TokenIndex, tap_key
-from engine.models import LinearLayer
-
-Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
+from engine.models import ExpertsLayer, LinearLayer
+from engine.runner.request import ExpertsFactory, Factory
 
 
 @dataclass
@@ -58,6 +57,7 @@ class Router:
 
     factory: Factory
     stop_after: str = ""
+    experts_factory: ExpertsFactory | None = None
     share_inputs: bool = True
     accumulators: dict[str, object] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
@@ -111,6 +111,18 @@ class Router:
             self.accumulators[key] = self.factory(flat.shape[1], flat.device)
         self.accumulators[key].update(flat, index)
 
-    def points(self, layers: list[LinearLayer], sides: tuple[Side, ...]):
-        """The (module, side, observer) points that route ``layers``' tensors here."""
-        return [(layer.module, side, self.observer(layer, side)) for layer in layers for side in sides]
+    def points(self, layers: list[LinearLayer], sides: tuple[Side, ...], experts: Sequence[ExpertsLayer] = ()):
+        """The (module, side, observer) points that route ``layers``' tensors (and ``experts``'
+        routed inputs) here."""
+        return [(layer.module, side, self.observer(layer, side)) for layer in layers for side in sides] + \
+            [(layer.module, Side.ROUTED, lambda hidden, routing, layer=layer: self.route(layer, hidden, routing))
+             for layer in experts]
+
+    def route(self, layer: ExpertsLayer, hidden: torch.Tensor, routing: torch.Tensor) -> None:
+        """An experts module's real tokens [tokens, hidden] and their experts [tokens, top-k] to its accumulator."""
+        flat, index = hidden.reshape(-1, hidden.shape[-1]), routing.reshape(-1, routing.shape[-1])
+        if self.tokens.keep is not None:
+            flat, index = flat.index_select(0, self.tokens.keep), index.index_select(0, self.tokens.keep)
+        if layer.name not in self.accumulators:
+            self.accumulators[layer.name] = self.experts_factory(layer, flat.device)
+        self.accumulators[layer.name].update(flat, index)

@@ -28,9 +28,10 @@ def whole_model_pass(loaded: LoadedModel, calibration: CalibrationSet, request: 
     layers, sides = request.layers, request.sides
     head = next((layer.module for layer in layers if layer.is_head), None)
     last = tap_key(layers[-1].name, sides[-1])
-    router = Router(request.factory, stop_after=last if head is None else "", share_inputs=request.share_inputs)
+    stop = last if head is None and not request.experts else ""  # experts may follow the last layer
+    router = Router(request.factory, stop_after=stop, share_inputs=request.share_inputs, experts_factory=request.experts_factory)
     device = model_device(loaded.model)
-    with loaded.lock, observing(router.points(layers, sides)), torch.inference_mode():
+    with loaded.lock, observing(router.points(layers, sides, request.experts)), torch.inference_mode():
         for number, rows in enumerate(batches):
             ids, mask = calibration.pad(rows)
             router.start_batch(batch_tokens(rows, mask).to(device))

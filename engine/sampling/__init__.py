@@ -31,6 +31,7 @@ from engine.sampling.specs import (
     EmbeddingClustersSpec,
     GptqWindowsSpec,
     LengthStratifiedSpec,
+    LlamaChunksSpec,
     PackedSpec,
     RandomSpec,
     SamplingSpec,
@@ -131,7 +132,7 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 __all__ = [
     "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec", "GptqWindowsSpec",
-    "LengthStratifiedSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec", "SelfGeneratedSpec",
+    "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec", "SelfGeneratedSpec",
     "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
     "spec_from_params",
 ]

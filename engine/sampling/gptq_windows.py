@@ -36,7 +36,7 @@ def _joined(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Gene
     sequences = [context.with_prefix(ids[s:s + window]) for s in starts]
     sizes = np.array([len(t) for t in context.texts], dtype=np.int64) + len(spec.separator)
     document_chars = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each document starts in the text
-    provenance = [context.row(*_locate(document_chars, token_chars, int(s))) for s in starts]
+    provenance = [context.row(*locate_token(document_chars, token_chars, int(s))) for s in starts]
     notes = [
         f"GPTQ wikitext2 recipe: {len(context.texts):,} documents joined with {spec.separator!r} "
         f"({len(ids):,} tokens), {spec.nsamples:,} windows at random offsets.",
@@ -45,8 +45,8 @@ def _joined(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Gene
     return Draft(sequences, provenance, notes)
 
 
-def _locate(document_chars: np.ndarray, token_chars: np.ndarray | None, start: int) -> tuple[int, int]:
-    """(document, token offset inside it) of a token position in the joined corpus."""
+def locate_token(document_chars: np.ndarray, token_chars: np.ndarray | None, start: int) -> tuple[int, int]:
+    """(document, token offset inside it) of a token position in a joined corpus."""
     if token_chars is None:  # a slow tokenizer gives no character offsets
         return 0, start
     document = int(np.searchsorted(document_chars, token_chars[start], side="right") - 1)

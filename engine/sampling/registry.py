@@ -16,6 +16,7 @@ from engine.sampling.cluster_selection import activation_clusters, embedding_clu
 from engine.sampling.context import Draft, SamplingContext
 from engine.sampling.gptq_windows import gptq_windows
 from engine.sampling.length_stratified import length_stratified
+from engine.sampling.llama_chunks import llama_chunks
 from engine.sampling.packed import packed
 from engine.sampling.random_documents import random_documents
 from engine.sampling.self_generated import self_generated
@@ -65,6 +66,9 @@ REGISTRY: dict[Strategy, StrategyEntry] = {entry.strategy: entry for entry in (
     StrategyEntry(Strategy.SELF_GENERATED, specs.SelfGeneratedSpec, self_generated,
                   "Text sampled from the model itself from BOS (temperature 1.5 falling to 0.8): no data needed; "
                   "ignores the corpus.", needs_model=True),
+    StrategyEntry(Strategy.LLAMA_CHUNKS, specs.LlamaChunksSpec, llama_chunks,
+                  "llama.cpp's chunks (llama-imatrix, llama-perplexity): the corpus joined, cut into consecutive "
+                  "chunks of exactly the length, each starting with BOS; the first ones, in order.", exact_length=True),
 )}
 
 

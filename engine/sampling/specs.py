@@ -33,6 +33,7 @@ class Strategy(str, Enum):
     EMBEDDING_CLUSTERS = "embedding-clusters"
     ACTIVATION_CLUSTERS = "activation-clusters"
     SELF_GENERATED = "self-generated"
+    LLAMA_CHUNKS = "llama-chunks"
 
 
 class Allocation(str, Enum):
@@ -185,6 +186,22 @@ class PackedSpec(SamplingSpec):
         super().__post_init__()
         if self.length < 2:
             raise SpecError("A packed block needs at least 2 tokens.")
+
+
+@dataclass(frozen=True)
+class LlamaChunksSpec(SamplingSpec):
+    """llama.cpp's chunks (llama-imatrix, llama-perplexity): the corpus joined with ``separator``
+    and tokenized once with BOS in front, cut into consecutive chunks of ``length`` tokens, the
+    first token of each replaced by BOS; the first ``nsamples`` chunks, in order (the seed is unused)."""
+
+    length: int = 512
+    separator: str = "\n\n"
+    strategy = Strategy.LLAMA_CHUNKS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.length < 2:
+            raise SpecError("A chunk needs at least 2 tokens.")
 
 
 @dataclass(frozen=True)

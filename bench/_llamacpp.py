@@ -1,0 +1,80 @@
+"""llama.cpp's own tools (llama-imatrix, llama-quantize, llama-perplexity), built once into the cache.
+
+What it installs: nothing into any Python environment. It downloads the PyPI source distribution of
+``llama-cpp-python`` (which vendors llama.cpp's whole source tree under ``vendor/llama.cpp``) with
+pip, unpacks it under ``$CALIBSCOPE_CACHE/llama.cpp/`` and builds the three tools with the system's
+cmake and C++ compiler, CPU only (no CURL, no server, no tests). About 7 minutes on 2 cores, once.
+
+``LLAMA_CPP_BIN`` (a folder holding the three executables) skips all of this and uses a build of
+your own, e.g. ``LLAMA_CPP_BIN=~/src/llama.cpp/build/bin``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+from engine.models.weight_cache import cache_root
+
+SDIST = "llama-cpp-python==0.3.36"  # vendors llama.cpp commit 0c1e570
+TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity", "llama-tokenize")
+
+
+def root() -> Path:
+    return cache_root() / "llama.cpp" / SDIST.split("==")[1]
+
+
+def bin_dir() -> Path:
+    configured = os.environ.get("LLAMA_CPP_BIN")
+    return Path(configured).expanduser() if configured else root() / "build" / "bin"
+
+
+def built() -> Path | None:
+    """The folder with all three tools, or None when they are not built."""
+    folder = bin_dir()
+    return folder if all((folder / tool).is_file() for tool in TOOLS) else None
+
+
+def source_tree() -> Path:
+    """llama.cpp's source, unpacked from the sdist (downloaded with pip on first use)."""
+    tree = root() / "src"
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    downloads = root() / "download"
+    downloads.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
+                    "-d", str(downloads)], check=True)
+    archive = next(downloads.glob("llama_cpp_python-*.tar.gz"))
+    unpacked = root() / "unpacked"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    vendored = next(unpacked.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    shutil.rmtree(tree, ignore_errors=True)
+    vendored.rename(tree)
+    shutil.rmtree(unpacked)
+    return tree
+
+
+def build(jobs: int | None = None) -> Path:
+    """Build the three tools once; returns the folder holding them."""
+    if folder := built():
+        return folder
+    if "LLAMA_CPP_BIN" in os.environ:
+        raise FileNotFoundError(f"LLAMA_CPP_BIN={bin_dir()} does not hold {', '.join(TOOLS)}")
+    tree, build_dir = source_tree(), root() / "build"
+    subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON"], check=True)
+    subprocess.run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
+                    "--target", *TOOLS], check=True)
+    return bin_dir()
+
+
+if __name__ == "__main__":
+    print(build())
