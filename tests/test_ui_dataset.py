@@ -38,7 +38,7 @@ def test_bad_edges_and_counts_are_explained():
 
 
 EXPECTED_CONTROLS = {Strategy.RANDOM: {"min_tokens"}, Strategy.LENGTH_STRATIFIED: {"edges", "allocation", "min_tokens"},
-                     Strategy.GPTQ_WINDOWS: {"mode"}, Strategy.EMBEDDING_CLUSTERS: {"min_tokens"},
+                     Strategy.GPTQ_WINDOWS: {"mode", "recipe"}, Strategy.EMBEDDING_CLUSTERS: {"min_tokens"},
                      Strategy.ACTIVATION_CLUSTERS: {"min_tokens"}}
 
 

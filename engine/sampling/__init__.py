@@ -34,6 +34,7 @@ from engine.sampling.specs import (
     LlamaChunksSpec,
     PackedSpec,
     RandomSpec,
+    Recipe,
     SamplingSpec,
     SelfGeneratedSpec,
     Strategy,
@@ -132,7 +133,7 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 __all__ = [
     "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec", "GptqWindowsSpec",
-    "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "SamplingSpec", "SelfGeneratedSpec",
+    "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "Recipe", "SamplingSpec", "SelfGeneratedSpec",
     "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
     "spec_from_params",
 ]

@@ -40,3 +40,12 @@ class Draft:
     notes: list[str] = field(default_factory=list)
     buckets: pd.DataFrame | None = None
     selection: pd.DataFrame | None = None  # cluster strategies: every candidate's projection, cluster, selected
+
+
+def locate_token(document_chars: np.ndarray, token_chars: np.ndarray | None, start: int) -> tuple[int, int]:
+    """(document, token offset inside it) of a token position in a joined corpus."""
+    if token_chars is None:  # a slow tokenizer gives no character offsets
+        return 0, start
+    document = int(np.searchsorted(document_chars, token_chars[start], side="right") - 1)
+    first_token = int(np.searchsorted(token_chars, document_chars[document], side="left"))
+    return document, start - first_token

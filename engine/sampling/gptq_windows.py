@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import SamplingError
-from engine.sampling.context import Draft, SamplingContext
-from engine.sampling.specs import GptqWindowsSpec, WindowMode
+from engine.sampling.context import Draft, SamplingContext, locate_token
+from engine.sampling.recipes import reference_windows
+from engine.sampling.specs import GptqWindowsSpec, Recipe, WindowMode
 from engine.sampling.tokens import encode, encode_with_char_offsets
 
 
@@ -43,15 +44,6 @@ def _joined(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Gene
         _start_note(context, spec),
     ]
     return Draft(sequences, provenance, notes)
-
-
-def locate_token(document_chars: np.ndarray, token_chars: np.ndarray | None, start: int) -> tuple[int, int]:
-    """(document, token offset inside it) of a token position in a joined corpus."""
-    if token_chars is None:  # a slow tokenizer gives no character offsets
-        return 0, start
-    document = int(np.searchsorted(document_chars, token_chars[start], side="right") - 1)
-    first_token = int(np.searchsorted(token_chars, document_chars[document], side="left"))
-    return document, start - first_token
 
 
 def _documents(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Generator) -> Draft:
@@ -91,4 +83,6 @@ MODES = {WindowMode.JOINED: _joined, WindowMode.DOCUMENTS: _documents}
 
 
 def gptq_windows(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Generator) -> Draft:
+    if spec.recipe is not Recipe.CALIBSCOPE:
+        return reference_windows(context, spec)
     return MODES[spec.mode](context, spec, rng)

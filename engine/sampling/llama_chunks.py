@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.sampling.context import Draft, SamplingContext
-from engine.sampling.gptq_windows import locate_token
+from engine.sampling.context import Draft, SamplingContext, locate_token
 from engine.sampling.specs import LlamaChunksSpec
 from engine.sampling.tokens import encode_with_char_offsets
 

@@ -54,7 +54,7 @@ REGISTRY: dict[Strategy, StrategyEntry] = {entry.strategy: entry for entry in (
                   options=("edges", "allocation", "min_tokens")),
     StrategyEntry(Strategy.GPTQ_WINDOWS, specs.GptqWindowsSpec, gptq_windows,
                   "GPTQ's recipe: random windows of exactly the length (joined corpus, or c4-style document rejection).",
-                  options=("mode",), exact_length=True),
+                  options=("mode", "recipe"), exact_length=True),
     StrategyEntry(Strategy.PACKED, specs.PackedSpec, packed,
                   "Documents concatenated with EOS between them and cut into full blocks (AWQ style).", exact_length=True),
     StrategyEntry(Strategy.EMBEDDING_CLUSTERS, specs.EmbeddingClustersSpec, embedding_clusters,

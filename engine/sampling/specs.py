@@ -36,6 +36,21 @@ class Strategy(str, Enum):
     LLAMA_CHUNKS = "llama-chunks"
 
 
+class Recipe(str, Enum):
+    """Whose GPTQ-windows recipe: calibscope's (numpy RNG, every window start reachable, BOS as at
+    inference) or a published one reproduced bit for bit from the same rows, tokenizer and seed
+    (Python's ``random``, their joins, their off-by-one and their quirks)."""
+
+    CALIBSCOPE = "calibscope"
+    GPTQ_WIKITEXT2 = "gptq-reference wikitext2"
+    GPTQ_PTB = "gptq-reference ptb"
+    GPTQ_C4 = "gptq-reference c4"
+    OPTIMUM_WIKITEXT2 = "optimum wikitext2"
+    OPTIMUM_PTB = "optimum ptb"
+    OPTIMUM_C4 = "optimum c4"
+    OPTIMUM_C4_NEW = "optimum c4-new"
+
+
 class Allocation(str, Enum):
     EQUAL = "equal"
     PROPORTIONAL = "proportional"
@@ -158,18 +173,22 @@ class GptqWindowsSpec(SamplingSpec):
     mode ``joined``: the corpus joined with ``separator`` and tokenized once, windows at random
     offsets (the wikitext2 recipe). mode ``documents``: random documents until one has at least
     ``length`` tokens, then a random window in it (the c4 recipe); at most ``max_attempts`` draws.
+    ``recipe``: another tool's recipe reproduced exactly (it decides the join, the mode and the
+    windows' start; ``mode``, ``separator`` and ``add_bos`` are then not used).
     """
 
     length: int = 2048
     mode: WindowMode = WindowMode.JOINED
     separator: str = "\n\n"
     max_attempts: int = 100_000
+    recipe: Recipe = Recipe.CALIBSCOPE
     strategy = Strategy.GPTQ_WINDOWS
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("max_attempts", self.max_attempts)
         object.__setattr__(self, "mode", choice(WindowMode, self.mode, "mode"))
+        object.__setattr__(self, "recipe", choice(Recipe, self.recipe, "recipe"))
         if self.length < 2:
             raise SpecError("A window needs at least 2 tokens.")
 

@@ -14,6 +14,7 @@ from engine.progress import Progress, no_progress
 from engine.sampling import (
     REGISTRY,
     Allocation,
+    Recipe,
     SamplingSpec,
     Strategy,
     WindowMode,
@@ -35,7 +36,7 @@ GPU_DEFAULTS = {"nsamples": 128, "edges": DEFAULT_EDGES}
 # On a CPU a first visitor should see every view within about a minute: fewer, shorter samples.
 CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
 SUMMARY_BATCH = 8
-OPTION_WIDGETS = ("edges", "allocation", "mode", "min_tokens")  # per-strategy controls: the registry says which show
+OPTION_WIDGETS = ("edges", "allocation", "mode", "recipe", "min_tokens")  # per-strategy controls: the registry says which show
 MIN_TOKENS = 16  # a sample of 4 tokens calibrates nothing; peers default to 10-ish (GPTQModel's min length)
 
 
@@ -53,6 +54,7 @@ class DatasetForm:
     edges: str = "64, 128, 256, 512"
     allocation: str = Allocation.EQUAL.value
     mode: str = WindowMode.JOINED.value
+    recipe: str = Recipe.CALIBSCOPE.value
     seed: float = 0
     add_bos: bool = True
     chat_template: bool = True
@@ -62,7 +64,7 @@ class DatasetForm:
         """The SamplingSpec these widgets describe (raises SpecError on bad values)."""
         chosen = entry(self.strategy)
         given = {"edges": lambda: parse_edges(self.edges), "allocation": lambda: self.allocation, "mode": lambda: self.mode,
-                 "min_tokens": lambda: whole(self.min_tokens)}
+                 "recipe": lambda: self.recipe, "min_tokens": lambda: whole(self.min_tokens)}
         options = {name: value() for name, value in given.items() if name in chosen.options}
         return spec_for(chosen.strategy, nsamples=whole(self.nsamples), length=whole(self.length), seed=whole(self.seed),
                         add_bos=bool(self.add_bos), chat_template=bool(self.chat_template), **options)
@@ -131,6 +133,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             allocation = gr.Radio(labels(Allocation), value=Allocation.EQUAL.value, label="Allocation")
             mode = gr.Radio(labels(WindowMode), value=WindowMode.JOINED.value, visible=False,
                             label="GPTQ recipe", info="joined: wikitext2-style; documents: c4-style rejection")
+            recipe = gr.Dropdown(labels(Recipe), value=Recipe.CALIBSCOPE.value, visible=False, label="Whose recipe",
+                                 info="a published recipe, reproduced exactly from the same rows and seed (the loaded "
+                                      "corpus's documents are its rows)")
             min_tokens = gr.Number(value=MIN_TOKENS, label="Min tokens per sample", precision=0, minimum=1,
                                    info="shorter documents are not drawn")
             add_bos = gr.Checkbox(value=True, label="Start every sample with BOS, as at inference",
@@ -147,9 +152,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     preview = result_table("Samples (decoded; ⏎ marks a newline)", wrap=True, max_height=420,
                            column_widths=["7%", "7%", "10%", "22%", "54%"])
 
-    strategy.change(strategy_controls, strategy, [length, edges, allocation, mode, min_tokens, help_text])
+    strategy.change(strategy_controls, strategy, [length, edges, allocation, mode, recipe, min_tokens, help_text])
     widgets = {"strategy": strategy, "nsamples": nsamples, "length": length, "edges": edges, "allocation": allocation,
-               "mode": mode, "seed": seed, "add_bos": add_bos, "chat_template": chat_template, "min_tokens": min_tokens}
+               "mode": mode, "recipe": recipe, "seed": seed, "add_bos": add_bos, "chat_template": chat_template, "min_tokens": min_tokens}
     outputs = {"status": status, "histogram": histogram, "second_plot": second_plot, "summary": summary,
                "bucket_table": bucket_table, "preview": preview, "session": session}
     connect(run.click, build_calibration_set, DatasetForm, widgets, session, outputs, context,
