@@ -22,6 +22,8 @@ from engine.progress import Progress, labelled, no_progress, scaled
 from engine.run_report import run_report
 from engine.runner import distributed
 from engine.sampling import SamplingSpec, Strategy, build, spec_from_params
+from engine.sampling.specs import SuppliedSpec
+from engine.sampling.supplied import supplied_set
 from engine.specs import CorpusSpec, ModelSpec, choice
 from engine.stats import StatsSpec, collect
 from engine.stats.collect import memory_plan as stats_plan
@@ -65,6 +67,8 @@ def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
         raise SpecError("The config needs an `output` folder for the artifacts.")
     sampling = dict(data.get("sampling", {}))
     strategy = sampling.pop("strategy", Strategy.LENGTH_STRATIFIED.value)
+    if strategy == Strategy.SUPPLIED.value and sampling.get("path"):  # token windows, relative to the config
+        sampling["path"] = str((base / sampling["path"]).expanduser().resolve())
     export_format = choice(ExportFormat, data.get("export", {}).get("format", ExportFormat.DISK), "[export] format")
     return RunConfig(
         output=(base / data["output"]).resolve(),
@@ -101,8 +105,12 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
     writer = distributed.is_writer()
     loaded = load_model(config.model, labelled(scaled(progress, 0.0, 0.1), "Model"))
     corpus = load_corpus(config.corpus, labelled(scaled(progress, 0.1, 0.15), "Corpus"))
-    calibration = build(corpus, loaded.tokenizer, config.sampling, max_positions=loaded.info.max_positions,
-                        corpus_label=config.corpus.label, progress=labelled(scaled(progress, 0.15, 0.2), "Calibration set"))
+    if isinstance(config.sampling, SuppliedSpec):  # windows made elsewhere, used as given
+        calibration = supplied_set(config.sampling.path, loaded.tokenizer, max_positions=loaded.info.max_positions,
+                                   limit=config.sampling.nsamples)
+    else:
+        calibration = build(corpus, loaded.tokenizer, config.sampling, max_positions=loaded.info.max_positions,
+                            corpus_label=config.corpus.label, progress=labelled(scaled(progress, 0.15, 0.2), "Calibration set"))
     written = {}
     if writer:
         written["calibration"] = save_calibration_set(calibration, loaded.tokenizer, config.output / "calibration",

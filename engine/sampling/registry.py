@@ -21,6 +21,7 @@ from engine.sampling.packed import packed
 from engine.sampling.random_documents import random_documents
 from engine.sampling.self_generated import self_generated
 from engine.sampling.specs import SamplingSpec, Strategy
+from engine.sampling.supplied import not_built
 from engine.specs import choice
 
 Builder = Callable[[SamplingContext, SamplingSpec, np.random.Generator], Draft]
@@ -44,7 +45,7 @@ class StrategyEntry:
     options: tuple[str, ...] = ()
     exact_length: bool = False
     needs_model: bool = False
-
+    from_corpus: bool = True  # False: loaded as given (supplied windows), not offered as a way to build
 
 REGISTRY: dict[Strategy, StrategyEntry] = {entry.strategy: entry for entry in (
     StrategyEntry(Strategy.RANDOM, specs.RandomSpec, random_documents,
@@ -69,7 +70,14 @@ REGISTRY: dict[Strategy, StrategyEntry] = {entry.strategy: entry for entry in (
     StrategyEntry(Strategy.LLAMA_CHUNKS, specs.LlamaChunksSpec, llama_chunks,
                   "llama.cpp's chunks (llama-imatrix, llama-perplexity): the corpus joined, cut into consecutive "
                   "chunks of exactly the length, each starting with BOS; the first ones, in order.", exact_length=True),
+    StrategyEntry(Strategy.SUPPLIED, specs.SuppliedSpec, not_built,
+                  "Token windows made elsewhere, loaded as they are (engine.sampling.supplied).", from_corpus=False),
 )}
+
+
+def corpus_strategies() -> list[Strategy]:
+    """The strategies that build a set from a corpus, in their declared order."""
+    return [strategy for strategy, found in REGISTRY.items() if found.from_corpus]
 
 
 def entry(strategy: Strategy | str) -> StrategyEntry:

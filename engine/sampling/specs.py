@@ -34,6 +34,7 @@ class Strategy(str, Enum):
     ACTIVATION_CLUSTERS = "activation-clusters"
     SELF_GENERATED = "self-generated"
     LLAMA_CHUNKS = "llama-chunks"
+    SUPPLIED = "supplied"
 
 
 class Recipe(str, Enum):
@@ -221,6 +222,17 @@ class LlamaChunksSpec(SamplingSpec):
         super().__post_init__()
         if self.length < 2:
             raise SpecError("A chunk needs at least 2 tokens.")
+
+
+@dataclass(frozen=True)
+class SuppliedSpec(SamplingSpec):
+    """Token windows made elsewhere (another tool, a paper's release), loaded as they are from
+    ``path``: at most ``nsamples`` of them, none longer than ``length``. Not built from a corpus."""
+
+    nsamples: int = MAX_SAMPLES
+    length: int = 1 << 20
+    path: str = ""
+    strategy = Strategy.SUPPLIED
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import torch
 
+from engine.errors import SamplingError
 from engine.figures import bucket_bars, length_histogram
 from engine.figures.selection import selection_scatter
 from engine.progress import Progress, no_progress
@@ -22,7 +24,9 @@ from engine.sampling import (
     entry,
     spec_for,
 )
+from engine.sampling.registry import corpus_strategies
 from engine.sampling.specs import DEFAULT_EDGES
+from engine.sampling.supplied import supplied_set
 from engine.specs import labels
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
@@ -70,13 +74,32 @@ class DatasetForm:
                         add_bos=bool(self.add_bos), chat_template=bool(self.chat_template), **options)
 
 
-def status_line(calibration, seconds: float) -> str:
+def status_line(calibration, seconds: float, verb: str = "Built") -> str:
     s = calibration.summary(SUMMARY_BATCH)
     count = f"{s['samples']:,} samples" + ("" if s["samples"] == s["asked"] else f" (asked {s['asked']:,})")
-    line = (f"**Built** {count}, {s['tokens']:,} tokens, {s['padding_fraction']:.1%} padding at batch size {SUMMARY_BATCH}, "
+    line = (f"**{verb}** {count}, {s['tokens']:,} tokens, {s['padding_fraction']:.1%} padding at batch size {SUMMARY_BATCH}, "
             f"{s['truncated_fraction']:.1%} truncated · {seconds:.1f} s")
     notes = "".join(f"\n- {note}" for note in calibration.notes)
     return line + notes
+
+
+def set_views(calibration, session: Session, tokenizer, seconds: float, verb: str = "Built") -> dict:
+    """Every view of a new set, and the session holding it."""
+    prefix = len(calibration.manifest.tokenizer["prefix_ids"])
+    edges_shown = getattr(calibration.spec, "edges", ())
+    has_buckets = calibration.buckets is not None
+    second = bucket_bars(calibration.buckets) if has_buckets else None
+    if calibration.selection is not None:
+        second = selection_scatter(calibration.selection)
+    return {
+        "status": status_line(calibration, seconds, verb),
+        "histogram": length_histogram(calibration.corpus_lengths, calibration.lengths, edges_shown, prefix),
+        "second_plot": gr.update(value=second, visible=second is not None),
+        "summary": pd.DataFrame(calibration.summary_rows(SUMMARY_BATCH), columns=["Property", "Value"]),
+        "bucket_table": gr.update(value=calibration.buckets, visible=has_buckets),
+        "preview": calibration.preview(tokenizer),
+        "session": session.with_calibration(calibration),
+    }
 
 
 def build_calibration_set(form: DatasetForm, session: Session, context: AppContext,
@@ -89,22 +112,24 @@ def build_calibration_set(form: DatasetForm, session: Session, context: AppConte
     started = time.perf_counter()
     calibration = build(corpus, loaded.tokenizer, spec, max_positions=loaded.info.max_positions,
                         corpus_label=session.corpus_spec.label, progress=progress, model=loaded)
-    seconds = time.perf_counter() - started
-    prefix = len(calibration.manifest.tokenizer["prefix_ids"])
-    edges_shown = getattr(calibration.spec, "edges", ())
-    has_buckets = calibration.buckets is not None
-    second = bucket_bars(calibration.buckets) if has_buckets else None
-    if calibration.selection is not None:
-        second = selection_scatter(calibration.selection)
-    return {
-        "status": status_line(calibration, seconds),
-        "histogram": length_histogram(calibration.corpus_lengths, calibration.lengths, edges_shown, prefix),
-        "second_plot": gr.update(value=second, visible=second is not None),
-        "summary": pd.DataFrame(calibration.summary_rows(SUMMARY_BATCH), columns=["Property", "Value"]),
-        "bucket_table": gr.update(value=calibration.buckets, visible=has_buckets),
-        "preview": calibration.preview(loaded.tokenizer),
-        "session": session.with_calibration(calibration),
-    }
+    return set_views(calibration, session, loaded.tokenizer, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class WindowsForm:
+    windows_file: str | None = None
+
+
+def load_token_windows(form: WindowsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    """Pre-tokenized windows (made by another tool) as the session's calibration set."""
+    if not form.windows_file:
+        raise SamplingError("Choose a file of token windows (.parquet, .jsonl or .json with input_ids, .pt or .npy).")
+    loaded = context.model(session)
+    started = time.perf_counter()
+    calibration = supplied_set(form.windows_file, loaded.tokenizer, source=Path(form.windows_file).name,
+                               max_positions=loaded.info.max_positions)
+    context.limits.check_sampling(len(calibration), int(calibration.lengths.max()))
+    return set_views(calibration, session, loaded.tokenizer, time.perf_counter() - started, verb="Loaded")
 
 
 def strategy_controls(strategy: str) -> list:
@@ -122,7 +147,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     defaults = first_visit_defaults()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
-            strategy = gr.Radio(labels(Strategy), value=DEFAULT_STRATEGY.value, label="Strategy")
+            strategy = gr.Radio([s.value for s in corpus_strategies()], value=DEFAULT_STRATEGY.value, label="Strategy")
             help_text = gr.Markdown(REGISTRY[DEFAULT_STRATEGY].summary)
             with gr.Row():
                 nsamples = gr.Number(value=defaults["nsamples"], label="Samples", precision=0, minimum=1)
@@ -142,6 +167,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                   info="Off reproduces raw-window recipes; Gemma's perplexity is ~2.8x worse without BOS")
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
             run, cancel = run_and_cancel("Build calibration set")
+            with gr.Accordion("Or load token windows made elsewhere", open=False):
+                windows_file = gr.File(label="Token windows (input_ids)", type="filepath", height=90,
+                                       file_types=[".parquet", ".jsonl", ".json", ".pt", ".npy"], elem_id="windows-file")
+                load_windows = gr.Button("Load token windows")
         with gr.Column(scale=2):
             status = status_block(session, "Choose a strategy and build a set from the loaded corpus.")
             histogram = result_plot()
@@ -159,3 +188,5 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "bucket_table": bucket_table, "preview": preview, "session": session}
     connect(run.click, build_calibration_set, DatasetForm, widgets, session, outputs, context,
             api_name="build_calibration_set", status=status, cancel=cancel)
+    connect(load_windows.click, load_token_windows, WindowsForm, {"windows_file": windows_file}, session, outputs, context,
+            api_name="load_token_windows", status=status, heavy=False)
