@@ -1,12 +1,12 @@
-"""llama.cpp's own tools (llama-imatrix, llama-quantize, llama-perplexity), built once into the cache.
+"""llama.cpp's own tools (llama-imatrix, llama-quantize, llama-perplexity, llama-tokenize), built once into the cache.
 
 What it installs: nothing into any Python environment. It downloads the PyPI source distribution of
 ``llama-cpp-python`` (which vendors llama.cpp's whole source tree under ``vendor/llama.cpp``) with
-pip, unpacks it under ``$CALIBSCOPE_CACHE/llama.cpp/`` and builds the three tools with the system's
-cmake and C++ compiler, CPU only (no CURL, no server, no tests). About 7 minutes on 2 cores, once.
+pip, unpacks it under ``$CALIBSCOPE_CACHE/llama.cpp/`` and builds the four tools with the system's
+cmake and C++ compiler, CPU only (no CURL, no server, no tests). About 8-13 minutes on 2 cores, once.
 
-``LLAMA_CPP_BIN`` (a folder holding the three executables) skips all of this and uses a build of
-your own, e.g. ``LLAMA_CPP_BIN=~/src/llama.cpp/build/bin``.
+``LLAMA_CPP_BIN`` (a folder holding the four executables) skips all of this and uses a build of
+your own, e.g. ``LLAMA_CPP_BIN=~/src/llama.cpp/build/bin``. Build with ``python -m bench._llamacpp``.
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-
-import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 from engine.models.weight_cache import cache_root
 

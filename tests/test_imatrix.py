@@ -204,14 +204,14 @@ def test_comparison_of_a_matrix_with_itself_and_with_a_scaled_copy():
     assert table["mean_ratio"].iloc[0] == pytest.approx(2.0) and table["top1pct_overlap"].iloc[0] == 1.0
 
 
-# --- llama.cpp's own tools, where they are built (bench/_llamacpp.py builds them; CI does) ---
+# --- llama.cpp's own tools, where they are built (python -m bench._llamacpp builds them; CI does) ---
 
 def llama_tools():
     from bench import _llamacpp
 
     folder = _llamacpp.built()
     if folder is None:
-        pytest.skip("llama.cpp's tools are not built: python bench/_llamacpp.py builds them (CI does)")
+        pytest.skip("llama.cpp's tools are not built: python -m bench._llamacpp builds them (CI does)")
     return folder
 
 
