@@ -19,7 +19,8 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.quant.grid import Grid, row_grid
-from engine.quant.specs import ActOrder
+from engine.quant.rtn import rtn
+from engine.quant.specs import ActOrder, CholeskyFailure
 
 MAX_DAMPING = 1.0
 # Columns updated one by one inside a sub-block of this many; the rest of the block with one product
@@ -32,25 +33,47 @@ INNER = 16
 class GptqResult:
     weight: torch.Tensor  # fake-quantized, float32, original column order
     row_losses: torch.Tensor  # GPTQ's objective per row: Σ_columns (w - q)² / [H⁻¹]_ii² / 2
-    damping: float  # the damping fraction that made the Cholesky succeed
+    damping: float | None  # the damping fraction that made the Cholesky succeed (None: it never did)
     group_index: torch.Tensor | None = None  # ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx)
+    fell_back: bool = False  # CholeskyFailure.RTN: rounded to nearest instead
 
     @property
     def loss(self) -> float:
         return float(self.row_losses.sum())
 
 
-def inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, list[float]]:
-    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ for H [B, n, n], raising λ tenfold for
-    each matrix that does not factorize yet; returns the factors and each matrix's λ."""
+class FactorizationError(CalibscopeError):
+    """A damped Hessian did not factorize; ``index``: which matrix of the batch (the caller names the layer)."""
+
+    def __init__(self, index: int, damping: float, policy: CholeskyFailure) -> None:
+        self.index, self.damping, self.policy = index, damping, policy
+        advice = ("raise the damping, use the stepwise or tenfold policy, or fall back to RTN"
+                  if policy is CholeskyFailure.RAISE else "the calibration data may contain NaN or Inf activations")
+        super().__init__(f"GPTQ: the Hessian does not factorize with damping {damping:g} of its mean diagonal: {advice}.")
+
+
+def _next_damping(damping: float, policy: CholeskyFailure, step: float) -> float:
+    return damping * 10 if policy is CholeskyFailure.TENFOLD else damping + step
+
+
+def inverse_cholesky(hessian: torch.Tensor, damping: float, policy: CholeskyFailure = CholeskyFailure.TENFOLD,
+                     step: float = 0.01) -> tuple[torch.Tensor, list[float | None]]:
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ for H [B, n, n]; a matrix that does not
+    factorize is handled as ``policy`` says (tenfold or stepwise: λ raised until it does, at most
+    1.0; rtn: its λ is None and its factor a stand-in; raise: FactorizationError). Returns the
+    factors and each matrix's λ."""
     upper, ok = _damped_inverse_cholesky(hessian, damping)
-    used = [damping] * hessian.shape[0]
+    used: list[float | None] = [damping] * hessian.shape[0]
     for index in (~ok).nonzero().flatten().tolist():  # rare: one matrix at a time, ever more damped
+        if policy is CholeskyFailure.RTN:
+            used[index] = None
+            continue
+        if policy is CholeskyFailure.RAISE:
+            raise FactorizationError(index, damping, policy)
         while True:
-            used[index] *= 10
+            used[index] = round(_next_damping(used[index], policy, step), 12)
             if used[index] > MAX_DAMPING:
-                raise CalibscopeError("GPTQ: the Hessian does not factorize even with damping 1.0 of its mean diagonal; "
-                                      "the calibration data may contain NaN or Inf activations.")
+                raise FactorizationError(index, MAX_DAMPING, policy)
             factor, factored = _damped_inverse_cholesky(hessian[index:index + 1], used[index])
             if bool(factored[0]):
                 upper[index] = factor[0]
@@ -73,13 +96,15 @@ def _damped_inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[tor
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True,
-         block_size: int = 128, damping: float = 0.01, act_order: ActOrder = ActOrder.NONE) -> GptqResult:
+         block_size: int = 128, damping: float = 0.01, act_order: ActOrder = ActOrder.NONE,
+         policy: CholeskyFailure = CholeskyFailure.TENFOLD, step: float = 0.01) -> GptqResult:
     """Quantize ``weight`` [out, in] given H [in, in] (any scale: GPTQ's result does not depend on it)."""
-    return gptq_batch(weight[None], hessian[None], bits, group_size, symmetric, block_size, damping, act_order)[0]
+    return gptq_batch(weight[None], hessian[None], bits, group_size, symmetric, block_size, damping, act_order, policy, step)[0]
 
 
 def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True,
-               block_size: int = 128, damping: float = 0.01, act_order: ActOrder = ActOrder.NONE) -> list[GptqResult]:
+               block_size: int = 128, damping: float = 0.01, act_order: ActOrder = ActOrder.NONE,
+               policy: CholeskyFailure = CholeskyFailure.TENFOLD, step: float = 0.01) -> list[GptqResult]:
     """GPTQ on a batch of independent layers of one shape: weights [B, out, in], Hessians [B, in, in].
 
     Each layer's arithmetic is exactly that of its own call; the column loop, whose per-step cost is
@@ -87,7 +112,8 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     The weights are held transposed, [B, in, out]: the column being quantized is then a contiguous
     row, which a CPU reads and updates several times faster than a strided column.
     """
-    act_order = ActOrder(act_order)
+    act_order, policy = ActOrder(act_order), CholeskyFailure(policy)
+    original = weight
     weight = weight.detach().clone().float()
     hessian = hessian.detach().clone().float().to(weight.device)
     columns = weight.shape[-1]
@@ -99,7 +125,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     if order is not None:
         weight = weight.gather(2, order[:, None, :].expand_as(weight))
         hessian = hessian.gather(1, order[:, :, None].expand_as(hessian)).gather(2, order[:, None, :].expand_as(hessian))
-    hinv, used = inverse_cholesky(hessian, damping)
+    hinv, used = inverse_cholesky(hessian, damping, policy, step)
     columns_first = weight.transpose(1, 2).contiguous()  # [B, in, out]; becomes the quantized weight block by block
     # the original group of each column as processed, for every layer (read once, not once per column)
     static_groups = (order // group_size) if static is not None else None
@@ -138,8 +164,13 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
         quantized = quantized.gather(2, inverse[:, None, :].expand_as(quantized))
         if act_order is ActOrder.DYNAMIC and group_size:
             group_index = (torch.arange(columns, device=weight.device) // group_size)[inverse]
-    return [GptqResult(quantized[b].contiguous(), row_losses[b], used[b], None if group_index is None else group_index[b])
-            for b in range(weight.shape[0])]
+    results = [GptqResult(quantized[b].contiguous(), row_losses[b], used[b], None if group_index is None else group_index[b])
+               for b in range(weight.shape[0])]
+    for b, damped in enumerate(used):  # llm-compressor's fallback: the layer rounded to nearest
+        if damped is None:
+            results[b] = GptqResult(rtn(original[b].float(), bits, group_size, symmetric), torch.full_like(row_losses[b], float("nan")),
+                                    None, fell_back=True)
+    return results
 
 
 def _column_grid(columns_first: torch.Tensor, bits: int, symmetric: bool) -> Grid:

@@ -13,7 +13,7 @@ from engine.models import LinearLayer
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, module_weight, weight_matrix
-from engine.quant.gptq import gptq_batch
+from engine.quant.gptq import FactorizationError, gptq_batch
 from engine.quant.ranges import activation_grid, relative_error
 from engine.quant.rtn import rtn
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
@@ -49,24 +49,31 @@ def _shared_groups(layers: list[LinearLayer], hessians: HessianReport | None, st
 GPTQ_BATCH_BYTES = 512 * 2**20
 
 
-def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec,
-                    hessians: list[torch.Tensor | None]) -> list[list[tuple[torch.Tensor, dict]]]:
+def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
+                    names: list[str] | None = None) -> list[list[tuple[torch.Tensor, dict]]]:
     """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
     (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
     independent given H, so this equals one call per layer) and once for all the groups given,
-    which must stack to one shape (their arithmetic stays separate; the column loop is shared)."""
+    which must stack to one shape (their arithmetic stays separate; the column loop is shared).
+    ``names``: each group's layer, named when its Hessian does not factorize."""
     if not spec.needs_hessians:
         return [[(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group] for group in groups]
     if any(hessian is None for hessian in hessians):
         raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
     stacked = torch.stack([torch.cat(group) for group in groups])
-    results = gptq_batch(stacked, torch.stack([h.to(stacked.device) for h in hessians]), spec.bits, spec.group_size,
-                         spec.symmetric, spec.block_size, spec.damping, spec.act_order)
+    try:
+        results = gptq_batch(stacked, torch.stack([h.to(stacked.device) for h in hessians]), spec.bits, spec.group_size,
+                             spec.symmetric, spec.block_size, spec.damping, spec.act_order, spec.on_failure, spec.damping_step)
+    except FactorizationError as error:
+        where = names[error.index] if names else f"layer group {error.index}"
+        raise CalibscopeError(f"{where}: {error}") from None
     out = []
     for group, hessian, result in zip(groups, hessians, results):
         sizes = [matrix.shape[0] for matrix in group]
         trace = float(torch.diagonal(hessian).double().sum())
-        out.append([(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace})
+        # a Hessian that did not factorize under the rtn policy: rounded to nearest, as llm-compressor does
+        fallback = {"fallback": "rtn"} if result.fell_back else {}
+        out.append([(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace, **fallback})
                     for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))])
     return out
 
@@ -99,7 +106,7 @@ def quantized_weights(layers: list[LinearLayer], spec: WeightSpec, hessians: Hes
         leaders = [group[0].name for group in batch]
         found = [hessians.hessian(name) if hessians is not None and hessians.has(name) else None for name in leaders]
         with torch.inference_mode():
-            results = quantize_groups(originals, spec, found)
+            results = quantize_groups(originals, spec, found, [group[0].name for group in batch])
         seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
         for group, matrices, group_results in zip(batch, originals, results):
             for layer, original, (fake, costs) in zip(group, matrices, group_results):

@@ -28,6 +28,18 @@ class ActOrder(str, Enum):
     DYNAMIC = "dynamic"
 
 
+class CholeskyFailure(str, Enum):
+    """What GPTQ does when a damped Hessian does not factorize. tenfold (calibscope): raise the
+    damping tenfold until it does (up to 1.0). stepwise (GPTQModel's damp_auto_increment): add
+    ``damping_step`` until it does (below 1.0). rtn (llm-compressor): that layer is rounded to
+    nearest instead, and the run says which. raise: stop, naming the layer, with what to do."""
+
+    TENFOLD = "tenfold"
+    STEPWISE = "stepwise"
+    RTN = "rtn"
+    RAISE = "raise"
+
+
 class RangeMethod(str, Enum):
     """How a static activation range is chosen from the statistics."""
 
@@ -49,8 +61,9 @@ class WeightSpec:
 
     group_size: one scale per ``group_size`` input columns of each output row (0 = per output
     channel). GPTQ: ``block_size`` columns are processed at once; ``damping`` is the fraction of the
-    mean Hessian diagonal added to it (raised tenfold until a Cholesky succeeds); ``act_order``
-    orders the columns (see ActOrder; True and False are read as dynamic and none)."""
+    mean Hessian diagonal added to it (``on_failure`` says what happens when a Cholesky still fails,
+    ``damping_step`` is the stepwise policy's increment); ``act_order`` orders the columns (see
+    ActOrder; True and False are read as dynamic and none)."""
 
     method: WeightMethod = WeightMethod.RTN
     bits: int = 4
@@ -59,9 +72,14 @@ class WeightSpec:
     block_size: int = 128
     damping: float = 0.01
     act_order: ActOrder = ActOrder.NONE
+    on_failure: CholeskyFailure = CholeskyFailure.TENFOLD
+    damping_step: float = 0.01
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", choice(WeightMethod, self.method, "weight method"))
+        object.__setattr__(self, "on_failure", choice(CholeskyFailure, self.on_failure, "on_failure"))
+        if not 0 < self.damping_step < 1:
+            raise SpecError(f"damping_step={self.damping_step} must be in (0, 1); GPTQModel's is 0.01.")
         if isinstance(self.act_order, bool):  # the boolean of earlier releases: the reference's act-order
             object.__setattr__(self, "act_order", ActOrder.DYNAMIC if self.act_order else ActOrder.NONE)
         object.__setattr__(self, "act_order", choice(ActOrder, self.act_order, "act_order"))
@@ -161,8 +179,20 @@ class QuantSpec:
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
+# The GPTQ W4 g128 each tool ships by default. Their Hessian scalings (llm-compressor: per
+# sequence; GPTQModel: per token; the reference: per sequence) give the same GPTQ: the result does
+# not depend on H's scale, and calibscope never counts padding.
+PEER_GPTQ = {
+    "llm-compressor": WeightSpec(GPTQ, 4, 128, damping=0.01, block_size=128, act_order=ActOrder.STATIC,
+                                 on_failure=CholeskyFailure.RTN),
+    "gptqmodel": WeightSpec(GPTQ, 4, 128, damping=0.05, block_size=128, act_order=ActOrder.NONE,
+                            on_failure=CholeskyFailure.STEPWISE, damping_step=0.01),
+    "gptq-reference": WeightSpec(GPTQ, 4, 128, damping=0.01, block_size=128, act_order=ActOrder.NONE,
+                                 on_failure=CholeskyFailure.RAISE),
+}
 PRESETS: dict[str, QuantSpec] = {
     "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),
+    **{f"W4 g128 GPTQ ({tool})": QuantSpec(spec) for tool, spec in PEER_GPTQ.items()},
     "W4 g128 RTN": QuantSpec(WeightSpec(RTN, 4, 128)),
     "W3 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 3, 128)),
     "W3 g128 RTN": QuantSpec(WeightSpec(RTN, 3, 128)),

@@ -183,7 +183,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
 
     strategy.change(strategy_controls, strategy, [length, edges, allocation, mode, recipe, min_tokens, help_text])
     widgets = {"strategy": strategy, "nsamples": nsamples, "length": length, "edges": edges, "allocation": allocation,
-               "mode": mode, "recipe": recipe, "seed": seed, "add_bos": add_bos, "chat_template": chat_template, "min_tokens": min_tokens}
+               "mode": mode, "seed": seed, "add_bos": add_bos, "chat_template": chat_template, "min_tokens": min_tokens,
+               "recipe": recipe}  # last: the API's positional inputs of earlier releases keep their places
     outputs = {"status": status, "histogram": histogram, "second_plot": second_plot, "summary": summary,
                "bucket_table": bucket_table, "preview": preview, "session": session}
     connect(run.click, build_calibration_set, DatasetForm, widgets, session, outputs, context,

@@ -65,8 +65,11 @@ class QuantizeForm:
     length: float = 256
     windows: float = 8
     sensitivity: str = Sensitivity.CHEAP.value
+    preset: str = CUSTOM
 
     def spec(self) -> QuantSpec:
+        if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
+            return PRESETS[self.preset]  # damping and Cholesky policy have no control of their own
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
                              act_order=self.act_order)
         activations = ActivationSpec(bits=whole(self.act_bits), range_method=self.range_method,
@@ -190,7 +193,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     for control in scheme.values():
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
-               "sensitivity": sensitivity}
+               "sensitivity": sensitivity, "preset": preset}
     outputs = {"status": status, "summary": summary, "runs": runs, "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
             status=status, cancel=cancel)

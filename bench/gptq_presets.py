@@ -1,0 +1,79 @@
+"""GPTQ W4 g128 as each tool ships it, and sequential against one-pass, on the builtin Gemma.
+
+The same 32 windows of 512 tokens from the first 80% of wikitext-2 test (calibscope's recipe, seed
+0), one collection of Hessians, then each preset (calibscope's default, llm-compressor, GPTQModel,
+the GPTQ reference; RTN for scale) and the llm-compressor preset sequentially (each block's Hessians
+from the already-quantized blocks before it, block by block); perplexity on 16 windows of 512 from
+the last 20%. Prints the table and ``{"bench": "gptq_presets", ...}``. Nothing is installed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+from bench._common import report
+from engine import ModelSpec, load_model
+from engine.quant import PRESETS, QuantSpec
+from engine.quant.apply import quantized
+from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant.perplexity import evaluation_windows, perplexity
+from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.sampling import GptqWindowsSpec, build
+from engine.sampling.recipes import rows_dataset
+from engine.stats.hessian_report import collect_hessians
+from engine.stats.specs import HessianSpec
+
+WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
+SCHEMES = ["W4 g128 RTN", "W4 g128 GPTQ", "W4 g128 GPTQ (llm-compressor)", "W4 g128 GPTQ (gptqmodel)",
+           "W4 g128 GPTQ (gptq-reference)"]
+
+
+def quantized_perplexity(loaded, plan, evaluation) -> float:
+    with quantized(loaded, plan):
+        return perplexity(loaded, evaluation)
+
+
+def main() -> None:
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    lines = [line.replace("\r", "") for line in WIKITEXT.read_bytes().decode("utf-8").split("\n")]
+    cut = int(0.8 * len(lines))
+    calibration = build(rows_dataset([line for line in lines[:cut] if line.strip()], "wikitext-2 test, first 80%"),
+                        loaded.tokenizer, GptqWindowsSpec(nsamples=32, length=512))
+    evaluation = evaluation_windows(loaded.tokenizer, [line for line in lines[cut:] if line.strip()], 512, 16, "wikitext tail")
+    started = time.perf_counter()
+    hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
+    hessian_seconds = time.perf_counter() - started
+    rows = [{"scheme": "float", "perplexity": perplexity(loaded, evaluation), "seconds": 0.0}]
+    for name in SCHEMES:
+        spec: QuantSpec = PRESETS[name]
+        started = time.perf_counter()
+        plan, table = plan_quantization(quantizable_layers(loaded.model, spec), spec, None, hessians, output_errors=False)
+        seconds = time.perf_counter() - started
+        fallbacks = int((table.get("fallback") == "rtn").sum()) if "fallback" in table else 0
+        rows.append({"scheme": name, "perplexity": quantized_perplexity(loaded, plan, evaluation),
+                     "seconds": round(seconds, 1), "rtn_fallbacks": fallbacks})
+        print(rows[-1], flush=True)
+    spec = PRESETS["W4 g128 GPTQ (llm-compressor)"]
+    for propagate in (False, True):
+        started = time.perf_counter()
+        plan, _ = gptq_block_by_block(loaded, calibration, spec, propagate=propagate)
+        label = "sequential" if propagate else "one-pass"
+        rows.append({"scheme": f"W4 g128 GPTQ (llm-compressor), {label}, block by block",
+                     "perplexity": quantized_perplexity(loaded, plan, evaluation), "seconds": round(time.perf_counter() - started, 1)})
+        print(rows[-1], flush=True)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(index=False))
+    by = dict(zip(frame["scheme"], frame["perplexity"]))
+    ratio = by["W4 g128 GPTQ (llm-compressor)"] / by["W4 g128 GPTQ"]
+    report("gptq_presets", "ppl_ratio_llmcompressor_preset_vs_calibscope_default", round(ratio, 4),
+           "measured, no goal (the peers' side-by-side run is bench/peers.py, not built yet)", True,
+           rows=rows, hessian_seconds=round(hessian_seconds, 1), calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
+           evaluation="16 x 512, wikitext-2 test last 20%")
+
+
+if __name__ == "__main__":
+    main()
