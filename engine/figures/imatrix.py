@@ -64,14 +64,12 @@ def channel_importance(imatrix: Imatrix, tensor: str, top: int = 10, compared: I
     """One tensor's mean x² per input channel (log), its ``top`` channels marked; a second matrix
     (``compared``) drawn behind it when given. ``labels`` name the two in the legend."""
     entry = imatrix.entries[tensor]
-    importance = np.nanmean(entry.importance(), axis=0) if entry.experts > 1 else entry.importance()[0]
+    importance = entry.channel_importance()
     channels = np.arange(entry.channels)
     fig = go.Figure()
     if compared is not None and tensor in compared.entries and compared.entries[tensor].channels == entry.channels:
-        other = compared.entries[tensor].importance()
-        other = np.nanmean(other, axis=0) if other.shape[0] > 1 else other[0]
-        fig.add_trace(go.Scattergl(x=channels, y=other, mode="lines", name=_name(compared, labels[1]),
-                                   line={"color": CORPUS, "width": 1}))
+        fig.add_trace(go.Scattergl(x=channels, y=compared.entries[tensor].channel_importance(), mode="lines",
+                                   name=_name(compared, labels[1]), line={"color": CORPUS, "width": 1}))
     fig.add_trace(go.Scattergl(x=channels, y=importance, mode="lines", name=_name(imatrix, labels[0]),
                                line={"color": SELECTED, "width": 1}))
     order = np.argsort(-np.nan_to_num(importance, nan=-np.inf))[:top]
@@ -84,7 +82,7 @@ def channel_importance(imatrix: Imatrix, tensor: str, top: int = 10, compared: I
 
 def top_channels(imatrix: Imatrix, tensor: str, top: int = 10) -> pd.DataFrame:
     entry = imatrix.entries[tensor]
-    importance = np.nanmean(entry.importance(), axis=0) if entry.experts > 1 else entry.importance()[0]
+    importance = entry.channel_importance()
     order = np.argsort(-np.nan_to_num(importance, nan=-np.inf))[:top]
     median = float(np.nanmedian(importance))
     return pd.DataFrame({"channel": order, "mean x²": importance[order],

@@ -1,6 +1,7 @@
 """collect_imatrix: llama-imatrix's statistics for a calibration set, in one pass of the runner."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,36 +36,34 @@ class ImatrixSpec:
         object.__setattr__(self, "execution", choice(Execution, self.execution, "execution"))
 
 
+def tensor_names(loaded: LoadedModel) -> Callable[[str], tuple[str, ...]]:
+    """HF module or parameter path -> its llama.cpp tensor names, for this model."""
+    model_type, blocks = loaded.model.config.model_type, len(decoder_blocks(loaded.model))
+    return lambda module: gguf_weight_names(module, model_type, blocks) if module else ()
+
+
 def named_layers(loaded: LoadedModel, include_output: bool = False) -> dict[str, tuple[LinearLayer, tuple[str, ...]]]:
     """Each quantizable layer llama.cpp keeps an imatrix entry for, with its tensor name(s)."""
-    model_type = loaded.model.config.model_type
-    blocks = len(decoder_blocks(loaded.model))
+    names_of = tensor_names(loaded)
     found = {}
     for layer in find_linear_layers(loaded.model):
-        names = tuple(n for n in gguf_weight_names(layer.name, model_type, blocks)
-                      if n.startswith("blk.") or (include_output and n == "output.weight"))
+        names = tuple(n for n in names_of(layer.name) if n.startswith("blk.") or (include_output and n == "output.weight"))
         if names:
             found[layer.name] = (layer, names)
-    if not found and not find_experts(loaded.model):
-        raise CalibscopeError(f"No layer of this {model_type} model has a llama.cpp tensor name.")
     return found
 
 
-def _names(module: str, model_type: str, blocks: int) -> tuple[str, ...]:
-    return gguf_weight_names(module, model_type, blocks) if module else ()
+def _host(values: torch.Tensor) -> np.ndarray:
+    return values.to(torch.float32).cpu().numpy()
 
 
-def expert_entries(accumulator: RoutedSquareSums, model_type: str, blocks: int) -> dict[str, ImatrixEntry]:
+def expert_entries(accumulator: RoutedSquareSums, names_of: Callable[[str], tuple[str, ...]]) -> dict[str, ImatrixEntry]:
     """One MoE block's entries: the experts' gate/up and down tensors (one row per expert, with its
     token count; an expert no token reached keeps count 0, as llama-imatrix records it) and the router."""
     layer, counts = accumulator.layer, accumulator.counts.cpu().numpy()
-    entries = {}
-    for name in _names(f"{layer.name}.gate_up_proj", model_type, blocks):
-        entries[name] = ImatrixEntry(accumulator.inputs.to(torch.float32).cpu().numpy(), counts)
-    for name in _names(f"{layer.name}.down_proj", model_type, blocks):
-        entries[name] = ImatrixEntry(accumulator.intermediate.to(torch.float32).cpu().numpy(), counts)
-    for name in _names(layer.router, model_type, blocks):
-        entries[name] = ImatrixEntry(accumulator.router.to(torch.float32).cpu().numpy()[None], np.array([accumulator.tokens]))
+    entries = dict.fromkeys(names_of(f"{layer.name}.gate_up_proj"), ImatrixEntry(_host(accumulator.inputs), counts))
+    entries.update(dict.fromkeys(names_of(f"{layer.name}.down_proj"), ImatrixEntry(_host(accumulator.intermediate), counts)))
+    entries.update(dict.fromkeys(names_of(layer.router), ImatrixEntry(_host(accumulator.router)[None], [accumulator.tokens])))
     return entries
 
 
@@ -74,22 +73,19 @@ def collect_imatrix(loaded: LoadedModel, calibration: CalibrationSet, spec: Imat
     per expert for MoE experts modules."""
     layers = named_layers(loaded, spec.include_output)
     experts = tuple(find_experts(loaded.model))
-
-    def factory(channels: int, device: torch.device) -> SquareSumAccumulator:
-        return SquareSumAccumulator(channels, device)
-
-    request = PassRequest([layer for layer, _ in layers.values()], (Side.INPUT,), factory,
+    if not layers and not experts:
+        raise CalibscopeError(f"No layer of this {loaded.model.config.model_type} model has a llama.cpp tensor name.")
+    request = PassRequest([layer for layer, _ in layers.values()], (Side.INPUT,), SquareSumAccumulator,
                           state_bytes=lambda layer: layer.in_features * 8, batch_size=spec.batch_size,
                           execution=spec.execution, experts=experts, experts_factory=RoutedSquareSums)
     result = run_pass(loaded, calibration, request, progress)
     entries = {}
     for module, (_, names) in layers.items():
         accumulator = result.accumulators[result.shared.get(module, module)]
-        entry = ImatrixEntry(accumulator.sums.to(torch.float32).cpu().numpy()[None], np.array([accumulator.tokens]))
-        entries.update(dict.fromkeys(names, entry))
-    model_type, blocks = loaded.model.config.model_type, len(decoder_blocks(loaded.model))
+        entries.update(dict.fromkeys(names, ImatrixEntry(_host(accumulator.sums)[None], [accumulator.tokens])))
+    names_of = tensor_names(loaded)
     for layer in experts:
-        entries.update(expert_entries(result.accumulators[layer.name], model_type, blocks))
+        entries.update(expert_entries(result.accumulators[layer.name], names_of))
     lengths = calibration.lengths
     chunk_size = int(lengths.max())
     return Imatrix(entries, datasets=[dataset_label(calibration)], chunk_count=int(lengths.sum() // chunk_size),

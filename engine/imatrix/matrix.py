@@ -2,6 +2,7 @@
 number of tokens summed, per expert for MoE weights (one row each)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,15 @@ class ImatrixEntry:
         token: an expert no calibration token was routed to)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.counts[:, None] > 0, self.sums / np.maximum(self.counts[:, None], 1), np.nan)
+
+    def channel_importance(self) -> np.ndarray:
+        """Mean x² per channel, over the experts that saw a token for an MoE weight."""
+        importance = self.importance()
+        if self.experts == 1:
+            return importance[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a channel no expert saw stays NaN
+            return np.nanmean(importance, axis=0)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from engine.corpus.files import read_text_file
 from engine.sampling import CalibrationSet, LlamaChunksSpec, build
+from engine.sampling.recipes import rows_dataset
 
 MAX_TEXT_BYTES = 512 * 2**20
 
@@ -19,9 +20,6 @@ def llama_file_text(path: str | Path) -> str:
 def llama_text_set(tokenizer, path: str | Path, n_ctx: int = 512, chunks: int = 10_000,
                    max_positions: int | None = None) -> CalibrationSet:
     """The first ``chunks`` chunks of ``n_ctx`` tokens llama-imatrix would evaluate on ``path``."""
-    import datasets
-
     path = Path(path)
-    corpus = datasets.Dataset.from_dict({"text": [llama_file_text(path)], "source": [path.name], "row_id": [0]})
-    return build(corpus, tokenizer, LlamaChunksSpec(nsamples=chunks, length=n_ctx), max_positions=max_positions,
+    return build(rows_dataset([llama_file_text(path)], path.name), tokenizer, LlamaChunksSpec(nsamples=chunks, length=n_ctx), max_positions=max_positions,
                  corpus_label=path.name)

@@ -166,8 +166,8 @@ def find_experts(model: nn.Module) -> list[ExpertsLayer]:
             continue
         experts, hidden, intermediate = weights[1].shape
         parent = name.rpartition(".")[0]
-        router = next((other for other, candidate in modules.items() if other.rpartition(".")[0] == parent and other != name
-                       and isinstance(getattr(candidate, "weight", None), torch.Tensor)
+        router = next((f"{parent}.{child}" if parent else child for child, candidate in modules[parent].named_children()
+                       if isinstance(getattr(candidate, "weight", None), torch.Tensor)
                        and tuple(candidate.weight.shape) == (experts, hidden)), "")
         found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router))
     return found

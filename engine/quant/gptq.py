@@ -35,7 +35,11 @@ class GptqResult:
     row_losses: torch.Tensor  # GPTQ's objective per row: Σ_columns (w - q)² / [H⁻¹]_ii² / 2
     damping: float | None  # the damping fraction that made the Cholesky succeed (None: it never did)
     group_index: torch.Tensor | None = None  # ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx)
-    fell_back: bool = False  # CholeskyFailure.RTN: rounded to nearest instead
+
+    @property
+    def fell_back(self) -> bool:
+        """CholeskyFailure.RTN left this layer rounded to nearest: its Hessian never factorized."""
+        return self.damping is None
 
     @property
     def loss(self) -> float:
@@ -169,7 +173,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     for b, damped in enumerate(used):  # llm-compressor's fallback: the layer rounded to nearest
         if damped is None:
             results[b] = GptqResult(rtn(original[b].float(), bits, group_size, symmetric), torch.full_like(row_losses[b], float("nan")),
-                                    None, fell_back=True)
+                                    None)
     return results
 
 

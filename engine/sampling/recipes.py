@@ -67,28 +67,28 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, verbose=False).input_ids  # with special tokens, as ``tokenizer(text, return_tensors="pt")``
 
 
+def _ids_and_offsets(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ids as ``_ids`` gives them and each token's first character (special tokens at 0), in
+    one tokenization; no offsets from a slow tokenizer."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return np.asarray(_ids(tokenizer, text), dtype=np.int64), None
+    encoded = tokenizer(text, verbose=False, return_offsets_mapping=True)
+    return (np.asarray(encoded.input_ids, dtype=np.int64),
+            np.array([start for start, _ in encoded.offset_mapping], dtype=np.int64))
+
+
 def _joined(context: SamplingContext, spec: GptqWindowsSpec, recipe: ReferenceRecipe, draw: random.Random) -> Draft:
     rows = [recipe.map_row(row) for row in context.texts]
-    ids = np.asarray(_ids(context.tokenizer, recipe.separator.join(rows)), dtype=np.int64)
+    ids, offsets = _ids_and_offsets(context.tokenizer, recipe.separator.join(rows))
     if len(ids) < spec.length + 1:
         raise SamplingError(f"The joined rows have {len(ids):,} tokens; {recipe.origin} needs more than {spec.length:,}.")
     starts = [draw.randint(0, len(ids) - spec.length - 1) for _ in range(spec.nsamples)]
     sizes = np.array([len(row) for row in rows], dtype=np.int64) + len(recipe.separator)
     document_chars = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    offsets = _char_offsets(context.tokenizer, recipe.separator.join(rows), len(ids))
     provenance = [context.row(*locate_token(document_chars, offsets, s)) for s in starts]
     return Draft([ids[s:s + spec.length] for s in starts], provenance,
                  [f"{spec.recipe.value}: {recipe.origin}, {len(rows):,} rows joined with {recipe.separator!r} "
                   f"({len(ids):,} tokens), {spec.nsamples:,} windows, Python random seeded with {spec.seed}."])
-
-
-def _char_offsets(tokenizer, text: str, count: int) -> np.ndarray | None:
-    """Each token's first character (special tokens at 0), or None for a tokenizer without offsets."""
-    if getattr(tokenizer, "backend_tokenizer", None) is None:
-        return None
-    encoding = tokenizer.backend_tokenizer.encode(text)
-    offsets = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
-    return offsets if len(offsets) == count else None
 
 
 def _documents(context: SamplingContext, spec: GptqWindowsSpec, recipe: ReferenceRecipe, draw: random.Random) -> Draft:

@@ -108,6 +108,7 @@ def supplied_set(given, tokenizer, source: str = "", max_positions: int | None =
     source = source or (Path(given).name if isinstance(given, (str, Path)) else "supplied windows")
     spec = SuppliedSpec(nsamples=len(windows), length=max(len(w) for w in windows),
                         path=str(given) if isinstance(given, (str, Path)) else "")
+    token_sha256 = manifests.token_hash(windows)
     prefix = inference_prefix(tokenizer)
     starting = sum(1 for w in windows if prefix and list(w[:len(prefix)]) == prefix)
     notes = [f"{len(windows):,} token windows supplied from {source}, used as given; {starting:,} of them start with "
@@ -115,10 +116,10 @@ def supplied_set(given, tokenizer, source: str = "", max_positions: int | None =
     provenance = [Provenance(row_id=i, source=source, token_offset=0, document_tokens=len(w)) for i, w in enumerate(windows)]
     manifest = Manifest(
         strategy=spec.strategy.value, params=json.loads(json.dumps(dataclasses.asdict(spec))), seed=0,
-        corpus={"label": source, "documents": len(windows), "sha256": manifests.token_hash(windows), "provenance": "supplied"},
+        corpus={"label": source, "documents": len(windows), "sha256": token_sha256, "provenance": "supplied"},
         tokenizer=manifests.tokenizer_identity(tokenizer, prefix if starting == len(windows) else []),
         rows=[{"row_id": i, "offset": 0, "tokens": len(w)} for i, w in enumerate(windows)],
-        token_sha256=manifests.token_hash(windows), samples=len(windows), tokens=int(sum(len(w) for w in windows)), notes=notes)
+        token_sha256=token_sha256, samples=len(windows), tokens=int(sum(len(w) for w in windows)), notes=notes)
     return CalibrationSet(sequences=windows, provenance=provenance, spec=spec, asked=len(windows), pad_token_id=pad_id(tokenizer),
                           padding_side=tokenizer.padding_side, manifest=manifest, notes=notes,
                           corpus_lengths=np.array([len(w) for w in windows], dtype=np.int64))
