@@ -26,8 +26,7 @@ from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
-SCHEMES = ["W4 g128 RTN", "W4 g128 GPTQ", "W4 g128 GPTQ (llm-compressor)", "W4 g128 GPTQ (gptqmodel)",
-           "W4 g128 GPTQ (gptq-reference)"]
+SCHEMES = ["W4 g128 RTN", "W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (gptq-reference)"]
 
 
 def quantized_perplexity(loaded, plan, evaluation) -> float:
@@ -62,12 +61,12 @@ def main() -> None:
         rows.append({"scheme": name, "perplexity": quantized_perplexity(loaded, plan, evaluation),
                      "seconds": round(seconds, 1), "rtn_fallbacks": fallbacks})
         print(rows[-1], flush=True)
-    spec = PRESETS["W4 g128 GPTQ (llm-compressor)"]
+    spec = PRESETS["W4 g128 GPTQ"]
     for propagate in (False, True):
         started = time.perf_counter()
         plan, _ = gptq_block_by_block(loaded, calibration, spec, propagate=propagate)
         label = "sequential" if propagate else "one-pass"
-        rows.append({"scheme": f"W4 g128 GPTQ (llm-compressor), {label}, block by block",
+        rows.append({"scheme": f"W4 g128 GPTQ, {label}, block by block",
                      "perplexity": quantized_perplexity(loaded, plan, evaluation), "seconds": round(time.perf_counter() - started, 1)})
         print(rows[-1], flush=True)
     import pandas as pd
@@ -75,9 +74,9 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     by = dict(zip(frame["scheme"], frame["perplexity"]))
-    ratio = by["W4 g128 GPTQ (llm-compressor)"] / by["W4 g128 GPTQ"]
-    report("gptq_presets", "ppl_ratio_llmcompressor_preset_vs_calibscope_default", round(ratio, 4),
-           "measured, no goal (the peers' side-by-side run is bench/peers.py, not built yet)", True,
+    ratio = by["W4 g128 GPTQ"] / by["W4 g128 GPTQ (gptq-reference)"]
+    report("gptq_presets", "ppl_ratio_default_vs_gptq_reference", round(ratio, 4),
+           "measured, no goal (the peers themselves: bench/peers.py)", True,
            rows=rows, hessian_seconds=round(hessian_seconds, 1), calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
            evaluation="16 x 512, wikitext-2 test last 20%")
 

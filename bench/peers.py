@@ -1,33 +1,42 @@
-"""calibscope's GPTQ beside llm-compressor's, on the same windows, evaluated by one perplexity routine.
+"""calibscope's GPTQ beside llm-compressor's, GPTQModel's and optimum's, on the same windows,
+every result evaluated by one perplexity routine on the same held-out windows.
 
-What it installs, outside calibscope's environment: a virtual environment per peer under
-``$CALIBSCOPE_CACHE/peers/<tool>`` with ``torch==2.13.0`` (the CPU build where that is the local
-wheel) and the peer pinned (``llmcompressor==0.14.0.1``, which needs transformers <= 5.17: it can
-never share calibscope's environment). The peer gets the builtin Gemma as the plain checkpoint
-directory calibscope keeps in its weight cache (not the GGUF, which transformers 5.17 mis-loads)
-and calibscope's 32 x 512 windows as JSON lines (``input_ids``, ``attention_mask``), runs its GPTQ
-W4 g128 (``bench/peer_scripts/<tool>_gptq.py``) and writes its fake-quantized Linear weights; calibscope
-evaluates them with the same held-out windows and perplexity routine as its own presets.
+What it installs, outside calibscope's environment (``$CALIBSCOPE_CACHE/peers/<env>``, made once):
+- ``llmcompressor``: ``torch==2.13.0`` + ``llmcompressor==0.14.0.1`` (pins transformers <= 5.17, so it
+  can never share calibscope's environment);
+- ``gptqmodel``: ``torch==2.13.0`` + ``gptqmodel==7.3.6`` (the last release that accepts torch 2.13;
+  7.4+ want torch >= 2.14) + ``optimum`` (2.3: its GPTQQuantizer runs on GPTQModel) + ``requests``,
+  which GPTQModel imports without declaring. GPTQModel also imports torchvision (for InternVL's image
+  transforms); PyPI's torchvision needs CUDA's libtorch, so none is installed and the scripts stand
+  an empty module in for it.
+
+Each peer gets the builtin Gemma as the plain checkpoint directory calibscope keeps in its weight
+cache (not the GGUF, which transformers 5.17 mis-loads) and calibscope's 32 x 512 windows as
+calibscope exports them (``save_calibration_set``: jsonl for llm-compressor and GPTQModel, ``pt`` for
+optimum), runs its GPTQ W4 g128 with its own defaults (``bench/peer_scripts/<tool>_gptq.py``) and
+writes each quantized Linear's dequantized weight, which calibscope evaluates.
 
 Prints a table and ``{"bench": "peers_gptq", "metric": "ppl_ratio_calibscope_vs_llmcompressor", ...}``:
-calibscope's llm-compressor preset run sequentially (llm-compressor's pipeline is sequential) over
-llm-compressor's own result. GPTQModel and optimum are not run yet.
+calibscope's default GPTQ (llm-compressor's numerics) run sequentially, as llm-compressor's
+pipeline does, over llm-compressor's own result; and the Hessians + GPTQ wall-time ratio.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
-import datasets
+import pandas as pd
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from engine import ModelSpec, load_model
+from engine.export import ExportFormat, save_calibration_set
 from engine.models.builtin import cached_checkpoint
 from engine.models.weight_cache import cache_root
 from engine.quant import PRESETS
@@ -38,29 +47,40 @@ from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
 
-PEERS = {"llmcompressor": ["llmcompressor==0.14.0.1"]}
+ENVIRONMENTS = {"llmcompressor": ["llmcompressor==0.14.0.1"],
+                "gptqmodel": ["gptqmodel==7.3.6", "optimum==2.3.0", "requests"]}
+# tool -> (environment, script, export format it takes as it is)
+PEERS = {"llmcompressor": ("llmcompressor", "llmcompressor_gptq.py", "jsonl"),
+         "gptqmodel": ("gptqmodel", "gptqmodel_gptq.py", "jsonl"),
+         "optimum": ("gptqmodel", "optimum_gptq.py", "pt")}
 HERE = Path(__file__).resolve().parent
 
 
-def environment(tool: str) -> Path:
-    """The peer's own virtual environment, made once; returns its python."""
-    folder = cache_root() / "peers" / tool
+def environment(name: str) -> Path:
+    """A peer's own virtual environment, made once; returns its python."""
+    folder = cache_root() / "peers" / name
     python = folder / "bin" / "python"
     if not (folder / "ready").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS[tool]], check=True)
-        (folder / "ready").write_text("\n".join(PEERS[tool]))
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ENVIRONMENTS[name]], check=True)
+        (folder / "ready").write_text("\n".join(ENVIRONMENTS[name]))
     return python
 
 
-def peer_weights(tool: str, checkpoint: Path, calibration, work: Path) -> tuple[QuantizedModel, float]:
-    exported = work / "windows.jsonl"
-    datasets.Dataset.from_dict({"input_ids": [s.tolist() for s in calibration.sequences],
-                                "attention_mask": [[1] * len(s) for s in calibration.sequences]}).to_json(str(exported))
+def exported_windows(calibration, tokenizer, fmt: str, work: Path) -> Path:
+    """calibscope's own export of the windows, in the format the peer takes as it is."""
+    target = save_calibration_set(calibration, tokenizer, work / f"calibration-{fmt}", fmt=fmt, overwrite=True)
+    return target / ExportFormat(fmt).filename if fmt != "pt" else target
+
+
+def peer_weights(tool: str, checkpoint: Path, calibration, tokenizer, work: Path) -> tuple[QuantizedModel, float]:
+    env, script, fmt = PEERS[tool]
     out = work / f"{tool}.safetensors"
-    subprocess.run([str(environment(tool)), str(HERE / "peer_scripts" / f"{tool}_gptq.py"), str(checkpoint), str(exported), str(out)],
-                   check=True)
+    # GPTQModel sizes its CPU thread pools from the core count and refuses fewer than two workers
+    extra = {"GPTQMODEL_CPU_WORKERS": "2"} if env == "gptqmodel" else {}
+    subprocess.run([str(environment(env)), str(HERE / "peer_scripts" / script), str(checkpoint),
+                    str(exported_windows(calibration, tokenizer, fmt, work)), str(out)], check=True, env={**os.environ, **extra})
     plan = QuantizedModel()
     plan.weights.update(load_file(out))
     with safe_open(out, "pt") as opened:
@@ -75,25 +95,39 @@ def main() -> None:
     work = cache_root() / "bench" / "peers"
     work.mkdir(parents=True, exist_ok=True)
     rows = [{"tool": "float", "scheme": "-", "perplexity": perplexity(loaded, evaluation), "seconds": None}]
-    spec = PRESETS["W4 g128 GPTQ (llm-compressor)"]
+    spec = PRESETS["W4 g128 GPTQ"]
     started = time.perf_counter()
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
     plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, None, hessians, output_errors=False)
-    rows.append({"tool": "calibscope", "scheme": "llm-compressor preset, one pass", "seconds": round(time.perf_counter() - started, 1),
-                 "perplexity": quantized_perplexity(loaded, plan, evaluation)})
-    started = time.perf_counter()
-    plan, _ = gptq_block_by_block(loaded, calibration, spec, propagate=True)
-    rows.append({"tool": "calibscope", "scheme": "llm-compressor preset, sequential", "seconds": round(time.perf_counter() - started, 1),
-                 "perplexity": quantized_perplexity(loaded, plan, evaluation)})
-    plan, seconds = peer_weights("llmcompressor", checkpoint, calibration, work)
-    rows.append({"tool": "llm-compressor 0.14.0.1", "scheme": "GPTQModifier W4A16 (sequential)", "seconds": round(seconds, 1),
-                 "perplexity": quantized_perplexity(loaded, plan, evaluation)})
-    for row in rows:
-        print(row)
-    ratio = rows[2]["perplexity"] / rows[3]["perplexity"]
-    report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4), "<= 1.00 (llm-compressor preset, sequential)",
+    rows.append({"tool": "calibscope", "scheme": "W4 g128 GPTQ (default = llm-compressor's), one pass",
+                 "seconds": round(time.perf_counter() - started, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+    for scheme in ("W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (optimum)"):
+        started = time.perf_counter()
+        plan, _ = gptq_block_by_block(loaded, calibration, PRESETS[scheme], propagate=True)
+        rows.append({"tool": "calibscope", "scheme": f"{scheme}, sequential", "seconds": round(time.perf_counter() - started, 1),
+                     "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+        print(rows[-1], flush=True)
+    for tool, label in (("llmcompressor", "llm-compressor 0.14.0.1: GPTQModifier W4A16"),
+                        ("gptqmodel", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
+                        ("optimum", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)")):
+        plan, seconds = peer_weights(tool, checkpoint, calibration, loaded.tokenizer, work)
+        rows.append({"tool": tool, "scheme": label, "seconds": round(seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+        print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(index=False))
+    ppl = dict(zip(frame["scheme"], frame["perplexity"]))
+    seconds = dict(zip(frame["scheme"], frame["seconds"]))
+    ours, theirs = "W4 g128 GPTQ, sequential", "llm-compressor 0.14.0.1: GPTQModifier W4A16"
+    ratio = ppl[ours] / ppl[theirs]
+    report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4), "<= 1.00 (default = llm-compressor preset, sequential)",
            ratio <= 1.0, rows=rows, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
            evaluation="16 x 512, wikitext-2 test last 20%")
+    wall = seconds[ours] / seconds[theirs]
+    report("peers_gptq", "seconds_ratio_calibscope_vs_llmcompressor", round(wall, 3), "<= 0.6 (Hessians + GPTQ, sequential)", wall <= 0.6)
+    for scheme, peer in (("W4 g128 GPTQ (gptqmodel), sequential", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
+                         ("W4 g128 GPTQ (optimum), sequential", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)")):
+        report("peers_gptq", f"ppl_ratio_{scheme.split('(')[1].split(')')[0]}_preset_vs_tool", round(ppl[scheme] / ppl[peer], 4),
+               "measured, no goal", True)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Writers and readers for calibration artifacts: atomic, and never overwriting unless asked.
 
-A calibration set is exported as a directory holding the samples in one of three formats and the
+A calibration set is exported as a directory holding the samples in one of four formats and the
 manifest::
 
     <target>/dataset/             (format "disk": datasets.save_to_disk)
     <target>/calibration.parquet  (format "parquet")
     <target>/calibration.jsonl    (format "jsonl")
+    <target>/calibration.pt       (format "pt": torch.save of a list of dicts of [1, n] tensors)
     <target>/manifest.json
 
 Each sample row has input_ids and attention_mask (unpadded: what a quantizer tokenizing for itself
 would produce), the decoded text, and where it came from (row_id, source, token_offset, bucket).
+llm-compressor and GPTQModel take the first three as they are. The ``pt`` file is the tokenized form
+optimum's ``GPTQQuantizer(dataset=torch.load(...))`` takes as it is: its collate reads each sample's
+shape as (batch, length), so 1-D ids are refused there; it holds only the ids and masks (the
+provenance is in the manifest).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 import datasets
+import torch
 
 from engine.atomic import staged_directory
 from engine.errors import ExportError, SpecError
@@ -30,11 +36,12 @@ class ExportFormat(str, Enum):
     DISK = "disk"
     PARQUET = "parquet"
     JSONL = "jsonl"
+    PT = "pt"
 
     @property
     def filename(self) -> str:
         return {ExportFormat.DISK: "dataset", ExportFormat.PARQUET: "calibration.parquet",
-                ExportFormat.JSONL: "calibration.jsonl"}[self]
+                ExportFormat.JSONL: "calibration.jsonl", ExportFormat.PT: "calibration.pt"}[self]
 
 
 MANIFEST = "manifest.json"
@@ -62,12 +69,24 @@ def calibration_dataset(calibration: CalibrationSet, tokenizer) -> datasets.Data
     )
 
 
+def optimum_samples(dataset: datasets.Dataset) -> list[dict[str, torch.Tensor]]:
+    """One {"input_ids", "attention_mask"} pair of [1, n] int64 tensors per sample (optimum's tokenized form)."""
+    return [{"input_ids": torch.tensor([ids], dtype=torch.long), "attention_mask": torch.tensor([mask], dtype=torch.long)}
+            for ids, mask in zip(dataset["input_ids"], dataset["attention_mask"])]
+
+
+def _read_optimum_samples(path: str) -> datasets.Dataset:
+    samples = torch.load(path, weights_only=True)
+    return datasets.Dataset.from_dict({key: [s[key][0].tolist() for s in samples] for key in ("input_ids", "attention_mask")})
+
+
 def _write_samples(dataset: datasets.Dataset, folder: Path, fmt: ExportFormat) -> None:
     path = str(folder / fmt.filename)
     writers = {
         ExportFormat.DISK: lambda: dataset.save_to_disk(path),
         ExportFormat.PARQUET: lambda: dataset.to_parquet(path),
         ExportFormat.JSONL: lambda: dataset.to_json(path, lines=True, force_ascii=False),
+        ExportFormat.PT: lambda: torch.save(optimum_samples(dataset), path),
     }
     writers[fmt]()
 
@@ -103,6 +122,7 @@ def load_calibration_export(folder: str | Path) -> tuple[datasets.Dataset, Manif
         ExportFormat.DISK: datasets.load_from_disk,
         ExportFormat.PARQUET: datasets.Dataset.from_parquet,
         ExportFormat.JSONL: datasets.Dataset.from_json,
+        ExportFormat.PT: _read_optimum_samples,
     }
     for fmt, read in readers.items():
         if (folder / fmt.filename).exists():

@@ -1,6 +1,7 @@
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from engine.errors import ExportError
 from engine.export import ExportFormat, load_calibration_export, save_calibration_set
@@ -22,9 +23,22 @@ def test_export_round_trip_each_format(tmp_path, tiny_llama, calibration, fmt):
     assert len(dataset) == len(calibration)
     for row, sequence, provenance in zip(dataset, calibration.sequences, calibration.provenance):
         assert row["input_ids"] == sequence.tolist() and row["attention_mask"] == [1] * len(sequence)
+        if fmt == ExportFormat.PT:
+            continue  # ids and masks only: the provenance is in the manifest
         assert (row["row_id"], row["source"], row["bucket"]) == (provenance.row_id, provenance.source, provenance.bucket)
         assert row["text"].startswith("abc")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_pt_export_is_optimums_tokenized_form(tmp_path, tiny_llama, calibration):
+    """optimum's collate unpacks each sample's shape as (batch, length) and concatenates on dim 0."""
+    target = save_calibration_set(calibration, tiny_llama.tokenizer, tmp_path / "calib", fmt="pt")
+    samples = torch.load(target / "calibration.pt", weights_only=True)
+    assert isinstance(samples, list) and len(samples) == len(calibration)
+    for sample, sequence in zip(samples, calibration.sequences):
+        assert set(sample) == {"input_ids", "attention_mask"}
+        assert sample["input_ids"].dtype == torch.long and sample["input_ids"].shape == (1, len(sequence))
+        assert sample["input_ids"][0].tolist() == sequence.tolist() and bool(sample["attention_mask"].all())
 
 
 def test_disk_export_loads_with_datasets(tmp_path, tiny_llama, calibration):

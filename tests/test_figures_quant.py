@@ -79,7 +79,7 @@ def test_comparison_bars_group_strategies_with_error_bars():
 
 def test_runs_on_different_texts_are_told_apart_and_long_names_wrap():
     layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"]})
-    spec = QuantSpec(WeightSpec("gptq", 4, 128, act_order="static"))
+    spec = QuantSpec(WeightSpec("gptq", 4, 128, act_order="dynamic"))
     runs = [QuantReport(spec, 20.0, 25.0, layers, {"evaluation": "docs", "evaluation_tokens": 2040}),
             QuantReport(spec, 40.0, 45.0, layers, {"evaluation": "wiki", "evaluation_tokens": 1020})]
     fig = perplexity_runs(runs)

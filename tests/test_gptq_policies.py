@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.quant import PRESETS
-from engine.quant.gptq import gptq
+from engine.quant.gptq import gptq, group_aware_order
 from engine.quant.plan import quantize_groups
 from engine.quant.rtn import rtn
 from engine.quant.specs import PEER_GPTQ, ActOrder, CholeskyFailure, WeightSpec
@@ -39,11 +39,12 @@ def test_the_raise_policy_names_the_layer_and_what_to_do():
 
 
 def test_peer_presets_carry_each_tools_defaults():
-    assert PEER_GPTQ["llm-compressor"].act_order is ActOrder.STATIC and PEER_GPTQ["llm-compressor"].on_failure is CholeskyFailure.RTN
-    assert PEER_GPTQ["gptqmodel"].damping == 0.05 and PEER_GPTQ["gptqmodel"].act_order is ActOrder.NONE
+    default = PRESETS["W4 g128 GPTQ"].weights  # calibscope's default is llm-compressor's GPTQModifier W4A16
+    assert (default.act_order, default.on_failure, default.damping, default.block_size) == (ActOrder.STATIC, CholeskyFailure.RTN, 0.01, 128)
+    assert PEER_GPTQ["gptqmodel"].damping == 0.05 and PEER_GPTQ["gptqmodel"].act_order is ActOrder.GROUP_AWARE
     assert PEER_GPTQ["gptqmodel"].on_failure is CholeskyFailure.STEPWISE
     assert PEER_GPTQ["gptq-reference"].on_failure is CholeskyFailure.RAISE
-    assert PRESETS["W4 g128 GPTQ (llm-compressor)"].weights == PEER_GPTQ["llm-compressor"]
+    assert PRESETS["W4 g128 GPTQ (gptq-reference)"].weights.act_order is ActOrder.NONE
     with pytest.raises(Exception, match="damping_step"):
         WeightSpec("gptq", damping_step=0)
 
@@ -53,4 +54,30 @@ def test_the_quantize_tab_keeps_a_presets_damping_and_policy():
 
     chosen = QuantizeForm(preset="W4 g128 GPTQ (gptqmodel)").spec().weights
     assert chosen.damping == 0.05 and chosen.on_failure is CholeskyFailure.STEPWISE
-    assert QuantizeForm(preset="Custom", act_order="static").spec().weights.on_failure is CholeskyFailure.TENFOLD
+    assert QuantizeForm(preset="Custom", act_order="none").spec().weights.on_failure is CholeskyFailure.RTN  # the default's
+
+
+def gar_reference(diagonal: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A loop transcription of GPTQModel's gar_ref.py: per-group descending order, groups by their
+    maximum H_ii (descending), composed; the columns of a partial last group appended in order."""
+    groups = diagonal.numel() // group_size
+    local = [torch.argsort(diagonal[g * group_size:(g + 1) * group_size], descending=True) for g in range(groups)]
+    scores = torch.stack([diagonal[g * group_size:(g + 1) * group_size].max() for g in range(groups)])
+    order = [int(g * group_size + i) for g in torch.argsort(scores, descending=True, stable=True).tolist() for i in local[g]]
+    return torch.tensor(order + list(range(groups * group_size, diagonal.numel())))
+
+
+@pytest.mark.parametrize("columns", [64, 72])
+def test_group_aware_order_is_gptqmodels_and_equals_plain_gptq_on_the_permuted_layer(columns):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(400, columns, generator=generator) * torch.rand(columns, generator=generator) * 3
+    hessian, weight = 2 * x.T @ x / 400, torch.randn(24, columns, generator=generator)
+    order = group_aware_order(hessian.diagonal()[None], 16)[0]
+    assert torch.equal(order, gar_reference(hessian.diagonal(), 16))
+    # the groups stay whole and aligned in that order, so GAR is in-order GPTQ on the permuted layer
+    grouped = gptq(weight, hessian, 4, 16, block_size=32, act_order=ActOrder.GROUP_AWARE)
+    permuted = gptq(weight[:, order], hessian[order][:, order], 4, 16, block_size=32, act_order=ActOrder.NONE)
+    torch.testing.assert_close(grouped.weight, permuted.weight[:, torch.argsort(order)])
+    assert grouped.group_index is None  # nothing to reorder at inference
+    plain = gptq(weight, hessian, 4, 16, block_size=32, act_order=ActOrder.NONE)
+    assert not torch.equal(grouped.weight, plain.weight)

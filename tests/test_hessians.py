@@ -52,6 +52,11 @@ def test_collected_hessians_match_the_reference_without_padding(tiny_llama, cali
     torch.testing.assert_close(report.hessian(layer), reference, rtol=1e-5, atol=1e-6 * scale)
     row = report.diagnostics.set_index("layer").loc[layer]
     assert row["tokens"] == tokens == int(calibration.lengths.sum())
+    # the recorded normalisation converts to llm-compressor's per-sequence 2/n_samples XᵀX
+    assert report.meta["normalisation"]["per"] == "token" and report.meta["tokens"] == tokens
+    per_sequence = reference * tokens / len(calibration)
+    torch.testing.assert_close(report.hessian(layer) * report.meta["tokens"] / report.meta["samples"], per_sequence,
+                               rtol=1e-5, atol=1e-6 * scale * tokens / len(calibration))
 
 
 def test_sharing_equals_per_module_accumulation_and_saves_memory(tiny_llama, calibration):

@@ -6,6 +6,7 @@ from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexit
 from engine.quant.plan import plan_quantization
 from engine.quant.rtn import rtn
 from engine.quant.specs import (
+    DEFAULT_ACT_ORDER,
     PRESETS,
     ActivationSpec,
     ActOrder,
@@ -16,6 +17,6 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "QuantReport", "QuantSpec",
+__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "QuantReport", "QuantSpec",
            "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
            "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]

@@ -9,7 +9,9 @@ already-updated weights when a group starts; optional activation order (columns 
 H_ii): ``ActOrder.DYNAMIC`` forms groups in that order (the reference's act-order; inference needs
 the permutation, llm-compressor's ``g_idx``), ``ActOrder.STATIC`` fixes each group's grid from the
 original weight in the original column order first (llm-compressor's "weight" ordering: nothing to
-reorder at inference).
+reorder at inference), ``ActOrder.GROUP_AWARE`` keeps the original groups whole and contiguous in
+the processing order (GPTQModel's act_group_aware), so the grid found when a group starts is that
+original group's.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     hessian.diagonal(dim1=-2, dim2=-1).masked_fill_(dead, 1)
     weight.masked_fill_(dead[:, None, :], 0)
     static = _static_group_grids(weight, bits, group_size, symmetric) if act_order is ActOrder.STATIC and group_size else None
-    order = torch.argsort(hessian.diagonal(dim1=-2, dim2=-1), dim=-1, descending=True) if act_order is not ActOrder.NONE else None
+    order = _column_order(hessian.diagonal(dim1=-2, dim2=-1), act_order, group_size)
     if order is not None:
         weight = weight.gather(2, order[:, None, :].expand_as(weight))
         hessian = hessian.gather(1, order[:, :, None].expand_as(hessian)).gather(2, order[:, None, :].expand_as(hessian))
@@ -175,6 +177,28 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
             results[b] = GptqResult(rtn(original[b].float(), bits, group_size, symmetric), torch.full_like(row_losses[b], float("nan")),
                                     None)
     return results
+
+
+def _column_order(diagonal: torch.Tensor, act_order: ActOrder, group_size: int) -> torch.Tensor | None:
+    """The processing order of each layer's columns ([B, in] -> [B, in]; None: their own order)."""
+    if act_order is ActOrder.NONE:
+        return None
+    if act_order is not ActOrder.GROUP_AWARE:
+        return torch.argsort(diagonal, dim=-1, descending=True)
+    return group_aware_order(diagonal, group_size or diagonal.shape[-1])
+
+
+def group_aware_order(diagonal: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GPTQModel's GAR permutation: within each whole group, columns by decreasing H_ii; groups by
+    decreasing maximum H_ii (stable); a trailing partial group last, in its own order."""
+    layers, columns = diagonal.shape
+    whole = columns // group_size * group_size
+    values, local = diagonal[:, :whole].reshape(layers, -1, group_size).sort(dim=-1, descending=True)
+    ranked = torch.argsort(values[..., 0], dim=-1, descending=True, stable=True)  # [B, groups]
+    local = local + torch.arange(0, whole, group_size, device=diagonal.device)[None, :, None]
+    grouped = local.gather(1, ranked[..., None].expand_as(local)).reshape(layers, whole)
+    tail = torch.arange(whole, columns, device=diagonal.device).expand(layers, -1)
+    return torch.cat([grouped, tail], dim=-1)
 
 
 def _column_grid(columns_first: torch.Tensor, bits: int, symmetric: bool) -> Grid:

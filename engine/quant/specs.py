@@ -21,11 +21,15 @@ class ActOrder(str, Enum):
     """GPTQ's column order. none: the weight's own order. static (llm-compressor "weight"): group
     grids fixed in the original column order, columns quantized by decreasing Hessian diagonal;
     nothing to reorder at inference. dynamic (llm-compressor "group", the reference's act-order):
-    groups formed in the permuted order, so inference needs the permutation (``g_idx``)."""
+    groups formed in the permuted order, so inference needs the permutation (``g_idx``).
+    group-aware (GPTQModel's act_group_aware, its default): the original groups kept whole, taken
+    by decreasing maximum H_ii, columns within each by decreasing H_ii, each group's grid found when
+    it starts; nothing to reorder at inference."""
 
     NONE = "none"
     STATIC = "static"
     DYNAMIC = "dynamic"
+    GROUP_AWARE = "group-aware"
 
 
 class CholeskyFailure(str, Enum):
@@ -55,6 +59,9 @@ class Granularity(str, Enum):
     CHANNEL = "channel"
 
 
+DEFAULT_ACT_ORDER = ActOrder.STATIC
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """Weights: round-to-nearest or GPTQ on a uniform grid of ``bits``.
@@ -63,7 +70,9 @@ class WeightSpec:
     channel). GPTQ: ``block_size`` columns are processed at once; ``damping`` is the fraction of the
     mean Hessian diagonal added to it (``on_failure`` says what happens when a Cholesky still fails,
     ``damping_step`` is the stepwise policy's increment); ``act_order`` orders the columns (see
-    ActOrder; True and False are read as dynamic and none)."""
+    ActOrder; True and False are read as dynamic and none). The defaults are llm-compressor's
+    GPTQModifier (W4A16: act order static, damping 0.01, block 128, RTN where Cholesky fails), the
+    GPTQ most users ship; PEER_GPTQ has GPTQModel's and the reference's."""
 
     method: WeightMethod = WeightMethod.RTN
     bits: int = 4
@@ -71,8 +80,8 @@ class WeightSpec:
     symmetric: bool = True
     block_size: int = 128
     damping: float = 0.01
-    act_order: ActOrder = ActOrder.NONE
-    on_failure: CholeskyFailure = CholeskyFailure.TENFOLD
+    act_order: ActOrder = DEFAULT_ACT_ORDER
+    on_failure: CholeskyFailure = CholeskyFailure.RTN
     damping_step: float = 0.01
 
     def __post_init__(self) -> None:
@@ -102,7 +111,7 @@ class WeightSpec:
         if not self.enabled:
             return "float weights"
         group = f"g{self.group_size}" if self.group_size else "per-channel"
-        order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not ActOrder.NONE else ""
+        order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not DEFAULT_ACT_ORDER else ""
         return f"W{self.bits} {group} {self.method.value.upper()}{order}"
 
 
@@ -179,19 +188,21 @@ class QuantSpec:
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
-# The GPTQ W4 g128 each tool ships by default. Their Hessian scalings (llm-compressor: per
-# sequence; GPTQModel: per token; the reference: per sequence) give the same GPTQ: the result does
-# not depend on H's scale, and calibscope never counts padding.
+# The GPTQ W4 g128 each tool ships by default; llm-compressor's is calibscope's default ("W4 g128
+# GPTQ"). Their Hessian scalings (llm-compressor: per sequence; GPTQModel: per token; the reference:
+# per sequence) give the same GPTQ: the result does not depend on H's scale, and calibscope never
+# counts padding. Exported Hessians record theirs (hessian_report.NORMALISATION).
 PEER_GPTQ = {
-    "llm-compressor": WeightSpec(GPTQ, 4, 128, damping=0.01, block_size=128, act_order=ActOrder.STATIC,
-                                 on_failure=CholeskyFailure.RTN),
-    "gptqmodel": WeightSpec(GPTQ, 4, 128, damping=0.05, block_size=128, act_order=ActOrder.NONE,
+    "gptqmodel": WeightSpec(GPTQ, 4, 128, damping=0.05, block_size=128, act_order=ActOrder.GROUP_AWARE,
                             on_failure=CholeskyFailure.STEPWISE, damping_step=0.01),
+    # optimum's GPTQQuantizer runs GPTQModel's GPTQ with its own defaults: damp_percent 0.1
+    "optimum": WeightSpec(GPTQ, 4, 128, damping=0.1, block_size=128, act_order=ActOrder.GROUP_AWARE,
+                          on_failure=CholeskyFailure.STEPWISE, damping_step=0.01),
     "gptq-reference": WeightSpec(GPTQ, 4, 128, damping=0.01, block_size=128, act_order=ActOrder.NONE,
                                  on_failure=CholeskyFailure.RAISE),
 }
 PRESETS: dict[str, QuantSpec] = {
-    "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),
+    "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),  # llm-compressor's numerics
     **{f"W4 g128 GPTQ ({tool})": QuantSpec(spec) for tool, spec in PEER_GPTQ.items()},
     "W4 g128 RTN": QuantSpec(WeightSpec(RTN, 4, 128)),
     "W3 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 3, 128)),

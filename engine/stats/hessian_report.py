@@ -23,6 +23,14 @@ from engine.stats.specs import Diagnostics, HessianSpec, Precision, Storage
 
 TENSORS = "hessians.safetensors"
 SUMMARY = "hessians.json"
+# How the exported tensors are scaled and how to read them as each peer's accumulator would hold them.
+# GPTQ itself does not see the scale (damping is relative to the mean diagonal).
+NORMALISATION = {
+    "formula": "H = 2/N * sum over unpadded tokens of x x^T, N = the tokens counted (meta 'tokens')",
+    "per": "token",
+    "as_gptqmodel": "the same (GPTQModel normalises per token)",
+    "as_llmcompressor": "multiply by tokens / samples (llm-compressor and the GPTQ reference normalise per sequence)",
+}
 
 
 def spec_record(spec: HessianSpec) -> dict:
@@ -196,7 +204,7 @@ def _report(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec,
         "layers": len(layers), "distinct": len({shared.get(layer.name, layer.name) for layer in layers}),
         "memory_mb": round(finish.bytes / 2**20, 2),
         "memory_without_sharing_mb": round(hessian_megabytes(layers, spec.dtype), 2),
-        "kept": spec.keep, **extra,
+        "kept": spec.keep, "normalisation": NORMALISATION, **extra,
     }
     names = {layer.name for layer in layers}
     return HessianReport(finish.hessians, {k: v for k, v in shared.items() if k in names}, pd.DataFrame(rows),

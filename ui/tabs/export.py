@@ -28,7 +28,7 @@ from ui.widgets import status_block
 from ui.wiring import connect
 
 FORMAT_LABELS = {ExportFormat.DISK: "datasets folder (load_from_disk), zipped", ExportFormat.PARQUET: "parquet",
-                 ExportFormat.JSONL: "jsonl"}
+                 ExportFormat.JSONL: "jsonl", ExportFormat.PT: "torch list of [1, n] tensors (optimum's GPTQQuantizer)"}
 
 
 class Artifact(str, Enum):

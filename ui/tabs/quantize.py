@@ -14,6 +14,7 @@ from engine.figures.quant import has_sensitivity, perplexity_runs, sensitivity_d
 from engine.figures.stats import short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
+    DEFAULT_ACT_ORDER,
     PRESETS,
     ActivationSpec,
     ActOrder,
@@ -55,7 +56,7 @@ class QuantizeForm:
     method: str = WeightMethod.GPTQ.value
     bits: float = 4
     group: str = "128"
-    act_order: str = ActOrder.NONE.value
+    act_order: str = DEFAULT_ACT_ORDER.value
     act_bits: float = 0
     range_method: str = RangeMethod.MINMAX.value
     percentile: float = 99.99
@@ -158,14 +159,16 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
-                                 info="GPTQ needs Hessians; static activations need statistics")
+                                 info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's "
+                                      "and the GPTQ paper's. GPTQ needs Hessians, static activations statistics")
             with gr.Accordion("Scheme details", open=False):
                 method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
                 bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits")
                 group = gr.Dropdown(list(GROUPS), value="128", label="Group size (input columns per scale)")
                 act_order = gr.Radio(labels(ActOrder), value=default.weights.act_order.value, label="GPTQ activation order",
                                      info="static: group scales in the original order (llm-compressor 'weight'); "
-                                          "dynamic: groups in the permuted order (needs g_idx)")
+                                          "dynamic: groups in the permuted order (needs g_idx); group-aware: whole groups "
+                                          "by importance (GPTQModel)")
                 act_bits = gr.Radio([0, 8, 6, 4], value=0, label="Activation bits (0 = float)")
                 range_method = gr.Radio(labels(RangeMethod), value=RangeMethod.MINMAX.value, label="Activation range")
                 percentile = gr.Number(99.99, label="Percentile of |x| (range 'percentile')")

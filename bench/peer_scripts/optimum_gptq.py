@@ -1,0 +1,44 @@
+"""Run inside the GPTQModel environment, which also holds optimum (bench/peers.py creates it):
+optimum's GPTQQuantizer W4 g128 with its defaults on calibscope's ``pt`` export (a list of
+{"input_ids", "attention_mask"} 2-D tensors, the one tokenized form optimum takes as it is), writing
+each quantized Linear's dequantized weight for calibscope to evaluate.
+
+Usage: python optimum_gptq.py CHECKPOINT EXPORT_FOLDER OUT.safetensors
+"""
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import transformers  # noqa: F401  (first: it must see that torchvision is not installed; see gptqmodel_gptq.py)
+from safetensors.torch import save_file
+
+for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["torchvision.transforms.functional"].InterpolationMode = None
+
+from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module  # noqa: E402
+from optimum.gptq import GPTQQuantizer  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+checkpoint, export, out = sys.argv[1:4]
+samples = torch.load(Path(export) / "calibration.pt")
+model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+# Its defaults besides the scheme: damp_percent 0.1, desc_act False with act_group_aware, true_sequential,
+# block outputs cached (quantized outputs feed the next block); the math is GPTQModel's GPTQ class.
+quantizer = GPTQQuantizer(bits=4, group_size=128, dataset=samples, model_seqlen=max(s["input_ids"].shape[-1] for s in samples))
+started = time.perf_counter()
+model = quantizer.quantize_model(model, tokenizer=None)
+seconds = time.perf_counter() - started
+weights = {}
+for name, module in model.named_modules():
+    if hasattr(module, "dequantize_weight") and hasattr(module, "qweight"):
+        if module.qzero_format() == 1:
+            convert_gptq_v1_to_v2_format_module(module, bits=module.bits, pack_dtype=module.pack_dtype)
+        weight = module.dequantize_weight().float()
+        if weight.shape != (module.out_features, module.in_features):
+            weight = weight.T
+        weights[name] = weight.contiguous()
+save_file(weights, out, metadata={"seconds": f"{seconds:.2f}"})
+print(f"optimum GPTQ: {len(weights)} layers in {seconds:.1f} s")
