@@ -16,7 +16,7 @@ from torch import nn
 from engine.errors import CalibscopeError
 from engine.models.layers import LayerKind, LinearLayer, find_linear_layers
 
-Observer = Callable[..., None]  # (tensor) for inputs and outputs; (hidden_states, top_k_index) for ROUTED
+Observer = Callable[..., None]  # (tensor) for inputs and outputs; (hidden_states, top_k_index, top_k_weights) for ROUTED
 
 
 class Side(str, Enum):
@@ -72,11 +72,12 @@ def observing(points: Sequence[tuple[nn.Module, Side, Observer]]) -> Iterator[No
             handle.remove()
 
 
-def _routed(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden_states, top_k_index) of a call ``experts(hidden_states, top_k_index, top_k_weights)``."""
+def _routed(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden_states, top_k_index, top_k_weights) of a call ``experts(hidden_states, top_k_index, top_k_weights)``."""
     hidden = args[0] if args else kwargs["hidden_states"]
     routing = args[1] if len(args) > 1 else kwargs["top_k_index"]
-    return hidden, routing
+    weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+    return hidden, routing, weights
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

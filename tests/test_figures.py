@@ -175,3 +175,27 @@ def test_percent_log_axes_keep_their_digits():
     layout = log_axis(go.Figure(go.Scatter(x=[1, 2], y=[1e-5, 0.3])), percent=True).to_dict()["layout"]["yaxis"]
     assert layout["tickformat"] == ".2~p" and layout["dtick"] == 1  # 0.001% shows as 0.001%, not 0%
     assert "showticklabels" not in layout["minor"]  # minor ticks carry no labels to crowd the axis
+
+
+def test_expert_heatmap_marks_the_experts_under_the_threshold_and_draws_the_line():
+    from engine.figures.coverage import expert_token_heatmap
+
+    counts = np.array([[0, 5, 40, 100], [12, 9, 300, 1]])
+    fig = expert_token_heatmap(counts, ["block 0", "block 1"], threshold=10)
+    heat, marks, curve = fig.data
+    assert np.array_equal(np.asarray(heat.z), counts) and list(heat.y) == ["block 0", "block 1"]
+    assert sorted(zip(marks.y, marks.x)) == [("block 0", 0), ("block 0", 1), ("block 1", 1), ("block 1", 3)]
+    assert list(curve.customdata) == sorted(counts.ravel().tolist()) and curve.y[0] == 0.5  # 0 drawn at 0.5
+    assert [shape.y0 for shape in fig.layout.shapes] == [10]
+    assert "4 of 8 experts under 10 tokens, 1 with none" in fig.layout.title.text
+
+
+def test_outlier_coverage_stacks_reached_and_missed_channels_per_block():
+    from engine.figures.coverage import outlier_coverage
+
+    table = pd.DataFrame({"key": ["model.layers.0.a", "model.layers.0.b", "model.layers.1.a", "model.layers.1.mlp.experts"],
+                          "kind": ["channel", "channel", "channel", "expert"], "targets": [4, 2, 5, 8], "covered": [3, 2, 1, 8]})
+    fig = outlier_coverage(table, lambda key: int(key.split(".")[2]))
+    reached, missed = fig.data
+    assert list(reached.y) == [5, 1] and list(missed.y) == [1, 4] and list(reached.x) == ["0", "1"]
+    assert "6 of 11 (55%)" in fig.layout.title.text and fig.layout.barmode == "stack"

@@ -30,6 +30,7 @@ from engine.runner import Execution
 from engine.sampling import RandomSpec, build
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
+from tests.moe import routed_tokens, starved
 
 
 def test_accumulator_equals_the_float64_reference_and_merges():
@@ -281,19 +282,13 @@ def test_a_run_config_with_an_imatrix_section_writes_both_files(tmp_path, capsys
 # --- mixture of experts ---
 
 def routed_reference(loaded, calibration, experts_name: str, router_name: str, top_k: int):
-    """Per expert, from the router's own logits (top-k of x·Wᵀ, one sequence at a time: no padding):
-    token counts, Σx² of the routed tokens and Σh² of act(x·W_g)·(x·W_u), in float64."""
-    modules = dict(loaded.model.named_modules())
-    experts, router = modules[experts_name], modules[router_name]
-    seen = []
-    with observing([(experts, "input", lambda t: seen.append(t.reshape(-1, t.shape[-1]).double()))]), torch.no_grad():
-        for sequence in calibration.sequences:
-            loaded.model(input_ids=torch.from_numpy(sequence)[None])
-    x = torch.cat(seen)
-    chosen = torch.topk(x @ router.weight.double().T, top_k, dim=1).indices
-    count = torch.zeros(router.weight.shape[0], dtype=torch.int64)
-    inputs = torch.zeros(router.weight.shape[0], x.shape[1], dtype=torch.float64)
-    down = torch.zeros(router.weight.shape[0], experts.down_proj.shape[2], dtype=torch.float64)
+    """Per expert, from the router's own logits: token counts, Σx² of the routed tokens and Σh² of
+    act(x·W_g)·(x·W_u), in float64."""
+    experts = dict(loaded.model.named_modules())[experts_name]
+    x, chosen, _ = routed_tokens(loaded, calibration, experts_name, router_name, top_k)
+    count = torch.zeros(experts.gate_up_proj.shape[0], dtype=torch.int64)
+    inputs = torch.zeros(count.shape[0], x.shape[1], dtype=torch.float64)
+    down = torch.zeros(count.shape[0], experts.down_proj.shape[2], dtype=torch.float64)
     for token in range(x.shape[0]):
         for expert in chosen[token].tolist():
             count[expert] += 1
@@ -324,22 +319,8 @@ def test_experts_get_per_expert_sums_and_counts_equal_to_the_routers_choice(mode
 
 def test_an_expert_that_receives_no_token_is_reported_not_given_zeros(calibration, tmp_path):
     loaded = load_model(ModelSpec("tiny-random-qwen3-moe"))
-    experts = dict(loaded.model.named_modules())["model.layers.0.mlp.experts"]
-
-    def never_expert_3(_module, args, kwargs):  # route expert 3's tokens to the lowest expert not chosen
-        hidden, index, weights = args
-        index = index.clone()
-        for row in range(index.shape[0]):
-            if 3 in index[row].tolist():
-                free = min(set(range(3)) - set(index[row].tolist()))
-                index[row][index[row] == 3] = free
-        return (hidden, index, weights), kwargs
-
-    handle = experts.register_forward_pre_hook(never_expert_3, with_kwargs=True)
-    try:
+    with starved(dict(loaded.model.named_modules())["model.layers.0.mlp.experts"]):
         imatrix = collect_imatrix(loaded, calibration)
-    finally:
-        handle.remove()
     assert imatrix.unused_experts() == {f"blk.0.ffn_{kind}_exps.weight": [3] for kind in ("down", "gate", "up")}
     entry = imatrix.entries["blk.0.ffn_down_exps.weight"]
     assert entry.counts[3] == 0 and np.isnan(entry.importance()[3]).all() and np.isfinite(entry.importance()[:3]).all()

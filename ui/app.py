@@ -9,6 +9,7 @@ from ui.state import Session
 from ui.tabs import (
     activations,
     compare,
+    coverage,
     dataset,
     export,
     hessians,
@@ -21,7 +22,7 @@ from ui.theme import CSS, theme
 
 # The flow of a session, left to right: each tab uses what the ones before it built.
 TABS = [("Model & Data", "model-data", model_data), ("Dataset", "dataset", dataset),
-        ("Activation ranges", "activations", activations), ("Hessians", "hessians", hessians),
+        ("Activation ranges", "activations", activations), ("Coverage", "coverage", coverage), ("Hessians", "hessians", hessians),
         ("Sensitivity", "sensitivity", sensitivity), ("Quantize", "quantize", quantize), ("Compare", "compare", compare),
         ("Imatrix", "imatrix", imatrix), ("Export", "export", export)]
 TITLE = "calibscope"

@@ -30,7 +30,7 @@ from engine.stats.hessian_report import collect_hessians
 
 # Windows and packed blocks are recipes for a length, not selections among documents.
 COMPARED = (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.ACTIVATION_CLUSTERS,
-            Strategy.SELF_GENERATED)
+            Strategy.COVERAGE, Strategy.SELF_GENERATED)
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ CANDIDATES_PER_SAMPLE, MIN_CANDIDATES = 16, 128
 
 def candidates(strategy: str, samples: int) -> dict:
     """Cluster selection embeds its candidates (a sentence encoder's or the model's forward per
-    document): in a comparison, 16 per sample (at least 128) keep each cell to seconds on a CPU."""
-    if "candidates" not in entry(strategy).spec_type.field_names():
+    document): in a comparison, 16 per sample (at least 128) keep each cell to seconds on a CPU.
+    Coverage keeps its own pool (256, or the samples if more): one scoring pass per seed, shared by
+    every sample count (the pool depends on the seed only)."""
+    if "embed_tokens" not in entry(strategy).spec_type.field_names():  # not a cluster strategy
         return {}
     return {"candidates": max(CANDIDATES_PER_SAMPLE * samples, MIN_CANDIDATES), "embed_tokens": 128}
 

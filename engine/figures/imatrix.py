@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.figures.coverage import expert_token_heatmap
 from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
 from engine.imatrix.matrix import Imatrix, tensor_order
 
@@ -91,23 +92,15 @@ def top_channels(imatrix: Imatrix, tensor: str, top: int = 10) -> pd.DataFrame:
 
 def expert_counts(imatrix: Imatrix, threshold: int) -> go.Figure | None:
     """MoE: tokens routed to each expert per block (one tensor per block: the experts' first), with
-    experts under ``threshold`` tokens outlined; None for a dense model."""
+    experts under ``threshold`` tokens marked; None for a dense model."""
     moe = [n for n in imatrix.names() if imatrix.entries[n].experts > 1]
     per_block = {}
     for name in moe:
         per_block.setdefault(_block_and_kind(name)[0], name)
     if not per_block:
         return None
-    names = list(per_block.values())
-    counts = np.array([imatrix.entries[n].counts for n in names], dtype=float)
-    under = np.argwhere(counts < threshold)
-    fig = go.Figure(go.Heatmap(z=counts, y=[f"blk.{b}" for b in per_block], colorscale="Blues",
-                               colorbar={"title": "tokens"}, hovertemplate="%{y}, expert %{x}: %{z:,.0f} tokens<extra></extra>"))
-    fig.add_trace(go.Scatter(x=under[:, 1], y=[f"blk.{list(per_block)[i]}" for i in under[:, 0]], mode="markers",
-                             name=f"fewer than {threshold:,} tokens", marker={"symbol": "x", "color": "#ef4444", "size": 9}))
-    styled(fig, f"Tokens per expert: {len(under):,} of {counts.size:,} experts under {threshold:,} tokens", "expert", "block")
-    fig.update_yaxes(autorange="reversed")
-    return fig
+    counts = np.array([imatrix.entries[n].counts for n in per_block.values()], dtype=float)
+    return expert_token_heatmap(counts, [f"blk.{b}" for b in per_block], threshold)
 
 
 def comparison_figure(table: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:

@@ -117,7 +117,7 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
     model, device = loaded.model, loaded.device
     blocks, prefix = decoder_blocks(model), block_prefix(model)
     grouped = layers_by_block(request.layers, prefix)
-    last = max(grouped)
+    last = max([*grouped, *(block_of(layer.name) for layer in request.experts)])  # the last block anything is observed in
     results, shared = {}, {}
     source = loaded.weight_source
     with loaded.lock, torch.inference_mode():

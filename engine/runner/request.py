@@ -11,7 +11,8 @@ from engine.models import ExpertsLayer, LinearLayer
 from engine.runner.plan import Execution, MemoryPlan
 
 Factory = Callable[[int, torch.device], object]  # (channels, device) -> accumulator with update(x, tokens)
-ExpertsFactory = Callable[[ExpertsLayer, torch.device], object]  # -> accumulator with update(hidden, routing)
+# -> accumulator with update(hidden [T, H], routing [T, k], routing weights [T, k], tokens: TokenIndex)
+ExpertsFactory = Callable[[ExpertsLayer, torch.device], object]
 
 
 @dataclass

@@ -115,14 +115,16 @@ class Router:
         """The (module, side, observer) points that route ``layers``' tensors (and ``experts``'
         routed inputs) here."""
         return [(layer.module, side, self.observer(layer, side)) for layer in layers for side in sides] + \
-            [(layer.module, Side.ROUTED, lambda hidden, routing, layer=layer: self.route(layer, hidden, routing))
+            [(layer.module, Side.ROUTED, lambda hidden, routing, weights, layer=layer: self.route(layer, hidden, routing, weights))
              for layer in experts]
 
-    def route(self, layer: ExpertsLayer, hidden: torch.Tensor, routing: torch.Tensor) -> None:
-        """An experts module's real tokens [tokens, hidden] and their experts [tokens, top-k] to its accumulator."""
-        flat, index = hidden.reshape(-1, hidden.shape[-1]), routing.reshape(-1, routing.shape[-1])
+    def route(self, layer: ExpertsLayer, hidden: torch.Tensor, routing: torch.Tensor, weights: torch.Tensor) -> None:
+        """An experts module's real tokens [tokens, hidden], their experts and routing weights
+        [tokens, top-k] and whose tokens they are, to its accumulator."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        index, weights = routing.reshape(-1, routing.shape[-1]), weights.reshape(-1, weights.shape[-1])
         if self.tokens.keep is not None:
-            flat, index = flat.index_select(0, self.tokens.keep), index.index_select(0, self.tokens.keep)
+            flat, index, weights = (t.index_select(0, self.tokens.keep) for t in (flat, index, weights))
         if layer.name not in self.accumulators:
             self.accumulators[layer.name] = self.experts_factory(layer, flat.device)
-        self.accumulators[layer.name].update(flat, index)
+        self.accumulators[layer.name].update(flat, index, weights, self.tokens.index)

@@ -27,8 +27,8 @@ def whole_model_pass(loaded: LoadedModel, calibration: CalibrationSet, request: 
     [tokens, channels]) to an accumulator; then finish every block in order (``after_block``)."""
     layers, sides = request.layers, request.sides
     head = next((layer.module for layer in layers if layer.is_head), None)
-    last = tap_key(layers[-1].name, sides[-1])
-    stop = last if head is None and not request.experts else ""  # experts may follow the last layer
+    # the forward stops after the last observed layer, unless experts (which may follow it) are observed too
+    stop = tap_key(layers[-1].name, sides[-1]) if layers and head is None and not request.experts else ""
     router = Router(request.factory, stop_after=stop, share_inputs=request.share_inputs, experts_factory=request.experts_factory)
     device = model_device(loaded.model)
     with loaded.lock, observing(router.points(layers, sides, request.experts)), torch.inference_mode():

@@ -28,6 +28,7 @@ from engine.sampling.registry import (
 from engine.sampling.specs import (
     ActivationClustersSpec,
     Allocation,
+    CoverageSpec,
     EmbeddingClustersSpec,
     GptqWindowsSpec,
     LengthStratifiedSpec,
@@ -132,7 +133,7 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 
 __all__ = [
-    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "EmbeddingClustersSpec", "GptqWindowsSpec",
+    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "CoverageSpec", "EmbeddingClustersSpec", "GptqWindowsSpec",
     "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "Recipe", "SamplingSpec", "SelfGeneratedSpec",
     "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
     "spec_from_params",

@@ -18,7 +18,8 @@ from engine.sampling.specs import (
 from engine.sampling.tokens import encode, pad_id
 
 
-def _candidates(context: SamplingContext, spec: ClusterSpec, rng: np.random.Generator) -> np.ndarray:
+def candidate_documents(context: SamplingContext, spec, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``spec.candidates`` documents of at least ``spec.min_tokens`` tokens, in a seeded random order."""
     eligible = np.flatnonzero(context.lengths + len(context.prefix) >= spec.min_tokens)
     if len(eligible) < spec.nsamples:
         raise SamplingError(f"The corpus has {len(eligible):,} documents of at least {spec.min_tokens} tokens, fewer than the "
@@ -28,7 +29,7 @@ def _candidates(context: SamplingContext, spec: ClusterSpec, rng: np.random.Gene
 
 def _cluster_draft(context: SamplingContext, spec: ClusterSpec, rng: np.random.Generator,
                    embed: Callable[[np.ndarray, list[np.ndarray]], np.ndarray], space: str) -> Draft:
-    documents = _candidates(context, spec, rng)
+    documents = candidate_documents(context, spec, rng)
     encoded = encode(context.tokenizer, [context.texts[i] for i in documents])
     embeddings = embed(documents, encoded)
     chosen, labels = cluster_select(embeddings, spec.k, spec.nsamples, spec.seed)

@@ -14,6 +14,7 @@ from engine.errors import SpecError
 from engine.sampling import specs
 from engine.sampling.cluster_selection import activation_clusters, embedding_clusters
 from engine.sampling.context import Draft, SamplingContext
+from engine.sampling.coverage_selection import coverage
 from engine.sampling.gptq_windows import gptq_windows
 from engine.sampling.length_stratified import length_stratified
 from engine.sampling.llama_chunks import llama_chunks
@@ -70,6 +71,10 @@ REGISTRY: dict[Strategy, StrategyEntry] = {entry.strategy: entry for entry in (
     StrategyEntry(Strategy.LLAMA_CHUNKS, specs.LlamaChunksSpec, llama_chunks,
                   "llama.cpp's chunks (llama-imatrix, llama-perplexity): the corpus joined, cut into consecutive "
                   "chunks of exactly the length, each starting with BOS; the first ones, in order.", exact_length=True),
+    StrategyEntry(Strategy.COVERAGE, specs.CoverageSpec, coverage,
+                  "Greedy set cover of the outlier channels (and MoE experts) of 256 candidates, scored by the model "
+                  "in one pass: samples that together excite every channel with outliers.", options=("min_tokens",),
+                  needs_model=True),
     StrategyEntry(Strategy.SUPPLIED, specs.SuppliedSpec, not_built,
                   "Token windows made elsewhere, loaded as they are (engine.sampling.supplied).", from_corpus=False),
 )}

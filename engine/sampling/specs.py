@@ -34,6 +34,7 @@ class Strategy(str, Enum):
     ACTIVATION_CLUSTERS = "activation-clusters"
     SELF_GENERATED = "self-generated"
     LLAMA_CHUNKS = "llama-chunks"
+    COVERAGE = "coverage"
     SUPPLIED = "supplied"
 
 
@@ -279,6 +280,29 @@ class ActivationClustersSpec(ClusterSpec):
     embed_tokens: int = 128
     layer: int = -1
     strategy = Strategy.ACTIVATION_CLUSTERS
+
+
+@dataclass(frozen=True)
+class CoverageSpec(SamplingSpec):
+    """Greedy weighted set cover of the outlier channels (and experts) of ``candidates`` documents
+    scored by the target model: a channel is an outlier when its max |x| over the candidates exceeds
+    ``outlier_ratio`` times its input's median channel max; a document covers it when its own max
+    reaches ``fraction`` of that. Documents are truncated to ``length``."""
+
+    length: int = 512
+    min_tokens: int = 16
+    candidates: int = 256
+    fraction: float = 0.9
+    outlier_ratio: float = 6.0
+    strategy = Strategy.COVERAGE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("candidates", self.candidates)
+        if self.candidates < self.nsamples:
+            raise SpecError(f"candidates={self.candidates} must be at least nsamples={self.nsamples}.")
+        if not 0 < self.fraction <= 1 or self.outlier_ratio <= 1:
+            raise SpecError(f"fraction={self.fraction} must be in (0, 1] and outlier_ratio={self.outlier_ratio} above 1.")
 
 
 @dataclass(frozen=True)

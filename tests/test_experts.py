@@ -1,0 +1,83 @@
+"""MoE experts: routing per sample, per-expert ranges and Hessians against the router's own top-k,
+one sequence at a time, in float64; an expert without tokens is reported, never given zeros."""
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from engine import ModelSpec, load_model
+from engine.errors import CalibscopeError
+from engine.runner import Execution
+from engine.sampling import RandomSpec, build
+from engine.stats.experts import NO_TOKENS, ExpertSpec, collect_expert_stats
+from tests.moe import routed_tokens, starved
+
+EXPERTS, ROUTER = "model.layers.1.mlp.experts", "model.layers.1.mlp.gate"
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_llama):
+    texts = [f"{i}: " + "experts see different tokens " * (i + 2) for i in range(6)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": [f"e{i}" for i in range(6)], "row_id": list(range(6))})
+    return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=6, length=96))
+
+
+@pytest.mark.parametrize("model", ["tiny-random-qwen3-moe", "tiny-random-mixtral"])
+def test_routing_ranges_and_hessians_equal_the_routers_own_choice(model, calibration):
+    loaded = load_model(ModelSpec(model))
+    report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, keep_hessians=True))
+    top_k = loaded.model.config.num_experts_per_tok
+    x, chosen, rows = routed_tokens(loaded, calibration, EXPERTS, ROUTER, top_k)
+    experts = loaded.model.config.num_experts if hasattr(loaded.model.config, "num_experts") else loaded.model.config.num_local_experts
+    per_sample = np.zeros((len(calibration), experts), dtype=np.int64)
+    for token in range(x.shape[0]):
+        for expert in chosen[token].tolist():
+            per_sample[int(rows[token]), expert] += 1
+    np.testing.assert_array_equal(report.per_sample[EXPERTS], per_sample)
+    block = report.routing[report.routing["layer"] == EXPERTS]
+    assert block["tokens"].tolist() == per_sample.sum(0).tolist() and block["tokens"].sum() == top_k * x.shape[0]
+    assert block["samples"].tolist() == (per_sample > 0).sum(0).tolist()
+    # routing weights: the top-k of the router's softmax, renormalized where the config says so (Mixtral always)
+    router = dict(loaded.model.named_modules())[ROUTER].weight.double()
+    top = torch.softmax(x @ router.T, dim=-1).gather(1, chosen)
+    if getattr(loaded.model.config, "norm_topk_prob", True):
+        top = top / top.sum(1, keepdim=True)
+    weight_sums = torch.zeros(experts, dtype=torch.float64).scatter_add_(0, chosen.reshape(-1), top.reshape(-1))
+    np.testing.assert_allclose((block["mean_weight"] * block["tokens"]).fillna(0), weight_sums.numpy(), rtol=1e-4)
+    for expert in range(experts):
+        mine = x[(chosen == expert).any(1)]
+        if len(mine) == 0:
+            continue
+        torch.testing.assert_close(report.kept_hessians[(EXPERTS, expert)].double(), 2 / len(mine) * mine.T @ mine,
+                                   rtol=1e-4, atol=1e-5 * float(mine.abs().max()) ** 2)
+        np.testing.assert_allclose(report.ranges[EXPERTS]["absmax"][expert], mine.abs().amax(0).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(report.ranges[EXPERTS]["minimum"][expert], mine.amin(0).numpy(), rtol=1e-5)
+    diagnosed = report.hessians[report.hessians["layer"] == EXPERTS]
+    assert diagnosed["tokens"].tolist() == block["tokens"].tolist() and (diagnosed["rank"] <= diagnosed["channels"]).all()
+    blockwise = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, execution=Execution.BLOCKWISE))
+    np.testing.assert_array_equal(blockwise.per_sample[EXPERTS], report.per_sample[EXPERTS])
+    np.testing.assert_array_equal(blockwise.ranges[EXPERTS]["absmax"], report.ranges[EXPERTS]["absmax"])
+    assert list(report.counts().index) == ["model.layers.0.mlp.experts", EXPERTS]
+
+
+def test_an_expert_without_tokens_is_reported_never_given_a_zero_hessian(calibration):
+    loaded = load_model(ModelSpec("tiny-random-qwen3-moe"))
+    with starved(dict(loaded.model.named_modules())["model.layers.0.mlp.experts"]):
+        report = collect_expert_stats(loaded, calibration, ExpertSpec(keep_hessians=True))
+    assert report.unused() == [("model.layers.0.mlp.experts", 3)]
+    row = report.routing.set_index(["layer", "expert"]).loc[("model.layers.0.mlp.experts", 3)]
+    assert row["tokens"] == 0 and row["status"] == NO_TOKENS and row["samples"] == 0
+    hessian = report.hessians.set_index(["layer", "expert"]).loc[("model.layers.0.mlp.experts", 3)]
+    assert hessian["warning"] == NO_TOKENS and hessian["rank"] == 0 and np.isnan(hessian["condition_number"])
+    assert ("model.layers.0.mlp.experts", 3) not in report.kept_hessians
+    assert np.isnan(report.ranges["model.layers.0.mlp.experts"]["absmax"][3]).all()
+    assert np.isfinite(report.ranges["model.layers.0.mlp.experts"]["absmax"][:3]).all()
+    flagged = report.under_calibrated(10**6)  # every expert here has fewer tokens than that
+    assert len(flagged) == len(report.routing)
+
+
+def test_a_dense_model_is_refused_with_a_reason(tiny_llama, calibration):
+    with pytest.raises(CalibscopeError, match="no MoE experts module"):
+        collect_expert_stats(tiny_llama, calibration)
