@@ -8,7 +8,7 @@ random at --reference samples (--reference-seeds); each set quantized W4 g128 GP
 numerics) and W8A8 static (p99.99); perplexity on --windows held-out windows of the corpus's held-out
 10% (in-domain) and of wikitext-2's last quarter (cross-domain). Writes bench/results/coverage_runs.csv
 and the mean ± std table (coverage_summary.csv); prints the JSON lines.
-Usage: python bench/coverage.py [--seeds 5] [--counts 8,16,32,64] [--reference 256]
+Usage: python bench/coverage.py [--seeds 3] [--counts 8,16,32,64] [--reference 256]
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from engine.quant import evaluation_windows
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--reference-seeds", type=int, default=3, help="seeds of the random reference set (the costliest cells)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--reference-seeds", type=int, default=2, help="seeds of the random reference set (the costliest cells)")
     parser.add_argument("--counts", default="8,16,32,64")
     parser.add_argument("--reference", type=int, default=256, help="random samples the 64 covered ones are held against")
     parser.add_argument("--length", type=int, default=128)

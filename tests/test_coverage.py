@@ -11,14 +11,14 @@ from engine import ModelSpec, load_model
 from engine.errors import SpecError
 from engine.hooks import observing
 from engine.sampling import CoverageSpec, RandomSpec, build
-from engine.stats.coverage import (
+from engine.sampling.cover import (
     CoverageTargets,
     SampleScores,
     coverage_table,
     covers,
     greedy_cover,
     outlier_targets,
-    score_samples,
+    score_sequences,
 )
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "zeta", "theta", "kappa", "sigma", "lambda"]
@@ -33,7 +33,7 @@ def corpus():
 
 def test_sample_channel_maxima_equal_one_sequence_at_a_time(tiny_llama, corpus):
     calibration = build(corpus, tiny_llama.tokenizer, RandomSpec(nsamples=7, length=48))
-    scores = score_samples(tiny_llama, calibration, batch_size=3)
+    scores = score_sequences(tiny_llama, calibration.sequences, calibration.pad_token_id, batch_size=3)
     layer = "model.layers.1.mlp.down_proj"
     module = dict(tiny_llama.model.named_modules())[layer]
     for row, sequence in enumerate(calibration.sequences):
@@ -79,6 +79,10 @@ def test_coverage_table_says_how_many_targets_a_set_reaches_and_who_does():
     assert (row["targets"], row["covered"], row["responsible"]) == (3, 2, "second, first")
 
 
+def scored(loaded, calibration):
+    return score_sequences(loaded, calibration.sequences, calibration.pad_token_id)
+
+
 def test_the_coverage_strategy_covers_at_least_as_much_as_random(tiny_llama, corpus):
     spec = CoverageSpec(nsamples=4, length=48, candidates=24, seed=3)
     chosen = build(corpus, tiny_llama.tokenizer, spec, model=tiny_llama)
@@ -86,9 +90,9 @@ def test_the_coverage_strategy_covers_at_least_as_much_as_random(tiny_llama, cor
     assert chosen.manifest.token_sha256 == again.manifest.token_sha256 and len(chosen) == 4
     assert "outlier channels" in chosen.manifest.notes[-1] and chosen.manifest.strategy == "coverage"
     pool = build(corpus, tiny_llama.tokenizer, RandomSpec(nsamples=24, length=48, seed=5))
-    targets = outlier_targets(score_samples(tiny_llama, pool), spec.outlier_ratio)
-    mine = covers(score_samples(tiny_llama, chosen), targets, 0.9).any(0) @ targets.weight
-    randoms = [covers(score_samples(tiny_llama, build(corpus, tiny_llama.tokenizer, RandomSpec(nsamples=4, length=48, seed=s))),
+    targets = outlier_targets(scored(tiny_llama, pool), spec.outlier_ratio)
+    mine = covers(scored(tiny_llama, chosen), targets, 0.9).any(0) @ targets.weight
+    randoms = [covers(scored(tiny_llama, build(corpus, tiny_llama.tokenizer, RandomSpec(nsamples=4, length=48, seed=s))),
                       targets, 0.9).any(0) @ targets.weight for s in range(3)]
     assert mine >= np.mean(randoms)
     with pytest.raises(SpecError, match="candidates"):
@@ -101,7 +105,7 @@ def test_on_an_moe_model_experts_are_targets_and_a_starved_one_is_never_reached(
     loaded = load_model(ModelSpec("tiny-random-qwen3-moe"))
     pool = build(corpus, loaded.tokenizer, RandomSpec(nsamples=12, length=32))
     with starved(dict(loaded.model.named_modules())["model.layers.0.mlp.experts"]):
-        scores = score_samples(loaded, pool)
+        scores = scored(loaded, pool)
     assert scores.expert_tokens["model.layers.0.mlp.experts"][:, 3].sum() == 0
     targets = outlier_targets(scores)
     experts = targets.kind == "expert"

@@ -34,3 +34,10 @@ def test_moe_model_coverage_adds_the_experts_heat_map_and_hessians():
     assert heat.type == "heatmap" and len(heat.z) == 2 and len(heat.z[0]) == 4  # 2 blocks x 4 experts
     assert "MoE:" in result["status"]
     assert list(result["expert_table"]["expert"]) == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_the_dataset_tab_builds_a_coverage_set_with_the_model():
+    result = build(load(builtin_name="python-docs")["session"], strategy="coverage", nsamples=4, length=64)
+    calibration = result["session"].calibration
+    assert len(calibration) == 4 and calibration.manifest.strategy == "coverage"
+    assert any("outlier channels" in note for note in calibration.manifest.notes)

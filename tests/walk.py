@@ -71,12 +71,13 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
     def small_comparison(page):
         visible(page, "Seeds").fill("1")
         visible(page, "Sample counts").fill("4")
-        for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "self-generated"):
+        for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "coverage", "self-generated"):
             visible(page, strategy).set_checked(strategy in compare_strategies)
     return [
         Step("load", "Model & Data", "Load model and corpus", "M parameters", screenshot="model-data.png"),  # the final status, not the progress
         Step("build", "Dataset", "Build calibration set", "padding at batch size", screenshot="dataset.png"),
         Step("statistics", "Activation ranges", "Collect statistics", "Collected ", screenshot="activations.png"),
+        Step("coverage", "Coverage", "Measure coverage", "maximum", screenshot="coverage.png"),
         Step("hessians", "Hessians", "Collect Hessians", "Collected Hessians", screenshot="hessians.png"),
         Step("sensitivity", "Sensitivity", "Run sweep", "Swept ", screenshot="sensitivity.png"),
         Step("quantize (RTN)", "Quantize", "Quantize and evaluate", "RTN: perplexity", choose("Scheme", scheme_first)),

@@ -6,22 +6,16 @@ Usage: python gptqmodel_gptq.py CHECKPOINT WINDOWS.jsonl OUT.safetensors
 """
 import sys
 import time
-import types
 
 import datasets
+import no_torchvision  # noqa: F401  (before GPTQModel: see no_torchvision.py)
 import torch
-import transformers  # noqa: F401  (first: it must see that torchvision is not installed)
 from safetensors.torch import save_file
 
-# GPTQModel imports torchvision for InternVL's image transforms only; PyPI's torchvision wheel needs
-# CUDA's libtorch, absent from a CPU torch, so the environment has none and an empty module stands in
-# for that import (nothing here uses images).
-for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
-    sys.modules[name] = types.ModuleType(name)
-sys.modules["torchvision.transforms.functional"].InterpolationMode = None
+# isort: split
 
-from gptqmodel import GPTQModel, QuantizeConfig  # noqa: E402
-from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module  # noqa: E402
+from gptqmodel import GPTQModel, QuantizeConfig
+from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
 
 checkpoint, windows, out = sys.argv[1:4]
 samples = datasets.Dataset.from_json(windows)

@@ -7,20 +7,17 @@ Usage: python optimum_gptq.py CHECKPOINT EXPORT_FOLDER OUT.safetensors
 """
 import sys
 import time
-import types
 from pathlib import Path
 
+import no_torchvision  # noqa: F401  (before GPTQModel: see no_torchvision.py)
 import torch
-import transformers  # noqa: F401  (first: it must see that torchvision is not installed; see gptqmodel_gptq.py)
 from safetensors.torch import save_file
 
-for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
-    sys.modules[name] = types.ModuleType(name)
-sys.modules["torchvision.transforms.functional"].InterpolationMode = None
+# isort: split
 
-from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module  # noqa: E402
-from optimum.gptq import GPTQQuantizer  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+from optimum.gptq import GPTQQuantizer
+from transformers import AutoModelForCausalLM
 
 checkpoint, export, out = sys.argv[1:4]
 samples = torch.load(Path(export) / "calibration.pt")

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.figures.style import CORPUS, SELECTED, log_axis, styled
+from engine.sampling.cover import Target
 
 UNDER = "#ef4444"
 
@@ -42,7 +43,7 @@ def expert_token_heatmap(counts: np.ndarray, blocks: list[str], threshold: int) 
 def outlier_coverage(table: pd.DataFrame, block_of) -> go.Figure:
     """Per block: its inputs' outlier channels the set reaches (>= the fraction of the reference max)
     and those it leaves uncovered, stacked. ``table``: coverage_table rows of kind "channel"."""
-    rows = table[table["kind"] == "channel"].copy()
+    rows = table[table["kind"] == Target.CHANNEL.value].copy()
     rows["block"] = rows["key"].map(block_of)
     per_block = rows.groupby("block", sort=True)[["targets", "covered"]].sum()
     labels = [str(b) for b in per_block.index]

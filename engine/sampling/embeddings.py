@@ -64,7 +64,7 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
     with loaded.lock, torch.inference_mode(), output_then_stop(blocks[index]) as captured:
         for start in range(0, len(sequences), BATCH_OF_SEQUENCES):
             chunk = sequences[start:start + BATCH_OF_SEQUENCES]
-            ids, mask = _right_padded(chunk, pad_id)
+            ids, mask = right_padded(chunk, pad_id)
             headless_forward(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
             text_mask = mask.clone()
             text_mask[:, :prefix] = 0
@@ -74,7 +74,7 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
     return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
 
 
-def _right_padded(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right padding: positions stay 0..len-1, as each sequence alone would have them."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device="cpu")

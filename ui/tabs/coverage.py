@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
-import numpy as np
 
 from engine.errors import CalibscopeError
 from engine.figures.coverage import expert_token_heatmap, outlier_coverage
 from engine.models.layers import block_of, find_experts
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import RandomSpec, build
-from engine.stats.coverage import SampleScores, coverage_table, outlier_targets, score_samples
+from engine.sampling.cover import Target, coverage_table, outlier_targets, score_sequences
 from engine.stats.experts import ExpertReport, ExpertSpec, collect_expert_stats
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
@@ -26,16 +25,10 @@ from ui.wiring import connect
 
 @dataclass(frozen=True)
 class CoverageForm:
-    pool: float = 64
+    pool: float = 16
     fraction: float = 0.9
     outlier_ratio: float = 6.0
     under_calibrated: float = 0
-
-
-def joined(first: SampleScores, second: SampleScores) -> SampleScores:
-    """Both sets' samples in one table (the set's rows first)."""
-    return SampleScores({k: np.concatenate([v, second.channel_max[k]]) for k, v in first.channel_max.items()},
-                        {k: np.concatenate([v, second.expert_tokens[k]]) for k, v in first.expert_tokens.items()})
 
 
 def expert_views(report: ExpertReport, threshold: int) -> tuple:
@@ -56,14 +49,14 @@ def measure(form: CoverageForm, session: Session, context: AppContext, progress:
     pool = build(corpus, loaded.tokenizer, RandomSpec(nsamples=pool_size, length=int(calibration.lengths.max()), seed=0),
                  max_positions=loaded.info.max_positions, model=loaded)
     with timed_step(context.times, loaded, "coverage", int(calibration.lengths.sum() + pool.lengths.sum()), progress):
-        mine = score_samples(loaded, calibration, progress=scaled(progress, 0.0, 0.3))
-        reference = joined(mine, score_samples(loaded, pool, progress=scaled(progress, 0.3, 0.7)))
+        mine = score_sequences(loaded, calibration.sequences, calibration.pad_token_id, progress=scaled(progress, 0.0, 0.3))
+        reference = mine.joined(score_sequences(loaded, pool.sequences, pool.pad_token_id, progress=scaled(progress, 0.3, 0.7)))
         targets = outlier_targets(reference, form.outlier_ratio)  # the set and the pool: the corpus's maxima, estimated
         names = [f"#{i} {p.source}" for i, p in enumerate(calibration.provenance)]
         table = coverage_table(mine, targets, form.fraction, names)
         experts = collect_expert_stats(loaded, calibration, ExpertSpec(under_calibrated=threshold),
                                        scaled(progress, 0.7, 1.0)) if find_experts(loaded.model) else None
-    channels = table[table["kind"] == "channel"]
+    channels = table[table["kind"] == Target.CHANNEL.value]
     total, reached = int(channels["targets"].sum()), int(channels["covered"].sum())
     status = (f"No channel's maximum is above {form.outlier_ratio:g}x its input's median: this model has no outlier channel to "
               f"cover at that ratio." if not total else
@@ -91,8 +84,8 @@ def measure(form: CoverageForm, session: Session, context: AppContext, progress:
 def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
-            pool = gr.Number(value=64, label="Reference documents", precision=0, minimum=1,
-                             info="random corpus documents whose maxima, with the set's, define the outliers")
+            pool = gr.Number(value=16, label="Reference documents", precision=0, minimum=1,
+                             info="random corpus documents whose maxima, with the set's, define the outliers (more: a better estimate, slower)")
             fraction = gr.Slider(0.5, 1.0, value=0.9, step=0.05, label="Reach (fraction of the reference max)")
             outlier_ratio = gr.Number(value=6.0, label="Outlier: max above this many times its input's median channel")
             under = gr.Number(value=0, label="MoE: under-calibrated below this many tokens", precision=0, minimum=0,

@@ -1,6 +1,6 @@
 """Coverage: which samples excite which outlier channels, and which reach which experts.
 
-One head-less pass over a set of samples records, per sample, each distinct linear input's
+One head-less forward over a set of samples records, per sample, each distinct linear input's
 per-channel max |x| and (MoE) the tokens it sends to each expert. From a reference pool's scores:
 the targets are the outlier channels (a channel whose pool max exceeds ``outlier_ratio`` times the
 median channel max of its input: relative, so it means the same on models whose activations differ
@@ -10,39 +10,24 @@ pool's max, an expert when it routes at least ``min_expert_tokens`` tokens to it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import pandas as pd
 import torch
 
-from engine.hooks import Side, TokenIndex
+from engine.hooks import Side, headless_forward, observing
 from engine.models import LoadedModel
 from engine.models.layers import find_experts, find_linear_layers
 from engine.progress import Progress, no_progress
-from engine.runner import PassRequest, run_pass
-from engine.sampling import CalibrationSet
-from engine.stats.experts import ExpertAccumulator
+from engine.sampling.embeddings import right_padded
 
 
-class SampleChannelMax:
-    """max |x| per (calibration sample, channel) of one input: [samples, channels], on the device."""
+class Target(str, Enum):
+    """What a coverage target is: an outlier channel of a linear input, or an MoE expert."""
 
-    def __init__(self, samples: int, channels: int, device: torch.device | str = "cpu") -> None:
-        self.values = torch.zeros(samples, channels, dtype=torch.float32, device=device)
-
-    def update(self, x: torch.Tensor, tokens: TokenIndex) -> None:
-        """The tokens come sample by sample (``tokens.lengths`` of rows ``tokens.batch_rows``, known on
-        the host): one max per sample's slice, no scatter (a scatter-max over tokens is slow on CPUs)."""
-        if x.shape[0] == 0:
-            return
-        maxima = torch.stack([part.abs().amax(0) for part in x.split(list(tokens.lengths)) if part.shape[0]])
-        rows = [row for row, length in zip(tokens.batch_rows, tokens.lengths) if length]
-        index = torch.tensor(rows, dtype=torch.int64, device="cpu").to(self.values.device, non_blocking=True)
-        self.values[index] = torch.maximum(self.values[index], maxima.to(torch.float32))
-
-    def all_reduce(self, group=None) -> SampleChannelMax:
-        torch.distributed.all_reduce(self.values, torch.distributed.ReduceOp.MAX, group)
-        return self
+    CHANNEL = "channel"
+    EXPERT = "expert"
 
 
 @dataclass
@@ -57,38 +42,64 @@ class SampleScores:
         first = next(iter(self.channel_max.values()), None)
         return len(first) if first is not None else len(next(iter(self.expert_tokens.values())))
 
-
-def score_samples(loaded: LoadedModel, calibration: CalibrationSet, batch_size: int = 8,
-                  progress: Progress = no_progress) -> SampleScores:
-    """Each sample's per-channel max |x| at every distinct linear input (the LM head's left out:
-    it is not quantized) and its tokens per expert, in one pass."""
-    samples = len(calibration)
-    layers = [layer for layer in find_linear_layers(loaded.model) if not layer.is_head]
-    experts = tuple(find_experts(loaded.model))
-    request = PassRequest(layers, (Side.INPUT,), lambda channels, device: SampleChannelMax(samples, channels, device),
-                          state_bytes=lambda layer: samples * layer.in_features * 4, batch_size=batch_size, experts=experts,
-                          experts_factory=lambda layer, device: _RoutingOnly(layer, samples, device))
-    result = run_pass(loaded, calibration, request, progress)
-    channel_max = {key: value.values.cpu().numpy() for key, value in result.accumulators.items() if isinstance(value, SampleChannelMax)}
-    expert_tokens = {layer.name: result.accumulators[layer.name].per_sample.cpu().numpy() for layer in experts}
-    return SampleScores(channel_max, expert_tokens)
+    def joined(self, other: SampleScores) -> SampleScores:
+        """Both sets' samples in one table (this one's rows first)."""
+        return SampleScores({k: np.concatenate([v, other.channel_max[k]]) for k, v in self.channel_max.items()},
+                            {k: np.concatenate([v, other.expert_tokens[k]]) for k, v in self.expert_tokens.items()})
 
 
-class _RoutingOnly(ExpertAccumulator):
-    """Tokens per (sample, expert) only: no ranges, no Hessians, no split by expert (no host sync)."""
+class _Scoring:
+    """Observers of one head-less forward: per sample (batch row), each distinct linear input's
+    max |x| over its real tokens and the tokens it routes to each expert."""
 
-    def __init__(self, layer, samples: int, device) -> None:
-        super().__init__(layer, samples, device, hessians=False)
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None  # [batch, time] real tokens of the current batch
+        self.channel: dict[str, list[torch.Tensor]] = {}
+        self.experts: dict[str, list[torch.Tensor]] = {}
+        self.last: tuple[torch.Tensor, str] | None = None
 
-    def _per_expert(self, x: torch.Tensor, routing: torch.Tensor) -> None:
-        pass
+    def observe_input(self, key: str, x: torch.Tensor) -> None:
+        if self.last is not None and self.last[0] is x:  # q/k/v, gate/up: one input, scored once
+            return
+        self.last = (x, key)
+        tokens = x.reshape(*self.mask.shape, x.shape[-1])  # [batch, time, channels], also where a layer sees them flattened
+        real = self.mask[..., None].to(x.dtype)
+        self.channel.setdefault(key, []).append((tokens.abs() * real).amax(1).float())  # padding is 0, below any |x|
+
+    def observe_routing(self, key: str, experts: int, routing: torch.Tensor) -> None:
+        rows = routing.reshape(*self.mask.shape, -1)  # the experts see [batch · time, top-k]
+        chosen = torch.zeros(*self.mask.shape, experts, dtype=torch.int64, device=routing.device)
+        chosen.scatter_(2, rows.to(torch.int64), 1)
+        self.experts.setdefault(key, []).append((chosen * self.mask[..., None]).sum(1))
+
+
+def score_sequences(loaded: LoadedModel, sequences: list[np.ndarray], pad_id: int, batch_size: int = 8,
+                    progress: Progress = no_progress) -> SampleScores:
+    """Each sequence's per-channel max |x| at every distinct linear input (the LM head's left out:
+    it is not quantized) and its tokens per MoE expert, in one head-less forward per batch."""
+    loaded.require_resident("Coverage scoring")
+    model, scoring = loaded.model, _Scoring()
+    points = [(layer.module, Side.INPUT, lambda x, key=layer.name: scoring.observe_input(key, x))
+              for layer in find_linear_layers(model) if not layer.is_head]
+    points += [(layer.module, Side.ROUTED, lambda _h, routing, _w, key=layer.name, n=layer.experts: scoring.observe_routing(key, n, routing))
+               for layer in find_experts(model)]
+    device = next(model.parameters()).device
+    with loaded.lock, torch.inference_mode(), observing(points):
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = right_padded(sequences[start:start + batch_size], pad_id)
+            scoring.mask, scoring.last = mask.to(device), None
+            headless_forward(model, {"input_ids": ids.to(device), "attention_mask": scoring.mask})
+            done = min(start + batch_size, len(sequences))
+            progress(done / len(sequences), f"Scored {done:,} of {len(sequences):,} samples")
+    return SampleScores({key: torch.cat(parts).cpu().numpy() for key, parts in scoring.channel.items()},
+                        {key: torch.cat(parts).cpu().numpy() for key, parts in scoring.experts.items()})
 
 
 @dataclass
 class CoverageTargets:
     """What a selection should cover: one entry per target, with its weight and reference max."""
 
-    kind: np.ndarray  # "channel" or "expert"
+    kind: np.ndarray  # Target values
     key: np.ndarray  # the input (channels) or MoE block (experts)
     index: np.ndarray  # channel or expert number
     weight: np.ndarray
@@ -110,10 +121,10 @@ def outlier_targets(pool: SampleScores, outlier_ratio: float = 6.0) -> CoverageT
         channel_max = values.max(0)
         threshold = outlier_ratio * max(float(np.median(channel_max)), np.finfo(np.float32).tiny)
         channels = np.flatnonzero(channel_max > threshold)
-        parts.append(("channel", key, channels, channel_max[channels] / threshold, channel_max[channels]))
+        parts.append((Target.CHANNEL.value, key, channels, channel_max[channels] / threshold, channel_max[channels]))
     for key, tokens in pool.expert_tokens.items():
         experts = np.arange(tokens.shape[1])
-        parts.append(("expert", key, experts, np.ones(len(experts)), np.full(len(experts), np.nan)))
+        parts.append((Target.EXPERT.value, key, experts, np.ones(len(experts)), np.full(len(experts), np.nan)))
     return CoverageTargets(
         kind=np.concatenate([np.full(len(p[2]), p[0], dtype=object) for p in parts]) if parts else np.array([], dtype=object),
         key=np.concatenate([np.full(len(p[2]), p[1], dtype=object) for p in parts]) if parts else np.array([], dtype=object),
@@ -127,12 +138,12 @@ def covers(scores: SampleScores, targets: CoverageTargets, fraction: float = 0.9
     sends at least ``min_expert_tokens`` tokens to the expert."""
     out = np.zeros((scores.samples, len(targets)), dtype=bool)
     for key in np.unique(targets.key):
-        for kind, source in (("channel", scores.channel_max), ("expert", scores.expert_tokens)):
-            where = np.flatnonzero((targets.key == key) & (targets.kind == kind))
+        for kind, source in ((Target.CHANNEL, scores.channel_max), (Target.EXPERT, scores.expert_tokens)):
+            where = np.flatnonzero((targets.key == key) & (targets.kind == kind.value))
             if len(where) == 0:
                 continue
             values = source[key][:, targets.index[where]]
-            out[:, where] = (values >= fraction * targets.reference[where]) if kind == "channel" else (values >= min_expert_tokens)
+            out[:, where] = (values >= fraction * targets.reference[where]) if kind is Target.CHANNEL else (values >= min_expert_tokens)
     return out
 
 
@@ -169,13 +180,13 @@ def coverage_table(scores: SampleScores, targets: CoverageTargets, fraction: flo
     names = sample_names or [str(i) for i in range(scores.samples)]
     rows = []
     for key in dict.fromkeys(targets.key):
-        for kind in ("channel", "expert"):
-            where = np.flatnonzero((targets.key == key) & (targets.kind == kind))
+        for kind in Target:
+            where = np.flatnonzero((targets.key == key) & (targets.kind == kind.value))
             if len(where) == 0:
                 continue
             mine = covered[:, where]
             per_sample = mine.sum(1)
             top = [names[i] for i in np.argsort(-per_sample, kind="stable")[:3] if per_sample[i] > 0]
-            rows.append({"key": key, "kind": kind, "targets": len(where), "covered": int(mine.any(0).sum()),
+            rows.append({"key": key, "kind": kind.value, "targets": len(where), "covered": int(mine.any(0).sum()),
                          "share": float(mine.any(0).mean()), "responsible": ", ".join(top)})
     return pd.DataFrame(rows, columns=["key", "kind", "targets", "covered", "share", "responsible"])
