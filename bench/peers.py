@@ -119,15 +119,13 @@ def main() -> None:
     seconds = dict(zip(frame["scheme"], frame["seconds"]))
     ours, theirs = "W4 g128 GPTQ, sequential", "llm-compressor 0.14.0.1: GPTQModifier W4A16"
     ratio = ppl[ours] / ppl[theirs]
+    presets = {f"ppl_ratio_{tool}_preset_vs_{tool}": round(ppl[f"W4 g128 GPTQ ({tool}), sequential"] / ppl[peer], 4)
+               for tool, peer in (("gptqmodel", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
+                                  ("optimum", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)"))}
     report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4), "<= 1.00 (default = llm-compressor preset, sequential)",
-           ratio <= 1.0, rows=rows, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
-           evaluation="16 x 512, wikitext-2 test last 20%")
-    wall = seconds[ours] / seconds[theirs]
-    report("peers_gptq", "seconds_ratio_calibscope_vs_llmcompressor", round(wall, 3), "<= 0.6 (Hessians + GPTQ, sequential)", wall <= 0.6)
-    for scheme, peer in (("W4 g128 GPTQ (gptqmodel), sequential", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
-                         ("W4 g128 GPTQ (optimum), sequential", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)")):
-        report("peers_gptq", f"ppl_ratio_{scheme.split('(')[1].split(')')[0]}_preset_vs_tool", round(ppl[scheme] / ppl[peer], 4),
-               "measured, no goal", True)
+           ratio <= 1.0, seconds_ratio_calibscope_vs_llmcompressor=round(seconds[ours] / seconds[theirs], 3),
+           seconds_goal="<= 0.6 (Hessians + GPTQ, sequential)", **presets, rows=rows,
+           calibration="32 x 512 gptq-windows, wikitext-2 test first 80%", evaluation="16 x 512, wikitext-2 test last 20%")
 
 
 if __name__ == "__main__":

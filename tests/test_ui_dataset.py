@@ -39,7 +39,7 @@ def test_bad_edges_and_counts_are_explained():
 
 EXPECTED_CONTROLS = {Strategy.RANDOM: {"min_tokens"}, Strategy.LENGTH_STRATIFIED: {"edges", "allocation", "min_tokens"},
                      Strategy.GPTQ_WINDOWS: {"mode", "recipe"}, Strategy.EMBEDDING_CLUSTERS: {"min_tokens"},
-                     Strategy.ACTIVATION_CLUSTERS: {"min_tokens"}}
+                     Strategy.ACTIVATION_CLUSTERS: {"min_tokens"}, Strategy.COVERAGE: {"min_tokens"}}
 
 
 def test_each_strategy_shows_its_own_controls():
