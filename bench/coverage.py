@@ -64,14 +64,13 @@ def summarize_and_report(rows: pd.DataFrame, args) -> None:
     mean = table.set_index(["evaluation", "scheme", "samples", "strategy"])["mean"]
     cells = [(e, s, n) for e, s, n in table[table["strategy"] == "coverage"][["evaluation", "scheme", "samples"]].itertuples(index=False)]
     wins = sum(mean[(e, s, n, "coverage")] < mean[(e, s, n, "random")] for e, s, n in cells)
-    report("coverage", "cells where coverage has a lower mean perplexity than random", int(wins), "measured, not a target", True,
-           cells=len(cells), seeds=int(rows["seed"].nunique()), length=args.length, windows=args.windows)
     largest = max(int(c) for c in args.counts.split(","))
-    for evaluation, scheme in {(e, s) for e, s, _ in cells}:
-        if (evaluation, scheme, args.reference, "random") in mean:
-            ratio = mean[(evaluation, scheme, largest, "coverage")] / mean[(evaluation, scheme, args.reference, "random")]
-            report("coverage", f"ppl ratio {largest} covered / {args.reference} random, {scheme}, {evaluation}", round(float(ratio), 4),
-                   "<= 1.0 would mean 'matches'", True)
+    matches = {f"ppl ratio {largest} covered / {args.reference} random, {scheme}, {evaluation}":
+               round(float(mean[(evaluation, scheme, largest, "coverage")] / mean[(evaluation, scheme, args.reference, "random")]), 4)
+               for evaluation, scheme in sorted({(e, s) for e, s, _ in cells})
+               if (evaluation, scheme, args.reference, "random") in mean}
+    report("coverage", "cells where coverage has a lower mean perplexity than random", int(wins), "measured, not a target", True,
+           cells=len(cells), seeds=int(rows["seed"].nunique()), length=args.length, windows=args.windows, **matches)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,6 @@ class CoverageTargets:
     def __len__(self) -> int:
         return len(self.kind)
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"kind": self.kind, "key": self.key, "index": self.index, "weight": self.weight,
-                             "reference": self.reference})
-
 
 def outlier_targets(pool: SampleScores, outlier_ratio: float = 6.0) -> CoverageTargets:
     """The pool's outlier channels (weight: how far above the threshold, max / (ratio · median))
@@ -125,12 +121,12 @@ def outlier_targets(pool: SampleScores, outlier_ratio: float = 6.0) -> CoverageT
     for key, tokens in pool.expert_tokens.items():
         experts = np.arange(tokens.shape[1])
         parts.append((Target.EXPERT.value, key, experts, np.ones(len(experts)), np.full(len(experts), np.nan)))
-    return CoverageTargets(
-        kind=np.concatenate([np.full(len(p[2]), p[0], dtype=object) for p in parts]) if parts else np.array([], dtype=object),
-        key=np.concatenate([np.full(len(p[2]), p[1], dtype=object) for p in parts]) if parts else np.array([], dtype=object),
-        index=np.concatenate([p[2] for p in parts]).astype(np.int64) if parts else np.array([], dtype=np.int64),
-        weight=np.concatenate([p[3] for p in parts]).astype(np.float64) if parts else np.array([]),
-        reference=np.concatenate([p[4] for p in parts]).astype(np.float64) if parts else np.array([]))
+
+    def column(field: int, dtype) -> np.ndarray:  # kind and key repeated per target; the rest as given
+        pieces = [np.full(len(part[2]), part[field], dtype=object) if field < 2 else part[field] for part in parts]
+        return np.concatenate(pieces).astype(dtype) if pieces else np.array([], dtype=dtype)
+
+    return CoverageTargets(*(column(field, dtype) for field, dtype in enumerate((object, object, np.int64, np.float64, np.float64))))
 
 
 def covers(scores: SampleScores, targets: CoverageTargets, fraction: float = 0.9, min_expert_tokens: int = 1) -> np.ndarray:
