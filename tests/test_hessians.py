@@ -25,6 +25,20 @@ def test_accumulator_equals_float64_reference_and_merges():
     assert whole.tokens == 500 and HessianAccumulator(3).result().abs().sum() == 0
 
 
+@pytest.mark.parametrize("channels", [700, 2100])
+def test_upper_strips_mirrored_equal_the_full_product_across_reads_and_merges(channels):
+    """Only the upper triangle is summed (strip by strip); a read mirrors it, and updates or merges
+    after a read still give the full product (the mirrored entries are rewritten, never summed into)."""
+    x = torch.randn(300, channels, dtype=torch.float64)
+    first, second = HessianAccumulator(channels, torch.float64), HessianAccumulator(channels, torch.float64)
+    first.update(x[:100])
+    torch.testing.assert_close(first.result(), 2.0 / 100 * x[:100].T @ x[:100])
+    first.update(x[100:200])
+    second.update(x[200:])
+    torch.testing.assert_close(first.merge(second).result(), 2.0 / 300 * x.T @ x)
+    torch.testing.assert_close(first.take(), 2.0 / 300 * x.T @ x)
+
+
 @pytest.fixture(scope="module")
 def calibration(tiny_llama):
     texts = [f"{i}: " + "hessian input text " * (i + 1) for i in range(9)]

@@ -114,6 +114,26 @@ def test_sequential_gptq_propagates_quantized_outputs_and_starts_like_one_pass(t
     assert all(torch.equal(state[name], tensor) for name, tensor in resident.model.state_dict().items())
 
 
+def test_a_sequential_pass_stops_each_observing_run_after_the_last_observed_input(tiny):
+    """The observing run's output is thrown away in a sequential pass: after the first batch (which
+    runs to the end and teaches the router which input comes last) the block's last observed layer
+    is never computed; the propagation runs compute it for every batch."""
+    resident, _, calibration = tiny
+    spec = PRESETS["W4 g128 GPTQ"]
+    layers = quantizable_layers(resident.model, spec)
+    blocks = len(decoder_blocks(resident.model))
+    last = [[layer for layer in layers if f".{index}." in layer.name][-1].module for index in range(blocks)]
+    calls = [0] * blocks
+    handles = [module.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, module in enumerate(last)]
+    try:
+        gptq_block_by_block(resident, calibration, spec, HessianSpec(batch_size=4))
+    finally:
+        for handle in handles:
+            handle.remove()
+    batches = 3  # 9 samples, 4 a batch
+    assert calls == [1 + batches] * (blocks - 1) + [1]
+
+
 def test_the_memory_plan_counts_what_a_pass_holds_and_decides_by_it(tiny):
     resident, on_disk, calibration = tiny
     layers = select_layers(resident.model, StatsSpec())

@@ -28,10 +28,15 @@ quantizer = GPTQQuantizer(bits=4, group_size=128, dataset=samples, model_seqlen=
 started = time.perf_counter()
 model = quantizer.quantize_model(model, tokenizer=None)
 seconds = time.perf_counter() - started
+# quantize_model packs in GPTQModel's internal v2 zero points (it sets quantizer.format to "gptq_v2";
+# only save() converts to v1) but leaves each module's qzero_format() at its default, 1: the
+# quantizer's format, not the module's flag, says whether the v1 -> v2 conversion is due. Converting
+# on the flag shifted every weight by one grid step (relative error 0.44 instead of 0.14).
+packed_as_v1 = quantizer.format == "gptq"
 weights = {}
 for name, module in model.named_modules():
     if hasattr(module, "dequantize_weight") and hasattr(module, "qweight"):
-        if module.qzero_format() == 1:
+        if packed_as_v1:
             convert_gptq_v1_to_v2_format_module(module, bits=module.bits, pack_dtype=module.pack_dtype)
         weight = module.dequantize_weight().float()
         if weight.shape != (module.out_features, module.in_features):

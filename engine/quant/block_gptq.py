@@ -45,10 +45,11 @@ class _BlockHessians:
 
 def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
                         hessians: HessianSpec = HessianSpec(), propagate: bool = True, save_to: str | Path | None = None,
-                        progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
+                        progress: Progress = no_progress, output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
     """The quantized weights of every block's layers and one row per layer (weight_error,
     output_error on the inputs it saw, gptq_loss, damping, hessian_trace, seconds), as
-    ``plan_quantization``. ``save_to``: each block's quantized weights are written there
+    ``plan_quantization`` (``output_errors`` off skips its one costly measure, as there).
+    ``save_to``: each block's quantized weights are written there
     (``block-NNN.safetensors``, module name -> weight) as soon as the block is done and not kept, so
     a model of any size is quantized in the memory of one block; the plan then holds none."""
     if not spec.needs_hessians or spec.activations.enabled:
@@ -64,9 +65,11 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
             original, fake, costs = done[layer.name]
             plan.weights[layer.name] = module_weight(layer, fake)
             delta = fake - original
-            rows.append({"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features, **costs,
-                         "weight_error": float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)),
-                         "output_error": output_error(delta, original, view.hessian(layer.name))})
+            row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features, **costs,
+                   "weight_error": float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30))}
+            if output_errors:
+                row["output_error"] = output_error(delta, original, view.hessian(layer.name))
+            rows.append(row)
         quantized = {layer.name: plan.weights[layer.name] for layer in mine}
         if save_to is not None and quantized:
             save_file({name: weight.contiguous() for name, weight in quantized.items()},

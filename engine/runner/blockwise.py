@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine.errors import CalibscopeError
-from engine.hooks import block_prefix, decoder_blocks, observing
+from engine.hooks import StopForward, block_prefix, decoder_blocks, observing
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import block_of
 from engine.progress import Progress, no_progress, scaled
@@ -104,7 +104,10 @@ def _run_block(block: nn.Module, index: int, captured: _Captured, device: torch.
         if router is not None:
             router.start_batch(captured.tokens[number].to(device))
         hidden = captured.store.get(number, device)
-        output = moved(captured.calls[number][index], device).run(block, hidden)
+        try:
+            output = moved(captured.calls[number][index], device).run(block, hidden)
+        except StopForward:  # the router saw the block's last observed input: its output is not kept
+            output = None
         if keep_outputs:
             captured.store.put(number, output)
         if router is not None:
@@ -127,11 +130,14 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                 block, name = blocks[index], f"{prefix}.{index}"
                 source.onload(block, name, device)
                 try:
-                    router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory)
                     experts = [layer for layer in request.experts if block_of(layer.name) == index]
+                    keep = not request.propagate and index < last
+                    # an observing run whose output is not kept stops after the block's last observed input
+                    # (learned in the first batch): in a sequential pass it skips e.g. the down projection
+                    router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory,
+                                    learn_stop=index in grouped and not experts and not keep)
                     with observing(router.points(grouped.get(index, []), request.sides, experts)):
-                        _run_block(block, index, captured, device, router, not request.propagate and index < last,
-                                   len(batches))
+                        _run_block(block, index, captured, device, router, keep, len(batches))
                     distributed.all_reduce(router.accumulators)
                     finished = FinishedBlock(index, router.accumulators, dict(router.shared))
                     replacement = request.after_block(finished) if request.after_block else None

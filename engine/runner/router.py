@@ -52,17 +52,20 @@ class Router:
 
     Layers that read the very same input tensor as the layer observed just before (q/k/v, gate/up)
     share its accumulator: found in the first batch by object identity, not by name lists.
-    ``stop_after``: the key after which the forward has nothing left to observe.
+    ``stop_after``: the key after which the forward has nothing left to observe; ``learn_stop``: it
+    is the key observed last in the first batch (the first batch runs to the end).
     """
 
     factory: Factory
     stop_after: str = ""
     experts_factory: ExpertsFactory | None = None
     share_inputs: bool = True
+    learn_stop: bool = False
     accumulators: dict[str, object] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
     tokens: BatchTokens | None = None
     last_input: tuple[str, torch.Tensor] | None = None
+    last_key: str = ""
     first_batch: bool = True
 
     def observer(self, layer: LinearLayer, side: Side):
@@ -74,6 +77,8 @@ class Router:
         self.last_input = None
 
     def end_batch(self) -> None:
+        if self.first_batch and self.learn_stop:
+            self.stop_after = self.last_key
         self.first_batch = False
         self.last_input = None
 
@@ -82,6 +87,7 @@ class Router:
             self._update(key, layer, tensor)
         if side is Side.INPUT:
             self.last_input = (key, tensor)  # holding it keeps its identity unique until the next input
+        self.last_key = key
         if key == self.stop_after:
             raise StopForward
 
