@@ -2,6 +2,7 @@
 CPU memory or on disk) equals the whole-model pass; the memory plan; data-parallel over gloo."""
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import replace
 
@@ -17,8 +18,9 @@ from engine.experiments import SweepSpec, sweep
 from engine.hooks import decoder_blocks
 from engine.models.tiny import build_tiny
 from engine.quant import PRESETS
+from engine.quant.apply import QuantizedModel, module_weight, quantized
 from engine.quant.block_gptq import gptq_block_by_block
-from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.plan import plan_quantization, quantizable_layers, quantized_weights
 from engine.runner import Execution, PassRequest, plan_for, run_pass
 from engine.runner.activations import ActivationStore, Location
 from engine.sampling import RandomSpec, build
@@ -112,6 +114,35 @@ def test_sequential_gptq_propagates_quantized_outputs_and_starts_like_one_pass(t
     assert all(torch.equal(resident_sequential.weights[n], sequential.weights[n]) for n in sequential.weights)
     state = {name: tensor.clone() for name, tensor in resident.model.state_dict().items()}
     assert all(torch.equal(state[name], tensor) for name, tensor in resident.model.state_dict().items())
+
+
+def test_true_sequential_equals_a_reference_that_reruns_the_model_for_every_group(tiny):
+    """GPTQModel's true-sequential GPTQ: each group of layers reading one input (q/k/v, o, gate/up,
+    down) gets its Hessian with every earlier block and the block's earlier groups quantized. The
+    reference re-runs the whole model, quantized so far, once per group."""
+    resident, on_disk, calibration = tiny
+    spec = PRESETS["W4 g128 GPTQ (gptqmodel)"]
+    assert spec.weights.true_sequential
+    got, table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4))
+    layers = {layer.name: layer for layer in quantizable_layers(resident.model, spec)}
+    sharing = collect_hessians(resident, calibration, HessianSpec(batch_size=4, diagnostics="none")).shared_with
+    groups: dict[str, list] = {}
+    for name, layer in layers.items():
+        groups.setdefault(sharing.get(name, name), []).append(layer)
+    reference = QuantizedModel()
+    for leader, members in groups.items():
+        pattern = "|".join(re.escape(layer.name) + "$" for layer in members)
+        with quantized(resident, reference):
+            hessians = collect_hessians(resident, calibration, HessianSpec(batch_size=4, name_pattern=pattern, diagnostics="none"))
+        for name, (_, fake, _) in quantized_weights(members, spec.weights, hessians).items():
+            reference.weights[name] = module_weight(layers[name], fake)
+    assert set(got.weights) == set(reference.weights) and len(table) == len(layers)
+    assert max(float((got.weights[n] - reference.weights[n]).abs().max()) for n in layers) < 1e-5
+    block_level, _ = gptq_block_by_block(on_disk, calibration, replace(spec, weights=replace(spec.weights, true_sequential=False)),
+                                         HessianSpec(batch_size=4))
+    first_groups = [layer.name for layer in next(iter(groups.values()))]  # the first group sees the same inputs either way
+    assert all(torch.equal(block_level.weights[n], got.weights[n]) for n in first_groups)
+    assert not all(torch.equal(block_level.weights[n], got.weights[n]) for n in layers)
 
 
 def test_a_sequential_pass_stops_each_observing_run_after_the_last_observed_input(tiny):

@@ -3,7 +3,8 @@ input) and the Hessians freed before the next block, so at most one block's Hess
 
 propagate=True is sequential GPTQ (llm-compressor's sequential pipeline, GPTQModel's default): the
 block is run again with its quantized weights, so each block's Hessians come from the outputs of the
-blocks before it as already quantized. propagate=False gives the one-pass result (every Hessian from
+blocks before it as already quantized; with ``WeightSpec.true_sequential`` each group of layers
+reading one input also sees the block's earlier groups quantized (GPTQModel's default). propagate=False gives the one-pass result (every Hessian from
 the float model), the same as collecting every Hessian and then quantizing, without holding them all.
 The model's own weights are never changed: the result is a plan of quantized weights, evaluated like
 any other.
@@ -82,7 +83,9 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
         Path(save_to).mkdir(parents=True, exist_ok=True)
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
     started = time.perf_counter()
-    run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE), progress)
+    true_sequential = spec.weights.true_sequential and propagate
+    run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE,
+                                          true_sequential=true_sequential), progress)
     table = pd.DataFrame(rows)
     table.attrs["seconds"] = time.perf_counter() - started
     return plan, table

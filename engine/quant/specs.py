@@ -72,7 +72,10 @@ class WeightSpec:
     ``damping_step`` is the stepwise policy's increment); ``act_order`` orders the columns (see
     ActOrder; True and False are read as dynamic and none). The defaults are llm-compressor's
     GPTQModifier (W4A16: act order static, damping 0.01, block 128, RTN where Cholesky fails), the
-    GPTQ most users ship; PEER_GPTQ has GPTQModel's and the reference's."""
+    GPTQ most users ship; PEER_GPTQ has GPTQModel's and the reference's. ``true_sequential`` (block
+    by block with propagation only): each group of a block's layers that read one input (q/k/v, o,
+    gate/up, down) gets its Hessian with the groups before it already quantized, as GPTQModel and
+    optimum do by default; off, the block's Hessians all come from its float weights (llm-compressor)."""
 
     method: WeightMethod = WeightMethod.RTN
     bits: int = 4
@@ -83,6 +86,7 @@ class WeightSpec:
     act_order: ActOrder = DEFAULT_ACT_ORDER
     on_failure: CholeskyFailure = CholeskyFailure.RTN
     damping_step: float = 0.01
+    true_sequential: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", choice(WeightMethod, self.method, "weight method"))
@@ -194,10 +198,10 @@ GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
 # counts padding. Exported Hessians record theirs (hessian_report.NORMALISATION).
 PEER_GPTQ = {
     "gptqmodel": WeightSpec(GPTQ, 4, 128, damping=0.05, block_size=128, act_order=ActOrder.GROUP_AWARE,
-                            on_failure=CholeskyFailure.STEPWISE, damping_step=0.01),
+                            on_failure=CholeskyFailure.STEPWISE, damping_step=0.01, true_sequential=True),
     # optimum's GPTQQuantizer runs GPTQModel's GPTQ with its own defaults: damp_percent 0.1
     "optimum": WeightSpec(GPTQ, 4, 128, damping=0.1, block_size=128, act_order=ActOrder.GROUP_AWARE,
-                          on_failure=CholeskyFailure.STEPWISE, damping_step=0.01),
+                          on_failure=CholeskyFailure.STEPWISE, damping_step=0.01, true_sequential=True),
     "gptq-reference": WeightSpec(GPTQ, 4, 128, damping=0.01, block_size=128, act_order=ActOrder.NONE,
                                  on_failure=CholeskyFailure.RAISE),
 }

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine.errors import CalibscopeError
-from engine.hooks import StopForward, block_prefix, decoder_blocks, observing
+from engine.hooks import Side, StopForward, block_prefix, decoder_blocks, observing
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import block_of
 from engine.progress import Progress, no_progress, scaled
@@ -114,6 +114,34 @@ def _run_block(block: nn.Module, index: int, captured: _Captured, device: torch.
             router.end_batch()
 
 
+def _group_by_group(block: nn.Module, name: str, index: int, layers: list[LinearLayer], captured: _Captured,
+                    device: torch.device, request: PassRequest, batch_count: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, object], dict[str, str]]:
+    """True sequential (GPTQModel's and optimum's default): the block's layers in groups that read one
+    input (q/k/v, o, gate/up, down), in the order the forward reaches them; each group observed
+    with the groups before it already replaced by ``after_block``'s weights, then finished. Each run
+    stops at the group's last input (the first batch finds where: the next group's input). Returns
+    the block's replacement weights, what after_block left of every group's accumulators, and the sharing."""
+    replacement: dict[str, torch.Tensor] = {}
+    accumulators: dict[str, object] = {}
+    shared: dict[str, str] = {}
+    remaining = list(layers)
+    while remaining:
+        router = Router(request.factory, share_inputs=request.share_inputs, learn_stop=True, one_group=True)
+        with swapped(block, name, replacement), observing(router.points(remaining, (Side.INPUT,))):
+            _run_block(block, index, captured, device, router, False, batch_count)
+        if not router.accumulators:
+            raise CalibscopeError(f"{remaining[0].name} is never called in the block's forward: it cannot be quantized "
+                                  "true-sequentially (turn true_sequential off).")
+        distributed.all_reduce(router.accumulators)
+        remaining = [layer for layer in remaining if layer.name not in router.accumulators and layer.name not in router.shared]
+        shared.update(router.shared)
+        finished = FinishedBlock(index, router.accumulators, dict(router.shared))
+        replacement.update(request.after_block(finished) or {})
+        accumulators.update(router.accumulators)
+    return replacement, accumulators, shared
+
+
 def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequest, batches: list[list[int]],
                    plan: MemoryPlan, progress: Progress = no_progress) -> PassResult:
     """See the module docstring; returns the accumulators ``after_block`` left, and the sharing."""
@@ -131,21 +159,27 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                 source.onload(block, name, device)
                 try:
                     experts = [layer for layer in request.experts if block_of(layer.name) == index]
-                    keep = not request.propagate and index < last
-                    # an observing run whose output is not kept stops after the block's last observed input
-                    # (learned in the first batch): in a sequential pass it skips e.g. the down projection
-                    router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory,
-                                    learn_stop=index in grouped and not experts and not keep)
-                    with observing(router.points(grouped.get(index, []), request.sides, experts)):
-                        _run_block(block, index, captured, device, router, keep, len(batches))
-                    distributed.all_reduce(router.accumulators)
-                    finished = FinishedBlock(index, router.accumulators, dict(router.shared))
-                    replacement = request.after_block(finished) if request.after_block else None
+                    layers = grouped.get(index, [])
+                    if request.true_sequential:
+                        replacement, accumulators, block_shared = _group_by_group(block, name, index, layers, captured,
+                                                                                  device, request, len(batches))
+                    else:
+                        keep = not request.propagate and index < last
+                        # an observing run whose output is not kept stops after the block's last observed input
+                        # (learned in the first batch): in a sequential pass it skips e.g. the down projection
+                        router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory,
+                                        learn_stop=bool(layers) and not experts and not keep)
+                        with observing(router.points(layers, request.sides, experts)):
+                            _run_block(block, index, captured, device, router, keep, len(batches))
+                        distributed.all_reduce(router.accumulators)
+                        finished = FinishedBlock(index, router.accumulators, dict(router.shared))
+                        replacement = request.after_block(finished) if request.after_block else None
+                        accumulators, block_shared = router.accumulators, router.shared
                     if request.propagate and index < last:
                         with swapped(block, name, replacement):
                             _run_block(block, index, captured, device, None, True, len(batches))
-                    results.update(router.accumulators)
-                    shared.update(router.shared)
+                    results.update(accumulators)
+                    shared.update(block_shared)
                 finally:
                     source.offload(block, name)
                 progress(0.05 + 0.95 * (index + 1) / (last + 1), f"Block {index + 1} of {last + 1} done")

@@ -37,7 +37,9 @@ class PassRequest:
     (``state_bytes``, for the memory plan), batching, and what to do with each finished block;
     ``experts``: MoE experts modules observed with ``experts_factory``'s accumulators.
     ``propagate``: after_block's weights replace the block's for its outputs (only the
-    block-by-block runner can do that)."""
+    block-by-block runner can do that). ``true_sequential`` (block by block, inputs only): after_block
+    is called once per group of layers that read one input, in the order the forward reaches them,
+    each group observed with the weights after_block returned for the groups before it."""
 
     layers: list[LinearLayer]
     sides: tuple[Side, ...]
@@ -52,6 +54,7 @@ class PassRequest:
     budget: int | None = None  # bytes: replaces the memory found free (tests; a shared GPU)
     experts: tuple[ExpertsLayer, ...] = ()  # MoE experts modules whose routed inputs are observed too
     experts_factory: ExpertsFactory | None = None
+    true_sequential: bool = False
 
 
 @dataclass

@@ -53,7 +53,9 @@ class Router:
     Layers that read the very same input tensor as the layer observed just before (q/k/v, gate/up)
     share its accumulator: found in the first batch by object identity, not by name lists.
     ``stop_after``: the key after which the forward has nothing left to observe; ``learn_stop``: it
-    is the key observed last in the first batch (the first batch runs to the end).
+    is the key observed last in the first batch (the first batch runs to the end). ``one_group``:
+    only the first group of inputs is observed, the forward stopped at the first input that is not
+    theirs (true-sequential GPTQ, one group of layers at a time).
     """
 
     factory: Factory
@@ -61,6 +63,7 @@ class Router:
     experts_factory: ExpertsFactory | None = None
     share_inputs: bool = True
     learn_stop: bool = False
+    one_group: bool = False
     accumulators: dict[str, object] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
     tokens: BatchTokens | None = None
@@ -83,6 +86,8 @@ class Router:
         self.last_input = None
 
     def observe(self, key: str, layer: LinearLayer, side: Side, tensor: torch.Tensor) -> None:
+        if self.one_group and self.last_input is not None and self.last_input[1] is not tensor:
+            raise StopForward  # the next group's input: this group is complete
         if side is Side.OUTPUT or not self._is_shared(key, tensor):
             self._update(key, layer, tensor)
         if side is Side.INPUT:

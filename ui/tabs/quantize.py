@@ -159,8 +159,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
-                                 info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's "
-                                      "and the GPTQ paper's. GPTQ needs Hessians, static activations statistics")
+                                 info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, "
+                                      "optimum's and the GPTQ paper's, here applied to every layer at once from the "
+                                      "collected Hessians. GPTQ needs Hessians, static activations statistics")
             with gr.Accordion("Scheme details", open=False):
                 method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
                 bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits")
