@@ -132,8 +132,8 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
             for suffix in ("gguf", "dat"):
                 written[f"imatrix.{suffix}"] = write_imatrix(imatrix, config.output / f"imatrix.{suffix}")
     cache = EvaluationCache()
-    reports = [run.run(loaded, stats, hessians, cache, labelled(scaled(progress, 0.95, 0.97), f"Quantize {run.spec.label()}"))
-               for run in config.quantize]
+    reports = [run.run(loaded, stats, hessians, cache, labelled(scaled(progress, 0.95, 0.97), f"Quantize {run.spec.label()}"),
+                       calibration) for run in config.quantize]
     comparison = (config.compare.run(loaded, corpus, config.corpus.label, cache, labelled(scaled(progress, 0.97, 0.99), "Compare"))
                   if config.compare is not None else None)
     if not writer:
@@ -153,7 +153,8 @@ def _results(output: Path, reports: list, comparison) -> dict[str, Path]:
     written = {}
     if reports:
         written["quantization"] = output / "quantization-runs.csv"
-        summary = pd.DataFrame([{"scheme": r.spec.label(), "evaluation": r.meta["evaluation"], "tokens": r.meta["evaluation_tokens"],
+        summary = pd.DataFrame([{"scheme": r.spec.label(), "gptq": r.meta.get("gptq", ""), "evaluation": r.meta["evaluation"],
+                                 "tokens": r.meta["evaluation_tokens"],
                                  "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap} for r in reports])
         write_file(written["quantization"], summary.to_csv(index=False))
         for number, report in enumerate(reports, 1):

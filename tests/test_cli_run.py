@@ -141,8 +141,26 @@ def test_a_config_repeats_quantization_runs_and_a_comparison(tmp_path):
     assert load_config(out / "config.json").quantize == load_config(config).quantize  # the config it wrote runs the same
 
 
+def test_a_sequential_quantization_needs_no_collected_hessians(tmp_path):
+    evaluation = {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}
+    config = write_config(tmp_path, hessians=None, quantize=[
+        {"scheme": "W4 g128 GPTQ (gptqmodel)", "sequential": True, "evaluation": evaluation},
+        {"scheme": "W4 g128 GPTQ", "sequential": True, "evaluation": evaluation}])
+    data = json.loads(config.read_text())
+    del data["hessians"]
+    config.write_text(json.dumps(data))
+    assert run(config) == 0
+    runs = pd.read_csv(tmp_path / "out" / "quantization-runs.csv")
+    assert list(runs["gptq"]) == ["true sequential", "sequential"] and runs["quantized"].notna().all()
+    assert load_config(tmp_path / "out" / "config.json").quantize == load_config(config).quantize
+
+
 def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     assert run(write_config(tmp_path, quantize=[{"scheme": "W5 magic"}])) == 2
     assert "scheme 'W5 magic' is unknown" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 RTN", "sequential": True}])) == 2
+    assert "sequential is for GPTQ weights only" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 GPTQ", "sequential": "yes"}])) == 2
+    assert "use true or false" in capsys.readouterr().err
     assert run(write_config(tmp_path, compare={"seeds": 0})) == 2
     assert "at least one seed" in capsys.readouterr().err

@@ -1,4 +1,6 @@
 """The Quantize tab's handler, called as a function on the tiny model."""
+from dataclasses import replace
+
 import gradio as gr
 import pytest
 
@@ -44,6 +46,25 @@ def test_quantize_needs_a_set_and_what_the_scheme_uses(calibrated_session):
     shared = AppContext(limits=Limits.shared_space(), models=CONTEXT.models)
     with pytest.raises(CalibscopeError, match="allowed on this shared Space"):
         quantize(calibrated_session, windows=10_000, context=shared)
+
+
+def test_sequential_gptq_runs_its_own_pass_and_says_so(calibrated_session):
+    context = AppContext(models=CONTEXT.models)
+    no_hessians = calibrated_session.with_calibration(calibrated_session.calibration)
+    with pytest.raises(CalibscopeError, match="tick Sequential"):
+        quantize(no_hessians, context=context)
+    with pytest.raises(CalibscopeError, match="Sequential is for GPTQ weights only"):
+        quantize(no_hessians, preset="W4 g128 RTN", sequential=True, context=context)
+    gptqmodel = "W4 g128 GPTQ (gptqmodel)"
+    form = QuantizeForm(**dict(zip(SCHEME_WIDGETS, preset_widgets(gptqmodel))), source=HELD, length=64, windows=3,
+                        preset=gptqmodel, sequential=True)
+    result = run_quantization(form, no_hessians, context, Recorder())
+    report = result["session"].quantization
+    assert report.meta["gptq"] == "true sequential" and report.meta["run"].sequential
+    assert result["runs"].data[0].x[0].replace("<br>", " ") == "#1 W4 g128 GPTQ act-order group-aware, true sequential"
+    assert report.layers["output_error"].notna().all() and len(report.layers) == 14
+    all_at_once = run_quantization(replace(form, sequential=False), calibrated_session, context, Recorder())["session"].quantization
+    assert all_at_once.meta["gptq"] == "all layers at once" and all_at_once.quantized_perplexity != report.quantized_perplexity
 
 
 def test_quantize_reports_perplexities_runs_and_sensitivity(calibrated_session):

@@ -24,6 +24,7 @@ from engine.quant import (
     evaluation_windows,
     perplexity,
 )
+from engine.sampling import CalibrationSet
 from engine.specs import BuiltinCorpus, CorpusSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -69,15 +70,18 @@ class EvaluationCache:
 
     def evaluate(self, loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None,
                  hessians: HessianReport | None, sensitivity: Sensitivity,
-                 progress: Progress = no_progress) -> tuple[QuantReport, bool]:
+                 progress: Progress = no_progress, sequential: CalibrationSet | None = None) -> tuple[QuantReport, bool]:
         """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
         known; returns the report and whether it was reused."""
-        key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *_collected_key(stats, hessians))
+        collected = ((sequential.manifest.token_sha256, "sequential") if sequential is not None
+                     else _collected_key(stats, hessians))
+        key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *collected)
         found = self._reports.peek(key)
         if found is not None:
             return found, True
         known = self._floats.peek((loaded.spec, evaluation.key))
-        report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress)
+        report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress,
+                          sequential=sequential)
         self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
         self._reports.put(key, report)
         return report, False

@@ -13,6 +13,7 @@ from engine.experiments.evaluations import HELD_OUT, UPLOADED, EvaluationCache
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import PRESETS, ActivationSpec, EvaluationSet, QuantReport, QuantSpec, Sensitivity, WeightSpec
+from engine.sampling import CalibrationSet
 from engine.specs import choice
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -39,21 +40,30 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class QuantRun:
+    """``sequential``: GPTQ block by block on the calibration set, each block's Hessians from the
+    quantized blocks before it (true sequential where the scheme says so), instead of every layer at
+    once from the collected Hessians."""
+
     spec: QuantSpec
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     sensitivity: Sensitivity = Sensitivity.CHEAP
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
+        if self.sequential and (not self.spec.needs_hessians or self.spec.activations.enabled):
+            raise SpecError(f"sequential is for GPTQ weights only, not {self.spec.label()}: leave it out for this scheme.")
 
     def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,
-            progress: Progress = no_progress) -> QuantReport:
-        if self.spec.needs_hessians and hessians is None:
-            raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config.")
+            progress: Progress = no_progress, calibration: CalibrationSet | None = None) -> QuantReport:
+        if self.sequential and calibration is None:
+            raise SpecError("A sequential quantization runs on the calibration set: build one first.")
+        if self.spec.needs_hessians and hessians is None and not self.sequential:
+            raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config (or sequential = true).")
         if self.spec.needs_stats and stats is None:
             raise SpecError(f"{self.spec.label()} needs activation statistics: add a [stats] section to the config.")
         report, _ = cache.evaluate(loaded, self.spec, self.evaluation.windows_for(loaded, cache), stats, hessians,
-                                   self.sensitivity, progress)
+                                   self.sensitivity, progress, calibration if self.sequential else None)
         return report
 
 
@@ -82,7 +92,10 @@ def quant_run_from(values: dict) -> QuantRun:
     values = dict(values)
     evaluation = EvaluationSpec(**values.pop("evaluation", {}))
     sensitivity = values.pop("sensitivity", Sensitivity.CHEAP)
-    return QuantRun(quant_spec_from(values), evaluation, sensitivity)
+    sequential = values.pop("sequential", False)
+    if not isinstance(sequential, bool):
+        raise SpecError(f"[quantize] sequential = {sequential!r}: use true or false.")
+    return QuantRun(quant_spec_from(values), evaluation, sensitivity, sequential)
 
 
 def comparison_run_from(values: dict) -> ComparisonRun:

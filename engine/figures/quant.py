@@ -7,6 +7,7 @@ from plotly.subplots import make_subplots
 from engine.figures.stats import short_name
 from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
 from engine.quant import QuantReport
+from engine.quant.evaluate import ALL_AT_ONCE
 
 METRICS = {  # column -> (legend, colour, dash)
     "output_error": ("weights: relative output error (calibration tokens)", SELECTED, "solid"),
@@ -47,7 +48,8 @@ def sensitivity_depth(report: QuantReport) -> go.Figure | None:
 
 
 def run_label(number: int, report: QuantReport) -> str:
-    return f"#{number} {report.spec.label()}"
+    mode = report.meta.get("gptq", "")
+    return f"#{number} {report.spec.label()}" + (f", {mode}" if mode and mode != ALL_AT_ONCE else "")
 
 
 def wrapped(text: str, width: int = 18) -> str:

@@ -13,9 +13,11 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import quantized
+from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.perplexity import EvaluationSet, perplexity
 from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.quant.specs import QuantSpec
+from engine.sampling import CalibrationSet
 from engine.specs import choice
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -59,17 +61,24 @@ class QuantReport:
 def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None = None,
              hessians: HessianReport | None = None, sensitivity: Sensitivity = Sensitivity.CHEAP,
              float_perplexity: float | None = None,
-             batch_size: int = 4, progress: Progress = no_progress) -> QuantReport:
+             batch_size: int = 4, progress: Progress = no_progress,
+             sequential: CalibrationSet | None = None) -> QuantReport:
     """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
 
     sensitivity: see ``Sensitivity``. ``float_perplexity`` skips the float evaluation when it is
-    known for this evaluation set."""
+    known for this evaluation set. ``sequential``: GPTQ block by block on this calibration set, each
+    block's Hessians from the quantized blocks before it (true sequential where the spec says so),
+    instead of every layer at once from ``hessians``."""
     sensitivity = choice(Sensitivity, sensitivity, "sensitivity")
     started = time.perf_counter()
     layers = quantizable_layers(loaded.model, spec)
     thorough = sensitivity is Sensitivity.THOROUGH
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
-    plan, table = plan_quantization(layers, spec, stats, hessians, labelled(scaled(progress, 0.0, split[0]), "Quantizing"))
+    quantizing = labelled(scaled(progress, 0.0, split[0]), "Quantizing")
+    if sequential is not None:
+        plan, table = gptq_block_by_block(loaded, sequential, spec, progress=quantizing)
+    else:
+        plan, table = plan_quantization(layers, spec, stats, hessians, quantizing)
     if float_perplexity is None:
         float_perplexity = perplexity(loaded, evaluation, batch_size,
                                       labelled(scaled(progress, split[0], split[1]), "Float model"))
@@ -83,15 +92,29 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if sensitivity is Sensitivity.NONE:
         table = table[["layer", "block", "kind", "in_features", "seconds"]]
     calibrated = stats or hessians
+    sha = (sequential.manifest.token_sha256 if sequential is not None
+           else calibrated.meta.get("calibration_sha256", "") if calibrated else "")
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
             "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity.value,
-            "calibration_sha256": calibrated.meta.get("calibration_sha256", "") if calibrated else "",
+            "calibration_sha256": sha, "gptq": gptq_mode(spec, sequential is not None),
             "seconds": round(time.perf_counter() - started, 2)}
     report = QuantReport(spec, float_perplexity, quantized_perplexity, table, meta)
     if not math.isfinite(quantized_perplexity):
         raise CalibscopeError(f"{spec.label()} makes the model's loss non-finite on {evaluation.name}; "
                               "use more bits or wider ranges.")
     return report
+
+
+ALL_AT_ONCE = "all layers at once"
+
+
+def gptq_mode(spec: QuantSpec, sequential: bool) -> str:
+    """How the GPTQ of a run got its Hessians, in words ("" without GPTQ)."""
+    if not spec.needs_hessians:
+        return ""
+    if not sequential:
+        return ALL_AT_ONCE
+    return "true sequential" if spec.weights.true_sequential else "sequential"
 
 
 def layer_perplexity_changes(loaded: LoadedModel, plan, names: list[str], evaluation: EvaluationSet,

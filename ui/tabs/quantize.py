@@ -67,6 +67,7 @@ class QuantizeForm:
     windows: float = 8
     sensitivity: str = Sensitivity.CHEAP.value
     preset: str = CUSTOM
+    sequential: bool = False
 
     def spec(self) -> QuantSpec:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
@@ -129,22 +130,29 @@ def sensitivity_note(report: QuantReport, sensitivity: str) -> str:
 
 
 def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
-    session.require_calibration()
+    calibration = session.require_calibration()
     spec = form.spec()
-    if spec.needs_hessians and session.hessians is None:
-        raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first (or choose RTN).")
+    if form.sequential and (not spec.needs_hessians or spec.activations.enabled):
+        raise CalibscopeError(f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
+    if spec.needs_hessians and session.hessians is None and not form.sequential:
+        raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first, tick Sequential "
+                              "(it runs its own pass), or choose RTN.")
     if spec.needs_stats and session.stats is None:
         raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
     context.limits.check_sampling(whole(form.windows), whole(form.length))
     loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
     passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
-    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0)
+    # sequential: about three forwards of the calibration set besides the GPTQ itself
+    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0) + \
+        (3 * int(calibration.lengths.sum()) if form.sequential else 0)
     with timed_step(context.times, loaded, "quantize", units, progress):
         report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
-                                                      form.sensitivity, progress=progress)
+                                                      form.sensitivity, progress=progress,
+                                                      sequential=calibration if form.sequential else None)
     report.meta["run"] = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
-                                                       form.upload if form.source == UPLOADED else None), form.sensitivity)
+                                                       form.upload if form.source == UPLOADED else None), form.sensitivity,
+                                  form.sequential)
     session = session.with_run(report)
     table, title = layer_table(report)
     return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
@@ -160,8 +168,12 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         with gr.Column(scale=1, min_width=300):
             preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
                                  info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, "
-                                      "optimum's and the GPTQ paper's, here applied to every layer at once from the "
-                                      "collected Hessians. GPTQ needs Hessians, static activations statistics")
+                                      "optimum's and the GPTQ paper's, applied to every layer at once from the collected "
+                                      "Hessians unless Sequential is ticked. Static activations need statistics")
+            sequential = gr.Checkbox(False, label="Sequential (GPTQ)",
+                                     info="block by block on the calibration set, each block's Hessians from the quantized "
+                                          "blocks before it, as the tools run it (true sequential for the gptqmodel and "
+                                          "optimum schemes); runs its own pass: no collected Hessians needed, 2-3x slower")
             with gr.Accordion("Scheme details", open=False):
                 method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
                 bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits")
@@ -197,7 +209,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     for control in scheme.values():
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
-               "sensitivity": sensitivity, "preset": preset}
+               "sensitivity": sensitivity, "preset": preset, "sequential": sequential}
     outputs = {"status": status, "summary": summary, "runs": runs, "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
             status=status, cancel=cancel)
