@@ -47,9 +47,14 @@ def sensitivity_depth(report: QuantReport) -> go.Figure | None:
     return fig.update_layout(height=420, margin={"b": 110}, showlegend=True)  # named even when it is the only trace
 
 
-def run_label(number: int, report: QuantReport) -> str:
+def scheme_label(report: QuantReport) -> str:
+    """The run's scheme, and how its GPTQ got its Hessians when not all at once (sequential runs)."""
     mode = report.meta.get("gptq", "")
-    return f"#{number} {report.spec.label()}" + (f", {mode}" if mode and mode != ALL_AT_ONCE else "")
+    return report.spec.label() + (f", {mode}" if mode and mode != ALL_AT_ONCE else "")
+
+
+def run_label(number: int, report: QuantReport) -> str:
+    return f"#{number} {scheme_label(report)}"
 
 
 def wrapped(text: str, width: int = 18) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from engine.atomic import write_file
 from engine.errors import CalibscopeError
 from engine.export import ExportFormat, export_format, save_calibration_set
+from engine.figures.quant import scheme_label
 from engine.progress import Progress, no_progress
 from engine.run_report import run_report
 from engine.specs import labels
@@ -60,7 +61,7 @@ def _stamp(report) -> tuple | None:
 
 def _identities(session: Session, fmt: ExportFormat) -> dict[Artifact, tuple]:
     calibration = session.calibration.manifest.token_sha256
-    runs = tuple((r.spec.label(), r.meta.get("evaluation"), r.quantized_perplexity) for r in session.quant_runs)
+    runs = tuple((scheme_label(r), r.meta.get("evaluation"), r.quantized_perplexity) for r in session.quant_runs)
     comparison = (None if session.comparison is None else
                   int(pd.util.hash_pandas_object(session.comparison, index=False).sum()))
     everything = (calibration, _stamp(session.stats), _stamp(session.hessians), runs, comparison)
@@ -78,7 +79,7 @@ def _writers(session: Session, context: AppContext, fmt: ExportFormat) -> dict[A
         return zipped(folder / f"calibration-{fmt.value}")
 
     def quantization_file(folder):
-        rows = [{"run": n, "scheme": r.spec.label(), "evaluation": r.meta["evaluation"], **row}
+        rows = [{"run": n, "scheme": scheme_label(r), "evaluation": r.meta["evaluation"], **row}
                 for n, r in enumerate(session.quant_runs, 1) for row in r.layers.to_dict(orient="records")]
         return _written(folder / "quantization-layers.csv", pd.DataFrame(rows).to_csv(index=False))
 

@@ -10,7 +10,7 @@ import torch
 from engine.errors import CalibscopeError
 from engine.experiments import HELD_OUT, UPLOADED
 from engine.experiments.runs import EvaluationSpec, QuantRun
-from engine.figures.quant import has_sensitivity, perplexity_runs, sensitivity_depth
+from engine.figures.quant import has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth
 from engine.figures.stats import short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
@@ -93,7 +93,7 @@ def status_line(report: QuantReport, reused: bool) -> str:
     meta = report.meta
     relative = 100 * report.gap / report.float_perplexity
     verb = "Reused: " if reused else ""
-    return (f"{verb}**{report.spec.label()}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
+    return (f"{verb}**{scheme_label(report)}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
             f"({report.gap:+.2f}, {relative:+.1f}%) on {meta['evaluation']} ({meta['evaluation_tokens']:,} tokens) · "
             f"{meta['layers']} layers · {meta['seconds']:.1f} s")
 
