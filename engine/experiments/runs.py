@@ -51,7 +51,7 @@ class QuantRun:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
-        if self.sequential and (not self.spec.needs_hessians or self.spec.activations.enabled):
+        if self.sequential and not self.spec.can_run_sequentially:
             raise SpecError(f"sequential is for GPTQ weights only, not {self.spec.label()}: leave it out for this scheme.")
 
     def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,

@@ -4,10 +4,10 @@ input) and the Hessians freed before the next block, so at most one block's Hess
 propagate=True is sequential GPTQ (llm-compressor's sequential pipeline, GPTQModel's default): the
 block is run again with its quantized weights, so each block's Hessians come from the outputs of the
 blocks before it as already quantized; with ``WeightSpec.true_sequential`` each group of layers
-reading one input also sees the block's earlier groups quantized (GPTQModel's default). propagate=False gives the one-pass result (every Hessian from
-the float model), the same as collecting every Hessian and then quantizing, without holding them all.
-The model's own weights are never changed: the result is a plan of quantized weights, evaluated like
-any other.
+reading one input also sees the block's earlier groups quantized (GPTQModel's default).
+propagate=False gives the one-pass result (every Hessian from the float model), the same as
+collecting every Hessian and then quantizing, without holding them all. The model's own weights are
+never changed: the result is a plan of quantized weights, evaluated like any other.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     ``save_to``: each block's quantized weights are written there
     (``block-NNN.safetensors``, module name -> weight) as soon as the block is done and not kept, so
     a model of any size is quantized in the memory of one block; the plan then holds none."""
-    if not spec.needs_hessians or spec.activations.enabled:
+    if not spec.can_run_sequentially:
         raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
     layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
     plan, rows = QuantizedModel(), []

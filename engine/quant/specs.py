@@ -190,6 +190,11 @@ class QuantSpec:
     def needs_stats(self) -> bool:
         return self.activations.enabled
 
+    @property
+    def can_run_sequentially(self) -> bool:
+        """GPTQ weights with float activations: what block-by-block (sequential) GPTQ quantizes."""
+        return self.needs_hessians and not self.activations.enabled
+
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
 # The GPTQ W4 g128 each tool ships by default; llm-compressor's is calibscope's default ("W4 g128

@@ -17,12 +17,17 @@ HALF_PRECISION = (torch.bfloat16, torch.float16)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # by Precision label
 
 
+def _half_products(x: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether to multiply in x's half precision into float32: a product of two bf16/fp16 numbers is
+    exact in float32 and the tensor cores accumulate in float32, so the sums are those of upcasting
+    first, at the half-precision GEMM's speed."""
+    return x.is_cuda and x.dtype in HALF_PRECISION and target.dtype == torch.float32
+
+
 def add_xtx_(target: torch.Tensor, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """target = beta·target + Σ_t x_t x_tᵀ (one GEMM), in target's dtype; returns target (beta=0:
     target's old values, even uninitialized ones, are ignored)."""
-    if x.is_cuda and x.dtype in HALF_PRECISION and target.dtype == torch.float32:
-        # A product of two bf16/fp16 numbers is exact in float32 and the tensor cores accumulate
-        # in float32: the same sums as upcasting first, at the half-precision GEMM's speed.
+    if _half_products(x, target):
         product = torch.mm(x.T, x, out_dtype=torch.float32)
         return target.copy_(product) if beta == 0 else target.add_(product)
     x = x.to(target.dtype)
@@ -39,11 +44,11 @@ def add_upper_xtx_(target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     were): XᵀX is symmetric, so one GEMM per strip of rows [i, i+s) against columns [i, n) does
     (k+1)/2k of the full product's work for k strips (56% for eight). ``symmetric_`` completes it."""
     channels, strip = x.shape[1], upper_strip(x.shape[1])
-    half = x.is_cuda and x.dtype in HALF_PRECISION and target.dtype == torch.float32
+    half = _half_products(x, target)
     x = x if half else x.to(target.dtype)
     for start in range(0, channels, strip):
         rows, columns = x[:, start:start + strip], x[:, start:]
-        if half:  # as in add_xtx_: exact products, float32 sums, the half-precision GEMM's speed
+        if half:
             target[start:start + strip, start:].add_(torch.mm(rows.T, columns, out_dtype=torch.float32))
         else:
             target[start:start + strip, start:].addmm_(rows.T, columns)

@@ -132,7 +132,7 @@ def sensitivity_note(report: QuantReport, sensitivity: str) -> str:
 def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     spec = form.spec()
-    if form.sequential and (not spec.needs_hessians or spec.activations.enabled):
+    if form.sequential and not spec.can_run_sequentially:
         raise CalibscopeError(f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
     if spec.needs_hessians and session.hessians is None and not form.sequential:
         raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first, tick Sequential "
