@@ -300,7 +300,7 @@ def routed_reference(loaded, calibration, experts_name: str, router_name: str, t
 
 @pytest.mark.parametrize("model", ["tiny-random-qwen3-moe", "tiny-random-mixtral"])
 def test_experts_get_per_expert_sums_and_counts_equal_to_the_routers_choice(model, calibration):
-    loaded = load_model(ModelSpec(model))
+    loaded = load_model(ModelSpec(model, dtype="float32"))  # a batch-invariant reference forward
     imatrix = collect_imatrix(loaded, calibration, ImatrixSpec(batch_size=3))
     top_k = loaded.model.config.num_experts_per_tok
     count, inputs, down, x = routed_reference(loaded, calibration, "model.layers.1.mlp.experts", "model.layers.1.mlp.gate", top_k)

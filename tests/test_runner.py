@@ -172,14 +172,15 @@ def test_the_memory_plan_counts_what_a_pass_holds_and_decides_by_it(tiny):
                           batch_size=4)
     plan = plan_for(resident, calibration, request)
     items = {item.what: item for item in plan.items}
-    weights = sum(p.numel() for p in resident.model.parameters()) * 4
+    weights = sum(p.numel() * p.element_size() for p in resident.model.parameters())
     assert plan.execution is Execution.WHOLE and items["model weights"].megabytes == round(weights / 2**20, 2)
     assert items["accumulators, every layer"].megabytes == round(sum(l.in_features**2 * 4 for l in layers) / 2**20, 2)
     tight = plan_for(resident, calibration, PassRequest(**{**request.__dict__, "budget": 1}))
     assert tight.execution is Execution.BLOCKWISE and tight.activations is Location.DISK and "MB free" in tight.reason
     padded = sum(len(rows) * int(calibration.lengths[rows].max()) for rows in calibration.batch_indices(4, by_length=True))
     activations = next(item for item in tight.items if item.what == "activations between blocks")
-    assert activations.megabytes == round(padded * resident.info.hidden_size * 4 / 2**20, 2)
+    element = next(resident.model.parameters()).element_size()  # activations between blocks in the model's dtype
+    assert activations.megabytes == round(padded * resident.info.hidden_size * element / 2**20, 2)
     assert list(tight.table().columns) == ["what", "MB", "where"]
     with pytest.raises(CalibscopeError, match="offloaded"):
         plan_for(on_disk, calibration, PassRequest(**{**request.__dict__, "execution": Execution.WHOLE}))
