@@ -19,7 +19,7 @@ from engine.quant import PRESETS, QuantSpec
 from engine.quant.apply import quantized
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.perplexity import evaluation_windows, perplexity
-from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.plan import plan_quantization
 from engine.sampling import GptqWindowsSpec, build
 from engine.sampling.recipes import rows_dataset
 from engine.stats.hessian_report import collect_hessians
@@ -55,7 +55,7 @@ def main() -> None:
     for name in SCHEMES:
         spec: QuantSpec = PRESETS[name]
         started = time.perf_counter()
-        plan, table = plan_quantization(quantizable_layers(loaded.model, spec), spec, None, hessians, output_errors=False)
+        plan, table = plan_quantization(loaded, spec, None, hessians, output_errors=False)
         seconds = time.perf_counter() - started
         fallbacks = int((table.get("fallback") == "rtn").sum()) if "fallback" in table else 0
         rows.append({"scheme": name, "perplexity": quantized_perplexity(loaded, plan, evaluation),

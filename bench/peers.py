@@ -44,7 +44,7 @@ from engine.quant import PRESETS
 from engine.quant.apply import QuantizedModel
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.perplexity import perplexity
-from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.plan import plan_quantization
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
 
@@ -104,7 +104,7 @@ def main() -> None:
     spec = PRESETS["W4 g128 GPTQ"]
     started = time.perf_counter()
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
-    plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, None, hessians, output_errors=False)
+    plan, _ = plan_quantization(loaded, spec, None, hessians, output_errors=False)
     rows.append({"tool": "calibscope", "scheme": "W4 g128 GPTQ (default = llm-compressor's), one pass",
                  "seconds": round(time.perf_counter() - started, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
     for scheme in ("W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (optimum)"):

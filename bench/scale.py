@@ -36,7 +36,7 @@ from bench._common import STABLE_MALLOC, peak_rss_mb, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.quant import PRESETS
 from engine.quant.block_gptq import gptq_block_by_block
-from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.plan import plan_quantization
 from engine.sampling import PackedSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -65,7 +65,7 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="none"))
         data = calibration(loaded, samples, length)
         hessians = collect_hessians(loaded, data, HessianSpec(diagnostics="none", execution="whole-model"))
-        plan, table = plan_quantization(quantizable_layers(loaded.model, GPTQ), GPTQ, None, hessians)
+        plan, table = plan_quantization(loaded, GPTQ, None, hessians)
         save_file({name: weight.contiguous() for name, weight in plan.weights.items()}, out / "quantized.safetensors")
     elif mode == "blockwise":  # block by block from disk, each block's Hessians handed to GPTQ and freed
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))

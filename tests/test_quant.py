@@ -191,7 +191,8 @@ def test_evaluation_windows_refuse_too_little_text(tiny_llama):
 def test_weights_and_hooks_are_restored_after_an_exception(tiny_llama, calibrated):
     stats, hessians, _ = calibrated
     layers = select_layers(tiny_llama.model, ("Linear",), "", False)
-    plan, _ = plan_quantization(layers, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), stats, hessians)
+    plan, _ = plan_quantization(tiny_llama, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), stats, hessians,
+                                layers=layers)
     module = layers[0].module
     original = module.weight.data
     before = original.clone()
@@ -227,6 +228,6 @@ def test_evaluate_says_what_is_missing(tiny_llama, calibrated):
         evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), evaluation)
     with pytest.raises(CalibscopeError, match="activation statistics"):
         evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), evaluation)
-    with pytest.raises(CalibscopeError, match="no module"):
+    with pytest.raises(CalibscopeError, match="no layer .nope."):
         with quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
             pass

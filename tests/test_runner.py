@@ -18,7 +18,7 @@ from engine.experiments import SweepSpec, sweep
 from engine.hooks import decoder_blocks
 from engine.models.tiny import build_tiny
 from engine.quant import PRESETS
-from engine.quant.apply import QuantizedModel, module_weight, quantized
+from engine.quant.apply import QuantizedModel, module_weight, original_weights, quantized
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.plan import plan_quantization, quantizable_layers, quantized_weights
 from engine.runner import Execution, PassRequest, plan_for, run_pass
@@ -102,7 +102,7 @@ def test_a_sweep_block_by_block_snapshots_what_the_whole_model_sweep_does(tiny):
 def test_sequential_gptq_propagates_quantized_outputs_and_starts_like_one_pass(tiny):
     resident, on_disk, calibration = tiny
     spec = PRESETS["W4 g128 GPTQ"]
-    one_pass, _ = plan_quantization(quantizable_layers(resident.model, spec), spec, None,
+    one_pass, _ = plan_quantization(resident, spec, None,
                                     collect_hessians(resident, calibration, HessianSpec(batch_size=4)))
     sequential, table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4))
     first = [name for name in one_pass.weights if ".0." in name]
@@ -134,7 +134,7 @@ def test_true_sequential_equals_a_reference_that_reruns_the_model_for_every_grou
         pattern = "|".join(re.escape(layer.name) + "$" for layer in members)
         with quantized(resident, reference):
             hessians = collect_hessians(resident, calibration, HessianSpec(batch_size=4, name_pattern=pattern, diagnostics="none"))
-        for name, (_, fake, _) in quantized_weights(members, spec.weights, hessians).items():
+        for name, (_, fake, _) in quantized_weights(members, original_weights(resident, members), spec.weights, hessians).items():
             reference.weights[name] = module_weight(layers[name], fake)
     assert set(got.weights) == set(reference.weights) and len(table) == len(layers)
     assert max(float((got.weights[n] - reference.weights[n]).abs().max()) for n in layers) < 1e-5
@@ -253,7 +253,7 @@ class _Counter:
 def test_gptq_block_by_block_without_propagation_equals_one_pass_quantization(tiny):
     resident, on_disk, calibration = tiny
     spec = PRESETS["W4 g128 GPTQ"]
-    one_pass, table = plan_quantization(quantizable_layers(resident.model, spec), spec, None,
+    one_pass, table = plan_quantization(resident, spec, None,
                                         collect_hessians(resident, calibration, HessianSpec(batch_size=4)))
     by_block, block_table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4), propagate=False)
     assert all(torch.allclose(one_pass.weights[n], by_block.weights[n], rtol=0, atol=1e-6) for n in one_pass.weights)

@@ -23,7 +23,6 @@ from engine.quant import (
     plan_quantization,
     quantized,
 )
-from engine.quant.plan import quantizable_layers
 from engine.sampling import Strategy, build, entry, spec_for
 from engine.stats import Diagnostics, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -81,7 +80,7 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        plan, _ = plan_quantization(quantizable_layers(loaded.model, spec), spec, stats, hessians, output_errors=False)
+        plan, _ = plan_quantization(loaded, spec, stats, hessians, output_errors=False)
         with quantized(loaded, plan):
             for evaluation in evaluations:
                 value = perplexity(loaded, evaluation)

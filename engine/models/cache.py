@@ -14,6 +14,10 @@ class ModelCache:
 
     Two callers asking for the same model at once load it once: the second waits on a per-model
     lock instead of loading a second copy. ``loader`` is ``load_model`` unless a test replaces it.
+
+    Memory stays bounded by ``capacity`` models: room is made before a load, and a model evicted
+    while a pass still runs on it (holding its lock) is waited for: the new model loads only once
+    that pass has ended and let the evicted one go.
     """
 
     def __init__(self, capacity: int = 2, loader=load_model) -> None:
@@ -40,12 +44,24 @@ class ModelCache:
             found = self._cached(spec)
             if found is not None:
                 return found
+            self._make_room()
             loaded = self._loader(spec, progress)
             with self._lock:
                 self._models[spec] = loaded
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
             return loaded
+
+    def _make_room(self) -> None:
+        """Evict the least recently used models until one more fits, then wait for any pass still
+        running on them (its model lock) to end."""
+        with self._lock:
+            evicted = []
+            while self._models and len(self._models) >= self.capacity:
+                evicted.append(self._models.popitem(last=False)[1])
+        for model in evicted:
+            lock = getattr(model, "lock", None)
+            if lock is not None:
+                with lock:
+                    pass
 
     def __len__(self) -> int:
         with self._lock:

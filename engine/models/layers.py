@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from dataclasses import dataclass, field
 from enum import Enum
@@ -74,13 +75,15 @@ def _features(module: nn.Module) -> tuple[int, int]:
 # The probe forward runs once per model: a pass on another thread (the dashboard previews plans
 # while a pass runs) would otherwise see the probe's tokens in its hooks.
 _ORDERS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+_ORDERS_LOCK = threading.Lock()  # two sessions listing one model's layers at once probe it once
 
 
 def _execution_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
     """Names of ``candidates`` in the order a 2-token forward calls them (probed once per model)."""
-    known = _ORDERS.get(model)
-    if known is None or not set(candidates) <= set(known):
-        known = _ORDERS[model] = _probe_order(model, candidates)
+    with _ORDERS_LOCK:
+        known = _ORDERS.get(model)
+        if known is None or not set(candidates) <= set(known):
+            known = _ORDERS[model] = _probe_order(model, candidates)
     return [name for name in known if name in candidates]
 
 

@@ -27,6 +27,16 @@ def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
     return weight
 
 
+def original_weights(loaded: LoadedModel, layers: list[LinearLayer]) -> dict[str, torch.Tensor]:
+    """Each layer's own [out, in] weight (no copy), read under the model's lock.
+
+    Another session's ``quantized()`` swaps fake-quantized tensors into the shared model while it
+    holds the lock, and puts the originals back before it lets go; no pass writes into a weight in
+    place. So the tensors read here, under the lock, are the float originals, and stay so after."""
+    with loaded.lock:
+        return {layer.name: matrix for layer in layers if (matrix := weight_matrix(layer)) is not None}
+
+
 def module_weight(layer: LinearLayer, matrix: torch.Tensor) -> torch.Tensor:
     """``matrix`` [out, in] back in the module's own layout, dtype and device."""
     weight = layer.module.weight
@@ -51,6 +61,22 @@ def _on(grid: Grid, device: torch.device) -> Grid:
     return Grid(grid.scale.to(device), grid.zero.to(device), grid.maxq)
 
 
+def fitted_weights(modules: dict[str, torch.nn.Module], plan: QuantizedModel) -> dict[str, torch.Tensor]:
+    """``plan``'s weights checked against the model's modules: a missing module or another shape is
+    refused naming the layer; another dtype or device (a plan made in float32 elsewhere, e.g. by a
+    peer tool, for a bfloat16 model) is cast to the module's, as the model would compute with it."""
+    fitted = {}
+    for name, weight in plan.weights.items():
+        module = modules.get(name)
+        if module is None or getattr(module, "weight", None) is None:
+            raise CalibscopeError(f"The model has no layer {name!r} with a weight; was the plan made for another model?")
+        if tuple(weight.shape) != tuple(module.weight.shape):
+            raise CalibscopeError(f"The plan's weight for {name} has shape {tuple(weight.shape)}, the model's "
+                                  f"{tuple(module.weight.shape)}; was the plan made for another model?")
+        fitted[name] = weight.to(device=module.weight.device, dtype=module.weight.dtype)
+    return fitted
+
+
 @contextmanager
 def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     """Run the model with ``plan``'s weights and fake-quantized inputs inside the block.
@@ -61,14 +87,15 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     """
     loaded.require_resident("Quantized evaluation")
     modules = dict(loaded.model.named_modules())
-    missing = (set(plan.weights) | set(plan.inputs)) - set(modules)
+    missing = set(plan.inputs) - set(modules)
     if missing:
         raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
+    weights = fitted_weights(modules, plan)
     with loaded.lock:
         originals: dict[str, torch.Tensor] = {}
         handles = []
         try:
-            for name, weight in plan.weights.items():
+            for name, weight in weights.items():
                 originals[name] = modules[name].weight.data
                 modules[name].weight.data = weight
             for name, grid in plan.inputs.items():

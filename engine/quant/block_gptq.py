@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
-from engine.quant.apply import QuantizedModel, module_weight
+from engine.quant.apply import QuantizedModel, module_weight, original_weights
 from engine.quant.plan import output_error, quantizable_layers, quantized_weights
 from engine.quant.specs import QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
@@ -61,7 +61,7 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     def quantize_block(block: FinishedBlock) -> dict[str, torch.Tensor]:
         view = _BlockHessians(block)
         mine = [layers[name] for name in layers if view.has(name)]
-        done = quantized_weights(mine, spec.weights, view)
+        done = quantized_weights(mine, original_weights(loaded, mine), spec.weights, view)
         for layer in mine:
             original, fake, costs = done[layer.name]
             plan.weights[layer.name] = module_weight(layer, fake)

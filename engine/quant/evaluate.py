@@ -78,7 +78,7 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if sequential is not None:
         plan, table = gptq_block_by_block(loaded, sequential, spec, progress=quantizing)
     else:
-        plan, table = plan_quantization(layers, spec, stats, hessians, quantizing)
+        plan, table = plan_quantization(loaded, spec, stats, hessians, quantizing, layers=layers)
     if float_perplexity is None:
         float_perplexity = perplexity(loaded, evaluation, batch_size,
                                       labelled(scaled(progress, split[0], split[1]), "Float model"))

@@ -9,10 +9,10 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.hooks import select_layers
-from engine.models import LinearLayer
+from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
-from engine.quant.apply import QuantizedModel, module_weight, weight_matrix
+from engine.quant.apply import QuantizedModel, module_weight, original_weights
 from engine.quant.gptq import FactorizationError, gptq_batch
 from engine.quant.ranges import activation_grid, relative_error
 from engine.quant.rtn import rtn
@@ -93,40 +93,46 @@ def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[l
     return [batch for batches in by_shape.values() for batch in batches]
 
 
-def quantized_weights(layers: list[LinearLayer], spec: WeightSpec, hessians: HessianReport | None,
+def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: WeightSpec,
+                      hessians: HessianReport | None,
                       progress: Progress = no_progress) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict]]:
-    """Per layer with a matrix weight: (original [out, in] float32, fake-quantized, costs with seconds)."""
+    """Per layer in ``matrices`` (its original [out, in] weight, from ``original_weights``):
+    (original float32, fake-quantized, costs with seconds)."""
     done: dict[str, tuple[torch.Tensor, torch.Tensor, dict]] = {}
-    groups = [[layer for layer in group if weight_matrix(layer) is not None]
+    groups = [[layer for layer in group if layer.name in matrices]
               for group in _shared_groups(layers, hessians, spec.needs_hessians)]
     batches = _batches([group for group in groups if group], spec.needs_hessians)
     for number, batch in enumerate(batches):
         started = time.perf_counter()
-        originals = [[weight_matrix(layer).float() for layer in group] for group in batch]
+        originals = [[matrices[layer.name].float() for layer in group] for group in batch]
         leaders = [group[0].name for group in batch]
         found = [hessians.hessian(name) if hessians is not None and hessians.has(name) else None for name in leaders]
         with torch.inference_mode():
             results = quantize_groups(originals, spec, found, [group[0].name for group in batch])
         seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
-        for group, matrices, group_results in zip(batch, originals, results):
-            for layer, original, (fake, costs) in zip(group, matrices, group_results):
+        for group, group_originals, group_results in zip(batch, originals, results):
+            for layer, original, (fake, costs) in zip(group, group_originals, group_results):
                 done[layer.name] = (original, fake, {**costs, "seconds": seconds})
         progress((number + 1) / len(batches), f"Quantized {', '.join(group[0].name for group in batch)}")
     return done
 
 
-def plan_quantization(layers: list[LinearLayer], spec: QuantSpec, stats: StatsReport | None = None,
+def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport | None = None,
                       hessians: HessianReport | None = None, progress: Progress = no_progress,
-                      output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
+                      output_errors: bool = True, layers: list[LinearLayer] | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians),
     gptq_loss and damping (GPTQ), clip (activation range), input_error (expected relative error of the
     quantized input over its histogram, per-tensor symmetric grids) and seconds. ``output_errors``
-    off skips the one costly measure (comparisons need the weights only)."""
+    off skips the one costly measure (comparisons need the weights only). ``layers``: the spec's
+    ``quantizable_layers`` unless given. The weights are read under the model's lock, so another
+    session's quantized evaluation on the same model never leaks into this plan."""
+    layers = quantizable_layers(loaded.model, spec) if layers is None else layers
     if spec.activations.enabled and stats is None:
         raise CalibscopeError("Static activation quantization needs activation statistics: collect them first.")
     observed = set(stats.summary["key"]) if stats is not None else set()
-    weights = quantized_weights(layers, spec.weights, hessians, scaled(progress, 0.0, 0.9)) if spec.weights.enabled else {}
+    weights = (quantized_weights(layers, original_weights(loaded, layers), spec.weights, hessians, scaled(progress, 0.0, 0.9))
+               if spec.weights.enabled else {})
     plan, rows = QuantizedModel(), []
     for layer in layers:
         started = time.perf_counter()

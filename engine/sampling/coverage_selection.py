@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import SamplingError
+from engine.memo import OwnerMemo
 from engine.sampling.cluster_selection import candidate_documents
 from engine.sampling.context import Draft, SamplingContext
 from engine.sampling.cover import Target, covers, greedy_cover, outlier_targets, score_sequences
@@ -16,10 +17,9 @@ from engine.sampling.manifest import token_hash
 from engine.sampling.specs import CoverageSpec
 from engine.sampling.tokens import encode, pad_id
 
-# Scores of recently scored candidate pools: a comparison builds sets of several sizes from the same
-# seed's pool, and each scoring is a forward over every candidate.
-_SCORED: dict[tuple[int, str], object] = {}
-_KEEP = 4
+# Scores of recently scored candidate pools, per model: a comparison builds sets of several sizes
+# from the same seed's pool, and each scoring is a forward over every candidate.
+_SCORED: OwnerMemo = OwnerMemo(keep=4)
 
 
 def coverage(context: SamplingContext, spec: CoverageSpec, rng: np.random.Generator) -> Draft:
@@ -29,12 +29,8 @@ def coverage(context: SamplingContext, spec: CoverageSpec, rng: np.random.Genera
     encoded = encode(context.tokenizer, [context.texts[i] for i in documents])
     body = spec.length - len(context.prefix)
     sequences = [context.with_prefix(ids[:body]) for ids in encoded]
-    key = (id(context.model.model), token_hash(sequences))
-    if key not in _SCORED:
-        while len(_SCORED) >= _KEEP:
-            _SCORED.pop(next(iter(_SCORED)))
-        _SCORED[key] = score_sequences(context.model, sequences, pad_id(context.tokenizer))
-    scores = _SCORED[key]
+    scores = _SCORED.get_or_compute(context.model.model, token_hash(sequences),
+                                    lambda: score_sequences(context.model, sequences, pad_id(context.tokenizer)))
     targets = outlier_targets(scores, spec.outlier_ratio)
     covered = covers(scores, targets, spec.fraction)
     chosen, gains = greedy_cover(covered, targets.weight, spec.nsamples, rng)

@@ -9,8 +9,6 @@ cut from the middle of a document start with BOS too.
 from __future__ import annotations
 
 import json
-import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
 
@@ -18,6 +16,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from engine.corpus.documents import column
+from engine.memo import OwnerMemo
 from engine.progress import Progress, no_progress
 from engine.sampling.manifest import corpus_fingerprint
 
@@ -63,21 +62,16 @@ def render_texts(dataset, tokenizer: PreTrainedTokenizerBase, chat_template: boo
 
 # A comparison builds many sets from one corpus: each tokenizer object remembers the lengths of the
 # last few corpora it measured (by content), and forgets them with the tokenizer.
-_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MEASURED_CORPORA = 4
+_MEASURED: OwnerMemo[np.ndarray] = OwnerMemo(keep=MEASURED_CORPORA)
 
 
 def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], progress: Progress = no_progress) -> np.ndarray:
     """Token count of each text (no special tokens); measured once per tokenizer and corpus."""
     key = (len(tokenizer), corpus_fingerprint(texts))
-    known = _MEASURED.setdefault(tokenizer, OrderedDict())
-    if key not in known:
-        known[key] = _measure_lengths(tokenizer, texts, progress)
-        if len(known) > MEASURED_CORPORA:
-            known.popitem(last=False)
-    known.move_to_end(key)
+    lengths = _MEASURED.get_or_compute(tokenizer, key, lambda: _measure_lengths(tokenizer, texts, progress))
     progress(1.0, f"Token lengths of {len(texts):,} documents")
-    return known[key].copy()
+    return lengths.copy()
 
 
 def _measure_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], progress: Progress) -> np.ndarray:
