@@ -1,5 +1,5 @@
 """The launched app under load: 8 concurrent visitors through gradio_client, each with its own
-results, the page still answering, queued visitors told their position; and the shared-Space
+results (each visitor's layer statistics equal a run of the same flow alone), the page still answering, queued visitors told their position; and the shared-Space
 refusals as a visitor meets them. Everything stays on the loopback interface and stops by itself."""
 import re
 import time
@@ -39,8 +39,15 @@ def visitor(url: str, number: int, queue_seen: list) -> dict:
         if status.rank is not None and status.rank > 0:
             queue_seen.append(status.rank)
         time.sleep(0.05)
-    collected = job.result()[0]
-    return {"samples": samples, "built": built, "collected": collected}
+    collected, _ranges, table = job.result()[:3]
+    return {"samples": samples, "built": built, "collected": collected, "table": _rows(table)}
+
+
+def _rows(table: dict) -> dict[str, list]:
+    """The layer table's rows by layer key: what the hooks recorded for this visitor."""
+    table = table.get("value", table)  # the table comes as an update of the component
+    headers = table["headers"]
+    return {row[headers.index("key")]: row for row in table["data"]}
 
 
 def tokens_in(text: str) -> int:
@@ -58,6 +65,11 @@ def test_eight_concurrent_visitors_get_their_own_results_and_the_app_stays_respo
                     answers.append(page.status)
                 time.sleep(0.2)
             results = [f.result(timeout=DEADLINE_S) for f in futures]
+        # the same flows one at a time: what each visitor's hooks recorded must not depend on the others
+        alone = [visitor(url, number, []) for number in range(VISITORS)]
+    for result, reference in zip(results, alone):
+        assert result["table"] == reference["table"], (result["samples"], result["table"], reference["table"])
+    assert len({str(r["table"]) for r in results}) == VISITORS  # every visitor's set gives other ranges
     for result in results:
         assert result["built"].startswith(f"**Built** {result['samples']} samples"), result
         assert f"over {result['samples']} samples, {tokens_in(result['built']):,} tokens" in result["collected"], result

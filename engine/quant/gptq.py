@@ -4,8 +4,8 @@ inputs, so that the layer's output on the calibration data changes as little as 
 
 Follows the reference implementation (gptq.py's fasterquant): dead inputs (H_ii = 0) get H_ii = 1
 and a zero weight column; damping λ·mean(diag H) on the diagonal; the upper Cholesky factor of
-H⁻¹; lazy batch updates over blocks of ``block_size`` columns; group grids found on the
-already-updated weights when a group starts; optional activation order (columns by decreasing
+H⁻¹; lazy batch updates over blocks of ``block_size`` columns; group grids found when a group
+starts, on the weights as the reference holds them then (updated by the earlier blocks' errors); optional activation order (columns by decreasing
 H_ii): ``ActOrder.DYNAMIC`` forms groups in that order (the reference's act-order; inference needs
 the permutation, llm-compressor's ``g_idx``), ``ActOrder.STATIC`` fixes each group's grid from the
 original weight in the original column order first (llm-compressor's "weight" ordering: nothing to
@@ -144,6 +144,8 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
         errors = torch.empty_like(block)
         block_hinv = hinv[:, start:stop, start:stop]
         diagonal = block_hinv.diagonal(dim1=-2, dim2=-1)[..., None, None].clone()  # [B, columns, 1, 1]
+        # a group that starts inside the block takes its grid from the block as it stood at the block's start
+        at_start = block.clone() if static_grids is None and _group_starts_inside(start, stop, group_size) else None
         for sub in range(0, stop - start, inner):
             sub_stop = min(sub + inner, stop - start)
             # the sub-block's per-column views, made in one call each: slicing per column costs the loop more than its arithmetic
@@ -157,7 +159,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
                 if grids is not None:  # the original column's group, fixed before any update
                     grid = grids[k]
                 elif group_size and column % group_size == 0:
-                    grid = _column_grid(_group(columns_first, column, group_size), bits, symmetric)
+                    grid = _column_grid(_group(columns_first, at_start, start, column, group_size), bits, symmetric)
                 q = grid.quantize(w)
                 torch.sub(w, q, out=error).div_(ds[k])
                 if k + 1 < len(ws):  # the error, within the sub-block: a rank-1 update per layer
@@ -253,8 +255,19 @@ def _static_group_grids(weight: torch.Tensor, bits: int, group_size: int, symmet
     return _Rounding.of(Grid(scale.transpose(1, 2).contiguous(), zero.transpose(1, 2).contiguous(), grids[0].maxq))
 
 
-def _group(columns_first: torch.Tensor, column: int, group_size: int) -> torch.Tensor:
-    """The group's columns as they stand now (a view): inside the current block updated by every
-    earlier column's error, beyond it by the earlier blocks' (equal to the reference when groups
-    align with blocks)."""
-    return columns_first[:, column:column + group_size]
+def _group_starts_inside(start: int, stop: int, group_size: int) -> bool:
+    """Whether a group starts strictly inside the block [start, stop) (never when groups align with blocks)."""
+    return bool(group_size) and (start // group_size + 1) * group_size < stop
+
+
+def _group(columns_first: torch.Tensor, at_start: torch.Tensor | None, start: int, column: int,
+           group_size: int) -> torch.Tensor:
+    """The group's columns as the reference's fasterquant reads them when the group starts (its W):
+    every column updated by the earlier blocks' errors only. The reference applies the current
+    block's errors to a copy of the block (W1) and to the columns beyond it at the block's end, so
+    for a group starting inside the block (``at_start``: the block at its start) the block's own
+    columns are taken as they were then. At a block's first column the two are the same."""
+    if column == start or at_start is None:
+        return columns_first[:, column:column + group_size]
+    beyond = columns_first[:, start + at_start.shape[1]:column + group_size]
+    return torch.cat([at_start[:, column - start:], beyond], dim=1)
