@@ -30,6 +30,7 @@ from engine.runner import Execution
 from engine.sampling import RandomSpec, build
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
+from tests.conftest import missing
 from tests.moe import routed_tokens, starved
 
 
@@ -212,7 +213,7 @@ def llama_tools():
 
     folder = _llamacpp.built()
     if folder is None:
-        pytest.skip("llama.cpp's tools are not built: python -m bench._llamacpp builds them (CI does)")
+        missing("llama.cpp's tools are not built: python -m bench._llamacpp builds them (CI does)")
     return folder
 
 

@@ -26,9 +26,12 @@ def write_gguf(imatrix: Imatrix, path: str | Path) -> Path:
     """The GGUF imatrix llama-imatrix writes (same keys, tensors, order and types)."""
     import gguf
 
+    class ImatrixWriter(gguf.GGUFWriter):
+        def add_architecture(self) -> None:  # the writer adds one on creation; llama-imatrix writes none
+            pass
+
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch="")
-    writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix writes no architecture
+    writer = ImatrixWriter(str(path), arch="")
     writer.add_type(gguf.GGUFType.IMATRIX)
     writer.add_array(KEY_DATASETS, list(imatrix.datasets) or ["calibscope"])
     writer.add_uint32(KEY_CHUNK_COUNT, int(imatrix.chunk_count))
