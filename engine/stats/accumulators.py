@@ -42,6 +42,20 @@ def all_reduce_count(count: int, device: torch.device, group=None) -> int:
     return int(total.item())
 
 
+def add_counts_(counts: torch.Tensor, index: torch.Tensor, bincount: bool | None = None) -> None:
+    """counts (any shape, read flat) += how often each flat position occurs in ``index``.
+
+    torch.bincount sizes its output from index.max(), which on an accelerator is a read-back to the
+    host: one synchronisation per batch and layer. index_add_ of ones into the histogram that is
+    already there never asks. On the CPU nothing waits, and bincount is ~1.4x faster there
+    (``bincount``: None chooses by device)."""
+    if bincount if bincount is not None else counts.device.type == "cpu":
+        counts.view(-1).add_(torch.bincount(index, minlength=counts.numel()).to(counts.dtype))
+    else:
+        ones = torch.ones((), dtype=counts.dtype, device=counts.device).expand(index.numel())
+        counts.view(-1).index_add_(0, index, ones)
+
+
 class ActivationAccumulator:
     def __init__(self, channels: int, channel_histograms: bool = True, device: torch.device | str = "cpu",
                  branch_free: bool | None = None) -> None:
@@ -128,18 +142,15 @@ class ActivationAccumulator:
         channel_index = (CHANNEL_BINS.index_of_magnitude_bits(bits, shifted_by=TENSOR_BINS.shift)
                          if self.channel_counts is not None else None)
         tensor_index = TENSOR_BINS.index_of_shifted_(bits)
-        counts = torch.bincount(tensor_index.view(-1), minlength=TENSOR_BINS.count)
+        add_counts_(self.tensor_counts, tensor_index.view(-1))
         if stand_ins is not None:
-            counts[0] -= stand_ins.sum()
-        self.tensor_counts += counts
+            self.tensor_counts[0] -= stand_ins.sum()
         if channel_index is None:
             return
         channel_index += torch.arange(self.channels, dtype=torch.int32, device=self.device) * CHANNEL_BINS.count
-        per_channel = torch.bincount(channel_index.view(-1), minlength=self.channels * CHANNEL_BINS.count)
-        per_channel = per_channel.view(self.channels, CHANNEL_BINS.count)
+        add_counts_(self.channel_counts, channel_index.view(-1))
         if stand_ins is not None:
-            per_channel[:, 0] -= stand_ins
-        self.channel_counts += per_channel.to(torch.int32)
+            self.channel_counts[:, 0] -= stand_ins.to(self.channel_counts.dtype)
 
     # -- merge and read -------------------------------------------------------------------------
     def merge(self, other: ActivationAccumulator) -> ActivationAccumulator:
