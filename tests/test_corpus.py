@@ -158,3 +158,19 @@ def test_what_reading_decided_is_counted_and_shown(tmp_path):
     rows = dict(corpus_summary(corpus))
     assert rows["Dropped as too short"] == "1 of 3 read (fewer than 10 characters)"
     assert rows["Text column"].startswith("'content' (guessed: the only text-like column; columns: id, content)")
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("labels.csv", "id,label\n1,ab\n2,c\n3,de f\n", ["3 read from column 'label'", "only text-like column", "minimum of 16",
+                                                    "longest had 4", "Lower the minimum characters to 4", "another column"]),
+    ("short.jsonl", '{"text": "hi"}\n{"text": "yo"}\n', ["2 read from field 'text'", "minimum of 16", "longest had 2"]),
+    ("chats.jsonl", '{"messages": []}\n', ["1 read from field 'messages'", "every one was empty"]),
+    ("short.txt", "a\n\nbb\n\nc", ["3 read", "minimum of 16", "longest had 2"]),
+])
+def test_a_file_that_loads_nothing_says_what_it_read_and_what_dropped_it(tmp_path, name, content, words):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CorpusError) as raised:
+        load_corpus(CorpusSpec(kind="file", name=str(path)))
+    for expected in words:
+        assert expected in str(raised.value), str(raised.value)

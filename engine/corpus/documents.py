@@ -34,6 +34,29 @@ def corpus_notes(dataset: datasets.Dataset) -> dict:
         return {}
 
 
+def read_from(notes: dict) -> str:
+    """Where a file's text was read from, in words ("" when it is the file's plain text)."""
+    if "text_column" in notes:
+        how = " (the only text-like column)" if notes.get("column_guessed") else ""
+        return f" from column '{notes['text_column']}'{how} of {', '.join(notes['columns'])}"
+    fields = notes.get("text_fields")
+    if fields:
+        return f" from field{'s' if len(fields) > 1 else ''} {', '.join(repr(f) for f in fields)}"
+    return ""
+
+
+def _nothing_usable(origin: str, seen: int, longest: int, min_chars: int, notes: dict) -> str:
+    """What was read, from where, what dropped it and what to do: never just 'nothing usable'."""
+    if seen == 0:
+        return f"{origin} holds no documents. Check that it contains text."
+    other = " or choose another column" if "text_column" in notes else ""
+    what = ("every one was empty" if longest == 0 else
+            f"all were shorter than the minimum of {min_chars} characters after removing blank space "
+            f"(the longest had {longest})")
+    lower = f" Lower the minimum characters to {longest}{other}." if longest else f" Check that it contains text{other}."
+    return f"{origin} holds no usable documents: {seen:,} read{read_from(notes)}, and {what}.{lower}"
+
+
 def to_dataset(
     documents: Iterable[tuple[str, str]],
     min_chars: int,
@@ -52,12 +75,13 @@ def to_dataset(
     texts: list[str] = []
     sources: list[str] = []
     kept_extra: dict[str, list] = {key: [] for key in (extra or {})}
-    seen = short = 0
+    seen = short = longest_short = 0
     for index, (text, source) in enumerate(documents):
         seen += 1
         text = clean(text)
         if len(text.strip()) < min_chars:
             short += 1
+            longest_short = max(longest_short, len(text.strip()))
             continue
         texts.append(text)
         sources.append(source)
@@ -66,10 +90,7 @@ def to_dataset(
         if max_documents is not None and len(texts) >= max_documents:
             break
     if not texts:
-        raise CorpusError(
-            f"{origin} holds no usable documents: {seen} read, none with at least {min_chars} "
-            "characters after removing blank space. Check that it contains text, or lower the minimum characters."
-        )
+        raise CorpusError(_nothing_usable(origin, seen, longest_short, min_chars, notes or {}))
     columns = {"text": texts, "source": sources, "row_id": list(range(len(texts))), **kept_extra}
     notes = {**(notes or {}), "read": seen, "dropped_short": short, "min_chars": min_chars}
     return datasets.Dataset.from_dict(columns, info=datasets.DatasetInfo(description=json.dumps(notes)))

@@ -69,9 +69,10 @@ def render_messages(messages: list) -> str:
     return "\n\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages)
 
 
-def _record_text(record: object, column: str | None, where: str) -> tuple[str, list | None]:
+def _record_text(record: object, column: str | None, where: str) -> tuple[str, list | None, str]:
+    """The record's text, its chat messages (or None) and the field read ("" for a bare string)."""
     if isinstance(record, str) and column is None:
-        return record, None
+        return record, None, ""
     if not isinstance(record, dict):
         raise CorpusError(f"{where}: expected a JSON object or string, found {type(record).__name__}.")
     if column is None:
@@ -80,8 +81,8 @@ def _record_text(record: object, column: str | None, where: str) -> tuple[str, l
         asked = f"field '{column}'" if column else "'text' or 'messages' field"
         raise CorpusError(f"{where} has no {asked}; its fields: {', '.join(record) or 'none'}. Set the text column.")
     if column == "messages":
-        return render_messages(record["messages"]), record["messages"]
-    return str(record[column] or ""), None
+        return render_messages(record["messages"]), record["messages"], column
+    return str(record[column] or ""), None, column
 
 
 def _json_records(path: Path, max_bytes: int) -> list[tuple[object, str]]:
@@ -110,15 +111,18 @@ def _json_records(path: Path, max_bytes: int) -> list[tuple[object, str]]:
     return [(record, f"{path.name} record {index}") for index, record in enumerate(loaded)]
 
 
-def json_documents(path: Path, spec: CorpusSpec) -> tuple[list[tuple[str, str]], dict[str, list] | None]:
-    """Documents of a .jsonl/.json file, plus the raw chat messages when the records are chats."""
-    documents, messages = [], []
+def json_documents(path: Path, spec: CorpusSpec) -> tuple[list[tuple[str, str]], dict[str, list] | None, dict]:
+    """Documents of a .jsonl/.json file, the raw chat messages when the records are chats, and the
+    fields the text was read from."""
+    documents, messages, fields = [], [], set()
     for record, where in _json_records(path, spec.max_bytes):
-        text, chat = _record_text(record, spec.text_column, where)
+        text, chat, field = _record_text(record, spec.text_column, where)
         documents.append((text, where))
         messages.append(json.dumps(chat) if chat is not None else None)
+        fields.add(field)
     has_chats = any(m is not None for m in messages)
-    return documents, ({"messages": [m or "" for m in messages]} if has_chats else None)
+    notes = {"text_fields": sorted(field for field in fields if field)}
+    return documents, ({"messages": [m or "" for m in messages]} if has_chats else None), notes
 
 
 def _pick_column(frame, requested: str | None, name: str) -> tuple[str, dict]:
@@ -167,7 +171,7 @@ def file_documents(spec: CorpusSpec) -> tuple[Iterator[tuple[str, str]] | list, 
     if suffix in TEXT_SUFFIXES:
         return _text_documents(path, spec, path.name), None, {}
     if suffix in JSON_SUFFIXES:
-        return (*json_documents(path, spec), {})
+        return json_documents(path, spec)
     if suffix in TABLE_SUFFIXES:
         documents, notes = table_documents(path, spec)
         return documents, None, notes
