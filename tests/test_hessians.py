@@ -93,7 +93,7 @@ def test_padding_and_batch_size_do_not_change_the_hessian(tiny_llama, calibratio
 
 def test_a_rank_deficient_calibration_set_is_diagnosed(tiny_llama):
     data = datasets.Dataset.from_dict({"text": ["abcdefghij"], "source": ["tiny"], "row_id": [0]})
-    few = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=1))  # BOS + 10 tokens: 11 < 32 channels
+    few = build(data, tiny_llama.tokenizer, RandomSpec(nsamples=1, min_tokens=1))  # BOS + 10 tokens: 11 < 32 channels
     report = collect_hessians(tiny_llama, few, HessianSpec(name_pattern=r"layers\.0\.self_attn\.q_proj"))
     row = report.diagnostics.iloc[0]
     assert row["tokens"] == 11 and row["rank"] == 11 and row["condition_number"] == float("inf")

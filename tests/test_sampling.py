@@ -205,7 +205,7 @@ def test_rebuild_refuses_another_corpus(tokenizer):
 
 
 def test_batches_pad_on_the_tokenizers_side_with_masks(tokenizer):
-    cs = build(corpus([10, 30, 20]), tokenizer, RandomSpec(nsamples=3, seed=1))
+    cs = build(corpus([10, 30, 20]), tokenizer, RandomSpec(nsamples=3, seed=1, min_tokens=1))
     lengths = cs.lengths.tolist()
     (batch,) = list(cs.batches(batch_size=3))
     assert batch["input_ids"].shape == (3, max(lengths))
@@ -274,3 +274,19 @@ def test_manifests_and_configs_with_the_old_length_names_still_load(tokenizer):
     assert spec_from_params("random", {"nsamples": 4, "max_length": 99}) == RandomSpec(nsamples=4, length=99)
     with pytest.raises(SpecError, match="does not take"):
         spec_from_params("packed", {"nsamples": 4, "edges": [8, 16]})
+
+
+def test_one_minimum_sample_length_for_every_entry_point():
+    """The dashboard, run configs and the API draw no sample shorter than MIN_TOKENS by default (a
+    run config's [sampling] section builds its spec with from_params, as here)."""
+    from engine.sampling import Strategy, spec_for
+    from engine.sampling.specs import MIN_TOKENS
+    from ui.tabs.dataset import DatasetForm
+
+    for strategy in (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.COVERAGE):
+        assert spec_for(strategy.value, nsamples=4, length=256).min_tokens == MIN_TOKENS
+    assert RandomSpec.from_params({"nsamples": 4, "length": 64}).min_tokens == MIN_TOKENS
+    assert DatasetForm.__dataclass_fields__["min_tokens"].default == MIN_TOKENS
+    assert RandomSpec(length=8).min_tokens == 8  # a shorter sample length lowers it
+    with pytest.raises(SpecError, match="above the sample length"):
+        RandomSpec(length=8, min_tokens=12)

@@ -89,7 +89,10 @@ def build(
     progress(0.8, f"Sampling ({spec.strategy.value})")
     draft = strategy.builder(context, spec, np.random.default_rng(spec.seed))
     if not draft.sequences:
-        raise SamplingError("No calibration sequence could be built from this corpus with these settings.")
+        floor = getattr(spec, "min_tokens", None)
+        why = (f" Documents of fewer than {floor} tokens are not drawn: lower min_tokens, or use a corpus with longer documents."
+               if floor else "")
+        raise SamplingError(f"No calibration sequence could be built from this corpus with these settings.{why}")
     progress(0.95, "Hashing the manifest")
     manifest = Manifest(
         strategy=spec.strategy.value,

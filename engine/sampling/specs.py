@@ -16,6 +16,10 @@ from engine.errors import SpecError
 from engine.specs import choice
 
 DEFAULT_EDGES = (64, 128, 256, 512, 1024, 2048)
+# Documents shorter than this many tokens are not drawn as samples, by every strategy and entry point
+# (dashboard, run configs, API): a sample of 4 tokens calibrates nothing (GPTQModel drops samples
+# under 10 tokens). A sample length below it lowers it to the length.
+MIN_TOKENS = 16
 MAX_SAMPLES = 100_000
 # Earlier releases spelled a sample's length three ways; manifests and configs that use the old
 # names still load (``SamplingSpec.from_params``).
@@ -97,6 +101,8 @@ class SamplingSpec:
         if "length" in self.field_names():
             _check_positive("length", self.length)
         if "min_tokens" in self.field_names():
+            if self.min_tokens is None:
+                object.__setattr__(self, "min_tokens", min(MIN_TOKENS, self.length))
             _check_positive("min_tokens", self.min_tokens)
             if self.min_tokens > self.length:
                 raise SpecError(f"min_tokens={self.min_tokens} is above the sample length {self.length}.")
@@ -133,7 +139,7 @@ class RandomSpec(SamplingSpec):
     fewer than ``min_tokens`` tokens are not drawn."""
 
     length: int = 2048
-    min_tokens: int = 1
+    min_tokens: int | None = None  # None: MIN_TOKENS (or the length, if shorter)
     strategy = Strategy.RANDOM
 
 
@@ -149,7 +155,7 @@ class LengthStratifiedSpec(SamplingSpec):
 
     edges: tuple[int, ...] = DEFAULT_EDGES
     allocation: Allocation = Allocation.EQUAL
-    min_tokens: int = 1
+    min_tokens: int | None = None  # None: MIN_TOKENS (or the length, if shorter)
     strategy = Strategy.LENGTH_STRATIFIED
 
     def __post_init__(self) -> None:
@@ -244,7 +250,7 @@ class ClusterSpec(SamplingSpec):
     cluster gets samples in proportion to its size. Documents are truncated to ``length``."""
 
     length: int = 512
-    min_tokens: int = 16
+    min_tokens: int | None = None  # None: MIN_TOKENS (or the length, if shorter)
     clusters: int = 0
     candidates: int = 2000
     embed_tokens: int = 256
@@ -290,7 +296,7 @@ class CoverageSpec(SamplingSpec):
     reaches ``fraction`` of that. Documents are truncated to ``length``."""
 
     length: int = 512
-    min_tokens: int = 16
+    min_tokens: int | None = None  # None: MIN_TOKENS (or the length, if shorter)
     candidates: int = 256
     fraction: float = 0.9
     outlier_ratio: float = 6.0

@@ -25,7 +25,7 @@ from engine.sampling import (
     spec_for,
 )
 from engine.sampling.registry import corpus_strategies
-from engine.sampling.specs import DEFAULT_EDGES
+from engine.sampling.specs import DEFAULT_EDGES, MIN_TOKENS
 from engine.sampling.supplied import supplied_set
 from engine.specs import labels
 from ui.cancel import run_and_cancel
@@ -41,7 +41,6 @@ GPU_DEFAULTS = {"nsamples": 128, "edges": DEFAULT_EDGES}
 CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
 SUMMARY_BATCH = 8
 OPTION_WIDGETS = ("edges", "allocation", "mode", "recipe", "min_tokens")  # per-strategy controls: the registry says which show
-MIN_TOKENS = 16  # a sample of 4 tokens calibrates nothing; peers default to 10-ish (GPTQModel's min length)
 
 
 def first_visit_defaults() -> dict:
