@@ -31,6 +31,13 @@ from engine.stats.hessian_report import HessianReport
 
 UPLOADED = "Uploaded file"
 HELD_OUT = {f"{corpus.value} (held-out 10%)": corpus.value for corpus in BuiltinCorpus}
+HELD_OUT_LABELS = {name: label for label, name in HELD_OUT.items()}  # corpus name -> the dashboard's label
+
+
+def held_out_name(source: str) -> str | None:
+    """The builtin corpus a held-out source names, given as the corpus ('python-docs', what configs
+    write) or as the dashboard's label ('python-docs (held-out 10%)'); None for anything else."""
+    return source if source in HELD_OUT_LABELS else HELD_OUT.get(source)
 
 
 def held_out_texts(source: str, upload: str | None = None) -> list[str]:

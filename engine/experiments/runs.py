@@ -9,7 +9,7 @@ import pandas as pd
 
 from engine.errors import SpecError
 from engine.experiments.compare import ComparisonSpec, compare
-from engine.experiments.evaluations import HELD_OUT, UPLOADED, EvaluationCache
+from engine.experiments.evaluations import HELD_OUT_LABELS, UPLOADED, EvaluationCache, held_out_name
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import PRESETS, ActivationSpec, EvaluationSet, QuantReport, QuantSpec, Sensitivity, WeightSpec
@@ -21,21 +21,26 @@ from engine.stats.hessian_report import HessianReport
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """Held-out text to measure perplexity on: a builtin held-out part (``source``), or a ``file``."""
+    """Held-out text to measure perplexity on: a builtin corpus's held-out 10% (``source``, its
+    name; the dashboard's label is accepted too), or a ``file``."""
 
-    source: str = next(iter(HELD_OUT))
+    source: str = next(iter(HELD_OUT_LABELS))
     length: int = 256
     windows: int = 8
     file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.file is None and self.source not in HELD_OUT:
-            raise SpecError(f"evaluation source {self.source!r} is unknown; use one of {', '.join(HELD_OUT)}, or file = PATH.")
+        if self.file is None:
+            name = held_out_name(self.source)
+            if name is None:
+                raise SpecError(f"evaluation source {self.source!r} is unknown; use one of {', '.join(HELD_OUT_LABELS)} "
+                                "(the held-out 10% of that builtin corpus), or file = PATH.")
+            object.__setattr__(self, "source", name)
         if self.length < 2 or self.windows < 1:
             raise SpecError("An evaluation needs windows of at least 2 tokens and at least one window.")
 
     def windows_for(self, loaded: LoadedModel, cache: EvaluationCache) -> EvaluationSet:
-        return cache.windows(loaded, UPLOADED if self.file else self.source, self.length, self.windows, self.file)
+        return cache.windows(loaded, UPLOADED if self.file else HELD_OUT_LABELS[self.source], self.length, self.windows, self.file)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,11 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
     ``names``: each group's layer, named when its Hessian does not factorize."""
     if not spec.needs_hessians:
         return [[(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group] for group in groups]
-    if any(hessian is None for hessian in hessians):
-        raise CalibscopeError("GPTQ needs the Hessians of these layers: collect Hessians first (or use RTN).")
+    missing = [number for number, hessian in enumerate(hessians) if hessian is None]
+    if missing:
+        which = f"of {names[missing[0]]} (and {len(missing) - 1} more)" if names else "of these layers"
+        raise CalibscopeError(f"GPTQ needs the Hessians {which}, which were not collected: collect Hessians of every "
+                              "layer you quantize (no name filter that leaves them out), run it sequentially, or use RTN.")
     stacked = torch.stack([torch.cat(group) for group in groups])
     try:
         results = gptq_batch(stacked, torch.stack([h.to(stacked.device) for h in hessians]), spec.bits, spec.group_size,
