@@ -329,3 +329,12 @@ def test_an_expert_that_receives_no_token_is_reported_not_given_zeros(calibratio
     assert written.unused_experts() == imatrix.unused_experts()
     legacy = read_imatrix(write_imatrix(imatrix, tmp_path / "moe.dat"))  # one count per tensor: experts flattened
     assert legacy.entries["blk.0.ffn_down_exps.weight"].sums.shape == (1, 4 * 24)
+
+
+def test_the_cli_computes_as_llama_imatrix_does_by_default_and_a_half_precision_run_says_what_it_changes():
+    from engine.imatrix import precision_note
+    from ui.cli import _parser
+
+    args = _parser().parse_args(["imatrix", "collect", "-m", "tiny-random-llama", "-f", "x.txt", "-o", "x.gguf"])
+    assert args.dtype == "float32" and precision_note("float32") == ""
+    assert "llama-imatrix computes activations in float32" in precision_note("bfloat16")

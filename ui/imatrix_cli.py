@@ -18,7 +18,9 @@ def add_commands(commands) -> None:
     collect.add_argument("-o", "--output", required=True, help="output file: .gguf, or .dat for the legacy format")
     collect.add_argument("--process-output", action="store_true", help="also the output tensor")
     collect.add_argument("--device", default="auto")
-    collect.add_argument("--dtype", default="auto")
+    collect.add_argument("--dtype", default="float32",
+                         help="float32 (default) computes activations as llama-imatrix does; bfloat16/auto is faster "
+                              "on some CPUs and GPUs and differs from llama-imatrix by up to a few percent per channel")
     collect.add_argument("-b", "--batch-size", type=int, default=8, help="chunks per forward")
     show = sub.add_parser("show", help="what an imatrix file holds: per tensor, the channels that stand out")
     show.add_argument("file")
@@ -46,7 +48,7 @@ def collect(args: argparse.Namespace) -> None:
 
     from engine import ModelSpec, load_model
     from engine.errors import CalibscopeError
-    from engine.imatrix import ImatrixSpec, collect_imatrix, llama_text_set, write_imatrix
+    from engine.imatrix import ImatrixSpec, collect_imatrix, llama_text_set, precision_note, write_imatrix
 
     output = Path(args.output)
     if output.exists():
@@ -55,6 +57,8 @@ def collect(args: argparse.Namespace) -> None:
     chunks = args.chunks if args.chunks > 0 else 1_000_000
     calibration = llama_text_set(loaded.tokenizer, args.file, args.ctx_size, chunks, loaded.info.max_positions)
     print(calibration.notes[0], file=sys.stderr)
+    if precision_note(loaded.info.dtype):
+        print(precision_note(loaded.info.dtype), file=sys.stderr)
     imatrix = collect_imatrix(loaded, calibration, ImatrixSpec(include_output=args.process_output, batch_size=args.batch_size))
     imatrix.datasets = [args.file]  # as llama-imatrix records it
     write_imatrix(imatrix, output)

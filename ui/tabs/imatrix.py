@@ -17,7 +17,7 @@ from engine.figures.imatrix import (
     expert_counts,
     top_channels,
 )
-from engine.imatrix import Imatrix, ImatrixSpec, collect_imatrix, llama_text_set, read_imatrix, write_imatrix
+from engine.imatrix import Imatrix, ImatrixSpec, collect_imatrix, llama_text_set, precision_note, read_imatrix, write_imatrix
 from engine.imatrix.compare import compare_imatrices
 from engine.progress import Progress, no_progress
 from ui.cancel import run_and_cancel
@@ -134,7 +134,8 @@ def collect(form: CollectForm, session: Session, context: AppContext, progress: 
                                                                    batch_size=whole(form.batch_size)), progress)
     label = label_for(session, what)
     session = replace(session, imatrices={**session.imatrices, label: imatrix})
-    return {"status": summary_line(label, imatrix), **views(session, label), "session": session}
+    note = precision_note(loaded.info.dtype)
+    return {"status": summary_line(label, imatrix) + (f"\n- {note}" if note else ""), **views(session, label), "session": session}
 
 
 def load_file(form: LoadForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
