@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
+from engine.scratch import pass_scratch
 from engine.runner import distributed
 from engine.runner.blockwise import blockwise_pass
 from engine.runner.plan import Execution, MemoryPlan, pass_size, plan_pass
@@ -27,10 +28,11 @@ def run_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequ
     plan = plan_for(loaded, calibration, request)
     batches = distributed.shard(request.batches or calibration.batch_indices(request.batch_size, by_length=True))
     progress(0.0, f"Plan: {plan.execution.value} ({plan.reason})")
-    if plan.execution is Execution.WHOLE:
-        result = whole_model_pass(loaded, calibration, request, batches, progress)
-    else:
-        result = blockwise_pass(loaded, calibration, request, batches, plan, progress)
+    with pass_scratch():  # the accumulators' per-batch temporaries reuse buffers for the pass
+        if plan.execution is Execution.WHOLE:
+            result = whole_model_pass(loaded, calibration, request, batches, progress)
+        else:
+            result = blockwise_pass(loaded, calibration, request, batches, plan, progress)
     result.plan = plan
     return result
 

@@ -15,6 +15,7 @@ import torch
 from engine.hooks import Side, StopForward, TokenIndex, tap_key
 from engine.models import ExpertsLayer, LinearLayer
 from engine.runner.request import ExpertsFactory, Factory
+from engine import scratch
 
 
 @dataclass
@@ -116,7 +117,8 @@ class Router:
         else:
             flat = tensor.reshape(-1, tensor.shape[-1])
             if self.tokens.keep is not None:
-                flat = flat.index_select(0, self.tokens.keep)
+                kept = scratch.take("real tokens", (self.tokens.keep.shape[0], flat.shape[1]), flat.dtype, flat.device)
+                flat = torch.index_select(flat, 0, self.tokens.keep, out=kept)
             index = self.tokens.index
         if key not in self.accumulators:
             self.accumulators[key] = self.factory(flat.shape[1], flat.device)

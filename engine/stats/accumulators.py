@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from engine.hooks import TokenIndex
+from engine import scratch
 from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_counts
 
 # Locations are found for at most this many channels per batch: those whose |max| grew the most.
@@ -85,7 +86,7 @@ class ActivationAccumulator:
         """Add ``x`` [tokens, channels] whose rows are the real tokens described by ``tokens``."""
         if x.shape[0] == 0:
             return
-        x = x.float()
+        x = scratch.as_float32(x.contiguous())
         self.tokens += x.shape[0]
         if self.branch_free:
             low, high, finite_x, stand_ins = self._split_non_finite(x)
@@ -103,7 +104,8 @@ class ActivationAccumulator:
         torch.minimum(self.min, low, out=self.min)
         torch.maximum(self.max, high, out=self.max)
         self.sum += batch_sum
-        self.sum_squares += (finite_x * finite_x).sum(0)
+        squares = torch.mul(finite_x, finite_x, out=scratch.take("squares", finite_x.shape, torch.float32, finite_x.device))
+        self.sum_squares += squares.sum(0)
         self._histogram(finite_x, stand_ins)
 
     def _split_non_finite(self, x: torch.Tensor):
@@ -137,9 +139,10 @@ class ActivationAccumulator:
         """Add |x| to the histograms; zeros that stood in for NaN/Inf (bin 0) are taken out again."""
         # Integer work on |x|'s bits, in place where possible: each pass over the data costs ~5 ms
         # per 8M values on a CPU, as much as the reductions above.
-        bits = magnitude_bits(finite_x)
+        bits = magnitude_bits(finite_x, out=scratch.take("bits", finite_x.shape, torch.int32, finite_x.device))
         bits >>= TENSOR_BINS.shift
-        channel_index = (CHANNEL_BINS.index_of_magnitude_bits(bits, shifted_by=TENSOR_BINS.shift)
+        channel_index = (CHANNEL_BINS.index_of_magnitude_bits(bits, TENSOR_BINS.shift,
+                                                              scratch.take("channel bins", bits.shape, torch.int32, bits.device))
                          if self.channel_counts is not None else None)
         tensor_index = TENSOR_BINS.index_of_shifted_(bits)
         add_counts_(self.tensor_counts, tensor_index.view(-1))

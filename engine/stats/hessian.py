@@ -11,6 +11,7 @@ import torch
 
 from engine.hooks import TokenIndex
 from engine.stats.accumulators import all_reduce_count
+from engine.scratch import take
 
 HALF_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -45,7 +46,7 @@ def add_upper_xtx_(target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     (k+1)/2k of the full product's work for k strips (56% for eight). ``symmetric_`` completes it."""
     channels, strip = x.shape[1], upper_strip(x.shape[1])
     half = _half_products(x, target)
-    x = x if half else x.to(target.dtype)
+    x = x if half or x.dtype == target.dtype else take("gemm input", x.shape, target.dtype, x.device).copy_(x)
     for start in range(0, channels, strip):
         rows, columns = x[:, start:start + strip], x[:, start:]
         if half:

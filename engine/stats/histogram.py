@@ -40,9 +40,9 @@ class LogBins:
         """How far |x|'s bits are shifted right to keep the exponent and ``mantissa_bits`` bits."""
         return MANTISSA_BITS - self.mantissa_bits
 
-    def index_of_magnitude_bits(self, bits: torch.Tensor, shifted_by: int = 0) -> torch.Tensor:
-        """Bin index from |x|'s bits already shifted right by ``shifted_by`` (a new int32 tensor)."""
-        return self.index_of_shifted_(bits >> (self.shift - shifted_by))
+    def index_of_magnitude_bits(self, bits: torch.Tensor, shifted_by: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Bin index from |x|'s bits already shifted right by ``shifted_by`` (into ``out``, or a new int32 tensor)."""
+        return self.index_of_shifted_(torch.bitwise_right_shift(bits, self.shift - shifted_by, out=out))
 
     def index_of_shifted_(self, shifted: torch.Tensor) -> torch.Tensor:
         """Turn bits shifted by ``self.shift`` into bin indices, in place."""
@@ -59,9 +59,10 @@ class LogBins:
         return edges
 
 
-def magnitude_bits(values: torch.Tensor) -> torch.Tensor:
-    """The bits of |x| as int32: the float32 bits with the sign bit cleared (bf16/fp16 widen exactly)."""
-    return values.float().contiguous().view(torch.int32) & 0x7FFFFFFF
+def magnitude_bits(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The bits of |x| as int32 (into ``out``, or a new tensor): the float32 bits with the sign bit
+    cleared (bf16/fp16 widen exactly)."""
+    return torch.bitwise_and(values.float().contiguous().view(torch.int32), 0x7FFFFFFF, out=out)
 
 
 def tensor_histogram(values: torch.Tensor, bins: LogBins) -> torch.Tensor:
