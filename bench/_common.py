@@ -1,13 +1,38 @@
-"""Shared plumbing for bench scripts: result files and the one-line JSON summary."""
+"""Shared plumbing for bench scripts: result files and the one-line JSON summary.
+
+Every result says what it was measured on and from: the commit (and whether the tree had changes
+besides bench/results), the model's dtype and device, and every input reused from a cache instead of
+made in the run (``reused``: what, and what that means for the numbers). --quick runs write under
+bench/results/quick/, never over the committed results.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import subprocess
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def source_state() -> dict:
+    """The commit measured and whether the working tree differed from it (results files aside)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = [line for line in git("status", "--porcelain").splitlines() if "bench/results/" not in line]
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(changed)}
+
+
+def cpu_flags() -> dict:
+    from engine.models.loading import cpu_has_native_bfloat16
+
+    return {"native_bfloat16": cpu_has_native_bfloat16()}
 
 
 def machine() -> dict:
@@ -18,17 +43,36 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **cpu_flags(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
-def report(name: str, metric: str, value: float, goal: str, met: bool, **details) -> dict:
-    """Write bench/results/NAME.json and print the summary as the last line."""
-    summary = {"bench": name, "metric": metric, "value": value, "goal": goal, "met": met, **details, "machine": machine()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+def report(name: str, metric: str, value: float, goal: str, met: bool, *, dtype: str | list[str], device: str,
+           reused: dict[str, str] | None = None, quick: bool = False, **details) -> dict:
+    """Write the result (bench/results/NAME.json, or bench/results/quick/ for --quick) and print
+    the summary as the last line. ``met``: every goal the result states is met. ``reused``: inputs
+    taken from a cache, what -> what that means (empty: everything was made in this run)."""
+    summary = {"bench": name, "metric": metric, "value": value, "goal": goal, "met": met, **details,
+               "source": source_state(), "dtype": dtype, "device": device, "reused": reused or {}, "quick": quick,
+               "machine": machine()}
+    folder = QUICK_RESULTS if quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return summary
+
+
+def bench_dtypes(requested: str) -> list[str]:
+    """The model dtypes a CPU-ratio bench runs: ``both`` is float32, and bfloat16 where the CPU has
+    native bf16 (dtype auto picks it there) or on CUDA; or the one asked for."""
+    import torch
+
+    from engine.models.loading import cpu_has_native_bfloat16
+
+    if requested != "both":
+        return [requested]
+    return ["float32"] + (["bfloat16"] if cpu_has_native_bfloat16() or torch.cuda.is_available() else [])
 
 
 def sized_run(doc: str, quick: tuple[int, int], full: tuple[int, int], repeats: int,
@@ -37,6 +81,7 @@ def sized_run(doc: str, quick: tuple[int, int], full: tuple[int, int], repeats: 
     parser = parser or argparse.ArgumentParser(description=doc)
     parser.add_argument("--quick", action="store_true", help=f"{quick[0]} x {quick[1]} tokens, one repeat")
     parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--dtype", default="both", help="float32, bfloat16, or both (bfloat16 only where the CPU has native bf16)")
     args = parser.parse_args()
     samples, length = quick if args.quick else full
     return args, samples, length, 1 if args.quick else args.repeats

@@ -39,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    args.dtype, args.device = loaded.info.dtype, loaded.info.device
     in_domain = column(load_corpus(CorpusSpec.builtin(args.corpus, split="test")), "text")
     evaluations = [evaluation_windows(loaded.tokenizer, in_domain, args.length, args.windows, f"{args.corpus} held-out (in-domain)"),
                    evaluation_windows(loaded.tokenizer, held_out_texts(), args.length, args.windows, "wikitext-2 held-out (cross-domain)")]
@@ -70,6 +71,7 @@ def summarize_and_report(rows: pd.DataFrame, args) -> None:
                for evaluation, scheme in sorted({(e, s) for e, s, _ in cells})
                if (evaluation, scheme, args.reference, "random") in mean}
     report("coverage", "cells where coverage has a lower mean perplexity than random", int(wins), "measured, not a target", True,
+           dtype=args.dtype, device=args.device, quick=getattr(args, "quick", False),
            cells=len(cells), seeds=int(rows["seed"].nunique()), length=args.length, windows=args.windows, **matches)
 
 

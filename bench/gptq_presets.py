@@ -76,7 +76,7 @@ def main() -> None:
     by = dict(zip(frame["scheme"], frame["perplexity"]))
     ratio = by["W4 g128 GPTQ"] / by["W4 g128 GPTQ (gptq-reference)"]
     report("gptq_presets", "ppl_ratio_default_vs_gptq_reference", round(ratio, 4),
-           "measured, no goal (the peers themselves: bench/peers.py)", True,
+           "measured, no goal (the peers themselves: bench/peers.py)", True, dtype=loaded.info.dtype, device=loaded.info.device,
            rows=rows, hessian_seconds=round(hessian_seconds, 1), calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
            evaluation="16 x 512, wikitext-2 test last 20%")
 

@@ -55,6 +55,8 @@ PEERS = {"llmcompressor": ("llmcompressor", "llmcompressor_gptq.py", "jsonl"),
          "gptqmodel": ("gptqmodel", "gptqmodel_gptq.py", "jsonl"),
          "optimum": ("gptqmodel", "optimum_gptq.py", "pt")}
 HERE = Path(__file__).resolve().parent
+PEER_DTYPE = "float32"  # what every peer script loads the checkpoint in
+SECONDS_GOAL = 0.6
 
 
 def environment(name: str) -> Path:
@@ -95,7 +97,9 @@ def sequential_label(scheme: str) -> str:
 
 
 def main() -> None:
-    loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
+    # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
+    # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m", dtype=PEER_DTYPE))
     checkpoint, _, _ = cached_checkpoint("builtin:gemma-3-270m", lambda *_: None)
     calibration, evaluation = windows(loaded)
     work = cache_root() / "bench" / "peers"
@@ -129,11 +133,16 @@ def main() -> None:
     presets = {f"ppl_ratio_{tool}_preset_vs_{tool}": round(ppl[sequential_label(f"W4 g128 GPTQ ({tool})")] / ppl[peer], 4)
                for tool, peer in (("gptqmodel", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
                                   ("optimum", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)"))}
-    report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4), "<= 1.00 (default = llm-compressor preset, sequential)",
-           ratio <= 1.0, seconds_ratio_calibscope_vs_llmcompressor=round(seconds[ours] / seconds[theirs], 3),
+    seconds_ratio = seconds[ours] / seconds[theirs]
+    report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4),
+           f"perplexity <= 1.00 and seconds (Hessians + GPTQ) <= {SECONDS_GOAL} of llm-compressor's (default = llm-compressor "
+           "preset, sequential)", ratio <= 1.0 and seconds_ratio <= SECONDS_GOAL, dtype=loaded.info.dtype, device=loaded.info.device,
+           reused={"peer environments": "made once under the cache (no timing depends on them)",
+                   "checkpoint": "the builtin model's converted checkpoint from the weight cache (no timing depends on it)"},
+           met_by_goal={"perplexity": ratio <= 1.0, "seconds": seconds_ratio <= SECONDS_GOAL},
+           seconds_ratio_calibscope_vs_llmcompressor=round(seconds_ratio, 3),
            seconds_ratio_one_pass_vs_llmcompressor=round(seconds[one_pass] / seconds[theirs], 3),
-           ppl_ratio_one_pass_vs_llmcompressor=round(ppl[one_pass] / ppl[theirs], 4),
-           seconds_goal="<= 0.6 (Hessians + GPTQ)", **presets, rows=rows,
+           ppl_ratio_one_pass_vs_llmcompressor=round(ppl[one_pass] / ppl[theirs], 4), **presets, rows=rows,
            calibration="32 x 512 gptq-windows, wikitext-2 test first 80%", evaluation="16 x 512, wikitext-2 test last 20%")
 
 

@@ -69,7 +69,7 @@ def main() -> None:
     ratios = {bits: results[f"{bits} g128 GPTQ"]["gap"] / results[f"{bits} g128 RTN"]["gap"] for bits in ("W4", "W3")}
     worst = max(ratios.values())
     report("quant_quality", "GPTQ perplexity gap / RTN perplexity gap (worst of W4 g128, W3 g128)", round(worst, 3),
-           f"<= {GOAL}", worst <= GOAL, gap_ratios={k: round(v, 3) for k, v in ratios.items()},
+           f"<= {GOAL}", worst <= GOAL, dtype=loaded.info.dtype, device=loaded.info.device, quick=args.quick, gap_ratios={k: round(v, 3) for k, v in ratios.items()},
            calibration=args.calibration, samples=samples, seqlen=seqlen, evaluation_windows=evaluation.windows.shape[0],
            evaluation_tokens=evaluation.tokens, statistics_and_hessians_s=round(calibration_s, 1), results=results)
 

@@ -51,9 +51,12 @@ def main() -> None:
                    evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = []
+    reused = {}
     if args.append and (RESULTS / "selection_runs.csv").is_file():
         kept = pd.read_csv(RESULTS / "selection_runs.csv")
         runs.append(kept[~kept["strategy"].isin(spec.strategies)])
+        reused["selection_runs.csv"] = (f"{len(runs[-1])} rows of strategies {sorted(runs[-1]['strategy'].unique())} from an "
+                                        "earlier run (--append), summarized with this run's")
     for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
         for strategy in spec.strategies:  # one strategy at a time, saved as it completes
@@ -61,10 +64,11 @@ def main() -> None:
             runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name,
                                 progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
             pd.concat(runs, ignore_index=True).to_csv(RESULTS / "selection_runs.csv", index=False)
-    summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations})
+    summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations},
+                         {"dtype": loaded.info.dtype, "device": loaded.info.device, "reused": reused, "quick": args.quick})
 
 
-def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict) -> None:
+def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict, provenance: dict) -> None:
     """Mean ± std table (bench/results/selection_summary.csv) and the JSON summary, from all runs."""
     table = summarize(rows)
     table.to_csv(RESULTS / "selection_summary.csv", index=False)
@@ -75,7 +79,7 @@ def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dic
     beats_random = int(sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
                        for r in best.itertuples()))
     report("selection", "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
-           beats_random, "measured, not a target", True, cells=int(len(best)), winners=wins,
+           beats_random, "measured, not a target", True, **provenance, cells=int(len(best)), winners=wins,
            seeds=int(rows["seed"].nunique()), counts=sorted(int(n) for n in rows["samples"].unique()), length=length,
            runs_per_strategy_and_count={f"{k[0]} n={k[1]}": int(v) for k, v in
                                         rows.drop_duplicates(["strategy", "seed", "samples", "calibration"])

@@ -41,6 +41,7 @@ def main() -> None:
         statuses = {step.name: first_line(walk.run(step, args.screenshots)) for step in steps()}
     slowest = max(walk.times, key=walk.times.get)
     report("ui_walk", "slowest_step_seconds", walk.times[slowest], f"<= {GOAL_S:g}", walk.times[slowest] <= GOAL_S,
+           dtype="auto (the dashboard's default)", device="auto (the dashboard's default)", quick=args.quick,
            model=model, slowest=slowest, seconds=walk.times, statuses=statuses)
 
 
