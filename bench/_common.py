@@ -29,6 +29,10 @@ def source_state() -> dict:
     return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(changed)}
 
 
+# taken when the bench starts: the code it imports is that commit's (a commit made while it runs is not)
+STARTED_FROM = source_state()
+
+
 def cpu_flags() -> dict:
     from engine.models.loading import cpu_has_native_bfloat16
 
@@ -54,7 +58,7 @@ def report(name: str, metric: str, value: float, goal: str, met: bool, *, dtype:
     the summary as the last line. ``met``: every goal the result states is met. ``reused``: inputs
     taken from a cache, what -> what that means (empty: everything was made in this run)."""
     summary = {"bench": name, "metric": metric, "value": value, "goal": goal, "met": met, **details,
-               "source": source_state(), "dtype": dtype, "device": device, "reused": reused or {}, "quick": quick,
+               "source": STARTED_FROM, "dtype": dtype, "device": device, "reused": reused or {}, "quick": quick,
                "machine": machine()}
     folder = QUICK_RESULTS if quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)

@@ -64,9 +64,11 @@ def environment(name: str) -> Path:
     folder = cache_root() / "peers" / name
     python = folder / "bin" / "python"
     if not (folder / "ready").is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *ENVIRONMENTS[name]], check=True)
+        # run from outside bench/: its tokenize.py would shadow the standard library's in `python -m venv`
+        outside = {"check": True, "cwd": cache_root()}
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], **outside)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], **outside)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ENVIRONMENTS[name]], **outside)
         (folder / "ready").write_text("\n".join(ENVIRONMENTS[name]))
     return python
 
