@@ -125,10 +125,9 @@ def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path
 
         page.get_by_role("tab", name="Sensitivity", exact=True).click()  # a long step, cancelled
         visible(page, "Sample counts").fill("1, 2, 4, 8, 16, 32")
-        visible(page, "Batch size").fill("1")  # 32 batches: long enough to cancel on any machine
+        visible(page, "Batch size").fill("1")  # 32 batches: long enough to cancel when Cancel is clicked at once
         page.get_by_role("button", name="Run sweep").click()
-        page.wait_for_timeout(300)
-        page.get_by_role("button", name="Cancel").locator("visible=true").click()
+        page.get_by_role("button", name="Cancel").locator("visible=true").click()  # as soon as it can be
         page.wait_for_function("() => document.body.innerText.includes('Cancelled')", timeout=30_000)
         walk.run(next(step for step in steps() if step.name == "sensitivity"))  # and the app goes on: the same sweep runs to the end
         assert "Traceback" not in page.inner_text("body")
