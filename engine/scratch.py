@@ -49,8 +49,8 @@ def take(name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, dev
     return buffer[:size].view(shape)
 
 
-def as_float32(x: torch.Tensor, name: str = "float32") -> torch.Tensor:
-    """``x`` in float32 (itself when it already is), a half-precision input copied into a buffer."""
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 (itself when it already is), any other dtype copied into a buffer."""
     if x.dtype == torch.float32:
         return x
-    return take(name, x.shape, torch.float32, x.device).copy_(x)
+    return take("float32", x.shape, torch.float32, x.device).copy_(x)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.pipeline import parse_config, run
-from tests.conftest import REPO, WIKITEXT
+from tests.conftest import REPO, WIKITEXT, missing
 
 README = (REPO / "README.md").read_text()
 BUILTIN, TINY = "builtin:gemma-3-270m", "tiny-random-llama"
@@ -49,7 +49,7 @@ def test_the_readme_quantize_and_compare_config_runs(tmp_path):
 @pytest.mark.slow
 def test_the_readme_python_api_runs(tmp_path, monkeypatch, capsys):
     if not WIKITEXT.is_file():
-        pytest.skip(f"reference data absent: {WIKITEXT}")
+        missing(f"reference data absent: {WIKITEXT} (see ../shared/data/README.md)")
     shutil.copy(WIKITEXT, tmp_path / "wiki.test.raw")
     monkeypatch.chdir(tmp_path)
     code = snippets("python")[0].replace(BUILTIN, TINY)

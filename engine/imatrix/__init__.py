@@ -5,5 +5,5 @@ from engine.imatrix.files import read_imatrix, write_imatrix
 from engine.imatrix.matrix import Imatrix, ImatrixEntry
 from engine.imatrix.text import llama_text_set
 
-__all__ = ["Imatrix", "ImatrixEntry", "ImatrixSpec", "collect_imatrix", "llama_text_set", "named_layers", "precision_note", "read_imatrix",
-           "write_imatrix"]
+__all__ = ["Imatrix", "ImatrixEntry", "ImatrixSpec", "collect_imatrix", "llama_text_set", "named_layers", "precision_note",
+           "read_imatrix", "write_imatrix"]

@@ -5,11 +5,11 @@ inputs, so that the layer's output on the calibration data changes as little as 
 Follows the reference implementation (gptq.py's fasterquant): dead inputs (H_ii = 0) get H_ii = 1
 and a zero weight column; damping λ·mean(diag H) on the diagonal; the upper Cholesky factor of
 H⁻¹; lazy batch updates over blocks of ``block_size`` columns; group grids found when a group
-starts, on the weights as the reference holds them then (updated by the earlier blocks' errors); optional activation order (columns by decreasing
-H_ii): ``ActOrder.DYNAMIC`` forms groups in that order (the reference's act-order; inference needs
-the permutation, llm-compressor's ``g_idx``), ``ActOrder.STATIC`` fixes each group's grid from the
-original weight in the original column order first (llm-compressor's "weight" ordering: nothing to
-reorder at inference), ``ActOrder.GROUP_AWARE`` keeps the original groups whole and contiguous in
+starts, on the weights as the reference holds them then (updated by the earlier blocks' errors);
+optional activation order (columns by decreasing H_ii): ``ActOrder.DYNAMIC`` forms groups in that
+order (the reference's act-order; inference needs the permutation, llm-compressor's ``g_idx``),
+``ActOrder.STATIC`` fixes each group's grid from the original weight in the original column order
+first (llm-compressor's "weight" ordering: nothing to reorder at inference), ``ActOrder.GROUP_AWARE`` keeps the original groups whole and contiguous in
 the processing order (GPTQModel's act_group_aware), so the grid found when a group starts is that
 original group's.
 """

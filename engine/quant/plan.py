@@ -60,7 +60,8 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
         return [[(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group] for group in groups]
     missing = [number for number, hessian in enumerate(hessians) if hessian is None]
     if missing:
-        which = f"of {names[missing[0]]} (and {len(missing) - 1} more)" if names else "of these layers"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        which = f"of {names[missing[0]]}{more}" if names else "of these layers"
         raise CalibscopeError(f"GPTQ needs the Hessians {which}, which were not collected: collect Hessians of every "
                               "layer you quantize (no name filter that leaves them out), run it sequentially, or use RTN.")
     stacked = torch.stack([torch.cat(group) for group in groups])

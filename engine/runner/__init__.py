@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
-from engine.scratch import pass_scratch
 from engine.runner import distributed
 from engine.runner.blockwise import blockwise_pass
 from engine.runner.plan import Execution, MemoryPlan, pass_size, plan_pass
@@ -13,6 +12,7 @@ from engine.runner.request import AfterBlock, Factory, FinishedBlock, PassReques
 from engine.runner.router import BatchTokens, Router, batch_tokens
 from engine.runner.whole_model import model_device, whole_model_pass
 from engine.sampling import CalibrationSet
+from engine.scratch import pass_scratch
 
 
 def plan_for(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequest) -> MemoryPlan:

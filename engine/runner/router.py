@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import scratch
 from engine.hooks import Side, StopForward, TokenIndex, tap_key
 from engine.models import ExpertsLayer, LinearLayer
 from engine.runner.request import ExpertsFactory, Factory
-from engine import scratch
 
 
 @dataclass

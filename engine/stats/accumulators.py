@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.hooks import TokenIndex
 from engine import scratch
+from engine.hooks import TokenIndex
 from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_counts
 
 # Locations are found for at most this many channels per batch: those whose |max| grew the most.
@@ -50,7 +50,9 @@ def add_counts_(counts: torch.Tensor, index: torch.Tensor, bincount: bool | None
     host: one synchronisation per batch and layer. index_add_ of ones into the histogram that is
     already there never asks. On the CPU nothing waits, and bincount is ~1.4x faster there
     (``bincount``: None chooses by device)."""
-    if bincount if bincount is not None else counts.device.type == "cpu":
+    if bincount is None:
+        bincount = counts.device.type == "cpu"
+    if bincount:
         counts.view(-1).add_(torch.bincount(index, minlength=counts.numel()).to(counts.dtype))
     else:
         ones = torch.ones((), dtype=counts.dtype, device=counts.device).expand(index.numel())
@@ -86,7 +88,7 @@ class ActivationAccumulator:
         """Add ``x`` [tokens, channels] whose rows are the real tokens described by ``tokens``."""
         if x.shape[0] == 0:
             return
-        x = scratch.as_float32(x.contiguous())
+        x = scratch.as_float32(x)
         self.tokens += x.shape[0]
         if self.branch_free:
             low, high, finite_x, stand_ins = self._split_non_finite(x)

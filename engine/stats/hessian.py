@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from engine.hooks import TokenIndex
-from engine.stats.accumulators import all_reduce_count
 from engine.scratch import take
+from engine.stats.accumulators import all_reduce_count
 
 HALF_PRECISION = (torch.bfloat16, torch.float16)
 
