@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from bench._checkpoints import SHAPES, checkpoint
 from bench._common import STABLE_MALLOC, peak_rss_mb, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.export import CheckpointWriter, save_quantized
 from engine.quant import PRESETS
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.plan import plan_quantization
@@ -58,7 +58,7 @@ def checksums(table) -> dict:
 
 def child(mode: str, folder: str, samples: int, length: int) -> dict:
     """One measured run in this fresh process (peak RSS covers loading too); both runs write the
-    quantized weights to a folder, the job a user runs."""
+    quantized model as a compressed-tensors checkpoint, the job a user runs."""
     started = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="calibscope-scale-"))
     if mode == "whole":  # the whole model in memory, every Hessian kept, then GPTQ
@@ -66,11 +66,13 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
         data = calibration(loaded, samples, length)
         hessians = collect_hessians(loaded, data, HessianSpec(diagnostics="none", execution="whole-model"))
         plan, table = plan_quantization(loaded, GPTQ, None, hessians)
-        save_file({name: weight.contiguous() for name, weight in plan.weights.items()}, out / "quantized.safetensors")
+        save_quantized(loaded, plan, GPTQ, out / "checkpoint")
     elif mode == "blockwise":  # block by block from disk, each block's Hessians handed to GPTQ and freed
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
-        _, table = gptq_block_by_block(loaded, data, GPTQ, HessianSpec(diagnostics="none"), propagate=False, save_to=out)
+        with CheckpointWriter(loaded, GPTQ, out / "checkpoint") as writer:
+            _, table = gptq_block_by_block(loaded, data, GPTQ, HessianSpec(diagnostics="none"), propagate=False, sink=writer.add)
+            writer.finish()
     else:  # statistics + Hessians, diagnosed and dropped per block
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)

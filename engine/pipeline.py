@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import tomllib
 
 from engine.atomic import write_file
 from engine.corpus import load_corpus

@@ -11,7 +11,7 @@ import torch
 from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
-from engine.quant import PRESETS, evaluate, evaluation_windows, gptq, perplexity
+from engine.quant import PRESETS, evaluate, evaluation_windows, gptq
 from engine.quant.plan import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -92,7 +92,7 @@ def test_gptq_on_stacked_and_batched_layers_equals_one_call_per_layer(act_order)
     spec = replace(PRESETS["W4 g128 GPTQ"].weights, group_size=16, act_order=act_order)
     batched = quantize_groups(groups, spec, hessians)
     for weights, hessian, stacked in zip(groups, hessians, batched):
-        for weight, (fake, costs) in zip(weights, stacked):
+        for weight, (fake, _, costs) in zip(weights, stacked):
             alone = gptq(weight, hessian, spec.bits, spec.group_size, block_size=spec.block_size, act_order=act_order)
             torch.testing.assert_close(fake, alone.weight, rtol=0, atol=1e-5)
             assert costs["gptq_loss"] == pytest.approx(alone.loss, rel=1e-4)

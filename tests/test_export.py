@@ -58,7 +58,7 @@ def test_export_never_overwrites_unless_asked(tmp_path, tiny_llama, calibration)
 
 
 def test_failed_export_leaves_nothing(tmp_path, tiny_llama, calibration, monkeypatch):
-    import engine.export as export
+    import engine.export.calibration as export
 
     monkeypatch.setattr(export, "_write_samples", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(ExportError, match="No space left"):

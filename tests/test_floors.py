@@ -15,7 +15,8 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 # package -> (the oldest version with every feature used, what needs it)
 FEATURE_FLOORS = {
-    "torch": ((2, 8), "torch.mm(..., out_dtype=torch.float32): the half-precision Hessian GEMM on CUDA"),
+    "torch": ((2, 10), "torch.mm(..., out_dtype=torch.float32) (2.8); compressed-tensors 0.20 requires torch >= 2.10"),
+    "compressed-tensors": ((0, 20), "the classmethod compressor interface (BaseCompressor.compress on a state dict)"),
     "gguf": ((0, 18), "gguf.GGUFType.IMATRIX: the GGUF importance-matrix file type"),
 }
 
@@ -43,10 +44,13 @@ def test_the_features_exist_in_what_is_installed():
     assert "dtype" in {overload for overload in torch.ops.aten.mm.overloads()}  # mm.dtype: the out_dtype overload
     assert gguf.GGUFType.IMATRIX
     assert "add_architecture" in vars(gguf.GGUFWriter)  # the public method the imatrix writer overrides
+    from compressed_tensors.compressors import BaseCompressor
+
+    assert isinstance(vars(BaseCompressor.get_value_from_registry("pack-quantized"))["compress"], classmethod)
 
 
 def test_unbounded_dependencies_are_only_those_used_through_stable_apis():
-    bounded = {"transformers", "gradio", "gguf"}  # private-ish surfaces or known breakage outside the range
+    bounded = {"transformers", "gradio", "gguf", "compressed-tensors"}  # private-ish surfaces or known breakage outside the range
     for requirement in PROJECT["dependencies"]:
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
         if name in bounded:

@@ -27,9 +27,9 @@ def test_the_rtn_policy_rounds_that_layer_to_nearest_and_says_so():
     assert result.fell_back and result.damping is None
     torch.testing.assert_close(result.weight, rtn(WEIGHT, 4, 0, True))
     done = quantize_groups([[WEIGHT]], WeightSpec("gptq", 4, 0, on_failure="rtn"), [INDEFINITE], ["model.layers.3.mlp.up_proj"])
-    assert done[0][0][1]["fallback"] == "rtn"
+    assert done[0][0].costs["fallback"] == "rtn"
     healthy = quantize_groups([[WEIGHT]], WeightSpec("gptq", 4, 0, on_failure="rtn"), [torch.eye(2)])
-    assert "fallback" not in healthy[0][0][1]
+    assert "fallback" not in healthy[0][0].costs
 
 
 def test_the_raise_policy_names_the_layer_and_what_to_do():

@@ -135,7 +135,7 @@ def test_true_sequential_equals_a_reference_that_reruns_the_model_for_every_grou
         pattern = "|".join(re.escape(layer.name) + "$" for layer in members)
         with quantized(resident, reference):
             hessians = collect_hessians(resident, calibration, HessianSpec(batch_size=4, name_pattern=pattern, diagnostics="none"))
-        for name, (_, fake, _) in quantized_weights(members, original_weights(resident, members), spec.weights, hessians).items():
+        for name, (_, fake, _, _) in quantized_weights(members, original_weights(resident, members), spec.weights, hessians).items():
             reference.weights[name] = module_weight(layers[name], fake)
     assert set(got.weights) == set(reference.weights) and len(table) == len(layers)
     assert max(float((got.weights[n] - reference.weights[n]).abs().max()) for n in layers) < 1e-5

@@ -120,6 +120,16 @@ class CheckpointWeights:
             return stripped
         raise ModelLoadError(f"The checkpoint in '{self.folder}' has no tensor '{name}'.")
 
+    def holds(self, name: str) -> bool:
+        return name in self.files or name.removeprefix(self.key_prefix) in self.files
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor from disk, in the execution dtype if it is floating point."""
+        key = self._key(name)
+        with safe_open(self.folder / self.files[key], framework="pt", device="cpu") as handle:
+            tensor = handle.get_tensor(key)
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
     def onload(self, module: nn.Module, prefix: str, device: torch.device) -> None:
         """Every parameter still on ``meta`` read from disk onto ``device`` in the execution dtype;
         buffers computed at construction (rotary frequencies) are moved there as they are."""

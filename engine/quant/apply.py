@@ -11,7 +11,7 @@ import torch
 from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LayerKind
-from engine.quant.grid import Grid
+from engine.quant.grid import Grid, IntWeight
 
 
 def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
@@ -46,15 +46,29 @@ def module_weight(layer: LinearLayer, matrix: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class QuantizedModel:
-    """What to swap in: module name -> weight in the module's layout; module name -> input grid."""
+    """What to swap in: module name -> weight in the module's layout; module name -> input grid;
+    and module name -> the same weight as the integers and grids a checkpoint stores (``integers``:
+    absent for weights made elsewhere, e.g. read back from a peer tool's file)."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, Grid] = field(default_factory=dict)
+    integers: dict[str, IntWeight] = field(default_factory=dict)
+
+    def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight) -> None:
+        """A layer's fake-quantized [out, in] weight and its integers."""
+        self.weights[layer.name] = module_weight(layer, fake)
+        self.integers[layer.name] = integers
+
+    def drop(self, names: list[str]) -> None:
+        for name in names:
+            self.weights.pop(name, None)
+            self.integers.pop(name, None)
 
     def only(self, names: set[str]) -> QuantizedModel:
         """The same quantization restricted to some layers (per-layer sensitivity)."""
         return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
-                              {k: v for k, v in self.inputs.items() if k in names})
+                              {k: v for k, v in self.inputs.items() if k in names},
+                              {k: v for k, v in self.integers.items() if k in names})
 
 
 def _on(grid: Grid, device: torch.device) -> Grid:

@@ -12,17 +12,16 @@ never changed: the result is a plan of quantized weights, evaluated like any oth
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
 from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
-from engine.quant.apply import QuantizedModel, module_weight, original_weights
+from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.plan import output_error, quantizable_layers, quantized_weights
 from engine.quant.specs import QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
@@ -45,14 +44,15 @@ class _BlockHessians:
 
 
 def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
-                        hessians: HessianSpec = HessianSpec(), propagate: bool = True, save_to: str | Path | None = None,
+                        hessians: HessianSpec = HessianSpec(), propagate: bool = True,
+                        sink: Callable[[QuantizedModel], None] | None = None,
                         progress: Progress = no_progress, output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
     """The quantized weights of every block's layers and one row per layer (weight_error,
     output_error on the inputs it saw, gptq_loss, damping, hessian_trace, seconds), as
     ``plan_quantization`` (``output_errors`` off skips its one costly measure, as there).
-    ``save_to``: each block's quantized weights are written there
-    (``block-NNN.safetensors``, module name -> weight) as soon as the block is done and not kept, so
-    a model of any size is quantized in the memory of one block; the plan then holds none."""
+    ``sink``: each block's quantized layers are handed to it (e.g. ``CheckpointWriter.add``) as
+    soon as the block is done and not kept, so a model of any size is quantized and written in the
+    memory of one block; the plan then holds none."""
     if not spec.can_run_sequentially:
         raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
     layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
@@ -62,25 +62,24 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
         view = _BlockHessians(block)
         mine = [layers[name] for name in layers if view.has(name)]
         done = quantized_weights(mine, original_weights(loaded, mine), spec.weights, view)
+        block_plan = QuantizedModel()
         for layer in mine:
-            original, fake, costs = done[layer.name]
-            plan.weights[layer.name] = module_weight(layer, fake)
+            result = done[layer.name]
+            original, fake, _, costs = result
+            block_plan.add(layer, fake, result.integers())
             delta = fake - original
             row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features, **costs,
                    "weight_error": float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30))}
             if output_errors:
                 row["output_error"] = output_error(delta, original, view.hessian(layer.name))
             rows.append(row)
-        quantized = {layer.name: plan.weights[layer.name] for layer in mine}
-        if save_to is not None and quantized:
-            save_file({name: weight.contiguous() for name, weight in quantized.items()},
-                      Path(save_to) / f"block-{block.index:03d}.safetensors")
-            for name in quantized:
-                del plan.weights[name]
-        return quantized
+        if sink is not None and mine:
+            sink(block_plan)
+        else:
+            plan.weights.update(block_plan.weights)
+            plan.integers.update(block_plan.integers)
+        return block_plan.weights
 
-    if save_to is not None:
-        Path(save_to).mkdir(parents=True, exist_ok=True)
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
     started = time.perf_counter()
     true_sequential = spec.weights.true_sequential and propagate

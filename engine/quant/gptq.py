@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.grid import Grid, row_grid
-from engine.quant.rtn import rtn
+from engine.quant.grid import Grid, GroupGrids, row_grid
+from engine.quant.rtn import rtn_quantized
 from engine.quant.specs import ActOrder, CholeskyFailure
 
 MAX_DAMPING = 1.0
@@ -36,7 +36,12 @@ class GptqResult:
     weight: torch.Tensor  # fake-quantized, float32, original column order
     row_losses: torch.Tensor  # GPTQ's objective per row: Σ_columns (w - q)² / [H⁻¹]_ii² / 2
     damping: float | None  # the damping fraction that made the Cholesky succeed (None: it never did)
-    group_index: torch.Tensor | None = None  # ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx)
+    grids: GroupGrids  # what each row and group was rounded on, in the order a checkpoint stores them
+
+    @property
+    def group_index(self) -> torch.Tensor | None:
+        """ActOrder.DYNAMIC: each column's group (llm-compressor's g_idx); None: column // group_size."""
+        return self.grids.group_index
 
     @property
     def fell_back(self) -> bool:
@@ -137,6 +142,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     static_grids = static.per_column(order // group_size) if static is not None else None
     row_losses = torch.zeros(weight.shape[:2], dtype=torch.float32, device=weight.device)
     grid = _column_grid(columns_first, bits, symmetric) if not group_size else None
+    found: list[_Rounding] = [grid] if grid is not None else []  # each group's grid when it started, in processing order
     inner = INNER if not group_size or group_size % INNER == 0 else 1  # sub-blocks never straddle a group start
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
@@ -160,6 +166,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
                     grid = grids[k]
                 elif group_size and column % group_size == 0:
                     grid = _column_grid(_group(columns_first, at_start, start, column, group_size), bits, symmetric)
+                    found.append(grid)
                 q = grid.quantize(w)
                 torch.sub(w, q, out=error).div_(ds[k])
                 if k + 1 < len(ws):  # the error, within the sub-block: a rank-1 update per layer
@@ -170,19 +177,35 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
         row_losses += errors.square().sum(1) / 2  # Σ (w - q)² / [H⁻¹]_ii² / 2 over the block's columns
         columns_first[:, stop:] -= hinv[:, start:stop, stop:].transpose(1, 2) @ errors
     quantized = columns_first.transpose(1, 2)
-    group_index = None
+    grids = _stored_grids(static if static is not None else _Rounding.stacked(found), order, act_order, bits, group_size, symmetric)
     if order is not None:
-        inverse = torch.argsort(order, dim=-1)
-        quantized = _permuted(quantized, inverse, -1)
-        if act_order is ActOrder.DYNAMIC and group_size:
-            group_index = (torch.arange(columns, device=weight.device) // group_size)[inverse]
-    results = [GptqResult(quantized[b].contiguous(), row_losses[b], used[b], None if group_index is None else group_index[b])
-               for b in range(weight.shape[0])]
+        quantized = _permuted(quantized, torch.argsort(order, dim=-1), -1)
+    results = [GptqResult(quantized[b].contiguous(), row_losses[b], used[b], grids[b]) for b in range(weight.shape[0])]
     for b, damped in enumerate(used):  # llm-compressor's fallback: the layer rounded to nearest
         if damped is None:
-            results[b] = GptqResult(rtn(original[b].float(), bits, group_size, symmetric), torch.full_like(row_losses[b], float("nan")),
-                                    None)
+            fake, rounded = rtn_quantized(original[b], bits, group_size, symmetric)
+            results[b] = GptqResult(fake, torch.full_like(row_losses[b], float("nan")), None, rounded)
     return results
+
+
+def _stored_grids(grids: _Rounding, order: torch.Tensor | None, act_order: ActOrder, bits: int, group_size: int,
+                  symmetric: bool) -> list[GroupGrids]:
+    """Each layer's grids [out, groups] in the order a checkpoint keeps them, from [B, groups, out]
+    in the order they were found. Static grids are already per original group; dynamic act order
+    keeps its processing groups, with each column's group (g_idx); group-aware order found the
+    original groups whole, in another order, so each goes back to its place."""
+    scale, zero = grids.scale.transpose(1, 2), (-grids.low).transpose(1, 2)  # [B, out, groups]
+    layers = scale.shape[0]
+    group_index = [None] * layers
+    if order is not None and group_size and act_order is ActOrder.DYNAMIC:
+        positions = torch.argsort(order, dim=-1)  # where each original column was processed
+        group_index = list(positions // group_size)
+    elif order is not None and group_size and act_order is ActOrder.GROUP_AWARE:
+        original_group = order[:, ::group_size] // group_size  # [B, groups]: which group each processing group was
+        scale = torch.empty_like(scale).scatter_(2, original_group[:, None].expand_as(scale), scale)
+        zero = torch.empty_like(zero).scatter_(2, original_group[:, None].expand_as(zero), zero)
+    return [GroupGrids(scale[b].contiguous(), zero[b].contiguous(), bits, group_size, symmetric, group_index[b])
+            for b in range(layers)]
 
 
 def _permuted(batch: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -228,6 +251,11 @@ class _Rounding:
     @classmethod
     def of(cls, grid: Grid) -> _Rounding:
         return cls(grid.scale, -grid.zero, grid.maxq - grid.zero)
+
+    @classmethod
+    def stacked(cls, grids: list[_Rounding]) -> _Rounding:
+        """Grids of one column each ([B, 1, out]) as one [B, groups, out]."""
+        return cls(*(torch.cat(parts, dim=1) for parts in zip(*((g.scale, g.low, g.high) for g in grids))))
 
     def per_column(self, groups: torch.Tensor) -> _Rounding:
         """From one grid per group [B, groups, out] to each column's group's ``groups`` [B, columns]: [B, columns, out]."""

@@ -51,3 +51,61 @@ def clip_grid(clip: torch.Tensor, bits: int) -> Grid:
     half = 2 ** (bits - 1)
     scale = clip.clamp(min=torch.finfo(torch.float32).tiny) / (half - 1)
     return Grid(scale, torch.full_like(scale, float(half)), 2 * half - 1)
+
+
+@dataclass
+class GroupGrids:
+    """The grids a quantized [out, in] weight was rounded on: one per output row and group of input
+    columns, ``scale`` and ``zero`` [out, groups] (zero: an integer in 0..maxq). A column's group is
+    column // group_size, or ``group_index[column]`` where act order formed the groups in another
+    order (llm-compressor's ``g_idx``). group_size 0: one grid per row. What a checkpoint stores."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    group_size: int
+    symmetric: bool
+    group_index: torch.Tensor | None = None
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def column_groups(self, columns: int) -> torch.Tensor:
+        """Each input column's group: [in]."""
+        if self.group_index is not None:
+            return self.group_index
+        if not self.group_size:
+            return torch.zeros(columns, dtype=torch.long, device=self.scale.device)
+        return torch.arange(columns, device=self.scale.device) // self.group_size
+
+    def per_column(self, columns: int) -> Grid:
+        """One grid per element of the [out, in] weight (scale and zero expanded over columns)."""
+        groups = self.column_groups(columns)
+        return Grid(self.scale[:, groups], self.zero[:, groups], self.maxq)
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.per_column(weight.shape[1]).fake_quantize(weight)
+
+    def codes(self, fake: torch.Tensor) -> torch.Tensor:
+        """The integers (0..maxq, uint8) of a weight already on these grids: fake / scale + zero. In
+        float32 fake = scale · k for an integer k, so fake / scale is k to within an ulp and rounds to it."""
+        grid = self.per_column(fake.shape[1])
+        return (torch.round(fake.float() / grid.scale) + grid.zero).clamp_(0, self.maxq).to(torch.uint8)
+
+    def rows(self, sizes: list[int]) -> list[GroupGrids]:
+        """The grids of consecutive row blocks (layers stacked on one Hessian), one per size."""
+        return [GroupGrids(scale, zero, self.bits, self.group_size, self.symmetric, self.group_index)
+                for scale, zero in zip(self.scale.split(sizes), self.zero.split(sizes))]
+
+
+@dataclass
+class IntWeight:
+    """A quantized weight as integers on its grids: W[r, c] = scale[r, g] · (codes[r, c] - zero[r, g])."""
+
+    codes: torch.Tensor  # uint8 [out, in]
+    grids: GroupGrids
+
+    def dequantize(self) -> torch.Tensor:
+        grid = self.grids.per_column(self.codes.shape[1])
+        return grid.scale * (self.codes.float() - grid.zero)

@@ -3,6 +3,7 @@ grids to swap in, with what each layer's quantization costs on the calibration d
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -12,10 +13,11 @@ from engine.hooks import select_layers
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
-from engine.quant.apply import QuantizedModel, module_weight, original_weights
+from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.gptq import FactorizationError, gptq_batch
+from engine.quant.grid import GroupGrids, IntWeight
 from engine.quant.ranges import activation_grid, relative_error
-from engine.quant.rtn import rtn
+from engine.quant.rtn import rtn_quantized
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -49,15 +51,35 @@ def _shared_groups(layers: list[LinearLayer], hessians: HessianReport | None, st
 GPTQ_BATCH_BYTES = 512 * 2**20
 
 
+class QuantizedMatrix(NamedTuple):
+    """One layer's quantization: the fake-quantized float32 [out, in] weight, the grids it lies on
+    (what a checkpoint stores with the integers), and what it cost on the calibration data."""
+
+    fake: torch.Tensor
+    grids: GroupGrids
+    costs: dict
+
+
+class LayerQuantization(NamedTuple):
+    original: torch.Tensor  # the layer's float32 [out, in] weight
+    fake: torch.Tensor
+    grids: GroupGrids
+    costs: dict  # with the layer's share of the batch's seconds
+
+    def integers(self) -> IntWeight:
+        return IntWeight(self.grids.codes(self.fake), self.grids)
+
+
 def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
-                    names: list[str] | None = None) -> list[list[tuple[torch.Tensor, dict]]]:
+                    names: list[str] | None = None) -> list[list[QuantizedMatrix]]:
     """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
     (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
     independent given H, so this equals one call per layer) and once for all the groups given,
     which must stack to one shape (their arithmetic stays separate; the column loop is shared).
     ``names``: each group's layer, named when its Hessian does not factorize."""
     if not spec.needs_hessians:
-        return [[(rtn(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group] for group in groups]
+        return [[QuantizedMatrix(*rtn_quantized(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group]
+                for group in groups]
     missing = [number for number, hessian in enumerate(hessians) if hessian is None]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -77,8 +99,10 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
         trace = float(torch.diagonal(hessian).double().sum())
         # a Hessian that did not factorize under the rtn policy: rounded to nearest, as llm-compressor does
         fallback = {"fallback": "rtn"} if result.fell_back else {}
-        out.append([(weight, {"gptq_loss": float(losses.sum()), "damping": result.damping, "hessian_trace": trace, **fallback})
-                    for weight, losses in zip(result.weight.split(sizes), result.row_losses.split(sizes))])
+        costs = {"damping": result.damping, "hessian_trace": trace, **fallback}
+        out.append([QuantizedMatrix(weight, grids, {"gptq_loss": float(losses.sum()), **costs})
+                    for weight, losses, grids in zip(result.weight.split(sizes), result.row_losses.split(sizes),
+                                                     result.grids.rows(sizes))])
     return out
 
 
@@ -99,10 +123,10 @@ def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[l
 
 def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: WeightSpec,
                       hessians: HessianReport | None,
-                      progress: Progress = no_progress) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict]]:
-    """Per layer in ``matrices`` (its original [out, in] weight, from ``original_weights``):
-    (original float32, fake-quantized, costs with seconds)."""
-    done: dict[str, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+                      progress: Progress = no_progress) -> dict[str, LayerQuantization]:
+    """Each layer's quantization, for the layers in ``matrices`` (their original [out, in] weights,
+    from ``original_weights``)."""
+    done: dict[str, LayerQuantization] = {}
     groups = [[layer for layer in group if layer.name in matrices]
               for group in _shared_groups(layers, hessians, spec.needs_hessians)]
     batches = _batches([group for group in groups if group], spec.needs_hessians)
@@ -115,8 +139,8 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
             results = quantize_groups(originals, spec, found, [group[0].name for group in batch])
         seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
         for group, group_originals, group_results in zip(batch, originals, results):
-            for layer, original, (fake, costs) in zip(group, group_originals, group_results):
-                done[layer.name] = (original, fake, {**costs, "seconds": seconds})
+            for layer, original, (fake, grids, costs) in zip(group, group_originals, group_results):
+                done[layer.name] = LayerQuantization(original, fake, grids, {**costs, "seconds": seconds})
         progress((number + 1) / len(batches), f"Quantized {', '.join(group[0].name for group in batch)}")
     return done
 
@@ -142,8 +166,9 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
         started = time.perf_counter()
         row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
         if layer.name in weights:
-            original, fake, costs = weights[layer.name]
-            plan.weights[layer.name] = module_weight(layer, fake)
+            result = weights[layer.name]
+            original, fake, _, costs = result
+            plan.add(layer, fake, result.integers())
             delta = fake - original
             row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
             if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable

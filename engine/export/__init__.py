@@ -1,0 +1,22 @@
+"""What calibscope writes for other tools: calibration sets (``calibration``) and quantized
+checkpoints (``checkpoint``: compressed-tensors and GPTQ)."""
+from engine.export.calibration import (
+    MANIFEST,
+    ExportFormat,
+    calibration_dataset,
+    export_format,
+    load_calibration_export,
+    optimum_samples,
+    save_calibration_set,
+)
+from engine.export.checkpoint import (
+    CheckpointFormat,
+    CheckpointSummary,
+    CheckpointWriter,
+    checkpoint_format,
+    save_quantized,
+)
+
+__all__ = ["MANIFEST", "ExportFormat", "calibration_dataset", "export_format", "load_calibration_export", "optimum_samples",
+           "save_calibration_set", "CheckpointFormat", "CheckpointSummary", "CheckpointWriter", "checkpoint_format",
+           "save_quantized"]

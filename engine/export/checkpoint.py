@@ -1,0 +1,231 @@
+"""The quantized model as a checkpoint other tools load: compressed-tensors (vLLM, transformers,
+llm-compressor's format) or GPTQ (GPTQModel's v1 format: AutoGPTQ, optimum, vLLM's GPTQ kernels).
+
+``CheckpointWriter`` takes quantized layers as they are made (a whole plan at once, or block by
+block from ``gptq_block_by_block``, so a model larger than memory is written without ever being
+whole), then the tensors left float (embeddings, norms, biases, the LM head) one at a time, the
+config with its quantization_config, the tokenizer (with its chat template) and the generation
+config. Everything is written into a hidden sibling folder that is renamed to the target only when
+complete: an existing folder is never touched, and a failure (a full disk) leaves nothing behind.
+"""
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+from compressed_tensors.compressors import ModelCompressor
+
+from engine.atomic import staged_directory
+from engine.errors import ExportError, SpecError
+from engine.export import compressed, gptq_format
+from engine.export.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from engine.models import LoadedModel
+from engine.models.offload import CheckpointWeights
+from engine.quant.apply import QuantizedModel
+from engine.quant.specs import QuantSpec
+from engine.specs import choice
+
+PROVENANCE = "calibscope.json"
+
+
+class CheckpointFormat(str, Enum):
+    COMPRESSED_TENSORS = "compressed-tensors"
+    GPTQ = "gptq"
+
+
+SERVES = {
+    CheckpointFormat.COMPRESSED_TENSORS: "vLLM (vllm serve FOLDER), transformers with compressed-tensors, llm-compressor",
+    CheckpointFormat.GPTQ: "vLLM (gptq / gptq_marlin), GPTQModel, transformers with optimum and GPTQModel",
+}
+
+
+def checkpoint_format(value: CheckpointFormat | str) -> CheckpointFormat:
+    try:
+        return choice(CheckpointFormat, value, "checkpoint format")
+    except SpecError as error:
+        raise ExportError(str(error)) from None
+
+
+def refusal(spec: QuantSpec, fmt: CheckpointFormat | str) -> str | None:
+    """Why ``spec`` cannot be written in ``fmt`` (None: it can)."""
+    fmt = checkpoint_format(fmt)
+    return compressed.refusal(spec) if fmt is CheckpointFormat.COMPRESSED_TENSORS else gptq_format.refusal(spec)
+
+
+def serving_warning(spec: QuantSpec, fmt: CheckpointFormat | str) -> str | None:
+    """What a loader will refuse in a checkpoint that can still be written."""
+    return compressed.serving_warning(spec) if checkpoint_format(fmt) is CheckpointFormat.COMPRESSED_TENSORS else None
+
+
+@dataclass
+class CheckpointSummary:
+    folder: Path
+    format: CheckpointFormat
+    files: list[str]
+    bytes: int
+    seconds: float
+    quantized_layers: int
+    warning: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        warning = f" Note: {self.warning}" if self.warning else ""
+        return (f"Wrote {self.format.value} checkpoint '{self.folder}': {self.quantized_layers} quantized layers, "
+                f"{len(self.files)} safetensors file(s), {self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s. "
+                f"Loads in: {SERVES[self.format]}.{warning}")
+
+
+class CheckpointWriter:
+    """Writes ``loaded`` quantized as ``spec`` says to ``folder`` (which must not exist) in ``fmt``.
+
+    Use as a context manager: ``add`` the quantized layers (any number of times), then ``finish``;
+    leaving the block without finishing (an error, a cancel) removes everything written."""
+
+    def __init__(self, loaded: LoadedModel, spec: QuantSpec, folder: str | Path,
+                 fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 provenance: dict | None = None) -> None:
+        self.loaded, self.spec, self.format = loaded, spec, checkpoint_format(fmt)
+        self.folder = Path(folder).expanduser()
+        if self.folder.exists():
+            raise ExportError(f"'{self.folder}' already exists; calibscope never writes over a folder. Choose another name.")
+        reason = refusal(spec, self.format)
+        if reason:
+            raise ExportError(reason)
+        self.dtype = _model_dtype(loaded)
+        self.scheme = compressed.scheme(spec) if self.format is CheckpointFormat.COMPRESSED_TENSORS else None
+        self.provenance = provenance or {}
+        self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
+        self.written: set[str] = set()
+        self.started = time.perf_counter()
+        self._stack = ExitStack()
+        self._shard_bytes = max_shard_bytes
+        self.finished = False
+
+    def __enter__(self) -> CheckpointWriter:
+        try:
+            self.staging = self._stack.enter_context(staged_directory(self.folder))
+        except OSError as error:
+            raise _write_error(self.folder, error) from error
+        self.shards = ShardWriter(self.staging, self._shard_bytes)
+        return self
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if not self.finished:  # an error, or a block left without finish(): the staging folder goes
+            unfinished = error if error is not None else ExportError("not finished")
+            self._stack.__exit__(type(unfinished), unfinished, trace)
+        if isinstance(error, OSError):
+            raise _write_error(self.folder, error) from error
+        return False
+
+    def add(self, plan: QuantizedModel) -> None:
+        """Write the quantized layers of ``plan`` (their integers and grids)."""
+        missing = set(plan.weights) - set(plan.integers)
+        if missing:
+            raise ExportError(f"The plan's weight for {sorted(missing)[0]} was made outside calibscope (no integers and "
+                              "grids were kept), so it cannot be written as a checkpoint; quantize it here.")
+        for name, integers in plan.integers.items():
+            if name not in self.linear:
+                raise ExportError(f"{name} is not a torch.nn.Linear layer; {self.format.value} checkpoints hold Linear "
+                                  "layers only (a GPT-2 Conv1D model cannot be exported).")
+            if self.format is CheckpointFormat.COMPRESSED_TENSORS:
+                tensors = compressed.compressed_layer(name, integers, plan.inputs.get(name), self.scheme, self.dtype)
+            else:
+                tensors = gptq_format.layer_tensors(name, integers)
+            self.shards.add(tensors)
+            self.written.add(name)
+
+    def finish(self) -> CheckpointSummary:
+        """The float tensors, config, tokenizer and generation config written, and the folder put in place."""
+        if not self.written:
+            raise ExportError("Nothing was quantized, so there is no quantized checkpoint to write.")
+        left_float = sorted(self.linear - self.written)
+        if self.format is CheckpointFormat.GPTQ and any(not _is_head(self.loaded, name) for name in left_float):
+            first = next(name for name in left_float if not _is_head(self.loaded, name))
+            raise ExportError(f"GPTQ loaders quantize every Linear layer of every block, and {first} was left float; "
+                              "write compressed-tensors, which lists float layers in 'ignore'.")
+        for name, tensor in _float_tensors(self.loaded, self.written):
+            self.shards.add({name: tensor})
+        files = self.shards.finish()
+        self._write_metadata(left_float)
+        self._stack.close()  # the staging folder becomes the target
+        self.finished = True
+        return CheckpointSummary(self.folder, self.format, files, self.shards.total_bytes,
+                                 time.perf_counter() - self.started, len(self.written), serving_warning(self.spec, self.format))
+
+    def _write_metadata(self, left_float: list[str]) -> None:
+        config = copy.deepcopy(self.loaded.model.config)
+        config.dtype = self.dtype
+        config.save_pretrained(self.staging)
+        if self.format is CheckpointFormat.COMPRESSED_TENSORS:
+            ModelCompressor(quantization_config=compressed.quantization_config(self.scheme, left_float)).update_config(
+                str(self.staging))
+        else:
+            gptq_format.update_config(self.staging, self.spec)
+        generation = getattr(self.loaded.model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(self.staging)
+        self.loaded.tokenizer.save_pretrained(self.staging)
+        record = {"format": self.format.value, "scheme": self.spec.label(), "model": self.loaded.info.name,
+                  "dtype": str(self.dtype).removeprefix("torch."), "quantized_layers": len(self.written), **self.provenance}
+        (self.staging / PROVENANCE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def save_quantized(loaded: LoadedModel, plan: QuantizedModel, spec: QuantSpec, folder: str | Path,
+                   fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                   provenance: dict | None = None) -> CheckpointSummary:
+    """Write ``loaded`` with ``plan``'s quantized layers (made by calibscope for ``spec``) to the new
+    folder ``folder`` as ``fmt``; returns what was written."""
+    with CheckpointWriter(loaded, spec, folder, fmt, max_shard_bytes, provenance) as writer:
+        writer.add(plan)
+        return writer.finish()
+
+
+def _model_dtype(loaded: LoadedModel) -> torch.dtype:
+    for parameter in loaded.model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def _is_head(loaded: LoadedModel, name: str) -> bool:
+    head = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
+    return head is not None and loaded.model.get_submodule(name) is head
+
+
+def _float_tensors(loaded: LoadedModel, quantized: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the model's state dict but the quantized layers' weights, once each (a tied
+    LM head is the embedding: written once, as save_pretrained does), read under the model's lock
+    (no other session's quantized weights) or, for a model read block by block, from its checkpoint."""
+    skip = {f"{name}.weight" for name in quantized}
+    source = loaded.weights if isinstance(loaded.weights, CheckpointWeights) else None
+    with loaded.lock:
+        state = loaded.model.state_dict()
+        seen: set[tuple] = set()
+        for name, tensor in state.items():
+            if name in skip:
+                continue
+            if source is not None and tensor.is_meta:
+                if not source.holds(name):  # tied to a tensor the checkpoint holds once
+                    continue
+                yield name, source.read(name)
+                continue
+            identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            yield name, tensor
+
+
+def _write_error(folder: Path, error: OSError) -> ExportError:
+    if error.errno == errno.ENOSPC:
+        return ExportError(f"The disk is full: '{folder}' was not written, and nothing of it was left behind. "
+                           "Free some space (the checkpoint takes about the quantized model's size) or choose another disk.")
+    return ExportError(f"Could not write '{folder}': {error.strerror or error}. Nothing of it was left behind.")

@@ -1,0 +1,79 @@
+"""Read a written checkpoint's quantized layers back to dense weights, with the readers its loaders
+use (compressed-tensors' own decompressors; GPTQ's unpacking), to check that it holds what calibscope
+measured without loading a model (works for a model of any size, one layer at a time)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from compressed_tensors.compressors import BaseCompressor
+from compressed_tensors.quantization import QuantizationConfig
+from safetensors import safe_open
+
+from engine.errors import ExportError
+from engine.models.offload import INDEX, SINGLE
+
+SUFFIXES = {"compressed-tensors": ".weight_scale", "gptq": ".qweight"}
+
+
+def _tensor_files(folder: Path) -> dict[str, str]:
+    if (folder / INDEX).is_file():
+        return json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
+    with safe_open(folder / SINGLE, "pt") as opened:
+        return {key: SINGLE for key in opened.keys()}
+
+
+def _layer_state(folder: Path, files: dict[str, str], layer: str) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, file in files.items():
+        if key.startswith(f"{layer}.") and "." not in key[len(layer) + 1:]:
+            with safe_open(folder / file, "pt") as opened:
+                state[key[len(layer) + 1:]] = opened.get_tensor(key)
+    return state
+
+
+def unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ's int32 words [rows, cols] back to unsigned integers [rows · 32 / bits, cols]."""
+    fields = [(words.to(torch.int64) >> (bits * k)) & (2**bits - 1) for k in range(32 // bits)]
+    return torch.stack(fields, dim=1).reshape(-1, words.shape[1])
+
+
+def _gptq_dense(state: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
+    codes = unpack_rows(state["qweight"], bits)  # [in, out]
+    zeros = unpack_rows(state["qzeros"].T, bits).T + 1  # [groups, out]; v1 stores zero - 1
+    groups = state["g_idx"].long()
+    return (state["scales"].float()[groups] * (codes - zeros[groups]).float()).T
+
+
+def dequantized_layers(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each quantized layer's weight [out, in] as its loader dequantizes it (float32)."""
+    folder = Path(folder)
+    settings = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    if not settings:
+        raise ExportError(f"'{folder}' is not a quantized checkpoint (config.json has no quantization_config).")
+    method = settings.get("quant_method")
+    if method not in SUFFIXES:
+        raise ExportError(f"'{folder}' holds a {method} checkpoint; calibscope reads compressed-tensors and gptq.")
+    files = _tensor_files(folder)
+    layers = sorted(key.removesuffix(SUFFIXES[method]) for key in files if key.endswith(SUFFIXES[method]))
+    if method == "gptq":
+        for layer in layers:
+            yield layer, _gptq_dense(_layer_state(folder, files, layer), settings["bits"])
+        return
+    config = QuantizationConfig.model_validate(settings)
+    for layer in layers:
+        scheme = next(iter(config.config_groups.values()))
+        compressor = BaseCompressor.get_value_from_registry(scheme.format or config.format)
+        yield layer, compressor.decompress(_layer_state(folder, files, layer), scheme)["weight"].float()
+
+
+def largest_weight_difference(folder: str | Path, simulated: dict[str, torch.Tensor]) -> float:
+    """max |checkpoint - simulated| over every quantized layer (each must be in ``simulated``)."""
+    largest = 0.0
+    for name, dense in dequantized_layers(folder):
+        if name not in simulated:
+            raise ExportError(f"The checkpoint quantizes {name}, which the simulated model does not.")
+        largest = max(largest, float((dense - simulated[name].float()).abs().max()))
+    return largest
