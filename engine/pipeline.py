@@ -132,8 +132,14 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
             for suffix in ("gguf", "dat"):
                 written[f"imatrix.{suffix}"] = write_imatrix(imatrix, config.output / f"imatrix.{suffix}")
     cache = EvaluationCache()
-    reports = [run.run(loaded, stats, hessians, cache, labelled(scaled(progress, 0.95, 0.97), f"Quantize {run.spec.label()}"),
-                       calibration) for run in config.quantize]
+    reports = []
+    for number, quant_run in enumerate(config.quantize, 1):
+        step = labelled(scaled(progress, 0.95, 0.97), f"Quantize {quant_run.spec.label()}")
+        report, checkpoint = _quantize(quant_run, loaded, stats, hessians, calibration, cache, step,
+                                       config.output if writer else None, log)
+        reports.extend([report] if report is not None else [])
+        if checkpoint is not None:
+            written[f"checkpoint-{number}"] = checkpoint
     comparison = (config.compare.run(loaded, corpus, config.corpus.label, cache, labelled(scaled(progress, 0.97, 0.99), "Compare"))
                   if config.compare is not None else None)
     if not writer:
@@ -146,6 +152,33 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
     write_file(written["config"], json.dumps(config_as_json(config), indent=2))
     progress(1.0, f"Wrote {len(written)} artifacts to {config.output}")
     return written
+
+
+def _quantize(run: QuantRun, loaded, stats, hessians, calibration, cache: EvaluationCache, progress: Progress,
+              output: Path | None, log: Callable[[str], None]) -> tuple[object | None, Path | None]:
+    """One [[quantize]] run: evaluated (when the whole model is in memory) and, with ``save``, written
+    as a checkpoint into ``output`` (None: another rank writes). A model read block by block from
+    disk is quantized and written one block at a time, without the perplexity that needs it whole."""
+    if not loaded.resident:
+        if not (run.save and run.sequential):
+            raise SpecError(f"{run.spec.label()}: this model is offloaded, so its perplexity cannot be measured; to write "
+                            "it as a checkpoint block by block, use sequential = true and save = FOLDER.")
+        if distributed.world()[1] > 1:
+            raise SpecError("Writing a checkpoint block by block runs in one process; run this config without torchrun.")
+        log(f"{run.spec.label()}: the model is offloaded, so the run is written block by block without a perplexity.")
+        summary = run.write(loaded, output / run.save, stats=stats, hessians=hessians, calibration=calibration,
+                            progress=progress)
+        log(summary.describe())
+        return None, summary.folder
+    plans = []
+    report = run.run(loaded, stats, hessians, cache, progress, calibration, plans.append if run.save else None)
+    if not run.save or output is None:
+        return report, None
+    summary = run.write(loaded, output / run.save, plans[0] if plans else None, stats, hessians, calibration,
+                        provenance={"simulated_perplexity": report.quantized_perplexity,
+                                    "evaluation": report.meta["evaluation"]})
+    log(summary.describe())
+    return report, summary.folder
 
 
 def _results(output: Path, reports: list, comparison) -> dict[str, Path]:

@@ -162,5 +162,61 @@ def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     assert "sequential is for GPTQ weights only" in capsys.readouterr().err
     assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 GPTQ", "sequential": "yes"}])) == 2
     assert "use true or false" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 RTN", "save": "../elsewhere"}])) == 2
+    assert "give a folder name" in capsys.readouterr().err
+    dynamic = {"method": "gptq", "act_order": "dynamic"}
+    assert run(write_config(tmp_path, quantize=[{"weights": dynamic, "save": "w4"}])) == 2
+    assert "no longer stores activation order 'group'" in capsys.readouterr().err
     assert run(write_config(tmp_path, compare={"seeds": 0})) == 2
     assert "at least one seed" in capsys.readouterr().err
+
+
+def test_a_run_saves_its_quantized_model_and_the_checkpoint_reloads_to_the_same_perplexity(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.experiments.evaluations import EvaluationCache
+    from engine.experiments.runs import EvaluationSpec
+    from engine.models import from_model
+    from engine.quant import perplexity
+
+    evaluation = {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}
+    per_channel = {"method": "gptq", "bits": 4, "group_size": 0}  # the tiny model's 37-wide MLP takes no groups of 128
+    config = write_config(tmp_path, quantize=[{"weights": per_channel, "save": "w4", "evaluation": evaluation}])
+    assert run(config) == 0
+    out = tmp_path / "out"
+    simulated = float(pd.read_csv(out / "quantization-runs.csv")["quantized"][0])
+    back = AutoModelForCausalLM.from_pretrained(out / "w4", dtype=torch.float32)
+    with torch.no_grad():
+        back(torch.tensor([[1, 40, 41]]))  # compressed-tensors decompresses on the first forward
+    loaded = from_model(back, AutoTokenizer.from_pretrained(out / "w4"))
+    reloaded = perplexity(loaded, EvaluationSpec(**evaluation).windows_for(loaded, EvaluationCache()))
+    assert reloaded / simulated == pytest.approx(1.0, abs=1e-3)
+    provenance = json.loads((out / "w4" / "calibscope.json").read_text())
+    assert provenance["simulated_perplexity"] == pytest.approx(simulated) and provenance["run"]["save"] == "w4"
+    assert load_config(out / "config.json").quantize == load_config(config).quantize
+
+
+def test_an_offloaded_model_is_written_block_by_block_without_a_perplexity(tmp_path, capsys):
+    from engine import ModelSpec, load_model
+
+    source = load_model(ModelSpec("tiny-random-llama", dtype="float32"))
+    source.model.save_pretrained(tmp_path / "source")
+    source.tokenizer.save_pretrained(tmp_path / "source")
+    weights = {"method": "gptq", "bits": 4, "group_size": 0}
+    model = {"name": str(tmp_path / "source"), "offload": "disk", "dtype": "float32"}
+
+    def offloaded(quantize):
+        config = write_config(tmp_path, model=model, quantize=quantize)
+        data = json.loads(config.read_text())
+        del data["hessians"], data["stats"]
+        config.write_text(json.dumps(data))
+        return config
+
+    assert run(offloaded([{"weights": weights, "save": "w4"}])) == 2
+    assert "use sequential = true and save = FOLDER" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    assert run(offloaded([{"weights": weights, "sequential": True, "save": "w4"}])) == 0
+    assert "written block by block without a perplexity" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "quantization-runs.csv").exists()
+    settings = json.loads((tmp_path / "out" / "w4" / "config.json").read_text())["quantization_config"]
+    assert settings["config_groups"]["group_0"]["weights"]["strategy"] == "channel"

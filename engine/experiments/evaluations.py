@@ -8,6 +8,7 @@ process (the dashboard keeps one in its application context; nothing here is a m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from engine.corpus import load_corpus
 from engine.corpus.documents import column
@@ -17,6 +18,7 @@ from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import (
     EvaluationSet,
+    QuantizedModel,
     QuantReport,
     QuantSpec,
     Sensitivity,
@@ -77,9 +79,10 @@ class EvaluationCache:
 
     def evaluate(self, loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None,
                  hessians: HessianReport | None, sensitivity: Sensitivity,
-                 progress: Progress = no_progress, sequential: CalibrationSet | None = None) -> tuple[QuantReport, bool]:
+                 progress: Progress = no_progress, sequential: CalibrationSet | None = None,
+                 on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:
         """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
-        known; returns the report and whether it was reused."""
+        known; returns the report and whether it was reused (``on_plan`` is then not called)."""
         collected = ((sequential.manifest.token_sha256, "sequential") if sequential is not None
                      else _collected_key(stats, hessians))
         key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *collected)
@@ -88,7 +91,7 @@ class EvaluationCache:
             return found, True
         known = self._floats.peek((loaded.spec, evaluation.key))
         report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress,
-                          sequential=sequential)
+                          sequential=sequential, on_plan=on_plan)
         self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
         self._reports.put(key, report)
         return report, False

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from engine.errors import SpecError
 from engine.experiments.compare import ComparisonSpec, compare
 from engine.experiments.evaluations import HELD_OUT_LABELS, UPLOADED, EvaluationCache, held_out_name
+from engine.export.checkpoint import CheckpointFormat, CheckpointSummary, CheckpointWriter, save_quantized
+from engine.export.checkpoint import refusal as checkpoint_refusal
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
-from engine.quant import PRESETS, ActivationSpec, EvaluationSet, QuantReport, QuantSpec, Sensitivity, WeightSpec
+from engine.quant import (
+    PRESETS,
+    ActivationSpec,
+    EvaluationSet,
+    QuantizedModel,
+    QuantReport,
+    QuantSpec,
+    Sensitivity,
+    WeightSpec,
+    plan_quantization,
+)
+from engine.quant.block_gptq import gptq_block_by_block
 from engine.sampling import CalibrationSet
 from engine.specs import choice
 from engine.stats import StatsReport
@@ -47,29 +63,68 @@ class EvaluationSpec:
 class QuantRun:
     """``sequential``: GPTQ block by block on the calibration set, each block's Hessians from the
     quantized blocks before it (true sequential where the scheme says so), instead of every layer at
-    once from the collected Hessians."""
+    once from the collected Hessians. ``save``: the quantized model is also written as a checkpoint
+    in ``save_format`` to this folder (a headless run puts it inside its output folder)."""
 
     spec: QuantSpec
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     sensitivity: Sensitivity = Sensitivity.CHEAP
     sequential: bool = False
+    save: str | None = None
+    save_format: CheckpointFormat = CheckpointFormat.COMPRESSED_TENSORS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
+        object.__setattr__(self, "save_format", choice(CheckpointFormat, self.save_format, "save_format"))
         if self.sequential and not self.spec.can_run_sequentially:
             raise SpecError(f"sequential is for GPTQ weights only, not {self.spec.label()}: leave it out for this scheme.")
+        if self.save is not None:
+            reason = checkpoint_refusal(self.spec, self.save_format)
+            if reason:
+                raise SpecError(f"save = {self.save!r}: {reason}")
 
-    def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,
-            progress: Progress = no_progress, calibration: CalibrationSet | None = None) -> QuantReport:
+    def _check_inputs(self, stats: StatsReport | None, hessians: HessianReport | None,
+                      calibration: CalibrationSet | None) -> None:
         if self.sequential and calibration is None:
             raise SpecError("A sequential quantization runs on the calibration set: build one first.")
         if self.spec.needs_hessians and hessians is None and not self.sequential:
             raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config (or sequential = true).")
         if self.spec.needs_stats and stats is None:
             raise SpecError(f"{self.spec.label()} needs activation statistics: add a [stats] section to the config.")
+
+    def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,
+            progress: Progress = no_progress, calibration: CalibrationSet | None = None,
+            on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
+        """The evaluated run; ``on_plan`` receives its quantized weights unless the report was reused."""
+        self._check_inputs(stats, hessians, calibration)
         report, _ = cache.evaluate(loaded, self.spec, self.evaluation.windows_for(loaded, cache), stats, hessians,
-                                   self.sensitivity, progress, calibration if self.sequential else None)
+                                   self.sensitivity, progress, calibration if self.sequential else None, on_plan)
         return report
+
+    def plan(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None,
+             calibration: CalibrationSet | None, progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
+        """The run's quantized weights made again from the same inputs (GPTQ and RTN are
+        deterministic), with their per-layer table (its weight_error tells whether they are the same)."""
+        self._check_inputs(stats, hessians, calibration)
+        if self.sequential:
+            return gptq_block_by_block(loaded, calibration, self.spec, progress=progress, output_errors=False)
+        return plan_quantization(loaded, self.spec, stats, hessians, progress, output_errors=False)
+
+    def write(self, loaded: LoadedModel, folder: Path, plan: QuantizedModel | None = None, stats: StatsReport | None = None,
+              hessians: HessianReport | None = None, calibration: CalibrationSet | None = None,
+              progress: Progress = no_progress, provenance: dict | None = None) -> CheckpointSummary:
+        """The run's quantized model written to ``folder`` in ``save_format``: ``plan`` when given, else
+        made again; a model read block by block is quantized (sequentially) and written one block at a
+        time, never whole."""
+        record = {"run": as_json(self), "calibration_sha256": calibration.manifest.token_sha256 if calibration else None,
+                  **(provenance or {})}
+        if plan is None and not loaded.resident and self.sequential:
+            self._check_inputs(stats, hessians, calibration)
+            with CheckpointWriter(loaded, self.spec, folder, self.save_format, provenance=record) as writer:
+                gptq_block_by_block(loaded, calibration, self.spec, progress=progress, output_errors=False, sink=writer.add)
+                return writer.finish()
+        plan = plan if plan is not None else self.plan(loaded, stats, hessians, calibration, progress)[0]
+        return save_quantized(loaded, plan, self.spec, folder, self.save_format, provenance=record)
 
 
 @dataclass(frozen=True)
@@ -100,7 +155,10 @@ def quant_run_from(values: dict) -> QuantRun:
     sequential = values.pop("sequential", False)
     if not isinstance(sequential, bool):
         raise SpecError(f"[quantize] sequential = {sequential!r}: use true or false.")
-    return QuantRun(quant_spec_from(values), evaluation, sensitivity, sequential)
+    save, save_format = values.pop("save", None), values.pop("save_format", CheckpointFormat.COMPRESSED_TENSORS)
+    if save is not None and (not isinstance(save, str) or not save.strip() or Path(save).name != save):
+        raise SpecError(f"[quantize] save = {save!r}: give a folder name (it is written inside the output folder).")
+    return QuantRun(quant_spec_from(values), evaluation, sensitivity, sequential, save, save_format)
 
 
 def comparison_run_from(values: dict) -> ComparisonRun:
@@ -111,6 +169,7 @@ def comparison_run_from(values: dict) -> ComparisonRun:
 
 
 def as_json(run: QuantRun | ComparisonRun) -> dict:
-    """A run as config data: every field spelled out (no preset names), enums as their labels."""
+    """A run as config data: every field spelled out (no preset names), enums as their labels,
+    unset optional fields left out (TOML has no null)."""
     data = dataclasses.asdict(run)
-    return {**data.pop("spec"), **data}
+    return json.loads(json.dumps({**data.pop("spec"), **{k: v for k, v in data.items() if v is not None}}))

@@ -76,9 +76,10 @@ class CheckpointSummary:
     warning: str | None = None
     extra: dict = field(default_factory=dict)
 
-    def describe(self) -> str:
+    def describe(self, shown_as: str | None = None) -> str:
+        """One paragraph; ``shown_as``: the name to give the folder (a download's, not its temporary path)."""
         warning = f" Note: {self.warning}" if self.warning else ""
-        return (f"Wrote {self.format.value} checkpoint '{self.folder}': {self.quantized_layers} quantized layers, "
+        return (f"Wrote {self.format.value} checkpoint '{shown_as or self.folder}': {self.quantized_layers} quantized layers, "
                 f"{len(self.files)} safetensors file(s), {self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s. "
                 f"Loads in: {SERVES[self.format]}.{warning}")
 

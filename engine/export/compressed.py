@@ -45,15 +45,19 @@ def refusal(spec: QuantSpec) -> str | None:
 
 
 def serving_warning(spec: QuantSpec) -> str | None:
-    """What vLLM will refuse in a checkpoint that can still be written (None: it serves it)."""
+    """What a loader will refuse in a checkpoint that can still be written (None: all of them load it)."""
     weights, inputs = spec.weights, spec.activations
+    notes = []
     if not inputs.enabled and weights.bits not in VLLM_WEIGHT_ONLY_BITS:
-        return (f"vLLM serves weight-only compressed-tensors of {' or '.join(map(str, VLLM_WEIGHT_ONLY_BITS))} bits; "
-                f"this {weights.bits}-bit checkpoint loads in transformers (dequantized) but not in vLLM.")
+        notes.append(f"vLLM serves weight-only compressed-tensors of {' or '.join(map(str, VLLM_WEIGHT_ONLY_BITS))} bits, "
+                     f"not this {weights.bits}-bit checkpoint.")
     if inputs.enabled and (inputs.bits != 8 or weights.bits != 8):
-        return (f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs; this "
-                f"W{weights.bits}A{inputs.bits} checkpoint loads in transformers but not in vLLM.")
-    return None
+        notes.append(f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs, not "
+                     f"W{weights.bits}A{inputs.bits}.")
+    if not weights.symmetric and not inputs.enabled:
+        notes.append("transformers with compressed-tensors 0.20 cannot load the packed zero points of asymmetric "
+                     "pack-quantized checkpoints, llm-compressor's included (llm-compressor issue 1618); vLLM reads them.")
+    return " ".join(notes) or None
 
 
 def weight_args(spec: QuantSpec) -> QuantizationArgs:

@@ -77,3 +77,70 @@ def largest_weight_difference(folder: str | Path, simulated: dict[str, torch.Ten
             raise ExportError(f"The checkpoint quantizes {name}, which the simulated model does not.")
         largest = max(largest, float((dense - simulated[name].float()).abs().max()))
     return largest
+
+
+def transformers_loads(folder: str | Path) -> str | None:
+    """Why transformers cannot load this checkpoint here (None: it can)."""
+    settings = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    if settings.get("quant_method") == "gptq":
+        return "transformers reads the GPTQ format through optimum and GPTQModel, which calibscope does not install"
+    weights = next(iter(settings["config_groups"].values()))["weights"]
+    if not weights.get("symmetric", True) and settings.get("format") == "pack-quantized":
+        return ("transformers with compressed-tensors 0.20 cannot load asymmetric pack-quantized zero points "
+                "(llm-compressor issue 1618)")
+    return None
+
+
+def reloaded(folder: str | Path, dtype: torch.dtype):
+    """The checkpoint as ``AutoModelForCausalLM.from_pretrained`` loads it, its weights decompressed
+    (compressed-tensors does that on the first forward)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    with torch.no_grad():
+        model(torch.ones(1, 2, dtype=torch.long))
+    return model
+
+
+def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, str]:
+    """The checkpoint's perplexity on ``evaluation``, and how it was read: through transformers
+    where it loads the checkpoint, else its layers read back here (compressed-tensors' decompressor,
+    or GPTQ unpacking) and swapped into ``loaded``."""
+    from engine.models import from_model
+    from engine.quant import QuantizedModel, perplexity, quantized
+
+    reason = transformers_loads(folder)
+    if reason is None:
+        dtype = next(loaded.model.parameters()).dtype
+        model = reloaded(folder, dtype).to(loaded.device)
+        return perplexity(from_model(model, loaded.tokenizer), evaluation), "transformers from_pretrained"
+    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=_input_grids(folder))
+    with quantized(loaded, read_back):
+        return perplexity(loaded, evaluation), f"read back here ({reason})"
+
+
+def _input_grids(folder: Path) -> dict:
+    """Static input scales of a compressed-tensors checkpoint as the grids its inputs are quantized on."""
+    from engine.quant.grid import Grid
+
+    folder = Path(folder)
+    settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    inputs = (next(iter(settings["config_groups"].values())).get("input_activations")
+              if settings.get("quant_method") == "compressed-tensors" else None)
+    if not inputs:
+        return {}
+    half = 2 ** (inputs["num_bits"] - 1)  # signed levels -half..half-1 with zero point z: calibscope's zero is z + half
+    files, grids = _tensor_files(folder), {}
+    for key in files:
+        if key.endswith(".input_scale"):
+            layer = key.removesuffix(".input_scale")
+            with safe_open(folder / files[key], "pt") as opened:
+                scale = opened.get_tensor(key).float()
+            zero_key = f"{layer}.input_zero_point"
+            if zero_key in files:
+                with safe_open(folder / files[zero_key], "pt") as opened:
+                    zero = opened.get_tensor(zero_key).float() + half
+            else:
+                zero = torch.full_like(scale, float(half))
+            grids[layer] = Grid(scale, zero, 2 * half - 1)
+    return grids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -12,7 +13,7 @@ import pandas as pd
 from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, labelled, no_progress, scaled
-from engine.quant.apply import quantized
+from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.perplexity import EvaluationSet, perplexity
 from engine.quant.plan import plan_quantization, quantizable_layers
@@ -62,13 +63,14 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
              hessians: HessianReport | None = None, sensitivity: Sensitivity = Sensitivity.CHEAP,
              float_perplexity: float | None = None,
              batch_size: int = 4, progress: Progress = no_progress,
-             sequential: CalibrationSet | None = None) -> QuantReport:
+             sequential: CalibrationSet | None = None, on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
     """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
 
     sensitivity: see ``Sensitivity``. ``float_perplexity`` skips the float evaluation when it is
     known for this evaluation set. ``sequential``: GPTQ block by block on this calibration set, each
     block's Hessians from the quantized blocks before it (true sequential where the spec says so),
-    instead of every layer at once from ``hessians``."""
+    instead of every layer at once from ``hessians``. ``on_plan`` receives the quantized weights
+    (to write them as a checkpoint) before they are evaluated."""
     sensitivity = choice(Sensitivity, sensitivity, "sensitivity")
     started = time.perf_counter()
     layers = quantizable_layers(loaded.model, spec)
@@ -79,6 +81,8 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
         plan, table = gptq_block_by_block(loaded, sequential, spec, progress=quantizing)
     else:
         plan, table = plan_quantization(loaded, spec, stats, hessians, quantizing, layers=layers)
+    if on_plan is not None:
+        on_plan(plan)
     if float_perplexity is None:
         float_perplexity = perplexity(loaded, evaluation, batch_size,
                                       labelled(scaled(progress, split[0], split[1]), "Float model"))

@@ -25,6 +25,7 @@ from ui.context import AppContext
 from ui.exports import zipped
 from ui.run_config import session_config
 from ui.state import Session
+from ui.tabs.export_model import build_section
 from ui.widgets import status_block
 from ui.wiring import connect
 
@@ -160,3 +161,4 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     files = gr.File(label="Downloads", file_count="multiple", interactive=False)
     connect(run.click, prepare_downloads, ExportForm, {"fmt": fmt, "artifacts": artifacts}, session,
             {"status": status, "files": files}, context, api_name="prepare_downloads", status=status, heavy=False)
+    build_section(session, context)

@@ -1,0 +1,159 @@
+"""Export tab, quantized model: a quantization run of the session written as a checkpoint that vLLM
+and transformers load, checked by reading it back, then offered for download (or written to a local
+folder). The run's weights are made again from the session's statistics and Hessians (GPTQ and RTN
+are deterministic) and compared with the run's per-layer errors, so what is written is what was
+measured; a run whose inputs have changed since is refused."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from engine.errors import CalibscopeError
+from engine.experiments.runs import QuantRun
+from engine.export.checkpoint import CheckpointFormat, CheckpointSummary
+from engine.export.verify import largest_weight_difference, reloaded_perplexity
+from engine.figures.quant import scheme_label
+from engine.progress import Progress, labelled, no_progress, scaled
+from ui.context import AppContext
+from ui.exports import zipped
+from ui.state import Session
+from ui.wiring import connect
+
+FORMAT_LABELS = {CheckpointFormat.COMPRESSED_TENSORS: "compressed-tensors (vLLM, transformers, llm-compressor)",
+                 CheckpointFormat.GPTQ: "GPTQ v1 (GPTQModel, AutoGPTQ, optimum; symmetric 2/4/8-bit)"}
+
+
+@dataclass(frozen=True)
+class CheckpointForm:
+    run: float | None = None  # the run's number in the session (1 = first)
+    fmt: str = CheckpointFormat.COMPRESSED_TENSORS.value
+    folder: str = ""
+    check: bool = True
+
+
+def run_choices(session: Session | None) -> list[tuple[str, int]]:
+    runs = session.quant_runs if session is not None else []
+    return [(f"{number}. {scheme_label(report)} · perplexity {report.quantized_perplexity:.2f} on {report.meta['evaluation']}",
+             number) for number, report in enumerate(runs, 1)]
+
+
+def refresh_runs(session: Session | None) -> dict:
+    choices = run_choices(session)
+    return gr.update(choices=choices, value=choices[-1][1] if choices else None)
+
+
+def _chosen(form: CheckpointForm, session: Session):
+    if not session.quant_runs:
+        raise CalibscopeError("No quantization run yet: run one in the Quantize tab, then write it here.")
+    number = int(form.run) if form.run else len(session.quant_runs)
+    if not 1 <= number <= len(session.quant_runs):
+        raise CalibscopeError(f"There is no quantization run {number}; choose one of the {len(session.quant_runs)} listed.")
+    report = session.quant_runs[number - 1]
+    run: QuantRun | None = report.meta.get("run")
+    if run is None:
+        raise CalibscopeError(f"Run {number} was not made in the Quantize tab, so its settings are unknown; quantize it there.")
+    return number, report, replace(run, save_format=CheckpointFormat(form.fmt))
+
+
+def _same_as_measured(run: QuantRun, report, session: Session) -> None:
+    """The inputs the run was made from are still the session's."""
+    used = report.meta.get("calibration_sha256")
+    current = (session.calibration.manifest.token_sha256 if run.sequential
+               else (session.hessians or session.stats).meta.get("calibration_sha256")
+               if (session.hessians or session.stats) is not None else None)
+    if run.spec.needs_hessians and not run.sequential and session.hessians is None or used != current:
+        raise CalibscopeError("This run was made from statistics or Hessians that the session no longer holds (they were "
+                              "collected again, or on another set); quantize again, then write the new run.")
+
+
+def _check_errors(table, report) -> None:
+    """The weights made again have the run's per-layer errors (else they are not what was measured)."""
+    measured = report.layers.set_index("layer")["weight_error"]
+    again = table.set_index("layer")["weight_error"].reindex(measured.index)
+    if not np.allclose(again.to_numpy(), measured.to_numpy(), rtol=1e-5, atol=0):
+        raise CalibscopeError("The weights made again differ from the run's (its Hessians or statistics were replaced); "
+                              "quantize again, then write the new run.")
+
+
+def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    session.require_calibration()
+    number, report, run = _chosen(form, session)
+    _same_as_measured(run, report, session)
+    loaded = context.model(session)
+    target = form.folder.strip()
+    if target and not context.limits.allow_local_paths:
+        raise CalibscopeError("This shared Space does not write to its own disk for visitors: leave the folder empty "
+                              "and download the checkpoint.")
+    if not target:
+        context.limits.check_downloads(session.exports.megabytes(), loaded.info.parameters * 2 / 2**20, "The quantized model")
+    calibration = session.calibration if run.sequential else None
+    plan, table = run.plan(loaded, session.stats, session.hessians, calibration, labelled(scaled(progress, 0, 0.4), "Quantizing"))
+    _check_errors(table, report)
+    provenance = {"simulated_perplexity": report.quantized_perplexity, "evaluation": report.meta["evaluation"]}
+    checking = labelled(scaled(progress, 0.4, 1.0), "Writing and checking")
+
+    def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
+        summary = run.write(loaded, folder, plan, provenance=provenance)
+        return _checks(summary, plan.weights, run, report, loaded, context, form.check, checking, shown_as)
+
+    if target:
+        return {"status": "\n".join(write_and_check(Path(target).expanduser())), "files": None}
+    lines: list[str] = []
+    name = f"{loaded.info.name.removeprefix('builtin:').replace('/', '-')}-{run.spec.label().replace(' ', '-')}"
+
+    def download(staging: Path) -> Path:
+        lines.extend(write_and_check(staging / name, f"{name}.zip"))
+        return zipped(staging / name, compress=False)
+
+    identity = (number, run.save_format.value, report.meta.get("calibration_sha256"), report.quantized_perplexity)
+    path, fresh = session.exports.file(f"checkpoint-{number}-{run.save_format.value}", identity, download)
+    if not fresh:
+        lines = [f"**Unchanged since the last click**: run {number} as {run.save_format.value} is ready below."]
+    return {"status": "\n".join(lines), "files": [str(path)]}
+
+
+def _checks(summary: CheckpointSummary, simulated: dict, run: QuantRun, report, loaded, context: AppContext, reload: bool,
+            progress: Progress, shown_as: str | None = None) -> list[str]:
+    """What was written, and how it compares with what the run measured."""
+    lines = [f"**{summary.describe(shown_as)}**"]
+    difference = largest_weight_difference(summary.folder, simulated)
+    stored = ("float16 scales, as GPTQ stores them" if summary.format is CheckpointFormat.GPTQ
+              else f"scales stored in {loaded.info.dtype}")
+    lines.append(f"- read back: the stored layers dequantize to the simulated weights within {difference:.3g} "
+                 f"({'exactly' if difference == 0 else stored})")
+    if reload:
+        progress(0.5, "Reloading the checkpoint")
+        evaluation = run.evaluation.windows_for(loaded, context.evaluations)
+        perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
+        ratio = perplexity / report.quantized_perplexity
+        verdict = "equal within 0.1%" if abs(ratio - 1) <= 1e-3 else "MORE THAN 0.1% APART"
+        lines.append(f"- reloaded ({how}): perplexity {perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "
+                     f"(ratio {ratio:.5f}, {verdict}) on {report.meta['evaluation']}")
+    lines.append("- load it: `vllm serve FOLDER`, or "
+                 + ("`AutoModelForCausalLM.from_pretrained(FOLDER)`" if summary.format is CheckpointFormat.COMPRESSED_TENSORS
+                    else "`GPTQModel.load(FOLDER)`"))
+    return lines
+
+
+def build_section(session: gr.State, context: AppContext) -> None:
+    gr.Markdown("### Quantized model\nWrite a quantization run of this session as a checkpoint: the weights are made "
+                "again from this session's Hessians or statistics, checked against the run's per-layer errors, written "
+                "(sharded safetensors, config, tokenizer, chat template) and read back.")
+    with gr.Row():
+        run = gr.Dropdown(run_choices(None), label="Quantization run", scale=3, info="from the Quantize tab")
+        fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()],
+                       value=CheckpointFormat.COMPRESSED_TENSORS.value, label="Checkpoint format", scale=3)
+    with gr.Row():
+        folder = gr.Textbox(label="Write to a new local folder (empty: prepare a download)", scale=3,
+                            visible=context.limits.allow_local_paths, placeholder="e.g. ~/models/gemma-w4")
+        check = gr.Checkbox(True, label="Reload it and measure perplexity", scale=1,
+                            info="on the run's held-out windows; one more model load")
+    write = gr.Button("Write quantized model", variant="primary")
+    status = gr.Markdown("Choose a run and a format.", elem_classes="cs-status")
+    files = gr.File(label="Quantized model", file_count="multiple", interactive=False)
+    session.change(refresh_runs, session, run, queue=False, show_progress="hidden")
+    connect(write.click, write_checkpoint, CheckpointForm, {"run": run, "fmt": fmt, "folder": folder, "check": check},
+            session, {"status": status, "files": files}, context, api_name="write_checkpoint", status=status)
