@@ -17,19 +17,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from engine.models.weight_cache import cache_root
-
-SDIST = "llama-cpp-python==0.3.36"  # vendors llama.cpp commit 0c1e570
-TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity", "llama-tokenize")
-
-
-def root() -> Path:
-    return cache_root() / "llama.cpp" / SDIST.split("==")[1]
-
-
-def bin_dir() -> Path:
-    configured = os.environ.get("LLAMA_CPP_BIN")
-    return Path(configured).expanduser() if configured else root() / "build" / "bin"
+from engine.imatrix.llamacpp import SDIST, TOOLS, bin_dir, root
 
 
 def built() -> Path | None:

@@ -27,6 +27,7 @@ from ui.estimates import timed_step
 from ui.parsing import whole
 from ui.state import Session
 from ui.tables import shown
+from ui.tabs.imatrix_gguf import build_section
 from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
@@ -241,5 +242,6 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             {"status": compare_status, "comparison": comparison,
              "comparison_table": comparison_table}, context, api_name="compare_imatrices", status=compare_status, heavy=False)
     first.input(switch_matrix, [first, session], [shown_views[name] for name in MATRIX_VIEWS])
+    build_section(session, context, first)
     for trigger in (tensor.input, second.input):
         trigger(show_tensor, [tensor, first, second, session], [channels, top])

@@ -1,0 +1,43 @@
+"""The Imatrix tab's GGUF: the session's matrix through llama.cpp's own llama-quantize --imatrix,
+measured by llama-perplexity; where the tools are absent, a message that says how to get them."""
+from pathlib import Path
+
+import pytest
+
+from engine.errors import CalibscopeError
+from engine.imatrix import llamacpp
+from tests.conftest import missing
+from tests.ui_helpers import CONTEXT, Recorder, build, load
+from ui.state import Session
+from ui.tabs.imatrix import CollectForm, collect
+from ui.tabs.imatrix_gguf import GgufForm, make_gguf
+
+
+def test_without_the_tools_the_message_says_how_to_get_them(monkeypatch):
+    monkeypatch.setattr("ui.tabs.imatrix_gguf.tools_folder", lambda: None)
+    with pytest.raises(CalibscopeError, match=r"python -m bench._llamacpp.*LLAMA_CPP_BIN"):
+        make_gguf(GgufForm(matrix="#1"), Session(), CONTEXT, Recorder())
+
+
+def test_an_unknown_type_is_refused_before_any_work(monkeypatch):
+    with pytest.raises(CalibscopeError, match="GGUF type 'Q9_Z' is not offered"):
+        llamacpp.imatrix_gguf(None, None, "Q9_Z", Path("held-out.txt"), Path("out"))
+
+
+@pytest.mark.slow
+def test_the_builtin_models_matrix_makes_a_gguf_that_llama_perplexity_measures():
+    if llamacpp.tools_folder() is None:
+        missing("llama.cpp's tools (python -m bench._llamacpp)")
+    session = load(model="builtin:gemma-3-270m", builtin_name="mixed")["session"]
+    session = build(session, nsamples=8, length=128, edges="64, 128")["session"]
+    session = collect(CollectForm(batch_size=4), session, CONTEXT, Recorder())["session"]
+    label = next(iter(session.imatrices))
+    result = make_gguf(GgufForm(matrix=label, kind="IQ2_XS", held_out="mixed (held-out 10%)", chunks=2), session, CONTEXT,
+                       Recorder())
+    assert "IQ2_XS GGUF with this importance matrix" in result["status"]
+    assert "llama-quantize refuses this type without a matrix" in result["status"]  # IQ2_XS needs one
+    [path] = result["files"]
+    assert Path(path).stat().st_size > 50 * 2**20 and Path(path).read_bytes()[:4] == b"GGUF"
+    again = make_gguf(GgufForm(matrix=label, kind="IQ2_XS", held_out="mixed (held-out 10%)", chunks=2), session, CONTEXT,
+                      Recorder())
+    assert again["status"].startswith("**Unchanged since the last click**")

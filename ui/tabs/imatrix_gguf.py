@@ -1,0 +1,72 @@
+"""Imatrix tab, GGUF: the chosen importance matrix handed to llama.cpp's own llama-quantize and the
+result measured by llama-perplexity, against the float model and the same type made without the
+matrix. Offered when llama.cpp's tools are here; where they are not, the section says how to get them."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from engine.errors import CalibscopeError
+from engine.experiments import HELD_OUT
+from engine.experiments.evaluations import held_out_texts
+from engine.imatrix.llamacpp import CONTEXT, HOW_TO_GET, TYPES, imatrix_gguf, tools_folder
+from engine.progress import Progress, no_progress
+from ui.context import AppContext
+from ui.parsing import whole
+from ui.state import Session
+from ui.wiring import connect
+
+
+@dataclass(frozen=True)
+class GgufForm:
+    matrix: str = ""
+    kind: str = TYPES[0]
+    held_out: str = next(iter(HELD_OUT))
+    chunks: float = 8
+
+
+def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    if tools_folder() is None:
+        raise CalibscopeError(HOW_TO_GET)
+    if not form.matrix:
+        raise CalibscopeError("Collect or load an importance matrix first (above), then choose it.")
+    imatrix = session.require_imatrix(form.matrix)
+    loaded = context.model(session)
+    chunks = whole(form.chunks)
+    work = Path(tempfile.mkdtemp(prefix="calibscope-gguf-"))
+    text = work / "held-out.txt"
+    text.write_text("\n\n".join(held_out_texts(form.held_out)), encoding="utf-8")
+    lines: list[str] = []
+
+    def write(folder: Path) -> Path:
+        result = imatrix_gguf(loaded, imatrix, form.kind, text, folder, chunks, progress)
+        lines.append(f"**{result.describe()}** Perplexity: {chunks} chunks of {CONTEXT} tokens of {form.held_out}.")
+        return result.path
+
+    context.limits.check_downloads(session.exports.megabytes(), loaded.info.parameters * 0.6 / 2**20, "The GGUF")
+    path, fresh = session.exports.file(f"gguf-{form.kind}", (form.matrix, form.kind, form.held_out, chunks), write)
+    if not fresh:
+        lines = [f"**Unchanged since the last click**: the {form.kind} GGUF of {form.matrix} is ready below."]
+    return {"status": "\n".join(lines), "files": [str(path)]}
+
+
+def build_section(session: gr.State, context: AppContext, matrices: gr.Dropdown) -> None:
+    gr.Markdown("### A GGUF from this matrix\nllama.cpp's own `llama-quantize --imatrix` quantizes the model with the "
+                "matrix chosen above, and `llama-perplexity` measures it against the float model and the same type "
+                "made without the matrix.")
+    if tools_folder() is None:
+        gr.Markdown(f"**Not available here.** {HOW_TO_GET}", elem_classes="cs-status")
+        return
+    with gr.Row():
+        kind = gr.Dropdown(list(TYPES), value=TYPES[0], label="GGUF type", scale=1,
+                           info="IQ types need a matrix; K-quants weigh columns by it")
+        held_out = gr.Dropdown(list(HELD_OUT), value=next(iter(HELD_OUT)), label="Held-out text", scale=2)
+        chunks = gr.Number(8, label=f"Perplexity chunks ({CONTEXT} tokens)", precision=0, minimum=1, scale=1)
+    make = gr.Button("Make GGUF and measure it")
+    status = gr.Markdown("", elem_classes="cs-status")
+    files = gr.File(label="GGUF", file_count="multiple", interactive=False)
+    connect(make.click, make_gguf, GgufForm, {"matrix": matrices, "kind": kind, "held_out": held_out, "chunks": chunks},
+            session, {"status": status, "files": files}, context, api_name="imatrix_gguf", status=status)
