@@ -14,8 +14,8 @@ from tests.ui_helpers import CONTEXT, Recorder, build
 from ui.context import AppContext
 from ui.exports import ExportFolder
 from ui.limits import Limits
+from ui.sections.quantized_model import CheckpointForm, refresh_runs, run_choices, write_checkpoint
 from ui.state import Session
-from ui.tabs.export_model import CheckpointForm, refresh_runs, run_choices, write_checkpoint
 from ui.tabs.hessians import HessianForm, compute_hessians
 from ui.tabs.quantize import QuantizeForm, run_quantization
 

@@ -13,9 +13,22 @@ from compressed_tensors.quantization import QuantizationConfig
 from safetensors import safe_open
 
 from engine.errors import ExportError
+from engine.export.checkpoint import CheckpointFormat
 from engine.models.offload import INDEX, SINGLE
 
-SUFFIXES = {"compressed-tensors": ".weight_scale", "gptq": ".qweight"}
+SUFFIXES = {CheckpointFormat.COMPRESSED_TENSORS: ".weight_scale", CheckpointFormat.GPTQ: ".qweight"}
+
+
+def quantization_settings(folder: Path) -> tuple[CheckpointFormat, dict]:
+    """The checkpoint's format and config.json's ``quantization_config``."""
+    settings = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    if not settings:
+        raise ExportError(f"'{folder}' is not a quantized checkpoint (config.json has no quantization_config).")
+    try:
+        return CheckpointFormat(settings.get("quant_method")), settings
+    except ValueError:
+        raise ExportError(f"'{folder}' holds a {settings.get('quant_method')} checkpoint; calibscope reads "
+                          f"{' and '.join(fmt.value for fmt in CheckpointFormat)}.") from None
 
 
 def _tensor_files(folder: Path) -> dict[str, str]:
@@ -50,15 +63,10 @@ def _gptq_dense(state: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
 def dequantized_layers(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Each quantized layer's weight [out, in] as its loader dequantizes it (float32)."""
     folder = Path(folder)
-    settings = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
-    if not settings:
-        raise ExportError(f"'{folder}' is not a quantized checkpoint (config.json has no quantization_config).")
-    method = settings.get("quant_method")
-    if method not in SUFFIXES:
-        raise ExportError(f"'{folder}' holds a {method} checkpoint; calibscope reads compressed-tensors and gptq.")
+    method, settings = quantization_settings(folder)
     files = _tensor_files(folder)
     layers = sorted(key.removesuffix(SUFFIXES[method]) for key in files if key.endswith(SUFFIXES[method]))
-    if method == "gptq":
+    if method is CheckpointFormat.GPTQ:
         for layer in layers:
             yield layer, _gptq_dense(_layer_state(folder, files, layer), settings["bits"])
         return
@@ -81,8 +89,8 @@ def largest_weight_difference(folder: str | Path, simulated: dict[str, torch.Ten
 
 def transformers_loads(folder: str | Path) -> str | None:
     """Why transformers cannot load this checkpoint here (None: it can)."""
-    settings = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["quantization_config"]
-    if settings.get("quant_method") == "gptq":
+    method, settings = quantization_settings(Path(folder))
+    if method is CheckpointFormat.GPTQ:
         return "transformers reads the GPTQ format through optimum and GPTQModel, which calibscope does not install"
     weights = next(iter(settings["config_groups"].values()))["weights"]
     if not weights.get("symmetric", True) and settings.get("format") == "pack-quantized":
@@ -124,9 +132,9 @@ def _input_grids(folder: Path) -> dict:
     from engine.quant.grid import Grid
 
     folder = Path(folder)
-    settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    method, settings = quantization_settings(folder)
     inputs = (next(iter(settings["config_groups"].values())).get("input_activations")
-              if settings.get("quant_method") == "compressed-tensors" else None)
+              if method is CheckpointFormat.COMPRESSED_TENSORS else None)
     if not inputs:
         return {}
     half = 2 ** (inputs["num_bits"] - 1)  # signed levels -half..half-1 with zero point z: calibscope's zero is z + half

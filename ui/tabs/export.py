@@ -24,8 +24,8 @@ from engine.specs import labels
 from ui.context import AppContext
 from ui.exports import zipped
 from ui.run_config import session_config
+from ui.sections.quantized_model import build_section
 from ui.state import Session
-from ui.tabs.export_model import build_section
 from ui.widgets import status_block
 from ui.wiring import connect
 

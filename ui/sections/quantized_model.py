@@ -97,7 +97,10 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
 
     def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
         summary = run.write(loaded, folder, plan, provenance=provenance)
-        return _checks(summary, plan.weights, run, report, loaded, context, form.check, checking, shown_as)
+        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, plan.weights, loaded.info.dtype)]
+        if form.check:
+            lines.append(_reloaded(summary, run, report, loaded, context, checking))
+        return [*lines, _how_to_load(summary)]
 
     if target:
         return {"status": "\n".join(write_and_check(Path(target).expanduser())), "files": None}
@@ -115,27 +118,29 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
     return {"status": "\n".join(lines), "files": [str(path)]}
 
 
-def _checks(summary: CheckpointSummary, simulated: dict, run: QuantRun, report, loaded, context: AppContext, reload: bool,
-            progress: Progress, shown_as: str | None = None) -> list[str]:
-    """What was written, and how it compares with what the run measured."""
-    lines = [f"**{summary.describe(shown_as)}**"]
+def _read_back(summary: CheckpointSummary, simulated: dict, dtype: str) -> str:
+    """How far the stored layers, read back, are from the weights the run simulated."""
     difference = largest_weight_difference(summary.folder, simulated)
-    stored = ("float16 scales, as GPTQ stores them" if summary.format is CheckpointFormat.GPTQ
-              else f"scales stored in {loaded.info.dtype}")
-    lines.append(f"- read back: the stored layers dequantize to the simulated weights within {difference:.3g} "
-                 f"({'exactly' if difference == 0 else stored})")
-    if reload:
-        progress(0.5, "Reloading the checkpoint")
-        evaluation = run.evaluation.windows_for(loaded, context.evaluations)
-        perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
-        ratio = perplexity / report.quantized_perplexity
-        verdict = "equal within 0.1%" if abs(ratio - 1) <= 1e-3 else "MORE THAN 0.1% APART"
-        lines.append(f"- reloaded ({how}): perplexity {perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "
-                     f"(ratio {ratio:.5f}, {verdict}) on {report.meta['evaluation']}")
-    lines.append("- load it: `vllm serve FOLDER`, or "
-                 + ("`AutoModelForCausalLM.from_pretrained(FOLDER)`" if summary.format is CheckpointFormat.COMPRESSED_TENSORS
-                    else "`GPTQModel.load(FOLDER)`"))
-    return lines
+    stored = "float16 scales, as GPTQ stores them" if summary.format is CheckpointFormat.GPTQ else f"scales stored in {dtype}"
+    return (f"- read back: the stored layers dequantize to the simulated weights within {difference:.3g} "
+            f"({'exactly' if difference == 0 else stored})")
+
+
+def _reloaded(summary: CheckpointSummary, run: QuantRun, report, loaded, context: AppContext, progress: Progress) -> str:
+    """The reloaded checkpoint's perplexity on the run's held-out windows, against the simulated one."""
+    progress(0.5, "Reloading the checkpoint")
+    evaluation = run.evaluation.windows_for(loaded, context.evaluations)
+    perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
+    ratio = perplexity / report.quantized_perplexity
+    verdict = "equal within 0.1%" if abs(ratio - 1) <= 1e-3 else "MORE THAN 0.1% APART"
+    return (f"- reloaded ({how}): perplexity {perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "
+            f"(ratio {ratio:.5f}, {verdict}) on {report.meta['evaluation']}")
+
+
+def _how_to_load(summary: CheckpointSummary) -> str:
+    return "- load it: `vllm serve FOLDER`, or " + (
+        "`AutoModelForCausalLM.from_pretrained(FOLDER)`" if summary.format is CheckpointFormat.COMPRESSED_TENSORS
+        else "`GPTQModel.load(FOLDER)`")
 
 
 def build_section(session: gr.State, context: AppContext) -> None:
