@@ -36,7 +36,7 @@ def wide_llama(dtype: torch.dtype = torch.float32, tied: bool = False):
     """A random Llama whose layer widths (256, 512) take groups of 128 and int32 packing."""
     tokenizer = byte_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0,
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=tied)
     torch.manual_seed(0)
     return from_model(LlamaForCausalLM(config).to(dtype), tokenizer, "wide-llama")
@@ -278,7 +278,7 @@ def test_refusals_say_why_and_what_to_do(model, calibrated, tmp_path):
     assert not any(tmp_path.iterdir())
     warned = save_quantized(model, plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 128)))[0],
                             QuantSpec(WeightSpec("rtn", 3, 128)), tmp_path / "e")
-    assert "not in vLLM" in warned.warning and "not in vLLM" in warned.describe()
+    assert "vLLM serves weight-only compressed-tensors of 4 or 8 bits" in warned.warning and warned.warning in warned.describe()
 
 
 def test_an_existing_folder_is_never_touched(model, tmp_path):

@@ -44,28 +44,38 @@ def refusal(spec: QuantSpec) -> str | None:
     return None
 
 
+def vllm_warning(spec: QuantSpec) -> str | None:
+    """Why vLLM's compressed-tensors loader finds no scheme for ``spec`` (None: it serves it)."""
+    weights, inputs = spec.weights, spec.activations
+    if not inputs.enabled and weights.bits not in VLLM_WEIGHT_ONLY_BITS:
+        return (f"vLLM serves weight-only compressed-tensors of {' or '.join(map(str, VLLM_WEIGHT_ONLY_BITS))} bits, "
+                f"not this {weights.bits}-bit checkpoint.")
+    if inputs.enabled and (inputs.bits != 8 or weights.bits != 8):
+        return (f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs, not "
+                f"W{weights.bits}A{inputs.bits}.")
+    return None
+
+
+def transformers_warning(spec: QuantSpec) -> str | None:
+    """Why transformers (with compressed-tensors 0.20) cannot load ``spec``'s checkpoint (None: it can)."""
+    if not spec.weights.symmetric and not spec.activations.enabled:
+        return ("transformers with compressed-tensors 0.20 cannot load the packed zero points of asymmetric "
+                "pack-quantized checkpoints, llm-compressor's included (llm-compressor issue 1618); vLLM reads them.")
+    return None
+
+
 def serving_warning(spec: QuantSpec) -> str | None:
     """What a loader will refuse in a checkpoint that can still be written (None: all of them load it)."""
-    weights, inputs = spec.weights, spec.activations
-    notes = []
-    if not inputs.enabled and weights.bits not in VLLM_WEIGHT_ONLY_BITS:
-        notes.append(f"vLLM serves weight-only compressed-tensors of {' or '.join(map(str, VLLM_WEIGHT_ONLY_BITS))} bits, "
-                     f"not this {weights.bits}-bit checkpoint.")
-    if inputs.enabled and (inputs.bits != 8 or weights.bits != 8):
-        notes.append(f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs, not "
-                     f"W{weights.bits}A{inputs.bits}.")
-    if not weights.symmetric and not inputs.enabled:
-        notes.append("transformers with compressed-tensors 0.20 cannot load the packed zero points of asymmetric "
-                     "pack-quantized checkpoints, llm-compressor's included (llm-compressor issue 1618); vLLM reads them.")
-    return " ".join(notes) or None
+    return " ".join(note for note in (vllm_warning(spec), transformers_warning(spec)) if note) or None
 
 
 def weight_args(spec: QuantSpec) -> QuantizationArgs:
     weights = spec.weights
     static = weights.method is WeightMethod.GPTQ and weights.act_order is ActOrder.STATIC
+    # observer: llm-compressor's name for a grid from each group's min and max, as calibscope's are found
     return QuantizationArgs(num_bits=weights.bits, type="int", symmetric=weights.symmetric,
                             strategy="group" if weights.group_size else "channel", group_size=weights.group_size or None,
-                            actorder="static" if static else None, dynamic=False,
+                            actorder="static" if static else None, dynamic=False, observer="memoryless_minmax",
                             zp_dtype=None if weights.symmetric else torch.int8)
 
 

@@ -1,0 +1,161 @@
+"""What vLLM's loaders expect of a checkpoint, read from vLLM's source and written down here (vLLM
+needs a CUDA GPU and does not run on these machines), checked against the files calibscope writes.
+
+Transcribed from vllm/model_executor/layers/quantization/:
+- compressed_tensors/compressed_tensors.py: which scheme a config group selects
+  (``_is_wNa16_group_channel``: weight-only, strategy channel or group, static; ``_is_static_tensor_w8a8``:
+  8-bit weights per tensor or channel, symmetric, 8-bit static per-tensor inputs, symmetric or not);
+- compressed_tensors/schemes/compressed_tensors_wNa16.py (``create_weights``): ``weight_packed`` int32
+  [out, ceil(in · bits / 32)], ``weight_scale`` [out, in / group] in the model's dtype,
+  ``weight_shape`` int64 [2], and for asymmetric weights ``weight_zero_point`` int32
+  [ceil(out · bits / 32), in / group]; bits in WNA16_SUPPORTED_TYPES_MAP {4, 8} (the zero-point map
+  is {4, 8} too);
+- compressed_tensors/schemes/compressed_tensors_w8a8_int8.py: ``weight`` int8 [out, in],
+  ``weight_scale`` float32 [out, 1] per channel, ``input_scale`` float32 [1] and, for asymmetric
+  inputs, ``input_zero_point`` [1] (an integer: its loader copies into an int32 parameter);
+- gptq.py and gptq_marlin.py: ``quantize_config`` keys ``bits``, ``group_size`` (-1: per channel),
+  ``desc_act``, ``sym``, ``lm_head``; ``qweight`` int32 [in · bits / 32, out], ``qzeros`` int32
+  [groups, out · bits / 32], ``scales`` [groups, out], ``g_idx`` int32 [in]; gptq packs 2, 3, 4 or 8
+  bits, gptq_marlin takes (4, sym) and (8, sym).
+Every parameter a loader registers must be in the file with that shape (a weight loader asserts the
+shape and copies, converting floating dtypes), and nothing quantized may be left in the dense form.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from compressed_tensors.quantization import QuantizationConfig
+from safetensors import safe_open
+
+from engine.export import save_quantized
+from engine.export.compressed import vllm_warning
+from engine.quant import ActivationSpec, QuantSpec, WeightSpec, plan_quantization
+from tests.test_checkpoint import calibrated, model  # noqa: F401  (fixtures)
+
+WNA16_BITS = (4, 8)
+WNA16_ZERO_POINT_BITS = (4, 8)
+GPTQ_BITS = (2, 3, 4, 8)
+GPTQ_MARLIN = {(4, True), (8, True)}
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def vllm_scheme(weights, inputs) -> str | None:
+    """compressed_tensors.py's choice for one config group (None: no scheme, the load fails)."""
+    if inputs is not None:
+        static_tensor_w8a8 = (weights.num_bits == inputs.num_bits == 8 and weights.strategy in ("tensor", "channel")
+                              and inputs.strategy == "tensor" and not weights.dynamic and not inputs.dynamic
+                              and weights.symmetric)
+        return "W8A8Int8" if static_tensor_w8a8 and weights.type == inputs.type == "int" else None
+    if weights.strategy in ("channel", "group") and not weights.dynamic and weights.type == "int":
+        if weights.num_bits not in WNA16_BITS or (not weights.symmetric and weights.num_bits not in WNA16_ZERO_POINT_BITS):
+            return None  # CompressedTensorsWNA16.__init__ raises "Unsupported num_bits"
+        return "WNA16"
+    return None
+
+
+def wna16_parameters(out: int, inputs: int, weights) -> dict[str, tuple[str, tuple[int, ...]]]:
+    groups = inputs // (weights.group_size or inputs)
+    expected = {"weight_packed": ("int32", (out, math.ceil(inputs * weights.num_bits / 32))),
+                "weight_scale": ("float", (out, groups)), "weight_shape": ("int64", (2,))}
+    if not weights.symmetric:
+        expected["weight_zero_point"] = ("int32", (math.ceil(out * weights.num_bits / 32), groups))
+    return expected
+
+
+def w8a8_parameters(out: int, inputs: int, weights, activations) -> dict[str, tuple[str, tuple[int, ...]]]:
+    expected = {"weight": ("int8", (out, inputs)),
+                "weight_scale": ("float", (out, 1) if weights.strategy == "channel" else (1,)),
+                "input_scale": ("float", (1,))}
+    if not activations.symmetric:
+        expected["input_zero_point"] = ("integer", (1,))
+    return expected
+
+
+def gptq_parameters(out: int, inputs: int, bits: int, group_size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    groups = inputs // (inputs if group_size == -1 else group_size)
+    return {"qweight": ("int32", (inputs * bits // 32, out)), "qzeros": ("int32", (groups, out * bits // 32)),
+            "scales": ("float", (groups, out)), "g_idx": ("int32", (inputs,))}
+
+
+def kind_matches(dtype: torch.dtype, kind: str) -> bool:
+    if kind == "float":
+        return dtype in FLOATS
+    if kind == "integer":
+        return not dtype.is_floating_point and dtype != torch.bool
+    return dtype == getattr(torch, kind)
+
+
+def stored(folder) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    with safe_open(folder / "model.safetensors", "pt") as opened:
+        return {key: (opened.get_slice(key).get_dtype(), tuple(opened.get_slice(key).get_shape())) for key in opened.keys()}
+
+
+def linear_shapes(loaded) -> dict[str, tuple[int, int]]:
+    return {name: tuple(module.weight.shape) for name, module in loaded.model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name != "lm_head"}
+
+
+def check_layers(files: dict, shapes: dict, expected_for) -> None:
+    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32,
+              "I64": torch.int64, "I8": torch.int8}
+    for layer, (out, inputs) in shapes.items():
+        expected = expected_for(out, inputs)
+        found = {key.removeprefix(f"{layer}."): value for key, value in files.items() if key.startswith(f"{layer}.")
+                 and "." not in key.removeprefix(f"{layer}.")}
+        assert set(found) == set(expected), (layer, sorted(found), sorted(expected))
+        for parameter, (kind, shape) in expected.items():
+            dtype, found_shape = found[parameter]
+            assert found_shape == shape and kind_matches(dtypes[dtype], kind), (layer, parameter, dtype, found_shape)
+
+
+SCHEMES = {
+    "W4 g128 symmetric": QuantSpec(WeightSpec("gptq", 4, 128)),
+    "W8 per channel": QuantSpec(WeightSpec("rtn", 8, 0)),
+    "W4 g128 asymmetric": QuantSpec(WeightSpec("rtn", 4, 128, symmetric=False)),
+    "W3 g128 (not served)": QuantSpec(WeightSpec("rtn", 3, 128)),
+    "W8A8 static": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax")),
+    "W8A8 static asymmetric inputs": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax", symmetric=False)),
+    "W4A8 (not served)": QuantSpec(WeightSpec("rtn", 4, 0), ActivationSpec(8, "minmax")),
+}
+
+
+@pytest.mark.parametrize("label", list(SCHEMES))
+def test_compressed_tensors_files_are_what_vllms_loader_registers(label, model, calibrated, tmp_path):  # noqa: F811
+    spec = SCHEMES[label]
+    plan, _ = plan_quantization(model, spec, calibrated[1], calibrated[2])
+    summary = save_quantized(model, plan, spec, tmp_path / "out")
+    settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    config = QuantizationConfig.model_validate(settings)
+    assert config.quant_method == "compressed-tensors" and config.ignore == ["lm_head"]
+    (group,) = config.config_groups.values()
+    assert group.targets == ["Linear"]
+    chosen = vllm_scheme(group.weights, group.input_activations)
+    # calibscope warns about vLLM exactly where vLLM's loader finds no scheme, and the checkpoint says so
+    assert (chosen is None) == (vllm_warning(spec) is not None), (label, chosen)
+    assert vllm_warning(spec) is None or vllm_warning(spec) in summary.warning
+    files = stored(tmp_path / "out")
+    shapes = linear_shapes(model)
+    if group.input_activations is None:
+        assert group.format == "pack-quantized"
+        check_layers(files, shapes, lambda out, inputs: wna16_parameters(out, inputs, group.weights))
+    else:
+        assert group.format == "int-quantized"
+        if chosen is not None:
+            check_layers(files, shapes, lambda out, inputs: w8a8_parameters(out, inputs, group.weights, group.input_activations))
+    assert "lm_head.weight" in files and not any(f"{layer}.weight" in files for layer in shapes if group.input_activations is None)
+
+
+@pytest.mark.parametrize("bits,group_size", [(4, 128), (8, 0), (2, 128)])
+def test_gptq_files_are_what_vllms_gptq_loaders_register(bits, group_size, model, calibrated, tmp_path):  # noqa: F811
+    spec = QuantSpec(WeightSpec("gptq", bits, group_size))
+    plan, _ = plan_quantization(model, spec, None, calibrated[2])
+    save_quantized(model, plan, spec, tmp_path / "out", fmt="gptq")
+    settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert settings["quant_method"] == "gptq" and settings["lm_head"] is False
+    assert settings["bits"] in GPTQ_BITS and settings["group_size"] == (group_size or -1)
+    assert ((settings["bits"], settings["sym"]) in GPTQ_MARLIN) == (bits in (4, 8))
+    check_layers(stored(tmp_path / "out"), linear_shapes(model),
+                 lambda out, inputs: gptq_parameters(out, inputs, settings["bits"], settings["group_size"]))
