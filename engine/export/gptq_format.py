@@ -10,13 +10,14 @@ schemes only: v1's zero - 1 cannot hold the zero point 0 an asymmetric grid may 
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from engine.errors import ExportError
 from engine.quant.grid import IntWeight
-from engine.quant.specs import ActOrder, QuantSpec, WeightMethod
+from engine.quant.specs import ActOrder, CholeskyFailure, QuantSpec, WeightMethod
 
 PACKABLE_BITS = (2, 4, 8)
 SCALE_DTYPE = torch.float16
@@ -61,21 +62,30 @@ def layer_tensors(name: str, integers: IntWeight) -> dict[str, torch.Tensor]:
 
 
 def quantize_config(spec: QuantSpec) -> dict:
-    """quantize_config.json, as GPTQModel writes it for the v1 format (also config.json's quantization_config)."""
+    """quantize_config.json with GPTQModel's keys for the v1 format (also config.json's
+    quantization_config); ``meta`` says how calibscope made it, in GPTQModel's words where it has them."""
     weights = spec.weights
     gptq = weights.method is WeightMethod.GPTQ
     return {
         "bits": weights.bits,
         "group_size": weights.group_size or -1,
         "desc_act": gptq and weights.act_order is ActOrder.DYNAMIC,
-        "sym": weights.symmetric,
         "lm_head": False,
+        "method": "gptq",
         "quant_method": "gptq",
+        "format": "gptq",
         "checkpoint_format": "gptq",
         "pack_dtype": "int32",
-        "damp_percent": weights.damping if gptq else None,
-        "true_sequential": weights.true_sequential,
-        "static_groups": False,
+        "meta": {
+            "quantizer": [f"calibscope:{version('calibscope')}"],
+            "method": weights.method.value,
+            "damp_percent": weights.damping if gptq else None,
+            "damp_auto_increment": weights.damping_step if gptq and weights.on_failure is CholeskyFailure.STEPWISE else None,
+            "static_groups": False,
+            "true_sequential": weights.true_sequential,
+            "act_group_aware": gptq and weights.act_order is ActOrder.GROUP_AWARE,
+        },
+        "sym": weights.symmetric,
     }
 
 
