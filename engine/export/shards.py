@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from engine.models.offload import INDEX, SINGLE
 
-DEFAULT_SHARD_BYTES = 2 * 2**30
+DEFAULT_SHARD_BYTES = 2**30  # what the writer holds before a shard is written: memory stays bounded
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
