@@ -81,3 +81,23 @@ def test_group_aware_order_is_gptqmodels_and_equals_plain_gptq_on_the_permuted_l
     assert grouped.group_index is None  # nothing to reorder at inference
     plain = gptq(weight, hessian, 4, 16, block_size=32, act_order=ActOrder.NONE)
     assert not torch.equal(grouped.weight, plain.weight)
+
+
+@pytest.mark.parametrize("act_order", ["none", "static", "dynamic", "group-aware"])
+def test_gptq_never_writes_the_callers_hessian(act_order):
+    """GPTQ damps and permutes one copy it owns (block by block, Hessians of 14,336 inputs are 822 MB
+    each, so it makes no other); the report's Hessian is read, never changed, retries included."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 64, generator=generator)
+    hessian = x.T @ x
+    hessian[7] = 0
+    hessian[:, 7] = 0  # a dead input: GPTQ reads its H_ii as 1
+    kept = hessian.clone()
+    gptq(torch.randn(16, 64, generator=generator), hessian, 4, 32, act_order=act_order)
+    assert torch.equal(hessian, kept)
+    indefinite = torch.eye(32)
+    indefinite[20:, 20:] = -1e-3  # factorizes only after the damping is raised
+    kept = indefinite.clone()
+    result = gptq(torch.randn(8, 32, generator=generator), indefinite, 4, 0, act_order=act_order,
+                  policy=CholeskyFailure.STEPWISE)
+    assert result.damping > 0.01 and torch.equal(indefinite, kept)

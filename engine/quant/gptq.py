@@ -15,6 +15,7 @@ original group's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +69,20 @@ def _next_damping(damping: float, policy: CholeskyFailure, step: float) -> float
 
 
 def inverse_cholesky(hessian: torch.Tensor, damping: float, policy: CholeskyFailure = CholeskyFailure.TENFOLD,
-                     step: float = 0.01) -> tuple[torch.Tensor, list[float | None]]:
+                     step: float = 0.01, undamped: Callable[[int], torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, list[float | None]]:
     """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ for H [B, n, n]; a matrix that does not
     factorize is handled as ``policy`` says (tenfold or stepwise: λ raised until it does, at most
     1.0; rtn: its λ is None and its factor a stand-in; raise: FactorizationError). Returns the
-    factors and each matrix's λ."""
-    upper, ok = _damped_inverse_cholesky(hessian, damping)
+    factors and each matrix's λ.
+
+    ``hessian`` is consumed: its memory holds the factor, then the inverse, then the inverse's
+    factor (one n x n matrix besides the result, where separate ones were three: 822 MB each for
+    14,336 inputs). A retry damps matrix b again from ``undamped(b)`` (default: a copy kept first)."""
+    if undamped is None:
+        kept = hessian.clone()
+        undamped = lambda index: kept[index:index + 1].clone()  # noqa: E731
+    upper, ok = _damped_inverse_cholesky_(hessian, damping)
     used: list[float | None] = [damping] * hessian.shape[0]
     for index in (~ok).nonzero().flatten().tolist():  # rare: one matrix at a time, ever more damped
         if policy is CholeskyFailure.RTN:
@@ -85,25 +94,44 @@ def inverse_cholesky(hessian: torch.Tensor, damping: float, policy: CholeskyFail
             used[index] = round(_next_damping(used[index], policy, step), 12)
             if used[index] > MAX_DAMPING:
                 raise FactorizationError(index, MAX_DAMPING, policy)
-            factor, factored = _damped_inverse_cholesky(hessian[index:index + 1], used[index])
+            factor, factored = _damped_inverse_cholesky_(undamped(index), used[index])
             if bool(factored[0]):
                 upper[index] = factor[0]
                 break
     return upper, used
 
 
-def _damped_inverse_cholesky(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One attempt for the whole batch: the factors, and which matrices factorized (twice)."""
-    damped = hessian.clone()
-    diagonal = damped.diagonal(dim1=-2, dim2=-1)
+def _damped_inverse_cholesky_(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attempt for the whole batch, in ``hessian``'s memory (overwritten): the factors, and
+    which matrices factorized (twice). LAPACK factorizes in place: the results are those of
+    separate outputs, bit for bit."""
+    diagonal = hessian.diagonal(dim1=-2, dim2=-1)
     diagonal += damping * diagonal.mean(-1, keepdim=True)
-    factor, info = torch.linalg.cholesky_ex(damped)
+    info = torch.empty(hessian.shape[:-2], dtype=torch.int32, device=hessian.device)
+    torch.linalg.cholesky_ex(hessian, out=(hessian, info))
     ok = info == 0
     if not bool(ok.all()):  # once per layer batch: a stand-in for the failures, so the batch goes on
-        factor[~ok] = torch.eye(hessian.shape[-1], dtype=hessian.dtype, device=hessian.device)
+        hessian[~ok] = torch.eye(hessian.shape[-1], dtype=hessian.dtype, device=hessian.device)
+    torch.cholesky_inverse(hessian, out=hessian)
     # H⁻¹ = L Lᵀ, so Lᵀ is its upper factor: LAPACK's lower factorization is the faster one here
-    lower, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor))
-    return lower.mT.contiguous(), ok & (info == 0)
+    torch.linalg.cholesky_ex(hessian, out=(hessian, info))
+    return hessian.mT.contiguous(), ok & (info == 0)
+
+
+def _owned_hessian(hessian: torch.Tensor, order: torch.Tensor | None, dead: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of H [B, n, n] in the processing order (rows, then columns strip by strip in
+    place: one copy of H, not two), dead inputs' H_ii set to 1 as the reference does."""
+    if order is None:
+        owned = hessian.to(torch.float32, copy=True)
+    else:
+        owned = _permuted(hessian.to(torch.float32), order, -2)
+        strip = 256
+        for matrix, columns in zip(owned, order):
+            for start in range(0, matrix.shape[0], strip):
+                rows = matrix[start:start + strip]
+                rows.copy_(rows.index_select(1, columns))
+    owned.diagonal(dim1=-2, dim2=-1).masked_fill_(dead if order is None else _permuted(dead, order, -1), 1)
+    return owned
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True,
@@ -126,20 +154,22 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     act_order, policy = ActOrder(act_order), CholeskyFailure(policy)
     original = weight
     weight = weight.detach().clone().float()
-    hessian = hessian.detach().clone().float().to(weight.device)
+    given = hessian.detach().to(weight.device)  # the caller's: read here, never written
     columns = weight.shape[-1]
-    dead = hessian.diagonal(dim1=-2, dim2=-1) == 0
-    hessian.diagonal(dim1=-2, dim2=-1).masked_fill_(dead, 1)
+    dead = given.diagonal(dim1=-2, dim2=-1) == 0
     weight.masked_fill_(dead[:, None, :], 0)
     static = _static_group_grids(weight, bits, group_size, symmetric) if act_order is ActOrder.STATIC and group_size else None
-    order = _column_order(hessian.diagonal(dim1=-2, dim2=-1), act_order, group_size)
+    # H_ii = 0 reads as 1 (the reference's dead inputs): the order sees what the reference's does
+    order = _column_order(given.diagonal(dim1=-2, dim2=-1).float().masked_fill(dead, 1), act_order, group_size)
     if order is not None:
         weight = _permuted(weight, order, -1)
-        hessian = _permuted(_permuted(hessian, order, -2), order, -1)
-    hinv, used = inverse_cholesky(hessian, damping, policy, step)
+
+    def undamped(index: int) -> torch.Tensor:  # a retry's matrix, made again from the caller's
+        return _owned_hessian(given[index:index + 1], None if order is None else order[index:index + 1],
+                              dead[index:index + 1])
+
+    hinv, used = inverse_cholesky(_owned_hessian(given, order, dead), damping, policy, step, undamped)
     columns_first = weight.transpose(1, 2).contiguous()  # [B, in, out]; becomes the quantized weight block by block
-    # every processed column's grid (its original group's) laid out once: views per column, not a lookup
-    static_grids = static.per_column(order // group_size) if static is not None else None
     row_losses = torch.zeros(weight.shape[:2], dtype=torch.float32, device=weight.device)
     grid = _column_grid(columns_first, bits, symmetric) if not group_size else None
     found: list[_Rounding] = [grid] if grid is not None else []  # each group's grid when it started, in processing order
@@ -151,7 +181,10 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
         block_hinv = hinv[:, start:stop, start:stop]
         diagonal = block_hinv.diagonal(dim1=-2, dim2=-1)[..., None, None].clone()  # [B, columns, 1, 1]
         # a group that starts inside the block takes its grid from the block as it stood at the block's start
-        at_start = block.clone() if static_grids is None and _group_starts_inside(start, stop, group_size) else None
+        at_start = block.clone() if static is None and _group_starts_inside(start, stop, group_size) else None
+        # the block's columns' grids (each its original group's) laid out once: views per column, not a
+        # lookup; per block, not for the whole layer (three [in, out] copies: 705 MB for 14,336 inputs)
+        static_grids = static.per_column(order[:, start:stop] // group_size) if static is not None else None
         for sub in range(0, stop - start, inner):
             sub_stop = min(sub + inner, stop - start)
             # the sub-block's per-column views, made in one call each: slicing per column costs the loop more than its arithmetic
@@ -159,7 +192,7 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
             ws, es = part.split(1, dim=1), errors[:, sub:sub_stop].split(1, dim=1)  # [B, 1, out] each
             ds = diagonal[:, sub:sub_stop].unbind(1)
             hrows = block_hinv[:, sub:sub_stop, sub:sub_stop, None].unbind(1)  # [B, inner, 1] each
-            grids = static_grids.columns(start + sub, start + sub_stop) if static_grids is not None else None
+            grids = static_grids.columns(sub, sub_stop) if static_grids is not None else None
             for k, (w, error) in enumerate(zip(ws, es)):
                 column = start + sub + k
                 if grids is not None:  # the original column's group, fixed before any update
@@ -210,8 +243,14 @@ def _stored_grids(grids: _Rounding, order: torch.Tensor | None, act_order: ActOr
 
 def _permuted(batch: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     """``batch[b]`` indexed by ``index[b]`` along ``dim`` (of the batch) for every layer b: one
-    index_select per layer, several times faster on a CPU than one gather with an expanded index."""
-    return torch.stack([matrix.index_select(dim - 1 if dim > 0 else dim, rows) for matrix, rows in zip(batch, index)])
+    index_select per layer, several times faster on a CPU than one gather with an expanded index,
+    each written into its place in one output (a Hessian of 14,336 inputs is 822 MB a copy)."""
+    shape = list(batch.shape)
+    shape[dim] = index.shape[-1]  # as many as the index selects (a column's group: more than the groups)
+    out = torch.empty(shape, dtype=batch.dtype, device=batch.device)  # contiguous, as the stack it replaces
+    for matrix, rows, target in zip(batch, index, out):
+        torch.index_select(matrix, dim - 1 if dim > 0 else dim, rows, out=target)
+    return out
 
 
 def _column_order(diagonal: torch.Tensor, act_order: ActOrder, group_size: int) -> torch.Tensor | None:

@@ -86,9 +86,10 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
         which = f"of {names[missing[0]]}{more}" if names else "of these layers"
         raise CalibscopeError(f"GPTQ needs the Hessians {which}, which were not collected: collect Hessians of every "
                               "layer you quantize (no name filter that leaves them out), run it sequentially, or use RTN.")
-    stacked = torch.stack([torch.cat(group) for group in groups])
+    stacked = _stacked([torch.cat(group) if len(group) > 1 else group[0] for group in groups])
     try:
-        results = gptq_batch(stacked, torch.stack([h.to(stacked.device) for h in hessians]), spec.bits, spec.group_size,
+        device = stacked.device
+        results = gptq_batch(stacked, _stacked([h.to(device) for h in hessians]), spec.bits, spec.group_size,
                              spec.symmetric, spec.block_size, spec.damping, spec.act_order, spec.on_failure, spec.damping_step)
     except FactorizationError as error:
         where = names[error.index] if names else f"layer group {error.index}"
@@ -106,9 +107,15 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
     return out
 
 
+def _stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """[B, ...] of equal-shaped matrices; a batch of one is a view of its matrix, not a copy."""
+    return matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
+
+
 def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[list[LinearLayer]]]:
-    """Groups of one stacked shape together (in first-seen order), each batch within
-    GPTQ_BATCH_BYTES; one group per batch when nothing is gained (RTN)."""
+    """Groups of one stacked shape together, each batch within GPTQ_BATCH_BYTES; one group per
+    batch when nothing is gained (RTN). GPTQ's batches go widest input first: the one whose inverse
+    Hessian takes the most memory runs before any other batch's results are held."""
     if not gptq_batches:
         return [[group] for group in groups]
     by_shape: dict[tuple[int, int], list[list[list[LinearLayer]]]] = {}
@@ -118,7 +125,8 @@ def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[l
         if batches[-1] and (len(batches[-1]) + 1) * (rows + columns) * columns * 4 > GPTQ_BATCH_BYTES:
             batches.append([])
         batches[-1].append(group)
-    return [batch for batches in by_shape.values() for batch in batches]
+    shapes = sorted(by_shape, key=lambda shape: -shape[1])  # stable: equal widths keep their first-seen order
+    return [batch for shape in shapes for batch in by_shape[shape]]
 
 
 def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: WeightSpec,
