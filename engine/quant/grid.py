@@ -84,14 +84,31 @@ class GroupGrids:
         groups = self.column_groups(columns)
         return Grid(self.scale[:, groups], self.zero[:, groups], self.maxq)
 
+    def _grouped(self, columns: int) -> bool:
+        """Whether [out, in] reads as [out, groups, group_size] against scale [out, groups, 1]
+        (consecutive groups that divide the columns): no grid is expanded to the weight's size."""
+        return self.group_index is None and (not self.group_size or columns % self.group_size == 0)
+
+    def _broadcast(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``matrix`` [out, in] as [out, groups, size] with scale and zero [out, groups, 1] (views)."""
+        rows, columns = matrix.shape
+        size = self.group_size or columns
+        return matrix.reshape(rows, columns // size, size), self.scale[..., None], self.zero[..., None]
+
     def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.per_column(weight.shape[1]).fake_quantize(weight)
+        if not self._grouped(weight.shape[1]):
+            return self.per_column(weight.shape[1]).fake_quantize(weight)
+        values, scale, zero = self._broadcast(weight)
+        return Grid(scale, zero, self.maxq).fake_quantize(values).reshape(weight.shape)
 
     def codes(self, fake: torch.Tensor) -> torch.Tensor:
         """The integers (0..maxq, uint8) of a weight already on these grids: fake / scale + zero. In
         float32 fake = scale · k for an integer k, so fake / scale is k to within an ulp and rounds to it."""
-        grid = self.per_column(fake.shape[1])
-        return (torch.round(fake.float() / grid.scale) + grid.zero).clamp_(0, self.maxq).to(torch.uint8)
+        if not self._grouped(fake.shape[1]):
+            grid = self.per_column(fake.shape[1])
+            return (torch.round(fake.float() / grid.scale) + grid.zero).clamp_(0, self.maxq).to(torch.uint8)
+        values, scale, zero = self._broadcast(fake.float())
+        return (values / scale).round_().add_(zero).clamp_(0, self.maxq).to(torch.uint8).reshape(fake.shape)
 
     def rows(self, sizes: list[int]) -> list[GroupGrids]:
         """The grids of consecutive row blocks (layers stacked on one Hessian), one per size."""
@@ -107,5 +124,8 @@ class IntWeight:
     grids: GroupGrids
 
     def dequantize(self) -> torch.Tensor:
-        grid = self.grids.per_column(self.codes.shape[1])
-        return grid.scale * (self.codes.float() - grid.zero)
+        if not self.grids._grouped(self.codes.shape[1]):
+            grid = self.grids.per_column(self.codes.shape[1])
+            return grid.scale * (self.codes.float() - grid.zero)
+        codes, scale, zero = self.grids._broadcast(self.codes)
+        return (scale * (codes.float() - zero)).reshape(self.codes.shape)
