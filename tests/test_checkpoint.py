@@ -296,13 +296,46 @@ def test_a_full_disk_leaves_nothing_behind_and_says_so(model, tmp_path, monkeypa
     plan, _ = plan_quantization(model, spec)
     written = []
 
-    def full(tensors, path, metadata=None):
-        if written:
+    def full(file, data):
+        if len(written) > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(path)
-        open(path, "wb").write(b"x" * 10)
+        written.append(len(memoryview(data)))
+        file.write(data)
 
-    monkeypatch.setattr(shard_module, "save_file", full)
+    monkeypatch.setattr(shard_module, "write_bytes", full)
     with pytest.raises(ExportError, match="The disk is full.*nothing of it was left behind"):
         save_quantized(model, plan, spec, tmp_path / "out", max_shard_bytes=100_000)
     assert written and list(tmp_path.iterdir()) == []
+
+
+def test_shards_are_safetensors_files_its_own_reader_reads(tmp_path):
+    """Each tensor on disk as it is added, aligned to its element size with no gaps (every dtype a
+    checkpoint holds, odd lengths among them); safetensors' reader gives back every tensor."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "odd.bf16": torch.randn(7, generator=generator).to(torch.bfloat16),
+        "fp8": torch.randn(5, 3, generator=generator).to(torch.float8_e4m3fn),
+        "packed": torch.randint(-2**31, 2**31 - 1, (9, 4), dtype=torch.int32, generator=generator),
+        "shape": torch.tensor([4096, 14336]),
+        "flag": torch.tensor([True, False, True]),
+        "codes": torch.randint(0, 255, (3, 3), dtype=torch.uint8, generator=generator),
+        "float": torch.randn(2, 5, generator=generator),
+        "scalar": torch.tensor(2.5, dtype=torch.float16),
+    }
+    writer = shard_module.ShardWriter(tmp_path, max_bytes=10**9)
+    for name, tensor in tensors.items():
+        writer.add({name: tensor})
+    assert writer.finish() == ["model.safetensors"] and writer.total_bytes == sum(map(shard_module.tensor_bytes, tensors.values()))
+    with safe_open(tmp_path / "model.safetensors", "pt") as opened:
+        assert set(opened.keys()) == set(tensors) and opened.metadata() == {"format": "pt"}
+        for name, tensor in tensors.items():
+            back = opened.get_tensor(name)
+            assert back.dtype == tensor.dtype and back.shape == tensor.shape
+            assert torch.equal(back.view(torch.uint8), tensor.view(torch.uint8)) if tensor.dim() else back == tensor, name
+    header_length = int.from_bytes((tmp_path / "model.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "model.safetensors").read_bytes()[8:8 + header_length])
+    spans = sorted(entry["data_offsets"] for name, entry in header.items() if name != "__metadata__")
+    assert header_length % 8 == 0 and spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    for name, entry in header.items():
+        if name != "__metadata__":
+            assert entry["data_offsets"][0] % tensors[name].element_size() == 0, name

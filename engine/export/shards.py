@@ -1,55 +1,125 @@
 """Tensors to safetensors shards as they come, with the index transformers and vLLM read.
 
-Shards are named model-0000i-of-0000n.safetensors only once n is known (at ``finish``); a checkpoint
-that fits in one shard is a single model.safetensors, as ``save_pretrained`` writes it. At most one
-shard's tensors are held at once, so a model is written in the memory of a shard and a block.
+Each tensor's bytes go to disk when it is added (nothing is held: a model is written in the memory
+of its largest tensor, not of a shard); a shard's file is put together when it is full. The format
+is safetensors' own: an 8-byte little-endian header length, the JSON header (padded with spaces to
+a multiple of 8), then every tensor's bytes with no gaps, ordered by element size, largest first,
+so each tensor starts at a multiple of its own element size (the order safetensors' writer
+keeps). Shards are named model-0000i-of-0000n.safetensors only once n is known (at ``finish``); a
+checkpoint that fits in one shard is a single model.safetensors, as ``save_pretrained`` writes it.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors.torch import save_file
 
 from engine.models.offload import INDEX, SINGLE
 
-DEFAULT_SHARD_BYTES = 2**30  # what the writer holds before a shard is written: memory stays bounded
+DEFAULT_SHARD_BYTES = 2 * 2**30
+DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
+          torch.int16: "I16", torch.int8: "I8", torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16",
+          torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def write_bytes(file: BinaryIO, data) -> None:
+    """Every write of a shard goes through here (a full disk raises OSError from it)."""
+    file.write(data)
+
+
+class _Shard:
+    """One shard being written: each tensor's bytes appended, as it is added, to the part file of
+    its element size; ``close`` writes the header and the parts, largest elements first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parts: dict[int, tuple[Path, BinaryIO]] = {}
+        self.entries: dict[str, tuple[str, list[int], int, int, int]] = {}  # dtype, shape, part, start, end
+        self.bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if tensor.dtype not in DTYPES:
+            raise ValueError(f"{name}: safetensors has no dtype for {tensor.dtype}")
+        size = tensor.element_size()
+        if size not in self.parts:
+            part = self.path.with_name(f"{self.path.name}.part{size}")
+            self.parts[size] = (part, open(part, "wb"))  # noqa: SIM115  (closed in close())
+        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        file = self.parts[size][1]
+        start = file.tell()
+        write_bytes(file, memoryview(raw))
+        self.entries[name] = (DTYPES[tensor.dtype], list(tensor.shape), size, start, start + raw.nbytes)
+        self.bytes += raw.nbytes
+
+    def close(self) -> None:
+        for _, file in self.parts.values():
+            file.close()
+        base, offset = {}, 0
+        for size in sorted(self.parts, reverse=True):
+            base[size] = offset
+            offset += self.parts[size][0].stat().st_size
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        for name, (dtype, shape, size, start, end) in self.entries.items():
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [base[size] + start, base[size] + end]}
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)
+        with open(self.path, "wb") as out:
+            write_bytes(out, struct.pack("<Q", len(encoded)))
+            write_bytes(out, encoded)
+            for size in sorted(self.parts, reverse=True):
+                with open(self.parts[size][0], "rb") as part:
+                    while chunk := part.read(64 * 2**20):
+                        write_bytes(out, chunk)
+                self.parts[size][0].unlink()
+
+    def discard(self) -> None:
+        for path, file in self.parts.values():
+            file.close()
+            path.unlink(missing_ok=True)
+
+
 class ShardWriter:
-    """Collects named tensors into shards of at most ``max_bytes`` (a larger tensor gets a shard of
-    its own) written to ``folder`` as each fills."""
+    """Writes named tensors into shards of at most ``max_bytes`` (a larger tensor gets a shard of
+    its own) in ``folder``, each tensor to disk as it is added."""
 
     def __init__(self, folder: Path, max_bytes: int = DEFAULT_SHARD_BYTES) -> None:
         self.folder, self.max_bytes = Path(folder), max_bytes
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
+        self.current: _Shard | None = None
         self.shards: list[list[str]] = []  # the tensor names of each shard written
+        self.names: set[str] = set()
         self.total_bytes = 0
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         for name, tensor in tensors.items():
-            if name in self.pending or any(name in shard for shard in self.shards):
+            if name in self.names:
                 raise ValueError(f"{name} was written twice")
-            size = tensor_bytes(tensor)
-            if self.pending and self.pending_bytes + size > self.max_bytes:
+            if self.current is not None and self.current.bytes + tensor_bytes(tensor) > self.max_bytes:
                 self.flush()
-            self.pending[name] = tensor.detach().to("cpu").contiguous()
-            self.pending_bytes += size
+            if self.current is None:
+                self.current = _Shard(self.folder / self._temporary(len(self.shards)))
+            self.current.add(name, tensor)
+            self.names.add(name)
 
     def flush(self) -> None:
-        if not self.pending:
+        if self.current is None:
             return
-        save_file(self.pending, self.folder / self._temporary(len(self.shards)), metadata={"format": "pt"})
-        self.shards.append(sorted(self.pending))
-        self.total_bytes += self.pending_bytes
-        self.pending, self.pending_bytes = {}, 0
+        try:
+            self.current.close()
+        except BaseException:
+            self.current.discard()
+            raise
+        self.shards.append(sorted(self.current.entries))
+        self.total_bytes += self.current.bytes
+        self.current = None
 
     def finish(self) -> list[str]:
         """The last shard written, every shard given its final name, and the index (when more than
@@ -68,3 +138,4 @@ class ShardWriter:
     @staticmethod
     def _temporary(number: int) -> str:
         return f"shard-{number:05d}.partial.safetensors"
+
