@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from engine.errors import ExportError
 from engine.export import CheckpointWriter, save_quantized
 from engine.export import shards as shard_module
-from engine.export.verify import dequantized_layers, largest_weight_difference
+from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_perplexity
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
 from engine.quant import ActivationSpec, QuantSpec, WeightSpec, evaluation_windows, perplexity, plan_quantization, quantized
@@ -146,21 +146,37 @@ def test_tensor_names_dtypes_and_shapes_are_llm_compressors(model, calibrated, t
             assert "lm_head.weight" in opened.keys() and "model.layers.0.self_attn.q_proj.weight" not in opened.keys() or number == 2
 
 
-def test_bfloat16_reloads_within_the_scales_rounding(tmp_path):
+@pytest.mark.parametrize("spec", [QuantSpec(WeightSpec("rtn", 4, 128)), QuantSpec(WeightSpec("gptq", 4, 128)),
+                                  QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax"))], ids=lambda s: s.label())
+def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
+    """In bfloat16 a checkpoint stores its scales in bfloat16 (as llm-compressor's do): calibscope
+    rounds on those scales, so the reloaded weights are the simulated ones to the bit and the
+    perplexities agree (they were 0.44% apart for W4 RTN on Gemma when the simulation kept float32 scales)."""
     loaded = wide_llama(torch.bfloat16)
-    spec = QuantSpec(WeightSpec("rtn", 4, 128))
-    plan, _ = plan_quantization(loaded, spec)
+    calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
+    stats = collect(loaded, calibration, StatsSpec(batch_size=4)) if spec.activations.enabled else None
+    hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none")) if spec.needs_hessians else None
+    plan, _ = plan_quantization(loaded, spec, stats, hessians)
     save_quantized(loaded, plan, spec, tmp_path / "out")
-    weights = dense_weights(reloaded(tmp_path / "out", torch.bfloat16))
+    assert largest_weight_difference(tmp_path / "out", plan.weights) == 0.0
+    back = reloaded(tmp_path / "out", torch.bfloat16)
+    weights = dense_weights(back)
     for name, simulated in plan.weights.items():
-        # the stored scale is bf16 (as llm-compressor stores it), the simulation's float32: one bf16 rounding apart
-        difference = (weights[name].float() - simulated.float()).abs()
-        assert float(difference.max()) <= float(simulated.float().abs().max()) * 2**-7, name
+        assert simulated.dtype == torch.bfloat16 and torch.equal(weights[name], simulated), name
+    if spec.activations.enabled:  # the input scales too: bf16 in the file, the same value simulated
+        stored = back.model.layers[0].mlp.down_proj.input_scale
+        assert float(stored) == float(plan.inputs["model.layers.0.mlp.down_proj"].scale)
     evaluation = windows(loaded)
     with quantized(loaded, plan):
         simulated_ppl = perplexity(loaded, evaluation)
-    back = perplexity(from_model(reloaded(tmp_path / "out", torch.bfloat16), loaded.tokenizer), evaluation)
-    assert back / simulated_ppl == pytest.approx(1.0, abs=1e-3)
+    back_ppl = perplexity(from_model(back, loaded.tokenizer), evaluation)
+    # the same weights; the reloaded model's own bf16 forward (and compressed-tensors' input
+    # quantization, in bf16) differs in its roundings: ~1e-4 of the perplexity here
+    assert back_ppl / simulated_ppl == pytest.approx(1.0, abs=1e-3)
+    # what the dashboard reports: static inputs quantized in float32 on the file's scales, as vLLM does
+    checked, how = reloaded_perplexity(tmp_path / "out", loaded, evaluation)
+    assert checked / simulated_ppl == pytest.approx(1.0, abs=1e-3)
+    assert ("as vLLM's int8 kernel does" in how) == spec.activations.enabled
 
 
 def test_tied_embeddings_are_written_once_and_reloaded_tied(tmp_path):

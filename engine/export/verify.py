@@ -116,13 +116,26 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
     or GPTQ unpacking) and swapped into ``loaded``."""
     from engine.models import from_model
     from engine.quant import QuantizedModel, perplexity, quantized
+    from engine.quant.grid import rounds_scales
 
     reason = transformers_loads(folder)
+    inputs = _input_grids(Path(folder))
     if reason is None:
         dtype = next(loaded.model.parameters()).dtype
-        model = reloaded(folder, dtype).to(loaded.device)
-        return perplexity(from_model(model, loaded.tokenizer), evaluation), "transformers from_pretrained"
-    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=_input_grids(folder))
+        model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
+        if not (inputs and rounds_scales(dtype)):
+            return perplexity(model, evaluation), "transformers from_pretrained"
+        # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
+        # before it is rounded to an integer); vLLM's int8 kernel and calibscope divide in float32
+        own = perplexity(model, evaluation)
+        for module in model.model.modules():
+            if hasattr(module, "quantization_scheme"):
+                module.quantization_enabled = False
+        with quantized(model, QuantizedModel(inputs=inputs)):
+            return perplexity(model, evaluation), (
+                f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's int8 "
+                f"kernel does; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives {own:.3f}")
+    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs)
     with quantized(loaded, read_back):
         return perplexity(loaded, evaluation), f"read back here ({reason})"
 

@@ -6,9 +6,17 @@ in the middle), so RTN and GPTQ round to exactly the same grid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+
+def rounds_scales(dtype: torch.dtype) -> bool:
+    """Whether a checkpoint of a ``dtype`` model stores scales less precisely than float32
+    (bfloat16, float16: llm-compressor's and compressed-tensors' scales are in the model's dtype).
+    calibscope then rounds on those scales (kept in float32 tensors), so what it simulates is the
+    checkpoint to the bit, as llm-compressor's own fake quantization is."""
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
 
 
 @dataclass
@@ -110,6 +118,10 @@ class GroupGrids:
         values, scale, zero = self._broadcast(fake.float())
         return (values / scale).round_().add_(zero).clamp_(0, self.maxq).to(torch.uint8).reshape(fake.shape)
 
+    def stored_in(self, dtype: torch.dtype) -> GroupGrids:
+        """These grids with each scale as a checkpoint of ``dtype`` stores it (see ``rounds_scales``)."""
+        return replace(self, scale=self.scale.to(dtype).float()) if rounds_scales(dtype) else self
+
     def rows(self, sizes: list[int]) -> list[GroupGrids]:
         """The grids of consecutive row blocks (layers stacked on one Hessian), one per size."""
         return [GroupGrids(scale, zero, self.bits, self.group_size, self.symmetric, self.group_index)
@@ -122,6 +134,11 @@ class IntWeight:
 
     codes: torch.Tensor  # uint8 [out, in]
     grids: GroupGrids
+
+    def stored_in(self, dtype: torch.dtype) -> IntWeight:
+        """The same integers on the scales as a checkpoint of ``dtype`` stores them (see GroupGrids.stored_in)."""
+        grids = self.grids.stored_in(dtype)
+        return self if grids is self.grids else IntWeight(self.codes, grids)
 
     def dequantize(self) -> torch.Tensor:
         if not self.grids._grouped(self.codes.shape[1]):

@@ -15,12 +15,17 @@ from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.gptq import FactorizationError, gptq_batch
-from engine.quant.grid import GroupGrids, IntWeight
+from engine.quant.grid import Grid, GroupGrids, IntWeight, rounds_scales
 from engine.quant.ranges import activation_grid, relative_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
+
+
+def stored_input_grid(grid: Grid, dtype: torch.dtype) -> Grid:
+    """An activation grid on the scale a checkpoint of ``dtype`` stores (input_scale in the model's dtype)."""
+    return Grid(grid.scale.to(dtype).float(), grid.zero, grid.maxq) if rounds_scales(dtype) else grid
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
@@ -148,6 +153,9 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
         seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
         for group, group_originals, group_results in zip(batch, originals, results):
             for layer, original, (fake, grids, costs) in zip(group, group_originals, group_results):
+                stored = IntWeight(grids.codes(fake), grids).stored_in(layer.module.weight.dtype)
+                if stored.grids is not grids:  # half precision: the weight a checkpoint holds is what is simulated
+                    fake, grids = stored.dequantize(), stored.grids
                 done[layer.name] = LayerQuantization(original, fake, grids, {**costs, "seconds": seconds})
         progress((number + 1) / len(batches), f"Quantized {', '.join(group[0].name for group in batch)}")
     return done
@@ -186,7 +194,7 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
                 raise CalibscopeError(f"No activation statistics for {layer.name}: collect statistics of layer inputs "
                                       "for every layer you quantize.")
             arrays = stats.arrays(layer.name)
-            grid = activation_grid(arrays, spec.activations, stats.spec.percentiles)
+            grid = stored_input_grid(activation_grid(arrays, spec.activations, stats.spec.percentiles), layer.module.weight.dtype)
             plan.inputs[layer.name] = grid
             row["clip"] = float((grid.scale * (grid.maxq - grid.zero)).max())
             if spec.activations.granularity is Granularity.TENSOR and spec.activations.symmetric:
