@@ -110,9 +110,11 @@ def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path
     with served_app(limits=Limits(), default_model="tiny-random-llama") as url, chromium_page() as page:
         page.goto(url)
         walk = Walk(page, timeout_ms=120_000)
-        for step in steps():
-            walk.run(step)
+        # the tiny model's 37-wide MLP takes no groups of 128 in a checkpoint: its first run is per channel
+        for step in steps(scheme_first="W8A8 static (min/max)"):
+            status = walk.run(step)
         assert set(walk.times) == {step.name for step in steps()}
+        assert "Wrote compressed-tensors checkpoint" in status and "equal within 0.1%" in status  # written, reloaded
         for fmt in ("parquet", "jsonl", "torch list of [1, n] tensors (optimum's GPTQQuantizer)"):  # the walk exported the default (disk)
             visible(page, fmt).check()
             page.get_by_role("button", name="Prepare downloads").click()

@@ -3,6 +3,7 @@ test takes it on the tiny model, bench/ui_walk.py on the builtin model with the 
 each step from click to result."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,8 +67,15 @@ def choose(label: str, value: str) -> Callable:
     return pick
 
 
+def first_run(page):
+    """The Export tab's quantized model: the session's first quantization run."""
+    visible(page, "Quantization run").click()
+    page.get_by_role("option", name=re.compile(r"^1\. ")).click()
+
+
 def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...] = ("random", "embedding-clusters")):
-    """Every tab's main button with its defaults (the comparison as small as it gets: one seed, 4 samples)."""
+    """Every tab's main button with its defaults (the comparison as small as it gets: one seed, 4
+    samples); the first quantization run is written as a checkpoint and reloaded at the end."""
     def small_comparison(page):
         visible(page, "Seeds").fill("1")
         visible(page, "Sample counts").fill("4")
@@ -80,10 +88,11 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
         Step("coverage", "Coverage", "Measure coverage", "maximum", screenshot="coverage.png"),
         Step("hessians", "Hessians", "Collect Hessians", "Collected Hessians", screenshot="hessians.png"),
         Step("sensitivity", "Sensitivity", "Run sweep", "Swept ", screenshot="sensitivity.png"),
-        Step("quantize (RTN)", "Quantize", "Quantize and evaluate", "RTN: perplexity", choose("Scheme", scheme_first)),
+        Step("quantize (RTN)", "Quantize", "Quantize and evaluate", ": perplexity", choose("Scheme", scheme_first)),
         Step("quantize (GPTQ)", "Quantize", "Quantize and evaluate", "GPTQ: perplexity", choose("Scheme", "W4 g128 GPTQ"),
              screenshot="quantize.png"),
         Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
         Step("imatrix", "Imatrix", "Collect imatrix", "tensors over", screenshot="imatrix.png"),
-        Step("export", "Export", "Prepare downloads", "Ready", screenshot="export.png"),
+        Step("export", "Export", "Prepare downloads", "Ready"),
+        Step("export model", "Export", "Write quantized model", "reloaded (", first_run, screenshot="export.png"),
     ]
