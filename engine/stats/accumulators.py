@@ -29,6 +29,9 @@ from engine.stats.histogram import LogBins, magnitude_bits, percentiles_from_cou
 LOCATED = 64
 TENSOR_BINS = LogBins(mantissa_bits=5, low_exponent=-24, high_exponent=40)   # 2048 bins, ~2% wide
 CHANNEL_BINS = LogBins(mantissa_bits=2, low_exponent=-16, high_exponent=16)  # 128 bins, ~15% wide
+# NVFP4 scales each block of 16 consecutive channels of a token: the histogram of those blocks' |max|
+# (in TENSOR_BINS) is what its global scale is calibrated on (ModelOpt's headroom method).
+BLOCK = 16
 
 
 def accumulator_bytes(accumulator) -> int:
@@ -60,6 +63,8 @@ def add_counts_(counts: torch.Tensor, index: torch.Tensor, bincount: bool | None
 
 
 class ActivationAccumulator:
+    FIXED_BYTES = 2 * TENSOR_BINS.count * 8  # the tensor's |x| histogram and its blocks' |max| histogram (int64)
+
     def __init__(self, channels: int, channel_histograms: bool = True, device: torch.device | str = "cpu",
                  branch_free: bool | None = None) -> None:
         self.channels = channels
@@ -76,6 +81,8 @@ class ActivationAccumulator:
         self.tensor_counts = torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=self.device)
         self.channel_counts = (torch.zeros(channels, CHANNEL_BINS.count, dtype=torch.int32, device=self.device)
                                if channel_histograms else None)
+        self.block_counts = (torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=self.device)
+                             if channels % BLOCK == 0 else None)
 
     @staticmethod
     def bytes_per_channel(channel_histograms: bool) -> int:
@@ -109,6 +116,11 @@ class ActivationAccumulator:
         squares = torch.mul(finite_x, finite_x, out=scratch.take("squares", finite_x.shape, torch.float32, finite_x.device))
         self.sum_squares += squares.sum(0)
         self._histogram(finite_x, stand_ins)
+        if self.block_counts is not None:  # each token's blocks of 16 channels: their |max| (a block with NaN/Inf: its finite part)
+            block_max = finite_x.view(finite_x.shape[0], -1, BLOCK).abs().amax(-1)
+            bits = magnitude_bits(block_max)
+            bits >>= TENSOR_BINS.shift
+            add_counts_(self.block_counts, TENSOR_BINS.index_of_shifted_(bits).view(-1))
 
     def _split_non_finite(self, x: torch.Tensor):
         """min/max with NaN ignored, x with NaN/Inf replaced by 0, and how many zeros stand in per channel."""
@@ -169,6 +181,8 @@ class ActivationAccumulator:
         torch.maximum(self.max, other.max, out=self.max)
         for name in ("sum", "sum_squares", "finite", "nan", "inf", "tensor_counts"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if self.block_counts is not None:
+            self.block_counts = self.block_counts + other.block_counts
         if self.channel_counts is not None and other.channel_counts is not None:
             self.channel_counts = self.channel_counts + other.channel_counts
         else:
@@ -189,7 +203,7 @@ class ActivationAccumulator:
             located = torch.where(holder == rank, getattr(self, name), -1)
             dist.all_reduce(located, dist.ReduceOp.MAX, group)
             setattr(self, name, located)
-        for name in ("sum", "sum_squares", "finite", "nan", "inf", "tensor_counts", "channel_counts"):
+        for name in ("sum", "sum_squares", "finite", "nan", "inf", "tensor_counts", "channel_counts", "block_counts"):
             if getattr(self, name) is not None:
                 dist.all_reduce(getattr(self, name), dist.ReduceOp.SUM, group)
         self.tokens = all_reduce_count(self.tokens, self.device, group)
@@ -212,6 +226,8 @@ class ActivationAccumulator:
             "tensor_percentiles": percentiles_from_counts(self.tensor_counts.cpu(), TENSOR_BINS, quantiles, absmax.max().cpu()),
             "tensor_mean": tensor_mean, "tensor_std": tensor_variance.sqrt(),
         }
+        if self.block_counts is not None:
+            out["block_counts"] = self.block_counts
         if self.channel_counts is not None:
             out["channel_percentiles"] = percentiles_from_counts(
                 self.channel_counts.cpu(), CHANNEL_BINS, quantiles, absmax.cpu()).T.contiguous()  # [Q, C]
