@@ -140,3 +140,23 @@ def output_then_stop(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         yield captured
     finally:
         handle.remove()
+
+
+def input_sharing(model: nn.Module, layers: Sequence[LinearLayer], device: torch.device) -> dict[str, str]:
+    """Which of ``layers`` read the same input tensor as the layer called just before them (name ->
+    the first of the run), seen in a forward of two tokens, by the rule the passes share inputs by
+    (the router's): q/k/v and gate/up in Llama, Gemma and Qwen layouts, whatever the modules are
+    called. Serving stacks fuse such layers into one (vLLM's qkv_proj, gate_up_proj)."""
+    sharing: dict[str, str] = {}
+    last: list = [None, None]  # the previous input's layer and tensor (held: its identity stays unique)
+
+    def note(name: str) -> Observer:
+        def observe(x: torch.Tensor) -> None:
+            if last[1] is x:
+                sharing[name] = sharing.get(last[0], last[0])
+            last[0], last[1] = name, x
+        return observe
+
+    with torch.inference_mode(), observing([(layer.module, Side.INPUT, note(layer.name)) for layer in layers]):
+        model(input_ids=torch.ones(1, 2, dtype=torch.long, device=device))
+    return sharing

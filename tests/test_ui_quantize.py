@@ -93,6 +93,24 @@ def test_quantize_reports_perplexities_runs_and_sensitivity(calibrated_session):
 
 
 def test_presets_fill_the_details_and_custom_leaves_them():
-    assert preset_widgets("W3 g128 RTN")[:3] == ["rtn", 3, "128"]
+    assert preset_widgets("W3 g128 RTN")[:4] == ["rtn", "int", 3, "128"]
+    shown = dict(zip(SCHEME_WIDGETS, preset_widgets("NVFP4 W4A4")))
+    assert (shown["weight_format"], shown["group"], shown["act_format"]) == ("nvfp4", "16", "nvfp4")
+    # what the controls show is the preset: read back as a custom form, it is the same scheme (the peers'
+    # GPTQ presets also set damping and a Cholesky policy, which have no control of their own)
+    for name in (name for name in PRESETS if not name.startswith("W4 g128 GPTQ (")):
+        controls = dict(zip(SCHEME_WIDGETS, preset_widgets(name)))
+        assert QuantizeForm(**controls, preset=CUSTOM).spec() == PRESETS[name], name
     assert all(set(preset_widgets(name)) for name in PRESETS)
     assert preset_widgets(CUSTOM)[0] == gr.update()
+
+
+def test_floating_point_schemes_run_from_the_tab_and_a_block_format_names_the_layer_it_cannot_split(calibrated_session):
+    static = quantize(calibrated_session, preset="FP8 W8A8 static")
+    assert "FP8" in static["status"] and ": perplexity" in static["status"]
+    table = static["table"]["value"]
+    assert "clip" in table.columns  # the calibrated FP8 input range of each layer
+    dynamic = quantize(calibrated_session.with_calibration(calibrated_session.calibration), preset="FP8 W8A8 dynamic")
+    assert "dynamic per-token" in dynamic["status"]  # no statistics needed: nothing is calibrated
+    with pytest.raises(CalibscopeError, match=r"down_proj has 37 inputs.*nvfp4's blocks of 16"):
+        quantize(calibrated_session, preset="NVFP4 W4A4")

@@ -1,6 +1,8 @@
-"""Simulated quantization: RTN and GPTQ weights, static activation ranges, perplexity, sensitivity."""
+"""Simulated quantization: RTN and GPTQ weights (int, FP8, NVFP4, MXFP4), static and dynamic
+activation quantization, perplexity, sensitivity."""
 from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.evaluate import QuantReport, Sensitivity, evaluate
+from engine.quant.floats import NumberFormat
 from engine.quant.gptq import gptq
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
 from engine.quant.plan import plan_quantization
@@ -17,6 +19,6 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "QuantReport", "QuantSpec",
+__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
            "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
            "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LayerKind
-from engine.quant.grid import Grid, IntWeight
+from engine.quant.floats import FloatWeight
+from engine.quant.grid import IntWeight
+
+if TYPE_CHECKING:
+    from engine.quant.inputs import InputQuantizer
 
 
 def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
@@ -51,10 +56,10 @@ class QuantizedModel:
     absent for weights made elsewhere, e.g. read back from a peer tool's file)."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    inputs: dict[str, Grid] = field(default_factory=dict)
-    integers: dict[str, IntWeight] = field(default_factory=dict)
+    inputs: dict[str, InputQuantizer] = field(default_factory=dict)
+    integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)
 
-    def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight) -> None:
+    def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
         self.weights[layer.name] = module_weight(layer, fake)
         self.integers[layer.name] = integers
@@ -69,10 +74,6 @@ class QuantizedModel:
         return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
                               {k: v for k, v in self.inputs.items() if k in names},
                               {k: v for k, v in self.integers.items() if k in names})
-
-
-def _on(grid: Grid, device: torch.device) -> Grid:
-    return Grid(grid.scale.to(device), grid.zero.to(device), grid.maxq)
 
 
 def fitted_weights(modules: dict[str, torch.nn.Module], plan: QuantizedModel) -> dict[str, torch.Tensor]:
@@ -114,7 +115,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
                 modules[name].weight.data = weight
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
-                handles.append(modules[name].register_forward_pre_hook(_input_quantizer(_on(grid, device))))
+                handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
             yield
         finally:
             for handle in handles:
@@ -123,7 +124,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
                 modules[name].weight.data = weight
 
 
-def _input_quantizer(grid: Grid):
+def _input_quantizer(grid: InputQuantizer):
     def hook(_module, args):
         x = args[0]
         return (grid.fake_quantize(x.float()).to(x.dtype), *args[1:])

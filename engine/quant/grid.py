@@ -29,6 +29,14 @@ class Grid:
         q = torch.clamp(torch.round(x / self.scale) + self.zero, 0, self.maxq)
         return self.scale * (q - self.zero)
 
+    def to(self, device: torch.device) -> Grid:
+        return Grid(self.scale.to(device), self.zero.to(device), self.maxq)
+
+    @property
+    def clip(self) -> float:
+        """The largest |x| the grid holds (its top level)."""
+        return float((self.scale * (self.maxq - self.zero)).max())
+
 
 def minmax_grid(xmin: torch.Tensor, xmax: torch.Tensor, bits: int, symmetric: bool) -> Grid:
     """GPTQ's Quantizer.find_params for given ranges (any shape): the range is widened to contain

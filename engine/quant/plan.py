@@ -9,23 +9,20 @@ import pandas as pd
 import torch
 
 from engine.errors import CalibscopeError
-from engine.hooks import select_layers
+from engine.hooks import input_sharing, select_layers
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, original_weights
+from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_weight
 from engine.quant.gptq import FactorizationError, gptq_batch
-from engine.quant.grid import Grid, GroupGrids, IntWeight, rounds_scales
-from engine.quant.ranges import activation_grid, relative_error
+from engine.quant.grid import GroupGrids, IntWeight
+from engine.quant.inputs import input_quantizer
+from engine.quant.ranges import relative_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
-
-
-def stored_input_grid(grid: Grid, dtype: torch.dtype) -> Grid:
-    """An activation grid on the scale a checkpoint of ``dtype`` stores (input_scale in the model's dtype)."""
-    return Grid(grid.scale.to(dtype).float(), grid.zero, grid.maxq) if rounds_scales(dtype) else grid
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
@@ -42,13 +39,14 @@ def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tenso
     return float(change / signal) if signal > 0 else float("nan")
 
 
-def _shared_groups(layers: list[LinearLayer], hessians: HessianReport | None, stacked: bool) -> list[list[LinearLayer]]:
-    """Layers that read the same input (one Hessian) together when ``stacked``, else one by one."""
-    if not stacked or hessians is None:
+def _shared_groups(layers: list[LinearLayer], sharing: dict[str, str] | None, together: bool) -> list[list[LinearLayer]]:
+    """Layers that read the same input (``sharing``: name -> the first of them) together when
+    ``together`` (GPTQ: one Hessian; NVFP4: one global scale), else one by one."""
+    if not together or sharing is None:
         return [[layer] for layer in layers]
     groups: dict[str, list[LinearLayer]] = {}
     for layer in layers:
-        groups.setdefault(hessians.shared_with.get(layer.name, layer.name), []).append(layer)
+        groups.setdefault(sharing.get(layer.name, layer.name), []).append(layer)
     return list(groups.values())
 
 
@@ -58,21 +56,28 @@ GPTQ_BATCH_BYTES = 512 * 2**20
 
 class QuantizedMatrix(NamedTuple):
     """One layer's quantization: the fake-quantized float32 [out, in] weight, the grids it lies on
-    (what a checkpoint stores with the integers), and what it cost on the calibration data."""
+    (what a checkpoint stores with the integers or element values), and what it cost on the calibration data."""
 
     fake: torch.Tensor
-    grids: GroupGrids
+    grids: GroupGrids | FloatGrids
     costs: dict
+
+
+def stored_weight(fake: torch.Tensor, grids: GroupGrids | FloatGrids) -> IntWeight | FloatWeight:
+    """A weight already on ``grids`` as a checkpoint stores it: integers, or float-format element values."""
+    if isinstance(grids, FloatGrids):
+        return FloatWeight(grids.values(fake), grids)
+    return IntWeight(grids.codes(fake), grids)
 
 
 class LayerQuantization(NamedTuple):
     original: torch.Tensor  # the layer's float32 [out, in] weight
     fake: torch.Tensor
-    grids: GroupGrids
+    grids: GroupGrids | FloatGrids
     costs: dict  # with the layer's share of the batch's seconds
 
-    def integers(self) -> IntWeight:
-        return IntWeight(self.grids.codes(self.fake), self.grids)
+    def integers(self) -> IntWeight | FloatWeight:
+        return stored_weight(self.fake, self.grids)
 
 
 def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
@@ -81,7 +86,11 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
     (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
     independent given H, so this equals one call per layer) and once for all the groups given,
     which must stack to one shape (their arithmetic stays separate; the column loop is shared).
-    ``names``: each group's layer, named when its Hessian does not factorize."""
+    ``names``: each group's layer, named when its Hessian does not factorize. Float formats round
+    each matrix in its own dtype; an NVFP4 group shares one global scale (vLLM fuses its layers)."""
+    if spec.format.is_float:
+        return [_float_group(group, spec) for group in groups]
+    groups = [[matrix.float() for matrix in group] for group in groups]
     if not spec.needs_hessians:
         return [[QuantizedMatrix(*rtn_quantized(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group]
                 for group in groups]
@@ -112,6 +121,15 @@ def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians
     return out
 
 
+def _float_group(group: list[torch.Tensor], spec: WeightSpec) -> list[QuantizedMatrix]:
+    shared = torch.stack([matrix.abs().max() for matrix in group]).max() if spec.format is NumberFormat.NVFP4 else None
+    out = []
+    for matrix in group:
+        fake, stored = float_weight(matrix, spec.format, spec.group_size, shared)
+        out.append(QuantizedMatrix(fake, stored.grids, {}))
+    return out
+
+
 def _stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
     """[B, ...] of equal-shaped matrices; a batch of one is a view of its matrix, not a copy."""
     return matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
@@ -135,17 +153,22 @@ def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[l
 
 
 def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: WeightSpec,
-                      hessians: HessianReport | None,
-                      progress: Progress = no_progress) -> dict[str, LayerQuantization]:
+                      hessians: HessianReport | None, progress: Progress = no_progress,
+                      sharing: dict[str, str] | None = None) -> dict[str, LayerQuantization]:
     """Each layer's quantization, for the layers in ``matrices`` (their original [out, in] weights,
-    from ``original_weights``)."""
+    from ``original_weights``); ``sharing``: which layers read one input (default: the Hessians')."""
     done: dict[str, LayerQuantization] = {}
-    groups = [[layer for layer in group if layer.name in matrices]
-              for group in _shared_groups(layers, hessians, spec.needs_hessians)]
+    uneven = next((layer for layer in layers if spec.format.block and layer.in_features % spec.format.block), None)
+    if uneven is not None:
+        raise CalibscopeError(f"{uneven.name} has {uneven.in_features} inputs, which do not split into {spec.format.value}'s "
+                              f"blocks of {spec.format.block}; leave it out (name pattern) or use another format.")
+    together = spec.needs_hessians or spec.format is NumberFormat.NVFP4
+    sharing = sharing if sharing is not None else (hessians.shared_with if hessians is not None else None)
+    groups = [[layer for layer in group if layer.name in matrices] for group in _shared_groups(layers, sharing, together)]
     batches = _batches([group for group in groups if group], spec.needs_hessians)
     for number, batch in enumerate(batches):
         started = time.perf_counter()
-        originals = [[matrices[layer.name].float() for layer in group] for group in batch]
+        originals = [[matrices[layer.name] for layer in group] for group in batch]
         leaders = [group[0].name for group in batch]
         found = [hessians.hessian(name) if hessians is not None and hessians.has(name) else None for name in leaders]
         with torch.inference_mode():
@@ -153,10 +176,10 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
         seconds = (time.perf_counter() - started) / sum(len(group) for group in batch)  # the batch's time, shared
         for group, group_originals, group_results in zip(batch, originals, results):
             for layer, original, (fake, grids, costs) in zip(group, group_originals, group_results):
-                stored = IntWeight(grids.codes(fake), grids).stored_in(layer.module.weight.dtype)
+                stored = stored_weight(fake, grids).stored_in(layer.module.weight.dtype)
                 if stored.grids is not grids:  # half precision: the weight a checkpoint holds is what is simulated
                     fake, grids = stored.dequantize(), stored.grids
-                done[layer.name] = LayerQuantization(original, fake, grids, {**costs, "seconds": seconds})
+                done[layer.name] = LayerQuantization(original.float(), fake, grids, {**costs, "seconds": seconds})
         progress((number + 1) / len(batches), f"Quantized {', '.join(group[0].name for group in batch)}")
     return done
 
@@ -172,11 +195,15 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     ``quantizable_layers`` unless given. The weights are read under the model's lock, so another
     session's quantized evaluation on the same model never leaks into this plan."""
     layers = quantizable_layers(loaded.model, spec) if layers is None else layers
-    if spec.activations.enabled and stats is None:
+    if spec.needs_stats and stats is None:
         raise CalibscopeError("Static activation quantization needs activation statistics: collect them first.")
     observed = set(stats.summary["key"]) if stats is not None else set()
-    weights = (quantized_weights(layers, original_weights(loaded, layers), spec.weights, hessians, scaled(progress, 0.0, 0.9))
-               if spec.weights.enabled else {})
+    sharing = None
+    if spec.weights.format is NumberFormat.NVFP4 and hessians is None:  # which layers vLLM fuses (one global scale)
+        with loaded.lock:
+            sharing = input_sharing(loaded.model, layers, loaded.device)
+    weights = (quantized_weights(layers, original_weights(loaded, layers), spec.weights, hessians, scaled(progress, 0.0, 0.9),
+                                 sharing) if spec.weights.enabled else {})
     plan, rows = QuantizedModel(), []
     for layer in layers:
         started = time.perf_counter()
@@ -190,15 +217,16 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
             if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
                 row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
         if spec.activations.enabled and layer.kind.is_linear:
-            if layer.name not in observed:
-                raise CalibscopeError(f"No activation statistics for {layer.name}: collect statistics of layer inputs "
-                                      "for every layer you quantize.")
-            arrays = stats.arrays(layer.name)
-            grid = stored_input_grid(activation_grid(arrays, spec.activations, stats.spec.percentiles), layer.module.weight.dtype)
-            plan.inputs[layer.name] = grid
-            row["clip"] = float((grid.scale * (grid.maxq - grid.zero)).max())
-            if spec.activations.granularity is Granularity.TENSOR and spec.activations.symmetric:
-                row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], spec.activations.bits)
+            arrays = stats.arrays(layer.name) if stats is not None and layer.name in observed else None
+            inputs = spec.activations
+            quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
+                                        layer.module.weight.dtype, layer.in_features)
+            plan.inputs[layer.name] = quantizer
+            if quantizer.clip is not None:
+                row["clip"] = quantizer.clip
+            if arrays is not None and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
+                    NumberFormat.INT, NumberFormat.FP8):
+                row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
         row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
         rows.append(row)
     progress(1.0, f"Quantized {len(layers)} layers")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from engine.errors import SpecError
+from engine.quant.floats import NumberFormat
 from engine.specs import choice
 
 
@@ -45,18 +46,26 @@ class CholeskyFailure(str, Enum):
 
 
 class RangeMethod(str, Enum):
-    """How a static activation range is chosen from the statistics."""
+    """How a static activation range (or NVFP4's global scale) is chosen from the statistics:
+    minmax (the set's |max|), percentile (of |x|), mse (the clip with the least expected rounding
+    plus clipping error over the |x| histogram), entropy (the clip whose quantized histogram is
+    nearest the data's in KL divergence: TensorRT's and ModelOpt's calibrator), headroom (NVFP4:
+    ModelOpt's global scale from a low percentile of the per-block maxima, with room above them)."""
 
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     MSE = "mse"
+    ENTROPY = "entropy"
+    HEADROOM = "headroom"
 
 
 class Granularity(str, Enum):
-    """One activation range per tensor, or per input channel."""
+    """One activation range per tensor or per input channel (static, from the calibration set), or
+    one per token, found at inference (dynamic: nothing calibrated)."""
 
     TENSOR = "tensor"
     CHANNEL = "channel"
+    TOKEN = "token"
 
 
 DEFAULT_ACT_ORDER = ActOrder.STATIC
@@ -87,9 +96,13 @@ class WeightSpec:
     on_failure: CholeskyFailure = CholeskyFailure.RTN
     damping_step: float = 0.01
     true_sequential: bool = False
+    format: NumberFormat = NumberFormat.INT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", choice(WeightMethod, self.method, "weight method"))
+        object.__setattr__(self, "format", choice(NumberFormat, self.format, "weight format"))
+        if self.format.is_float:
+            self._check_float()
         object.__setattr__(self, "on_failure", choice(CholeskyFailure, self.on_failure, "on_failure"))
         if not 0 < self.damping_step < 1:
             raise SpecError(f"damping_step={self.damping_step} must be in (0, 1); GPTQModel's is 0.01.")
@@ -98,10 +111,27 @@ class WeightSpec:
         object.__setattr__(self, "act_order", choice(ActOrder, self.act_order, "act_order"))
         if not 2 <= self.bits <= 8:
             raise SpecError(f"weight bits={self.bits} is not supported; use 2 to 8.")
-        if self.group_size < 0 or self.block_size < 1:
-            raise SpecError("group_size must be 0 (per channel) or positive, block_size at least 1.")
+        if self.group_size < (-1 if self.format is NumberFormat.FP8 else 0) or self.block_size < 1:
+            raise SpecError("group_size must be 0 (per channel) or positive (-1, per tensor, for FP8 weights), "
+                            "block_size at least 1.")
         if not 0 < self.damping <= 1:
             raise SpecError(f"damping={self.damping} must be in (0, 1]; GPTQ's default is 0.01.")
+
+    def _check_float(self) -> None:
+        """FP8 (per tensor: group_size -1, or per channel: 0), NVFP4 (blocks of 16) and MXFP4 (blocks
+        of 32) weights: symmetric, their format's bits, rounded to nearest."""
+        fmt = self.format
+        if self.method is WeightMethod.GPTQ:
+            raise SpecError(f"{fmt.value} weights are rounded to nearest here (llm-compressor's QuantizationModifier); "
+                            "GPTQ rounds to integer grids: use method 'rtn' for floating-point formats.")
+        if fmt.block:
+            object.__setattr__(self, "group_size", fmt.block)
+        elif self.group_size not in (0, -1):
+            raise SpecError(f"FP8 weights take one scale per tensor (group_size -1) or per output channel (0), "
+                            f"not groups of {self.group_size}.")
+        if not self.symmetric:
+            raise SpecError(f"{fmt.value} weights are symmetric (compressed-tensors has no zero point for them).")
+        object.__setattr__(self, "bits", fmt.bits)
 
     @property
     def enabled(self) -> bool:
@@ -114,6 +144,9 @@ class WeightSpec:
     def label(self) -> str:
         if not self.enabled:
             return "float weights"
+        if self.format.is_float:
+            scope = {-1: "per-tensor", 0: "per-channel"}.get(self.group_size, "")
+            return f"W {self.format.value.upper()}{' ' + scope if scope and not self.format.block else ''} {self.method.value.upper()}"
         group = f"g{self.group_size}" if self.group_size else "per-channel"
         order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not DEFAULT_ACT_ORDER else ""
         return f"W{self.bits} {group} {self.method.value.upper()}{order}"
@@ -133,30 +166,61 @@ class ActivationSpec:
     percentile: float = 99.99
     granularity: Granularity = Granularity.TENSOR
     symmetric: bool = True
+    format: NumberFormat = NumberFormat.INT
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "format", choice(NumberFormat, self.format, "activation format"))
+        if self.format.is_float:
+            object.__setattr__(self, "bits", self.format.bits)
         if self.bits and not 2 <= self.bits <= 16:
             raise SpecError(f"activation bits={self.bits} is not supported; use 0 (off) or 2 to 16.")
         object.__setattr__(self, "range_method", choice(RangeMethod, self.range_method, "range method"))
         object.__setattr__(self, "granularity", choice(Granularity, self.granularity, "granularity"))
+        if self.format is NumberFormat.MXFP4:  # its block scales are found at inference: nothing to calibrate
+            object.__setattr__(self, "granularity", Granularity.TOKEN)
         if not 0 < self.percentile <= 100:
             raise SpecError(f"percentile={self.percentile} must be in (0, 100], e.g. 99.99.")
-        if not self.symmetric and self.range_method is not RangeMethod.MINMAX:
-            raise SpecError("Asymmetric activation ranges need min and max: use range method 'minmax', "
-                            "or keep them symmetric for percentile and MSE clipping (histograms are of |x|).")
-        if self.granularity is Granularity.CHANNEL and self.range_method is RangeMethod.MSE:
-            raise SpecError("MSE clipping is searched per tensor (over its 2,048-bin histogram); "
-                            "use granularity 'tensor', or 'minmax' / 'percentile' per channel.")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        method, fmt = self.range_method, self.format
+        if not self.symmetric and (method is not RangeMethod.MINMAX or fmt.is_float):
+            raise SpecError("Asymmetric activation ranges are integer min/max ranges: use range method 'minmax' with "
+                            "the int format, or keep them symmetric (histograms are of |x|; float formats are symmetric).")
+        if self.granularity is Granularity.CHANNEL and (method in (RangeMethod.MSE, RangeMethod.ENTROPY) or fmt.is_float):
+            raise SpecError("Per-channel static ranges are integer min/max or percentile ranges; MSE and entropy are "
+                            "searched per tensor (over its 2,048-bin histogram) and float formats scale per tensor.")
+        if self.granularity is Granularity.TOKEN and fmt is NumberFormat.NVFP4:
+            raise SpecError("NVFP4 inputs scale each block of 16 at inference under one calibrated global scale: "
+                            "use granularity 'tensor' (the global scale's range method applies).")
+        if method is RangeMethod.HEADROOM and fmt is not NumberFormat.NVFP4:
+            raise SpecError("Headroom calibration sets NVFP4's global scale; for int and FP8 use minmax, percentile, "
+                            "mse or entropy.")
+        if fmt is NumberFormat.NVFP4 and method in (RangeMethod.MSE, RangeMethod.ENTROPY):
+            raise SpecError("NVFP4's global scale is calibrated with minmax, percentile or headroom (its error depends "
+                            "on each block's own scale, which is found at inference).")
 
     @property
     def enabled(self) -> bool:
         return self.bits > 0
 
+    @property
+    def dynamic(self) -> bool:
+        """Scales found at inference from each token (or MXFP4 block): nothing is calibrated."""
+        return self.granularity is Granularity.TOKEN
+
     def label(self) -> str:
         if not self.enabled:
             return "float activations"
         method = f"p{self.percentile:g}" if self.range_method is RangeMethod.PERCENTILE else self.range_method.value
-        return f"A{self.bits} static per-{self.granularity.value} {method}"
+        name = f"A{self.bits}" if not self.format.is_float else f"A {self.format.value.upper()}"
+        if self.format is NumberFormat.MXFP4:
+            return f"{name} dynamic per-32"
+        if self.dynamic:
+            return f"{name} dynamic per-token"
+        if self.format is NumberFormat.NVFP4:
+            return f"{name} global {method}"
+        return f"{name} static per-{self.granularity.value} {method}"
 
 
 @dataclass(frozen=True)
@@ -188,7 +252,7 @@ class QuantSpec:
 
     @property
     def needs_stats(self) -> bool:
-        return self.activations.enabled
+        return self.activations.enabled and not self.activations.dynamic
 
     @property
     def can_run_sequentially(self) -> bool:
@@ -220,4 +284,12 @@ PRESETS: dict[str, QuantSpec] = {
     "W8A8 static (p99.99)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.PERCENTILE, 99.99)),
     "W8A8 static (MSE)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MSE)),
     "A8 static only (min/max)": QuantSpec(WeightSpec(WeightMethod.NONE), ActivationSpec(8, RangeMethod.MINMAX)),
+    # the floating-point schemes of today's GPUs, as llm-compressor's presets of the same names define them
+    "FP8 W8A8 static": QuantSpec(WeightSpec(RTN, group_size=-1, format=NumberFormat.FP8),  # "FP8"
+                                 ActivationSpec(format=NumberFormat.FP8, range_method=RangeMethod.MINMAX)),
+    "FP8 W8A8 dynamic": QuantSpec(WeightSpec(RTN, group_size=0, format=NumberFormat.FP8),  # "FP8_DYNAMIC"
+                                  ActivationSpec(format=NumberFormat.FP8, granularity=Granularity.TOKEN)),
+    "NVFP4 W4A4": QuantSpec(WeightSpec(RTN, format=NumberFormat.NVFP4), ActivationSpec(format=NumberFormat.NVFP4)),  # "NVFP4"
+    "NVFP4A16": QuantSpec(WeightSpec(RTN, format=NumberFormat.NVFP4)),
+    "MXFP4 W4A4": QuantSpec(WeightSpec(RTN, format=NumberFormat.MXFP4), ActivationSpec(format=NumberFormat.MXFP4)),  # "MXFP4"
 }

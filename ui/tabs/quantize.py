@@ -15,6 +15,7 @@ from engine.figures.stats import short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
     DEFAULT_ACT_ORDER,
+    NumberFormat,
     PRESETS,
     ActivationSpec,
     ActOrder,
@@ -38,11 +39,12 @@ from ui.wiring import connect
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "W4 g128 GPTQ"
-GROUPS = {"per channel": 0, "32": 32, "64": 64, "128": 128}
+GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
 GPU_EVALUATION = (32, 512)
-SCHEME_WIDGETS = ("method", "bits", "group", "act_order", "act_bits", "range_method", "percentile", "granularity")
+SCHEME_WIDGETS = ("method", "weight_format", "bits", "group", "act_order", "act_format", "act_bits", "range_method",
+                  "percentile", "granularity")
 
 
 def evaluation_defaults() -> tuple[int, int]:
@@ -54,9 +56,11 @@ class QuantizeForm:
     """What the Quantize widgets hold: the scheme, the held-out text, the sensitivity mode."""
 
     method: str = WeightMethod.GPTQ.value
+    weight_format: str = NumberFormat.INT.value
     bits: float = 4
     group: str = "128"
     act_order: str = DEFAULT_ACT_ORDER.value
+    act_format: str = NumberFormat.INT.value
     act_bits: float = 0
     range_method: str = RangeMethod.MINMAX.value
     percentile: float = 99.99
@@ -73,9 +77,11 @@ class QuantizeForm:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
             return PRESETS[self.preset]  # damping and Cholesky policy have no control of their own
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
-                             act_order=self.act_order)
-        activations = ActivationSpec(bits=whole(self.act_bits), range_method=self.range_method,
-                                     percentile=float(self.percentile or 0), granularity=self.granularity)
+                             act_order=self.act_order, format=self.weight_format)
+        # a float input format sets its own bits; int inputs are off at 0 bits
+        act_bits = whole(self.act_bits) if NumberFormat(self.act_format) is NumberFormat.INT else 0
+        activations = ActivationSpec(bits=act_bits, range_method=self.range_method, percentile=float(self.percentile or 0),
+                                     granularity=self.granularity, format=self.act_format)
         return QuantSpec(weights, activations)
 
 
@@ -85,8 +91,8 @@ def preset_widgets(name: str) -> list:
         return [gr.update()] * len(SCHEME_WIDGETS)
     w, a = PRESETS[name].weights, PRESETS[name].activations
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
-    return [w.method.value, w.bits, group, w.act_order.value, a.bits, a.range_method.value, a.percentile,
-            a.granularity.value]
+    return [w.method.value, w.format.value, w.bits, group, w.act_order.value, a.format.value, a.bits, a.range_method.value,
+            a.percentile, a.granularity.value]
 
 
 def status_line(report: QuantReport, reused: bool) -> str:
@@ -176,16 +182,24 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                           "optimum schemes); runs its own pass: no collected Hessians needed, 2-3x slower")
             with gr.Accordion("Scheme details", open=False):
                 method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
-                bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits")
+                weight_format = gr.Radio(labels(NumberFormat), value=NumberFormat.INT.value, label="Weight format",
+                                         info="fp8: e4m3, per tensor or channel; nvfp4: e2m1 with an e4m3 scale per 16 "
+                                              "and a global scale; mxfp4: e2m1 with a power-of-two scale per 32 (RTN)")
+                bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits (int)")
                 group = gr.Dropdown(list(GROUPS), value="128", label="Group size (input columns per scale)")
                 act_order = gr.Radio(labels(ActOrder), value=default.weights.act_order.value, label="GPTQ activation order",
                                      info="static: group scales in the original order (llm-compressor 'weight'); "
                                           "dynamic: groups in the permuted order (needs g_idx); group-aware: whole groups "
                                           "by importance (GPTQModel)")
-                act_bits = gr.Radio([0, 8, 6, 4], value=0, label="Activation bits (0 = float)")
-                range_method = gr.Radio(labels(RangeMethod), value=RangeMethod.MINMAX.value, label="Activation range")
+                act_format = gr.Radio(labels(NumberFormat), value=NumberFormat.INT.value, label="Activation format",
+                                      info="int uses the bits below; fp8, nvfp4 and mxfp4 quantize every selected input")
+                act_bits = gr.Radio([0, 8, 6, 4], value=0, label="Activation bits (int; 0 = float)")
+                range_method = gr.Radio(labels(RangeMethod), value=RangeMethod.MINMAX.value, label="Activation range",
+                                        info="how a static range (or NVFP4's global scale) is set: entropy is TensorRT's "
+                                             "KL method, headroom ModelOpt's NVFP4 method")
                 percentile = gr.Number(99.99, label="Percentile of |x| (range 'percentile')")
-                granularity = gr.Radio(labels(Granularity), value=Granularity.TENSOR.value, label="One range per")
+                granularity = gr.Radio(labels(Granularity), value=Granularity.TENSOR.value, label="One range per",
+                                       info="token: dynamic, found at inference (nothing calibrated)")
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -202,8 +216,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             runs = result_plot()
     depth = result_plot()
     table = result_table("Per layer (sortable)", max_height=380)
-    scheme = {"method": method, "bits": bits, "group": group, "act_order": act_order, "act_bits": act_bits,
-              "range_method": range_method, "percentile": percentile, "granularity": granularity}
+    scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "act_order": act_order,
+              "act_format": act_format, "act_bits": act_bits, "range_method": range_method, "percentile": percentile,
+              "granularity": granularity}
     preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])
     source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
     for control in scheme.values():
