@@ -13,6 +13,13 @@ Transcribed from vllm/model_executor/layers/quantization/:
 - compressed_tensors/schemes/compressed_tensors_w8a8_int8.py: ``weight`` int8 [out, in],
   ``weight_scale`` float32 [out, 1] per channel, ``input_scale`` float32 [1] and, for asymmetric
   inputs, ``input_zero_point`` [1] (an integer: its loader copies into an int32 parameter);
+- compressed_tensors/schemes/compressed_tensors_w8a8_fp8.py: ``weight`` float8_e4m3fn [out, in],
+  ``weight_scale`` float32 [1] per tensor or [out, 1] per channel, ``input_scale`` [1] when static;
+  compressed_tensors_w4a4_nvfp4.py / _w4a16_nvfp4.py: ``weight_packed`` uint8 [out, in / 2],
+  ``weight_scale`` float8_e4m3fn [out, in / 16], ``weight_global_scale`` float32 [1] (vLLM warns
+  when the layers it fuses, q/k/v or gate/up, have different ones) and, for W4A4,
+  ``input_global_scale`` float32 [1]; _w4a16_mxfp4.py: ``weight_packed`` uint8 [out, in / 2],
+  ``weight_scale`` uint8 [out, in / 32]; an MXFP4 checkpoint is served as W4A16 whatever its inputs;
 - gptq.py and gptq_marlin.py: ``quantize_config`` keys ``bits``, ``group_size`` (-1: per channel),
   ``desc_act``, ``sym``, ``lm_head``; ``qweight`` int32 [in · bits / 32, out], ``qzeros`` int32
   [groups, out · bits / 32], ``scales`` [groups, out], ``g_idx`` int32 [in]; gptq packs 2, 3, 4 or 8
@@ -32,7 +39,7 @@ from safetensors import safe_open
 
 from engine.export import save_quantized
 from engine.export.compressed import vllm_warning
-from engine.quant import ActivationSpec, QuantSpec, WeightSpec, plan_quantization
+from engine.quant import PRESETS, ActivationSpec, QuantSpec, WeightSpec, plan_quantization
 from tests.test_checkpoint import calibrated, model  # noqa: F401  (fixtures)
 
 WNA16_BITS = (4, 8)
@@ -44,11 +51,27 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 def vllm_scheme(weights, inputs) -> str | None:
     """compressed_tensors.py's choice for one config group (None: no scheme, the load fails)."""
+    if weights.type == "float" and weights.num_bits == 4:
+        nvfp4 = weights.strategy == "tensor_group" and weights.group_size == 16
+        mxfp4 = weights.strategy == "group" and weights.group_size == 32
+        if mxfp4:
+            return "W4A16Mxfp4"
+        if nvfp4:
+            return "W4A16Fp4" if inputs is None else "W4A4Fp4" if inputs.strategy == "tensor_group" else None
+        return None
+    if weights.type == "float" and weights.strategy in ("tensor", "channel") and weights.symmetric and not weights.dynamic:
+        if inputs is None:
+            return "W8A16Fp8"
+        if inputs.type == "float" and (inputs.dynamic or (inputs.strategy == "tensor" and inputs.symmetric)):
+            return "W8A8Fp8"
+        return None
     if inputs is not None:
         static_tensor_w8a8 = (weights.num_bits == inputs.num_bits == 8 and weights.strategy in ("tensor", "channel")
                               and inputs.strategy == "tensor" and not weights.dynamic and not inputs.dynamic
                               and weights.symmetric)
-        return "W8A8Int8" if static_tensor_w8a8 and weights.type == inputs.type == "int" else None
+        dynamic_token_w8a8 = (weights.num_bits == inputs.num_bits == 8 and weights.strategy in ("tensor", "channel")
+                              and inputs.strategy == "token" and not weights.dynamic and inputs.dynamic and weights.symmetric)
+        return "W8A8Int8" if (static_tensor_w8a8 or dynamic_token_w8a8) and weights.type == inputs.type == "int" else None
     if weights.strategy in ("channel", "group") and not weights.dynamic and weights.type == "int":
         if weights.num_bits not in WNA16_BITS or (not weights.symmetric and weights.num_bits not in WNA16_ZERO_POINT_BITS):
             return None  # CompressedTensorsWNA16.__init__ raises "Unsupported num_bits"
@@ -71,6 +94,22 @@ def w8a8_parameters(out: int, inputs: int, weights, activations) -> dict[str, tu
                 "input_scale": ("float", (1,))}
     if not activations.symmetric:
         expected["input_zero_point"] = ("integer", (1,))
+    return expected
+
+
+def float_parameters(out: int, inputs: int, weights, activations) -> dict[str, tuple[str, tuple[int, ...]]]:
+    if weights.num_bits == 8:
+        expected = {"weight": ("float8_e4m3fn", (out, inputs)),
+                    "weight_scale": ("float", (1,) if weights.strategy == "tensor" else (out, 1))}
+        if activations is not None and not activations.dynamic:
+            expected["input_scale"] = ("float", (1,))
+        return expected
+    if weights.group_size == 32:
+        return {"weight_packed": ("uint8", (out, inputs // 2)), "weight_scale": ("uint8", (out, inputs // 32))}
+    expected = {"weight_packed": ("uint8", (out, inputs // 2)), "weight_scale": ("float8_e4m3fn", (out, inputs // 16)),
+                "weight_global_scale": ("float32", (1,))}
+    if activations is not None:
+        expected["input_global_scale"] = ("float32", (1,))
     return expected
 
 
@@ -100,7 +139,7 @@ def linear_shapes(loaded) -> dict[str, tuple[int, int]]:
 
 def check_layers(files: dict, shapes: dict, expected_for) -> None:
     dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32,
-              "I64": torch.int64, "I8": torch.int8}
+              "I64": torch.int64, "I8": torch.int8, "U8": torch.uint8, "F8_E4M3": torch.float8_e4m3fn}
     for layer, (out, inputs) in shapes.items():
         expected = expected_for(out, inputs)
         found = {key.removeprefix(f"{layer}."): value for key, value in files.items() if key.startswith(f"{layer}.")
@@ -119,7 +158,12 @@ SCHEMES = {
     "W8A8 static": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax")),
     "W8A8 static asymmetric inputs": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax", symmetric=False)),
     "W4A8 (not served)": QuantSpec(WeightSpec("rtn", 4, 0), ActivationSpec(8, "minmax")),
+    "W8A8 dynamic per token": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, granularity="token")),
+    **{name: PRESETS[name] for name in ("FP8 W8A8 static", "FP8 W8A8 dynamic", "NVFP4 W4A4", "NVFP4A16", "MXFP4 W4A4")},
+    "FP8 weights only": QuantSpec(WeightSpec("rtn", group_size=0, format="fp8")),
+    "FP8 weights, int8 inputs (not served)": QuantSpec(WeightSpec("rtn", group_size=0, format="fp8"), ActivationSpec(8)),
 }
+SERVED_WITHOUT_INPUTS = {"W4A16Mxfp4"}  # vLLM drops these schemes' input quantization
 
 
 @pytest.mark.parametrize("label", list(SCHEMES))
@@ -133,19 +177,35 @@ def test_compressed_tensors_files_are_what_vllms_loader_registers(label, model, 
     (group,) = config.config_groups.values()
     assert group.targets == ["Linear"]
     chosen = vllm_scheme(group.weights, group.input_activations)
-    # calibscope warns about vLLM exactly where vLLM's loader finds no scheme, and the checkpoint says so
-    assert (chosen is None) == (vllm_warning(spec) is not None), (label, chosen)
+    # calibscope warns about vLLM exactly where vLLM's loader finds no scheme or drops the simulated
+    # input quantization, and the checkpoint says so
+    dropped = chosen in SERVED_WITHOUT_INPUTS and group.input_activations is not None
+    assert (chosen is None or dropped) == (vllm_warning(spec) is not None), (label, chosen)
     assert vllm_warning(spec) is None or vllm_warning(spec) in summary.warning
     files = stored(tmp_path / "out")
     shapes = linear_shapes(model)
-    if group.input_activations is None:
+    if group.weights.type == "float":
+        # compressed-tensors' infer_module_format (llm-compressor's too): FP8 weights alone are naive-quantized
+        fp8 = "float-quantized" if group.input_activations is not None else "naive-quantized"
+        expected_format = {8: fp8, 4: "nvfp4-pack-quantized" if group.weights.group_size == 16 else
+                           "mxfp4-pack-quantized"}[group.weights.num_bits]
+        assert group.format == expected_format
+        if chosen is not None:
+            check_layers(files, shapes, lambda out, inputs: float_parameters(out, inputs, group.weights, group.input_activations))
+    elif group.input_activations is None:
         assert group.format == "pack-quantized"
         check_layers(files, shapes, lambda out, inputs: wna16_parameters(out, inputs, group.weights))
     else:
         assert group.format == "int-quantized"
-        if chosen is not None:
+        if chosen is not None and not group.input_activations.dynamic:
             check_layers(files, shapes, lambda out, inputs: w8a8_parameters(out, inputs, group.weights, group.input_activations))
-    assert "lm_head.weight" in files and not any(f"{layer}.weight" in files for layer in shapes if group.input_activations is None)
+    assert "lm_head.weight" in files and not any(f"{layer}.weight" in files for layer in shapes
+                                                 if group.input_activations is None and group.weights.type == "int")
+    if chosen and chosen.startswith("W4A") and "Fp4" in chosen:  # NVFP4: the layers vLLM fuses share one global scale
+        with safe_open(tmp_path / "out" / "model.safetensors", "pt") as opened:
+            scales = {name: float(opened.get_tensor(f"model.layers.0.self_attn.{name}.weight_global_scale"))
+                      for name in ("q_proj", "k_proj", "v_proj")}
+        assert len(set(scales.values())) == 1, scales
 
 
 @pytest.mark.parametrize("bits,group_size", [(4, 128), (8, 0), (2, 128)])

@@ -19,11 +19,14 @@ from compressed_tensors.compressors.format import infer_module_format
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme, QuantizationStatus
 
 from engine.errors import ExportError
+from engine.quant.floats import FloatWeight, NumberFormat
 from engine.quant.grid import Grid, IntWeight
+from engine.quant.inputs import Fp8Inputs, Nvfp4Inputs
 from engine.quant.specs import ActOrder, Granularity, QuantSpec, WeightMethod
 
 # What vLLM's compressed-tensors loader serves (vllm/model_executor/layers/quantization/compressed_tensors:
-# WNA16_SUPPORTED_TYPES_MAP / WNA16_ZP_SUPPORTED_TYPES_MAP and the W8A8 int8 scheme's checks).
+# compressed_tensors.py's _get_scheme_from_parts, WNA16_SUPPORTED_TYPES_MAP; written down and checked in
+# tests/test_vllm_contract.py).
 VLLM_WEIGHT_ONLY_BITS = (4, 8)
 VLLM_W8A8_INPUTS = "8-bit, per tensor"
 
@@ -41,18 +44,47 @@ def refusal(spec: QuantSpec) -> str | None:
     if inputs.enabled and inputs.granularity is Granularity.CHANNEL:
         return ("compressed-tensors has no static per-input-channel activation scale that vLLM serves; use per-tensor "
                 "activation ranges to export.")
+    if inputs.enabled and (weights.format is NumberFormat.NVFP4) != (inputs.format is NumberFormat.NVFP4):
+        return ("NVFP4 weights are served with NVFP4 inputs or 16-bit ones (NVFP4A16): a checkpoint cannot mix NVFP4 "
+                f"with {inputs.format.value if weights.format is NumberFormat.NVFP4 else weights.format.value}.")
+    return None
+
+
+def vllm_scheme(spec: QuantSpec) -> str | None:
+    """The scheme vLLM's compressed-tensors loader picks for ``spec`` (None: no scheme, it refuses the checkpoint)."""
+    weights, inputs = spec.weights, spec.activations
+    fmt = weights.format
+    if fmt is NumberFormat.MXFP4:
+        return "CompressedTensorsW4A16Mxfp4"  # whatever the inputs say
+    if fmt is NumberFormat.NVFP4:
+        return "CompressedTensorsW4A4Fp4" if inputs.enabled else "CompressedTensorsW4A16Fp4"
+    if not inputs.enabled:
+        if fmt is NumberFormat.FP8:
+            return "CompressedTensorsW8A16Fp8"
+        return "CompressedTensorsWNA16" if weights.bits in VLLM_WEIGHT_ONLY_BITS else None
+    if fmt is NumberFormat.FP8:
+        served = inputs.format is NumberFormat.FP8 and (inputs.dynamic or inputs.granularity is Granularity.TENSOR)
+        return "CompressedTensorsW8A8Fp8" if served else None
+    if inputs.format is NumberFormat.INT and weights.bits == inputs.bits == 8 and weights.symmetric:
+        return "CompressedTensorsW8A8Int8"  # static per tensor or dynamic per token
     return None
 
 
 def vllm_warning(spec: QuantSpec) -> str | None:
-    """Why vLLM's compressed-tensors loader finds no scheme for ``spec`` (None: it serves it)."""
+    """What vLLM does not serve as simulated (None: it serves exactly this scheme)."""
     weights, inputs = spec.weights, spec.activations
-    if not inputs.enabled and weights.bits not in VLLM_WEIGHT_ONLY_BITS:
+    chosen = vllm_scheme(spec)
+    if chosen is None and not inputs.enabled:
         return (f"vLLM serves weight-only compressed-tensors of {' or '.join(map(str, VLLM_WEIGHT_ONLY_BITS))} bits, "
                 f"not this {weights.bits}-bit checkpoint.")
-    if inputs.enabled and (inputs.bits != 8 or weights.bits != 8):
-        return (f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs, not "
-                f"W{weights.bits}A{inputs.bits}.")
+    if chosen is None and weights.format is NumberFormat.FP8:
+        return "vLLM's FP8 W8A8 kernels take FP8 inputs, static per tensor or dynamic per token."
+    if chosen is None:
+        return (f"vLLM's int8 W8A8 kernels take 8-bit weights and {VLLM_W8A8_INPUTS} static inputs (or dynamic per "
+                f"token), not W{weights.bits}A{inputs.bits}.")
+    if weights.format is NumberFormat.MXFP4 and inputs.enabled:
+        return ("vLLM serves MXFP4 checkpoints as W4A16 (CompressedTensorsW4A16Mxfp4): the MXFP4 input quantization "
+                "simulated here does not happen there.")
     return None
 
 
@@ -70,21 +102,44 @@ def serving_warning(spec: QuantSpec) -> str | None:
 
 
 def weight_args(spec: QuantSpec) -> QuantizationArgs:
+    """The weights' QuantizationArgs as llm-compressor's presets write them (FP8, FP8_DYNAMIC,
+    NVFP4, MXFP4; W4A16 and W8A8 for integers)."""
     weights = spec.weights
-    static = weights.method is WeightMethod.GPTQ and weights.act_order is ActOrder.STATIC
     # observer: llm-compressor's name for a grid from each group's min and max, as calibscope's are found
+    if weights.format is NumberFormat.FP8:
+        return QuantizationArgs(num_bits=8, type="float", symmetric=True, dynamic=False, observer="memoryless_minmax",
+                                strategy="tensor" if weights.group_size == -1 else "channel")
+    if weights.format.block:
+        return QuantizationArgs(**_block_args(weights.format), dynamic=False, observer="memoryless_minmax")
+    static = weights.method is WeightMethod.GPTQ and weights.act_order is ActOrder.STATIC
     return QuantizationArgs(num_bits=weights.bits, type="int", symmetric=weights.symmetric,
                             strategy="group" if weights.group_size else "channel", group_size=weights.group_size or None,
                             actorder="static" if static else None, dynamic=False, observer="memoryless_minmax",
                             zp_dtype=None if weights.symmetric else torch.int8)
 
 
+def _block_args(fmt: NumberFormat) -> dict:
+    """NVFP4 (e4m3 scales per 16 under a global scale) and MXFP4 (e8m0 scales per 32)."""
+    nvfp4 = fmt is NumberFormat.NVFP4
+    scale_dtype = torch.float8_e4m3fn if nvfp4 else torch.uint8
+    return {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group" if nvfp4 else "group",
+            "group_size": fmt.block, "scale_dtype": scale_dtype, "zp_dtype": scale_dtype}
+
+
 def input_args(spec: QuantSpec) -> QuantizationArgs | None:
     inputs = spec.activations
     if not inputs.enabled:
         return None
-    return QuantizationArgs(num_bits=inputs.bits, type="int", symmetric=inputs.symmetric, strategy="tensor", dynamic=False,
-                            zp_dtype=None if inputs.symmetric else torch.int8)
+    if inputs.format.block:  # NVFP4: block scales found at inference under the calibrated global scale
+        dynamic = "local" if inputs.format is NumberFormat.NVFP4 else True
+        observer = "static_minmax" if inputs.format is NumberFormat.NVFP4 else None
+        return QuantizationArgs(**_block_args(inputs.format), dynamic=dynamic, observer=observer)
+    kind = "float" if inputs.format is NumberFormat.FP8 else "int"
+    if inputs.dynamic:
+        return QuantizationArgs(num_bits=inputs.bits, type=kind, symmetric=True, strategy="token", dynamic=True)
+    observer = "static_minmax" if inputs.format is NumberFormat.FP8 else None
+    return QuantizationArgs(num_bits=inputs.bits, type=kind, symmetric=inputs.symmetric, strategy="tensor", dynamic=False,
+                            observer=observer, zp_dtype=None if inputs.symmetric else torch.int8)
 
 
 def scheme(spec: QuantSpec) -> QuantizationScheme:
@@ -108,9 +163,23 @@ def _signed(values: torch.Tensor, bits: int) -> torch.Tensor:
     return (values.float() - 2 ** (bits - 1)).to(torch.int8)
 
 
-def compressed_layer(name: str, integers: IntWeight, inputs: Grid | None, described: QuantizationScheme,
+def compressed_layer(name: str, stored: IntWeight | FloatWeight, inputs, described: QuantizationScheme,
                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """One layer's tensors as its compressor writes them (``name.weight_packed``, ``name.weight_scale`` ...)."""
+    if isinstance(stored, FloatWeight):
+        state, kept = _float_state(stored, inputs, dtype)
+    else:
+        state, kept = _int_state(name, stored, inputs, described, dtype)
+    compressor = BaseCompressor.get_value_from_registry(described.format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compressed = compressor.compress(state, described)
+    # scales as the model's parameters hold them (its dtype); NVFP4's global scales stay float32, e4m3
+    # block scales e4m3 and MX exponents uint8, as the compressor leaves them
+    return {f"{name}.{key}": value.to(dtype) if key in kept else value for key, value in compressed.items()}
+
+
+def _int_state(name: str, integers: IntWeight, inputs, described: QuantizationScheme, dtype: torch.dtype):
     grids = integers.grids
     columns = integers.codes.shape[1]
     if grids.group_size and columns % grids.group_size:
@@ -122,13 +191,26 @@ def compressed_layer(name: str, integers: IntWeight, inputs: Grid | None, descri
     state = {"weight": stored.dequantize(), "weight_scale": scale}
     if not grids.symmetric:
         state["weight_zero_point"] = _signed(grids.zero, grids.bits)
-    if inputs is not None:
+    if isinstance(inputs, Grid):
         state["input_scale"] = inputs.scale.reshape(1).float()
         if not described.input_activations.symmetric:
             state["input_zero_point"] = _signed(inputs.zero.reshape(1), described.input_activations.num_bits)
-    compressor = BaseCompressor.get_value_from_registry(described.format)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        compressed = compressor.compress(state, described)
-    floats = {"weight_scale", "input_scale"}
-    return {f"{name}.{key}": value.to(dtype) if key in floats else value for key, value in compressed.items()}
+    return state, {"weight_scale", "input_scale"}
+
+
+def _float_state(weight: FloatWeight, inputs, dtype: torch.dtype):
+    """The dense weight (element values times scales, exact in float32) with the scales the
+    compressor rounds it on; it gives back the same e4m3 or e2m1 values."""
+    grids = weight.grids
+    state = {"weight": weight.dequantize()}
+    if grids.format is NumberFormat.FP8:
+        state["weight_scale"] = grids.scale.reshape(-1, 1) if grids.group_size == 0 else grids.scale.reshape(1)
+    elif grids.format is NumberFormat.NVFP4:
+        state["weight_scale"], state["weight_global_scale"] = grids.stored, grids.global_scale
+    else:
+        state["weight_scale"] = grids.scale
+    if isinstance(inputs, Fp8Inputs):
+        state["input_scale"] = inputs.scale.reshape(1)
+    elif isinstance(inputs, Nvfp4Inputs):
+        state["input_global_scale"] = inputs.global_scale.reshape(1)
+    return state, ({"weight_scale", "input_scale"} if grids.format is NumberFormat.FP8 else set())

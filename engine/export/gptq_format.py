@@ -27,6 +27,8 @@ def refusal(spec: QuantSpec) -> str | None:
     weights = spec.weights
     if not weights.enabled or spec.activations.enabled:
         return "The GPTQ format holds weight-only quantization; write compressed-tensors for static activation ranges."
+    if weights.format.is_float:
+        return f"The GPTQ format holds integer weights; write {weights.format.value} weights as compressed-tensors."
     if not weights.symmetric:
         return ("The GPTQ (v1) format stores zero points minus one and cannot hold an asymmetric grid's zero point 0; "
                 "write compressed-tensors, which stores asymmetric zero points.")

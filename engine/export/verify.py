@@ -71,24 +71,46 @@ def dequantized_layers(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]
             yield layer, _gptq_dense(_layer_state(folder, files, layer), settings["bits"])
         return
     config = QuantizationConfig.model_validate(settings)
+    scheme = next(iter(config.config_groups.values()))
+    fmt = scheme.format or config.format
+    compressor = BaseCompressor.get_value_from_registry(fmt)
     for layer in layers:
-        scheme = next(iter(config.config_groups.values()))
-        compressor = BaseCompressor.get_value_from_registry(scheme.format or config.format)
-        yield layer, compressor.decompress(_layer_state(folder, files, layer), scheme)["weight"].float()
+        state = _layer_state(folder, files, layer)
+        if fmt.endswith("fp4-pack-quantized"):
+            yield layer, _fp4_dense(state, scheme.weights, fmt)
+        else:
+            yield layer, compressor.decompress(state, scheme)["weight"].float()
+
+
+def _fp4_dense(state: dict[str, torch.Tensor], args, fmt: str) -> torch.Tensor:
+    """An NVFP4 or MXFP4 layer with the package's own unpacking and dequantization, in float32 (its
+    decompressor dequantizes FP4 in bfloat16, one rounding away from what the file holds)."""
+    from compressed_tensors.compressors.mx_utils import decompress_mx_scale
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    packed = state["weight_packed"]
+    values = unpack_fp4_from_uint8(packed, packed.shape[0], packed.shape[1] * 2, dtype=torch.float32)
+    scale = decompress_mx_scale(state["weight_scale"]) if fmt.startswith("mx") else state["weight_scale"]
+    return dequantize(x_q=values, scale=scale.float(), args=args, global_scale=state.get("weight_global_scale"),
+                      dtype=torch.float32)
 
 
 def largest_weight_difference(folder: str | Path, simulated: dict[str, torch.Tensor]) -> float:
-    """max |checkpoint - simulated| over every quantized layer (each must be in ``simulated``)."""
+    """max |checkpoint - simulated| over every quantized layer (each must be in ``simulated``), the
+    checkpoint's weights in the dtype the simulated model holds them in (a loader of a bf16 model
+    holds its dequantized weights in bf16)."""
     largest = 0.0
     for name, dense in dequantized_layers(folder):
         if name not in simulated:
             raise ExportError(f"The checkpoint quantizes {name}, which the simulated model does not.")
-        largest = max(largest, float((dense - simulated[name].float()).abs().max()))
+        held = simulated[name]
+        largest = max(largest, float((dense.to(held.dtype).float() - held.float()).abs().max()))
     return largest
 
 
-def transformers_loads(folder: str | Path) -> str | None:
-    """Why transformers cannot load this checkpoint here (None: it can)."""
+def transformers_loads(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """Why transformers cannot load this checkpoint here in ``dtype`` (None: it can)."""
     method, settings = quantization_settings(Path(folder))
     if method is CheckpointFormat.GPTQ:
         return "transformers reads the GPTQ format through optimum and GPTQModel, which calibscope does not install"
@@ -96,6 +118,9 @@ def transformers_loads(folder: str | Path) -> str | None:
     if not weights.get("symmetric", True) and settings.get("format") == "pack-quantized":
         return ("transformers with compressed-tensors 0.20 cannot load asymmetric pack-quantized zero points "
                 "(llm-compressor issue 1618)")
+    if settings.get("format", "").endswith("fp4-pack-quantized") and dtype != torch.bfloat16:
+        return (f"compressed-tensors 0.20 decompresses FP4 weights to bfloat16 whatever the model's dtype, so a "
+                f"{str(dtype).removeprefix('torch.')} model cannot run them in transformers")
     return None
 
 
@@ -118,50 +143,62 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
     from engine.quant import QuantizedModel, perplexity, quantized
     from engine.quant.grid import rounds_scales
 
-    reason = transformers_loads(folder)
-    inputs = _input_grids(Path(folder))
+    dtype = next(loaded.model.parameters()).dtype
+    reason = transformers_loads(folder, dtype)
+    inputs = _input_quantizers(Path(folder))
     if reason is None:
-        dtype = next(loaded.model.parameters()).dtype
         model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
         if not (inputs and rounds_scales(dtype)):
             return perplexity(model, evaluation), "transformers from_pretrained"
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
-        # before it is rounded to an integer); vLLM's int8 kernel and calibscope divide in float32
+        # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
         own = perplexity(model, evaluation)
         for module in model.model.modules():
             if hasattr(module, "quantization_scheme"):
                 module.quantization_enabled = False
         with quantized(model, QuantizedModel(inputs=inputs)):
             return perplexity(model, evaluation), (
-                f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's int8 "
-                f"kernel does; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives {own:.3f}")
+                f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's "
+                f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives {own:.3f}")
     read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs)
     with quantized(loaded, read_back):
         return perplexity(loaded, evaluation), f"read back here ({reason})"
 
 
-def _input_grids(folder: Path) -> dict:
-    """Static input scales of a compressed-tensors checkpoint as the grids its inputs are quantized on."""
+def _input_quantizers(folder: Path) -> dict:
+    """How each quantized layer's input is quantized, read from a compressed-tensors checkpoint: its
+    config's input_activations and each layer's input scale (int, FP8) or global scale (NVFP4)."""
+    from engine.quant.floats import NumberFormat
     from engine.quant.grid import Grid
+    from engine.quant.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
 
     folder = Path(folder)
     method, settings = quantization_settings(folder)
-    inputs = (next(iter(settings["config_groups"].values())).get("input_activations")
-              if method is CheckpointFormat.COMPRESSED_TENSORS else None)
-    if not inputs:
+    args = (next(iter(settings["config_groups"].values())).get("input_activations")
+            if method is CheckpointFormat.COMPRESSED_TENSORS else None)
+    if not args:
         return {}
-    half = 2 ** (inputs["num_bits"] - 1)  # signed levels -half..half-1 with zero point z: calibscope's zero is z + half
-    files, grids = _tensor_files(folder), {}
-    for key in files:
-        if key.endswith(".input_scale"):
-            layer = key.removesuffix(".input_scale")
-            with safe_open(folder / files[key], "pt") as opened:
-                scale = opened.get_tensor(key).float()
-            zero_key = f"{layer}.input_zero_point"
-            if zero_key in files:
-                with safe_open(folder / files[zero_key], "pt") as opened:
-                    zero = opened.get_tensor(zero_key).float() + half
-            else:
-                zero = torch.full_like(scale, float(half))
-            grids[layer] = Grid(scale, zero, 2 * half - 1)
+    files = _tensor_files(folder)
+    layers = sorted(key.removesuffix(SUFFIXES[method]) for key in files if key.endswith(SUFFIXES[method]))
+
+    def read(key: str) -> torch.Tensor:
+        with safe_open(folder / files[key], "pt") as opened:
+            return opened.get_tensor(key).float().reshape(1)
+
+    floating, bits = args["type"] == "float", args["num_bits"]
+    if floating and bits == 4:
+        if args.get("strategy") == "group":  # MXFP4: block scales found at inference
+            return {layer: Mxfp4Inputs() for layer in layers}
+        return {layer: Nvfp4Inputs(read(f"{layer}.input_global_scale")) for layer in layers}
+    if args.get("dynamic") is True:
+        return {layer: TokenInputs(NumberFormat.FP8 if floating else NumberFormat.INT, bits) for layer in layers}
+    if floating:
+        return {layer: Fp8Inputs(read(f"{layer}.input_scale")) for layer in layers}
+    half = 2 ** (bits - 1)  # signed levels -half..half-1 with zero point z: calibscope's zero is z + half
+    grids = {}
+    for layer in layers:
+        scale = read(f"{layer}.input_scale")
+        zero_key = f"{layer}.input_zero_point"
+        zero = read(zero_key) + half if zero_key in files else torch.full_like(scale, float(half))
+        grids[layer] = Grid(scale, zero, 2 * half - 1)
     return grids
