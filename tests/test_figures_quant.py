@@ -32,12 +32,14 @@ def test_perplexity_runs_put_float_beside_each_run():
 
 def test_sweep_curves_plot_mean_and_band_below_the_full_count():
     rows = pd.DataFrame([{"shuffle": s, "count": n, "key": k, "absmax_change": c, "percentile_change": c / 2,
-                          "hessian_change": c * 3}
+                          "hessian_change": c * 3, "nvfp4_headroom_change": c / 4}
                          for s in (0, 1) for n, base in ((1, 0.4), (4, 0.1), (8, 0.0)) for k in ("a", "b")
                          for c in [base * (1 + s)]])
     fig = sweep_curves(SweepResult(rows, [1, 4, 8], {"shuffles": 2, "inputs": 2}))
     lines = [t for t in fig.data if t.mode == "lines+markers"]
-    assert [t.name for t in lines] == ["|max|", "percentile", "Hessian (Frobenius)"]
+    assert [t.name for t in lines] == ["|max| (= an int8 / FP8 static minmax scale)", "percentile", "Hessian (Frobenius)",
+                                       "NVFP4 global scale, headroom"]  # only the metrics the sweep has
+    assert lines[3].y == pytest.approx([0.15, 0.0375])
     absmax = lines[0]
     assert list(absmax.x) == [1, 4] and absmax.y == pytest.approx([0.6, 0.15])  # mean of shuffles 0.4 and 0.8
     band = fig.data[0]

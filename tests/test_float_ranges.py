@@ -15,17 +15,9 @@ from engine.hooks import TokenIndex
 from engine.quant import ActivationSpec
 from engine.quant.floats import FP8_MAX, NumberFormat, round_fp8
 from engine.quant.inputs import Nvfp4Inputs, input_quantizer
-from engine.quant.ranges import (
-    FP8_NORMAL_RANGE,
-    LINEAR_BINS,
-    START_BIN,
-    entropy_clip,
-    expected_error,
-    headroom_amax,
-    linear_histogram,
-    mse_clip,
-)
+from engine.quant.ranges import LINEAR_BINS, START_BIN, entropy_clip, expected_error, linear_histogram, mse_clip
 from engine.stats.accumulators import TENSOR_BINS, ActivationAccumulator
+from engine.stats.blocks import FP8_NORMAL_RANGE, headroom_amax
 from engine.stats.histogram import tensor_histogram
 
 

@@ -8,6 +8,7 @@ from engine.errors import CalibscopeError, SpecError
 from engine.experiments.sweep import SweepSpec, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
+from engine.stats.blocks import headroom_amax
 from engine.stats.hessian_report import collect_hessians, hessians_from_sums
 from engine.stats.prefixes import prefix_buckets
 
@@ -34,6 +35,7 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
     result = sweep(tiny_llama, calibration, spec)
     assert result.counts == [3, 6, 12] and set(result.rows["shuffle"]) == {0, 1}
     full = collect_hessians(tiny_llama, calibration, HessianSpec(diagnostics="none"))
+    full_stats = collect(tiny_llama, calibration, StatsSpec(percentiles=(99.99,), channel_histograms=False))
     for shuffle in (0, 1):
         order = np.random.default_rng(5 + shuffle).permutation(12).tolist()
         for count in (3, 6):
@@ -48,6 +50,12 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
             for key in rows.index:
                 expected = torch.linalg.matrix_norm(hessians.hessian(key) - full.hessian(key)) / torch.linalg.matrix_norm(full.hessian(key))
                 assert rows.loc[key, "hessian_change"] == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
+                whole, part = full_stats.arrays(key), stats.arrays(key)
+                minmax = float(whole["absmax"].max()) / float(part["absmax"].max()) - 1
+                assert rows.loc[key, "nvfp4_minmax_change"] == pytest.approx(abs(minmax), rel=1e-5, abs=1e-9)
+                if "block_counts" in whole:  # NVFP4's headroom global scale from the same blocks' histogram
+                    amax = [headroom_amax(a["block_counts"], float(a["absmax"].max())) for a in (whole, part)]
+                    assert rows.loc[key, "nvfp4_headroom_change"] == pytest.approx(abs(amax[0] / amax[1] - 1), rel=1e-6, abs=1e-9)
     at_n = result.rows[result.rows["count"] == 12]
     assert (at_n[["absmax_change", "percentile_change", "hessian_change"]] == 0).all().all()
     curve = result.curves("hessian_change")

@@ -7,7 +7,11 @@ charged to the prefixes it belongs to in each order (engine.stats.prefixes), so 
 statistics-and-Hessians collection, not one per shuffle. Per distinct input and block, once the block
 is finished, the changes relative to the full set:
 
-    |max_n − max_N| / max_N,  |p_n − p_N| / p_N,  ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens.
+    |max_n − max_N| / max_N,  |p_n − p_N| / p_N,  ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens,
+
+and the change of NVFP4's global scale 448 · 6 / amax, |amax_N / amax_n − 1|, with amax the |max|
+(minmax) or ModelOpt's headroom over the 16-channel blocks' maxima. An int8 or FP8 static scale
+from the |max| moves exactly as the |max| does.
 
 The spread over shuffles gives each curve its band. Hessians are held block by block: the largest
 block's Σ XᵀX once per (shuffle, count) in ``snapshot_dtype``, plus the block's totals.
@@ -80,7 +84,8 @@ class SweepSpec:
         return [*powers, total]
 
 
-METRICS = ("absmax", "percentile", "absmax_change", "percentile_change", "hessian_change")
+METRICS = ("absmax", "percentile", "absmax_change", "percentile_change", "hessian_change", "nvfp4_minmax_change",
+           "nvfp4_headroom_change")
 
 
 def _change_rows(key: str, changes: dict[str, np.ndarray], counts: list[int]) -> list[dict]:

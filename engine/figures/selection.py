@@ -14,9 +14,11 @@ if TYPE_CHECKING:  # the result type only: figures never run an experiment
     from engine.experiments.sweep import SweepResult
 
 SWEEP_METRICS = {  # column -> (legend, colour)
-    "absmax_change": ("|max|", SELECTED),
+    "absmax_change": ("|max| (= an int8 / FP8 static minmax scale)", SELECTED),
     "percentile_change": ("percentile", ASKED),
     "hessian_change": ("Hessian (Frobenius)", "#f59e0b"),
+    "nvfp4_minmax_change": ("NVFP4 global scale, minmax", "#0ea5e9"),
+    "nvfp4_headroom_change": ("NVFP4 global scale, headroom", "#14b8a6"),
 }
 PALETTE = qualitative.Set2 + qualitative.Pastel1
 

@@ -12,20 +12,12 @@ from engine.quant.floats import FP8_MAX, NumberFormat, round_fp8
 from engine.quant.grid import Grid, clip_grid, minmax_grid
 from engine.quant.specs import ActivationSpec, Granularity, RangeMethod
 from engine.stats.accumulators import TENSOR_BINS
+from engine.stats.blocks import bin_values, headroom_amax
 from engine.stats.histogram import LogBins, percentiles_from_counts
 
 CANDIDATES = 256
 # entropy: ModelOpt's HistogramCalibrator defaults (2,048 linear bins; thresholds from bin 128 up)
 LINEAR_BINS, START_BIN = 2048, 128
-# headroom: ModelOpt's NVFP4ActHeadroomCalibrator defaults
-HEADROOM_RHO, ANCHOR_PERCENTILE, FLOOR_PERCENTILE, ANCHOR_FLOOR_RATIO = 16384.0, 1.0, 99.99, 1e6
-FP8_NORMAL_RANGE = 448.0 / 2.0**-6  # 28,672: the block scales one global scale can hold as normal e4m3 numbers
-
-
-def bin_values(bins: LogBins) -> torch.Tensor:
-    """A representative |x| per bin: the middle of its edges (bins are ~3% wide, so close enough)."""
-    edges = bins.edges()
-    return (edges[:-1] + edges[1:]) / 2
 
 
 def _step(values: torch.Tensor, clips: torch.Tensor, bits: int, fmt: NumberFormat) -> torch.Tensor:
@@ -74,15 +66,21 @@ def linear_histogram(counts: torch.Tensor, absmax: float, bins: LogBins = TENSOR
     return np.diff(at)
 
 
-def _levels_of(bins: int, threshold_bin: int, fmt: NumberFormat, nbins: int) -> np.ndarray:
+def _fp8_levels(bins: int) -> np.ndarray:
+    """[thresholds, bins]: the e4m3 code (its byte: monotonic for values >= 0) each linear bin's centre
+    rounds to when threshold bin i maps to 448, for every threshold from START_BIN (one cast for all)."""
+    thresholds = torch.arange(START_BIN, bins + 1, dtype=torch.float64, device="cpu")[:, None]
+    centres = (torch.arange(bins, dtype=torch.float64, device="cpu")[None, :] + 0.5) / thresholds * FP8_MAX
+    return round_fp8(centres.float()).to(torch.float8_e4m3fn).view(torch.uint8).numpy().astype(np.int64)
+
+
+def _levels_of(threshold_bin: int, fmt: NumberFormat, nbins: int, fp8: np.ndarray | None) -> np.ndarray:
     """Which quantization level each of the first ``threshold_bin`` linear bins falls in: int, as
     ModelOpt digitizes (nbins equal levels over [0, threshold)); FP8, the e4m3 value its centre
     rounds to with the threshold at 448."""
-    index = np.arange(threshold_bin)
     if fmt is NumberFormat.FP8:
-        centres = torch.from_numpy((index + 0.5) / threshold_bin * FP8_MAX)
-        return np.unique(round_fp8(centres.float()).numpy(), return_inverse=True)[1]
-    return np.digitize(index, np.linspace(0, threshold_bin, num=nbins + 1)) - 1
+        return fp8[threshold_bin - START_BIN, :threshold_bin]
+    return np.digitize(np.arange(threshold_bin), np.linspace(0, threshold_bin, num=nbins + 1)) - 1
 
 
 def _kl(reference: np.ndarray, quantized: np.ndarray) -> float:
@@ -104,9 +102,10 @@ def entropy_clip(counts: torch.Tensor, absmax: float, bits: int, fmt: NumberForm
     histogram = linear_histogram(counts, absmax)
     histogram[0] = histogram[1]  # ModelOpt's: the zeros' bin would dominate every divergence
     nbins = 1 << (bits - 1)
+    fp8 = _fp8_levels(LINEAR_BINS) if fmt is NumberFormat.FP8 else None
     divergences = []
     for i in range(START_BIN, LINEAR_BINS + 1):
-        levels = _levels_of(LINEAR_BINS, i, fmt, nbins)
+        levels = _levels_of(i, fmt, nbins, fp8)
         present = histogram[:i] != 0
         mass = np.bincount(levels[present], weights=histogram[:i][present], minlength=levels.max() + 1)
         members = np.bincount(levels[present], minlength=levels.max() + 1)
@@ -117,26 +116,6 @@ def entropy_clip(counts: torch.Tensor, absmax: float, bits: int, fmt: NumberForm
     divergences = np.asarray(divergences)
     last_least = len(divergences) - 1 - int(np.argmin(divergences[::-1]))
     return float((last_least + START_BIN) * absmax / LINEAR_BINS)
-
-
-def headroom_amax(block_counts: torch.Tensor, block_absmax: float, bins: LogBins = TENSOR_BINS) -> float:
-    """ModelOpt's NVFP4 headroom: amax = max(rho · anchor, floor), the anchor the 1st percentile of
-    the blocks' |max| (blocks below floor / 1e6 left out), the floor their 99.99th percentile, so no
-    calibrated block saturates and the rest of FP8's scale range is left above them; where the
-    blocks span more than FP8's normal range (28,672) no global scale holds both ends: the floor."""
-    counts = block_counts.double().cpu()
-    if counts.sum() == 0:
-        return block_absmax
-    maximum = torch.tensor(block_absmax, dtype=torch.float64)
-    floor = float(percentiles_from_counts(counts, bins, torch.tensor([FLOOR_PERCENTILE / 100], dtype=torch.float64), maximum)[0])
-    kept = counts.clone()
-    kept[bin_values(bins) < floor / ANCHOR_FLOOR_RATIO] = 0
-    if floor <= 0 or kept.sum() == 0:
-        return block_absmax
-    anchor = float(percentiles_from_counts(kept, bins, torch.tensor([ANCHOR_PERCENTILE / 100], dtype=torch.float64), maximum)[0])
-    if anchor <= 0 or floor / anchor > FP8_NORMAL_RANGE:
-        return floor
-    return max(HEADROOM_RHO * anchor, floor)
 
 
 def relative_error(counts: torch.Tensor, clip: float, bits: int, bins: LogBins = TENSOR_BINS,

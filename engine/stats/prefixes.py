@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from engine.hooks import TokenIndex
-from engine.stats.accumulators import TENSOR_BINS
+from engine.stats.accumulators import BLOCK, TENSOR_BINS
+from engine.stats.blocks import headroom_amax
 from engine.stats.hessian import add_xtx_
 from engine.stats.histogram import percentiles_from_counts, tensor_histogram
 
@@ -49,6 +50,10 @@ class PrefixAccumulator:
         self.total_tokens = 0
         self.total_absmax = torch.zeros((), dtype=torch.float32, device=device)
         self.total_counts = torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=device)
+        # NVFP4's blocks of 16 channels: the histogram of their |max| per bucket (its headroom calibration)
+        self.blocks = channels % BLOCK == 0
+        self.block_counts = torch.zeros(*shape, TENSOR_BINS.count, dtype=torch.int64, device=device) if self.blocks else None
+        self.total_block_counts = torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=device) if self.blocks else None
         self.xtx = torch.zeros(*shape, channels, channels, dtype=dtype, device=device) if hessian else None
         self.total_xtx = torch.zeros(channels, channels, dtype=torch.float32, device=device) if hessian else None
         self._buffer: torch.Tensor | None = None
@@ -57,8 +62,11 @@ class PrefixAccumulator:
         for signature, parts in self._groups(x, tokens).items():
             group = parts[0] if len(parts) == 1 else torch.cat(parts)
             absmax, counts = group.abs().amax().float(), tensor_histogram(group, TENSOR_BINS)
+            blocks = tensor_histogram(group.view(group.shape[0], -1, BLOCK).abs().amax(-1), TENSOR_BINS) if self.blocks else None
             self.total_absmax = torch.maximum(self.total_absmax, absmax)
             self.total_counts += counts
+            if blocks is not None:
+                self.total_block_counts += blocks
             self.total_tokens += group.shape[0]
             charged = [(order, bucket) for order, bucket in enumerate(signature) if bucket < self.stored]
             if self.xtx is not None and not charged:
@@ -69,6 +77,8 @@ class PrefixAccumulator:
             for order, bucket in charged:
                 self.absmax[order, bucket] = torch.maximum(self.absmax[order, bucket], absmax)
                 self.counts[order, bucket] += counts
+                if blocks is not None:
+                    self.block_counts[order, bucket] += blocks
                 self.tokens[order, bucket] += group.shape[0]
                 if self.xtx is not None:
                     self.xtx[order, bucket] += xtx
@@ -90,7 +100,8 @@ class PrefixAccumulator:
     def all_reduce(self, group=None) -> PrefixAccumulator:
         """Sum (max for |max|) over every rank of ``group``, in place; returns self."""
         dist = torch.distributed
-        for tensor in (self.counts, self.total_counts, *(t for t in (self.xtx, self.total_xtx) if t is not None)):
+        for tensor in (self.counts, self.total_counts,
+                       *(t for t in (self.block_counts, self.total_block_counts, self.xtx, self.total_xtx) if t is not None)):
             if tensor.dtype in (torch.bfloat16, torch.float16):  # summed in float32: gloo has no half sums
                 wide = tensor.float()
                 dist.all_reduce(wide, dist.ReduceOp.SUM, group)
@@ -116,6 +127,13 @@ class PrefixAccumulator:
         out = {"absmax": absmax.double().numpy(), "percentile": percentile.numpy()}
         out["absmax_change"] = _relative(out["absmax"])
         out["percentile_change"] = _relative(out["percentile"])
+        # NVFP4's global scale is 448 · 6 / amax: its change relative to the whole set's is |amax_N / amax_n - 1|
+        out["nvfp4_minmax_change"] = _inverse_relative(out["absmax"])
+        if self.blocks:
+            blocks = torch.cat([self.block_counts.cumsum(1), self.total_block_counts.expand(orders, 1, -1)], 1).cpu()
+            headroom = np.array([[headroom_amax(blocks[order, k], float(absmax[order, k])) for k in range(blocks.shape[1])]
+                                 for order in range(orders)])
+            out["nvfp4_headroom_change"] = _inverse_relative(headroom)
         if self.xtx is not None:
             out["hessian_change"] = self._hessian_changes()
         return out
@@ -137,6 +155,13 @@ class PrefixAccumulator:
                 norms[order, bucket] = torch.linalg.vector_norm(difference)
         changes = norms.cpu().numpy() / tokens / scale
         return np.concatenate([changes, np.zeros((len(changes), 1))], 1)  # the whole set itself: no change
+
+
+def _inverse_relative(values: np.ndarray) -> np.ndarray:
+    """|v_N / v − 1| per order: the relative change of a scale inversely proportional to v (NaN where v is 0)."""
+    final = values[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, np.abs(final / values - 1), np.nan)
 
 
 def _relative(values: np.ndarray) -> np.ndarray:
