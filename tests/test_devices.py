@@ -12,6 +12,7 @@ from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
 from engine.quant import PRESETS, evaluate, evaluation_windows, gptq
+from engine.quant.format_ranges import format_ranges
 from engine.quant.plan import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -34,6 +35,9 @@ def test_no_step_creates_a_tensor_without_saying_where(name):
         windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
         report = evaluate(loaded, PRESETS["W4 g128 GPTQ"], windows, stats, hessians)
         evaluate(loaded, PRESETS["W8A8 static (MSE)"], windows, stats, hessians, sensitivity="thorough")
+        evaluate(loaded, PRESETS["FP8 W8A8 static"], windows, stats, None)
+        evaluate(loaded, PRESETS["FP8 W8A8 dynamic"], windows, None, None)
+        format_ranges(stats)
         swept = sweep(loaded, calibration, SweepSpec(shuffles=1, batch_size=4))
     assert report.quantized_perplexity > 1 and len(swept.rows) and relative_difference(hessians.hessians, blockwise.hessians) < 1e-5
 

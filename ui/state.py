@@ -18,10 +18,10 @@ from engine.stats.hessian_report import HessianReport, spec_record
 from ui.exports import ExportFolder
 
 MAKES = {
-    "stats": "Collect activation statistics first.",
-    "hessians": "Collect Hessians first.",
-    "sweep": "Run a sample-count sweep first.",
-    "comparison": "Run a comparison first.",
+    "stats": "Collect activation statistics first (Activation ranges tab).",
+    "hessians": "Collect Hessians first (Hessians tab).",
+    "sweep": "Run a sample-count sweep first (Sensitivity tab).",
+    "comparison": "Run a comparison first (Compare tab).",
 }
 
 

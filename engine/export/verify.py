@@ -131,7 +131,7 @@ def reloaded(folder: str | Path, dtype: torch.dtype):
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     with torch.no_grad():
-        model(torch.ones(1, 2, dtype=torch.long))
+        model(torch.ones(1, 2, dtype=torch.long, device=model.device))
     return model
 
 
@@ -145,7 +145,7 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
 
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
-    inputs = _input_quantizers(Path(folder))
+    inputs = input_quantizers(Path(folder))
     if reason is None:
         model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
         if not (inputs and rounds_scales(dtype)):
@@ -165,7 +165,7 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
         return perplexity(loaded, evaluation), f"read back here ({reason})"
 
 
-def _input_quantizers(folder: Path) -> dict:
+def input_quantizers(folder: Path) -> dict:
     """How each quantized layer's input is quantized, read from a compressed-tensors checkpoint: its
     config's input_activations and each layer's input scale (int, FP8) or global scale (NVFP4)."""
     from engine.quant.floats import NumberFormat

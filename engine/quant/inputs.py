@@ -11,6 +11,7 @@ A maximum of 0, NaN or missing calibrates nothing: the layer is named and nothin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +120,7 @@ def _calibrated_maximum(name: str, arrays: dict[str, torch.Tensor], spec: Activa
     """The range ``spec`` calibrates, in the model's dtype; refused when it is 0, NaN or infinite."""
     clip = activation_clip(arrays, spec, collected)
     value = float(clip.max()) if clip.numel() else float("nan")
-    if not torch.isfinite(torch.tensor(value)) or value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise CalibscopeError(f"{name}: its calibrated input maximum is {value:g} (the set never reached it with a "
                               "non-zero finite value), so no scale can be set; exclude the layer (name pattern) or "
                               "calibrate on data that reaches it.")

@@ -26,6 +26,7 @@ from ui.context import AppContext
 from ui.errors import shown_to_user
 from ui.estimates import timed_step
 from ui.parsing import parse_percentiles, whole
+from ui.sections.float_formats import build_section as build_formats
 from ui.state import Session
 from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
@@ -149,6 +150,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Accordion("All channels and distributions", open=False):
         heatmap = result_plot()
         distributions = result_plot()
+    build_formats(session, context)
 
     widgets = {"layer_types": layer_types, "pattern": pattern, "include_head": include_head, "capture": capture,
                "percentiles": percentiles, "channel_histograms": channel_histograms, "threshold": threshold,
