@@ -40,3 +40,14 @@ def test_comparison_spec_refuses_unknown_names():
     with pytest.raises(SpecError, match="unknown"):
         ComparisonSpec(schemes=("W5",))
     assert Strategy.SELF_GENERATED.value in ComparisonSpec().strategies
+
+
+def test_the_comparison_runs_the_floating_point_schemes(topical_corpus, tiny_llama):
+    """FP8 static calibrates its input scales on each set; FP8 dynamic calibrates nothing, so every
+    set gives it the same perplexity."""
+    spec = ComparisonSpec(strategies=("random",), seeds=2, counts=(3,), length=48, schemes=("FP8 W8A8 static", "FP8 W8A8 dynamic"))
+    evaluations = [evaluation_windows(tiny_llama.tokenizer, [t * 3 for t in topical_corpus["text"]], 48, 2, "held-out")]
+    rows = compare(tiny_llama, topical_corpus, spec, evaluations, "topics")
+    assert set(rows["scheme"]) == {"FP8 W8A8 static", "FP8 W8A8 dynamic"} and rows["perplexity"].gt(0).all()
+    dynamic = rows[rows["scheme"] == "FP8 W8A8 dynamic"]["perplexity"]
+    assert dynamic.nunique() == 1

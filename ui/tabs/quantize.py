@@ -15,11 +15,11 @@ from engine.figures.stats import short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
     DEFAULT_ACT_ORDER,
-    NumberFormat,
     PRESETS,
     ActivationSpec,
     ActOrder,
     Granularity,
+    NumberFormat,
     QuantReport,
     QuantSpec,
     RangeMethod,
