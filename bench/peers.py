@@ -4,6 +4,9 @@ every result evaluated by one perplexity routine on the same held-out windows.
 What it installs, outside calibscope's environment (``$CALIBSCOPE_CACHE/peers/<env>``, made once):
 - ``llmcompressor``: ``torch==2.13.0`` + ``llmcompressor==0.14.0.1`` (pins transformers <= 5.17, so it
   can never share calibscope's environment);
+- ``modelopt``: ``torch==2.13.0`` + ``nvidia-modelopt==0.47.0`` + ``transformers`` (it resolved 5.25) +
+  ``datasets`` (the script reads the windows with it) + ``requests``, which ModelOpt imports without
+  declaring; its FP8 and int8 calibration run on a CPU;
 - ``gptqmodel``: ``torch==2.13.0`` + ``gptqmodel==7.3.6`` (the last release that accepts torch 2.13;
   7.4+ want torch >= 2.14) + ``optimum`` (2.3: its GPTQQuantizer runs on GPTQModel) + ``requests``,
   which GPTQModel imports without declaring. GPTQModel also imports torchvision (for InternVL's image
@@ -20,10 +23,25 @@ Prints a table and ``{"bench": "peers_gptq", "metric": "ppl_ratio_calibscope_vs_
 calibscope's default GPTQ (llm-compressor's numerics) run sequentially, as llm-compressor's
 pipeline does, over llm-compressor's own result; and the Hessians + GPTQ wall-time ratios, sequential
 and one pass (Hessians of every layer, then GPTQ: the dashboard's flow).
+
+--part floats: llm-compressor's QuantizationModifier FP8 and NVFP4 oneshots
+(``bench/peer_scripts/llmcompressor_float.py``, its presets, saved compressed) against calibscope's
+"FP8 W8A8 static" and "NVFP4 W4A4" from one statistics pass over the same windows: every layer's
+input scale (FP8) or input global scale (NVFP4), weight scale (FP8, per tensor) and weight global
+scale (NVFP4) read from llm-compressor's file and compared (goal: max relative difference <= 1e-6,
+the same min-max method), both evaluated by calibscope's perplexity (goal: ratio <= 1.00); and
+ModelOpt's calibration of every input on the same windows (``bench/peer_scripts/modelopt_calibration.py``):
+FP8 with its max calibrator against calibscope's |max| (goal <= 1e-6), int8 with its entropy
+calibrator against calibscope's entropy (the same KL search; ModelOpt bins linearly from the first
+batch's range and grows the bins, calibscope lays its log histogram out in 2,048 linear bins over the
+set's |max|: the difference is reported, not held to a goal); ``{"bench": "peers_float", ...}``.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +49,7 @@ from pathlib import Path
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 import pandas as pd
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -38,18 +57,23 @@ from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from engine import ModelSpec, load_model
 from engine.export import ExportFormat, save_calibration_set
+from engine.export.verify import dequantized_layers, input_quantizers
 from engine.models.builtin import cached_checkpoint
 from engine.models.weight_cache import cache_root
 from engine.quant import PRESETS
 from engine.quant.apply import QuantizedModel
 from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant.inputs import Fp8Inputs
 from engine.quant.perplexity import perplexity
 from engine.quant.plan import plan_quantization
+from engine.quant.ranges import entropy_clip
+from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
 
 ENVIRONMENTS = {"llmcompressor": ["llmcompressor==0.14.0.1"],
-                "gptqmodel": ["gptqmodel==7.3.6", "optimum==2.3.0", "requests"]}
+                "gptqmodel": ["gptqmodel==7.3.6", "optimum==2.3.0", "requests"],
+                "modelopt": ["nvidia-modelopt==0.47.0", "transformers", "datasets", "requests"]}
 # tool -> (environment, script, export format it takes as it is)
 PEERS = {"llmcompressor": ("llmcompressor", "llmcompressor_gptq.py", "jsonl"),
          "gptqmodel": ("gptqmodel", "gptqmodel_gptq.py", "jsonl"),
@@ -98,7 +122,115 @@ def sequential_label(scheme: str) -> str:
     return f"{scheme}, {'true sequential' if PRESETS[scheme].weights.true_sequential else 'sequential'}"
 
 
+SCALES = ("input_scale", "input_global_scale", "weight_scale", "weight_global_scale")
+FLOAT_PEERS = {"FP8 W8A8 static": "FP8", "NVFP4 W4A4": "NVFP4"}  # calibscope preset -> llm-compressor's
+SCALE_GOAL = 1e-6
+
+
+def file_scales(folder: Path) -> dict[str, torch.Tensor]:
+    """Every per-tensor scale a compressed-tensors checkpoint holds, by its key (layer.name)."""
+    scales = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as opened:
+            for key in opened.keys():
+                if key.rsplit(".", 1)[-1] in SCALES and opened.get_slice(key).get_shape() in ([1], []):
+                    scales[key] = opened.get_tensor(key).float().reshape(1)
+    return scales
+
+
+def plan_scales(plan: QuantizedModel) -> dict[str, torch.Tensor]:
+    """The same scales of a calibscope plan, under the names a checkpoint gives them."""
+    scales = {}
+    for name, inputs in plan.inputs.items():
+        scales[f"{name}.input_scale" if isinstance(inputs, Fp8Inputs) else f"{name}.input_global_scale"] = (
+            inputs.scale if isinstance(inputs, Fp8Inputs) else inputs.global_scale).float().reshape(1)
+    for name, weight in plan.integers.items():
+        if weight.grids.global_scale is not None:
+            scales[f"{name}.weight_global_scale"] = weight.grids.global_scale.reshape(1)
+        elif weight.grids.scale.numel() == 1:
+            scales[f"{name}.weight_scale"] = weight.grids.scale.reshape(1)
+    return scales
+
+
+def scale_differences(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict:
+    """Per kind of scale: how many were compared and the largest relative difference; keys one side lacks."""
+    out = {"only_calibscope": sorted(set(ours) - set(theirs)), "only_peer": sorted(set(theirs) - set(ours))}
+    for kind in SCALES:
+        keys = [key for key in ours if key in theirs and key.endswith(f".{kind}")]
+        if keys:
+            out[kind] = {"layers": len(keys), "max_relative_difference": max(
+                float((ours[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp(min=1e-30)) for k in keys)}
+    return out
+
+
+def floats(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> dict:
+    """llm-compressor's FP8 and NVFP4 oneshots beside calibscope's presets of the same definitions."""
+    jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
+    started = time.perf_counter()
+    stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))
+    stats_seconds = time.perf_counter() - started
+    rows, comparisons = [], {}
+    for preset, scheme in FLOAT_PEERS.items():
+        started = time.perf_counter()
+        plan, _ = plan_quantization(loaded, PRESETS[preset], stats, output_errors=False)
+        ours_seconds = stats_seconds + time.perf_counter() - started
+        folder = work / f"llmcompressor-{scheme}"
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([str(environment("llmcompressor")), str(HERE / "peer_scripts" / "llmcompressor_float.py"), str(checkpoint),
+                        str(jsonl), str(folder), scheme], check=True, cwd=work)
+        theirs = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=input_quantizers(folder))
+        peer_seconds = json.loads((folder / "oneshot.json").read_text())["seconds"]
+        comparisons[scheme] = scale_differences(plan_scales(plan), file_scales(folder))
+        comparisons[scheme]["max_weight_difference"] = max(
+            float((theirs.weights[name] - plan.weights[name].float()).abs().max()) for name in theirs.weights)
+        # calibscope's weights with the peer's input scales: what the scales alone do to perplexity
+        swapped = QuantizedModel(weights=plan.weights, inputs=theirs.inputs, integers=plan.integers)
+        for tool, quantized_model, seconds in (("calibscope", plan, ours_seconds), ("llmcompressor", theirs, peer_seconds),
+                                               ("calibscope, llm-compressor's input scales", swapped, None)):
+            rows.append({"tool": tool, "scheme": f"{preset} (llm-compressor {scheme})", "seconds": seconds and round(seconds, 1),
+                         "perplexity": quantized_perplexity(loaded, quantized_model, evaluation)})
+            print(rows[-1], flush=True)
+    return {"rows": rows, "scales": comparisons, "modelopt": modelopt_calibration(stats, checkpoint, jsonl, work)}
+
+
+def modelopt_calibration(stats, checkpoint: Path, jsonl: Path, work: Path) -> dict:
+    """ModelOpt's FP8 max and int8 entropy input ranges beside calibscope's, per layer."""
+    out = work / "modelopt-calibration.json"
+    subprocess.run([str(environment("modelopt")), str(HERE / "peer_scripts" / "modelopt_calibration.py"), str(checkpoint),
+                    str(jsonl), str(out)], check=True, cwd=work)
+    theirs = json.loads(out.read_text())
+    comparison = {}
+    for label, ours in (("fp8_max", lambda arrays: float(arrays["absmax"].max())),
+                        ("int8_entropy", lambda arrays: entropy_clip(arrays["tensor_counts"], float(arrays["absmax"].max()), 8))):
+        amax = theirs[label]["input_amax"]
+        relative = {name: abs(ours(stats.arrays(name)) / value - 1) for name, value in amax.items() if value > 0}
+        comparison[label] = {"layers": len(relative), "seconds": round(theirs[label]["seconds"], 1),
+                             "max_relative_difference": max(relative.values()),
+                             "median_relative_difference": float(pd.Series(list(relative.values())).median())}
+    return comparison
+
+
+def report_floats(result: dict, loaded) -> None:
+    ppl = {(row["tool"], row["scheme"]): row["perplexity"] for row in result["rows"]}
+    ratios = {scheme: round(ppl[("calibscope", scheme)] / ppl[("llmcompressor", scheme)], 5) for _, scheme in ppl}
+    swapped = {scheme: round(ppl[("calibscope, llm-compressor's input scales", scheme)] / ppl[("llmcompressor", scheme)], 6)
+               for _, scheme in ppl}
+    largest = max([entry["max_relative_difference"] for comparison in result["scales"].values()
+                   for kind, entry in comparison.items() if kind in SCALES]
+                  + [result["modelopt"]["fp8_max"]["max_relative_difference"]])
+    report("peers_float", "max_relative_scale_difference_vs_llmcompressor", largest,
+           f"<= {SCALE_GOAL:g} for every input, weight and global scale (the same min-max method), perplexity ratio <= 1.00",
+           largest <= SCALE_GOAL and all(r <= 1.0 for r in ratios.values()), dtype=loaded.info.dtype, device=loaded.info.device,
+           reused={"peer environments": "made once under the cache (no timing depends on them)"},
+           met_by_goal={"scales": largest <= SCALE_GOAL, "perplexity": all(r <= 1.0 for r in ratios.values())},
+           ppl_ratio_calibscope_vs_llmcompressor=ratios, ppl_ratio_with_llmcompressor_input_scales=swapped, **result,
+           calibration="32 x 512 gptq-windows, wikitext-2 test first 80%", evaluation="16 x 512, wikitext-2 test last 20%")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["gptq", "floats", "all"], default="all")
+    args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
     loaded = load_model(ModelSpec("builtin:gemma-3-270m", dtype=PEER_DTYPE))
@@ -106,6 +238,13 @@ def main() -> None:
     calibration, evaluation = windows(loaded)
     work = cache_root() / "bench" / "peers"
     work.mkdir(parents=True, exist_ok=True)
+    if args.part in ("floats", "all"):
+        report_floats(floats(loaded, checkpoint, calibration, evaluation, work), loaded)
+    if args.part in ("gptq", "all"):
+        gptq(loaded, checkpoint, calibration, evaluation, work)
+
+
+def gptq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     rows = [{"tool": "float", "scheme": "-", "perplexity": perplexity(loaded, evaluation), "seconds": None}]
     spec = PRESETS["W4 g128 GPTQ"]
     started = time.perf_counter()
