@@ -20,12 +20,13 @@ QUICK_RESULTS = RESULTS / "quick"
 
 
 def source_state() -> dict:
-    """The commit measured and whether the working tree differed from it (results files aside)."""
+    """The commit measured and whether the working tree differed from it (the benches' own outputs aside)."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    changed = [line for line in git("status", "--porcelain").splitlines() if "bench/results/" not in line]
+    outputs = ("bench/results/", "assets/screenshots/")  # what the benches themselves write
+    changed = [line for line in git("status", "--porcelain").splitlines() if not any(path in line for path in outputs)]
     return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(changed)}
 
 
