@@ -80,6 +80,7 @@ SCHEMES = {
     "W4 g128 GPTQ group-aware": QuantSpec(WeightSpec("gptq", 4, 128, act_order="group-aware")),
     "W4 per-channel GPTQ asymmetric": QuantSpec(WeightSpec("gptq", 4, 0, symmetric=False)),
     "W8 g128 RTN": QuantSpec(WeightSpec("rtn", 8, 128)),
+    "W3 g128 RTN": QuantSpec(WeightSpec("rtn", 3, 128)),  # no vLLM scheme; transformers loads it
     "W3 g128 RTN asymmetric": QuantSpec(WeightSpec("rtn", 3, 128, symmetric=False)),
     "W8A8 static min/max": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax")),
     "W8A8 static p99.99": QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "percentile", 99.99)),
