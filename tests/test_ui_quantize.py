@@ -114,3 +114,16 @@ def test_floating_point_schemes_run_from_the_tab_and_a_block_format_names_the_la
     assert "dynamic per-token" in dynamic["status"]  # no statistics needed: nothing is calibrated
     with pytest.raises(CalibscopeError, match=r"down_proj has 37 inputs.*nvfp4's blocks of 16"):
         quantize(calibrated_session, preset="NVFP4 W4A4")
+
+
+def test_smoothquant_runs_from_the_tab_and_shows_how_far_it_moved_each_input(calibrated_session):
+    smoothed = quantize(calibrated_session, preset="SmoothQuant + W8A8 static (min/max)")
+    assert "SmoothQuant α0.5" in smoothed["status"] and ": perplexity" in smoothed["status"]
+    table = smoothed["table"]["value"]
+    assert "smoothing_max" in table.columns and (table["smoothing_max"] != "").sum() == 5 * 2  # q, k, v, gate, up per block
+    custom = QuantizeForm(**{**dict(zip(SCHEME_WIDGETS, preset_widgets("W8A8 static (min/max)"))), "smoothing": 0.8},
+                          preset=CUSTOM)
+    assert custom.spec().smoothing == 0.8
+    with pytest.raises(CalibscopeError, match="min/max or dynamic"):
+        quantize(calibrated_session, preset=CUSTOM, **{**dict(zip(SCHEME_WIDGETS, preset_widgets("W8A8 static (p99.99)"))),
+                                                        "smoothing": 0.5})

@@ -139,13 +139,14 @@ class ComparisonRun:
 
 
 def quant_spec_from(values: dict) -> QuantSpec:
-    """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...}``."""
+    """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
+    "smoothing": SmoothQuant's alpha}``."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
         return PRESETS[values["scheme"]]
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
-                     values.get("name_pattern", ""))
+                     values.get("name_pattern", ""), values.get("smoothing"))
 
 
 def quant_run_from(values: dict) -> QuantRun:
@@ -172,4 +173,5 @@ def as_json(run: QuantRun | ComparisonRun) -> dict:
     """A run as config data: every field spelled out (no preset names), enums as their labels,
     unset optional fields left out (TOML has no null)."""
     data = dataclasses.asdict(run)
-    return json.loads(json.dumps({**data.pop("spec"), **{k: v for k, v in data.items() if v is not None}}))
+    spec = {k: v for k, v in data.pop("spec").items() if v is not None}
+    return json.loads(json.dumps({**spec, **{k: v for k, v in data.items() if v is not None}}))

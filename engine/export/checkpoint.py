@@ -105,6 +105,7 @@ class CheckpointWriter:
         self.provenance = provenance or {}
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
         self.written: set[str] = set()
+        self.floats: dict[str, torch.Tensor] = {}  # a smoothed plan's new norm parameters
         self.started = time.perf_counter()
         self._stack = ExitStack()
         self._shard_bytes = max_shard_bytes
@@ -132,6 +133,11 @@ class CheckpointWriter:
         if missing:
             raise ExportError(f"The plan's weight for {sorted(missing)[0]} was made outside calibscope (no integers and "
                               "grids were kept), so it cannot be written as a checkpoint; quantize it here.")
+        unquantized = set(plan.column_scales) - set(plan.integers)
+        if unquantized:
+            raise ExportError(f"{sorted(unquantized)[0]} was smoothed (SmoothQuant) but not quantized, so its smoothed float "
+                              "weight has no place in the checkpoint; quantize every layer the smoothing touched.")
+        self.floats.update(plan.floats)
         for name, integers in plan.integers.items():
             if name not in self.linear:
                 raise ExportError(f"{name} is not a torch.nn.Linear layer; {self.format.value} checkpoints hold Linear "
@@ -152,7 +158,7 @@ class CheckpointWriter:
             first = next(name for name in left_float if not _is_head(self.loaded, name))
             raise ExportError(f"GPTQ loaders quantize every Linear layer of every block, and {first} was left float; "
                               "write compressed-tensors, which lists float layers in 'ignore'.")
-        for name, tensor in _float_tensors(self.loaded, self.written):
+        for name, tensor in _float_tensors(self.loaded, self.written, self.floats):
             self.shards.add({name: tensor})
         files = self.shards.finish()
         self._write_metadata(left_float)
@@ -201,10 +207,11 @@ def _is_head(loaded: LoadedModel, name: str) -> bool:
     return head is not None and loaded.model.get_submodule(name) is head
 
 
-def _float_tensors(loaded: LoadedModel, quantized: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def _float_tensors(loaded: LoadedModel, quantized: set[str], replaced: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the model's state dict but the quantized layers' weights, once each (a tied
     LM head is the embedding: written once, as save_pretrained does), read under the model's lock
-    (no other session's quantized weights) or, for a model read block by block, from its checkpoint."""
+    (no other session's quantized weights) or, for a model read block by block, from its checkpoint;
+    ``replaced`` (a smoothed plan's norms) stands in for the model's own."""
     skip = {f"{name}.weight" for name in quantized}
     source = loaded.weights if isinstance(loaded.weights, CheckpointWeights) else None
     with loaded.lock:
@@ -212,6 +219,9 @@ def _float_tensors(loaded: LoadedModel, quantized: set[str]) -> Iterator[tuple[s
         seen: set[tuple] = set()
         for name, tensor in state.items():
             if name in skip:
+                continue
+            if name in replaced:
+                yield name, replaced[name].to(tensor.dtype)
                 continue
             if source is not None and tensor.is_meta:
                 if not source.holds(name):  # tied to a tensor the checkpoint holds once

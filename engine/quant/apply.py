@@ -11,7 +11,7 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import LayerKind
+from engine.models.layers import LayerKind, find_linear_layers
 from engine.quant.floats import FloatWeight
 from engine.quant.grid import IntWeight
 
@@ -53,11 +53,17 @@ def module_weight(layer: LinearLayer, matrix: torch.Tensor) -> torch.Tensor:
 class QuantizedModel:
     """What to swap in: module name -> weight in the module's layout; module name -> input grid;
     and module name -> the same weight as the integers and grids a checkpoint stores (``integers``:
-    absent for weights made elsewhere, e.g. read back from a peer tool's file)."""
+    absent for weights made elsewhere, e.g. read back from a peer tool's file).
+
+    A smoothed plan (SmoothQuant) also changes the float model: ``floats`` holds the norms' new
+    parameters (full parameter name -> tensor) and ``column_scales`` each smoothed layer's s; a
+    smoothed layer without a quantized weight runs with its float weight's input columns times s."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
     integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)
+    floats: dict[str, torch.Tensor] = field(default_factory=dict)
+    column_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
@@ -70,10 +76,11 @@ class QuantizedModel:
             self.integers.pop(name, None)
 
     def only(self, names: set[str]) -> QuantizedModel:
-        """The same quantization restricted to some layers (per-layer sensitivity)."""
+        """The same quantization restricted to some layers (per-layer sensitivity): a smoothed model
+        stays smoothed, so only the named layers differ from its float model."""
         return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
                               {k: v for k, v in self.inputs.items() if k in names},
-                              {k: v for k, v in self.integers.items() if k in names})
+                              {k: v for k, v in self.integers.items() if k in names}, self.floats, self.column_scales)
 
 
 def fitted_weights(modules: dict[str, torch.nn.Module], plan: QuantizedModel) -> dict[str, torch.Tensor]:
@@ -105,14 +112,16 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     missing = set(plan.inputs) - set(modules)
     if missing:
         raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
-    weights = fitted_weights(modules, plan)
     with loaded.lock:
+        weights = {**smoothed_float_weights(loaded, plan), **fitted_weights(modules, plan)}
+        parameters = {**_parameters(loaded.model, plan.floats), **{f"{name}.weight": w for name, w in weights.items()}}
         originals: dict[str, torch.Tensor] = {}
         handles = []
         try:
-            for name, weight in weights.items():
-                originals[name] = modules[name].weight.data
-                modules[name].weight.data = weight
+            for name, value in parameters.items():
+                parameter = loaded.model.get_parameter(name)
+                originals[name] = parameter.data
+                parameter.data = value
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
                 handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
@@ -120,8 +129,39 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
         finally:
             for handle in handles:
                 handle.remove()
-            for name, weight in originals.items():
-                modules[name].weight.data = weight
+            for name, value in originals.items():
+                loaded.model.get_parameter(name).data = value
+
+
+def smoothed_float_weights(loaded: LoadedModel, plan: QuantizedModel) -> dict[str, torch.Tensor]:
+    """The smoothed layers without a quantized weight: their float weight with input columns times s."""
+    wanted = set(plan.column_scales) - set(plan.weights)
+    if not wanted:
+        return {}
+    layers = {layer.name: layer for layer in find_linear_layers(loaded.model, execution_order=False) if layer.name in wanted}
+    found = {}
+    for name in wanted:
+        found[name] = module_weight(layers[name], scaled_columns(weight_matrix(layers[name]), plan.column_scales[name]))
+    return found
+
+
+def scaled_columns(matrix: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[out, in] ``matrix`` with column j times scales[j], in its own dtype."""
+    return (matrix.float() * scales.to(matrix.device).view(1, -1)).to(matrix.dtype)
+
+
+def _parameters(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``values`` checked against the model's parameters and put on their device and dtype."""
+    fitted = {}
+    for name, value in values.items():
+        try:
+            parameter = model.get_parameter(name)
+        except AttributeError:
+            raise CalibscopeError(f"The model has no parameter {name!r}; was the plan made for another model?") from None
+        if tuple(value.shape) != tuple(parameter.shape):
+            raise CalibscopeError(f"The plan's {name} has shape {tuple(value.shape)}, the model's {tuple(parameter.shape)}.")
+        fitted[name] = value.to(device=parameter.device, dtype=parameter.dtype)
+    return fitted
 
 
 def _input_quantizer(grid: InputQuantizer):

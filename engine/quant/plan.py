@@ -20,6 +20,7 @@ from engine.quant.grid import GroupGrids, IntWeight
 from engine.quant.inputs import input_quantizer
 from engine.quant.ranges import relative_error
 from engine.quant.rtn import rtn_quantized
+from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
@@ -190,24 +191,35 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians),
     gptq_loss and damping (GPTQ), clip (activation range), input_error (expected relative error of the
-    quantized input over its histogram, per-tensor symmetric grids) and seconds. ``output_errors``
+    quantized input over its histogram, per-tensor symmetric grids), smoothing_max (SmoothQuant's largest
+    s for the layer's input) and seconds. ``output_errors``
     off skips the one costly measure (comparisons need the weights only). ``layers``: the spec's
     ``quantizable_layers`` unless given. The weights are read under the model's lock, so another
     session's quantized evaluation on the same model never leaks into this plan."""
     layers = quantizable_layers(loaded.model, spec) if layers is None else layers
     if spec.needs_stats and stats is None:
-        raise CalibscopeError("Static activation quantization needs activation statistics: collect them first.")
+        needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
+        raise CalibscopeError(f"{needs} needs activation statistics: collect them first.")
     observed = set(stats.summary["key"]) if stats is not None else set()
     sharing = None
     if spec.weights.format is NumberFormat.NVFP4 and hessians is None:  # which layers vLLM fuses (one global scale)
         with loaded.lock:
             sharing = input_sharing(loaded.model, layers, loaded.device)
-    weights = (quantized_weights(layers, original_weights(loaded, layers), spec.weights, hessians, scaled(progress, 0.0, 0.9),
-                                 sharing) if spec.weights.enabled else {})
+    matrices = original_weights(loaded, layers)
+    smoothing = None
+    if spec.smoothing is not None:
+        smoothing = smooth(loaded, layers, matrices, lambda name: stats.arrays(name) if name in observed else None, spec.smoothing)
+        matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
+    weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.0, 0.9), sharing)
+               if spec.weights.enabled else {})
     plan, rows = QuantizedModel(), []
+    if smoothing is not None:
+        plan.floats, plan.column_scales = smoothing.norm_parameters, smoothing.scales
     for layer in layers:
         started = time.perf_counter()
         row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
+        if smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
+            row["smoothing_max"] = float(smoothing.scales[layer.name].max())
         if layer.name in weights:
             result = weights[layer.name]
             original, fake, _, costs = result
@@ -218,13 +230,15 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
                 row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
         if spec.activations.enabled and layer.kind.is_linear:
             arrays = stats.arrays(layer.name) if stats is not None and layer.name in observed else None
+            if smoothing is not None:
+                arrays = smoothing.arrays(layer.name, arrays)
             inputs = spec.activations
             quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
                                         layer.module.weight.dtype, layer.in_features)
             plan.inputs[layer.name] = quantizer
             if quantizer.clip is not None:
                 row["clip"] = quantizer.clip
-            if arrays is not None and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
+            if arrays is not None and "tensor_counts" in arrays and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
                     NumberFormat.INT, NumberFormat.FP8):
                 row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
         row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started

@@ -227,11 +227,13 @@ class ActivationSpec:
 class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
     quantizable layers but the LM head by default; the head shares its weight with the embedding
-    in tied models, which quantizers keep in float)."""
+    in tied models, which quantizers keep in float). ``smoothing``: SmoothQuant's α (0 to 1; None: off),
+    the inputs' outliers moved into the weights before both are quantized (engine/quant/smoothing.py)."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)
     activations: ActivationSpec = field(default_factory=ActivationSpec)
     name_pattern: str = ""
+    smoothing: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -240,10 +242,27 @@ class QuantSpec:
             raise SpecError(f"name_pattern {self.name_pattern!r} is not a valid regular expression ({error}).") from None
         if not self.weights.enabled and not self.activations.enabled:
             raise SpecError("Nothing to quantize: choose a weight method, activation bits, or both.")
+        if self.smoothing is not None:
+            self._check_smoothing()
+
+    def _check_smoothing(self) -> None:
+        inputs = self.activations
+        if not 0.0 <= self.smoothing <= 1.0:
+            raise SpecError(f"SmoothQuant's alpha={self.smoothing} must be between 0 and 1 (0.5 is the paper's and "
+                            "llm-compressor's default).")
+        if not (self.weights.enabled and inputs.enabled and inputs.format in (NumberFormat.INT, NumberFormat.FP8)):
+            raise SpecError("SmoothQuant moves input outliers into the weights before W8A8 or FP8: quantize both the weights "
+                            "and the inputs (int or FP8), or leave SmoothQuant off.")
+        per_channel = inputs.granularity is Granularity.CHANNEL and inputs.range_method is RangeMethod.PERCENTILE
+        if not inputs.dynamic and inputs.range_method is not RangeMethod.MINMAX and not per_channel:
+            raise SpecError("After SmoothQuant the inputs' ranges follow from the per-channel statistics only for min/max "
+                            "(and per-channel percentiles); the whole-tensor histograms that percentile, MSE and entropy "
+                            "read describe the inputs before smoothing. Use min/max or dynamic inputs with SmoothQuant.")
 
     def label(self) -> str:
         parts = [part.label() for part in (self.weights, self.activations) if part.enabled]
-        return " + ".join(parts)
+        smoothing = [f"SmoothQuant α{self.smoothing:g}"] if self.smoothing is not None else []
+        return " + ".join(smoothing + parts)
 
 
     @property
@@ -252,7 +271,7 @@ class QuantSpec:
 
     @property
     def needs_stats(self) -> bool:
-        return self.activations.enabled and not self.activations.dynamic
+        return (self.activations.enabled and not self.activations.dynamic) or self.smoothing is not None
 
     @property
     def can_run_sequentially(self) -> bool:
@@ -283,6 +302,10 @@ PRESETS: dict[str, QuantSpec] = {
     "W8A8 static (min/max)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MINMAX)),
     "W8A8 static (p99.99)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.PERCENTILE, 99.99)),
     "W8A8 static (MSE)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MSE)),
+    "SmoothQuant + W8A8 static (min/max)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MINMAX),
+                                                     smoothing=0.5),  # llm-compressor's SmoothQuantModifier default
+    "SmoothQuant + W8A8 dynamic": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, granularity=Granularity.TOKEN),
+                                            smoothing=0.5),  # inputs as llm-compressor's "W8A8" scheme quantizes them
     "A8 static only (min/max)": QuantSpec(WeightSpec(WeightMethod.NONE), ActivationSpec(8, RangeMethod.MINMAX)),
     # the floating-point schemes of today's GPUs, as llm-compressor's presets of the same names define them
     "FP8 W8A8 static": QuantSpec(WeightSpec(RTN, group_size=-1, format=NumberFormat.FP8),  # "FP8"

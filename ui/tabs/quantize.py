@@ -44,7 +44,7 @@ GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64
 CPU_EVALUATION = (8, 256)
 GPU_EVALUATION = (32, 512)
 SCHEME_WIDGETS = ("method", "weight_format", "bits", "group", "act_order", "act_format", "act_bits", "range_method",
-                  "percentile", "granularity")
+                  "percentile", "granularity", "smoothing")
 
 
 def evaluation_defaults() -> tuple[int, int]:
@@ -65,6 +65,7 @@ class QuantizeForm:
     range_method: str = RangeMethod.MINMAX.value
     percentile: float = 99.99
     granularity: str = Granularity.TENSOR.value
+    smoothing: float | None = None
     source: str = next(iter(HELD_OUT))
     upload: str | None = None
     length: float = 256
@@ -82,7 +83,8 @@ class QuantizeForm:
         act_bits = whole(self.act_bits) if NumberFormat(self.act_format) is NumberFormat.INT else 0
         activations = ActivationSpec(bits=act_bits, range_method=self.range_method, percentile=float(self.percentile or 0),
                                      granularity=self.granularity, format=self.act_format)
-        return QuantSpec(weights, activations)
+        smoothing = None if self.smoothing in (None, "") else float(self.smoothing)
+        return QuantSpec(weights, activations, smoothing=smoothing)
 
 
 def preset_widgets(name: str) -> list:
@@ -92,7 +94,7 @@ def preset_widgets(name: str) -> list:
     w, a = PRESETS[name].weights, PRESETS[name].activations
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
     return [w.method.value, w.format.value, w.bits, group, w.act_order.value, a.format.value, a.bits, a.range_method.value,
-            a.percentile, a.granularity.value]
+            a.percentile, a.granularity.value, PRESETS[name].smoothing]
 
 
 def status_line(report: QuantReport, reused: bool) -> str:
@@ -121,7 +123,7 @@ def layer_table(report: QuantReport) -> tuple[pd.DataFrame, str]:
     else:
         title = "Per layer, in execution order (no sensitivity measured)"
     formats = {column: percent for column in (*ERRORS, "weight_error") if column in table}
-    formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace") if c in table})
+    formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace", "smoothing_max") if c in table})
     return shown(table.drop(columns=["seconds", "layer"]), formats), title
 
 
@@ -200,6 +202,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 percentile = gr.Number(99.99, label="Percentile of |x| (range 'percentile')")
                 granularity = gr.Radio(labels(Granularity), value=Granularity.TENSOR.value, label="One range per",
                                        info="token: dynamic, found at inference (nothing calibrated)")
+                smoothing = gr.Number(None, label="SmoothQuant α (empty: off)", minimum=0, maximum=1, step=0.05,
+                                      info="moves input outliers into the weights before W8A8 / FP8, from the statistics' "
+                                           "per-channel ranges; 0.5 is llm-compressor's default")
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -218,7 +223,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "act_order": act_order,
               "act_format": act_format, "act_bits": act_bits, "range_method": range_method, "percentile": percentile,
-              "granularity": granularity}
+              "granularity": granularity, "smoothing": smoothing}
     preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])
     source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
     for control in scheme.values():
