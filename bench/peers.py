@@ -35,6 +35,14 @@ FP8 with its max calibrator against calibscope's |max| (goal <= 1e-6), int8 with
 calibrator against calibscope's entropy (the same KL search; ModelOpt bins linearly from the first
 batch's range and grows the bins, calibscope lays its log histogram out in 2,048 linear bins over the
 set's |max|: the difference is reported, not held to a goal); ``{"bench": "peers_float", ...}``.
+
+--part smoothquant: llm-compressor's SmoothQuantModifier(smoothing_strength=0.5) + W8A8 (int8
+weights per channel, inputs dynamic per token; ``bench/peer_scripts/llmcompressor_smoothquant.py``)
+with the mappings it infers for Gemma 3 and with Gemma 3's own MLP norm, and W8A8 alone, against
+calibscope's "SmoothQuant + W8A8 dynamic" and the same scheme unsmoothed; the peer's checkpoints read
+back (weights, smoothed norms) and evaluated by calibscope's perplexity; the attention mappings'
+scales compared per norm (s = the norm's gain before / after, the gain (1 + weight) for Gemma);
+``{"bench": "peers_smoothquant", ...}``.
 """
 from __future__ import annotations
 
@@ -48,6 +56,10 @@ import time
 from pathlib import Path
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import dataclasses
+
 import pandas as pd
 import torch
 from safetensors import safe_open
@@ -67,6 +79,7 @@ from engine.quant.inputs import Fp8Inputs
 from engine.quant.perplexity import perplexity
 from engine.quant.plan import plan_quantization
 from engine.quant.ranges import entropy_clip
+from engine.quant.smoothing import gain_offset
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
@@ -193,6 +206,71 @@ def floats(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> dic
     return {"rows": rows, "scales": comparisons, "modelopt": modelopt_calibration(stats, checkpoint, jsonl, work)}
 
 
+SMOOTHING_PEERS = {"none": "W8A8 (no smoothing)", "default": "SmoothQuant 0.5, its mappings for Gemma 3 + W8A8",
+                   "gemma": "SmoothQuant 0.5, Gemma 3's MLP norm (pre_feedforward_layernorm) + W8A8"}
+
+
+def changed_norms(folder: Path, loaded) -> dict[str, torch.Tensor]:
+    """The 1-D float tensors of a checkpoint that differ from the model's own: what smoothing changed."""
+    state = loaded.model.state_dict()
+    changed = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as opened:
+            for key in opened.keys():
+                if key in state and state[key].dim() == 1 and not torch.equal(opened.get_tensor(key).float(), state[key].float()):
+                    changed[key] = opened.get_tensor(key).float()
+    return changed
+
+
+def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
+    jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
+    rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
+    smoothed = PRESETS["SmoothQuant + W8A8 dynamic"]
+    plans = {}
+    for label, spec in (("W8A8 (no smoothing)", dataclasses.replace(smoothed, smoothing=None)),
+                        ("SmoothQuant 0.5 (mappings found from the model) + W8A8", smoothed)):
+        started = time.perf_counter()
+        stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))
+        plans[label], _ = plan_quantization(loaded, spec, stats, output_errors=False)
+        rows.append({"tool": "calibscope", "scheme": label, "seconds": round(time.perf_counter() - started, 1),
+                     "perplexity": quantized_perplexity(loaded, plans[label], evaluation)})
+        print(rows[-1], flush=True)
+    ours = plans["SmoothQuant 0.5 (mappings found from the model) + W8A8"]
+    modules, scales = dict(loaded.model.named_modules()), {}
+    for mappings, label in SMOOTHING_PEERS.items():
+        folder = work / f"llmcompressor-smoothquant-{mappings}"
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([str(environment("llmcompressor")), str(HERE / "peer_scripts" / "llmcompressor_smoothquant.py"),
+                        str(checkpoint), str(jsonl), str(folder), mappings], check=True, cwd=work)
+        norms = changed_norms(folder, loaded)
+        theirs = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=input_quantizers(folder), floats=norms)
+        rows.append({"tool": "llmcompressor", "scheme": label, "seconds": round(json.loads((folder / "oneshot.json").read_text())[
+            "seconds"], 1), "perplexity": quantized_perplexity(loaded, theirs, evaluation), "smoothed_norms": len(norms)})
+        print(rows[-1], flush=True)
+        if mappings == "gemma":  # the same mappings: s from the gains, (offset + w) / (offset + w / s ...)
+            differences = []
+            for key, after in norms.items():
+                norm = modules[key.removesuffix(".weight")]
+                offset = gain_offset(norm, loaded)
+                before = norm.weight.detach().float() + offset
+                live = before != 0  # a gain of 0 stays 0 whatever s is
+                s_theirs, s_ours = before[live] / (after[live] + offset), before[live] / (ours.floats[key].float()[live] + offset)
+                differences.append(float(((s_ours - s_theirs).abs() / s_theirs.abs()).max()))
+            scales = {"norms": len(differences), "max_relative_difference": max(differences),
+                      "median_relative_difference": float(pd.Series(differences).median())}
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(index=False))
+    ppl = {(row["tool"], row["scheme"]): row["perplexity"] for row in rows}
+    ours_ppl = ppl[("calibscope", "SmoothQuant 0.5 (mappings found from the model) + W8A8")]
+    ratios = {mappings: round(ours_ppl / ppl[("llmcompressor", label)], 6) for mappings, label in SMOOTHING_PEERS.items()}
+    report("peers_smoothquant", "ppl_ratio_calibscope_vs_llmcompressor", ratios["default"],
+           "perplexity <= 1.00 of llm-compressor's SmoothQuant + W8A8 as it runs on Gemma 3", ratios["default"] <= 1.0,
+           dtype=loaded.info.dtype, device=loaded.info.device,
+           reused={"peer environments": "made once under the cache (no timing depends on them)"},
+           ppl_ratio_calibscope_vs_llmcompressor_by_mappings=ratios, smoothing_scales_vs_gemma_mappings=scales, rows=rows,
+           calibration="32 x 512 gptq-windows, wikitext-2 test first 80%", evaluation="16 x 512, wikitext-2 test last 20%")
+
+
 def modelopt_calibration(stats, checkpoint: Path, jsonl: Path, work: Path) -> dict:
     """ModelOpt's FP8 max and int8 entropy input ranges beside calibscope's, per layer."""
     out = work / "modelopt-calibration.json"
@@ -229,7 +307,7 @@ def report_floats(result: dict, loaded) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["gptq", "floats", "all"], default="all")
+    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "all"], default="all")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
@@ -240,6 +318,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.part in ("floats", "all"):
         report_floats(floats(loaded, checkpoint, calibration, evaluation, work), loaded)
+    if args.part in ("smoothquant", "all"):
+        smoothquant(loaded, checkpoint, calibration, evaluation, work)
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 
