@@ -157,3 +157,16 @@ def test_what_smoothquant_refuses_says_why():
     with pytest.raises(CalibscopeError, match="SmoothQuant needs activation statistics"):
         plan_quantization(loaded, DYNAMIC)
     assert DYNAMIC.label().startswith("SmoothQuant α0.5 + W8 per-channel RTN + A8 dynamic per-token")
+
+
+def test_smoothquant_before_fp8_sets_the_static_scale_of_the_smoothed_input():
+    loaded = load_model(ModelSpec("tiny-random-llama", dtype="float32"))
+    _, stats = statistics(loaded)
+    spec = QuantSpec(PRESETS["FP8 W8A8 static"].weights, PRESETS["FP8 W8A8 static"].activations, smoothing=0.5)
+    plan, _ = plan_quantization(loaded, spec, stats)
+    name = "model.layers.1.mlp.up_proj"
+    expected = float((stats.arrays(name)["absmax"].float() / plan.column_scales[name]).max()) / 448
+    assert plan.inputs[name].scale.item() == pytest.approx(expected, rel=1e-6)
+    windows = evaluation_windows(loaded.tokenizer, corpus()["text"], 64, 4, "doc")
+    with quantized(loaded, plan):
+        assert torch.isfinite(torch.tensor(perplexity(loaded, windows)))
