@@ -83,19 +83,21 @@ class QuantizedModel:
                               {k: v for k, v in self.integers.items() if k in names}, self.floats, self.column_scales)
 
 
-def fitted_weights(modules: dict[str, torch.nn.Module], plan: QuantizedModel) -> dict[str, torch.Tensor]:
-    """``plan``'s weights checked against the model's modules: a missing module or another shape is
-    refused naming the layer; another dtype or device (a plan made in float32 elsewhere, e.g. by a
-    peer tool, for a bfloat16 model) is cast to the module's, as the model would compute with it."""
+def fitted_parameters(modules: dict[str, torch.nn.Module], values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plan's tensors (full parameter name -> tensor: weights, smoothed norms) checked against the
+    model's modules: a missing module or another shape is refused naming the layer; another dtype or
+    device (a plan made in float32 elsewhere, e.g. by a peer tool, for a bfloat16 model) is cast to
+    the module's, as the model would compute with it."""
     fitted = {}
-    for name, weight in plan.weights.items():
-        module = modules.get(name)
-        if module is None or getattr(module, "weight", None) is None:
-            raise CalibscopeError(f"The model has no layer {name!r} with a weight; was the plan made for another model?")
-        if tuple(weight.shape) != tuple(module.weight.shape):
-            raise CalibscopeError(f"The plan's weight for {name} has shape {tuple(weight.shape)}, the model's "
-                                  f"{tuple(module.weight.shape)}; was the plan made for another model?")
-        fitted[name] = weight.to(device=module.weight.device, dtype=module.weight.dtype)
+    for name, value in values.items():
+        owner, attribute = name.rsplit(".", 1)
+        current = getattr(modules.get(owner), attribute, None)
+        if current is None:
+            raise CalibscopeError(f"The model has no layer {owner!r} with a {attribute}; was the plan made for another model?")
+        if tuple(value.shape) != tuple(current.shape):
+            raise CalibscopeError(f"The plan's {attribute} for {owner} has shape {tuple(value.shape)}, the model's "
+                                  f"{tuple(current.shape)}; was the plan made for another model?")
+        fitted[name] = value.to(device=current.device, dtype=current.dtype)
     return fitted
 
 
@@ -113,8 +115,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     if missing:
         raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
     with loaded.lock:
-        weights = {**smoothed_float_weights(loaded, plan), **fitted_weights(modules, plan)}
-        parameters = {**_parameters(loaded.model, plan.floats), **{f"{name}.weight": w for name, w in weights.items()}}
+        weights = {**smoothed_float_weights(loaded, plan), **plan.weights}
+        parameters = fitted_parameters(modules, {**plan.floats, **{f"{name}.weight": w for name, w in weights.items()}})
         originals: dict[str, torch.Tensor] = {}
         handles = []
         try:
@@ -148,20 +150,6 @@ def smoothed_float_weights(loaded: LoadedModel, plan: QuantizedModel) -> dict[st
 def scaled_columns(matrix: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """[out, in] ``matrix`` with column j times scales[j], in its own dtype."""
     return (matrix.float() * scales.to(matrix.device).view(1, -1)).to(matrix.dtype)
-
-
-def _parameters(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``values`` checked against the model's parameters and put on their device and dtype."""
-    fitted = {}
-    for name, value in values.items():
-        try:
-            parameter = model.get_parameter(name)
-        except AttributeError:
-            raise CalibscopeError(f"The model has no parameter {name!r}; was the plan made for another model?") from None
-        if tuple(value.shape) != tuple(parameter.shape):
-            raise CalibscopeError(f"The plan's {name} has shape {tuple(value.shape)}, the model's {tuple(parameter.shape)}.")
-        fitted[name] = value.to(device=parameter.device, dtype=parameter.dtype)
-    return fitted
 
 
 def _input_quantizer(grid: InputQuantizer):

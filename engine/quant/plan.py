@@ -205,10 +205,13 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     if spec.weights.format is NumberFormat.NVFP4 and hessians is None:  # which layers vLLM fuses (one global scale)
         with loaded.lock:
             sharing = input_sharing(loaded.model, layers, loaded.device)
+    def arrays_of(name: str) -> dict[str, torch.Tensor] | None:
+        return stats.arrays(name) if stats is not None and name in observed else None
+
     matrices = original_weights(loaded, layers)
     smoothing = None
     if spec.smoothing is not None:
-        smoothing = smooth(loaded, layers, matrices, lambda name: stats.arrays(name) if name in observed else None, spec.smoothing)
+        smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
         matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
     weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.0, 0.9), sharing)
                if spec.weights.enabled else {})
@@ -229,9 +232,7 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
             if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
                 row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
         if spec.activations.enabled and layer.kind.is_linear:
-            arrays = stats.arrays(layer.name) if stats is not None and layer.name in observed else None
-            if smoothing is not None:
-                arrays = smoothing.arrays(layer.name, arrays)
+            arrays = arrays_of(layer.name) if smoothing is None else smoothing.arrays(layer.name, arrays_of(layer.name))
             inputs = spec.activations
             quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
                                         layer.module.weight.dtype, layer.in_features)
