@@ -43,6 +43,15 @@ calibscope's "SmoothQuant + W8A8 dynamic" and the same scheme unsmoothed; the pe
 back (weights, smoothed norms) and evaluated by calibscope's perplexity; the attention mappings'
 scales compared per norm (s = the norm's gain before / after, the gain (1 + weight) for Gemma);
 ``{"bench": "peers_smoothquant", ...}``.
+
+--part awq: llm-compressor's AWQModifier (its defaults and the mappings it registers for Gemma 3) +
+W4A16_ASYM (``bench/peer_scripts/llmcompressor_awq.py``; on a machine without CUDA its cached inputs'
+pin_memory is made a no-op, the one change, said in the result) against calibscope's "W4 g128 AWQ"
+(mappings found from the model) on the same windows, timed around each tool's own search and
+quantization (calibscope: its AWQ pass + plan, in a process that has not run it before); every
+mapping's scales compared; both evaluated by calibscope's perplexity, with the asymmetric RTN they
+start from, calibscope's clip search and AWQ with the q/k/v inputs Gemma 3's q_norm re-normalizes
+beside them; ``{"bench": "peers_awq", ...}``.
 """
 from __future__ import annotations
 
@@ -69,17 +78,18 @@ from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from engine import ModelSpec, load_model
 from engine.export import ExportFormat, save_calibration_set
-from engine.export.verify import dequantized_layers, input_quantizers
+from engine.export.verify import changed_floats, dequantized_layers, input_quantizers
 from engine.models.builtin import cached_checkpoint
 from engine.models.weight_cache import cache_root
-from engine.quant import PRESETS
+from engine.quant import PRESETS, QuantSpec
 from engine.quant.apply import QuantizedModel
+from engine.quant.awq_pass import awq_scaling
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.inputs import Fp8Inputs
 from engine.quant.perplexity import perplexity
-from engine.quant.plan import plan_quantization
+from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.quant.ranges import entropy_clip
-from engine.quant.smoothing import gain_offset
+from engine.quant.mappings import gain_offset
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
@@ -210,18 +220,6 @@ SMOOTHING_PEERS = {"none": "W8A8 (no smoothing)", "default": "SmoothQuant 0.5, i
                    "gemma": "SmoothQuant 0.5, Gemma 3's MLP norm (pre_feedforward_layernorm) + W8A8"}
 
 
-def changed_norms(folder: Path, loaded) -> dict[str, torch.Tensor]:
-    """The 1-D float tensors of a checkpoint that differ from the model's own: what smoothing changed."""
-    state = loaded.model.state_dict()
-    changed = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, "pt") as opened:
-            for key in opened.keys():
-                if key in state and state[key].dim() == 1 and not torch.equal(opened.get_tensor(key).float(), state[key].float()):
-                    changed[key] = opened.get_tensor(key).float()
-    return changed
-
-
 def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
     rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
@@ -242,7 +240,7 @@ def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -
         shutil.rmtree(folder, ignore_errors=True)
         subprocess.run([str(environment("llmcompressor")), str(HERE / "peer_scripts" / "llmcompressor_smoothquant.py"),
                         str(checkpoint), str(jsonl), str(folder), mappings], check=True, cwd=work)
-        norms = changed_norms(folder, loaded)
+        norms = changed_floats(folder, loaded)
         theirs = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=input_quantizers(folder), floats=norms)
         rows.append({"tool": "llmcompressor", "scheme": label, "seconds": round(json.loads((folder / "oneshot.json").read_text())[
             "seconds"], 1), "perplexity": quantized_perplexity(loaded, theirs, evaluation), "smoothed_norms": len(norms)})
@@ -269,6 +267,68 @@ def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -
            reused={"peer environments": "made once under the cache (no timing depends on them)"},
            ppl_ratio_calibscope_vs_llmcompressor_by_mappings=ratios, smoothing_scales_vs_gemma_mappings=scales, rows=rows,
            calibration="32 x 512 gptq-windows, wikitext-2 test first 80%", evaluation="16 x 512, wikitext-2 test last 20%")
+
+
+AWQ_SECONDS_GOAL = 0.6
+
+
+def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
+    jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
+    preset = PRESETS["W4 g128 AWQ"]
+    rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
+    started = time.perf_counter()
+    plan, table = plan_quantization(loaded, preset, calibration=calibration, output_errors=False)
+    ours_seconds = time.perf_counter() - started
+    rows.append({"tool": "calibscope", "scheme": "W4 g128 AWQ (mappings found from the model)",
+                 "seconds": round(ours_seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+    print(rows[-1], flush=True)
+    ours = awq_scaling(loaded, calibration, preset, quantizable_layers(loaded.model, preset))  # the run's, remembered
+    folder = work / "llmcompressor-awq"
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([str(environment("llmcompressor")), str(HERE / "peer_scripts" / "llmcompressor_awq.py"), str(checkpoint),
+                    str(jsonl), str(folder)], check=True, cwd=work)
+    record = json.loads((folder / "oneshot.json").read_text())
+    theirs = QuantizedModel(weights=dict(dequantized_layers(folder)), floats=changed_floats(folder, loaded))
+    rows.append({"tool": "llmcompressor", "scheme": "llm-compressor 0.14.0.1: AWQModifier() + W4A16_ASYM",
+                 "seconds": round(record["seconds"], 1), "perplexity": quantized_perplexity(loaded, theirs, evaluation)})
+    print(rows[-1], flush=True)
+    variants = {"W4 g128 asym RTN (no AWQ)": QuantSpec(preset.weights),  # after both timed runs: nothing else runs then
+                "W4 g128 AWQ + clip (AutoAWQ's clip search)": PRESETS["W4 g128 AWQ + clip"],
+                "W4 g128 AWQ, q/k/v too (input_layernorm, under q_norm / k_norm)":
+                    dataclasses.replace(preset, awq=dataclasses.replace(preset.awq, renormalized=True))}
+    for label, spec in variants.items():
+        started = time.perf_counter()
+        variant, _ = plan_quantization(loaded, spec, calibration=calibration, output_errors=False)
+        rows.append({"tool": "calibscope", "scheme": label, "seconds": round(time.perf_counter() - started, 1),
+                     "perplexity": quantized_perplexity(loaded, variant, evaluation)})
+        print(rows[-1], flush=True)
+    their_scales = load_file(folder / "awq_scales.safetensors")
+    differences = {}
+    for mapping in ours.scaling.mappings:
+        mine, other = ours.scaling.scales[mapping.layers[0]].double(), their_scales[mapping.source].double()
+        differences[mapping.source] = float(((mine - other).abs() / other.abs()).max())
+    swapped = QuantizedModel(weights=plan.weights, floats=theirs.floats)
+    rows.append({"tool": "calibscope, llm-compressor's norms", "scheme": "calibscope's weights, llm-compressor's smoothed norms",
+                 "seconds": None, "perplexity": quantized_perplexity(loaded, swapped, evaluation)})
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(index=False))
+    ppl = dict(zip(frame["scheme"], frame["perplexity"]))
+    ratio = ppl["W4 g128 AWQ (mappings found from the model)"] / ppl["llm-compressor 0.14.0.1: AWQModifier() + W4A16_ASYM"]
+    seconds_ratio = ours_seconds / record["seconds"]
+    report("peers_awq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 5),
+           f"perplexity <= 1.00 and seconds <= {AWQ_SECONDS_GOAL} of llm-compressor's AWQ + W4A16_ASYM on the same windows",
+           ratio <= 1.0 and seconds_ratio <= AWQ_SECONDS_GOAL, dtype=loaded.info.dtype, device=loaded.info.device,
+           reused={"peer environments": "made once under the cache (no timing depends on them)",
+                   "checkpoint": "the builtin model's converted checkpoint from the weight cache (no timing depends on it)"},
+           met_by_goal={"perplexity": ratio <= 1.0, "seconds": seconds_ratio <= AWQ_SECONDS_GOAL},
+           seconds_ratio_calibscope_vs_llmcompressor=round(seconds_ratio, 3),
+           peer_pin_memory_patched=record["pin_memory_patched"], mappings=len(differences),
+           max_relative_scale_difference=max(differences.values()),
+           median_relative_scale_difference=float(pd.Series(list(differences.values())).median()),
+           smoothed_norms={"calibscope": len(plan.floats), "llmcompressor": len(theirs.floats)},
+           chosen=ours.mappings[["source", "ratio", "duo_scaling", "error_identity", "error_best"]].to_dict("records"),
+           rows=rows, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
+           evaluation="16 x 512, wikitext-2 test last 20%")
 
 
 def modelopt_calibration(stats, checkpoint: Path, jsonl: Path, work: Path) -> dict:
@@ -307,7 +367,7 @@ def report_floats(result: dict, loaded) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "all"], default="all")
+    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "all"], default="all")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
@@ -320,6 +380,8 @@ def main() -> None:
         report_floats(floats(loaded, checkpoint, calibration, evaluation, work), loaded)
     if args.part in ("smoothquant", "all"):
         smoothquant(loaded, checkpoint, calibration, evaluation, work)
+    if args.part in ("awq", "all"):
+        awq(loaded, checkpoint, calibration, evaluation, work)
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 

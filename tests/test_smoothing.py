@@ -25,7 +25,9 @@ from engine.quant import (
 )
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.plan import quantizable_layers
-from engine.quant.smoothing import Smoothing, float_change, smooth, smoothed_norm, smoothing_mappings, smoothing_scales
+from engine.quant.mappings import norm_mappings
+from engine.quant.scaling import ChannelScaling, float_change, scaled_norm
+from engine.quant.smoothing import smooth, smoothing_scales
 from engine.sampling import RandomSpec, build
 from engine.stats import StatsSpec, collect
 from tests.test_checkpoint import corpus, reloaded, wide_llama
@@ -74,7 +76,7 @@ def test_the_scales_are_llm_compressors_except_for_live_channels_the_set_never_m
 ])
 def test_the_mappings_are_found_from_the_model(name, attention_norm, mlp_norm, mlp_layers, offset):
     loaded = load_model(ModelSpec(name, dtype="float32"))
-    mappings = {mapping.norm: mapping for mapping in smoothing_mappings(loaded, quantizable_layers(loaded.model, DYNAMIC))}
+    mappings = {mapping.source: mapping for mapping in norm_mappings(loaded, quantizable_layers(loaded.model, DYNAMIC))}
     assert mappings[mlp_norm].layers == mlp_layers and mappings[mlp_norm].gain_offset == offset
     assert mappings[attention_norm].gain_offset == offset and len(mappings) == 2 * loaded.model.config.num_hidden_layers
     final = "transformer.ln_f" if name.endswith("gpt2") else "model.norm"
@@ -99,8 +101,8 @@ def test_the_smoothed_float_model_is_the_original(name):
         modules = dict(loaded.model.named_modules())
         wrong = {}
         for mapping in smoothing.mappings:
-            wrong.update(smoothed_norm(mapping.norm, modules[mapping.norm], smoothing.scales[mapping.layers[0]], 0.0))
-        assert float_change(loaded, Smoothing(smoothing.mappings, smoothing.scales, wrong)) > 0.05
+            wrong.update(scaled_norm(mapping.source, modules[mapping.source], smoothing.scales[mapping.layers[0]], 0.0))
+        assert float_change(loaded, ChannelScaling(smoothing.mappings, smoothing.scales, wrong)) > 0.05
 
 
 def test_a_smoothed_plan_quantizes_the_smoothed_inputs():

@@ -80,7 +80,7 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        plan, _ = plan_quantization(loaded, spec, stats, hessians, output_errors=False)
+        plan, _ = plan_quantization(loaded, spec, stats, hessians, output_errors=False, calibration=calibration)
         with quantized(loaded, plan):
             for evaluation in evaluations:
                 value = perplexity(loaded, evaluation)

@@ -80,18 +80,22 @@ class EvaluationCache:
     def evaluate(self, loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None,
                  hessians: HessianReport | None, sensitivity: Sensitivity,
                  progress: Progress = no_progress, sequential: CalibrationSet | None = None,
-                 on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:
+                 on_plan: Callable[[QuantizedModel], None] | None = None,
+                 calibration: CalibrationSet | None = None) -> tuple[QuantReport, bool]:
         """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
-        known; returns the report and whether it was reused (``on_plan`` is then not called)."""
+        known; returns the report and whether it was reused (``on_plan`` is then not called).
+        ``calibration``: the set AWQ searches on (part of what the report depends on)."""
         collected = ((sequential.manifest.token_sha256, "sequential") if sequential is not None
                      else _collected_key(stats, hessians))
+        if spec.needs_calibration and calibration is not None:
+            collected = (*collected, calibration.manifest.token_sha256)
         key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *collected)
         found = self._reports.peek(key)
         if found is not None:
             return found, True
         known = self._floats.peek((loaded.spec, evaluation.key))
         report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress,
-                          sequential=sequential, on_plan=on_plan)
+                          sequential=sequential, on_plan=on_plan, calibration=calibration)
         self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
         self._reports.put(key, report)
         return report, False

@@ -85,8 +85,9 @@ class QuantRun:
 
     def _check_inputs(self, stats: StatsReport | None, hessians: HessianReport | None,
                       calibration: CalibrationSet | None) -> None:
-        if self.sequential and calibration is None:
-            raise SpecError("A sequential quantization runs on the calibration set: build one first.")
+        if (self.sequential or self.spec.needs_calibration) and calibration is None:
+            raise SpecError(f"{'A sequential quantization' if self.sequential else self.spec.label()} runs on the calibration "
+                            "set: build one first.")
         if self.spec.needs_hessians and hessians is None and not self.sequential:
             raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config (or sequential = true).")
         if self.spec.needs_stats and stats is None:
@@ -98,7 +99,7 @@ class QuantRun:
         """The evaluated run; ``on_plan`` receives its quantized weights unless the report was reused."""
         self._check_inputs(stats, hessians, calibration)
         report, _ = cache.evaluate(loaded, self.spec, self.evaluation.windows_for(loaded, cache), stats, hessians,
-                                   self.sensitivity, progress, calibration if self.sequential else None, on_plan)
+                                   self.sensitivity, progress, calibration if self.sequential else None, on_plan, calibration)
         return report
 
     def plan(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None,
@@ -108,7 +109,7 @@ class QuantRun:
         self._check_inputs(stats, hessians, calibration)
         if self.sequential:
             return gptq_block_by_block(loaded, calibration, self.spec, progress=progress, output_errors=False)
-        return plan_quantization(loaded, self.spec, stats, hessians, progress, output_errors=False)
+        return plan_quantization(loaded, self.spec, stats, hessians, progress, output_errors=False, calibration=calibration)
 
     def write(self, loaded: LoadedModel, folder: Path, plan: QuantizedModel | None = None, stats: StatsReport | None = None,
               hessians: HessianReport | None = None, calibration: CalibrationSet | None = None,
@@ -140,13 +141,13 @@ class ComparisonRun:
 
 def quant_spec_from(values: dict) -> QuantSpec:
     """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
-    "smoothing": SmoothQuant's alpha}``."""
+    "smoothing": SmoothQuant's alpha, "awq": {...}}`` (an AwqSpec's fields)."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
         return PRESETS[values["scheme"]]
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
-                     values.get("name_pattern", ""), values.get("smoothing"))
+                     values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"))
 
 
 def quant_run_from(values: dict) -> QuantRun:

@@ -105,7 +105,7 @@ class CheckpointWriter:
         self.provenance = provenance or {}
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
         self.written: set[str] = set()
-        self.floats: dict[str, torch.Tensor] = {}  # a smoothed plan's new norm parameters
+        self.floats: dict[str, torch.Tensor] = {}  # a rescaled plan's new norm gains and biases
         self.started = time.perf_counter()
         self._stack = ExitStack()
         self._shard_bytes = max_shard_bytes
@@ -133,10 +133,10 @@ class CheckpointWriter:
         if missing:
             raise ExportError(f"The plan's weight for {sorted(missing)[0]} was made outside calibscope (no integers and "
                               "grids were kept), so it cannot be written as a checkpoint; quantize it here.")
-        unquantized = set(plan.column_scales) - set(plan.integers)
+        unquantized = plan.rescaled - set(plan.integers)
         if unquantized:
-            raise ExportError(f"{sorted(unquantized)[0]} was smoothed (SmoothQuant) but not quantized, so its smoothed float "
-                              "weight has no place in the checkpoint; quantize every layer the smoothing touched.")
+            raise ExportError(f"{sorted(unquantized)[0]} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
+                              "float weight has no place in the checkpoint; quantize every layer the rescaling touched.")
         self.floats.update(plan.floats)
         for name, integers in plan.integers.items():
             if name not in self.linear:

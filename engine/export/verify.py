@@ -160,9 +160,24 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
             return perplexity(model, evaluation), (
                 f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's "
                 f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives {own:.3f}")
-    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs)
+    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded))
     with quantized(loaded, read_back):
         return perplexity(loaded, evaluation), f"read back here ({reason})"
+
+
+def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:
+    """The checkpoint's float tensors that differ from the model's own (a rescaled plan's norm gains
+    and biases: SmoothQuant, AWQ), by parameter name, in the model's dtype."""
+    state = loaded.model.state_dict()
+    files = _tensor_files(Path(folder))
+    changed = {}
+    for key, file in files.items():
+        if key in state and state[key].is_floating_point():
+            with safe_open(Path(folder) / file, "pt") as opened:
+                value = opened.get_tensor(key)
+            if value.shape == state[key].shape and not torch.equal(value.to(state[key].dtype), state[key]):
+                changed[key] = value.to(state[key].dtype)
+    return changed
 
 
 def input_quantizers(folder: Path) -> dict:

@@ -12,6 +12,8 @@ from engine.quant.specs import (
     PRESETS,
     ActivationSpec,
     ActOrder,
+    AwqScaling,
+    AwqSpec,
     Granularity,
     QuantSpec,
     RangeMethod,
@@ -19,6 +21,6 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
+__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
            "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
            "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]

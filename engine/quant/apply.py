@@ -55,15 +55,17 @@ class QuantizedModel:
     and module name -> the same weight as the integers and grids a checkpoint stores (``integers``:
     absent for weights made elsewhere, e.g. read back from a peer tool's file).
 
-    A smoothed plan (SmoothQuant) also changes the float model: ``floats`` holds the norms' new
-    parameters (full parameter name -> tensor) and ``column_scales`` each smoothed layer's s; a
-    smoothed layer without a quantized weight runs with its float weight's input columns times s."""
+    A rescaled plan (SmoothQuant, AWQ: engine/quant/scaling.py) also changes the float model:
+    ``floats`` holds the new norm gains and biases (full parameter name -> tensor), ``column_scales``
+    each rescaled layer's input s and ``row_scales`` the r its output rows are divided by; a rescaled
+    layer without a quantized weight runs with its float weight rescaled so."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
     integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)
     floats: dict[str, torch.Tensor] = field(default_factory=dict)
     column_scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
@@ -80,7 +82,13 @@ class QuantizedModel:
         stays smoothed, so only the named layers differ from its float model."""
         return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
                               {k: v for k, v in self.inputs.items() if k in names},
-                              {k: v for k, v in self.integers.items() if k in names}, self.floats, self.column_scales)
+                              {k: v for k, v in self.integers.items() if k in names}, self.floats, self.column_scales,
+                              self.row_scales)
+
+    @property
+    def rescaled(self) -> set[str]:
+        """The layers whose float weight a rescaling changed."""
+        return set(self.column_scales) | set(self.row_scales)
 
 
 def fitted_parameters(modules: dict[str, torch.nn.Module], values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,20 +144,32 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
 
 
 def smoothed_float_weights(loaded: LoadedModel, plan: QuantizedModel) -> dict[str, torch.Tensor]:
-    """The smoothed layers without a quantized weight: their float weight with input columns times s."""
-    wanted = set(plan.column_scales) - set(plan.weights)
+    """The rescaled layers without a quantized weight: their float weight rescaled."""
+    wanted = plan.rescaled - set(plan.weights)
     if not wanted:
         return {}
     layers = {layer.name: layer for layer in find_linear_layers(loaded.model, execution_order=False) if layer.name in wanted}
-    found = {}
-    for name in wanted:
-        found[name] = module_weight(layers[name], scaled_columns(weight_matrix(layers[name]), plan.column_scales[name]))
-    return found
+    return {name: module_weight(layers[name], rescaled(weight_matrix(layers[name]), plan.column_scales.get(name),
+                                                       plan.row_scales.get(name))) for name in wanted}
 
 
-def scaled_columns(matrix: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """[out, in] ``matrix`` with column j times scales[j], in its own dtype."""
-    return (matrix.float() * scales.to(matrix.device).view(1, -1)).to(matrix.dtype)
+def rescaled(matrix: torch.Tensor, columns: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+             clips: torch.Tensor | None = None) -> torch.Tensor:
+    """[out, in] ``matrix`` with column j times columns[j], then its last len(rows) rows divided by rows,
+    then each group of input columns clamped to ±clips[row, group] ([out, groups], the groups of the
+    weight's grids: in / groups columns each, rounded up, the last one taking what is left). Each step
+    is stored in the matrix's dtype, as llm-compressor updates the parameter mapping by mapping."""
+    result = matrix
+    if columns is not None:
+        result = (result.float() * columns.to(result.device).view(1, -1)).to(matrix.dtype)
+    if rows is not None:
+        result = result.clone()
+        result[-rows.numel():] = (result[-rows.numel():].float() / rows.to(result.device).view(-1, 1)).to(matrix.dtype)
+    if clips is not None:
+        width = -(-result.shape[1] // clips.shape[1])
+        limit = clips.to(result.device).float().repeat_interleave(width, dim=1)[:, :result.shape[1]]
+        result = torch.maximum(torch.minimum(result.float(), limit), -limit).to(matrix.dtype)
+    return result
 
 
 def _input_quantizer(grid: InputQuantizer):

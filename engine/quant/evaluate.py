@@ -63,14 +63,16 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
              hessians: HessianReport | None = None, sensitivity: Sensitivity = Sensitivity.CHEAP,
              float_perplexity: float | None = None,
              batch_size: int = 4, progress: Progress = no_progress,
-             sequential: CalibrationSet | None = None, on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
+             sequential: CalibrationSet | None = None, on_plan: Callable[[QuantizedModel], None] | None = None,
+             calibration: CalibrationSet | None = None) -> QuantReport:
     """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
 
     sensitivity: see ``Sensitivity``. ``float_perplexity`` skips the float evaluation when it is
     known for this evaluation set. ``sequential``: GPTQ block by block on this calibration set, each
     block's Hessians from the quantized blocks before it (true sequential where the spec says so),
     instead of every layer at once from ``hessians``. ``on_plan`` receives the quantized weights
-    (to write them as a checkpoint) before they are evaluated."""
+    (to write them as a checkpoint) before they are evaluated. ``calibration``: the set AWQ searches
+    its scales on (schemes with AWQ)."""
     sensitivity = choice(Sensitivity, sensitivity, "sensitivity")
     started = time.perf_counter()
     layers = quantizable_layers(loaded.model, spec)
@@ -80,7 +82,7 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if sequential is not None:
         plan, table = gptq_block_by_block(loaded, sequential, spec, progress=quantizing)
     else:
-        plan, table = plan_quantization(loaded, spec, stats, hessians, quantizing, layers=layers)
+        plan, table = plan_quantization(loaded, spec, stats, hessians, quantizing, layers=layers, calibration=calibration)
     if on_plan is not None:
         on_plan(plan)
     if float_perplexity is None:
@@ -96,7 +98,8 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     if sensitivity is Sensitivity.NONE:
         table = table[["layer", "block", "kind", "in_features", "seconds"]]
     calibrated = stats or hessians
-    sha = (sequential.manifest.token_sha256 if sequential is not None
+    searched = sequential if sequential is not None else calibration if spec.needs_calibration else None
+    sha = (searched.manifest.token_sha256 if searched is not None
            else calibrated.meta.get("calibration_sha256", "") if calibrated else "")
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
             "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity.value,

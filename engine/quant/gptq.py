@@ -278,48 +278,58 @@ def group_aware_order(diagonal: torch.Tensor, group_size: int) -> torch.Tensor:
 @dataclass
 class _Rounding:
     """Grids as GPTQ's column loop applies them, for the [B, columns, out] layout: q =
-    clamp(round(w / scale), low, high) · scale with low = -zero, high = maxq - zero. That is
-    ``Grid.fake_quantize`` bit for bit (zero and round(w / scale) are integers, so adding zero before
-    the clamp and taking it away after changes nothing) in four operations instead of six, which
-    counts: the loop's per-column operations are what GPTQ spends on a layer."""
+    clamp(round(w / scale + parity) - parity, low, high) · scale with low = -zero, high = maxq - zero
+    and parity = zero mod 2. That is ``GroupGrids.fake_quantize`` (compressed-tensors' round(w / scale +
+    zero)) bit for bit: adding the even rest of the zero point changes no rounding. Symmetric grids'
+    zero points are even, and their loop runs four operations instead of six, which counts: the loop's
+    per-column operations are what GPTQ spends on a layer."""
 
     scale: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
+    parity: torch.Tensor | None = None  # None: every zero point even (symmetric grids)
 
     @classmethod
-    def of(cls, grid: Grid) -> _Rounding:
-        return cls(grid.scale, -grid.zero, grid.maxq - grid.zero)
+    def of(cls, grid: Grid, symmetric: bool) -> _Rounding:
+        return cls(grid.scale, -grid.zero, grid.maxq - grid.zero, None if symmetric else grid.zero.remainder(2))
+
+    def _parts(self) -> tuple[torch.Tensor, ...]:
+        return (self.scale, self.low, self.high) if self.parity is None else (self.scale, self.low, self.high, self.parity)
 
     @classmethod
     def stacked(cls, grids: list[_Rounding]) -> _Rounding:
         """Grids of one column each ([B, 1, out]) as one [B, groups, out]."""
-        return cls(*(torch.cat(parts, dim=1) for parts in zip(*((g.scale, g.low, g.high) for g in grids))))
+        return cls(*(torch.cat(parts, dim=1) for parts in zip(*(g._parts() for g in grids))))
 
     def per_column(self, groups: torch.Tensor) -> _Rounding:
         """From one grid per group [B, groups, out] to each column's group's ``groups`` [B, columns]: [B, columns, out]."""
-        return _Rounding(*(_permuted(t, groups, 1) for t in (self.scale, self.low, self.high)))
+        return _Rounding(*(_permuted(t, groups, 1) for t in self._parts()))
 
     def columns(self, start: int, stop: int) -> list[_Rounding]:
         """Positions ``start`` to ``stop`` of every layer, one [B, 1, out] each (views)."""
-        splits = (t[:, start:stop].split(1, dim=1) for t in (self.scale, self.low, self.high))
-        return [_Rounding(scale, low, high) for scale, low, high in zip(*splits)]
+        splits = (t[:, start:stop].split(1, dim=1) for t in self._parts())
+        return [_Rounding(*parts) for parts in zip(*splits)]
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return torch.div(w, self.scale).round_().clamp_(self.low, self.high).mul_(self.scale)
+        q = torch.div(w, self.scale)
+        if self.parity is None:
+            q.round_()
+        else:
+            q.add_(self.parity).round_().sub_(self.parity)
+        return q.clamp_(self.low, self.high).mul_(self.scale)
 
 
 def _column_grid(columns_first: torch.Tensor, bits: int, symmetric: bool) -> _Rounding:
     """One grid per output row over the given columns of a [B, columns, out] layout: [B, 1, out]."""
     grid = row_grid(columns_first.transpose(1, 2), bits, symmetric)
-    return _Rounding.of(Grid(grid.scale.transpose(1, 2), grid.zero.transpose(1, 2), grid.maxq))
+    return _Rounding.of(Grid(grid.scale.transpose(1, 2), grid.zero.transpose(1, 2), grid.maxq), symmetric)
 
 
 def _static_group_grids(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> _Rounding:
     """One grid per group of original columns, from the original [B, out, in] weights before any update: [B, groups, out]."""
     grids = [row_grid(weight[..., start:start + group_size], bits, symmetric) for start in range(0, weight.shape[-1], group_size)]
     scale, zero = torch.cat([g.scale for g in grids], -1), torch.cat([g.zero for g in grids], -1)
-    return _Rounding.of(Grid(scale.transpose(1, 2).contiguous(), zero.transpose(1, 2).contiguous(), grids[0].maxq))
+    return _Rounding.of(Grid(scale.transpose(1, 2).contiguous(), zero.transpose(1, 2).contiguous(), grids[0].maxq), symmetric)
 
 
 def _group_starts_inside(start: int, stop: int, group_size: int) -> bool:

@@ -2,7 +2,11 @@
 
 A grid maps x to scale * (clamp(round(x / scale) + zero, 0, maxq) - zero), with maxq = 2^bits - 1.
 Weights use GPTQ's construction (the range always contains 0; symmetric grids put the zero point
-in the middle), so RTN and GPTQ round to exactly the same grid.
+in the middle), so RTN and GPTQ round to exactly the same grid. A weight is rounded as
+compressed-tensors rounds it, round(x / scale + zero): at an exact tie (x / scale = k + 0.5, common in
+weights that were dequantized from a GGUF) an odd zero point of an asymmetric grid turns round half
+to even the other way than round(x / scale) + zero, the GPTQ reference's order; symmetric grids'
+zero points are even, and the two agree.
 """
 from __future__ import annotations
 
@@ -36,6 +40,12 @@ class Grid:
     def clip(self) -> float:
         """The largest |x| the grid holds (its top level)."""
         return float((self.scale * (self.maxq - self.zero)).max())
+
+
+def on_grid(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """A weight rounded as compressed-tensors' fake_quantize rounds it: scale · (clamp(round(x / scale + zero)) - zero)."""
+    q = torch.clamp(torch.round(x / scale + zero), 0, maxq)
+    return scale * (q - zero)
 
 
 def minmax_grid(xmin: torch.Tensor, xmax: torch.Tensor, bits: int, symmetric: bool) -> Grid:
@@ -113,9 +123,10 @@ class GroupGrids:
 
     def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
         if not self._grouped(weight.shape[1]):
-            return self.per_column(weight.shape[1]).fake_quantize(weight)
+            grid = self.per_column(weight.shape[1])
+            return on_grid(weight, grid.scale, grid.zero, self.maxq)
         values, scale, zero = self._broadcast(weight)
-        return Grid(scale, zero, self.maxq).fake_quantize(values).reshape(weight.shape)
+        return on_grid(values, scale, zero, self.maxq).reshape(weight.shape)
 
     def codes(self, fake: torch.Tensor) -> torch.Tensor:
         """The integers (0..maxq, uint8) of a weight already on these grids: fake / scale + zero. In

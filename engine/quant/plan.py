@@ -14,6 +14,7 @@ from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import LAYER_KINDS
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, original_weights
+from engine.quant.awq_pass import awq_scaling
 from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_weight
 from engine.quant.gptq import FactorizationError, gptq_batch
 from engine.quant.grid import GroupGrids, IntWeight
@@ -22,6 +23,7 @@ from engine.quant.ranges import relative_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
+from engine.sampling import CalibrationSet
 from engine.stats import StatsReport
 from engine.stats.hessian_report import HessianReport
 
@@ -187,15 +189,18 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
 
 def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport | None = None,
                       hessians: HessianReport | None = None, progress: Progress = no_progress,
-                      output_errors: bool = True, layers: list[LinearLayer] | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
+                      output_errors: bool = True, layers: list[LinearLayer] | None = None,
+                      calibration: CalibrationSet | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
-    (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians),
-    gptq_loss and damping (GPTQ), clip (activation range), input_error (expected relative error of the
-    quantized input over its histogram, per-tensor symmetric grids), smoothing_max (SmoothQuant's largest
-    s for the layer's input) and seconds. ``output_errors``
-    off skips the one costly measure (comparisons need the weights only). ``layers``: the spec's
-    ``quantizable_layers`` unless given. The weights are read under the model's lock, so another
-    session's quantized evaluation on the same model never leaks into this plan."""
+    (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians, or
+    AWQ's own pass), gptq_loss and damping (GPTQ), clip (activation range), input_error (expected
+    relative error of the quantized input over its histogram, per-tensor symmetric grids),
+    smoothing_max (SmoothQuant's largest s for the layer's input), AWQ's ratio, largest s, its
+    parent's relative output error at the identity and at the chosen scales, and the layer's RTN
+    output error before AWQ, and seconds. ``output_errors`` off skips the one costly measure
+    (comparisons need the weights only). ``layers``: the spec's ``quantizable_layers`` unless given.
+    ``calibration``: the set AWQ searches its scales on. The weights are read under the model's lock,
+    so another session's quantized evaluation on the same model never leaks into this plan."""
     layers = quantizable_layers(loaded.model, spec) if layers is None else layers
     if spec.needs_stats and stats is None:
         needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
@@ -209,20 +214,29 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
         return stats.arrays(name) if stats is not None and name in observed else None
 
     matrices = original_weights(loaded, layers)
-    smoothing = None
+    smoothing, awq = None, None
     if spec.smoothing is not None:
         smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
+    elif spec.awq is not None:
+        if calibration is None:
+            raise CalibscopeError("AWQ searches its scales on the calibration set itself: build a set first.")
+        awq = awq_scaling(loaded, calibration, spec, layers, scaled(progress, 0.0, 0.8))
+        smoothing = awq.scaling
+    if smoothing is not None:
         matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
-    weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.0, 0.9), sharing)
+    awq_rows = awq.layers.set_index("layer").to_dict("index") if awq is not None and len(awq.layers) else {}
+    weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9), sharing)
                if spec.weights.enabled else {})
     plan, rows = QuantizedModel(), []
     if smoothing is not None:
-        plan.floats, plan.column_scales = smoothing.norm_parameters, smoothing.scales
+        plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
     for layer in layers:
         started = time.perf_counter()
         row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
-        if smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
+        if spec.smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
             row["smoothing_max"] = float(smoothing.scales[layer.name].max())
+        awq_row = dict(awq_rows.get(layer.name, {}))
+        awq_error = awq_row.pop("output_error_awq", None)
         if layer.name in weights:
             result = weights[layer.name]
             original, fake, _, costs = result
@@ -231,6 +245,9 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
             row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
             if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
                 row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
+            elif awq_error is not None and not spec.needs_hessians:  # AWQ's pass measured the same RTN weights
+                row["output_error"] = awq_error
+        row.update(awq_row)
         if spec.activations.enabled and layer.kind.is_linear:
             arrays = arrays_of(layer.name) if smoothing is None else smoothing.arrays(layer.name, arrays_of(layer.name))
             inputs = spec.activations

@@ -6,12 +6,27 @@ import torch
 from engine.quant.grid import GroupGrids, row_grid
 
 
+def group_width(columns: int, group_size: int) -> int:
+    """Input columns per grid: ``group_size`` (the last group of a row takes what is left), or the whole
+    row per channel (0) or when the group is wider than the row."""
+    return group_size if 0 < group_size < columns else columns
+
+
+def padded_groups(matrix: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[rows, groups, width] view of ``matrix`` [rows, columns], zero columns appended to fill the last
+    group (a grid always holds 0, so they change no group's grid)."""
+    width = group_width(matrix.shape[-1], group_size)
+    missing = -matrix.shape[-1] % width
+    if missing:
+        matrix = torch.nn.functional.pad(matrix, (0, missing))
+    return matrix.reshape(*matrix.shape[:-1], -1, width)
+
+
 def rtn_grids(weight: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True) -> GroupGrids:
     """One grid per row of ``weight`` [out, in] (group_size 0) or per ``group_size`` consecutive
     input columns of each row, from its min and max."""
     weight = weight.float()
-    size = group_size if group_size and group_size < weight.shape[1] else weight.shape[1]
-    grids = [row_grid(part, bits, symmetric) for part in weight.split(size, dim=1)]
+    grids = [row_grid(part, bits, symmetric) for part in weight.split(group_width(weight.shape[1], group_size), dim=1)]
     scale, zero = torch.cat([grid.scale for grid in grids], 1), torch.cat([grid.zero for grid in grids], 1)
     return GroupGrids(scale, zero, bits, group_size, symmetric)
 

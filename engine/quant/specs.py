@@ -71,6 +71,41 @@ class Granularity(str, Enum):
 DEFAULT_ACT_ORDER = ActOrder.STATIC
 
 
+class AwqScaling(str, Enum):
+    """What AWQ's grid searches (llm-compressor's duo_scaling): "inputs and weights" (its default,
+    True): s = x̄^r / w̄^(1-r) for r in [0, 1], with the identity first; "inputs" (False): s = x̄^r;
+    "both": half the points each way."""
+
+    DUO = "inputs and weights"
+    INPUTS = "inputs"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class AwqSpec:
+    """AWQ before the weights are rounded (engine/quant/awq.py). ``grid``: points searched per mapping
+    (llm-compressor's n_grid); ``scaling``: see AwqScaling; ``clip``: AutoAWQ's clip search after the
+    scaling (llm-compressor has none); ``renormalized``: also scale the inputs of layers whose output a
+    norm inside the measured module reads again (Gemma 3's and Qwen 3's q_norm and k_norm: llm-compressor
+    leaves Gemma 3's out, its issue 2522, and keeps Qwen 3's)."""
+
+    grid: int = 20
+    scaling: AwqScaling = AwqScaling.DUO
+    clip: bool = False
+    renormalized: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scaling", choice(AwqScaling, self.scaling, "AWQ scaling"))
+        if not 4 <= self.grid <= 200:
+            raise SpecError(f"AWQ grid={self.grid}: use 4 to 200 points (llm-compressor's default is 20).")
+
+    def label(self) -> str:
+        extras = [f"{self.grid} points"] if self.grid != 20 else []
+        extras += [f"{self.scaling.value} scaled"] if self.scaling is not AwqScaling.DUO else []
+        extras += ["clip"] if self.clip else []
+        return "AWQ" + (f" ({', '.join(extras)})" if extras else "")
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """Weights: round-to-nearest or GPTQ on a uniform grid of ``bits``.
@@ -149,7 +184,7 @@ class WeightSpec:
             return f"W {self.format.value.upper()}{' ' + scope if scope and not self.format.block else ''} {self.method.value.upper()}"
         group = f"g{self.group_size}" if self.group_size else "per-channel"
         order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not DEFAULT_ACT_ORDER else ""
-        return f"W{self.bits} {group} {self.method.value.upper()}{order}"
+        return f"W{self.bits} {group}{'' if self.symmetric else ' asym'} {self.method.value.upper()}{order}"
 
 
 @dataclass(frozen=True)
@@ -228,12 +263,15 @@ class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
     quantizable layers but the LM head by default; the head shares its weight with the embedding
     in tied models, which quantizers keep in float). ``smoothing``: SmoothQuant's α (0 to 1; None: off),
-    the inputs' outliers moved into the weights before both are quantized (engine/quant/smoothing.py)."""
+    the inputs' outliers moved into the weights before both are quantized (engine/quant/smoothing.py).
+    ``awq``: AWQ's input scales searched on the calibration set before the weights are rounded
+    (engine/quant/awq.py; None: off)."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)
     activations: ActivationSpec = field(default_factory=ActivationSpec)
     name_pattern: str = ""
     smoothing: float | None = None
+    awq: AwqSpec | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -244,6 +282,21 @@ class QuantSpec:
             raise SpecError("Nothing to quantize: choose a weight method, activation bits, or both.")
         if self.smoothing is not None:
             self._check_smoothing()
+        if isinstance(self.awq, dict):  # a run config's [quantize.awq] table
+            object.__setattr__(self, "awq", AwqSpec(**self.awq))
+        if self.awq is not None:
+            self._check_awq()
+
+    def _check_awq(self) -> None:
+        weights = self.weights
+        if self.smoothing is not None:
+            raise SpecError("AWQ and SmoothQuant both rescale the same inputs: choose one.")
+        if not weights.enabled or weights.format.is_float:
+            raise SpecError("AWQ scales the weights before they are rounded to an integer grid: choose RTN or GPTQ int "
+                            "weights (W4 g128 asymmetric is llm-compressor's AWQ scheme), or leave AWQ off.")
+        if self.activations.enabled:
+            raise SpecError("AWQ here is weight-only (W4A16, as llm-compressor and AutoAWQ run it): set the activations to "
+                            "float, or use SmoothQuant for W8A8.")
 
     def _check_smoothing(self) -> None:
         inputs = self.activations
@@ -262,8 +315,8 @@ class QuantSpec:
     def label(self) -> str:
         parts = [part.label() for part in (self.weights, self.activations) if part.enabled]
         smoothing = [f"SmoothQuant α{self.smoothing:g}"] if self.smoothing is not None else []
-        return " + ".join(smoothing + parts)
-
+        awq = [self.awq.label()] if self.awq is not None else []
+        return " + ".join(smoothing + awq + parts)
 
     @property
     def needs_hessians(self) -> bool:
@@ -274,9 +327,14 @@ class QuantSpec:
         return (self.activations.enabled and not self.activations.dynamic) or self.smoothing is not None
 
     @property
+    def needs_calibration(self) -> bool:
+        """AWQ searches its scales on the calibration set itself (its own pass)."""
+        return self.awq is not None
+
+    @property
     def can_run_sequentially(self) -> bool:
         """GPTQ weights with float activations: what block-by-block (sequential) GPTQ quantizes."""
-        return self.needs_hessians and not self.activations.enabled
+        return self.needs_hessians and not self.activations.enabled and self.awq is None
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
@@ -297,6 +355,9 @@ PRESETS: dict[str, QuantSpec] = {
     "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),  # llm-compressor's numerics
     **{f"W4 g128 GPTQ ({tool})": QuantSpec(spec) for tool, spec in PEER_GPTQ.items()},
     "W4 g128 RTN": QuantSpec(WeightSpec(RTN, 4, 128)),
+    # llm-compressor's AWQModifier + W4A16_ASYM, the scheme its AWQ examples ship; then with AutoAWQ's clip search
+    "W4 g128 AWQ": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec()),
+    "W4 g128 AWQ + clip": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec(clip=True)),
     "W3 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 3, 128)),
     "W3 g128 RTN": QuantSpec(WeightSpec(RTN, 3, 128)),
     "W8A8 static (min/max)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MINMAX)),

@@ -18,6 +18,7 @@ from engine.quant import (
     PRESETS,
     ActivationSpec,
     ActOrder,
+    AwqSpec,
     Granularity,
     NumberFormat,
     QuantReport,
@@ -43,8 +44,8 @@ GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
 GPU_EVALUATION = (32, 512)
-SCHEME_WIDGETS = ("method", "weight_format", "bits", "group", "act_order", "act_format", "act_bits", "range_method",
-                  "percentile", "granularity", "smoothing")
+SCHEME_WIDGETS = ("method", "weight_format", "bits", "group", "symmetric", "act_order", "act_format", "act_bits",
+                  "range_method", "percentile", "granularity", "smoothing", "awq", "awq_clip")
 
 
 def evaluation_defaults() -> tuple[int, int]:
@@ -59,6 +60,7 @@ class QuantizeForm:
     weight_format: str = NumberFormat.INT.value
     bits: float = 4
     group: str = "128"
+    symmetric: bool = True
     act_order: str = DEFAULT_ACT_ORDER.value
     act_format: str = NumberFormat.INT.value
     act_bits: float = 0
@@ -66,6 +68,8 @@ class QuantizeForm:
     percentile: float = 99.99
     granularity: str = Granularity.TENSOR.value
     smoothing: float | None = None
+    awq: bool = False
+    awq_clip: bool = False
     source: str = next(iter(HELD_OUT))
     upload: str | None = None
     length: float = 256
@@ -78,23 +82,25 @@ class QuantizeForm:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
             return PRESETS[self.preset]  # damping and Cholesky policy have no control of their own
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
-                             act_order=self.act_order, format=self.weight_format)
+                             symmetric=bool(self.symmetric), act_order=self.act_order, format=self.weight_format)
         # a float input format sets its own bits; int inputs are off at 0 bits
         act_bits = whole(self.act_bits) if NumberFormat(self.act_format) is NumberFormat.INT else 0
         activations = ActivationSpec(bits=act_bits, range_method=self.range_method, percentile=float(self.percentile or 0),
                                      granularity=self.granularity, format=self.act_format)
         smoothing = None if self.smoothing in (None, "") else float(self.smoothing)
-        return QuantSpec(weights, activations, smoothing=smoothing)
+        return QuantSpec(weights, activations, smoothing=smoothing, awq=AwqSpec(clip=bool(self.awq_clip)) if self.awq else None)
 
 
 def preset_widgets(name: str) -> list:
     """The detailed controls showing a preset (left as they are for Custom)."""
     if name not in PRESETS:
         return [gr.update()] * len(SCHEME_WIDGETS)
-    w, a = PRESETS[name].weights, PRESETS[name].activations
+    spec = PRESETS[name]
+    w, a = spec.weights, spec.activations
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
-    return [w.method.value, w.format.value, w.bits, group, w.act_order.value, a.format.value, a.bits, a.range_method.value,
-            a.percentile, a.granularity.value, PRESETS[name].smoothing]
+    return [w.method.value, w.format.value, w.bits, group, w.symmetric, w.act_order.value, a.format.value, a.bits,
+            a.range_method.value, a.percentile, a.granularity.value, spec.smoothing, spec.awq is not None,
+            spec.awq is not None and spec.awq.clip]
 
 
 def status_line(report: QuantReport, reused: bool) -> str:
@@ -103,10 +109,22 @@ def status_line(report: QuantReport, reused: bool) -> str:
     verb = "Reused: " if reused else ""
     return (f"{verb}**{scheme_label(report)}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
             f"({report.gap:+.2f}, {relative:+.1f}%) on {meta['evaluation']} ({meta['evaluation_tokens']:,} tokens) · "
-            f"{meta['layers']} layers · {meta['seconds']:.1f} s")
+            f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}")
+
+
+def awq_sentence(layers: pd.DataFrame) -> str:
+    """What AWQ's search did, in one sentence (empty without AWQ)."""
+    if "awq_error_identity" not in layers:
+        return ""
+    searched = layers.dropna(subset=["awq_error_identity"]).drop_duplicates(["awq_error_identity", "awq_error_best"])
+    scaled = int((searched["awq_scale_max"] > 1).sum())
+    kept = 1 - searched["awq_error_best"] / searched["awq_error_identity"]
+    return (f"\n- AWQ searched {len(searched)} inputs on the calibration set and rescaled {scaled}; the measured modules' "
+            f"output error under rounding fell by a median {100 * kept.median():.0f}% (at most {100 * kept.max():.0f}%).")
 
 
 ERRORS = ("output_error", "input_error")
+AWQ_ERRORS = ("awq_error_identity", "awq_error_best", "output_error_before_awq", "clipped_groups")
 
 
 def layer_table(report: QuantReport) -> tuple[pd.DataFrame, str]:
@@ -122,8 +140,9 @@ def layer_table(report: QuantReport) -> tuple[pd.DataFrame, str]:
         table, title = table.loc[worst.sort_values(ascending=False).index], "Per layer, largest relative error first"
     else:
         title = "Per layer, in execution order (no sensitivity measured)"
-    formats = {column: percent for column in (*ERRORS, "weight_error") if column in table}
-    formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace", "smoothing_max") if c in table})
+    formats = {column: percent for column in (*ERRORS, *AWQ_ERRORS, "weight_error") if column in table}
+    formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace", "smoothing_max",
+                                       "awq_ratio", "awq_scale_max") if c in table})
     return shown(table.drop(columns=["seconds", "layer"]), formats), title
 
 
@@ -142,22 +161,28 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     spec = form.spec()
     if form.sequential and not spec.can_run_sequentially:
         raise CalibscopeError(f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
+    loaded = context.model(session)
+    if spec.needs_calibration and not loaded.resident:
+        raise CalibscopeError("AWQ searches its scales on the model in memory: load it without offloading for this step.")
     if spec.needs_hessians and session.hessians is None and not form.sequential:
         raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first, tick Sequential "
                               "(it runs its own pass), or choose RTN.")
     if spec.needs_stats and session.stats is None:
         raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
     context.limits.check_sampling(whole(form.windows), whole(form.length))
-    loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
     passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
     # sequential: about three forwards of the calibration set besides the GPTQ itself
+    # sequential: about three forwards of the calibration set besides the GPTQ itself; AWQ: one, and its search
+    # runs each measured module again per grid point (about three quarters of a forward per point)
+    forwards = 3 if form.sequential else (2 + 3 * spec.awq.grid // 4) if spec.awq is not None else 0
     units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0) + \
-        (3 * int(calibration.lengths.sum()) if form.sequential else 0)
+        forwards * int(calibration.lengths.sum())
     with timed_step(context.times, loaded, "quantize", units, progress):
         report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
                                                       form.sensitivity, progress=progress,
-                                                      sequential=calibration if form.sequential else None)
+                                                      sequential=calibration if form.sequential else None,
+                                                      calibration=calibration)
     report.meta["run"] = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
                                                        form.upload if form.source == UPLOADED else None), form.sensitivity,
                                   form.sequential)
@@ -177,7 +202,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
                                  info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, "
                                       "optimum's and the GPTQ paper's, applied to every layer at once from the collected "
-                                      "Hessians unless Sequential is ticked. Static activations need statistics")
+                                      "Hessians unless Sequential is ticked. AWQ (llm-compressor's AWQModifier + W4A16_ASYM) "
+                                      "searches on the set itself. Static activations need statistics")
             sequential = gr.Checkbox(False, label="Sequential (GPTQ)",
                                      info="block by block on the calibration set, each block's Hessians from the quantized "
                                           "blocks before it, as the tools run it (true sequential for the gptqmodel and "
@@ -189,6 +215,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                               "and a global scale; mxfp4: e2m1 with a power-of-two scale per 32 (RTN)")
                 bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits (int)")
                 group = gr.Dropdown(list(GROUPS), value="128", label="Group size (input columns per scale)")
+                symmetric = gr.Checkbox(True, label="Symmetric weight grids", info="untick for a zero point per group "
+                                        "(asymmetric: llm-compressor's W4A16_ASYM, AWQ's scheme)")
                 act_order = gr.Radio(labels(ActOrder), value=default.weights.act_order.value, label="GPTQ activation order",
                                      info="static: group scales in the original order (llm-compressor 'weight'); "
                                           "dynamic: groups in the permuted order (needs g_idx); group-aware: whole groups "
@@ -205,6 +233,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 smoothing = gr.Number(None, label="SmoothQuant α (empty: off)", minimum=0, maximum=1, step=0.05,
                                       info="moves input outliers into the weights before W8A8 / FP8, from the statistics' "
                                            "per-channel ranges; 0.5 is llm-compressor's default")
+                with gr.Row():
+                    awq = gr.Checkbox(False, label="AWQ", info="searches each input's scales on the calibration set "
+                                      "before the weights are rounded (llm-compressor's AWQModifier; runs its own pass)")
+                    awq_clip = gr.Checkbox(False, label="AWQ clip search", info="then AutoAWQ's per-group weight clipping")
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -221,9 +253,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             runs = result_plot()
     depth = result_plot()
     table = result_table("Per layer (sortable)", max_height=380)
-    scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "act_order": act_order,
-              "act_format": act_format, "act_bits": act_bits, "range_method": range_method, "percentile": percentile,
-              "granularity": granularity, "smoothing": smoothing}
+    scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "symmetric": symmetric,
+              "act_order": act_order, "act_format": act_format, "act_bits": act_bits, "range_method": range_method,
+              "percentile": percentile, "granularity": granularity, "smoothing": smoothing, "awq": awq, "awq_clip": awq_clip}
     preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])
     source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
     for control in scheme.values():

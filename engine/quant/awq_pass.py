@@ -1,0 +1,334 @@
+"""AWQ over a calibration set, block by block (the numerics are engine/quant/awq.py's).
+
+The mappings (which inputs can be rescaled, and which module's output measures it) are found from
+the model (engine/quant/mappings.py). One block-by-block pass of the float model, as llm-compressor's
+sequential pipeline runs AWQ (its blocks see the float outputs of the blocks before: the rescaling
+leaves the float model unchanged, and the weights are rounded only after the search): each block's
+quantized layers' inputs are observed (Σ|x| per channel for x̄, Σ xxᵀ for the loss of a Linear
+parent, the clip search and each layer's output error), and the calls of its parent modules (the
+attention, the MLP) are kept. When the block's batches are done, its mappings are searched in the
+order the forward reaches them, each seeing the rescaling of the ones before, then clipped, then
+freed. The model itself is never changed: the grid search swaps weights in and puts them back.
+
+The loss of a mapping whose parent is the balance layer itself (up_proj -> down_proj, v_proj ->
+o_proj) is the mean squared change of that layer's output, tr(ΔW XᵀX ΔWᵀ) / (tokens · outputs):
+from the block's Σ xxᵀ, with no forward (a 20-point search of a 2,048-wide down projection costs
+20 products of [640, 2,048] by [2,048, 2,048] instead of 20 of 16,384 tokens). Other parents run
+their recorded calls again. Padding counts nowhere (llm-compressor counts it in x̄ and the loss; on
+windows without padding the two agree).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from torch import nn
+
+from engine.errors import CalibscopeError
+from engine.hooks import Side, block_prefix, decoder_blocks
+from engine.memo import OwnerMemo
+from engine.models import LinearLayer, LoadedModel
+from engine.models.layers import block_of
+from engine.progress import Progress, no_progress
+from engine.quant.apply import module_weight, original_weights, rescaled
+from engine.quant.awq import best_clips, clipped, group_blocks, search_scales
+from engine.quant.mappings import ScalingMapping, linear_mappings, norm_mappings, renormalizing_norms
+from engine.quant.rtn import rtn_quantized
+from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
+from engine.quant.specs import AwqSpec, QuantSpec, WeightSpec
+from engine.runner import Execution, FinishedBlock, PassRequest, distributed, run_pass
+from engine.runner.blockwise import swapped
+from engine.sampling import CalibrationSet
+from engine.stats.hessian import HessianAccumulator
+
+BATCH_SIZE = 8
+RESULTS: OwnerMemo[AwqResult] = OwnerMemo(keep=4)  # per model: a run's AWQ made again for its checkpoint is not searched twice
+
+
+class InputSums:
+    """One observed input's Σ|x| per channel (float64), its real tokens and Σ xxᵀ."""
+
+    def __init__(self, channels: int, device: torch.device) -> None:
+        self.absolute = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.products = HessianAccumulator(channels, storage=device)
+
+    def update(self, x: torch.Tensor, tokens=None) -> None:
+        self.absolute += x.abs().sum(0, dtype=torch.float64)
+        self.products.update(x)
+
+    def all_reduce(self, group=None) -> InputSums:
+        torch.distributed.all_reduce(self.absolute, torch.distributed.ReduceOp.SUM, group)
+        self.products.all_reduce(group)
+        return self
+
+    @property
+    def tokens(self) -> int:
+        return self.products.tokens
+
+    def mean(self) -> torch.Tensor:
+        """x̄: mean |x| per channel."""
+        return (self.absolute / max(self.tokens, 1)).float()
+
+    def hessian(self) -> torch.Tensor:
+        """H = 2/N Σ xxᵀ."""
+        return self.products.result()
+
+
+@dataclass
+class AwqResult:
+    """The rescaling AWQ chose, one row per mapping (its grid point, the parent's relative output
+    error at the identity and at the chosen point) and one per layer (its mapping's ratio, its
+    largest s, and the relative output error of the scheme's RTN before and after AWQ)."""
+
+    scaling: ChannelScaling
+    mappings: pd.DataFrame
+    layers: pd.DataFrame
+    losses: dict[str, torch.Tensor]  # source -> every grid point's loss (the parent's mean squared output change)
+    seconds: float
+
+
+def awq_mappings(loaded: LoadedModel, layers: list[LinearLayer], spec: AwqSpec) -> list[ScalingMapping]:
+    """Every norm and Linear mapping into ``layers``, in the order the forward reaches them; without
+    ``spec.renormalized``, those whose readers' outputs a norm inside the measured module reads again
+    are left out."""
+    mappings = norm_mappings(loaded, layers) + linear_mappings(loaded, layers)
+    if not spec.renormalized:
+        again = renormalizing_norms(loaded, layers)
+        mappings = [mapping for mapping in mappings if not any(
+            norm.startswith(mapping.parent + ".") for layer in mapping.layers for norm in again.get(layer, ()))]
+    order = {layer.name: number for number, layer in enumerate(layers)}
+    return sorted(mappings, key=lambda mapping: order[mapping.layers[0]])
+
+
+class _ParentCalls:
+    """The calls (args, kwargs) of the parent modules a search runs again, batch by batch."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.calls: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
+        self.handles = {name: module.register_forward_pre_hook(self._recorder(name), with_kwargs=True)
+                        for name, module in modules.items()}
+
+    def _recorder(self, name: str):
+        def record(_module, args, kwargs):
+            self.calls[name].append((args, kwargs))
+        return record
+
+    def take(self, name: str) -> list[tuple[tuple, dict]]:
+        """The module's calls, no longer recorded: its block is done (the search runs them again)."""
+        self.handles.pop(name).remove()
+        return self.calls.pop(name)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.remove()
+        self.handles.clear()
+        self.calls.clear()
+
+
+def _outputs(parent: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
+    outputs = []
+    for args, kwargs in calls:
+        output = parent(*args, **kwargs)
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+    return outputs
+
+
+def _squared_error(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over the real tokens (``mask`` [batch, time]) of the squared difference, on the device."""
+    difference = output.float() - target.float()
+    if difference.dim() >= 2 and tuple(difference.shape[:2]) == tuple(mask.shape):
+        difference = difference[mask]
+    return difference.pow(2).sum()
+
+
+class _Block:
+    """One finished block's AWQ: its mappings searched in order, then its layers clipped and measured."""
+
+    def __init__(self, search: _Search, finished: FinishedBlock) -> None:
+        self.search, self.finished = search, finished
+        self.layers = [layer for layer in search.layers if block_of(layer.name) == finished.index]
+        self.originals = original_weights(search.loaded, self.layers)
+        self.block = search.blocks[finished.index]
+        self.prefix = f"{search.prefix}.{finished.index}"
+
+    def sums(self, name: str) -> InputSums:
+        return self.finished.accumulators[self.finished.shared.get(name, name)]
+
+    def current(self, name: str) -> torch.Tensor:
+        """The layer's [out, in] float weight with the rescalings found so far."""
+        scaling = self.search.scaling
+        return rescaled(self.originals[name], scaling.scales.get(name), scaling.row_scales.get(name))
+
+    def module_weights(self, matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: module_weight(self.search.by_name[name], matrix) for name, matrix in matrices.items()}
+
+    def run(self) -> None:
+        for mapping in self.search.mappings_of(self.finished.index):
+            self.search_mapping(mapping)
+        if self.search.spec.awq.clip:
+            self.clip()
+        self.measure()
+
+    def losses(self, mapping: ScalingMapping) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], float]:
+        """The loss of a point (its fakes of the balance layers) and the float output's mean square."""
+        search = self.search
+        if mapping.parent in search.by_name:  # a Linear parent: from its input's Σ xxᵀ, no forward
+            half = self.sums(mapping.parent).hessian() / 2  # Σ xxᵀ / N
+            weight = self.current(mapping.parent).float()
+            outputs = weight.shape[0]
+
+            def from_products(fakes: list[torch.Tensor]) -> torch.Tensor:
+                delta = fakes[0].float() - weight
+                return torch.sum((delta @ half) * delta) / outputs
+            return from_products, float(torch.sum((weight @ half) * weight)) / outputs
+        parent = self.block.get_submodule(mapping.parent[len(self.prefix) + 1:])
+        calls = search.parent_calls.take(mapping.parent)
+        touched = {layer.name: self.current(layer.name) for layer in self.layers
+                   if layer.name.startswith(mapping.parent + ".") and search.scaling.touches(layer.name)}
+        with swapped(self.block, self.prefix, self.module_weights(touched)):
+            targets = _outputs(parent, calls)
+        device = search.loaded.device
+        values = distributed_sum(torch.tensor(float(search.real_tokens * targets[0].shape[-1]), device=device))
+        zero = torch.zeros((), device=device)
+        signal = sum(_squared_error(target, zero, mask) for target, mask in zip(targets, search.masks))
+        signal = float(distributed_sum(signal.reshape(())) / values)
+
+        def from_forwards(fakes: list[torch.Tensor]) -> torch.Tensor:
+            weights = {**touched, **dict(zip(mapping.layers, fakes))}
+            with swapped(self.block, self.prefix, self.module_weights(weights)):
+                error = sum(_squared_error(output, target, mask) for output, target, mask in
+                            zip(_outputs(parent, calls), targets, search.masks))
+            return distributed_sum(error.reshape(())) / values
+        return from_forwards, signal
+
+    def search_mapping(self, mapping: ScalingMapping) -> None:
+        search, scaling = self.search, self.search.scaling
+        losses, signal = self.losses(mapping)
+        matrices = [self.current(name) for name in mapping.layers]
+        x_mean = self.sums(mapping.layers[0]).mean()
+        scales, best, grid, values = search_scales(x_mean, matrices, search.spec.weights, search.spec.awq.grid,
+                                                   search.spec.awq.scaling, losses)
+        if not torch.isfinite(values[best]):
+            raise CalibscopeError(f"AWQ found no finite output error for {mapping.source} -> {', '.join(mapping.layers)}: "
+                                  "the calibration data gives NaN or infinite activations there.")
+        scales = scales.cpu()
+        for name in mapping.layers:  # a layer reads one input: one mapping sets its s, another may set its rows'
+            scaling.scales[name] = scales
+        source = search.modules[mapping.source]
+        if mapping.is_norm:
+            scaling.parameters.update(scaled_norm(mapping.source, source, scales, mapping.gain_offset))
+        else:
+            scaling.row_scales[mapping.source] = scales
+            scaling.parameters.update(scaled_bias(mapping.source, source, scales))
+        ratio, duo = grid[best]
+        search.losses[mapping.source] = values
+        search.mapping_rows.append({
+            "source": mapping.source, "layers": ", ".join(mapping.layers), "parent": mapping.parent, "ratio": ratio,
+            "duo_scaling": duo, "grid_index": best, "error_identity": float(values[0]) / signal if signal else float("nan"),
+            "error_best": float(values[best]) / signal if signal else float("nan"),
+            "scale_max": float(scales.max()), "scale_min": float(scales.min()), "tokens": self.sums(mapping.layers[0]).tokens})
+        for name in mapping.layers:
+            search.layer_rows[name] = {"awq_ratio": ratio, "awq_scale_max": float(scales.max()),
+                                       "awq_error_identity": search.mapping_rows[-1]["error_identity"],
+                                       "awq_error_best": search.mapping_rows[-1]["error_best"]}
+
+    def input_hessian(self, name: str) -> torch.Tensor:
+        """H of the layer's rescaled input."""
+        return divided_hessian(self.sums(name).hessian(), self.search.scaling.scales.get(name))
+
+    def clip(self) -> None:
+        spec = self.search.spec.weights
+        for layer in self.layers:
+            if clipped(layer.name):
+                blocks = group_blocks(self.input_hessian(layer.name), spec.group_size)
+                self.search.scaling.clips[layer.name] = best_clips(self.current(layer.name), blocks, spec).cpu()
+
+    def measure(self) -> None:
+        """Each layer's relative output error under the scheme's RTN, before and after AWQ."""
+        spec, scaling = self.search.spec.weights, self.search.scaling
+        for layer in self.layers:
+            before = _rtn_error(self.originals[layer.name], self.sums(layer.name).hessian(), spec)
+            after_weight = rescaled(self.originals[layer.name], scaling.scales.get(layer.name),
+                                    scaling.row_scales.get(layer.name), scaling.clips.get(layer.name))
+            after = _rtn_error(after_weight, self.input_hessian(layer.name), spec)
+            row = self.search.layer_rows.setdefault(layer.name, {})
+            row.update(output_error_before_awq=before, output_error_awq=after)
+            if layer.name in scaling.clips:
+                largest = self.current(layer.name).float().abs().reshape(layer.out_features, scaling.clips[layer.name].shape[1], -1)
+                row["clipped_groups"] = float((scaling.clips[layer.name].to(largest.device) < largest.amax(-1)).float().mean())
+
+
+def _rtn_error(matrix: torch.Tensor, hessian: torch.Tensor, spec: WeightSpec) -> float:
+    weight = matrix.float()
+    fake, _ = rtn_quantized(weight, spec.bits, spec.group_size, spec.symmetric)
+    delta = fake - weight
+    hessian = hessian.to(weight.device, torch.float32)
+    signal = torch.sum((weight @ hessian) * weight)
+    return float(torch.sum((delta @ hessian) * delta) / signal) if signal > 0 else float("nan")
+
+
+def distributed_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the ranks (itself in one process)."""
+    if distributed.world()[1] > 1:
+        torch.distributed.all_reduce(value, torch.distributed.ReduceOp.SUM)
+    return value
+
+
+class _Search:
+    """What the pass shares across blocks: the mappings, the recorded calls, the rescaling so far."""
+
+    def __init__(self, loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
+                 batches: list[list[int]]) -> None:
+        self.loaded, self.spec, self.layers = loaded, spec, layers
+        self.by_name = {layer.name: layer for layer in layers}
+        self.modules = dict(loaded.model.named_modules())
+        self.blocks, self.prefix = decoder_blocks(loaded.model), block_prefix(loaded.model)
+        self.mappings = awq_mappings(loaded, layers, spec.awq)
+        masks = [calibration.pad(rows)[1] for rows in distributed.shard(batches)]
+        self.real_tokens = sum(int(mask.sum()) for mask in masks)  # this rank's, counted on the host
+        self.masks = [mask.to(loaded.device, torch.bool) for mask in masks]
+        parents = {mapping.parent: self.modules[mapping.parent] for mapping in self.mappings if mapping.parent not in self.by_name}
+        self.parent_calls = _ParentCalls(parents)
+        self.scaling = ChannelScaling(self.mappings, {}, {})
+        self.mapping_rows: list[dict] = []
+        self.losses: dict[str, torch.Tensor] = {}
+        self.layer_rows: dict[str, dict] = {}
+
+    def mappings_of(self, block: int) -> list[ScalingMapping]:
+        return [mapping for mapping in self.mappings if block_of(mapping.layers[0]) == block]
+
+    def after_block(self, finished: FinishedBlock) -> None:
+        _Block(self, finished).run()
+        finished.accumulators.clear()  # the block's Σ xxᵀ: freed before the next block's
+
+
+def awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
+                progress: Progress = no_progress) -> AwqResult:
+    """AWQ's rescaling of ``layers`` (the quantized ones) found on ``calibration`` for ``spec``
+    (``spec.awq`` set); remembered per model for the same set and scheme."""
+    key = (calibration.manifest.token_sha256, spec.awq, spec.weights, tuple(layer.name for layer in layers), distributed.world())
+    return RESULTS.get_or_compute(loaded.model, key, lambda: _awq_scaling(loaded, calibration, spec, layers, progress))
+
+
+def _awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
+                 progress: Progress) -> AwqResult:
+    loaded.require_resident("AWQ")
+    started = time.perf_counter()
+    batches = calibration.batch_indices(BATCH_SIZE, by_length=True)
+    search = _Search(loaded, calibration, spec, layers, batches)
+    if not search.mappings:
+        raise CalibscopeError("AWQ found no input it can rescale in these layers (no norm or Linear whose output only "
+                              "quantized layers read); leave AWQ off for this model or name pattern.")
+    request = PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: layer.in_features * (layer.in_features * 4 + 8),
+                          batch_size=BATCH_SIZE, batches=batches, after_block=search.after_block,
+                          execution=Execution.BLOCKWISE)
+    try:
+        run_pass(loaded, calibration, replace(request, propagate=False), progress)
+    finally:
+        search.parent_calls.close()
+    layer_table = pd.DataFrame([{"layer": name, **row} for name, row in search.layer_rows.items()])
+    return AwqResult(search.scaling, pd.DataFrame(search.mapping_rows), layer_table, search.losses,
+                     time.perf_counter() - started)
