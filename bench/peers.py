@@ -46,12 +46,13 @@ scales compared per norm (s = the norm's gain before / after, the gain (1 + weig
 
 --part awq: llm-compressor's AWQModifier (its defaults and the mappings it registers for Gemma 3) +
 W4A16_ASYM (``bench/peer_scripts/llmcompressor_awq.py``; on a machine without CUDA its cached inputs'
-pin_memory is made a no-op, the one change, said in the result) against calibscope's "W4 g128 AWQ"
-(mappings found from the model) on the same windows, timed around each tool's own search and
+pin_memory is made a no-op, the one change, said in the result) against calibscope's "W4 g128 AWQ
+(llm-compressor)" (the mappings found from the model, the inputs Gemma 3's q_norm / k_norm re-normalize
+left out as llm-compressor's Gemma 3 mappings leave them) on the same windows, timed around each tool's own search and
 quantization (calibscope: its AWQ pass + plan, in a process that has not run it before); every
 mapping's scales compared; both evaluated by calibscope's perplexity, with the asymmetric RTN they
-start from, calibscope's clip search and AWQ with the q/k/v inputs Gemma 3's q_norm re-normalizes
-beside them; ``{"bench": "peers_awq", ...}``.
+start from, calibscope's default AWQ (every input, q/k/v too) and its clip search beside them;
+``{"bench": "peers_awq", ...}``.
 """
 from __future__ import annotations
 
@@ -274,12 +275,12 @@ AWQ_SECONDS_GOAL = 0.6
 
 def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
-    preset = PRESETS["W4 g128 AWQ"]
+    preset = PRESETS["W4 g128 AWQ (llm-compressor)"]
     rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
     started = time.perf_counter()
     plan, table = plan_quantization(loaded, preset, calibration=calibration, output_errors=False)
     ours_seconds = time.perf_counter() - started
-    rows.append({"tool": "calibscope", "scheme": "W4 g128 AWQ (mappings found from the model)",
+    rows.append({"tool": "calibscope", "scheme": "W4 g128 AWQ (llm-compressor): its Gemma 3 mappings, found from the model",
                  "seconds": round(ours_seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
     print(rows[-1], flush=True)
     ours = awq_scaling(loaded, calibration, preset, quantizable_layers(loaded.model, preset))  # the run's, remembered
@@ -293,9 +294,8 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
                  "seconds": round(record["seconds"], 1), "perplexity": quantized_perplexity(loaded, theirs, evaluation)})
     print(rows[-1], flush=True)
     variants = {"W4 g128 asym RTN (no AWQ)": QuantSpec(preset.weights),  # after both timed runs: nothing else runs then
-                "W4 g128 AWQ + clip (AutoAWQ's clip search)": PRESETS["W4 g128 AWQ + clip"],
-                "W4 g128 AWQ, q/k/v too (input_layernorm, under q_norm / k_norm)":
-                    dataclasses.replace(preset, awq=dataclasses.replace(preset.awq, renormalized=True))}
+                "W4 g128 AWQ: every input, q/k/v under q_norm / k_norm too (calibscope's default)": PRESETS["W4 g128 AWQ"],
+                "W4 g128 AWQ + clip: the same, then AutoAWQ's clip search": PRESETS["W4 g128 AWQ + clip"]}
     for label, spec in variants.items():
         started = time.perf_counter()
         variant, _ = plan_quantization(loaded, spec, calibration=calibration, output_errors=False)
@@ -313,7 +313,8 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     ppl = dict(zip(frame["scheme"], frame["perplexity"]))
-    ratio = ppl["W4 g128 AWQ (mappings found from the model)"] / ppl["llm-compressor 0.14.0.1: AWQModifier() + W4A16_ASYM"]
+    ratio = (ppl["W4 g128 AWQ (llm-compressor): its Gemma 3 mappings, found from the model"]
+             / ppl["llm-compressor 0.14.0.1: AWQModifier() + W4A16_ASYM"])
     seconds_ratio = ours_seconds / record["seconds"]
     report("peers_awq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 5),
            f"perplexity <= 1.00 and seconds <= {AWQ_SECONDS_GOAL} of llm-compressor's AWQ + W4A16_ASYM on the same windows",

@@ -5,7 +5,10 @@ Strategies (random, length-stratified, embedding-clusters, activation-clusters, 
 --also-wikitext on wikitext-2's first half, ../shared/data), each quantized W4 g128 GPTQ and W8A8
 static (p99.99), perplexity on held-out windows of two domains: the builtin corpus's held-out 10%
 (in-domain) and wikitext-2's last quarter (cross-domain). Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
-CPU-feasible defaults; --quick is a smoke run.
+CPU-feasible defaults; --quick is a smoke run. --schemes and --name run another experiment into
+bench/results/NAME_runs.csv, NAME_summary.csv and NAME.json (the AWQ table: --schemes "W4 g128 AWQ,W4
+g128 GPTQ" --strategies random,length-stratified,embedding-clusters,coverage --counts 8,32,128
+--seeds 3 --name awq_selection).
 Usage: python bench/selection.py [--quick] [--seeds N] [--counts 8,32] [--corpus python-docs]
 """
 from __future__ import annotations
@@ -39,10 +42,15 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in bench/results/selection_runs.csv (those of other strategies)")
     parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
+    parser.add_argument("--schemes", default="", help="comma-separated preset names (default: W4 g128 GPTQ, W8A8 static (p99.99))")
+    parser.add_argument("--name", default="selection", help="the result files' name")
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
     spec = (ComparisonSpec(strategies=("random", "embedding-clusters"), seeds=2, counts=(4,), length=128)
             if args.quick else ComparisonSpec(seeds=args.seeds, counts=counts, length=args.length))
+    if args.schemes:
+        spec = replace(spec, schemes=tuple(args.schemes.split(",")))
+    runs_file = RESULTS / f"{args.name}_runs.csv"
     if args.strategies:
         spec = replace(spec, strategies=tuple(args.strategies.split(",")))
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
@@ -52,10 +60,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = []
     reused = {}
-    if args.append and (RESULTS / "selection_runs.csv").is_file():
-        kept = pd.read_csv(RESULTS / "selection_runs.csv")
+    if args.append and runs_file.is_file():
+        kept = pd.read_csv(runs_file)
         runs.append(kept[~kept["strategy"].isin(spec.strategies)])
-        reused["selection_runs.csv"] = (f"{len(runs[-1])} rows of strategies {sorted(runs[-1]['strategy'].unique())} from an "
+        reused[runs_file.name] = (f"{len(runs[-1])} rows of strategies {sorted(runs[-1]['strategy'].unique())} from an "
                                         "earlier run (--append), summarized with this run's")
     for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
@@ -63,22 +71,27 @@ def main() -> None:
             one = replace(spec, strategies=(strategy,))
             runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name,
                                 progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
-            pd.concat(runs, ignore_index=True).to_csv(RESULTS / "selection_runs.csv", index=False)
+            pd.concat(runs, ignore_index=True).to_csv(runs_file, index=False)
     summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations},
-                         {"dtype": loaded.info.dtype, "device": loaded.info.device, "reused": reused, "quick": args.quick})
+                         {"dtype": loaded.info.dtype, "device": loaded.info.device, "reused": reused, "quick": args.quick},
+                         args.name)
 
 
-def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict, provenance: dict) -> None:
-    """Mean ± std table (bench/results/selection_summary.csv) and the JSON summary, from all runs."""
+def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict, provenance: dict,
+                         name: str = "selection") -> None:
+    """Mean ± std table (bench/results/NAME_summary.csv) and the JSON summary, from all runs."""
     table = summarize(rows)
-    table.to_csv(RESULTS / "selection_summary.csv", index=False)
+    if "awq_ratio" in rows:  # how AWQ's chosen power moves with the set: its mean over seeds, beside the perplexity
+        ratios = rows.dropna(subset=["awq_ratio"]).groupby(["calibration", "evaluation", "scheme", "samples", "strategy"])
+        table = table.merge(ratios["awq_ratio"].mean().rename("awq_ratio").reset_index(), how="left")
+    table.to_csv(RESULTS / f"{name}_summary.csv", index=False)
     print(table.to_string(index=False))
     random = table[table["strategy"] == "random"].set_index(["calibration", "evaluation", "scheme", "samples"])["mean"]
     best = table[table["best"]]
     wins = {f"{r.calibration}->{r.evaluation} {r.scheme} n={r.samples}": r.strategy for r in best.itertuples()}
     beats_random = int(sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
                        for r in best.itertuples()))
-    report("selection", "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
+    report(name, "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
            beats_random, "measured, not a target", True, **provenance, cells=int(len(best)), winners=wins,
            seeds=int(rows["seed"].nunique()), counts=sorted(int(n) for n in rows["samples"].unique()), length=length,
            runs_per_strategy_and_count={f"{k[0]} n={k[1]}": int(v) for k, v in

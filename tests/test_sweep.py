@@ -5,6 +5,10 @@ import pytest
 import torch
 
 from engine.errors import CalibscopeError, SpecError
+from engine.hooks import Side, select_layers
+from engine.models.layers import LAYER_KINDS
+from engine.quant.awq_pass import InputSums
+from engine.runner import PassRequest, run_pass
 from engine.experiments.sweep import SweepSpec, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
@@ -36,12 +40,14 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
     assert result.counts == [3, 6, 12] and set(result.rows["shuffle"]) == {0, 1}
     full = collect_hessians(tiny_llama, calibration, HessianSpec(diagnostics="none"))
     full_stats = collect(tiny_llama, calibration, StatsSpec(percentiles=(99.99,), channel_histograms=False))
+    full_means = mean_magnitudes(tiny_llama, calibration)
     for shuffle in (0, 1):
         order = np.random.default_rng(5 + shuffle).permutation(12).tolist()
         for count in (3, 6):
             subset = calibration.subset(order[:count])
             stats = collect(tiny_llama, subset, StatsSpec(percentiles=(99.99,), channel_histograms=False))
             hessians = collect_hessians(tiny_llama, subset, HessianSpec(diagnostics="none"))
+            means = mean_magnitudes(tiny_llama, subset)
             rows = result.rows[(result.rows["shuffle"] == shuffle) & (result.rows["count"] == count)].set_index("key")
             summary = stats.summary[stats.summary["shared_with"] == ""].set_index("key")
             assert set(rows.index) == set(summary.index)
@@ -53,14 +59,23 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
                 whole, part = full_stats.arrays(key), stats.arrays(key)
                 minmax = float(whole["absmax"].max()) / float(part["absmax"].max()) - 1
                 assert rows.loc[key, "nvfp4_minmax_change"] == pytest.approx(abs(minmax), rel=1e-5, abs=1e-9)
+                awq = torch.linalg.vector_norm(means[key] - full_means[key]) / torch.linalg.vector_norm(full_means[key])
+                assert rows.loc[key, "awq_mean_change"] == pytest.approx(float(awq), rel=1e-5, abs=1e-9)
                 if "block_counts" in whole:  # NVFP4's headroom global scale from the same blocks' histogram
                     amax = [headroom_amax(a["block_counts"], float(a["absmax"].max())) for a in (whole, part)]
                     assert rows.loc[key, "nvfp4_headroom_change"] == pytest.approx(abs(amax[0] / amax[1] - 1), rel=1e-6, abs=1e-9)
     at_n = result.rows[result.rows["count"] == 12]
-    assert (at_n[["absmax_change", "percentile_change", "hessian_change"]] == 0).all().all()
+    assert (at_n[["absmax_change", "percentile_change", "hessian_change", "awq_mean_change"]] == 0).all().all()
     curve = result.curves("hessian_change")
     assert list(curve["count"]) == [3, 6, 12] and curve["mean"].iloc[0] > curve["mean"].iloc[1] > 0
     assert (curve["low"] <= curve["mean"]).all() and (curve["mean"] <= curve["high"]).all()
+
+
+def mean_magnitudes(loaded, calibration) -> dict[str, torch.Tensor]:
+    """AWQ's x̄ (mean |x| per channel) of every distinct input, as its own pass accumulates it."""
+    layers = select_layers(loaded.model, LAYER_KINDS, "", False)
+    found = run_pass(loaded, calibration, PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: 0, batch_size=4))
+    return {key: accumulator.mean() for key, accumulator in found.accumulators.items()}
 
 
 def test_subset_is_a_set_of_its_own(calibration):

@@ -98,7 +98,8 @@ def test_presets_fill_the_details_and_custom_leaves_them():
     assert (shown["weight_format"], shown["group"], shown["act_format"]) == ("nvfp4", "16", "nvfp4")
     # what the controls show is the preset: read back as a custom form, it is the same scheme (the peers'
     # GPTQ presets also set damping and a Cholesky policy, which have no control of their own)
-    for name in (name for name in PRESETS if not name.startswith("W4 g128 GPTQ (")):
+    # (nor does AWQ's choice of mappings, which llm-compressor's preset narrows)
+    for name in (name for name in PRESETS if not name.startswith("W4 g128 GPTQ (") and not name.endswith("(llm-compressor)")):
         controls = dict(zip(SCHEME_WIDGETS, preset_widgets(name)))
         assert QuantizeForm(**controls, preset=CUSTOM).spec() == PRESETS[name], name
     assert all(set(preset_widgets(name)) for name in PRESETS)

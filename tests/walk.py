@@ -91,6 +91,8 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
         Step("quantize (RTN)", "Quantize", "Quantize and evaluate", ": perplexity", choose("Scheme", scheme_first)),
         Step("quantize (GPTQ)", "Quantize", "Quantize and evaluate", "GPTQ: perplexity", choose("Scheme", "W4 g128 GPTQ"),
              screenshot="quantize.png"),
+        Step("quantize (AWQ)", "Quantize", "Quantize and evaluate", "AWQ searched", choose("Scheme", "W4 g128 AWQ"),
+             screenshot="quantize-awq.png"),
         Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
         Step("imatrix", "Imatrix", "Collect imatrix", "tensors over", screenshot="imatrix.png"),
         Step("export", "Export", "Prepare downloads", "Ready"),

@@ -80,20 +80,23 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        plan, _ = plan_quantization(loaded, spec, stats, hessians, output_errors=False, calibration=calibration)
+        plan, table = plan_quantization(loaded, spec, stats, hessians, output_errors=False, calibration=calibration)
+        # AWQ: the median power its search chose over the set's inputs (how its scales move with the set)
+        awq = {"awq_ratio": float(table["awq_ratio"].median())} if "awq_ratio" in table else {}
         with quantized(loaded, plan):
             for evaluation in evaluations:
                 value = perplexity(loaded, evaluation)
                 rows.append({"scheme": scheme, "evaluation": evaluation.name, "perplexity": value,
-                             "float_perplexity": floats[evaluation.name], "gap": value - floats[evaluation.name]})
+                             "float_perplexity": floats[evaluation.name], "gap": value - floats[evaluation.name], **awq})
     return rows
 
 
 def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list[EvaluationSet], corpus_label: str = "",
             progress: Progress = no_progress,
             float_perplexity: Callable[[EvaluationSet], float] | None = None) -> pd.DataFrame:
-    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float
-    (``float_perplexity``: where the float model's are already known, e.g. a session's cache)."""
+    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float, and
+    for AWQ schemes the median power its search chose (``float_perplexity``: where the float model's
+    are already known, e.g. a session's cache)."""
     measure = float_perplexity or (lambda evaluation: perplexity(loaded, evaluation))
     floats = {e.name: measure(e) for e in evaluations}
     rows, done = [], 0

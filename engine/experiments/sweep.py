@@ -9,8 +9,9 @@ is finished, the changes relative to the full set:
 
     |max_n − max_N| / max_N,  |p_n − p_N| / p_N,  ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens,
 
-and the change of NVFP4's global scale 448 · 6 / amax, |amax_N / amax_n − 1|, with amax the |max|
-(minmax) or ModelOpt's headroom over the 16-channel blocks' maxima. An int8 or FP8 static scale
+the change of NVFP4's global scale 448 · 6 / amax, |amax_N / amax_n − 1|, with amax the |max|
+(minmax) or ModelOpt's headroom over the 16-channel blocks' maxima, and of AWQ's mean |x| per
+channel, ‖x̄_n − x̄_N‖ / ‖x̄_N‖ (its scales are x̄^r over a weight term). An int8 or FP8 static scale
 from the |max| moves exactly as the |max| does.
 
 The spread over shuffles gives each curve its band. Hessians are held block by block: the largest
@@ -85,7 +86,7 @@ class SweepSpec:
 
 
 METRICS = ("absmax", "percentile", "absmax_change", "percentile_change", "hessian_change", "nvfp4_minmax_change",
-           "nvfp4_headroom_change")
+           "nvfp4_headroom_change", "awq_mean_change")
 
 
 def _change_rows(key: str, changes: dict[str, np.ndarray], counts: list[int]) -> list[dict]:

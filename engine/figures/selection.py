@@ -19,6 +19,7 @@ SWEEP_METRICS = {  # column -> (legend, colour)
     "hessian_change": ("Hessian (Frobenius)", "#f59e0b"),
     "nvfp4_minmax_change": ("NVFP4 global scale, minmax", "#0ea5e9"),
     "nvfp4_headroom_change": ("NVFP4 global scale, headroom", "#14b8a6"),
+    "awq_mean_change": ("AWQ's mean |x| per channel", "#a855f7"),
 }
 PALETTE = qualitative.Set2 + qualitative.Pastel1
 

@@ -81,21 +81,31 @@ def balanced(matrix: torch.Tensor, scales: torch.Tensor, spec: WeightSpec) -> to
     return (fake / scales.view(1, -1)).to(matrix.dtype)
 
 
+# (fakes of the balance layers, the loss above which the point cannot win) -> (its loss, whether all of it was
+# measured): a loss may stop early once its partial sum passes the bound, the point being beaten already
+Losses = Callable[[list[torch.Tensor], float], tuple[torch.Tensor, bool]]
+
+
 def search_scales(x_mean: torch.Tensor, matrices: list[torch.Tensor], spec: WeightSpec, points: int, scaling: AwqScaling,
-                  losses: Callable[[list[torch.Tensor]], torch.Tensor]) -> tuple[torch.Tensor, int, list[tuple[float, bool]], torch.Tensor]:
-    """The grid search of one mapping: ``losses(fakes)`` is the parent's output error (a 0-d tensor,
-    left on the device) with the balance layers' weights replaced by ``fakes``. Returns the best s,
-    its index in the grid, the grid, and every point's loss (NaN counted as no loss)."""
+                  losses: Losses) -> tuple[torch.Tensor, int, list[tuple[float, bool]], torch.Tensor]:
+    """The grid search of one mapping: ``losses(fakes, bound)`` is the parent's output error with the
+    balance layers' weights replaced by ``fakes``. A point is cut short once its error passes the best
+    so far: its loss is only known to be larger, and it could not have been chosen (a point equal to
+    the best is never cut), so the choice is the full search's. Returns the best s, its index in the
+    grid, the grid, and every point's loss (NaN: cut short, or not finite)."""
     grid = grid_points(points, scaling)
     x_mean = x_mean.float()
     w_mean = weight_means(matrices, spec.group_size).to(x_mean.device) if any(duo for _, duo in grid) else None
-    found = []
-    for ratio, duo in grid:
+    best, bound, values = -1, float("inf"), []
+    for index, (ratio, duo) in enumerate(grid):
         scales = candidate_scales(x_mean, w_mean, ratio, duo)
-        found.append(losses([balanced(matrix, scales.to(matrix.device), spec) for matrix in matrices]))
-    values = torch.stack([value.float().reshape(()) for value in found]).cpu()  # one synchronisation per mapping
-    best = int(torch.where(torch.isnan(values), torch.inf, values).argmin())
-    ratio, duo = grid[best]
+        loss, complete = losses([balanced(matrix, scales.to(matrix.device), spec) for matrix in matrices], bound)
+        value = float(loss) if complete else float("nan")  # one synchronisation per point
+        values.append(value)
+        if value < bound:  # strictly smaller: the first of equal losses is kept, as llm-compressor keeps it
+            best, bound = index, value
+    values = torch.tensor(values, dtype=torch.float64)
+    ratio, duo = grid[max(best, 0)]
     return candidate_scales(x_mean, w_mean, ratio, duo), best, grid, values
 
 

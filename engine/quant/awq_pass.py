@@ -20,7 +20,6 @@ windows without padding the two agree).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -34,7 +33,7 @@ from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import block_of
 from engine.progress import Progress, no_progress
 from engine.quant.apply import module_weight, original_weights, rescaled
-from engine.quant.awq import best_clips, clipped, group_blocks, search_scales
+from engine.quant.awq import Losses, best_clips, clipped, group_blocks, search_scales
 from engine.quant.mappings import ScalingMapping, linear_mappings, norm_mappings, renormalizing_norms
 from engine.quant.rtn import rtn_quantized
 from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
@@ -44,7 +43,6 @@ from engine.runner.blockwise import swapped
 from engine.sampling import CalibrationSet
 from engine.stats.hessian import HessianAccumulator
 
-BATCH_SIZE = 8
 RESULTS: OwnerMemo[AwqResult] = OwnerMemo(keep=4)  # per model: a run's AWQ made again for its checkpoint is not searched twice
 
 
@@ -86,7 +84,7 @@ class AwqResult:
     scaling: ChannelScaling
     mappings: pd.DataFrame
     layers: pd.DataFrame
-    losses: dict[str, torch.Tensor]  # source -> every grid point's loss (the parent's mean squared output change)
+    losses: dict[str, torch.Tensor]  # source -> each grid point's loss (the parent's mean squared output change; NaN: cut short)
     seconds: float
 
 
@@ -172,7 +170,7 @@ class _Block:
             self.clip()
         self.measure()
 
-    def losses(self, mapping: ScalingMapping) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], float]:
+    def losses(self, mapping: ScalingMapping) -> tuple[Losses, float]:
         """The loss of a point (its fakes of the balance layers) and the float output's mean square."""
         search = self.search
         if mapping.parent in search.by_name:  # a Linear parent: from its input's Σ xxᵀ, no forward
@@ -180,9 +178,9 @@ class _Block:
             weight = self.current(mapping.parent).float()
             outputs = weight.shape[0]
 
-            def from_products(fakes: list[torch.Tensor]) -> torch.Tensor:
+            def from_products(fakes: list[torch.Tensor], bound: float) -> tuple[torch.Tensor, bool]:
                 delta = fakes[0].float() - weight
-                return torch.sum((delta @ half) * delta) / outputs
+                return torch.sum((delta @ half) * delta) / outputs, True
             return from_products, float(torch.sum((weight @ half) * weight)) / outputs
         parent = self.block.get_submodule(mapping.parent[len(self.prefix) + 1:])
         calls = search.parent_calls.take(mapping.parent)
@@ -196,12 +194,17 @@ class _Block:
         signal = sum(_squared_error(target, zero, mask) for target, mask in zip(targets, search.masks))
         signal = float(distributed_sum(signal.reshape(())) / values)
 
-        def from_forwards(fakes: list[torch.Tensor]) -> torch.Tensor:
+        cut = distributed.world()[1] == 1 and len(calls) > 1  # data-parallel: every rank must run every point
+
+        def from_forwards(fakes: list[torch.Tensor], bound: float) -> tuple[torch.Tensor, bool]:
             weights = {**touched, **dict(zip(mapping.layers, fakes))}
+            error, limit = torch.zeros((), device=device), bound * float(values)
             with swapped(self.block, self.prefix, self.module_weights(weights)):
-                error = sum(_squared_error(output, target, mask) for output, target, mask in
-                            zip(_outputs(parent, calls), targets, search.masks))
-            return distributed_sum(error.reshape(())) / values
+                for call, target, mask in zip(calls, targets, search.masks):
+                    error = error + _squared_error(_outputs(parent, [call])[0], target, mask)
+                    if cut and limit < float("inf") and float(error) > limit:  # beaten already: the rest cannot help it
+                        return error / values, False
+            return distributed_sum(error.reshape(())) / values, True
         return from_forwards, signal
 
     def search_mapping(self, mapping: ScalingMapping) -> None:
@@ -211,7 +214,7 @@ class _Block:
         x_mean = self.sums(mapping.layers[0]).mean()
         scales, best, grid, values = search_scales(x_mean, matrices, search.spec.weights, search.spec.awq.grid,
                                                    search.spec.awq.scaling, losses)
-        if not torch.isfinite(values[best]):
+        if best < 0:
             raise CalibscopeError(f"AWQ found no finite output error for {mapping.source} -> {', '.join(mapping.layers)}: "
                                   "the calibration data gives NaN or infinite activations there.")
         scales = scales.cpu()
@@ -227,7 +230,8 @@ class _Block:
         search.losses[mapping.source] = values
         search.mapping_rows.append({
             "source": mapping.source, "layers": ", ".join(mapping.layers), "parent": mapping.parent, "ratio": ratio,
-            "duo_scaling": duo, "grid_index": best, "error_identity": float(values[0]) / signal if signal else float("nan"),
+            "duo_scaling": duo, "grid_index": best, "points_cut_short": int(torch.isnan(values).sum()),
+            "error_identity": float(values[0]) / signal if signal else float("nan"),
             "error_best": float(values[best]) / signal if signal else float("nan"),
             "scale_max": float(scales.max()), "scale_min": float(scales.min()), "tokens": self.sums(mapping.layers[0]).tokens})
         for name in mapping.layers:
@@ -317,13 +321,13 @@ def _awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSp
                  progress: Progress) -> AwqResult:
     loaded.require_resident("AWQ")
     started = time.perf_counter()
-    batches = calibration.batch_indices(BATCH_SIZE, by_length=True)
+    batches = calibration.batch_indices(spec.awq.batch_size, by_length=True)
     search = _Search(loaded, calibration, spec, layers, batches)
     if not search.mappings:
         raise CalibscopeError("AWQ found no input it can rescale in these layers (no norm or Linear whose output only "
                               "quantized layers read); leave AWQ off for this model or name pattern.")
     request = PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: layer.in_features * (layer.in_features * 4 + 8),
-                          batch_size=BATCH_SIZE, batches=batches, after_block=search.after_block,
+                          batch_size=spec.awq.batch_size, batches=batches, after_block=search.after_block,
                           execution=Execution.BLOCKWISE)
     try:
         run_pass(loaded, calibration, replace(request, propagate=False), progress)

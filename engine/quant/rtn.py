@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.quant.grid import GroupGrids, row_grid
+from engine.quant.grid import GroupGrids, minmax_grid
 
 
 def group_width(columns: int, group_size: int) -> int:
@@ -25,10 +25,9 @@ def padded_groups(matrix: torch.Tensor, group_size: int) -> torch.Tensor:
 def rtn_grids(weight: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True) -> GroupGrids:
     """One grid per row of ``weight`` [out, in] (group_size 0) or per ``group_size`` consecutive
     input columns of each row, from its min and max."""
-    weight = weight.float()
-    grids = [row_grid(part, bits, symmetric) for part in weight.split(group_width(weight.shape[1], group_size), dim=1)]
-    scale, zero = torch.cat([grid.scale for grid in grids], 1), torch.cat([grid.zero for grid in grids], 1)
-    return GroupGrids(scale, zero, bits, group_size, symmetric)
+    grouped = padded_groups(weight.float(), group_size)  # the zeros filling the last group: every grid holds 0 anyway
+    grid = minmax_grid(grouped.amin(dim=-1), grouped.amax(dim=-1), bits, symmetric)
+    return GroupGrids(grid.scale, grid.zero, bits, group_size, symmetric)
 
 
 def rtn_quantized(weight: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True) -> tuple[torch.Tensor, GroupGrids]:

@@ -1,6 +1,7 @@
 """Statistics of nested sample prefixes, for several sample orders, from one pass.
 
-A sample-count sweep asks: in order s, what are |max|, a percentile and Σ XᵀX of the first n samples,
+A sample-count sweep asks: in order s, what are |max|, a percentile, AWQ's mean |x| per channel and
+Σ XᵀX of the first n samples,
 for each n in ``counts``? A sample's activations do not depend on the order, so one forward pass
 serves every order: each sample is charged to its *bucket* in each order, the k-th bucket holding the
 samples first counted at ``counts[k]``. Prefix n_k of order s is then the sum of buckets 0..k. The last
@@ -35,8 +36,8 @@ def prefix_buckets(orders: list[np.ndarray], counts: list[int]) -> np.ndarray:
 
 
 class PrefixAccumulator:
-    """Per-(order, bucket) |max|, |x| histogram, tokens and (optionally) Σ XᵀX of one input, and the
-    totals. ``buckets``: from :func:`prefix_buckets`; bucket ``stored`` (the last) is kept only in the
+    """Per-(order, bucket) |max|, |x| histogram, Σ|x| per channel, tokens and (optionally) Σ XᵀX of one
+    input, and the totals. ``buckets``: from :func:`prefix_buckets`; bucket ``stored`` (the last) is kept only in the
     totals. Σ XᵀX per bucket in ``dtype`` (each add is an exact float32 group sum rounded once)."""
 
     def __init__(self, channels: int, device: torch.device, buckets: np.ndarray, hessian: bool,
@@ -49,6 +50,8 @@ class PrefixAccumulator:
         self.tokens = np.zeros(shape, dtype=np.int64)
         self.total_tokens = 0
         self.total_absmax = torch.zeros((), dtype=torch.float32, device=device)
+        self.absolute = torch.zeros(*shape, channels, dtype=torch.float64, device=device)  # Σ|x| per channel: AWQ's x̄
+        self.total_absolute = torch.zeros(channels, dtype=torch.float64, device=device)
         self.total_counts = torch.zeros(TENSOR_BINS.count, dtype=torch.int64, device=device)
         # NVFP4's blocks of 16 channels: the histogram of their |max| per bucket (its headroom calibration)
         self.blocks = channels % BLOCK == 0
@@ -61,7 +64,10 @@ class PrefixAccumulator:
     def update(self, x: torch.Tensor, tokens: TokenIndex) -> None:
         for signature, parts in self._groups(x, tokens).items():
             group = parts[0] if len(parts) == 1 else torch.cat(parts)
-            absmax, counts = group.abs().amax().float(), tensor_histogram(group, TENSOR_BINS)
+            magnitude = group.abs()
+            absmax, counts = magnitude.amax().float(), tensor_histogram(group, TENSOR_BINS)
+            absolute = magnitude.sum(0, dtype=torch.float64)
+            self.total_absolute += absolute
             blocks = tensor_histogram(group.view(group.shape[0], -1, BLOCK).abs().amax(-1), TENSOR_BINS) if self.blocks else None
             self.total_absmax = torch.maximum(self.total_absmax, absmax)
             self.total_counts += counts
@@ -77,6 +83,7 @@ class PrefixAccumulator:
             for order, bucket in charged:
                 self.absmax[order, bucket] = torch.maximum(self.absmax[order, bucket], absmax)
                 self.counts[order, bucket] += counts
+                self.absolute[order, bucket] += absolute
                 if blocks is not None:
                     self.block_counts[order, bucket] += blocks
                 self.tokens[order, bucket] += group.shape[0]
@@ -100,7 +107,7 @@ class PrefixAccumulator:
     def all_reduce(self, group=None) -> PrefixAccumulator:
         """Sum (max for |max|) over every rank of ``group``, in place; returns self."""
         dist = torch.distributed
-        for tensor in (self.counts, self.total_counts,
+        for tensor in (self.counts, self.total_counts, self.absolute, self.total_absolute,
                        *(t for t in (self.block_counts, self.total_block_counts, self.xtx, self.total_xtx) if t is not None)):
             if tensor.dtype in (torch.bfloat16, torch.float16):  # summed in float32: gloo has no half sums
                 wide = tensor.float()
@@ -118,7 +125,8 @@ class PrefixAccumulator:
     def changes(self, quantile: float) -> dict[str, np.ndarray]:
         """[orders, counts] arrays for the prefix through each bucket (the last column: the whole
         set): absmax, the ``quantile`` percentile of |x|, and their changes relative to the whole
-        set; with Hessians, ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens."""
+        set; AWQ's x̄ (mean |x| per channel, what its scales are powers of): ‖x̄_n − x̄_N‖ / ‖x̄_N‖; with
+        Hessians, ‖H_n − H_N‖_F / ‖H_N‖_F with H = Σ XᵀX / tokens."""
         orders = self.tokens.shape[0]
         absmax = torch.cat([self.absmax.cummax(1).values, self.total_absmax.expand(orders, 1)], 1).cpu()
         counts = torch.cat([self.counts.cumsum(1), self.total_counts.expand(orders, 1, -1)], 1).cpu()
@@ -129,6 +137,7 @@ class PrefixAccumulator:
         out["percentile_change"] = _relative(out["percentile"])
         # NVFP4's global scale is 448 · 6 / amax: its change relative to the whole set's is |amax_N / amax_n - 1|
         out["nvfp4_minmax_change"] = _inverse_relative(out["absmax"])
+        out["awq_mean_change"] = self._mean_changes()
         if self.blocks:
             blocks = torch.cat([self.block_counts.cumsum(1), self.total_block_counts.expand(orders, 1, -1)], 1).cpu()
             headroom = np.array([[headroom_amax(blocks[order, k], float(absmax[order, k])) for k in range(blocks.shape[1])]
@@ -137,6 +146,14 @@ class PrefixAccumulator:
         if self.xtx is not None:
             out["hessian_change"] = self._hessian_changes()
         return out
+
+    def _mean_changes(self) -> np.ndarray:
+        """‖x̄_n − x̄_N‖ / ‖x̄_N‖ per order and prefix (x̄ = Σ|x| / tokens per channel)."""
+        final = self.total_absolute / max(self.total_tokens, 1)
+        tokens = torch.as_tensor(np.maximum(self.tokens.cumsum(1), 1), dtype=torch.float64, device=final.device)
+        means = self.absolute.cumsum(1) / tokens[..., None]
+        changes = torch.linalg.vector_norm(means - final, dim=-1) / torch.linalg.vector_norm(final).clamp(min=1e-30)
+        return np.concatenate([changes.cpu().numpy(), np.zeros((len(changes), 1))], 1)
 
     def _hessian_changes(self) -> np.ndarray:
         """‖A_k/t_k − F‖ = ‖A_k − t_k·F‖ / t_k with A_k the running bucket sum: two d×d buffers

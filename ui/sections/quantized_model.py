@@ -61,7 +61,7 @@ def _chosen(form: CheckpointForm, session: Session):
 def _same_as_measured(run: QuantRun, report, session: Session) -> None:
     """The inputs the run was made from are still the session's."""
     used = report.meta.get("calibration_sha256")
-    current = (session.calibration.manifest.token_sha256 if run.sequential
+    current = (session.calibration.manifest.token_sha256 if run.sequential or run.spec.needs_calibration
                else (session.hessians or session.stats).meta.get("calibration_sha256")
                if (session.hessians or session.stats) is not None else None)
     if run.spec.needs_hessians and not run.sequential and session.hessians is None or used != current:
@@ -89,7 +89,7 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
                               "and download the checkpoint.")
     if not target:
         context.limits.check_downloads(session.exports.megabytes(), loaded.info.parameters * 2 / 2**20, "The quantized model")
-    calibration = session.calibration if run.sequential else None
+    calibration = session.calibration if run.sequential or run.spec.needs_calibration else None
     plan, table = run.plan(loaded, session.stats, session.hessians, calibration, labelled(scaled(progress, 0, 0.4), "Quantizing"))
     _check_errors(table, report)
     provenance = {"simulated_perplexity": report.quantized_perplexity, "evaluation": report.meta["evaluation"]}

@@ -89,7 +89,8 @@ def run_comparison(form: CompareForm, session: Session, context: AppContext, pro
     context.limits.check_sampling(whole(form.windows), spec.length)
     loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, spec.length, whole(form.windows))
-    units = spec.runs * (sum(spec.counts) / len(spec.counts) * spec.length + evaluation.tokens * len(spec.schemes))
+    own = sum(PRESETS[scheme].own_pass_forwards for scheme in spec.schemes)  # AWQ searches on each set
+    units = spec.runs * ((1 + own) * sum(spec.counts) / len(spec.counts) * spec.length + evaluation.tokens * len(spec.schemes))
     with timed_step(context.times, loaded, "compare", units, progress):
         rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress,
                        float_perplexity=lambda e: context.evaluations.float_perplexity(loaded, e))

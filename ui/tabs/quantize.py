@@ -173,9 +173,8 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
     passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
     # sequential: about three forwards of the calibration set besides the GPTQ itself
-    # sequential: about three forwards of the calibration set besides the GPTQ itself; AWQ: one, and its search
-    # runs each measured module again per grid point (about three quarters of a forward per point)
-    forwards = 3 if form.sequential else (2 + 3 * spec.awq.grid // 4) if spec.awq is not None else 0
+    # sequential: about three forwards of the calibration set besides the GPTQ itself
+    forwards = 3 if form.sequential else spec.own_pass_forwards
     units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0) + \
         forwards * int(calibration.lengths.sum())
     with timed_step(context.times, loaded, "quantize", units, progress):
