@@ -155,6 +155,27 @@ def test_a_sequential_quantization_needs_no_collected_hessians(tmp_path):
     assert load_config(tmp_path / "out" / "config.json").quantize == load_config(config).quantize
 
 
+def test_an_awq_run_searches_on_the_set_and_its_config_repeats_it(tmp_path):
+    evaluation = {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}
+    asymmetric = {"method": "rtn", "bits": 4, "group_size": 0, "symmetric": False}
+    config = write_config(tmp_path, hessians=None, stats=None, quantize=[
+        {"scheme": "W4 g128 AWQ", "evaluation": evaluation},
+        {"weights": asymmetric, "awq": {"clip": True, "grid": 10}, "save": "awq", "evaluation": evaluation}])
+    data = json.loads(config.read_text())
+    del data["hessians"], data["stats"]  # AWQ needs neither: it runs its own pass on the set
+    config.write_text(json.dumps(data))
+    assert run(config) == 0
+    out = tmp_path / "out"
+    runs = pd.read_csv(out / "quantization-runs.csv")
+    assert list(runs["scheme"]) == ["AWQ + W4 g128 asym RTN", "AWQ (10 points, clip) + W4 per-channel asym RTN"]
+    layers = pd.read_csv(out / "quantization-2-layers.csv")
+    assert {"awq_ratio", "clipped_groups", "output_error_before_awq"} <= set(layers.columns)
+    assert (out / "awq" / "config.json").is_file()
+    again = json.loads((out / "config.json").read_text())
+    assert again["quantize"][1]["awq"]["clip"] is True and again["quantize"][1]["awq"]["scaling"] == "inputs and weights"
+    assert load_config(out / "config.json").quantize == load_config(config).quantize
+
+
 def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     assert run(write_config(tmp_path, quantize=[{"scheme": "W5 magic"}])) == 2
     assert "scheme 'W5 magic' is unknown" in capsys.readouterr().err
