@@ -20,6 +20,14 @@ def test_sensitivity_depth_shows_each_measure_in_execution_order():
     assert "W4 g128 GPTQ" in fig.layout.title.text and fig.layout.yaxis.type == "log"
 
 
+def test_an_awq_runs_depth_figure_shows_the_error_with_and_without_awq():
+    layers = pd.DataFrame({"layer": ["model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
+                           "output_error": [0.01, 0.02], "output_error_before_awq": [0.03, 0.025]})
+    fig = sensitivity_depth(QuantReport(QuantSpec(WeightSpec("rtn", 4, 128, symmetric=False)), 20.0, 22.0, layers, {}))
+    after, before = fig.data
+    assert list(after.y) == [0.01, 0.02] and list(before.y) == [0.03, 0.025] and "without AWQ" in before.name
+
+
 def test_perplexity_runs_put_float_beside_each_run():
     layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"]})
     runs = [QuantReport(QuantSpec(WeightSpec("gptq", 4, 128)), 20.0, 25.0, layers, {}),

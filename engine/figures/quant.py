@@ -11,6 +11,7 @@ from engine.quant.evaluate import ALL_AT_ONCE
 
 METRICS = {  # column -> (legend, colour, dash)
     "output_error": ("weights: relative output error (calibration tokens)", SELECTED, "solid"),
+    "output_error_before_awq": ("the same weights rounded without AWQ", "#94a3b8", "dash"),
     "input_error": ("activations: relative input error", ASKED, "dot"),
 }
 
