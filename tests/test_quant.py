@@ -23,7 +23,7 @@ from engine.quant import (
     rtn,
 )
 from engine.quant.grid import minmax_grid, row_grid
-from engine.quant.plan import output_error
+from engine.quant.measures import output_error
 from engine.quant.ranges import activation_grid, mse_clip
 from engine.sampling import RandomSpec, build
 from engine.stats import ActivationAccumulator, StatsSpec, TokenIndex, collect

@@ -34,6 +34,7 @@ from engine.models.layers import block_of
 from engine.progress import Progress, no_progress
 from engine.quant.apply import module_weight, original_weights, rescaled
 from engine.quant.awq import Losses, best_clips, clipped, group_blocks, search_scales
+from engine.quant.measures import output_error
 from engine.quant.mappings import ScalingMapping, linear_mappings, norm_mappings, renormalizing_norms
 from engine.quant.rtn import rtn_quantized
 from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
@@ -189,22 +190,22 @@ class _Block:
         with swapped(self.block, self.prefix, self.module_weights(touched)):
             targets = _outputs(parent, calls)
         device = search.loaded.device
-        values = distributed_sum(torch.tensor(float(search.real_tokens * targets[0].shape[-1]), device=device))
+        elements = distributed_sum(torch.tensor(float(search.real_tokens * targets[0].shape[-1]), device=device))
         zero = torch.zeros((), device=device)
         signal = sum(_squared_error(target, zero, mask) for target, mask in zip(targets, search.masks))
-        signal = float(distributed_sum(signal.reshape(())) / values)
+        signal = float(distributed_sum(signal.reshape(())) / elements)
 
         cut = distributed.world()[1] == 1 and len(calls) > 1  # data-parallel: every rank must run every point
 
         def from_forwards(fakes: list[torch.Tensor], bound: float) -> tuple[torch.Tensor, bool]:
             weights = {**touched, **dict(zip(mapping.layers, fakes))}
-            error, limit = torch.zeros((), device=device), bound * float(values)
+            error, limit = torch.zeros((), device=device), bound * float(elements)
             with swapped(self.block, self.prefix, self.module_weights(weights)):
                 for call, target, mask in zip(calls, targets, search.masks):
                     error = error + _squared_error(_outputs(parent, [call])[0], target, mask)
                     if cut and limit < float("inf") and float(error) > limit:  # beaten already: the rest cannot help it
-                        return error / values, False
-            return distributed_sum(error.reshape(())) / values, True
+                        return error / elements, False
+            return distributed_sum(error.reshape(())) / elements, True
         return from_forwards, signal
 
     def search_mapping(self, mapping: ScalingMapping) -> None:
@@ -266,12 +267,10 @@ class _Block:
 
 
 def _rtn_error(matrix: torch.Tensor, hessian: torch.Tensor, spec: WeightSpec) -> float:
+    """The relative output error of ``matrix`` rounded to nearest on ``spec``'s grids."""
     weight = matrix.float()
     fake, _ = rtn_quantized(weight, spec.bits, spec.group_size, spec.symmetric)
-    delta = fake - weight
-    hessian = hessian.to(weight.device, torch.float32)
-    signal = torch.sum((weight @ hessian) * weight)
-    return float(torch.sum((delta @ hessian) * delta) / signal) if signal > 0 else float("nan")
+    return output_error(fake - weight, weight, hessian)
 
 
 def distributed_sum(value: torch.Tensor) -> torch.Tensor:

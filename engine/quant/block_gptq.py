@@ -22,7 +22,8 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.plan import output_error, quantizable_layers, quantized_weights
+from engine.quant.measures import output_error
+from engine.quant.plan import quantizable_layers, quantized_weights
 from engine.quant.specs import QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet

@@ -19,6 +19,7 @@ from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_wei
 from engine.quant.gptq import FactorizationError, gptq_batch
 from engine.quant.grid import GroupGrids, IntWeight
 from engine.quant.inputs import input_quantizer
+from engine.quant.measures import output_error
 from engine.quant.ranges import relative_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.smoothing import smooth
@@ -31,15 +32,6 @@ from engine.stats.hessian_report import HessianReport
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
     """Every layer type the engine handles whose name matches the spec, the LM head excluded."""
     return select_layers(model, LAYER_KINDS, spec.name_pattern, False)
-
-
-def output_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tensor) -> float:
-    """Relative change of the layer's output on the calibration tokens:
-    Σ‖ΔW x‖² / Σ‖W x‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) for H ∝ Σ xxᵀ (the scale cancels)."""
-    hessian = hessian.to(weight.device, torch.float32)
-    change = torch.sum((delta @ hessian) * delta)
-    signal = torch.sum((weight @ hessian) * weight)
-    return float(change / signal) if signal > 0 else float("nan")
 
 
 def _shared_groups(layers: list[LinearLayer], sharing: dict[str, str] | None, together: bool) -> list[list[LinearLayer]]:
