@@ -7,7 +7,7 @@ import torch
 from engine.errors import CalibscopeError
 from engine.quant import PRESETS
 from engine.quant.gptq import gptq, group_aware_order
-from engine.quant.plan import quantize_groups
+from engine.quant.matrices import quantize_groups
 from engine.quant.rtn import rtn
 from engine.quant.specs import PEER_GPTQ, ActOrder, CholeskyFailure, WeightSpec
 

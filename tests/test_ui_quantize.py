@@ -15,7 +15,7 @@ from ui.limits import Limits
 from ui.state import Session
 from ui.tabs.activations import collect_statistics
 from ui.tabs.hessians import HessianForm, compute_hessians
-from ui.tabs.quantize import CUSTOM, SCHEME_WIDGETS, QuantizeForm, preset_widgets, run_quantization
+from ui.tabs.quantize import CUSTOM, EXPERT_POLICIES, SCHEME_WIDGETS, QuantizeForm, preset_widgets, run_quantization
 
 HELD = next(iter(HELD_OUT))
 
@@ -146,3 +146,15 @@ def test_awq_runs_from_the_tab_on_the_set_itself_and_says_what_its_search_did(ca
     with pytest.raises(CalibscopeError, match="weight-only"):
         quantize(no_hessians, preset=CUSTOM, **{**dict(zip(SCHEME_WIDGETS, preset_widgets("W8A8 static (min/max)"))),
                                                  "awq": True})
+
+
+def test_a_moe_models_experts_are_quantized_and_the_status_says_how_they_were_calibrated():
+    session = build(load(model="tiny-random-qwen3-moe")["session"], nsamples=4, edges="32, 64")["session"]
+    session = compute_hessians(HessianForm(batch_size=4), session, CONTEXT, Recorder())["session"]
+    result = quantize(session, preset="W4 g128 GPTQ")
+    assert "MoE: 8 experts in 2 blocks quantized (routers float)" in result["status"]
+    table = result["table"]["value"]
+    assert {"expert", "calibration"} <= set(table.columns) and (table["kind"] == "expert").sum() == 16
+    policy = next(label for label in EXPERT_POLICIES if "every token" in label)
+    every = quantize(session, preset=CUSTOM, **{**dict(zip(SCHEME_WIDGETS, preset_widgets("W4 g128 GPTQ"))), "experts": policy})
+    assert "experts on all tokens" in every["status"] and "none needed a fallback" in every["status"]

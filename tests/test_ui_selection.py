@@ -39,11 +39,12 @@ def test_sensitivity_sweep_reports_when_the_set_is_enough(loaded_session):
     status, table = result["status"], result["table"]
     assert status.startswith("**Swept** 8 samples, 2 shuffles") and "Hessian (Frobenius)" in status
     metrics = ["|max| (= an int8 / FP8 static minmax scale)", "percentile", "Hessian (Frobenius)", "NVFP4 global scale, minmax",
-               "NVFP4 global scale, headroom"]  # the tiny model's 16-wide inputs have NVFP4 blocks
+               "NVFP4 global scale, headroom", "AWQ's mean |x| per channel"]  # the tiny model's 16-wide inputs have NVFP4 blocks
     assert list(table["samples"]) == [1, 2, 4, 8] and table.columns.tolist()[1:] == metrics
     assert table.iloc[-1, 1] == "0.00% (0.00%–0.00%)"
     assert [t.name for t in result["curves"].data if t.mode == "lines+markers"] == metrics
     assert "NVFP4 global scale, headroom within 5% of the full set" in status or "NVFP4 global scale, headroom still moving" in status
+    assert "AWQ's mean |x| per channel within 5%" in status or "AWQ's mean |x| per channel still moving" in status
     assert result["session"].sweep is not None and "diagnoses them without another pass" in status
     # the Hessians tab takes the sweep's whole-set sums: the same report a collection gives, no forward
     from_sweep = compute_hessians(HessianForm(batch_size=4), result["session"], CONTEXT, Recorder())

@@ -8,7 +8,6 @@ router (``ffn_gate_inp``, a dense matmul in llama.cpp).
 from __future__ import annotations
 
 import torch
-from torch.nn import functional
 
 from engine.models import ExpertsLayer
 from engine.stats.accumulators import all_reduce_count
@@ -43,12 +42,10 @@ class RoutedSquareSums:
         order = torch.argsort(flat, stable=True)
         token_of = order // routing.shape[1]
         sizes = torch.bincount(flat, minlength=self.layer.experts).tolist()
-        module, start = self.layer.module, 0
+        start = 0
         for expert, size in enumerate(sizes):
             if size:
-                rows = x.index_select(0, token_of[start:start + size])
-                gate, up = functional.linear(rows, module.gate_up_proj[expert]).chunk(2, dim=-1)
-                hidden = module.act_fn(gate) * up
+                hidden = self.layer.intermediate_of(expert, x.index_select(0, token_of[start:start + size]))
                 self.intermediate[expert] += hidden.to(torch.float32).square().sum(0).to(self.intermediate)
             start += size
 

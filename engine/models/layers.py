@@ -148,6 +148,12 @@ class ExpertsLayer:
     module: nn.Module = field(repr=False, compare=False, hash=False)
     router: str = ""
 
+    def intermediate_of(self, expert: int, rows: torch.Tensor) -> torch.Tensor:
+        """The expert's intermediate activation act(x · W_gateᵀ) · (x · W_upᵀ) for ``rows`` [tokens,
+        hidden], as its eager forward computes it: what its down projection reads."""
+        gate, up = torch.nn.functional.linear(rows, self.module.gate_up_proj[expert]).chunk(2, dim=-1)
+        return self.module.act_fn(gate) * up
+
 
 def _expert_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)

@@ -14,6 +14,7 @@ from engine.quant.specs import (
     ActOrder,
     AwqScaling,
     AwqSpec,
+    ExpertPolicy,
     Granularity,
     QuantSpec,
     RangeMethod,
@@ -21,6 +22,6 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
+__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "ExpertPolicy", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
            "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
            "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]

@@ -58,7 +58,8 @@ class QuantizedModel:
     A rescaled plan (SmoothQuant, AWQ: engine/quant/scaling.py) also changes the float model:
     ``floats`` holds the new norm gains and biases (full parameter name -> tensor), ``column_scales``
     each rescaled layer's input s and ``row_scales`` the r its output rows are divided by; a rescaled
-    layer without a quantized weight runs with its float weight rescaled so."""
+    layer without a quantized weight runs with its float weight rescaled so. ``experts``: MoE experts
+    modules' fused weights (``…experts.gate_up_proj`` [E, 2I, H], ``…experts.down_proj``) quantized."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class QuantizedModel:
     floats: dict[str, torch.Tensor] = field(default_factory=dict)
     column_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    experts: dict[str, torch.Tensor] = field(default_factory=dict)  # full parameter name -> an experts module's fake weights
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
@@ -124,7 +126,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
         raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
     with loaded.lock:
         weights = {**smoothed_float_weights(loaded, plan), **plan.weights}
-        parameters = fitted_parameters(modules, {**plan.floats, **{f"{name}.weight": w for name, w in weights.items()}})
+        parameters = fitted_parameters(modules, {**plan.floats, **plan.experts,
+                                                 **{f"{name}.weight": w for name, w in weights.items()}})
         originals: dict[str, torch.Tensor] = {}
         handles = []
         try:

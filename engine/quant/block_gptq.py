@@ -23,7 +23,7 @@ from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.measures import output_error
-from engine.quant.plan import quantizable_layers, quantized_weights
+from engine.quant.plan import quantizable_experts, quantizable_layers, quantized_weights
 from engine.quant.specs import QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet
@@ -56,6 +56,9 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     memory of one block; the plan then holds none."""
     if not spec.can_run_sequentially:
         raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
+    if quantizable_experts(loaded.model, spec):
+        raise CalibscopeError("Sequential GPTQ does not quantize MoE experts yet: quantize all layers at once (the experts' "
+                              "Hessians are collected on the set), or leave the experts out with a name pattern.")
     layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
     plan, rows = QuantizedModel(), []
 

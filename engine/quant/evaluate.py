@@ -92,8 +92,10 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
         quantized_perplexity = perplexity(loaded, evaluation, batch_size,
                                           labelled(scaled(progress, split[1], split[2]), "Quantized model"))
     if thorough:
-        table["perplexity_change"] = layer_perplexity_changes(loaded, plan, list(table["layer"]), evaluation,
-                                                              float_perplexity, batch_size, scaled(progress, split[2], 1.0))
+        dense = [name for name in table["layer"] if name in plan.weights or name in plan.inputs]  # experts: not one by one
+        changes = dict(zip(dense, layer_perplexity_changes(loaded, plan, dense, evaluation, float_perplexity, batch_size,
+                                                           scaled(progress, split[2], 1.0))))
+        table["perplexity_change"] = [changes.get(name, float("nan")) for name in table["layer"]]
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity is Sensitivity.NONE:
         table = table[["layer", "block", "kind", "in_features", "seconds"]]

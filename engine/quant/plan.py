@@ -2,6 +2,7 @@
 grids to swap in, with what each layer's quantization costs on the calibration data."""
 from __future__ import annotations
 
+import re
 import time
 from typing import NamedTuple
 
@@ -10,28 +11,37 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.hooks import input_sharing, select_layers
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import LAYER_KINDS
+from engine.models import ExpertsLayer, LinearLayer, LoadedModel
+from engine.models.layers import LAYER_KINDS, find_experts
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.awq_pass import awq_scaling
-from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_weight
-from engine.quant.gptq import FactorizationError, gptq_batch
+from engine.quant.experts import expert_hessians, quantize_experts
+from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat
 from engine.quant.grid import GroupGrids, IntWeight
 from engine.quant.inputs import input_quantizer
+from engine.quant.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.measures import output_error
 from engine.quant.ranges import relative_error
-from engine.quant.rtn import rtn_quantized
 from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
 from engine.stats import StatsReport
+from engine.stats.experts import ExpertReport, ExpertSpec, collect_expert_stats
 from engine.stats.hessian_report import HessianReport
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
-    """Every layer type the engine handles whose name matches the spec, the LM head excluded."""
-    return select_layers(model, LAYER_KINDS, spec.name_pattern, False)
+    """Every layer type the engine handles whose name matches the spec, the LM head and MoE routers
+    excluded (the peers keep both in float)."""
+    routers = {layer.router for layer in find_experts(model)}
+    return [layer for layer in select_layers(model, LAYER_KINDS, spec.name_pattern, False) if layer.name not in routers]
+
+
+def quantizable_experts(model: torch.nn.Module, spec: QuantSpec) -> list[ExpertsLayer]:
+    """The MoE experts modules whose name matches the spec."""
+    pattern = re.compile(spec.name_pattern) if spec.name_pattern else None
+    return [layer for layer in find_experts(model) if pattern is None or pattern.search(layer.name)]
 
 
 def _shared_groups(layers: list[LinearLayer], sharing: dict[str, str] | None, together: bool) -> list[list[LinearLayer]]:
@@ -45,26 +55,6 @@ def _shared_groups(layers: list[LinearLayer], sharing: dict[str, str] | None, to
     return list(groups.values())
 
 
-# GPTQ batches layers of one shape up to this many bytes of weights and Hessians (float32).
-GPTQ_BATCH_BYTES = 512 * 2**20
-
-
-class QuantizedMatrix(NamedTuple):
-    """One layer's quantization: the fake-quantized float32 [out, in] weight, the grids it lies on
-    (what a checkpoint stores with the integers or element values), and what it cost on the calibration data."""
-
-    fake: torch.Tensor
-    grids: GroupGrids | FloatGrids
-    costs: dict
-
-
-def stored_weight(fake: torch.Tensor, grids: GroupGrids | FloatGrids) -> IntWeight | FloatWeight:
-    """A weight already on ``grids`` as a checkpoint stores it: integers, or float-format element values."""
-    if isinstance(grids, FloatGrids):
-        return FloatWeight(grids.values(fake), grids)
-    return IntWeight(grids.codes(fake), grids)
-
-
 class LayerQuantization(NamedTuple):
     original: torch.Tensor  # the layer's float32 [out, in] weight
     fake: torch.Tensor
@@ -73,61 +63,6 @@ class LayerQuantization(NamedTuple):
 
     def integers(self) -> IntWeight | FloatWeight:
         return stored_weight(self.fake, self.grids)
-
-
-def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
-                    names: list[str] | None = None) -> list[list[QuantizedMatrix]]:
-    """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
-    (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
-    independent given H, so this equals one call per layer) and once for all the groups given,
-    which must stack to one shape (their arithmetic stays separate; the column loop is shared).
-    ``names``: each group's layer, named when its Hessian does not factorize. Float formats round
-    each matrix in its own dtype; an NVFP4 group shares one global scale (vLLM fuses its layers)."""
-    if spec.format.is_float:
-        return [_float_group(group, spec) for group in groups]
-    groups = [[matrix.float() for matrix in group] for group in groups]
-    if not spec.needs_hessians:
-        return [[QuantizedMatrix(*rtn_quantized(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group]
-                for group in groups]
-    missing = [number for number, hessian in enumerate(hessians) if hessian is None]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        which = f"of {names[missing[0]]}{more}" if names else "of these layers"
-        raise CalibscopeError(f"GPTQ needs the Hessians {which}, which were not collected: collect Hessians of every "
-                              "layer you quantize (no name filter that leaves them out), run it sequentially, or use RTN.")
-    stacked = _stacked([torch.cat(group) if len(group) > 1 else group[0] for group in groups])
-    try:
-        device = stacked.device
-        results = gptq_batch(stacked, _stacked([h.to(device) for h in hessians]), spec.bits, spec.group_size,
-                             spec.symmetric, spec.block_size, spec.damping, spec.act_order, spec.on_failure, spec.damping_step)
-    except FactorizationError as error:
-        where = names[error.index] if names else f"layer group {error.index}"
-        raise CalibscopeError(f"{where}: {error}") from None
-    out = []
-    for group, hessian, result in zip(groups, hessians, results):
-        sizes = [matrix.shape[0] for matrix in group]
-        trace = float(torch.diagonal(hessian).double().sum())
-        # a Hessian that did not factorize under the rtn policy: rounded to nearest, as llm-compressor does
-        fallback = {"fallback": "rtn"} if result.fell_back else {}
-        costs = {"damping": result.damping, "hessian_trace": trace, **fallback}
-        out.append([QuantizedMatrix(weight, grids, {"gptq_loss": float(losses.sum()), **costs})
-                    for weight, losses, grids in zip(result.weight.split(sizes), result.row_losses.split(sizes),
-                                                     result.grids.rows(sizes))])
-    return out
-
-
-def _float_group(group: list[torch.Tensor], spec: WeightSpec) -> list[QuantizedMatrix]:
-    shared = torch.stack([matrix.abs().max() for matrix in group]).max() if spec.format is NumberFormat.NVFP4 else None
-    out = []
-    for matrix in group:
-        fake, stored = float_weight(matrix, spec.format, spec.group_size, shared)
-        out.append(QuantizedMatrix(fake, stored.grids, {}))
-    return out
-
-
-def _stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
-    """[B, ...] of equal-shaped matrices; a batch of one is a view of its matrix, not a copy."""
-    return matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
 
 
 def _batches(groups: list[list[LinearLayer]], gptq_batches: bool) -> list[list[list[LinearLayer]]]:
@@ -182,7 +117,8 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
 def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport | None = None,
                       hessians: HessianReport | None = None, progress: Progress = no_progress,
                       output_errors: bool = True, layers: list[LinearLayer] | None = None,
-                      calibration: CalibrationSet | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
+                      calibration: CalibrationSet | None = None,
+                      experts: ExpertReport | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians, or
     AWQ's own pass), gptq_loss and damping (GPTQ), clip (activation range), input_error (expected
@@ -191,8 +127,10 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     parent's relative output error at the identity and at the chosen scales, and the layer's RTN
     output error before AWQ, and seconds. ``output_errors`` off skips the one costly measure
     (comparisons need the weights only). ``layers``: the spec's ``quantizable_layers`` unless given.
-    ``calibration``: the set AWQ searches its scales on. The weights are read under the model's lock,
-    so another session's quantized evaluation on the same model never leaks into this plan."""
+    ``calibration``: the set AWQ searches its scales on, and MoE experts' GPTQ collects their Hessians
+    on when ``experts`` (an expert report with its Hessians kept) is not given; MoE experts get one row
+    per expert and part (engine/quant/experts.py). The weights are read under the model's lock, so
+    another session's quantized evaluation on the same model never leaks into this plan."""
     layers = quantizable_layers(loaded.model, spec) if layers is None else layers
     if spec.needs_stats and stats is None:
         needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
@@ -253,5 +191,39 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
                 row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
         row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
         rows.append(row)
+    if spec.weights.enabled:
+        rows.extend(_quantized_experts(loaded, spec, plan, experts, calibration))
     progress(1.0, f"Quantized {len(layers)} layers")
     return plan, pd.DataFrame(rows)
+
+
+_NOT_EXPERTS = r"^(?!.*\.experts)"
+
+
+def _quantized_experts(loaded: LoadedModel, spec: QuantSpec, plan: QuantizedModel, report: ExpertReport | None,
+                       calibration: CalibrationSet | None) -> list[dict]:
+    """Every MoE experts module the spec selects, quantized into ``plan``; their rows. AWQ and
+    SmoothQuant leave the experts' inputs as they are (a norm read by a router is never rescaled)."""
+    modules = quantizable_experts(loaded.model, spec)
+    if not modules:
+        return []
+    if spec.activations.enabled:
+        raise CalibscopeError("Input quantization of MoE experts is not simulated yet (only their weights): leave the "
+                              f"experts out with a name pattern (e.g. {_NOT_EXPERTS!r}) or quantize the weights only.")
+    needs = spec.needs_hessians or spec.experts.needs_all_tokens
+    if needs and (report is None or (spec.experts.needs_all_tokens and not report.meta.get("all_tokens"))):
+        if calibration is None:
+            raise CalibscopeError("The MoE experts' GPTQ needs each expert's Hessians: collect expert statistics with their "
+                                  "Hessians kept, or give the calibration set to collect them on.")
+        report = collect_expert_stats(loaded, calibration, ExpertSpec(keep_hessians=True,
+                                                                      all_tokens=spec.experts.needs_all_tokens))
+    rows = []
+    for layer in modules:
+        with loaded.lock:  # the float originals, as for every weight (see original_weights)
+            weights = (layer.module.gate_up_proj.detach(), layer.module.down_proj.detach())
+        started = time.perf_counter()
+        done = quantize_experts(layer, weights, spec.weights, expert_hessians(layer, report, spec.experts, spec.needs_hessians))
+        plan.experts[f"{layer.name}.gate_up_proj"], plan.experts[f"{layer.name}.down_proj"] = done.gate_up, done.down
+        seconds = (time.perf_counter() - started) / max(len(done.rows), 1)
+        rows.extend({**row, "seconds": seconds} for row in done.rows)
+    return rows

@@ -266,6 +266,49 @@ class ActivationSpec:
         return f"{name} static per-{self.granularity.value} {method}"
 
 
+class ExpertCalibration(str, Enum):
+    """Whose tokens an MoE expert's Hessians are made from: the ones the router sent it, or every
+    token of its block (llm-compressor's moe_calibrate_all_experts; the forward stays the router's)."""
+
+    ROUTER = "router"
+    ALL = "all-experts"
+
+
+class ExpertFallback(str, Enum):
+    """What an expert with too few routed tokens gets: round to nearest (its grids from its weights)
+    or the Hessians of every token."""
+
+    RTN = "rtn"
+    ALL = "all-experts"
+
+
+@dataclass(frozen=True)
+class ExpertPolicy:
+    """How MoE experts are calibrated (engine/quant/experts.py). ``min_tokens``: below it an expert
+    takes ``fallback`` (0: its input width, below which its Hessian is rank-deficient)."""
+
+    calibration: ExpertCalibration = ExpertCalibration.ROUTER
+    min_tokens: int = 0
+    fallback: ExpertFallback = ExpertFallback.RTN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calibration", choice(ExpertCalibration, self.calibration, "expert calibration"))
+        object.__setattr__(self, "fallback", choice(ExpertFallback, self.fallback, "expert fallback"))
+        if self.min_tokens < 0:
+            raise SpecError(f"min_tokens={self.min_tokens} must be 0 (the expert's input width) or more.")
+
+    @property
+    def needs_all_tokens(self) -> bool:
+        return self.calibration is ExpertCalibration.ALL or self.fallback is ExpertFallback.ALL
+
+    def label(self) -> str:
+        if self.calibration is ExpertCalibration.ALL:
+            return "experts on all tokens"
+        fallback = "all tokens" if self.fallback is ExpertFallback.ALL else "RTN"
+        threshold = f"{self.min_tokens} tokens" if self.min_tokens else "input width"
+        return f"experts below {threshold}: {fallback}"
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
@@ -273,13 +316,15 @@ class QuantSpec:
     in tied models, which quantizers keep in float). ``smoothing``: SmoothQuant's α (0 to 1; None: off),
     the inputs' outliers moved into the weights before both are quantized (engine/quant/smoothing.py).
     ``awq``: AWQ's input scales searched on the calibration set before the weights are rounded
-    (engine/quant/awq.py; None: off)."""
+    (engine/quant/awq.py; None: off). ``experts``: how MoE experts are calibrated (their weights are
+    quantized with ``weights``; routers stay float)."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)
     activations: ActivationSpec = field(default_factory=ActivationSpec)
     name_pattern: str = ""
     smoothing: float | None = None
     awq: AwqSpec | None = None
+    experts: ExpertPolicy = field(default_factory=ExpertPolicy)
 
     def __post_init__(self) -> None:
         try:
@@ -292,6 +337,8 @@ class QuantSpec:
             self._check_smoothing()
         if isinstance(self.awq, dict):  # a run config's [quantize.awq] table
             object.__setattr__(self, "awq", AwqSpec(**self.awq))
+        if isinstance(self.experts, dict):  # a run config's [quantize.experts] table
+            object.__setattr__(self, "experts", ExpertPolicy(**self.experts))
         if self.awq is not None:
             self._check_awq()
 
@@ -324,7 +371,8 @@ class QuantSpec:
         parts = [part.label() for part in (self.weights, self.activations) if part.enabled]
         smoothing = [f"SmoothQuant α{self.smoothing:g}"] if self.smoothing is not None else []
         awq = [self.awq.label()] if self.awq is not None else []
-        return " + ".join(smoothing + awq + parts)
+        experts = [f"({self.experts.label()})"] if self.experts != ExpertPolicy() else []
+        return " + ".join(smoothing + awq + parts) + (" " + experts[0] if experts else "")
 
     @property
     def needs_hessians(self) -> bool:

@@ -3,8 +3,16 @@
 Per block and expert: the tokens routed to it (top-k), per calibration sample, and the routing
 weights they carried; the per-channel min / max / |max| of its routed inputs and its GPTQ Hessian
 H = 2/n Σ xxᵀ over them (the same HessianAccumulator as every dense layer), diagnosed (rank,
-condition, damping). An expert no token reached has no Hessian and no ranges (NaN), and its row says
-so: a zero Hessian would quantize it silently from nothing.
+condition, damping), and the Hessian of its intermediate activation h = act(x · W_gateᵀ) · (x ·
+W_upᵀ) over the same tokens (what its down projection reads). An expert no token reached has no
+Hessian and no ranges (NaN), and its row says so: a zero Hessian would quantize it silently from
+nothing.
+
+``all_tokens`` (llm-compressor's moe_calibrate_all_experts, as it was meant to work): every expert
+also sees every token, only for its statistics: Σ xxᵀ over all the block's tokens (one matrix, the
+same for every expert) and each expert's Σ hhᵀ of its intermediate activation on all of them. The
+forward is the router's own: the hooks read the experts' call and change nothing, so the blocks
+after it see what inference sees.
 """
 from __future__ import annotations
 
@@ -32,13 +40,15 @@ NO_TOKENS = "no tokens: no Hessian, no ranges"
 class ExpertSpec:
     """hessians: accumulate and diagnose each expert's Hessian (hidden² values per expert while its
     block runs); keep_hessians: keep them in the report (tests, export) instead of dropping each
-    after its diagnosis; under_calibrated: the token count below which an expert is flagged."""
+    after its diagnosis (the inputs', the intermediate activations' and, with all_tokens, both over
+    every token); under_calibrated: the token count below which an expert is flagged."""
 
     hessians: bool = True
     keep_hessians: bool = False
     under_calibrated: int = 0  # 0: the expert's input channels (fewer tokens than channels: rank-deficient)
     batch_size: int = 8
     execution: Execution = Execution.AUTO
+    all_tokens: bool = False  # also every expert's Hessians over every token (the all-experts calibration)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.under_calibrated < 0:
@@ -50,7 +60,8 @@ class ExpertAccumulator:
     """One MoE block's experts: routed tokens per (sample, expert), routing-weight sums, ranges and
     Hessians of each expert's routed inputs."""
 
-    def __init__(self, layer: ExpertsLayer, samples: int, device: torch.device | str = "cpu", hessians: bool = True) -> None:
+    def __init__(self, layer: ExpertsLayer, samples: int, device: torch.device | str = "cpu", hessians: bool = True,
+                 all_tokens: bool = False) -> None:
         experts, hidden = layer.experts, layer.hidden
         self.layer = layer
         self.per_sample = torch.zeros(samples, experts, dtype=torch.int64, device=device)
@@ -59,6 +70,10 @@ class ExpertAccumulator:
         self.minimum = torch.full((experts, hidden), float("inf"), dtype=torch.float32, device=device)
         self.maximum = torch.full((experts, hidden), float("-inf"), dtype=torch.float32, device=device)
         self.hessians = [HessianAccumulator(hidden, torch.float32, device) for _ in range(experts)] if hessians else None
+        self.down = [HessianAccumulator(layer.intermediate, torch.float32, device) for _ in range(experts)] if hessians else None
+        self.all_inputs = HessianAccumulator(hidden, torch.float32, device) if hessians and all_tokens else None
+        self.all_down = ([HessianAccumulator(layer.intermediate, torch.float32, device) for _ in range(experts)]
+                         if hessians and all_tokens else None)
 
     def update(self, x: torch.Tensor, routing: torch.Tensor, weights: torch.Tensor, tokens: TokenIndex) -> None:
         if x.shape[0] == 0:
@@ -68,6 +83,10 @@ class ExpertAccumulator:
         self.per_sample.index_add_(0, tokens.rows.to(x.device), routed)
         self.weight_sums.scatter_add_(0, routing.reshape(-1), weights.reshape(-1).to(self.weight_sums))
         self._per_expert(x, routing)
+        if self.all_inputs is not None:  # every expert on every token: statistics only, the forward stays the router's
+            self.all_inputs.update(x.to(torch.float32))
+            for expert, accumulator in enumerate(self.all_down):
+                accumulator.update(self.layer.intermediate_of(expert, x).to(torch.float32))
 
     def _per_expert(self, x: torch.Tensor, routing: torch.Tensor) -> None:
         """Each expert's own tokens, as its eager forward gathers them. Splitting by expert needs the
@@ -77,12 +96,14 @@ class ExpertAccumulator:
         start = 0
         for expert, size in enumerate(torch.bincount(flat, minlength=self.layer.experts).tolist()):
             if size:
-                rows = x.index_select(0, token_of[start:start + size]).to(torch.float32)
+                routed = x.index_select(0, token_of[start:start + size])
+                rows = routed.to(torch.float32)
                 torch.maximum(self.absmax[expert], rows.abs().amax(0), out=self.absmax[expert])
                 torch.minimum(self.minimum[expert], rows.amin(0), out=self.minimum[expert])
                 torch.maximum(self.maximum[expert], rows.amax(0), out=self.maximum[expert])
                 if self.hessians is not None:
                     self.hessians[expert].update(rows)
+                    self.down[expert].update(self.layer.intermediate_of(expert, routed).to(torch.float32))
             start += size
 
     @property
@@ -94,7 +115,8 @@ class ExpertAccumulator:
         for total, op in ((self.per_sample, ops.SUM), (self.weight_sums, ops.SUM), (self.absmax, ops.MAX),
                           (self.minimum, ops.MIN), (self.maximum, ops.MAX)):
             torch.distributed.all_reduce(total, op, group)
-        for hessian in self.hessians or ():
+        for hessian in [*(self.hessians or ()), *(self.down or ()), *(self.all_down or ()),
+                        *([self.all_inputs] if self.all_inputs is not None else [])]:
             hessian.all_reduce(group)
         return self
 
@@ -110,8 +132,11 @@ class ExpertReport:
     per_sample: dict[str, np.ndarray]
     hessians: pd.DataFrame
     ranges: dict[str, dict[str, np.ndarray]]
-    kept_hessians: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    kept_hessians: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # the routed inputs' H
     meta: dict = field(default_factory=dict)
+    kept_intermediate: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # the down projections' H
+    kept_all_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # all_tokens: H of every token, per block
+    kept_all_intermediate: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # all_tokens: h of every token
 
     def counts(self) -> pd.DataFrame:
         """Tokens per expert, blocks as rows and experts as columns (the coverage heat map)."""
@@ -138,6 +163,7 @@ class _FinishExperts:
     def __init__(self, spec: ExpertSpec, progress: Progress, blocks: int) -> None:
         self.spec, self.progress, self.blocks = spec, progress, max(blocks, 1)
         self.routing, self.diagnoses, self.per_sample, self.ranges, self.kept = [], [], {}, {}, {}
+        self.kept_intermediate, self.kept_all_inputs, self.kept_all_intermediate = {}, {}, {}
 
     def __call__(self, block: FinishedBlock) -> None:
         for key in [k for k, v in block.accumulators.items() if isinstance(v, ExpertAccumulator)]:
@@ -157,11 +183,23 @@ class _FinishExperts:
                                  "status": _status(tokens, threshold)})
             if accumulator.hessians is not None:
                 self._diagnose(layer, expert, accumulator.hessians[expert], threshold)
+                self._keep_others(accumulator, expert)
+        if self.spec.keep_hessians and accumulator.all_inputs is not None:
+            self.kept_all_inputs[layer.name] = accumulator.all_inputs.take()
         unused = counts == 0
         self.ranges[layer.name] = {name: np.where(unused[:, None], np.nan, values.cpu().numpy()) for name, values in
                                    (("absmax", accumulator.absmax), ("minimum", accumulator.minimum), ("maximum", accumulator.maximum))}
         self.per_sample[layer.name] = per_sample
         self.progress(len(self.per_sample) / self.blocks, f"Experts of {layer.name}")
+
+    def _keep_others(self, accumulator: ExpertAccumulator, expert: int) -> None:
+        """The expert's down projection's Hessian (and, with all_tokens, its all-token one), kept where
+        asked and where tokens made it (never a zero matrix)."""
+        name = accumulator.layer.name
+        if self.spec.keep_hessians and accumulator.down[expert].tokens:
+            self.kept_intermediate[(name, expert)] = accumulator.down[expert].take()
+        if self.spec.keep_hessians and accumulator.all_down is not None and accumulator.all_down[expert].tokens:
+            self.kept_all_intermediate[(name, expert)] = accumulator.all_down[expert].take()
 
     def _diagnose(self, layer: ExpertsLayer, expert: int, accumulator: HessianAccumulator, threshold: int) -> None:
         row = {"layer": layer.name, "expert": expert, "tokens": accumulator.tokens, "channels": layer.hidden}
@@ -189,7 +227,8 @@ def collect_expert_stats(loaded: LoadedModel, calibration: CalibrationSet, spec:
     finish = _FinishExperts(spec, progress, len(experts))
     request = PassRequest([], (), lambda *_: None, state_bytes=lambda _layer: 0, batch_size=spec.batch_size,
                           execution=spec.execution, experts=experts, after_block=finish,
-                          experts_factory=lambda layer, device: ExpertAccumulator(layer, samples, device, spec.hessians))
+                          experts_factory=lambda layer, device: ExpertAccumulator(layer, samples, device, spec.hessians,
+                                                                                  spec.all_tokens))
     result = run_pass(loaded, calibration, request, progress)
     for layer in experts:  # the whole-model runner finishes no block: what it leaves is done here
         if layer.name in result.accumulators:
@@ -200,7 +239,9 @@ def collect_expert_stats(loaded: LoadedModel, calibration: CalibrationSet, spec:
     per_sample = {layer.name: finish.per_sample[layer.name] for layer in experts}
     return ExpertReport(routing.reset_index(drop=True), per_sample, hessians, finish.ranges, finish.kept,
                         meta={"model": loaded.info.name, "samples": samples, "tokens": int(calibration.lengths.sum()),
-                              "top_k": _top_k(loaded), "blocks": len(experts)})
+                              "top_k": _top_k(loaded), "blocks": len(experts), "all_tokens": spec.all_tokens},
+                        kept_intermediate=finish.kept_intermediate, kept_all_inputs=finish.kept_all_inputs,
+                        kept_all_intermediate=finish.kept_all_intermediate)
 
 
 def _top_k(loaded: LoadedModel) -> int | None:

@@ -19,6 +19,7 @@ from engine.quant import (
     ActivationSpec,
     ActOrder,
     AwqSpec,
+    ExpertPolicy,
     Granularity,
     NumberFormat,
     QuantReport,
@@ -45,7 +46,11 @@ GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64
 CPU_EVALUATION = (8, 256)
 GPU_EVALUATION = (32, 512)
 SCHEME_WIDGETS = ("method", "weight_format", "bits", "group", "symmetric", "act_order", "act_format", "act_bits",
-                  "range_method", "percentile", "granularity", "smoothing", "awq", "awq_clip")
+                  "range_method", "percentile", "granularity", "smoothing", "awq", "awq_clip", "experts")
+# MoE experts' Hessians (their GPTQ): the label shown -> the policy
+EXPERT_POLICIES = {"router's tokens; RTN below the input width": ExpertPolicy(),
+                   "router's tokens; all tokens below the input width": ExpertPolicy(fallback="all-experts"),
+                   "every token (all-experts)": ExpertPolicy(calibration="all-experts")}
 
 
 def evaluation_defaults() -> tuple[int, int]:
@@ -70,6 +75,7 @@ class QuantizeForm:
     smoothing: float | None = None
     awq: bool = False
     awq_clip: bool = False
+    experts: str = next(iter(EXPERT_POLICIES))
     source: str = next(iter(HELD_OUT))
     upload: str | None = None
     length: float = 256
@@ -88,7 +94,8 @@ class QuantizeForm:
         activations = ActivationSpec(bits=act_bits, range_method=self.range_method, percentile=float(self.percentile or 0),
                                      granularity=self.granularity, format=self.act_format)
         smoothing = None if self.smoothing in (None, "") else float(self.smoothing)
-        return QuantSpec(weights, activations, smoothing=smoothing, awq=AwqSpec(clip=bool(self.awq_clip)) if self.awq else None)
+        return QuantSpec(weights, activations, smoothing=smoothing, awq=AwqSpec(clip=bool(self.awq_clip)) if self.awq else None,
+                         experts=EXPERT_POLICIES[self.experts])
 
 
 def preset_widgets(name: str) -> list:
@@ -100,7 +107,7 @@ def preset_widgets(name: str) -> list:
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
     return [w.method.value, w.format.value, w.bits, group, w.symmetric, w.act_order.value, a.format.value, a.bits,
             a.range_method.value, a.percentile, a.granularity.value, spec.smoothing, spec.awq is not None,
-            spec.awq is not None and spec.awq.clip]
+            spec.awq is not None and spec.awq.clip, next(label for label, policy in EXPERT_POLICIES.items() if policy == spec.experts)]
 
 
 def status_line(report: QuantReport, reused: bool) -> str:
@@ -109,7 +116,19 @@ def status_line(report: QuantReport, reused: bool) -> str:
     verb = "Reused: " if reused else ""
     return (f"{verb}**{scheme_label(report)}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
             f"({report.gap:+.2f}, {relative:+.1f}%) on {meta['evaluation']} ({meta['evaluation_tokens']:,} tokens) · "
-            f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}")
+            f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}{experts_sentence(report.layers)}")
+
+
+def experts_sentence(layers: pd.DataFrame) -> str:
+    """How the MoE experts were calibrated, in one sentence (empty without experts)."""
+    if "expert" not in layers or layers["expert"].isna().all():
+        return ""
+    rows = layers.dropna(subset=["expert"])
+    per_expert = rows.assign(module=rows["layer"].str.rsplit(".", n=2).str[0]).drop_duplicates(subset=["module", "expert"])
+    fallback = per_expert["calibration"].str.contains("fallback")
+    took = f"{int(fallback.sum())} took the fallback (too few routed tokens)" if fallback.any() else "none needed a fallback"
+    return (f"\n- MoE: {len(per_expert)} experts in {per_expert['module'].nunique()} blocks quantized (routers float); "
+            f"{took}. Their rows name whose tokens each was calibrated on.")
 
 
 def awq_sentence(layers: pd.DataFrame) -> str:
@@ -232,6 +251,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 smoothing = gr.Number(None, label="SmoothQuant α (empty: off)", minimum=0, maximum=1, step=0.05,
                                       info="moves input outliers into the weights before W8A8 / FP8, from the statistics' "
                                            "per-channel ranges; 0.5 is llm-compressor's default")
+                experts = gr.Dropdown(list(EXPERT_POLICIES), value=next(iter(EXPERT_POLICIES)), label="MoE experts' Hessians",
+                                      info="MoE models: whose tokens each expert's GPTQ is calibrated on, and what an expert "
+                                           "the router starves gets")
                 with gr.Row():
                     awq = gr.Checkbox(False, label="AWQ", info="searches each input's scales on the calibration set "
                                       "before the weights are rounded (llm-compressor's AWQModifier; runs its own pass)")
@@ -254,7 +276,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "symmetric": symmetric,
               "act_order": act_order, "act_format": act_format, "act_bits": act_bits, "range_method": range_method,
-              "percentile": percentile, "granularity": granularity, "smoothing": smoothing, "awq": awq, "awq_clip": awq_clip}
+              "percentile": percentile, "granularity": granularity, "smoothing": smoothing, "awq": awq, "awq_clip": awq_clip,
+              "experts": experts}
     preset.input(preset_widgets, preset, [scheme[name] for name in SCHEME_WIDGETS])
     source.change(lambda chosen: gr.update(visible=chosen == UPLOADED), source, upload)
     for control in scheme.values():

@@ -1,0 +1,147 @@
+"""MoE experts quantized: each expert's GPTQ on its own Hessians equals GPTQ on that expert's matrix
+alone; the down projections' Hessians and the all-experts ones equal float64 references while the
+forward stays the router's; an expert starved of every token never gets a NaN or zero scale."""
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from engine import ModelSpec, load_model
+from engine.errors import CalibscopeError
+from engine.hooks import observing
+from engine.quant import QuantSpec, WeightSpec, evaluation_windows, gptq, perplexity, plan_quantization, quantized
+from engine.models.layers import find_experts
+from engine.quant.experts import expert_hessians, quantize_experts
+from engine.quant.plan import quantizable_layers
+from engine.quant.specs import ActivationSpec, ActOrder, ExpertPolicy
+from engine.sampling import RandomSpec, build
+from engine.stats import HessianSpec
+from engine.stats.experts import ExpertSpec, collect_expert_stats
+from engine.stats.hessian_report import collect_hessians
+from tests.moe import routed_tokens, starved
+
+EXPERTS, ROUTER = "model.layers.1.mlp.experts", "model.layers.1.mlp.gate"
+GPTQ = QuantSpec(WeightSpec("gptq", 4, 8, act_order=ActOrder.NONE))  # groups of 8 fit the tiny widths (32, 24)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ModelSpec("tiny-random-qwen3-moe", dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def calibration(model):
+    texts = [f"{i}: " + "experts see different tokens " * (i + 2) for i in range(6)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": [f"e{i}" for i in range(6)], "row_id": list(range(6))})
+    return build(data, model.tokenizer, RandomSpec(nsamples=6, length=96))
+
+
+@pytest.fixture(scope="module")
+def report(model, calibration):
+    return collect_expert_stats(model, calibration, ExpertSpec(batch_size=4, keep_hessians=True, all_tokens=True))
+
+
+def intermediate(module, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """An expert's act(gate) * up in float64, written out (not through calibscope's helper)."""
+    weight = module.gate_up_proj[expert].double()
+    size = weight.shape[0] // 2
+    return torch.nn.functional.silu(x @ weight[:size].T) * (x @ weight[size:].T)
+
+
+def test_the_down_projections_and_all_experts_hessians_equal_float64_references(model, calibration, report):
+    module = dict(model.model.named_modules())[EXPERTS]
+    x, chosen, _ = routed_tokens(model, calibration, EXPERTS, ROUTER, model.model.config.num_experts_per_tok)
+    every = report.kept_all_inputs[EXPERTS].double()
+    torch.testing.assert_close(every, 2 / len(x) * x.T @ x, rtol=1e-4, atol=1e-6)
+    for expert in range(module.gate_up_proj.shape[0]):
+        mine = x[(chosen == expert).any(1)]
+        h = intermediate(module, expert, mine)
+        torch.testing.assert_close(report.kept_intermediate[(EXPERTS, expert)].double(), 2 / len(h) * h.T @ h,
+                                   rtol=1e-4, atol=1e-7)
+        h_all = intermediate(module, expert, x)
+        torch.testing.assert_close(report.kept_all_intermediate[(EXPERTS, expert)].double(), 2 / len(h_all) * h_all.T @ h_all,
+                                   rtol=1e-4, atol=1e-7)
+
+
+def test_all_experts_statistics_leave_the_forward_the_routers(model, calibration):
+    module = dict(model.model.named_modules())[EXPERTS]
+    seen = []
+    with observing([(module, "output", lambda out: seen.append(out.detach().clone()))]):
+        collect_expert_stats(model, calibration, ExpertSpec(batch_size=4, all_tokens=True))
+        during = list(seen)
+        seen.clear()
+        collect_expert_stats(model, calibration, ExpertSpec(batch_size=4, hessians=False))
+    assert len(during) == len(seen) > 0 and all(torch.equal(a, b) for a, b in zip(during, seen))
+
+
+def test_expert_gptq_equals_gptq_on_each_experts_own_matrix(model, calibration, report):
+    dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    plan, table = plan_quantization(model, GPTQ, hessians=dense, experts=report)
+    assert "model.layers.1.mlp.gate" not in plan.weights  # the router stays float
+    fused = plan.experts[f"{EXPERTS}.gate_up_proj"], plan.experts[f"{EXPERTS}.down_proj"]
+    module = dict(model.model.named_modules())[EXPERTS]
+    weights = GPTQ.weights
+    for expert in range(module.gate_up_proj.shape[0]):
+        for part, stack, hessian in (("gate_up", module.gate_up_proj, report.kept_hessians[(EXPERTS, expert)]),
+                                     ("down", module.down_proj, report.kept_intermediate[(EXPERTS, expert)])):
+            alone = gptq(stack[expert].detach().float(), hessian, weights.bits, weights.group_size, weights.symmetric,
+                         weights.block_size, weights.damping, weights.act_order, weights.on_failure)
+            torch.testing.assert_close(fused[0 if part == "gate_up" else 1][expert], alone.weight, rtol=0, atol=1e-6)
+    rows = table[table["kind"] == "expert"].set_index("layer")
+    assert len(rows) == 2 * 2 * 4 and rows["output_error"].notna().all()  # 2 blocks x 4 experts x (gate_up, down)
+    assert set(rows["calibration"]) <= {"router", *{c for c in rows["calibration"] if c.startswith("rtn (fallback")}}
+
+
+def test_an_expert_starved_of_every_token_never_gets_a_nan_or_zero_scale(model, calibration):
+    starved_name = "model.layers.0.mlp.experts"
+    with starved(dict(model.model.named_modules())[starved_name]):
+        report = collect_expert_stats(model, calibration, ExpertSpec(batch_size=4, keep_hessians=True, all_tokens=True))
+    assert (starved_name, 3) not in report.kept_hessians  # no tokens, no Hessian
+    schemes = {"W4 RTN": QuantSpec(WeightSpec("rtn", 4, 8)),
+               "W4 RTN asymmetric": QuantSpec(WeightSpec("rtn", 4, 8, symmetric=False)),
+               "W4 GPTQ, RTN fallback": GPTQ,
+               "W4 GPTQ, all-experts fallback": QuantSpec(GPTQ.weights, experts=ExpertPolicy(fallback="all-experts")),
+               "W4 GPTQ, all-experts": QuantSpec(GPTQ.weights, experts=ExpertPolicy(calibration="all-experts")),
+               "FP8 per channel": QuantSpec(WeightSpec("rtn", group_size=0, format="fp8"))}
+    dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    for label, spec in schemes.items():
+        plan, table = plan_quantization(model, spec, hessians=dense, experts=report)
+        for name, fake in plan.experts.items():
+            assert torch.isfinite(fake).all(), (label, name)
+        row = table.set_index("layer").loc[f"{starved_name}.3.gate_up"]
+        expected = {"W4 GPTQ, RTN fallback": "rtn (fallback: 0 routed < 32)",
+                    "W4 GPTQ, all-experts fallback": "all tokens (fallback: 0 routed < 32)",
+                    "W4 GPTQ, all-experts": "all tokens"}.get(label, "rtn")
+        assert row["calibration"] == expected, label
+        assert row["weight_error"] > 0 and torch.isfinite(torch.tensor(row["weight_error"]))
+    layer = next(layer for layer in find_experts(model.model) if layer.name == starved_name)
+    weights = (layer.module.gate_up_proj.detach(), layer.module.down_proj.detach())
+    for spec in schemes.values():  # the scales a checkpoint would store for the starved expert
+        done = quantize_experts(layer, weights, spec.weights, expert_hessians(layer, report, spec.experts, spec.needs_hessians))
+        for part in ("gate_up", "down"):
+            scale = done.integers[f"{starved_name}.3.{part}"].grids.scale
+            assert torch.isfinite(scale).all() and (scale > 0).all()
+
+
+def test_experts_quantized_change_the_models_perplexity_and_what_is_not_built_says_so(model, calibration, report):
+    windows = evaluation_windows(model.tokenizer, ["Held out text about experts and routers. " * 30], 64, 2, "held out")
+    float_ppl = perplexity(model, windows)
+    dense_only, _ = plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 8), name_pattern=r"^(?!.*\.experts)"))
+    with_experts, _ = plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 8)))
+    assert not dense_only.experts and set(with_experts.experts) == {f"model.layers.{b}.mlp.experts.{p}_proj"
+                                                                   for b in (0, 1) for p in ("gate_up", "down")}
+    with quantized(model, dense_only):
+        dense_ppl = perplexity(model, windows)
+    with quantized(model, with_experts):
+        experts_ppl = perplexity(model, windows)
+    assert perplexity(model, windows) == float_ppl  # the model is put back
+    assert experts_ppl != dense_ppl and all(value < float("inf") for value in (dense_ppl, experts_ppl))
+    assert all(layer.name != ROUTER for layer in quantizable_layers(model.model, GPTQ))
+    with pytest.raises(CalibscopeError, match="Input quantization of MoE experts"):
+        plan_quantization(model, QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, granularity="token")))
+    dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    with pytest.raises(CalibscopeError, match="experts' GPTQ needs each expert's Hessians"):
+        plan_quantization(model, GPTQ, hessians=dense)  # neither an expert report nor a set to collect one on
+    collected, table = plan_quantization(model, GPTQ, hessians=dense, calibration=calibration)  # collected on the set
+    assert table[table["kind"] == "expert"]["output_error"].notna().any()
