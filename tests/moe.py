@@ -11,7 +11,7 @@ from engine.hooks import observing
 
 def routed_tokens(loaded, calibration, experts_name: str, router_name: str, top_k: int):
     """(x [tokens, hidden] float64 at the experts' input, chosen experts [tokens, top_k] from
-    top-k of x·Wᵀ of the router, calibration row of each token)."""
+    top-k of x·Wᵀ + b of the router, calibration row of each token)."""
     modules = dict(loaded.model.named_modules())
     experts, router = modules[experts_name], modules[router_name]
     seen, rows = [], []
@@ -20,7 +20,9 @@ def routed_tokens(loaded, calibration, experts_name: str, router_name: str, top_
             loaded.model(input_ids=torch.from_numpy(sequence)[None])
             rows += [row] * len(sequence)
     x = torch.cat(seen)
-    chosen = torch.topk(x @ router.weight.double().T, top_k, dim=1).indices
+    bias = getattr(router, "bias", None)
+    logits = x @ router.weight.double().T + (bias.double() if isinstance(bias, torch.Tensor) else 0.0)
+    chosen = torch.topk(logits, top_k, dim=1).indices
     return x, chosen, torch.tensor(rows)
 
 

@@ -145,3 +145,53 @@ def test_experts_quantized_change_the_models_perplexity_and_what_is_not_built_sa
         plan_quantization(model, GPTQ, hessians=dense)  # neither an expert report nor a set to collect one on
     collected, table = plan_quantization(model, GPTQ, hessians=dense, calibration=calibration)  # collected on the set
     assert table[table["kind"] == "expert"]["output_error"].notna().any()
+
+
+def test_block_by_block_gptq_quantizes_the_experts_with_their_block(model, calibration, report):
+    from engine.quant.block_gptq import gptq_block_by_block
+    from engine.stats.hessian_report import collect_hessians as dense_hessians
+
+    one_pass, table = gptq_block_by_block(model, calibration, GPTQ, HessianSpec(batch_size=4), propagate=False)
+    dense = dense_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    at_once, _ = plan_quantization(model, GPTQ, hessians=dense, experts=report)
+    assert set(one_pass.experts) == set(at_once.experts) and len(table[table["kind"] == "expert"]) == 16
+    for name, fake in at_once.experts.items():  # the same Hessians, gathered by the block-by-block pass
+        torch.testing.assert_close(one_pass.experts[name], fake, rtol=0, atol=1e-5)
+    sequential, _ = gptq_block_by_block(model, calibration, GPTQ, HessianSpec(batch_size=4))
+    second = f"{EXPERTS}.down_proj"  # block 1's experts saw block 0 quantized: other Hessians, other weights
+    assert not torch.equal(sequential.experts[second], at_once.experts[second])
+    with quantized(model, sequential):
+        assert torch.isfinite(model.model(input_ids=torch.tensor([[1, 40, 41]])).logits).all()
+
+
+def gpt_oss_intermediate(module, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """GPT-OSS's expert written out: [E, H, 2I] weights, interleaved gate / up columns, biases, a clamped gate."""
+    gate_up = x @ module.gate_up_proj[expert].double() + module.gate_up_proj_bias[expert].double()
+    gate, up = gate_up[..., ::2].clamp(max=module.limit), gate_up[..., 1::2].clamp(-module.limit, module.limit)
+    return (up + 1) * gate * torch.sigmoid(gate * module.alpha)
+
+
+def test_gpt_oss_experts_are_read_and_quantized_in_their_own_layout(calibration):
+    loaded = load_model(ModelSpec("tiny-random-gpt-oss", dtype="float32"))
+    report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, keep_hessians=True))
+    module = dict(loaded.model.named_modules())[EXPERTS]
+    x, chosen, _ = routed_tokens(loaded, calibration, EXPERTS, "model.layers.1.mlp.router", 2)
+    for expert in range(4):
+        h = gpt_oss_intermediate(module, expert, x[(chosen == expert).any(1)])
+        torch.testing.assert_close(report.kept_intermediate[(EXPERTS, expert)].double(), 2 / len(h) * h.T @ h,
+                                   rtol=1e-4, atol=1e-7)
+    dense = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    plan, _ = plan_quantization(loaded, GPTQ, hessians=dense, experts=report)
+    gate_up = plan.experts[f"{EXPERTS}.gate_up_proj"]
+    assert gate_up.shape == module.gate_up_proj.shape  # written back in the module's [E, H, 2I] layout
+    weights = GPTQ.weights
+    for expert in range(4):  # GPTQ on the expert's [2I, H] matrix (its rows interleaved: rows are independent)
+        alone = gptq(module.gate_up_proj[expert].detach().T.float(), report.kept_hessians[(EXPERTS, expert)], weights.bits,
+                     weights.group_size, weights.symmetric, weights.block_size, weights.damping, weights.act_order,
+                     weights.on_failure)
+        torch.testing.assert_close(gate_up[expert].T, alone.weight, rtol=0, atol=1e-6)
+    windows = evaluation_windows(loaded.tokenizer, ["Held out text about experts and routers. " * 30], 64, 2, "held out")
+    before = perplexity(loaded, windows)
+    with quantized(loaded, plan):
+        assert perplexity(loaded, windows) != before
+    assert perplexity(loaded, windows) == before

@@ -24,12 +24,14 @@ def calibration(tiny_llama):
     return build(data, tiny_llama.tokenizer, RandomSpec(nsamples=6, length=96))
 
 
-@pytest.mark.parametrize("model", ["tiny-random-qwen3-moe", "tiny-random-mixtral"])
-def test_routing_ranges_and_hessians_equal_the_routers_own_choice(model, calibration):
+@pytest.mark.parametrize("model, router_name", [("tiny-random-qwen3-moe", ROUTER), ("tiny-random-mixtral", ROUTER),
+                                                ("tiny-random-gpt-oss", "model.layers.1.mlp.router")])
+def test_routing_ranges_and_hessians_equal_the_routers_own_choice(model, router_name, calibration):
+    """GPT-OSS's experts are stored transposed, with interleaved gate/up columns and biases: read too."""
     loaded = load_model(ModelSpec(model, dtype="float32"))  # a batch-invariant reference forward
     report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, keep_hessians=True))
     top_k = loaded.model.config.num_experts_per_tok
-    x, chosen, rows = routed_tokens(loaded, calibration, EXPERTS, ROUTER, top_k)
+    x, chosen, rows = routed_tokens(loaded, calibration, EXPERTS, router_name, top_k)
     experts = loaded.model.config.num_experts if hasattr(loaded.model.config, "num_experts") else loaded.model.config.num_local_experts
     per_sample = np.zeros((len(calibration), experts), dtype=np.int64)
     for token in range(x.shape[0]):
@@ -40,8 +42,9 @@ def test_routing_ranges_and_hessians_equal_the_routers_own_choice(model, calibra
     assert block["tokens"].tolist() == per_sample.sum(0).tolist() and block["tokens"].sum() == top_k * x.shape[0]
     assert block["samples"].tolist() == (per_sample > 0).sum(0).tolist()
     # routing weights: the top-k of the router's softmax, renormalized where the config says so (Mixtral always)
-    router = dict(loaded.model.named_modules())[ROUTER].weight.double()
-    top = torch.softmax(x @ router.T, dim=-1).gather(1, chosen)
+    router = dict(loaded.model.named_modules())[router_name]
+    bias = router.bias.double() if isinstance(getattr(router, "bias", None), torch.Tensor) else 0.0
+    top = torch.softmax(x @ router.weight.double().T + bias, dim=-1).gather(1, chosen)
     if getattr(loaded.model.config, "norm_topk_prob", True):
         top = top / top.sum(1, keepdim=True)
     weight_sums = torch.zeros(experts, dtype=torch.float64).scatter_add_(0, chosen.reshape(-1), top.reshape(-1))

@@ -137,9 +137,11 @@ def find_linear_layers(model: nn.Module, execution_order: bool = True) -> list[L
 @dataclass(frozen=True)
 class ExpertsLayer:
     """The experts of one MoE block as transformers 5 stores them: ``gate_up_proj`` [experts,
-    2·intermediate, hidden] (gate rows first) and ``down_proj`` [experts, hidden, intermediate],
-    called as ``experts(hidden_states, top_k_index, top_k_weights)``; ``router``: the sibling module
-    that scores the experts (its weight is [experts, hidden]), when there is one."""
+    2·intermediate, hidden] and ``down_proj`` [experts, hidden, intermediate] (Mixtral, Qwen-MoE,
+    OLMoE: gate rows first, act(gate) · up), or ``transposed`` [experts, hidden, 2·intermediate] and
+    [experts, intermediate, hidden] (GPT-OSS: gate and up columns interleaved, with biases and its own
+    clamped gate, ``_apply_gate``), called as ``experts(hidden_states, top_k_index, top_k_weights)``;
+    ``router``: the sibling module that scores the experts (its weight is [experts, hidden])."""
 
     name: str
     experts: int
@@ -147,22 +149,45 @@ class ExpertsLayer:
     intermediate: int
     module: nn.Module = field(repr=False, compare=False, hash=False)
     router: str = ""
+    transposed: bool = False
 
     def intermediate_of(self, expert: int, rows: torch.Tensor) -> torch.Tensor:
-        """The expert's intermediate activation act(x · W_gateᵀ) · (x · W_upᵀ) for ``rows`` [tokens,
-        hidden], as its eager forward computes it: what its down projection reads."""
-        gate, up = torch.nn.functional.linear(rows, self.module.gate_up_proj[expert]).chunk(2, dim=-1)
-        return self.module.act_fn(gate) * up
+        """The expert's intermediate activation for ``rows`` [tokens, hidden], as its eager forward
+        computes it: what its down projection reads."""
+        module = self.module
+        gate_up = self.matrices()[0][expert]
+        out = torch.nn.functional.linear(rows, gate_up, _bias(module, "gate_up_proj_bias", expert))
+        if hasattr(module, "_apply_gate"):  # GPT-OSS: interleaved columns, clamped, (up + 1) · gate · σ(α gate)
+            return module._apply_gate(out)
+        gate, up = out.chunk(2, dim=-1)
+        return module.act_fn(gate) * up
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate_up [E, 2I, H], down [E, H, I]) as [out, in] matrices per expert (views, no copy)."""
+        gate_up, down = self.module.gate_up_proj.detach(), self.module.down_proj.detach()
+        return (gate_up.transpose(1, 2), down.transpose(1, 2)) if self.transposed else (gate_up, down)
+
+    def stored(self, matrices: torch.Tensor) -> torch.Tensor:
+        """[E, out, in] matrices back in the module's own layout."""
+        return matrices.transpose(1, 2).contiguous() if self.transposed else matrices
 
 
-def _expert_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _bias(module: nn.Module, name: str, expert: int) -> torch.Tensor | None:
+    bias = getattr(module, name, None)
+    return bias[expert] if isinstance(bias, torch.Tensor) else None
+
+
+def _expert_weights(module: nn.Module) -> tuple[int, int, int, bool] | None:
+    """(experts, hidden, intermediate, transposed) of a fused experts module, None for anything else."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
     if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)) or gate_up.dim() != 3 or down.dim() != 3:
         return None
-    experts, hidden, intermediate = down.shape
-    if tuple(gate_up.shape) != (experts, 2 * intermediate, hidden):  # other layouts (transposed, interleaved): not read
-        return None
-    return gate_up, down
+    experts, first, second = down.shape
+    if tuple(gate_up.shape) == (experts, 2 * second, first):  # [E, 2I, H] and [E, H, I]
+        return experts, first, second, False
+    if tuple(gate_up.shape) == (experts, second, 2 * first):  # transposed: [E, H, 2I] and [E, I, H]
+        return experts, second, first, True
+    return None
 
 
 def find_experts(model: nn.Module) -> list[ExpertsLayer]:
@@ -170,13 +195,13 @@ def find_experts(model: nn.Module) -> list[ExpertsLayer]:
     modules = dict(model.named_modules())
     found = []
     for name, module in modules.items():
-        weights = _expert_weights(module)
-        if weights is None:
+        shape = _expert_weights(module)
+        if shape is None:
             continue
-        experts, hidden, intermediate = weights[1].shape
+        experts, hidden, intermediate, transposed = shape
         parent = name.rpartition(".")[0]
         router = next((f"{parent}.{child}" if parent else child for child, candidate in modules[parent].named_children()
                        if isinstance(getattr(candidate, "weight", None), torch.Tensor)
                        and tuple(candidate.weight.shape) == (experts, hidden)), "")
-        found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router))
+        found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router, transposed))
     return found

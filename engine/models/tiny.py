@@ -114,12 +114,25 @@ def _tiny_mixtral(vocab_size: int) -> PreTrainedModel:
     return MixtralForCausalLM(config)
 
 
+def _tiny_gpt_oss(vocab_size: int) -> PreTrainedModel:
+    # GPT-OSS's experts: weights stored transposed, gate and up columns interleaved, biases, a clamped gate
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+        max_position_embeddings=131_072, pad_token_id=0, bos_token_id=1, eos_token_id=2,  # its YaRN rope: 4,096 x 32
+    )
+    return GptOssForCausalLM(config)
+
+
 TINY_MODELS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-random-llama": _tiny_llama,
     "tiny-random-gpt2": _tiny_gpt2,
     "tiny-random-gemma3": _tiny_gemma3,
     "tiny-random-qwen3-moe": _tiny_qwen3_moe,
     "tiny-random-mixtral": _tiny_mixtral,
+    "tiny-random-gpt-oss": _tiny_gpt_oss,
 }
 
 

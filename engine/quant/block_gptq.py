@@ -22,12 +22,14 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant.apply import QuantizedModel, original_weights
+from engine.quant.experts import expert_hessians, quantize_experts
 from engine.quant.measures import output_error
 from engine.quant.plan import quantizable_experts, quantizable_layers, quantized_weights
 from engine.quant.specs import QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet
 from engine.stats import HessianSpec, hessian_report
+from engine.stats.experts import ExpertAccumulator, ExpertSpec, finished_report
 
 
 class _BlockHessians:
@@ -44,6 +46,27 @@ class _BlockHessians:
         return self.hessians[self.shared_with.get(layer, layer)]
 
 
+def _quantized_experts(block: FinishedBlock, finishing: ExpertSpec, spec: QuantSpec, rows: list[dict],
+                       loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    """The finished block's experts modules quantized on the Hessians its pass gathered (then freed):
+    their fake fused weights by parameter name; their rows appended to ``rows``."""
+    found = [block.accumulators.pop(key) for key in list(block.accumulators)
+             if isinstance(block.accumulators[key], ExpertAccumulator)]
+    if not found:
+        return {}
+    report = finished_report(found, finishing)
+    weights = {}
+    for accumulator in found:
+        layer = accumulator.layer
+        with loaded.lock:
+            originals = layer.matrices()
+        done = quantize_experts(layer, originals, spec.weights, expert_hessians(layer, report, spec.experts, True))
+        weights[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
+        weights[f"{layer.name}.down_proj"] = layer.stored(done.down)
+        rows.extend(done.rows)
+    return weights
+
+
 def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
                         hessians: HessianSpec = HessianSpec(), propagate: bool = True,
                         sink: Callable[[QuantizedModel], None] | None = None,
@@ -53,16 +76,20 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     ``plan_quantization`` (``output_errors`` off skips its one costly measure, as there).
     ``sink``: each block's quantized layers are handed to it (e.g. ``CheckpointWriter.add``) as
     soon as the block is done and not kept, so a model of any size is quantized and written in the
-    memory of one block; the plan then holds none."""
+    memory of one block; the plan then holds none. MoE experts are quantized with their block, on the
+    Hessians the same pass gathers for them (their policy as in ``plan_quantization``)."""
     if not spec.can_run_sequentially:
         raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
-    if quantizable_experts(loaded.model, spec):
-        raise CalibscopeError("Sequential GPTQ does not quantize MoE experts yet: quantize all layers at once (the experts' "
-                              "Hessians are collected on the set), or leave the experts out with a name pattern.")
+    experts = quantizable_experts(loaded.model, spec)
+    if experts and spec.weights.true_sequential and propagate:
+        raise CalibscopeError("True sequential GPTQ does not take MoE experts yet: use a sequential scheme without it "
+                              "(W4 g128 GPTQ), or leave the experts out with a name pattern.")
     layers = {layer.name: layer for layer in quantizable_layers(loaded.model, spec)}
     plan, rows = QuantizedModel(), []
+    finishing = ExpertSpec(keep_hessians=True, all_tokens=spec.experts.needs_all_tokens, diagnostics=False)
 
     def quantize_block(block: FinishedBlock) -> dict[str, torch.Tensor]:
+        quantized_experts = _quantized_experts(block, finishing, spec, rows, loaded)  # their accumulators popped first
         view = _BlockHessians(block)
         mine = [layers[name] for name in layers if view.has(name)]
         done = quantized_weights(mine, original_weights(loaded, mine), spec.weights, view)
@@ -77,14 +104,19 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
             if output_errors:
                 row["output_error"] = output_error(delta, original, view.hessian(layer.name))
             rows.append(row)
-        if sink is not None and mine:
+        block_plan.experts.update(quantized_experts)
+        if sink is not None and (mine or block_plan.experts):
             sink(block_plan)
         else:
             plan.weights.update(block_plan.weights)
             plan.integers.update(block_plan.integers)
-        return block_plan.weights
+            plan.experts.update(block_plan.experts)
+        return {**block_plan.weights, **block_plan.experts}
 
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
+    if experts:  # each expert's Hessians from the same pass, its block quantized with its layers
+        request = replace(request, experts=tuple(experts), experts_factory=lambda layer, device: ExpertAccumulator(
+            layer, len(calibration), device, hessians=True, all_tokens=spec.experts.needs_all_tokens))
     started = time.perf_counter()
     true_sequential = spec.weights.true_sequential and propagate
     run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE,

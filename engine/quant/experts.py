@@ -44,8 +44,8 @@ class ExpertHessians:
 
 @dataclass
 class ExpertsQuantization:
-    """An experts module quantized: the fake weights as the module holds them ([E, out, in], in its
-    dtype), each expert part's integers and grids (``{module}.{expert}.gate_up`` / ``.down``, what a
+    """An experts module quantized: the fake weights as [E, out, in] matrices in the module's dtype
+    (``ExpertsLayer.stored`` lays them out as the module holds them), each expert part's integers and grids (``{module}.{expert}.gate_up`` / ``.down``, what a
     checkpoint would store), and one row per expert and part."""
 
     gate_up: torch.Tensor
@@ -97,7 +97,7 @@ def _all_tokens(layer: ExpertsLayer, report: ExpertReport | None, expert: int, c
 
 def quantize_experts(layer: ExpertsLayer, weights: tuple[torch.Tensor, torch.Tensor], spec: WeightSpec,
                      hessians: list[ExpertHessians]) -> ExpertsQuantization:
-    """``weights``: the module's (gate_up_proj, down_proj) as it holds them; ``hessians``: per expert
+    """``weights``: the module's (gate_up, down) as [E, out, in] matrices (``ExpertsLayer.matrices``); ``hessians``: per expert
     (see ``expert_hessians``). GPTQ experts run as batches of one shape, the others to nearest."""
     block = spec.format.block
     if block and (layer.hidden % block or layer.intermediate % block):

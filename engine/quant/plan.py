@@ -220,10 +220,11 @@ def _quantized_experts(loaded: LoadedModel, spec: QuantSpec, plan: QuantizedMode
     rows = []
     for layer in modules:
         with loaded.lock:  # the float originals, as for every weight (see original_weights)
-            weights = (layer.module.gate_up_proj.detach(), layer.module.down_proj.detach())
+            weights = layer.matrices()
         started = time.perf_counter()
         done = quantize_experts(layer, weights, spec.weights, expert_hessians(layer, report, spec.experts, spec.needs_hessians))
-        plan.experts[f"{layer.name}.gate_up_proj"], plan.experts[f"{layer.name}.down_proj"] = done.gate_up, done.down
+        plan.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
+        plan.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)
         seconds = (time.perf_counter() - started) / max(len(done.rows), 1)
         rows.extend({**row, "seconds": seconds} for row in done.rows)
     return rows

@@ -54,16 +54,25 @@ def outside_blocks(model: nn.Module, blocks: nn.ModuleList) -> list[tuple[str, n
 
 @contextmanager
 def swapped(block: nn.Module, prefix: str, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
-    """The block runs with ``weights`` (module name -> weight) in place of its own, then gets them back."""
-    modules = {name: block.get_submodule(name[len(prefix) + 1:]) for name in (weights or {})}
-    originals = {name: module.weight.data for name, module in modules.items()}
+    """The block runs with ``weights`` (module name -> its weight, or a parameter's full name -> its
+    value: an experts module's fused weights) in place of its own, then gets them back."""
+    parameters = {name: _parameter(block, name[len(prefix) + 1:]) for name in (weights or {})}
+    originals = {name: parameter.data for name, parameter in parameters.items()}
     try:
-        for name, module in modules.items():
-            module.weight.data = weights[name].to(module.weight.device, module.weight.dtype)
+        for name, parameter in parameters.items():
+            parameter.data = weights[name].to(parameter.device, parameter.dtype)
         yield
     finally:
-        for name, module in modules.items():
-            module.weight.data = originals[name]
+        for name, parameter in parameters.items():
+            parameter.data = originals[name]
+
+
+def _parameter(block: nn.Module, relative: str) -> torch.Tensor:
+    """A module's weight by the module's name, else a parameter by its own name."""
+    try:
+        return block.get_submodule(relative).weight
+    except AttributeError:
+        return block.get_parameter(relative)
 
 
 class _Captured:

@@ -49,6 +49,7 @@ class ExpertSpec:
     batch_size: int = 8
     execution: Execution = Execution.AUTO
     all_tokens: bool = False  # also every expert's Hessians over every token (the all-experts calibration)
+    diagnostics: bool = True  # each expert's Hessian diagnosed (an eigendecomposition each); off: only kept
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.under_calibrated < 0:
@@ -203,6 +204,10 @@ class _FinishExperts:
 
     def _diagnose(self, layer: ExpertsLayer, expert: int, accumulator: HessianAccumulator, threshold: int) -> None:
         row = {"layer": layer.name, "expert": expert, "tokens": accumulator.tokens, "channels": layer.hidden}
+        if accumulator.tokens and not self.spec.diagnostics:
+            if self.spec.keep_hessians:
+                self.kept[(layer.name, expert)] = accumulator.take()
+            return
         if accumulator.tokens == 0:  # never a zero Hessian: nothing to diagnose, and said so
             self.diagnoses.append({**row, "rank": 0, "condition_number": float("nan"), "min_damping": float("nan"),
                                    "warning": NO_TOKENS})
@@ -214,6 +219,14 @@ class _FinishExperts:
                                "min_damping": found.min_damping, "warning": warning})
         if self.spec.keep_hessians:
             self.kept[(layer.name, expert)] = hessian
+
+
+def finished_report(accumulators: list[ExpertAccumulator], spec: ExpertSpec) -> ExpertReport:
+    """The report of experts accumulated elsewhere (a block-by-block quantization's pass)."""
+    finish = _FinishExperts(spec, no_progress, len(accumulators))
+    for accumulator in accumulators:
+        finish.add(accumulator)
+    return _report(finish, [accumulator.layer for accumulator in accumulators], {"all_tokens": spec.all_tokens})
 
 
 def collect_expert_stats(loaded: LoadedModel, calibration: CalibrationSet, spec: ExpertSpec = ExpertSpec(),
@@ -233,14 +246,16 @@ def collect_expert_stats(loaded: LoadedModel, calibration: CalibrationSet, spec:
     for layer in experts:  # the whole-model runner finishes no block: what it leaves is done here
         if layer.name in result.accumulators:
             finish.add(result.accumulators.pop(layer.name))
+    return _report(finish, list(experts), {"model": loaded.info.name, "samples": samples, "tokens": int(calibration.lengths.sum()),
+                                           "top_k": _top_k(loaded), "blocks": len(experts), "all_tokens": spec.all_tokens})
+
+
+def _report(finish: _FinishExperts, experts: list[ExpertsLayer], meta: dict) -> ExpertReport:
     order = {layer.name: i for i, layer in enumerate(experts)}
     routing = pd.DataFrame(finish.routing).sort_values(["layer", "expert"], key=lambda c: c.map(order) if c.name == "layer" else c)
-    hessians = pd.DataFrame(finish.diagnoses)
     per_sample = {layer.name: finish.per_sample[layer.name] for layer in experts}
-    return ExpertReport(routing.reset_index(drop=True), per_sample, hessians, finish.ranges, finish.kept,
-                        meta={"model": loaded.info.name, "samples": samples, "tokens": int(calibration.lengths.sum()),
-                              "top_k": _top_k(loaded), "blocks": len(experts), "all_tokens": spec.all_tokens},
-                        kept_intermediate=finish.kept_intermediate, kept_all_inputs=finish.kept_all_inputs,
+    return ExpertReport(routing.reset_index(drop=True), per_sample, pd.DataFrame(finish.diagnoses), finish.ranges, finish.kept,
+                        meta=meta, kept_intermediate=finish.kept_intermediate, kept_all_inputs=finish.kept_all_inputs,
                         kept_all_intermediate=finish.kept_all_intermediate)
 
 
