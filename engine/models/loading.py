@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.errors import ModelLoadError
+from engine.models import moefied
 from engine.models.builtin import BUILTIN_MODELS, cached_checkpoint
 from engine.models.layers import find_linear_layers
 from engine.models.offload import CheckpointWeights, ResidentWeights, decide_offload, skeleton
@@ -164,6 +165,20 @@ def _from_builtin(spec: ModelSpec, device: torch.device, dtype: torch.dtype, pro
     return model, tokenizer, description, from_cache
 
 
+def _from_moefied(spec: ModelSpec, device: torch.device, dtype: torch.dtype, progress: Progress):
+    """The builtin Gemma made MoE (engine/models/moefied.py): its fit made once on a float32 dense copy."""
+    dense = replace(spec, name=moefied.DENSE)
+    model, tokenizer, _, from_cache = _from_builtin(dense, device, dtype, progress)
+
+    def float32_dense():
+        if dtype == torch.float32:
+            return model, tokenizer
+        return _from_builtin(replace(dense, dtype="float32"), device, torch.float32, progress)[:2]
+
+    fit, cached = moefied.cached_fit(float32_dense, progress)
+    return moefied.moefied(model, fit), tokenizer, moefied.DESCRIPTION, from_cache and cached
+
+
 def _from_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype, progress: Progress):
     progress(0.1, f"Loading {spec.name}")
     model, tokenizer = _load_pretrained(spec.name, spec, device, dtype)
@@ -175,7 +190,7 @@ def checkpoint_folder(spec: ModelSpec, progress: Progress) -> Path:
     """The safetensors checkpoint a disk-offloaded model reads its blocks from."""
     if spec.name in BUILTIN_MODELS:
         return cached_checkpoint(spec.name, progress)[0]
-    if spec.name in TINY_MODELS:
+    if spec.name in TINY_MODELS or spec.name == moefied.NAME:
         raise ModelLoadError(f"{spec.name} is built in memory and has no checkpoint to read from disk: use offload 'none' "
                              "(or save it with save_pretrained and load the folder).")
     if looks_like_path(spec.name):
@@ -216,8 +231,10 @@ def _loader_for(name: str) -> Loader:
         return _from_tiny
     if name in BUILTIN_MODELS:
         return _from_builtin
+    if name == moefied.NAME:
+        return _from_moefied
     if name.startswith("builtin:"):
-        known = ", ".join(BUILTIN_MODELS)
+        known = ", ".join([*BUILTIN_MODELS, moefied.NAME])
         raise ModelLoadError(f"Unknown builtin model '{name}'. Builtin models: {known}.")
     return _from_pretrained
 

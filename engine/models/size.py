@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from engine.models.builtin import BUILTIN_MODELS
+from engine.models.moefied import NAME as MOEFIED
 from engine.models.sources import explain_load_failure, hub_reachable, looks_like_path
 from engine.models.tiny import TINY_MODELS
 
 
 def is_packaged(name: str) -> bool:
     """Builtin and tiny models: small, known, never downloaded."""
-    return name in TINY_MODELS or name in BUILTIN_MODELS
+    return name in TINY_MODELS or name in BUILTIN_MODELS or name == MOEFIED
 
 
 def estimate_parameters(name: str, revision: str | None = None) -> int:
