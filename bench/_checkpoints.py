@@ -34,6 +34,11 @@ SHAPES = {  # the published configs' shapes
                      "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 262144,
                      "sliding_window": 512, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
                      "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3},
+    "qwen3-30b-a3b": {"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+                      "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "num_hidden_layers": 48,
+                      "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+                      "tie_word_embeddings": False, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+                      "rms_norm_eps": 1e-6},
 }
 
 

@@ -7,11 +7,16 @@ block's Hessians handed to GPTQ and freed). Prints peak RSS of both and their ra
 and how far the two agree (Hessian traces, quantized weights).
 --shape llama-3.1-8b: the 8B shape (16 GB bf16 on disk) through statistics + Hessians (quick
 diagnosis, dropped after each block) block by block on 4 x 128 tokens: peak RSS (goal <= 6 GB).
+--shape qwen3-30b-a3b: a mixture of experts at scale (128 experts of 768 per block, 2 blocks by
+default, --layers): expert statistics, every expert's Hessians (all-experts: each on every token, so
+every expert gets GPTQ) and GPTQ W4 g128 block by block from disk, each block handed on and freed, on
+4 x 128 tokens: peak RSS against the plan (the resident embeddings and head, two blocks' weights and
+one block's expert Hessians, in float32).
 --table --device cuda: per shape (Gemma-270M, Llama-1B, Llama-8B), 128 x 2048 tokens, bf16: a bare
 head-less forward, full statistics, every Hessian, GPTQ W4 g128 over all layers (seconds, ratios
 to the forward) and peak GPU memory, whole model and block by block.
 --quick shrinks every size (2 blocks, 4 x 64 tokens) to check the script (minutes on a CPU: GPTQ of 8192 columns).
-Usage: python bench/scale.py [--quick] [--shape llama-3.1-8b] [--table --device cuda]
+Usage: python bench/scale.py [--quick] [--shape llama-3.1-8b | qwen3-30b-a3b] [--table --device cuda]
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,7 +40,7 @@ from bench._checkpoints import SHAPES, checkpoint
 from bench._common import STABLE_MALLOC, peak_rss_mb, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.export import CheckpointWriter, save_quantized
-from engine.quant import PRESETS
+from engine.quant import PRESETS, ExpertPolicy
 from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.plan import plan_quantization
 from engine.sampling import PackedSpec, build
@@ -73,6 +79,18 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
         with CheckpointWriter(loaded, GPTQ, out / "checkpoint") as writer:
             _, table = gptq_block_by_block(loaded, data, GPTQ, HessianSpec(diagnostics="none"), propagate=False, sink=writer.add)
             writer.finish()
+    elif mode == "experts":  # MoE: every expert's Hessians and GPTQ block by block, each block handed on and dropped
+        loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
+        data = calibration(loaded, samples, length)
+        handed = []
+        spec = replace(GPTQ, experts=ExpertPolicy(calibration="all-experts"))
+        _, table = gptq_block_by_block(loaded, data, spec, HessianSpec(diagnostics="none"), propagate=False,
+                                       sink=lambda block: handed.append(len(block.experts)), output_errors=False)
+        experts = table.dropna(subset=["expert"]) if "expert" in table else table.iloc[:0]
+        return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1), "tokens": int(data.lengths.sum()),
+                "dense_layers": int(len(table) - len(experts)), "expert_rows": int(len(experts)),
+                "experts_gptq": int(experts["calibration"].eq("all tokens").sum() if len(experts) else 0),
+                "expert_modules_handed_on": sum(handed), "plan_gb": memory_plan(loaded)}
     else:  # statistics + Hessians, diagnosed and dropped per block
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
@@ -84,6 +102,20 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1),
             "layers": len(table), "checksums": checksums(table), "tokens": int(data.lengths.sum())}
+
+
+def memory_plan(loaded) -> dict:
+    """The peak the block-by-block MoE run should stay under, in GB of float32: what stays resident
+    (embeddings, head, final norm), two blocks' weights (the one worked on and the next onloaded) and
+    one block's expert Hessians (gate/up: H x H per expert; down: I x I per expert)."""
+    model, gb = loaded.model, 4 / 2**30
+    blocks = model.model.layers
+    block = sum(p.numel() for p in blocks[0].parameters()) * gb
+    rest = sum(p.numel() for name, p in model.named_parameters() if ".layers." not in name) * gb
+    config = model.config
+    hessians = config.num_experts * (config.hidden_size**2 + config.moe_intermediate_size**2) * gb
+    return {"resident": round(rest, 2), "block": round(block, 2), "expert_hessians": round(hessians, 2),
+            "total": round(rest + 2 * block + hessians, 2)}
 
 
 def measured(mode: str, folder: Path, samples: int, length: int) -> dict:
@@ -128,10 +160,24 @@ def bigger_than_memory(args) -> None:
            checkpoint_gb=round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30, 2), **run)
 
 
+def moe_block_by_block(args) -> None:
+    layers, samples, length = (1, 2, 32) if args.quick else (args.layers or 2, 4, 128)
+    folder = checkpoint(args.shape, layers)
+    run = measured("experts", folder, samples, length)
+    plan = run["plan_gb"]
+    goal_mb = (plan["total"] + 1) * 1024  # + 1 GB: the interpreter, torch and the tokenizer
+    report("scale_moe", "peak_rss_mb_expert_gptq_block_by_block", run["peak_rss_mb"],
+           f"<= resident + 2 blocks + 1 block's expert Hessians + 1 GB = {goal_mb:.0f} MB", run["peak_rss_mb"] <= goal_mb,
+           dtype="float32", device="cpu", quick=args.quick, shape=f"{args.shape} ({layers} blocks)",
+           reused={"checkpoint": "the random-weight checkpoint written once into the cache"},
+           checkpoint_gb=round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30, 2), **run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 blocks, 4 x 64 tokens: checks the script")
     parser.add_argument("--shape", choices=list(SHAPES), default="llama-3.2-1b")
+    parser.add_argument("--layers", type=int, default=0, help="blocks of the checkpoint (MoE shape; default 2)")
     parser.add_argument("--table", action="store_true", help="the per-shape speed and memory table (see --device)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -145,6 +191,8 @@ def main() -> None:
         table(args.device, args.quick)
     elif args.shape == "llama-3.2-1b":
         cpu_comparison(args)
+    elif args.shape == "qwen3-30b-a3b":
+        moe_block_by_block(args)
     else:
         bigger_than_memory(args)
 

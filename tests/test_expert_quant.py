@@ -3,6 +3,8 @@ alone; the down projections' Hessians and the all-experts ones equal float64 ref
 forward stays the router's; an expert starved of every token never gets a NaN or zero scale."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import datasets
 import pytest
 import torch
@@ -162,6 +164,31 @@ def test_block_by_block_gptq_quantizes_the_experts_with_their_block(model, calib
     assert not torch.equal(sequential.experts[second], at_once.experts[second])
     with quantized(model, sequential):
         assert torch.isfinite(model.model(input_ids=torch.tensor([[1, 40, 41]])).logits).all()
+
+
+def test_block_by_block_all_experts_gptq_needs_no_routed_hessians(model, calibration, report, monkeypatch):
+    """Every expert on every token: the pass accumulates only the all-token Hessians (a block's routed
+    ones are experts x hidden², dropped from its peak) and quantizes as all at once does."""
+    from engine.quant.block_gptq import gptq_block_by_block
+    from engine.stats import experts as expert_stats
+    from engine.stats.hessian_report import collect_hessians as dense_hessians
+
+    made = []
+    original = expert_stats.ExpertAccumulator.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(expert_stats.ExpertAccumulator, "__init__", recording)
+    every = replace(GPTQ, experts=ExpertPolicy(calibration="all-experts"))
+    one_pass, table = gptq_block_by_block(model, calibration, every, HessianSpec(batch_size=4), propagate=False)
+    assert made and all(accumulator.hessians is None and accumulator.all_down is not None for accumulator in made)
+    dense = dense_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    at_once, _ = plan_quantization(model, every, hessians=dense, experts=report)
+    assert set(table[table["kind"] == "expert"]["calibration"]) == {"all tokens"}
+    for name, fake in at_once.experts.items():
+        torch.testing.assert_close(one_pass.experts[name], fake, rtol=0, atol=1e-5)
 
 
 def gpt_oss_intermediate(module, expert: int, x: torch.Tensor) -> torch.Tensor:

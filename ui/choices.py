@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from engine.corpus import HUB_RECIPES
-from engine.models import TINY_MODELS, available_builtin_models
+from engine.models import TINY_MODELS, available_builtin_models, moefied
 from engine.specs import DEVICES, BuiltinCorpus, CorpusKind, DType, Split, labels
 
 DEFAULT_MODEL = "builtin:gemma-3-270m"
@@ -13,8 +13,10 @@ HUB_DATASETS = list(HUB_RECIPES)
 
 
 def model_choices() -> list[str]:
-    """Builtin models installed here, then the instant tiny models; any hub id may be typed too."""
-    return [*available_builtin_models(), *TINY_MODELS]
+    """Builtin models installed here (and the MoE made from the builtin Gemma), then the instant tiny
+    models; any hub id may be typed too."""
+    builtin = available_builtin_models()
+    return [*builtin, *([moefied.NAME] if moefied.DENSE in builtin else []), *TINY_MODELS]
 
 
 def default_model() -> str:

@@ -25,7 +25,7 @@ from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.experts import expert_hessians, quantize_experts
 from engine.quant.measures import output_error
 from engine.quant.plan import quantizable_experts, quantizable_layers, quantized_weights
-from engine.quant.specs import QuantSpec
+from engine.quant.specs import ExpertCalibration, QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet
 from engine.stats import HessianSpec, hessian_report
@@ -116,7 +116,8 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
     if experts:  # each expert's Hessians from the same pass, its block quantized with its layers
         request = replace(request, experts=tuple(experts), experts_factory=lambda layer, device: ExpertAccumulator(
-            layer, len(calibration), device, hessians=True, all_tokens=spec.experts.needs_all_tokens))
+            layer, len(calibration), device, hessians=True, all_tokens=spec.experts.needs_all_tokens,
+            routed_hessians=spec.experts.calibration is not ExpertCalibration.ALL))
     started = time.perf_counter()
     true_sequential = spec.weights.true_sequential and propagate
     run_pass(loaded, calibration, replace(request, propagate=propagate, execution=Execution.BLOCKWISE,

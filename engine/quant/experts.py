@@ -116,15 +116,14 @@ def quantize_experts(layer: ExpertsLayer, weights: tuple[torch.Tensor, torch.Ten
         if rounded:
             done.update({e: result[0] for e, result in zip(rounded, quantize_groups([[stack[e]] for e in rounded], rtn,
                                                                                     [None] * len(rounded)))})
-        part_fakes = []
+        fakes[part] = torch.empty_like(stack)  # filled expert by expert, each result freed as it lands
         for expert in range(layer.experts):
-            fake, grids, costs = done[expert]
+            fake, grids, costs = done.pop(expert)
             stored = stored_weight(fake, grids).stored_in(stack.dtype)
             integers[f"{layer.name}.{expert}.{part}"] = stored
             fake = stored.dequantize() if stored.grids is not grids else fake
-            part_fakes.append(fake)
+            fakes[part][expert] = fake
             rows.append(_row(layer, expert, part, stack[expert], fake, hessians[expert], costs))
-        fakes[part] = torch.stack(part_fakes).to(stack.dtype)
     return ExpertsQuantization(fakes["gate_up"], fakes["down"], integers, rows)
 
 

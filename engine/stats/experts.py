@@ -62,7 +62,9 @@ class ExpertAccumulator:
     Hessians of each expert's routed inputs."""
 
     def __init__(self, layer: ExpertsLayer, samples: int, device: torch.device | str = "cpu", hessians: bool = True,
-                 all_tokens: bool = False) -> None:
+                 all_tokens: bool = False, routed_hessians: bool = True) -> None:
+        """``routed_hessians`` off (with ``all_tokens``): only the all-token Hessians, for a quantization
+        that calibrates every expert on every token (a block's routed Hessians are experts x hidden²)."""
         experts, hidden = layer.experts, layer.hidden
         self.layer = layer
         self.per_sample = torch.zeros(samples, experts, dtype=torch.int64, device=device)
@@ -70,8 +72,9 @@ class ExpertAccumulator:
         self.absmax = torch.zeros(experts, hidden, dtype=torch.float32, device=device)
         self.minimum = torch.full((experts, hidden), float("inf"), dtype=torch.float32, device=device)
         self.maximum = torch.full((experts, hidden), float("-inf"), dtype=torch.float32, device=device)
-        self.hessians = [HessianAccumulator(hidden, torch.float32, device) for _ in range(experts)] if hessians else None
-        self.down = [HessianAccumulator(layer.intermediate, torch.float32, device) for _ in range(experts)] if hessians else None
+        routed = hessians and (routed_hessians or not all_tokens)
+        self.hessians = [HessianAccumulator(hidden, torch.float32, device) for _ in range(experts)] if routed else None
+        self.down = [HessianAccumulator(layer.intermediate, torch.float32, device) for _ in range(experts)] if routed else None
         self.all_inputs = HessianAccumulator(hidden, torch.float32, device) if hessians and all_tokens else None
         self.all_down = ([HessianAccumulator(layer.intermediate, torch.float32, device) for _ in range(experts)]
                          if hessians and all_tokens else None)
@@ -184,7 +187,7 @@ class _FinishExperts:
                                  "status": _status(tokens, threshold)})
             if accumulator.hessians is not None:
                 self._diagnose(layer, expert, accumulator.hessians[expert], threshold)
-                self._keep_others(accumulator, expert)
+            self._keep_others(accumulator, expert)
         if self.spec.keep_hessians and accumulator.all_inputs is not None:
             self.kept_all_inputs[layer.name] = accumulator.all_inputs.take()
         unused = counts == 0
@@ -197,7 +200,7 @@ class _FinishExperts:
         """The expert's down projection's Hessian (and, with all_tokens, its all-token one), kept where
         asked and where tokens made it (never a zero matrix)."""
         name = accumulator.layer.name
-        if self.spec.keep_hessians and accumulator.down[expert].tokens:
+        if self.spec.keep_hessians and accumulator.down is not None and accumulator.down[expert].tokens:
             self.kept_intermediate[(name, expert)] = accumulator.down[expert].take()
         if self.spec.keep_hessians and accumulator.all_down is not None and accumulator.all_down[expert].tokens:
             self.kept_all_intermediate[(name, expert)] = accumulator.all_down[expert].take()
