@@ -3,6 +3,7 @@ alone; the down projections' Hessians and the all-experts ones equal float64 ref
 forward stays the router's; an expert starved of every token never gets a NaN or zero scale."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import datasets
@@ -222,3 +223,60 @@ def test_gpt_oss_experts_are_read_and_quantized_in_their_own_layout(calibration)
     with quantized(loaded, plan):
         assert perplexity(loaded, windows) != before
     assert perplexity(loaded, windows) == before
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("tiny-random-qwen3-moe", ("model.layers.{block}.mlp.experts.{expert}", ("gate_proj", "up_proj", "down_proj"))),
+    ("tiny-random-mixtral", ("model.layers.{block}.block_sparse_moe.experts.{expert}", ("w1", "w3", "w2"))),
+])
+def test_experts_are_written_per_expert_as_their_checkpoints_name_them_and_reload_to_the_simulation(name, parts, tmp_path):
+    """A compressed-tensors checkpoint holds each expert's gate, up and down as the architecture's own
+    checkpoints name them (transformers' conversion mapping, read backwards), routers listed float;
+    read back, and reloaded by transformers (which fuses them again), they are the simulated weights."""
+    from safetensors import safe_open
+
+    from engine.export import save_quantized
+    from engine.export.experts import simulated_layers
+    from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded
+
+    loaded = load_model(ModelSpec(name, dtype="float32"))
+    texts = [f"{i}: " + "experts see different tokens " * (i + 2) for i in range(6)]
+    data = datasets.Dataset.from_dict({"text": texts, "source": [f"e{i}" for i in range(6)], "row_id": list(range(6))})
+    calibration = build(data, loaded.tokenizer, RandomSpec(nsamples=6, length=96))
+    dense = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none"))
+    plan, _ = plan_quantization(loaded, GPTQ, hessians=dense, calibration=calibration)
+    folder = tmp_path / "checkpoint"
+    save_quantized(loaded, plan, GPTQ, folder)
+    module, names = parts
+    experts = find_experts(loaded.model)
+    expected = {f"{module.format(block=b, expert=e)}.{part}" for b in range(len(experts))
+                for e in range(experts[0].experts) for part in names}
+    written = dict(dequantized_layers(folder))
+    assert expected <= set(written)
+    keys = {key for file in folder.glob("*.safetensors") for key in safe_open(file, "pt").keys()}
+    assert not any(key.endswith(("gate_up_proj", "experts.down_proj")) for key in keys)  # no float copy of the fused experts
+    ignored = json.loads((folder / "config.json").read_text())["quantization_config"]["ignore"]
+    assert {layer.router for layer in experts} <= set(ignored)
+    assert largest_weight_difference(folder, simulated_layers(loaded.model, plan)) == 0.0
+    model = reloaded(folder, torch.float32)
+    state = model.state_dict()
+    for parameter, fake in plan.experts.items():
+        torch.testing.assert_close(state[parameter], fake, rtol=0, atol=0)
+
+
+def test_experts_the_checkpoint_cannot_hold_are_refused_before_anything_is_written(calibration, tmp_path):
+    from engine.errors import ExportError
+    from engine.export import save_quantized
+
+    gpt_oss = load_model(ModelSpec("tiny-random-gpt-oss", dtype="float32"))
+    rtn = QuantSpec(WeightSpec("rtn", 4, 8))
+    plan, _ = plan_quantization(gpt_oss, rtn)
+    with pytest.raises(ExportError, match="GPT-OSS-style experts"):
+        save_quantized(gpt_oss, plan, rtn, tmp_path / "gpt-oss")
+    assert not (tmp_path / "gpt-oss").exists()
+    fp8 = QuantSpec(WeightSpec("rtn", 8, 0, format="fp8"))
+    qwen = load_model(ModelSpec("tiny-random-qwen3-moe", dtype="float32"))
+    plan, _ = plan_quantization(qwen, fp8)
+    with pytest.raises(ExportError, match="integer schemes"):
+        save_quantized(qwen, plan, fp8, tmp_path / "fp8")
+    assert not (tmp_path / "fp8").exists()

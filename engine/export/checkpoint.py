@@ -26,10 +26,13 @@ from compressed_tensors.compressors import ModelCompressor
 from engine.atomic import staged_directory
 from engine.errors import ExportError, SpecError
 from engine.export import compressed, gptq_format
+from engine.export.experts import expert_linears
 from engine.export.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from engine.models import LoadedModel
+from engine.models.layers import ExpertsLayer, find_experts
 from engine.models.offload import CheckpointWeights
 from engine.quant.apply import QuantizedModel
+from engine.quant.grid import IntWeight
 from engine.quant.specs import QuantSpec
 from engine.specs import choice
 
@@ -106,6 +109,8 @@ class CheckpointWriter:
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
         self.written: set[str] = set()
         self.floats: dict[str, torch.Tensor] = {}  # a rescaled plan's new norm gains and biases
+        self.expert_parameters: set[str] = set()  # fused experts' parameters written per expert, quantized
+        self.float_routers: set[str] = set()
         self.started = time.perf_counter()
         self._stack = ExitStack()
         self._shard_bytes = max_shard_bytes
@@ -129,9 +134,7 @@ class CheckpointWriter:
 
     def add(self, plan: QuantizedModel) -> None:
         """Write the quantized layers of ``plan`` (their integers and grids)."""
-        if plan.experts:
-            raise ExportError("MoE experts are quantized in the simulation, but writing their fused weights into a "
-                              "checkpoint is not built yet; leave the experts out with a name pattern to write the rest.")
+        experts = self._expert_linears(plan)  # refused (an unwritable layout) before anything is written
         missing = set(plan.weights) - set(plan.integers)
         if missing:
             raise ExportError(f"The plan's weight for {sorted(missing)[0]} was made outside calibscope (no integers and "
@@ -151,17 +154,35 @@ class CheckpointWriter:
                 tensors = gptq_format.layer_tensors(name, integers)
             self.shards.add(tensors)
             self.written.add(name)
+        for layer, linears in experts:
+            for name, integers in linears.items():
+                self.shards.add(compressed.compressed_layer(name, integers, None, self.scheme, self.dtype))
+                self.written.add(name)
+            self.expert_parameters.update({f"{layer.name}.gate_up_proj", f"{layer.name}.down_proj"})
+            if layer.router:  # float, and said so: vLLM reads the router as a Linear layer of the scheme otherwise
+                self.float_routers.add(layer.router)
+
+    def _expert_linears(self, plan: QuantizedModel) -> list[tuple[ExpertsLayer, dict[str, IntWeight]]]:
+        """Each quantized experts module and its per-expert Linear layers as its architecture's
+        checkpoints hold them (engine/export/experts.py); its fused parameters are then not written as floats."""
+        modules = {parameter.rpartition(".")[0] for parameter in plan.experts}
+        if modules and self.format is not CheckpointFormat.COMPRESSED_TENSORS:
+            raise ExportError("MoE experts are written in compressed-tensors checkpoints (the GPTQ format has no MoE "
+                              "layout): choose compressed-tensors, or leave the experts out with a name pattern.")
+        model_type = self.loaded.model.config.model_type
+        return [(layer, expert_linears(model_type, layer, plan.expert_integers))
+                for layer in find_experts(self.loaded.model) if layer.name in modules]
 
     def finish(self) -> CheckpointSummary:
         """The float tensors, config, tokenizer and generation config written, and the folder put in place."""
         if not self.written:
             raise ExportError("Nothing was quantized, so there is no quantized checkpoint to write.")
-        left_float = sorted(self.linear - self.written)
+        left_float = sorted((self.linear | self.float_routers) - self.written)
         if self.format is CheckpointFormat.GPTQ and any(not _is_head(self.loaded, name) for name in left_float):
             first = next(name for name in left_float if not _is_head(self.loaded, name))
             raise ExportError(f"GPTQ loaders quantize every Linear layer of every block, and {first} was left float; "
                               "write compressed-tensors, which lists float layers in 'ignore'.")
-        for name, tensor in _float_tensors(self.loaded, self.written, self.floats):
+        for name, tensor in _float_tensors(self.loaded, self.written, self.floats, self.expert_parameters):
             self.shards.add({name: tensor})
         files = self.shards.finish()
         self._write_metadata(left_float)
@@ -210,12 +231,14 @@ def _is_head(loaded: LoadedModel, name: str) -> bool:
     return head is not None and loaded.model.get_submodule(name) is head
 
 
-def _float_tensors(loaded: LoadedModel, quantized: set[str], replaced: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+def _float_tensors(loaded: LoadedModel, quantized: set[str], replaced: dict[str, torch.Tensor],
+                   written: set[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the model's state dict but the quantized layers' weights, once each (a tied
     LM head is the embedding: written once, as save_pretrained does), read under the model's lock
     (no other session's quantized weights) or, for a model read block by block, from its checkpoint;
-    ``replaced`` (a smoothed plan's norms) stands in for the model's own."""
-    skip = {f"{name}.weight" for name in quantized}
+    ``replaced`` (a smoothed plan's norms) stands in for the model's own; ``written``: parameters
+    already written another way (quantized experts)."""
+    skip = {f"{name}.weight" for name in quantized} | set(written)
     source = loaded.weights if isinstance(loaded.weights, CheckpointWeights) else None
     with loaded.lock:
         state = loaded.model.state_dict()

@@ -59,7 +59,8 @@ class QuantizedModel:
     ``floats`` holds the new norm gains and biases (full parameter name -> tensor), ``column_scales``
     each rescaled layer's input s and ``row_scales`` the r its output rows are divided by; a rescaled
     layer without a quantized weight runs with its float weight rescaled so. ``experts``: MoE experts
-    modules' fused weights (``…experts.gate_up_proj`` [E, 2I, H], ``…experts.down_proj``) quantized."""
+    modules' fused weights (``…experts.gate_up_proj`` [E, 2I, H], ``…experts.down_proj``) quantized,
+    and ``expert_integers`` each expert's part (gate_up, down) as a checkpoint stores it."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class QuantizedModel:
     column_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     experts: dict[str, torch.Tensor] = field(default_factory=dict)  # full parameter name -> an experts module's fake weights
+    expert_integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)  # "{module}.{expert}.{part}" -> integers
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""

@@ -47,24 +47,24 @@ class _BlockHessians:
 
 
 def _quantized_experts(block: FinishedBlock, finishing: ExpertSpec, spec: QuantSpec, rows: list[dict],
-                       loaded: LoadedModel) -> dict[str, torch.Tensor]:
-    """The finished block's experts modules quantized on the Hessians its pass gathered (then freed):
-    their fake fused weights by parameter name; their rows appended to ``rows``."""
+                       loaded: LoadedModel, into: QuantizedModel) -> None:
+    """The finished block's experts modules quantized on the Hessians its pass gathered (then freed)
+    into ``into`` (fake fused weights by parameter name, each expert's integers); their rows appended
+    to ``rows``."""
     found = [block.accumulators.pop(key) for key in list(block.accumulators)
              if isinstance(block.accumulators[key], ExpertAccumulator)]
     if not found:
-        return {}
+        return
     report = finished_report(found, finishing)
-    weights = {}
     for accumulator in found:
         layer = accumulator.layer
         with loaded.lock:
             originals = layer.matrices()
         done = quantize_experts(layer, originals, spec.weights, expert_hessians(layer, report, spec.experts, True))
-        weights[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
-        weights[f"{layer.name}.down_proj"] = layer.stored(done.down)
+        into.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
+        into.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)
+        into.expert_integers.update(done.integers)
         rows.extend(done.rows)
-    return weights
 
 
 def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
@@ -89,11 +89,11 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
     finishing = ExpertSpec(keep_hessians=True, all_tokens=spec.experts.needs_all_tokens, diagnostics=False)
 
     def quantize_block(block: FinishedBlock) -> dict[str, torch.Tensor]:
-        quantized_experts = _quantized_experts(block, finishing, spec, rows, loaded)  # their accumulators popped first
+        block_plan = QuantizedModel()
+        _quantized_experts(block, finishing, spec, rows, loaded, block_plan)  # their accumulators popped first
         view = _BlockHessians(block)
         mine = [layers[name] for name in layers if view.has(name)]
         done = quantized_weights(mine, original_weights(loaded, mine), spec.weights, view)
-        block_plan = QuantizedModel()
         for layer in mine:
             result = done[layer.name]
             original, fake, _, costs = result
@@ -104,13 +104,13 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: 
             if output_errors:
                 row["output_error"] = output_error(delta, original, view.hessian(layer.name))
             rows.append(row)
-        block_plan.experts.update(quantized_experts)
         if sink is not None and (mine or block_plan.experts):
             sink(block_plan)
         else:
             plan.weights.update(block_plan.weights)
             plan.integers.update(block_plan.integers)
             plan.experts.update(block_plan.experts)
+            plan.expert_integers.update(block_plan.expert_integers)
         return {**block_plan.weights, **block_plan.experts}
 
     request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)

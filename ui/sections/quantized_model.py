@@ -14,6 +14,7 @@ import numpy as np
 from engine.errors import CalibscopeError
 from engine.experiments.runs import QuantRun
 from engine.export.checkpoint import CheckpointFormat, CheckpointSummary
+from engine.export.experts import simulated_layers
 from engine.export.verify import largest_weight_difference, reloaded_perplexity
 from engine.figures.quant import scheme_label
 from engine.progress import Progress, labelled, no_progress, scaled
@@ -97,7 +98,7 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
 
     def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
         summary = run.write(loaded, folder, plan, provenance=provenance)
-        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, plan.weights, loaded.info.dtype)]
+        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan), loaded.info.dtype)]
         if form.check:
             lines.append(_reloaded(summary, run, report, loaded, context, checking))
         return [*lines, _how_to_load(summary)]
