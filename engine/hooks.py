@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.errors import CalibscopeError
-from engine.models.layers import LayerKind, LinearLayer, find_linear_layers
+from engine.models.layers import ExpertsLayer, LayerKind, LinearLayer, find_linear_layers
 
 Observer = Callable[..., None]  # (tensor) for inputs and outputs; (hidden_states, top_k_index, top_k_weights) for ROUTED
 
@@ -72,6 +72,16 @@ def observing(points: Sequence[tuple[nn.Module, Side, Observer]]) -> Iterator[No
             handle.remove()
 
 
+def routed_point(layer: ExpertsLayer, observer: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
+    """The (module, side, observer) point that hands ``observer(hidden, routing, weights)`` an MoE
+    experts module's tokens, their chosen experts and routing weights: at the experts' call, or where
+    the experts are called with inputs already routed (Llama 4) at their caller's input, the choice
+    made again by its router (``ExpertsLayer.routed``)."""
+    if layer.scaled_inputs:
+        return layer.caller, Side.INPUT, lambda hidden: observer(*layer.routed(hidden))
+    return layer.module, Side.ROUTED, observer
+
+
 def _routed(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hidden_states, top_k_index, top_k_weights) of a call ``experts(hidden_states, top_k_index, top_k_weights)``."""
     hidden = args[0] if args else kwargs["hidden_states"]
@@ -80,10 +90,18 @@ def _routed(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return hidden, routing, weights
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The decoder under the LM head: ``model.base_model``, or ``model.model`` where the class's
+    ``base_model_prefix`` names another attribute (Llama 4's causal LM says ``language_model``)."""
+    base = getattr(model, "base_model", model)
+    inner = getattr(model, "model", None)
+    return inner if base is model and isinstance(inner, nn.Module) else base
+
+
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     """The model's list of transformer blocks: ``layers`` (Llama, Gemma, Mistral, Qwen, ...) or
     ``h`` (GPT-2) of the base model, else the longest ModuleList."""
-    base = getattr(model, "base_model", model)
+    base = base_model(model)
     for name in ("layers", "h", "blocks"):
         found = getattr(base, name, None)
         if isinstance(found, nn.ModuleList) and len(found):
@@ -118,7 +136,7 @@ def headless_forward(model: nn.Module, inputs: dict[str, torch.Tensor], head: nn
     """A forward without logits (the base model; then the head on its output only when given),
     ending quietly where an observer raised StopForward."""
     try:
-        hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        hidden = base_model(model)(**inputs, use_cache=False).last_hidden_state
         if head is not None:
             head(hidden)
     except StopForward:

@@ -84,3 +84,49 @@ def test_an_expert_without_tokens_is_reported_never_given_a_zero_hessian(calibra
 def test_a_dense_model_is_refused_with_a_reason(tiny_llama, calibration):
     with pytest.raises(CalibscopeError, match="no MoE experts module"):
         collect_expert_stats(tiny_llama, calibration)
+
+
+def test_llama4_experts_called_with_routed_scaled_inputs_are_read_as_they_compute(calibration):
+    """Llama 4 calls its experts with the block's tokens repeated per expert, each scaled by the
+    router's sigmoid score (zero where not chosen), and stores them transposed: each expert's count
+    and Hessians equal float64 references over the rows its call actually computes on, one sequence
+    at a time; its all-token Hessian is over every token unscaled; quantized, it runs."""
+    from engine.models.layers import find_experts
+    from engine.quant import QuantSpec, WeightSpec, plan_quantization, quantized
+
+    loaded = load_model(ModelSpec("tiny-random-llama4", dtype="float32"))
+    name = "model.layers.1.feed_forward.experts"
+    layer = next(found for found in find_experts(loaded.model) if found.name == name)
+    assert layer.scaled_inputs and layer.transposed and layer.router == "model.layers.1.feed_forward.router"
+    report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, keep_hessians=True, all_tokens=True))
+    seen = []
+    handle = layer.module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().double()))
+    try:
+        with torch.inference_mode():
+            for row in range(len(calibration)):
+                ids = calibration.input_ids[row, : int(calibration.lengths[row])]
+                loaded.model(input_ids=ids[None])
+    finally:
+        handle.remove()
+    per_expert = torch.cat([call.view(layer.experts, -1, layer.hidden) for call in seen], dim=1)  # [E, tokens, H]
+    chosen = per_expert.abs().amax(-1) > 0
+    block = report.routing[report.routing["layer"] == name]
+    assert block["tokens"].tolist() == chosen.sum(1).tolist()
+    assert block["tokens"].sum() == loaded.model.config.num_experts_per_tok * per_expert.shape[1]
+    gate_up, _ = layer.matrices()
+    for expert in range(layer.experts):
+        mine = per_expert[expert][chosen[expert]]
+        if len(mine) == 0:
+            continue
+        torch.testing.assert_close(report.kept_hessians[(name, expert)].double(), 2 / len(mine) * mine.T @ mine,
+                                   rtol=1e-4, atol=1e-6)
+        gate, up = (mine @ gate_up[expert].double().T).chunk(2, dim=-1)
+        hidden = torch.nn.functional.silu(gate) * up
+        torch.testing.assert_close(report.kept_intermediate[(name, expert)].double(), 2 / len(mine) * hidden.T @ hidden,
+                                   rtol=1e-4, atol=1e-6)
+    tokens = torch.cat([call.view(layer.experts, -1, layer.hidden).sum(0) for call in seen])  # nonzero rows summed: scaled x
+    assert report.kept_all_inputs[name].shape == (layer.hidden, layer.hidden) and tokens.shape[0] == per_expert.shape[1]
+    plan, table = plan_quantization(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
+    assert f"{name}.gate_up_proj" in plan.experts and plan.experts[f"{name}.gate_up_proj"].shape == (4, 32, 48)
+    with quantized(loaded, plan):
+        assert torch.isfinite(loaded.model(input_ids=calibration.input_ids[:1]).logits).all()

@@ -141,7 +141,11 @@ class ExpertsLayer:
     OLMoE: gate rows first, act(gate) · up), or ``transposed`` [experts, hidden, 2·intermediate] and
     [experts, intermediate, hidden] (GPT-OSS: gate and up columns interleaved, with biases and its own
     clamped gate, ``_apply_gate``), called as ``experts(hidden_states, top_k_index, top_k_weights)``;
-    ``router``: the sibling module that scores the experts (its weight is [experts, hidden])."""
+    ``router``: the sibling module that scores the experts (its weight is [experts, hidden]).
+    ``caller``: for experts called with their inputs already routed and scaled (Llama 4: the block's
+    tokens repeated per expert, times the router's sigmoid score, zero where not chosen) the module
+    that calls them, whose input is the block's tokens and whose ``router`` says the choice
+    (``routed``); the router's weight then scales each expert's input, not its output."""
 
     name: str
     experts: int
@@ -150,6 +154,20 @@ class ExpertsLayer:
     module: nn.Module = field(repr=False, compare=False, hash=False)
     router: str = ""
     transposed: bool = False
+    caller: nn.Module | None = field(default=None, repr=False, compare=False, hash=False)
+
+    @property
+    def scaled_inputs(self) -> bool:
+        return self.caller is not None
+
+    def routed(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens [n, hidden], chosen experts [n, k], their scores [n, k]) of the caller's input, as
+        its router chooses them (Llama 4: the top-k logits, scored by their sigmoid)."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        router = self.caller.router
+        scores, logits = router(flat)
+        routing = logits.topk(router.top_k, dim=-1).indices
+        return flat, routing, scores.gather(1, routing)
 
     def intermediate_of(self, expert: int, rows: torch.Tensor) -> torch.Tensor:
         """The expert's intermediate activation for ``rows`` [tokens, hidden], as its eager forward
@@ -203,5 +221,13 @@ def find_experts(model: nn.Module) -> list[ExpertsLayer]:
         router = next((f"{parent}.{child}" if parent else child for child, candidate in modules[parent].named_children()
                        if isinstance(getattr(candidate, "weight", None), torch.Tensor)
                        and tuple(candidate.weight.shape) == (experts, hidden)), "")
-        found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router, transposed))
+        caller = modules[parent] if _called_pre_routed(module) and hasattr(modules[parent], "router") else None
+        found.append(ExpertsLayer(name, experts, hidden, intermediate, module, router, transposed, caller))
     return found
+
+
+def _called_pre_routed(module: nn.Module) -> bool:
+    """Experts whose forward takes the hidden states alone (Llama 4), not (hidden, top_k_index, top_k_weights)."""
+    import inspect
+
+    return len(inspect.signature(module.forward).parameters) == 1

@@ -126,6 +126,20 @@ def _tiny_gpt_oss(vocab_size: int) -> PreTrainedModel:
     return GptOssForCausalLM(config)
 
 
+def _tiny_llama4(vocab_size: int) -> PreTrainedModel:
+    # Llama 4's experts: stored transposed ([E, H, 2I], gate columns first), called with the block's tokens
+    # repeated per expert and already scaled by the router's sigmoid scores (zero where not chosen)
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    config = Llama4TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=24, intermediate_size_mlp=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+        interleave_moe_layer_step=1, attention_chunk_size=64, max_position_embeddings=MAX_POSITIONS, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+    )
+    return Llama4ForCausalLM(config)
+
+
 TINY_MODELS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-random-llama": _tiny_llama,
     "tiny-random-gpt2": _tiny_gpt2,
@@ -133,6 +147,7 @@ TINY_MODELS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-random-qwen3-moe": _tiny_qwen3_moe,
     "tiny-random-mixtral": _tiny_mixtral,
     "tiny-random-gpt-oss": _tiny_gpt_oss,
+    "tiny-random-llama4": _tiny_llama4,
 }
 
 

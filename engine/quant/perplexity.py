@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
+from engine.hooks import base_model
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.sampling.tokens import inference_prefix
@@ -69,7 +70,7 @@ def negative_log_likelihood(model: torch.nn.Module, ids: torch.Tensor, mask: tor
     """Summed next-token NLL over scored tokens (a real token predicted from a real one), as a
     float64 tensor on the model's device. ``mask`` lives on the host, where the scored positions
     are found without waiting for the device."""
-    hidden = model.base_model(input_ids=ids, attention_mask=mask.to(ids.device), use_cache=False).last_hidden_state
+    hidden = base_model(model)(input_ids=ids, attention_mask=mask.to(ids.device), use_cache=False).last_hidden_state
     scored = (mask[:, 1:] & mask[:, :-1]).reshape(-1)
     scored_positions = torch.nonzero(scored).flatten().to(hidden.device)
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, scored_positions)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine.errors import CalibscopeError
-from engine.hooks import Side, StopForward, block_prefix, decoder_blocks, observing
+from engine.hooks import Side, StopForward, base_model, block_prefix, decoder_blocks, observing
 from engine.models import LinearLayer, LoadedModel
 from engine.models.layers import block_of
 from engine.progress import Progress, no_progress, scaled
@@ -47,7 +47,7 @@ def layers_by_block(layers: list[LinearLayer], prefix: str) -> dict[int, list[Li
 def outside_blocks(model: nn.Module, blocks: nn.ModuleList) -> list[tuple[str, nn.Module]]:
     """The base model's direct children other than the blocks (embeddings, rotary embeddings,
     norms): what the capture forward needs. The LM head is not among them."""
-    base = model.base_model
+    base = base_model(model)
     prefix = next(name for name, module in model.named_modules() if module is base)
     return [(f"{prefix}.{name}" if prefix else name, child) for name, child in base.named_children() if child is not blocks]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine import scratch
-from engine.hooks import Side, StopForward, TokenIndex, tap_key
+from engine.hooks import Side, StopForward, TokenIndex, routed_point, tap_key
 from engine.models import ExpertsLayer, LinearLayer
 from engine.runner.request import ExpertsFactory, Factory
 
@@ -128,7 +128,7 @@ class Router:
         """The (module, side, observer) points that route ``layers``' tensors (and ``experts``'
         routed inputs) here."""
         return [(layer.module, side, self.observer(layer, side)) for layer in layers for side in sides] + \
-            [(layer.module, Side.ROUTED, lambda hidden, routing, weights, layer=layer: self.route(layer, hidden, routing, weights))
+            [routed_point(layer, lambda hidden, routing, weights, layer=layer: self.route(layer, hidden, routing, weights))
              for layer in experts]
 
     def route(self, layer: ExpertsLayer, hidden: torch.Tensor, routing: torch.Tensor, weights: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.hooks import Side, headless_forward, observing
+from engine.hooks import Side, headless_forward, observing, routed_point
 from engine.models import LoadedModel
 from engine.models.layers import find_experts, find_linear_layers
 from engine.progress import Progress, no_progress
@@ -81,7 +81,7 @@ def score_sequences(loaded: LoadedModel, sequences: list[np.ndarray], pad_id: in
     model, scoring = loaded.model, _Scoring()
     points = [(layer.module, Side.INPUT, lambda x, key=layer.name: scoring.observe_input(key, x))
               for layer in find_linear_layers(model) if not layer.is_head]
-    points += [(layer.module, Side.ROUTED, lambda _h, routing, _w, key=layer.name, n=layer.experts: scoring.observe_routing(key, n, routing))
+    points += [routed_point(layer, lambda _h, routing, _w, key=layer.name, n=layer.experts: scoring.observe_routing(key, n, routing))
                for layer in find_experts(model)]
     device = next(model.parameters()).device
     with loaded.lock, torch.inference_mode(), observing(points):

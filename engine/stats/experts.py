@@ -86,21 +86,26 @@ class ExpertAccumulator:
         routed = torch.zeros(x.shape[0], self.layer.experts, dtype=torch.int64, device=x.device).scatter_(1, routing, 1)
         self.per_sample.index_add_(0, tokens.rows.to(x.device), routed)
         self.weight_sums.scatter_add_(0, routing.reshape(-1), weights.reshape(-1).to(self.weight_sums))
-        self._per_expert(x, routing)
-        if self.all_inputs is not None:  # every expert on every token: statistics only, the forward stays the router's
+        self._per_expert(x, routing, weights)
+        if self.all_inputs is not None:  # every expert on every token (unscaled, as if with weight 1): the forward stays the router's
             self.all_inputs.update(x.to(torch.float32))
             for expert, accumulator in enumerate(self.all_down):
                 accumulator.update(self.layer.intermediate_of(expert, x).to(torch.float32))
 
-    def _per_expert(self, x: torch.Tensor, routing: torch.Tensor) -> None:
-        """Each expert's own tokens, as its eager forward gathers them. Splitting by expert needs the
-        counts on the host: one synchronisation per batch and MoE block."""
+    def _per_expert(self, x: torch.Tensor, routing: torch.Tensor, weights: torch.Tensor) -> None:
+        """Each expert's own tokens, as its eager forward gathers them (times their routing weight
+        where the router scales the experts' inputs: Llama 4). Splitting by expert needs the counts
+        on the host: one synchronisation per batch and MoE block."""
         flat = routing.reshape(-1)
-        token_of = torch.argsort(flat, stable=True) // routing.shape[1]
+        order = torch.argsort(flat, stable=True)
+        token_of = order // routing.shape[1]
+        scale = weights.reshape(-1)[order] if self.layer.scaled_inputs else None
         start = 0
         for expert, size in enumerate(torch.bincount(flat, minlength=self.layer.experts).tolist()):
             if size:
                 routed = x.index_select(0, token_of[start:start + size])
+                if scale is not None:
+                    routed = routed * scale[start:start + size, None].to(routed.dtype)
                 rows = routed.to(torch.float32)
                 torch.maximum(self.absmax[expert], rows.abs().amax(0), out=self.absmax[expert])
                 torch.minimum(self.minimum[expert], rows.amin(0), out=self.minimum[expert])
