@@ -188,6 +188,12 @@ def test_expert_heatmap_marks_the_experts_under_the_threshold_and_draws_the_line
     assert list(curve.customdata) == sorted(counts.ravel().tolist()) and curve.y[0] == 0.5  # 0 drawn at 0.5
     assert [shape.y0 for shape in fig.layout.shapes] == [10]
     assert "4 of 8 experts under 10 tokens, 1 with none" in fig.layout.title.text
+    layout = fig.layout  # only the sorted counts' token axis is logarithmic; the experts' axes stay linear
+    assert layout.yaxis2.type == "log" and layout.yaxis2.title.text.startswith("tokens")
+    assert layout.xaxis.type != "log" and layout.xaxis2.type != "log" and layout.yaxis.type != "log"
+    assert layout.xaxis.title.text == "expert" and layout.xaxis2.title.text == "experts, fewest tokens first"
+    label = next(note for note in layout.annotations if note.text == "10 tokens")
+    assert label.yref == "y2" and label.y == 1.0  # log axis: the annotation sits at the exponent, on the line
 
 
 def test_outlier_coverage_stacks_reached_and_missed_channels_per_block():

@@ -18,9 +18,9 @@ def expert_token_heatmap(counts: np.ndarray, blocks: list[str], threshold: int) 
     it every expert's count, sorted, on a log axis with the threshold as a line."""
     counts = np.asarray(counts, dtype=float)
     under = np.argwhere(counts < threshold)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.18,  # room for the colour bar and the log axis
                         subplot_titles=("per block and expert", "every expert, sorted"))
-    fig.add_trace(go.Heatmap(z=counts, y=blocks, colorscale="Blues", colorbar={"title": "tokens", "x": 0.6},
+    fig.add_trace(go.Heatmap(z=counts, y=blocks, colorscale="Blues", colorbar={"title": "tokens", "x": 0.568, "thickness": 10},
                              hovertemplate="%{y}, expert %{x}: %{z:,.0f} tokens<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Scatter(x=under[:, 1], y=[blocks[i] for i in under[:, 0]], mode="markers",
                              name=f"under-calibrated: fewer than {threshold:,} tokens",
@@ -30,13 +30,16 @@ def expert_token_heatmap(counts: np.ndarray, blocks: list[str], threshold: int) 
                              marker={"size": 4, "color": np.where(ordered < threshold, UNDER, SELECTED)},
                              line={"color": CORPUS, "width": 1},
                              hovertemplate="rank %{x}: %{customdata:,.0f} tokens<extra></extra>", customdata=ordered), row=1, col=2)
-    fig.add_hline(y=threshold, line={"color": UNDER, "dash": "dash"}, row=1, col=2,
-                  annotation_text=f"{threshold:,} tokens", annotation_position="top left")
+    fig.add_hline(y=threshold, line={"color": UNDER, "dash": "dash"}, row=1, col=2)
+    # on a log axis an annotation's y is the exponent: placed by hand (add_hline's would land at 10^threshold)
+    fig.add_annotation(x=0, xref="x2 domain", xanchor="left", y=np.log10(max(threshold, 1)), yref="y2", yanchor="bottom",
+                       text=f"{threshold:,} tokens", showarrow=False, font={"color": UNDER, "size": 11})
     styled(fig, f"Tokens per expert: {len(under):,} of {counts.size:,} experts under {threshold:,} tokens"
            f"{f', {int((counts == 0).sum()):,} with none' if (counts == 0).any() else ''}", "expert", "block")
     fig.update_yaxes(autorange="reversed", row=1, col=1)
-    log_axis(fig, "y2", title_text="tokens (0 drawn at 0.5)")
+    log_axis(fig, "y", row=1, col=2, title_text="tokens (0 drawn at 0.5)")
     fig.update_xaxes(title_text="experts, fewest tokens first", row=1, col=2)
+    fig.update_layout(legend={"yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"})  # below: clear of the titles
     return fig
 
 
