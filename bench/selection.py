@@ -40,7 +40,7 @@ def main() -> None:
                         help="the builtin corpus calibrated on (and whose held-out part is one evaluation set)")
     parser.add_argument("--strategies", default="", help="comma-separated subset of the strategies (default: all)")
     parser.add_argument("--append", action="store_true",
-                        help="keep the runs already in bench/results/selection_runs.csv (those of other strategies)")
+                        help="keep the runs already in the result file (those of other strategies or other sample counts)")
     parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
     parser.add_argument("--schemes", default="", help="comma-separated preset names (default: W4 g128 GPTQ, W8A8 static (p99.99))")
     parser.add_argument("--name", default="selection", help="the result files' name")
@@ -62,9 +62,10 @@ def main() -> None:
     reused = {}
     if args.append and runs_file.is_file():
         kept = pd.read_csv(runs_file)
-        runs.append(kept[~kept["strategy"].isin(spec.strategies)])
-        reused[runs_file.name] = (f"{len(runs[-1])} rows of strategies {sorted(runs[-1]['strategy'].unique())} from an "
-                                        "earlier run (--append), summarized with this run's")
+        runs.append(kept[~(kept["strategy"].isin(spec.strategies) & kept["samples"].isin(spec.counts))])
+        reused[runs_file.name] = (f"{len(runs[-1])} rows of strategies {sorted(runs[-1]['strategy'].unique())} and counts "
+                                  f"{sorted(int(n) for n in runs[-1]['samples'].unique())} from an earlier run (--append), "
+                                  "summarized with this run's")
     for name in (args.corpus, "wikitext") if args.also_wikitext else (args.corpus,):
         corpus = calibration_corpus(name)
         for strategy in spec.strategies:  # one strategy at a time, saved as it completes
