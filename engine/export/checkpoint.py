@@ -107,6 +107,7 @@ class CheckpointWriter:
         self.scheme = compressed.scheme(spec) if self.format is CheckpointFormat.COMPRESSED_TENSORS else None
         self.provenance = provenance or {}
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
+        self.experts_modules = {layer.name: layer for layer in find_experts(loaded.model)}
         self.written: set[str] = set()
         self.floats: dict[str, torch.Tensor] = {}  # a rescaled plan's new norm gains and biases
         self.expert_parameters: set[str] = set()  # fused experts' parameters written per expert, quantized
@@ -171,7 +172,7 @@ class CheckpointWriter:
                               "layout): choose compressed-tensors, or leave the experts out with a name pattern.")
         model_type = self.loaded.model.config.model_type
         return [(layer, expert_linears(model_type, layer, plan.expert_integers))
-                for layer in find_experts(self.loaded.model) if layer.name in modules]
+                for name, layer in self.experts_modules.items() if name in modules]
 
     def finish(self) -> CheckpointSummary:
         """The float tensors, config, tokenizer and generation config written, and the folder put in place."""

@@ -59,6 +59,13 @@ def rows(stored: IntWeight, start: int, stop: int) -> IntWeight:
     return IntWeight(stored.codes[start:stop], replace(grids, scale=grids.scale[start:stop], zero=grids.zero[start:stop]))
 
 
+def _expert_names(model_type: str, layer: ExpertsLayer) -> list[tuple[str, str, str]]:
+    """Per expert of ``layer``: its gate, up and down projections' checkpoint Linear names."""
+    (gate, up, down), renamings = _patterns(model_type)
+    return [tuple(_named(layer.name, pattern, expert, renamings) for pattern in (gate, up, down))
+            for expert in range(layer.experts)]
+
+
 def expert_linears(model_type: str, layer: ExpertsLayer, integers: dict[str, object]) -> dict[str, IntWeight]:
     """Checkpoint Linear name -> integers and grids, for every expert of ``layer`` (``integers``: the
     plan's ``expert_integers``, keyed ``{module}.{expert}.{part}``)."""
@@ -66,38 +73,29 @@ def expert_linears(model_type: str, layer: ExpertsLayer, integers: dict[str, obj
         raise ExportError(f"{layer.name}: GPT-OSS-style experts (stored transposed, gate and up interleaved, with biases) "
                           "are quantized in the simulation but not written to checkpoints yet; leave the experts out "
                           "with a name pattern to write the rest.")
-    (gate, up, down), renamings = _patterns(model_type)
     named = {}
-    for expert in range(layer.experts):
+    for expert, (gate, up, down) in enumerate(_expert_names(model_type, layer)):
         fused, lowered = integers.get(f"{layer.name}.{expert}.gate_up"), integers.get(f"{layer.name}.{expert}.down")
         if not isinstance(fused, IntWeight) or not isinstance(lowered, IntWeight):
             raise ExportError(f"{layer.name}: expert {expert} has no integer weights to write (MoE experts are written for "
                               "integer schemes, e.g. W4 g128 GPTQ or W8 RTN; float formats are simulated only for now).")
-        named[_named(layer.name, gate, expert, renamings)] = rows(fused, 0, layer.intermediate)
-        named[_named(layer.name, up, expert, renamings)] = rows(fused, layer.intermediate, 2 * layer.intermediate)
-        named[_named(layer.name, down, expert, renamings)] = lowered
-    return named
-
-
-def simulated_expert_weights(model_type: str, layer: ExpertsLayer, gate_up: torch.Tensor,
-                             down: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same names -> the simulated fake weights [out, in] (a plan's fused ``gate_up`` [E, 2I, H]
-    and ``down`` [E, H, I]), to compare a written checkpoint with."""
-    (gate, up, down_pattern), renamings = _patterns(model_type)
-    named = {}
-    for expert in range(layer.experts):
-        named[_named(layer.name, gate, expert, renamings)] = gate_up[expert, :layer.intermediate]
-        named[_named(layer.name, up, expert, renamings)] = gate_up[expert, layer.intermediate:]
-        named[_named(layer.name, down_pattern, expert, renamings)] = down[expert]
+        named[gate] = rows(fused, 0, layer.intermediate)
+        named[up] = rows(fused, layer.intermediate, 2 * layer.intermediate)
+        named[down] = lowered
     return named
 
 
 def simulated_layers(model: torch.nn.Module, plan) -> dict[str, torch.Tensor]:
     """Every layer a checkpoint of ``plan`` (a QuantizedModel) holds -> the weight the simulation ran
-    with: its dense layers' and each quantized expert's projections under their checkpoint names."""
+    with: its dense layers' and each quantized expert's projections under their checkpoint names
+    (from the plan's fused ``gate_up`` [E, 2I, H] and ``down`` [E, H, I])."""
     named = dict(plan.weights)
     for layer in find_experts(model):
-        if f"{layer.name}.gate_up_proj" in plan.experts and not layer.transposed:
-            named.update(simulated_expert_weights(model.config.model_type, layer, plan.experts[f"{layer.name}.gate_up_proj"],
-                                                  plan.experts[f"{layer.name}.down_proj"]))
+        if f"{layer.name}.gate_up_proj" not in plan.experts or layer.transposed:
+            continue
+        gate_up, down = plan.experts[f"{layer.name}.gate_up_proj"], plan.experts[f"{layer.name}.down_proj"]
+        for expert, (gate, up, lowered) in enumerate(_expert_names(model.config.model_type, layer)):
+            named[gate] = gate_up[expert, :layer.intermediate]
+            named[up] = gate_up[expert, layer.intermediate:]
+            named[lowered] = down[expert]
     return named

@@ -1,6 +1,7 @@
 """Discovery of the quantizable layers of a model, in the order a forward pass runs them."""
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 import weakref
@@ -228,6 +229,4 @@ def find_experts(model: nn.Module) -> list[ExpertsLayer]:
 
 def _called_pre_routed(module: nn.Module) -> bool:
     """Experts whose forward takes the hidden states alone (Llama 4), not (hidden, top_k_index, top_k_weights)."""
-    import inspect
-
     return len(inspect.signature(module.forward).parameters) == 1

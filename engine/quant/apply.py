@@ -76,6 +76,13 @@ class QuantizedModel:
         self.weights[layer.name] = module_weight(layer, fake)
         self.integers[layer.name] = integers
 
+    def add_experts(self, layer, done) -> None:
+        """An experts module quantized (``ExpertsLayer``, ``engine.quant.experts.ExpertsQuantization``):
+        its fused fake weights in the module's own layout and each expert's integers."""
+        self.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
+        self.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)
+        self.expert_integers.update(done.integers)
+
     def drop(self, names: list[str]) -> None:
         for name in names:
             self.weights.pop(name, None)

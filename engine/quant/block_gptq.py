@@ -61,9 +61,7 @@ def _quantized_experts(block: FinishedBlock, finishing: ExpertSpec, spec: QuantS
         with loaded.lock:
             originals = layer.matrices()
         done = quantize_experts(layer, originals, spec.weights, expert_hessians(layer, report, spec.experts, True))
-        into.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
-        into.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)
-        into.expert_integers.update(done.integers)
+        into.add_experts(layer, done)
         rows.extend(done.rows)
 
 

@@ -223,9 +223,7 @@ def _quantized_experts(loaded: LoadedModel, spec: QuantSpec, plan: QuantizedMode
             weights = layer.matrices()
         started = time.perf_counter()
         done = quantize_experts(layer, weights, spec.weights, expert_hessians(layer, report, spec.experts, spec.needs_hessians))
-        plan.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
-        plan.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)
-        plan.expert_integers.update(done.integers)
+        plan.add_experts(layer, done)
         seconds = (time.perf_counter() - started) / max(len(done.rows), 1)
         rows.extend({**row, "seconds": seconds} for row in done.rows)
     return rows
