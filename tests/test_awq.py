@@ -21,10 +21,10 @@ from engine.export import save_quantized
 from engine.export.verify import changed_floats, dequantized_layers
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
-from engine.quant import PRESETS, QuantSpec, WeightSpec, perplexity, plan_quantization, quantized
+from engine.quant import PRESETS, QuantSpec, WeightSpec, awq_pass, perplexity, plan_quantization, quantized
 from engine.quant.apply import QuantizedModel
 from engine.quant.awq import best_clips, grid_points, group_blocks, weight_means
-from engine.quant.awq_pass import awq_mappings, awq_scaling
+from engine.quant.awq_pass import awq_mappings, awq_scaling, merged_calls
 from engine.quant.plan import quantizable_layers
 from engine.quant.scaling import float_change
 from engine.quant.specs import ActivationSpec, AwqScaling, AwqSpec
@@ -235,6 +235,63 @@ def test_awq_equals_a_transcription_of_llm_compressor(model, calibration):
         ours = plan.weights[name]
         assert torch.allclose(ours, weight, atol=1e-5 * float(weight.abs().max())), name
     assert table["output_error"].notna().all() and (table["awq_error_best"] <= table["awq_error_identity"]).all()
+
+
+def padded_calls(lengths, hidden=8, batch=2):
+    """Recorded calls parent(x) of ``batch`` sequences each, padded at the end, and their masks."""
+    generator = torch.Generator().manual_seed(0)
+    calls, masks = [], []
+    for start in range(0, len(lengths), batch):
+        group = lengths[start:start + batch]
+        masks.append(torch.arange(max(group)).view(1, -1) < torch.tensor(group).view(-1, 1))
+        calls.append(((torch.randn(len(group), max(group), hidden, generator=generator),), {}))
+    return calls, masks
+
+
+class Cumulative(torch.nn.Module):
+    """Called like an MLP, but each token's output reads the ones before (as a recurrent mixer does)."""
+
+    def forward(self, x):
+        return x.cumsum(dim=1)
+
+
+def test_a_token_wise_parent_runs_on_its_real_tokens_merged():
+    calls, masks = padded_calls([5, 9, 3, 7, 500, 450, 90, 80, 2])
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    with torch.no_grad():
+        targets = [mlp(*args) for args, _ in calls]
+        merged, merged_targets, merged_masks = merged_calls(mlp, calls, targets, masks)
+        real = torch.cat([target[mask] for target, mask in zip(targets, masks)])
+        assert [call[0][0].shape for call in merged] == [(1, 1024, 8), (1, 122, 8)]  # 1,146 real tokens, no padding
+        assert merged_masks == [None, None]
+        assert torch.allclose(torch.cat([target[0] for target in merged_targets]), real, atol=1e-6)
+        assert torch.equal(torch.cat([call[0][0][0] for call in merged]),
+                           torch.cat([args[0][mask] for (args, _), mask in zip(calls, masks)]))
+        for mixer in (Cumulative(), ):  # mixes tokens: merged outputs differ, the recorded calls stay
+            targets = [mixer(*args) for args, _ in calls]
+            assert merged_calls(mixer, calls, targets, masks)[0] is calls
+    keyword_calls = [((), {"hidden_states": args[0]}) for args, _ in calls]  # as attention is called: not merged
+    assert merged_calls(mlp, keyword_calls, targets, masks)[0] is keyword_calls
+
+
+def test_merging_the_mlp_calls_changes_no_choice(model, calibration, monkeypatch):
+    spec = replace(AWQ, awq=AwqSpec(batch_size=2))
+    layers = quantizable_layers(model.model, spec)
+    was_merged, merge = [], awq_pass.merged_calls
+
+    def recording(parent, calls, targets, masks):
+        result = merge(parent, calls, targets, masks)
+        was_merged.append(result[0] is not calls)
+        return result
+    monkeypatch.setattr(awq_pass, "merged_calls", recording)
+    merged = awq_pass._awq_scaling(model, calibration, spec, layers, awq_pass.no_progress)
+    assert was_merged == [False, True] * 2  # per block: the attention (called with keywords), the MLP
+    monkeypatch.setattr(awq_pass, "merged_calls", lambda parent, calls, targets, masks: (calls, targets, masks))
+    recorded = awq_pass._awq_scaling(model, calibration, spec, layers, awq_pass.no_progress)
+    assert merged.mappings["grid_index"].tolist() == recorded.mappings["grid_index"].tolist()
+    for source, losses in recorded.losses.items():
+        measured = ~torch.isnan(losses) & ~torch.isnan(merged.losses[source])
+        assert torch.allclose(merged.losses[source][measured], losses[measured], rtol=1e-4), source
 
 
 @pytest.mark.parametrize("name", ["tiny-random-gemma3", "tiny-random-llama", "tiny-random-gpt2"])
