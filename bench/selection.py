@@ -6,9 +6,9 @@ Strategies (random, length-stratified, embedding-clusters, activation-clusters, 
 static (p99.99), perplexity on held-out windows of two domains: the builtin corpus's held-out 10%
 (in-domain) and wikitext-2's last quarter (cross-domain). Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
 CPU-feasible defaults; --quick is a smoke run. --schemes and --name run another experiment into
-bench/results/NAME_runs.csv, NAME_summary.csv and NAME.json (the AWQ table: --schemes "W4 g128 AWQ,W4
-g128 GPTQ" --strategies random,length-stratified,embedding-clusters,coverage --counts 8,32,128
---seeds 3 --name awq_selection).
+bench/results/NAME_runs.csv, NAME_summary.csv and NAME.json (the AWQ table: --schemes "W4 g128 AWQ
+(llm-compressor),W4 g128 GPTQ" --strategies random,length-stratified,embedding-clusters,coverage
+--counts 8,32,128 --seeds 3 --length 128 --corpus mixed --name awq_selection).
 Usage: python bench/selection.py [--quick] [--seeds N] [--counts 8,32] [--corpus python-docs]
 """
 from __future__ import annotations
