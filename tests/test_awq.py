@@ -24,7 +24,7 @@ from engine.models.tiny import byte_tokenizer
 from engine.quant import PRESETS, QuantSpec, WeightSpec, awq_pass, perplexity, plan_quantization, quantized
 from engine.quant.apply import QuantizedModel
 from engine.quant.awq import best_clips, grid_points, group_blocks, weight_means
-from engine.quant.awq_pass import awq_mappings, awq_scaling, merged_calls
+from engine.quant.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls
 from engine.quant.plan import quantizable_layers
 from engine.quant.scaling import float_change
 from engine.quant.specs import ActivationSpec, AwqScaling, AwqSpec
@@ -256,14 +256,17 @@ class Cumulative(torch.nn.Module):
 
 
 def test_a_token_wise_parent_runs_on_its_real_tokens_merged():
-    calls, masks = padded_calls([5, 9, 3, 7, 500, 450, 90, 80, 2])
+    assert chunk_width([250] * 32) == 500  # 8,000 tokens: 16 chunks
+    assert chunk_width([1024] * 16) == 1024  # never smaller products than the calls'
+    assert chunk_width([250] * 256) == 512
+    calls, masks = padded_calls([5, 9, 3, 7, 100, 50, 90, 80, 2] * 20)
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
     with torch.no_grad():
         targets = [mlp(*args) for args, _ in calls]
         merged, merged_targets, merged_masks = merged_calls(mlp, calls, targets, masks)
         real = torch.cat([target[mask] for target, mask in zip(targets, masks)])
-        assert [call[0][0].shape for call in merged] == [(1, 1024, 8), (1, 122, 8)]  # 1,146 real tokens, no padding
-        assert merged_masks == [None, None]
+        assert [call[0][0].shape[1] for call in merged] == [433] * 15 + [425]  # 6,920 real tokens: 16 chunks, no padding
+        assert merged_masks == [None] * 16
         assert torch.allclose(torch.cat([target[0] for target in merged_targets]), real, atol=1e-6)
         assert torch.equal(torch.cat([call[0][0][0] for call in merged]),
                            torch.cat([args[0][mask] for (args, _), mask in zip(calls, masks)]))

@@ -17,10 +17,10 @@ from the block's Σ xxᵀ, with no forward (a 20-point search of a 2,048-wide do
 their recorded calls again. Padding counts nowhere (llm-compressor counts it in x̄ and the loss; on
 windows without padding the two agree). A parent that works token by token (the MLP: called on one
 tensor alone, and checked to give the same outputs on its calls' real tokens put together) runs its
-points on those tokens in chunks of at least ``MERGED_TOKENS``: the pass's batches of a few short
-sequences make small products (Gemma 3 270M's MLP runs 10% slower per flop on 256 tokens than on
-1,024 on a 2-core CPU; on a GPU small products are launch-bound), and no padding is computed
-(bench/awq_search.py).
+points on those tokens merged into chunks (``chunk_width``): the pass's batches of a few short
+sequences make small products (Gemma 3 270M's MLP runs 9% slower per flop on 256 tokens than on 512
+on a 2-core CPU, and no faster on more; on a GPU small products are launch-bound), and no padding is
+computed. Chunks stay many enough for beaten points to be cut short (bench/awq_search.py).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _squared_error(output: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return difference.pow(2).sum()
 
 
-MERGED_TOKENS = 1024
+MERGED_TOKENS, CUT_CHUNKS = 512, 16
 # the largest difference, relative to the largest |output|, that merged calls may show and still count as the
 # same computation (float rounding of other product shapes; a module that mixes tokens differs by O(1))
 MERGE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
@@ -167,16 +167,23 @@ def _real_tokens(calls: list[tuple[tuple, dict]], masks: list[torch.Tensor]) -> 
     return tokens
 
 
+def chunk_width(lengths: list[int]) -> int:
+    """Tokens per merged chunk, given each recorded call's real tokens: ``MERGED_TOKENS``, fewer where
+    the set would then make under ``CUT_CHUNKS`` chunks (a point is cut short only between chunks: one
+    large chunk would measure every beaten point in full), never fewer than the largest call's."""
+    return max(max(lengths), min(MERGED_TOKENS, -(-sum(lengths) // CUT_CHUNKS)))
+
+
 def merged_calls(parent: nn.Module, calls: list[tuple[tuple, dict]], targets: list[torch.Tensor],
                  masks: list[torch.Tensor]) -> tuple[list[tuple[tuple, dict]], list[torch.Tensor], list[torch.Tensor | None]]:
     """The calls, their float outputs and masks the search runs: the real tokens of every call in
-    chunks of at least ``MERGED_TOKENS`` (each chunk one sequence, no padding) where ``parent`` is
+    chunks of ``chunk_width`` tokens (each chunk one sequence, no padding) where ``parent`` is
     token-wise on them, else the calls as recorded. Token-wise is checked, not assumed: the merged
     chunks' outputs must equal the recorded calls' on their real tokens."""
     tokens = _real_tokens(calls, masks)
     if tokens is None or len(calls) < 2 and bool(masks[0].all()):
         return calls, targets, masks
-    width = max(MERGED_TOKENS, max(len(rows) for rows in tokens))
+    width = chunk_width([len(rows) for rows in tokens])
     chunks = torch.cat(tokens).split(width)
     merged = [((chunk.unsqueeze(0),), {}) for chunk in chunks]
     expected = torch.cat([target[mask] for target, mask in zip(targets, masks)]).split(width)
