@@ -34,6 +34,23 @@ def source_state() -> dict:
 STARTED_FROM = source_state()
 
 
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer read without it stops early)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(device: str, run) -> tuple[float, object]:
+    """(seconds, result) of ``run`` on ``device``, the device's work included."""
+    synchronize(device)
+    started = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return time.perf_counter() - started, result
+
+
 def cpu_flags() -> dict:
     from engine.models.loading import cpu_has_native_bfloat16
 

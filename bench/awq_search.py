@@ -15,13 +15,12 @@ from __future__ import annotations
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
-import time
 from contextlib import contextmanager
 from unittest import mock
 
 import torch
 
-from bench._common import bench_dtypes, report, sized_run
+from bench._common import bench_dtypes, report, sized_run, timed
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.progress import no_progress
 from engine.quant import PRESETS, awq_pass
@@ -41,13 +40,8 @@ def recorded_calls():
 
 
 def timed_search(loaded, calibration, spec, layers):
-    if loaded.info.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    result = awq_pass._awq_scaling(loaded, calibration, spec, layers, no_progress)  # not the memo: every run searches
-    if loaded.info.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - started, result
+    # _awq_scaling, not awq_scaling's memo: every run searches
+    return timed(loaded.info.device, lambda: awq_pass._awq_scaling(loaded, calibration, spec, layers, no_progress))
 
 
 def same_choices(merged, recorded, tolerance: float) -> dict:

@@ -8,12 +8,10 @@ block by block with the weights in CPU memory (what a model larger than the GPU 
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from bench._checkpoints import SHAPES, config_for
-from bench._common import report
+from bench._common import report, timed
 from engine import CorpusSpec, load_corpus
 from engine.models import from_model
 from engine.models.offload import ResidentWeights
@@ -42,19 +40,6 @@ def token_windows(loaded, samples: int, length: int) -> CalibrationSet:
     """``samples`` packed blocks of exactly ``length`` byte tokens of the builtin corpus (what the
     tokens are does not change the cost of a pass)."""
     return build(load_corpus(CorpusSpec.builtin("mixed")), loaded.tokenizer, PackedSpec(nsamples=samples, length=length))
-
-
-def timed(device: str, run) -> tuple[float, object]:
-    synchronize(device)
-    started = time.perf_counter()
-    result = run()
-    synchronize(device)
-    return time.perf_counter() - started, result
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def peak_gib(device: str, run) -> tuple[float, float, object]:

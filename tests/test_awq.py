@@ -270,9 +270,9 @@ def test_a_token_wise_parent_runs_on_its_real_tokens_merged():
         assert torch.allclose(torch.cat([target[0] for target in merged_targets]), real, atol=1e-6)
         assert torch.equal(torch.cat([call[0][0][0] for call in merged]),
                            torch.cat([args[0][mask] for (args, _), mask in zip(calls, masks)]))
-        for mixer in (Cumulative(), ):  # mixes tokens: merged outputs differ, the recorded calls stay
-            targets = [mixer(*args) for args, _ in calls]
-            assert merged_calls(mixer, calls, targets, masks)[0] is calls
+        mixer = Cumulative()  # mixes tokens: merged outputs differ, the recorded calls stay
+        targets = [mixer(*args) for args, _ in calls]
+        assert merged_calls(mixer, calls, targets, masks)[0] is calls
     keyword_calls = [((), {"hidden_states": args[0]}) for args, _ in calls]  # as attention is called: not merged
     assert merged_calls(mlp, keyword_calls, targets, masks)[0] is keyword_calls
 
