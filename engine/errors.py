@@ -41,3 +41,11 @@ class SamplingError(CalibscopeError):
 
 class ExportError(CalibscopeError):
     """An artifact could not be written (the target exists, a format is unknown, the disk is full)."""
+
+
+class Refused(CalibscopeError):
+    """An input this deployment does not take: on a shared Space, a path, a URL or a server file."""
+
+
+class OverBudget(CalibscopeError):
+    """Work refused before it starts: it would not fit the memory, disk or size budget."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import datasets
 
-from engine.errors import CorpusError
+from engine import guard
+from engine.errors import CalibscopeError, CorpusError
 from engine.specs import CorpusSpec
 
 DEFAULT_STREAMED_DOCUMENTS = 20_000
@@ -50,13 +51,16 @@ def offline_message(what: str, error: Exception) -> str:
 def _recipe_for(spec: CorpusSpec) -> HubRecipe:
     if spec.name in HUB_RECIPES:
         return HUB_RECIPES[spec.name]
-    return HubRecipe(spec.name, spec.config, text_column=spec.text_column or "text", streaming=True)
+    policy = guard.current().policy  # a visitor's id reaches load_dataset: a hub id, never a folder of the server
+    return HubRecipe(policy.dataset_name(spec.name), policy.hub_word(spec.config, "dataset config"),
+                     text_column=spec.text_column or "text", streaming=True)
 
 
 def hub_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
     """(text, source) pairs from a hub dataset; errors become CorpusError with alternatives."""
     recipe = _recipe_for(spec)
-    split = recipe.split_alias.get(spec.split, spec.split)
+    split = guard.current().policy.hub_word(recipe.split_alias.get(spec.split, spec.split), "split")
+    counter = guard.current().reading.counter(spec.name)
     kwargs = {"split": split, "streaming": recipe.streaming}
     if recipe.data_files:
         kwargs["data_files"] = {split: recipe.data_files[split]} if split in recipe.data_files else recipe.data_files
@@ -74,8 +78,10 @@ def hub_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
                 raise CorpusError(
                     f"'{spec.name}' has no column '{column}'. Its columns: {', '.join(row)}. Set the text column."
                 )
-            yield str(row[column] or ""), f"{spec.name}:{split}#{index}"
-    except CorpusError:
+            text = str(row[column] or "")
+            counter.add(len(text))
+            yield text, f"{spec.name}:{split}#{index}"
+    except CalibscopeError:
         raise
     except Exception as error:
         raise CorpusError(offline_message(f"'{spec.name}' (split {split})", error)) from error

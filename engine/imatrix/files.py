@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import guard
 from engine.errors import CalibscopeError
 from engine.imatrix.matrix import Imatrix, ImatrixEntry
 
@@ -48,6 +49,17 @@ def write_gguf(imatrix: Imatrix, path: str | Path) -> Path:
 
 
 def read_gguf(path: str | Path) -> Imatrix:
+    """A GGUF importance matrix; a file gguf's reader cannot parse is refused with its reason."""
+    try:
+        return _read_gguf(path)
+    except CalibscopeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a forged file fails inside gguf's reader in many ways; all mean "not readable"
+        raise CalibscopeError(f"'{Path(path).name}' is not a readable GGUF importance matrix "
+                              f"({type(error).__name__}: {str(error)[:160]}).") from None
+
+
+def _read_gguf(path: str | Path) -> Imatrix:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -100,24 +112,41 @@ def write_legacy(imatrix: Imatrix, path: str | Path) -> Path:
     return path
 
 
+def _legacy_int(data: bytes, offset: int, what: str, smallest: int = 0) -> int:
+    """A little-endian int32 at ``offset`` that must be at least ``smallest`` and fit in what remains."""
+    if offset + 4 > len(data):
+        raise ValueError(f"the file ends where the {what} should be (byte {offset:,})")
+    (value,) = struct.unpack_from("<i", data, offset)
+    if value < smallest:
+        raise ValueError(f"the {what} is {value} at byte {offset:,}")
+    return value
+
+
 def read_legacy(path: str | Path, chunk_size: int = 512) -> Imatrix:
     """A legacy file. It stores means, not sums: sums and counts are rebuilt as llama.cpp does when
     it merges one (count = ncall x ``chunk_size``), so importances are exact and counts nominal.
-    A legacy file has one count per tensor, so experts are indistinguishable in it."""
+    A legacy file has one count per tensor, so experts are indistinguishable in it. Every length
+    and count is checked against the bytes that remain before it is used, so a forged file cannot
+    make the reader loop or allocate beyond the file."""
     data = Path(path).read_bytes()
     name = Path(path).name
     try:
-        (n_entries,), offset = struct.unpack_from("<i", data), 4
+        n_entries, offset = _legacy_int(data, 0, "number of entries"), 4
+        if n_entries * 13 > len(data) - offset:  # an entry takes at least 13 bytes: three ints and one name byte
+            raise ValueError(f"{n_entries:,} entries cannot fit in {len(data):,} bytes")
         entries = {}
         for _ in range(n_entries):
-            (length,) = struct.unpack_from("<i", data, offset)
+            length = _legacy_int(data, offset, "name length", smallest=1)
+            if offset + 4 + length + 8 > len(data):
+                raise ValueError(f"a name of {length:,} bytes at byte {offset:,} runs past the end of the file")
             tensor = data[offset + 4:offset + 4 + length].decode()
-            ncall, nval = struct.unpack_from("<ii", data, offset + 4 + length)
+            ncall = _legacy_int(data, offset + 4 + length, f"call count of {tensor}", smallest=1)
+            nval = _legacy_int(data, offset + 8 + length, f"value count of {tensor}", smallest=1)
             offset += 12 + length
+            if offset + 4 * nval > len(data):
+                raise ValueError(f"{tensor} has {nval:,} values but only {len(data) - offset:,} bytes remain")
             values = np.frombuffer(data, dtype="<f4", count=nval, offset=offset).astype(np.float32)
             offset += 4 * nval
-            if nval < 1 or ncall < 1:
-                raise ValueError(f"entry {tensor} has {nval} values and {ncall} calls")
             count = ncall * chunk_size
             entries[tensor] = ImatrixEntry(values.reshape(1, -1) / np.float32(ncall) * np.float32(count), np.array([count]))
         chunk_count, datasets = 0, []
@@ -132,10 +161,12 @@ def read_legacy(path: str | Path, chunk_size: int = 512) -> Imatrix:
 
 
 def read_imatrix(path: str | Path, chunk_size: int = 512) -> Imatrix:
-    """Either format, told apart by the GGUF magic as llama.cpp does."""
-    path = Path(path)
+    """Either format, told apart by the GGUF magic as llama.cpp does; the path through the guard (on
+    a shared Space, the visitor's own upload) and its size within the read limits."""
+    path = guard.current().policy.upload(path, "imatrix file")
     if not path.is_file():
         raise CalibscopeError(f"No imatrix file at '{path}'.")
+    guard.current().reading.check_file(path, "imatrix file", error=CalibscopeError)
     with path.open("rb") as handle:
         magic = handle.read(4)
     return read_gguf(path) if magic == GGUF_MAGIC else read_legacy(path, chunk_size)

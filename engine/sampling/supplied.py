@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.errors import SamplingError
+from engine import guard
+from engine.corpus.tables import json_records, read_parquet
+from engine.errors import OverBudget, SamplingError
 from engine.sampling import manifest as manifests
 from engine.sampling.calibration_set import CalibrationSet, Provenance
 from engine.sampling.context import Draft, SamplingContext
@@ -62,27 +65,93 @@ def windows_of(given) -> list[np.ndarray]:
     return [_unpadded(window, None) for window in given]
 
 
+def _ids_columns(columns: list[str], textual: list[str]) -> list[str]:
+    if "input_ids" not in columns:
+        raise SamplingError(f"No 'input_ids' column among {columns}: pre-tokenized windows need one.")
+    return ["input_ids", *(["attention_mask"] if "attention_mask" in columns else [])]
+
+
+def _parquet_windows(path: Path) -> list[np.ndarray]:
+    limits = guard.current().reading
+    table = read_parquet(path, _ids_columns, limits.counter(path.name), limits, SamplingError)
+    masks = table.values.get("attention_mask", [None] * len(table.values["input_ids"]))
+    return [_unpadded([] if ids is None else ids, mask) for ids, mask in zip(table.values["input_ids"], masks)]
+
+
+def _json_windows(path: Path) -> list[np.ndarray]:
+    text = path.read_bytes().decode("utf-8", errors="strict")
+    rows = {"input_ids": [], "attention_mask": []}
+    for record, where in json_records(path, text, guard.current().reading.counter(path.name), SamplingError):
+        if not isinstance(record, dict) or "input_ids" not in record:
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise SamplingError(f"No 'input_ids' column among {found} ({where}): pre-tokenized windows need one.")
+        rows["input_ids"].append(record["input_ids"])
+        rows["attention_mask"].append(record.get("attention_mask"))
+    return [_unpadded(ids, mask) for ids, mask in zip(rows["input_ids"], rows["attention_mask"])]
+
+
+def _torch_windows(path: Path) -> list[np.ndarray]:
+    """A torch.save file: a zip whose entries must be stored (torch never compresses them), so what
+    it decodes to is what its entries say, checked before anything is unpickled."""
+    limits = guard.current().reading
+    with zipfile.ZipFile(path) as archive:
+        entries = archive.infolist()
+        if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
+            raise SamplingError(f"'{path.name}' holds compressed entries, which torch.save never writes: save the windows "
+                                "with torch.save (or as .npy / .parquet).")
+        limits.counter(path.name).expect(sum(entry.file_size for entry in entries), 0)
+    try:
+        given = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch's loader fails on a damaged file in many ways; all mean "not readable"
+        raise SamplingError(f"'{path.name}' is not a torch.save file of token windows ({type(error).__name__}).") from None
+    return windows_of(given)
+
+
+def _numpy_windows(path: Path) -> list[np.ndarray]:
+    """A .npy file: its header's shape and dtype must describe exactly the bytes that follow."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise SamplingError(f"'{path.name}' is a .npy file of version {version}; save it with numpy.save (version 1.0).")
+        try:
+            shape, _, dtype = read_header(handle, max_header_size=10_000)
+        except Exception as error:  # noqa: BLE001 - numpy parses the header as a Python literal: any failure means "not .npy"
+            raise SamplingError(f"'{path.name}' has no readable .npy header ({type(error).__name__}).") from None
+        data_bytes = path.stat().st_size - handle.tell()
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if dtype.hasobject or count * dtype.itemsize != data_bytes:
+        raise SamplingError(f"'{path.name}' says it holds {shape} of {dtype}, which is not what follows its header "
+                            f"({data_bytes:,} bytes).")
+    return windows_of(np.load(path, allow_pickle=False))
+
+
+_READERS = {".parquet": _parquet_windows, ".jsonl": _json_windows, ".json": _json_windows, ".pt": _torch_windows,
+            ".npy": _numpy_windows}
+
+
 def read_windows(path: str | Path) -> list[np.ndarray]:
+    """Windows from a file (or, locally, a datasets folder), through the guard: on a shared Space
+    only the visitor's own upload, its size and what it decodes to within the read limits."""
     import datasets
 
-    path = Path(path).expanduser()
+    path = guard.current().policy.upload(path, "token windows file")
     if not path.exists():
         raise SamplingError(f"No token windows at '{path}'.")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None and not path.is_dir():
+        raise SamplingError(f"'{path.name}': token windows are read from {', '.join(TABLE_SUFFIXES)}, .pt, .npy or a "
+                            "datasets folder.")
     try:
         if path.is_dir():
             return _from_table(datasets.load_from_disk(str(path / "dataset" if (path / "dataset").is_dir() else path)))
-        if path.suffix == ".parquet":
-            return _from_table(datasets.Dataset.from_parquet(str(path)))
-        if path.suffix in (".jsonl", ".json"):
-            return _from_table(datasets.Dataset.from_json(str(path)))
-        if path.suffix == ".pt":
-            return windows_of(torch.load(path, map_location="cpu", weights_only=True))
-        if path.suffix == ".npy":
-            return windows_of(np.load(path, allow_pickle=False))
-    except (ValueError, OSError, json.JSONDecodeError, RuntimeError) as error:
-        raise SamplingError(f"'{path.name}' could not be read as token windows ({error}).") from None
-    raise SamplingError(f"'{path.name}': token windows are read from {', '.join(TABLE_SUFFIXES)}, .pt, .npy or a "
-                        "datasets folder.")
+        guard.current().reading.check_file(path, "file of token windows", error=SamplingError)
+        return reader(path)
+    except (SamplingError, OverBudget):
+        raise
+    except (ValueError, OSError, json.JSONDecodeError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError, EOFError,
+            KeyError, TypeError, AttributeError, IndexError, OverflowError, MemoryError) as error:
+        raise SamplingError(f"'{path.name}' could not be read as token windows ({str(error)[:200]}).") from None
 
 
 def _check(windows: list[np.ndarray], tokenizer, max_positions: int | None) -> None:

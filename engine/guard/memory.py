@@ -1,0 +1,135 @@
+"""The memory a deployment may use, kept as a ledger: what the process held when the budget was made
+(its imports), the models loaded, the results visitors' sessions keep, and the work running now.
+Work is admitted before it starts only if it fits, and refused with the numbers otherwise.
+
+Results are held by their owner object: when the last session holding a report lets it go (the
+visitor left, or built a new set), the report is collected and its bytes leave the ledger by
+themselves. What the ledger cannot see (allocator caches, fragmentation) is caught by also checking
+the process's resident memory before admitting anything.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import resource
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.errors import OverBudget
+
+MB = 2**20
+
+
+class Use(str, Enum):
+    """What a ledger entry is, for the refusal's breakdown."""
+
+    MODEL = "models"
+    RESULT = "session results"
+    WORK = "running work"
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux; 0 where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_resident_bytes() -> int:
+    """The largest resident memory this process has had (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def give_back_freed() -> None:
+    """Ask glibc to return freed heap pages to the system, so resident memory measures what is used."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    use: Use
+    what: str
+    bytes: int
+
+
+class MemoryBudget:
+    """``total`` bytes for the whole process; ``baseline`` what it held before any work (measured now
+    unless given)."""
+
+    def __init__(self, total: int, baseline: int | None = None) -> None:
+        self.total = int(total)
+        self.baseline = resident_bytes() if baseline is None else int(baseline)
+        self._lock = threading.Lock()
+        self._entries: dict[int, Entry] = {}
+        self._tokens = itertools.count()
+
+    def used(self) -> int:
+        with self._lock:
+            return self.baseline + sum(entry.bytes for entry in self._entries.values())
+
+    def free(self) -> int:
+        return max(0, self.total - self.used())
+
+    def breakdown(self) -> dict[Use, int]:
+        with self._lock:
+            totals = {use: 0 for use in Use}
+            for entry in self._entries.values():
+                totals[entry.use] += entry.bytes
+        return totals
+
+    def _refusal(self, what: str, size: int, used: int, resident: int) -> OverBudget:
+        parts = ", ".join(f"{use.value} {amount / MB:,.0f} MB" for use, amount in self.breakdown().items() if amount)
+        held = f"{used / MB:,.0f} MB are in use (the app itself {self.baseline / MB:,.0f} MB" + (f", {parts}" if parts else "") + ")"
+        if resident > used:
+            held += f"; the process holds {resident / MB:,.0f} MB"
+        return OverBudget(f"{what} needs about {size / MB:,.0f} MB, and this Space's memory budget is {self.total / MB:,.0f} MB, "
+                          f"of which {held}. Ask for less (fewer samples, shorter sequences, a smaller batch or fewer "
+                          "layers), or try again when other visitors' work has finished.")
+
+    def _admit(self, use: Use, what: str, size: int, refuse: bool = True) -> int:
+        size = max(0, int(size))
+        with self._lock:
+            used = self.baseline + sum(entry.bytes for entry in self._entries.values())
+            if refuse and used + size > self.total:
+                raise self._refusal(what, size, used, resident_bytes())
+            if refuse and resident_bytes() + size > self.total:
+                give_back_freed()  # freed heap still counted as resident: hand it back before judging
+                resident = resident_bytes()
+                if resident + size > self.total:
+                    raise self._refusal(what, size, used, resident)
+            token = next(self._tokens)
+            self._entries[token] = Entry(use, what, size)
+            return token
+
+    def _release(self, token: int) -> None:
+        with self._lock:
+            self._entries.pop(token, None)
+
+    @contextmanager
+    def reserve(self, what: str, size: int, use: Use = Use.WORK) -> Iterator[None]:
+        """Hold ``size`` bytes while the block runs; OverBudget before it starts if they do not fit."""
+        token = self._admit(use, what, size)
+        try:
+            yield
+        finally:
+            self._release(token)
+
+    def hold(self, owner: object, what: str, size: int, use: Use = Use.RESULT, refuse: bool = False) -> None:
+        """Count ``size`` bytes for as long as ``owner`` lives (a model, a session's result). A result
+        that already exists is counted, not refused, unless ``refuse``."""
+        token = self._admit(use, what, size, refuse=refuse)
+        weakref.finalize(owner, self._release, token)
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return list(self._entries.values())
