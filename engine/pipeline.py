@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tomllib
 from collections.abc import Callable
@@ -9,20 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, StrictBool, create_model
 
 from engine.atomic import write_file
+from engine.config_schema import schema_of, spec_from, validate, within
 from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
 from engine.experiments.evaluations import EvaluationCache
-from engine.experiments.runs import ComparisonRun, QuantRun, as_json, comparison_run_from, quant_run_from
+from engine.experiments.compare import ComparisonSpec
+from engine.experiments.runs import ComparisonRun, EvaluationSpec, QuantRun, as_json, comparison_run_from, quant_run_from
+from engine.export.checkpoint import CheckpointFormat
 from engine.export import ExportFormat, save_calibration_set
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.run_report import run_report
 from engine.runner import distributed
-from engine.sampling import SamplingSpec, Strategy, build, spec_from_params
-from engine.sampling.specs import SuppliedSpec
+from engine.quant import ActivationSpec, AwqSpec, ExpertPolicy, Sensitivity, WeightSpec
+from engine.sampling import SamplingSpec, Strategy, build, entry
+from engine.sampling.specs import LEGACY_LENGTH_NAMES, SuppliedSpec
 from engine.sampling.supplied import supplied_set
 from engine.specs import CorpusSpec, ModelSpec, choice
 from engine.stats import StatsSpec, collect
@@ -46,41 +52,80 @@ class RunConfig:
     compare: ComparisonRun | None = None
 
 
-def _spec(kind: type, values: dict, section_name: str):
-    fields = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise SpecError(f"[{section_name}] has unknown keys {unknown}; allowed: {', '.join(sorted(fields))}.")
-    return kind(**values)
+# How to write a section that was given as a plain value (the natural guess `model = "..."`).
+SECTION_HINTS = {name: f"write it as a section: [{name}] on its own line, then its keys (e.g. {example})" for name, example in
+                 (("model", 'name = "builtin:gemma-3-270m"'), ("corpus", 'kind = "builtin", name = "mixed"'),
+                  ("sampling", 'strategy = "random", nsamples = 32'), ("stats", "batch_size = 8"),
+                  ("hessians", 'name_pattern = ""'), ("imatrix", "include_output = false"), ("export", 'format = "parquet"'),
+                  ("compare", "seeds = 3"))}
+SECTION_HINTS["quantize"] = 'write each run as [[quantize]] on its own line, then its keys (e.g. scheme = "W4 g128 GPTQ")'
 
 
-def _run(parse, values: dict, section_name: str):
-    try:
-        return parse(values)
-    except TypeError as error:  # an unknown key
-        raise SpecError(f"[{section_name}] {error}") from None
+@functools.cache
+def _schemas() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """(the whole config, one [[quantize]] run, the [compare] section): made once, from the specs."""
+    evaluation = schema_of(EvaluationSpec) | None
+    quantize = create_model(
+        "QuantizeKeys", __config__=ConfigDict(extra="forbid"), scheme=(str | None, None),
+        weights=(schema_of(WeightSpec) | None, None), activations=(schema_of(ActivationSpec) | None, None),
+        name_pattern=(str | None, None), smoothing=(float | None, None), awq=(schema_of(AwqSpec) | None, None),
+        experts=(schema_of(ExpertPolicy) | None, None), evaluation=(evaluation, None), sensitivity=(Sensitivity | None, None),
+        sequential=(StrictBool | None, None), save=(str | None, None), save_format=(CheckpointFormat | None, None))
+    compare = create_model("CompareKeys", __base__=schema_of(ComparisonSpec), evaluation=(evaluation, None))
+    export = create_model("ExportKeys", __config__=ConfigDict(extra="forbid"), format=(ExportFormat | None, None))
+    whole = create_model(
+        "RunConfigKeys", __config__=ConfigDict(extra="forbid"), output=(str, ...),
+        model=(schema_of(ModelSpec) | None, None), corpus=(schema_of(CorpusSpec) | None, None),
+        sampling=(dict | None, None), stats=(schema_of(StatsSpec) | None, None), hessians=(schema_of(HessianSpec) | None, None),
+        imatrix=(schema_of(ImatrixSpec) | None, None), export=(export | None, None), quantize=(list[quantize] | None, None),
+        compare=(compare | None, None))
+    return whole, quantize, compare
+
+
+def _sampling(values: dict | None, base: Path) -> SamplingSpec:
+    """The [sampling] section: its strategy first, then the keys that strategy takes (older names of
+    the length accepted), a supplied windows file relative to the config."""
+    values = dict(values or {})
+    strategy = choice(Strategy, values.pop("strategy", Strategy.LENGTH_STRATIFIED.value), "[sampling] strategy")
+    kind = entry(strategy).spec_type
+    for legacy in LEGACY_LENGTH_NAMES:
+        if legacy in values and "length" in kind.field_names():
+            values.setdefault("length", values.pop(legacy))
+    section = create_model("SamplingSection", sampling=(schema_of(kind), ...))
+    checked = validate(section, {"sampling": values}, SECTION_HINTS).sampling
+    if strategy is Strategy.SUPPLIED and checked.path:  # token windows, relative to the config
+        checked.path = str((base / checked.path).expanduser().resolve())
+    return within("[sampling]", lambda: spec_from(kind, checked))
 
 
 def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
-    """Specs from a config dictionary (the TOML/JSON content); SpecError on anything wrong."""
-    if "output" not in data:
-        raise SpecError("The config needs an `output` folder for the artifacts.")
-    sampling = dict(data.get("sampling", {}))
-    strategy = sampling.pop("strategy", Strategy.LENGTH_STRATIFIED.value)
-    if strategy == Strategy.SUPPLIED.value and sampling.get("path"):  # token windows, relative to the config
-        sampling["path"] = str((base / sampling["path"]).expanduser().resolve())
-    export_format = choice(ExportFormat, data.get("export", {}).get("format", ExportFormat.DISK), "[export] format")
+    """Specs from a config dictionary (the TOML/JSON content); SpecError on anything wrong, every
+    problem of its shape listed at its place, unknown names with the nearest valid one."""
+    if not isinstance(data, dict):
+        raise SpecError(f"A config is a table of sections, not {type(data).__name__}.")
+    whole, quantize, compare = _schemas()
+    config = validate(whole, data, SECTION_HINTS)
+
+    def section(name: str, kind: type):
+        values = getattr(config, name)
+        return None if values is None else within(f"[{name}]", lambda: spec_from(kind, values))
+
+    export = config.export.format if config.export is not None and config.export.format is not None else ExportFormat.DISK
+    runs = tuple(within(f"quantize[{number}]", lambda run=run: quant_run_from(run.model_dump(exclude_unset=True)))
+                 for number, run in enumerate(config.quantize or ()))
+    comparison = None if config.compare is None else within(
+        "[compare]", lambda: comparison_run_from(config.compare.model_dump(exclude_unset=True)))
     return RunConfig(
-        output=(base / data["output"]).resolve(),
-        model=_spec(ModelSpec, data.get("model", {}), "model"),
-        corpus=_spec(CorpusSpec, data.get("corpus", {}), "corpus"),
-        sampling=spec_from_params(strategy, sampling),
-        stats=_spec(StatsSpec, data["stats"], "stats") if "stats" in data else None,
-        hessians=_spec(HessianSpec, data["hessians"], "hessians") if "hessians" in data else None,
-        imatrix=_spec(ImatrixSpec, data["imatrix"], "imatrix") if "imatrix" in data else None,
-        quantize=tuple(_run(quant_run_from, values, "quantize") for values in data.get("quantize", [])),
-        compare=_run(comparison_run_from, data["compare"], "compare") if "compare" in data else None,
-        export_format=export_format,
+        output=(base / config.output).resolve(),
+        model=section("model", ModelSpec) or ModelSpec(),
+        corpus=section("corpus", CorpusSpec) or CorpusSpec(),
+        sampling=_sampling(config.sampling, base),
+        stats=section("stats", StatsSpec),
+        hessians=section("hessians", HessianSpec),
+        imatrix=section("imatrix", ImatrixSpec),
+        quantize=runs,
+        compare=comparison,
+        export_format=export,
     )
 
 

@@ -1,4 +1,4 @@
-"""Every reader of a visitor's file, fuzzed: arbitrary bytes and mutations of valid files give a
+"""Every reader of a visitor's file (and of a run config), fuzzed: arbitrary bytes and mutations of valid files give a
 result or a CalibscopeError (never another exception, never a hang), in bounded time and memory.
 
 Memory is measured per example: Python and numpy allocations with tracemalloc, Arrow's with a
@@ -31,6 +31,7 @@ from engine.errors import CalibscopeError
 from engine.guard import Guard, ReadLimits
 from engine.imatrix import Imatrix, read_imatrix, write_imatrix
 from engine.imatrix.matrix import ImatrixEntry
+from engine.pipeline import load_config
 from engine.sampling.supplied import read_windows
 
 MIB = 2**20
@@ -83,6 +84,13 @@ def windows_seeds(tmp: Path) -> dict[str, bytes]:
             ".json": json.dumps([{"input_ids": w} for w in WINDOWS]).encode(),
             ".npy": _npy(np.array([[1, 5, 6, 7], [1, 9, 10, 11]], dtype=np.int64)),
             ".pt": _torch(torch.tensor([[1, 5, 6, 7], [1, 9, 10, 11]]))}
+
+
+def config_seeds(tmp: Path) -> dict[str, bytes]:
+    toml = (Path(__file__).resolve().parents[1] / "assets" / "example-run.toml").read_bytes()
+    runs = {"output": "out", "model": {"name": "tiny-random-llama"}, "sampling": {"strategy": "random", "nsamples": 4},
+            "quantize": [{"scheme": "W4 g128 GPTQ"}, {"weights": {"method": "rtn", "bits": 3}, "save": "w3"}]}
+    return {".toml": toml + b'\n[[quantize]]\nscheme = "W4 g128 RTN"\n', ".json": json.dumps(runs).encode()}
 
 
 def imatrix_seeds(tmp: Path) -> dict[str, bytes]:
@@ -142,10 +150,11 @@ def read_bounded(read, path: Path, data: bytes) -> None:
     assert found["allocated"] < MAX_ALLOCATED, (path.name, found)
 
 
-READERS = {"corpus": (lambda path: load_corpus(CorpusSpec.file(path)), corpus_seeds),
+READERS = {"config": (load_config, config_seeds),
+           "corpus": (lambda path: load_corpus(CorpusSpec.file(path)), corpus_seeds),
            "windows": (read_windows, windows_seeds),
            "imatrix": (read_imatrix, imatrix_seeds)}
-SUFFIXES = {"corpus": (".txt", ".jsonl", ".json", ".csv", ".parquet"), "windows": (".parquet", ".jsonl", ".json", ".npy", ".pt"),
+SUFFIXES = {"config": (".toml", ".json"), "corpus": (".txt", ".jsonl", ".json", ".csv", ".parquet"), "windows": (".parquet", ".jsonl", ".json", ".npy", ".pt"),
             "imatrix": (".gguf", ".dat")}
 CASES = [(reader, suffix) for reader, suffixes in SUFFIXES.items() for suffix in suffixes]
 

@@ -1,7 +1,10 @@
 """The dashboard without a browser: handlers called as functions, the wiring, the app built, the CLI parsed."""
 import inspect
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -13,7 +16,7 @@ from tests.ui_helpers import CONTEXT, Recorder, load
 from ui.app import build_app
 from ui.cli import main as cli_main
 from ui.context import AppContext
-from ui.limits import Limits
+from ui.limits import Limits, upload_folder
 from ui.state import Session
 from ui.tabs.model_data import ModelDataForm, load_model_and_corpus
 from ui.wiring import gradio_function
@@ -97,12 +100,19 @@ def test_unexpected_errors_are_summarized_not_dumped():
 
 def test_shared_space_refuses_local_paths_and_caps_uploads(tmp_path):
     shared = AppContext(limits=Limits.shared_space(), models=CONTEXT.models)
-    with pytest.raises(CalibscopeError, match="disabled on this shared Space"):
+    with pytest.raises(CalibscopeError, match="is not a Hugging Face id: this shared Space reads nothing of its own disk"):
         load(model=str(tmp_path), context=shared)
     big = tmp_path / "big.txt"
     big.write_text("calibration text " * 2_000_000)
-    with pytest.raises(CalibscopeError, match="the limit is 20.0 MiB"):
+    with pytest.raises(CalibscopeError, match="must be a file you uploaded here"):
         load(kind="file", upload=str(big), context=shared)
+    uploaded = Path(tempfile.mkdtemp(dir=upload_folder())) / "big.txt"  # where the upload widget puts a visitor's file
+    try:
+        shutil.copy(big, uploaded)
+        with pytest.raises(CalibscopeError, match="the limit is 20.0 MiB"):
+            load(kind="file", upload=str(uploaded), context=shared)
+    finally:
+        shutil.rmtree(uploaded.parent)
 
 
 def test_build_app_constructs_without_work_and_preselects():

@@ -89,7 +89,9 @@ def test_quantize_reports_perplexities_runs_and_sensitivity(calibrated_session):
     assert [r.spec.label() for r in second["session"].quant_runs] == ["W4 g128 GPTQ",
                                                                        "W8 per-channel RTN + A8 static per-tensor mse"]
     again = quantize(second["session"], context=context)
-    assert again["status"].startswith("Reused: ") and again["session"].quant_runs[-1] is session.quantization
+    reused = again["session"].quant_runs[-1]
+    assert again["status"].startswith("Reused: ") and reused.layers is session.quantization.layers  # measured once
+    assert reused is not session.quantization and reused.meta["run"] == session.quantization.meta["run"]  # its own copy
 
 
 def test_presets_fill_the_details_and_custom_leaves_them():

@@ -1,12 +1,84 @@
-"""What the dashboard allows: everything locally, less on a shared Space with many visitors."""
+"""What the dashboard allows: everything locally, less on a shared Space with many visitors.
+
+On a shared Space the caps and budgets come from the environment (``CALIBSCOPE_*``, see
+``SPACE_SETTINGS``) and make the app's ``Guard``: the input policy (hub ids and the visitor's own
+uploads only), the read limits of files, one memory budget for the whole process and one disk
+quota for everything the app writes, shared by every visitor.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.errors import CalibscopeError
+from engine.guard import DiskQuota, Guard, MemoryBudget, ModelLimits, Policy, ReadLimits
 
 MIB = 1024 * 1024
+MB = MIB
+
+# name: (what it sets, its default on a shared Space, the unit the value is given in)
+SPACE_SETTINGS = {
+    "CALIBSCOPE_MEMORY_MB": ("the memory the whole app may use", "85% of the machine's", "MB"),
+    "CALIBSCOPE_DISK_MB": ("the disk quota of everything the app writes, across visitors", "16384", "MB"),
+    "CALIBSCOPE_UPLOAD_MB": ("the largest upload", "20", "MiB"),
+    "CALIBSCOPE_DECODED_MB": ("what one file may decode to", "128", "MiB"),
+    "CALIBSCOPE_DOWNLOADS_MB": ("the downloads one visitor may have prepared at once", "1024", "MB"),
+    "CALIBSCOPE_MODEL_DOWNLOAD_MB": ("the files of one hub model", "4096", "MB"),
+    "CALIBSCOPE_HUB_CACHE_MB": ("the hub cache, trimmed to this after each download", "8192", "MB"),
+    "CALIBSCOPE_MAX_PARAMETERS": ("the largest hub model, in parameters", "1500000000", "parameters"),
+    "CALIBSCOPE_MAX_BATCH": ("the largest batch of a pass", "32", "samples"),
+    "CALIBSCOPE_SPACE_DIR": ("where visitors' files are written", "<temp>/calibscope-space", "a folder"),
+}
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CalibscopeError(f"{name}={raw!r} is not a number; set it to {SPACE_SETTINGS[name][0]} in "
+                              f"{SPACE_SETTINGS[name][2]}, or unset it for the default.") from None
+    if value <= 0:
+        raise CalibscopeError(f"{name}={raw!r} must be positive.")
+    return value
+
+
+def _bytes(megabytes: float | None) -> int | None:
+    return None if megabytes is None else int(megabytes * MB)
+
+
+def machine_memory_bytes() -> int:
+    """The memory this process may use: its cgroup's limit where one is set (a Space's container),
+    else the machine's."""
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            text = limit.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def upload_folder() -> Path:
+    """Where Gradio writes visitors' uploads (and copies of what it serves)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
+
+def written_folders(work: Path) -> list[Path]:
+    """Every folder the app writes to, for the disk quota."""
+    from engine.models.weight_cache import cache_root
+
+    home = Path.home() / ".cache" / "huggingface"
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", home)) / "hub")
+    datasets = Path(os.environ.get("HF_DATASETS_CACHE") or Path(os.environ.get("HF_HOME", home)) / "datasets")
+    return [work, upload_folder(), hub, datasets, cache_root()]
 
 
 @dataclass(frozen=True)
@@ -22,17 +94,53 @@ class Limits:
     max_hessian_mb: float | None = None
     max_compare_runs: int | None = None
     max_download_mb: float | None = None
+    max_batch_size: int | None = None
+    memory_mb: float | None = None  # the whole process's budget (None: only what is free is planned with)
+    disk_mb: float | None = None  # everything the app writes, across visitors (None: no quota)
+    decoded_mb: float = 1024.0
+    max_records: int = 5_000_000
+    model_download_mb: float | None = None
+    hub_cache_mb: float | None = None
+    work_dir: Path | None = None  # where visitors' downloads are written (None: the system's temporary folder)
+    reading: ReadLimits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reading", ReadLimits(file_bytes=self.max_upload_bytes, decoded_bytes=int(self.decoded_mb * MIB),
+                                                       records=self.max_records))
 
     @classmethod
     def shared_space(cls) -> Limits:
-        return cls(shared=True, max_upload_bytes=20 * MIB, allow_local_paths=False, max_samples=256, max_sequence_length=2048,
-                   max_parameters=1_500_000_000, max_hessian_mb=1024.0, max_compare_runs=12, max_download_mb=512.0)
+        """The shared-Space caps, each overridable by its ``CALIBSCOPE_*`` variable (SPACE_SETTINGS)."""
+        machine = machine_memory_bytes() * 0.85 / MB
+        work = Path(os.environ.get("CALIBSCOPE_SPACE_DIR") or Path(tempfile.gettempdir()) / "calibscope-space")
+        return cls(shared=True, max_upload_bytes=int(_number("CALIBSCOPE_UPLOAD_MB", 20) * MIB), allow_local_paths=False,
+                   max_samples=256, max_sequence_length=2048,
+                   max_parameters=int(_number("CALIBSCOPE_MAX_PARAMETERS", 1_500_000_000)), max_hessian_mb=1024.0,
+                   max_compare_runs=12, max_download_mb=_number("CALIBSCOPE_DOWNLOADS_MB", 1024.0),
+                   max_batch_size=int(_number("CALIBSCOPE_MAX_BATCH", 32)), memory_mb=_number("CALIBSCOPE_MEMORY_MB", machine),
+                   disk_mb=_number("CALIBSCOPE_DISK_MB", 16384.0), decoded_mb=_number("CALIBSCOPE_DECODED_MB", 128.0),
+                   max_records=500_000, model_download_mb=_number("CALIBSCOPE_MODEL_DOWNLOAD_MB", 4096.0),
+                   hub_cache_mb=_number("CALIBSCOPE_HUB_CACHE_MB", 8192.0), work_dir=work)
 
     @classmethod
     def from_environment(cls, shared: bool | None = None) -> Limits:
         if shared is None:
             shared = os.environ.get("CALIBSCOPE_SHARED", "") == "1"
         return cls.shared_space() if shared else cls()
+
+    def guard(self) -> Guard:
+        """The app's guard: its policy, read limits, and (shared) its memory budget and disk quota."""
+        policy = Policy(local_paths=self.allow_local_paths, upload_roots=() if self.allow_local_paths else (upload_folder(),))
+        work = None
+        if self.work_dir is not None:
+            work = Path(self.work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+        memory = MemoryBudget(int(self.memory_mb * MB)) if self.memory_mb is not None else None
+        disk = DiskQuota(int(self.disk_mb * MB), written_folders(work or Path(tempfile.gettempdir()) / "calibscope-space")) \
+            if self.disk_mb is not None else None
+        models = ModelLimits(self.max_parameters, _bytes(self.model_download_mb), _bytes(self.hub_cache_mb))
+        return Guard(policy=policy, reading=self.reading, memory=memory, disk=disk, models=models, work_dir=work,
+                     max_batch_size=self.max_batch_size)
 
     def check_sampling(self, nsamples: int, length: int) -> None:
         where = " on this shared Space" if self.shared else ""
@@ -43,28 +151,10 @@ class Limits:
                 f"A sequence length of {length:,} tokens is more than the {self.max_sequence_length:,} allowed{where}."
             )
 
-    def check_model_name(self, name: str) -> None:
-        if self.allow_local_paths:
-            return
-        if name.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(name)):
-            raise CalibscopeError(
-                "Local model folders are disabled on this shared Space. Use a builtin model or a "
-                "Hugging Face model id (org/name)."
-            )
-
-    def check_model_size(self, name: str, estimate=None) -> None:
-        """Refuse a hub model larger than ``max_parameters`` before downloading its weights
-        (``estimate(name)`` reads only its config; builtin and tiny models are known to be small)."""
-        from engine.models.size import estimate_parameters, is_packaged
-
-        if self.max_parameters is None or is_packaged(name):
-            return
-        parameters = (estimate or estimate_parameters)(name)
-        if parameters > self.max_parameters:
-            raise CalibscopeError(
-                f"'{name}' has {parameters / 1e9:,.2f} B parameters; this shared Space takes models up to "
-                f"{self.max_parameters / 1e9:,.1f} B. Run calibscope locally (pip install calibscope) for larger models."
-            )
+    def check_batch(self, batch_size: int) -> None:
+        if self.max_batch_size is not None and batch_size > self.max_batch_size:
+            raise CalibscopeError(f"A batch of {batch_size:,} samples is more than the {self.max_batch_size:,} allowed on this "
+                                  "shared Space; use a smaller batch (the results do not depend on it).")
 
     def check_hessian_memory(self, megabytes: float) -> None:
         if self.max_hessian_mb is not None and megabytes > self.max_hessian_mb:

@@ -62,6 +62,15 @@ class Session:
         """The visitor left (or the session expired): remove their downloads."""
         self.exports.close()
 
+    def results(self) -> list[tuple[str, object]]:
+        """(what, object) for everything this session holds in memory: what the memory budget counts
+        while the session keeps it."""
+        held = [("the corpus", self.corpus), ("the calibration set", self.calibration), ("statistics", self.stats),
+                ("Hessians", self.hessians), ("a sample-count sweep", self.sweep), ("the comparison", self.comparison)]
+        held += [("a quantization run", report) for report in self.quant_runs]
+        held += [(f"importance matrix {label}", imatrix) for label, imatrix in self.imatrices.items()]
+        return [(what, value) for what, value in held if value is not None]
+
     def with_calibration(self, calibration: CalibrationSet) -> Session:
         return replace(self, calibration=calibration, stats=None, hessians=None, sweep=None)
 

@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 
 from engine.errors import CalibscopeError
+from engine.guard import guarded
 from engine.progress import Progress
 from ui.cancel import cancellable, wire_cancel
 from ui.context import AppContext
@@ -37,7 +38,7 @@ def failure(error: Exception) -> str:
 
 
 def gradio_function(handler: Handler, form: type, names: list[str], outputs: Mapping[str, gr.components.Component],
-                    context: AppContext, track_tqdm: bool = False) -> Callable:
+                    context: AppContext, track_tqdm: bool = False, step: str = "") -> Callable:
     """The function Gradio calls with the widget values, the session, gr.Progress and gr.Request.
 
     A failure becomes the step's status line (no error badge over it, no traceback, other views and
@@ -47,11 +48,16 @@ def gradio_function(handler: Handler, form: type, names: list[str], outputs: Map
     def run(*args):
         values, session, progress, request = args[:count], args[count], args[count + 1], args[count + 2]
         try:
-            result = handler(form(**dict(zip(names, values))), session or Session(), context, cancellable(progress, request))
+            # the app's policy and budgets for every loader and pass below; a Cancel stops this run only
+            with guarded(context.guard), cancellable(progress, request, step or handler.__name__) as report:
+                result = handler(form(**dict(zip(names, values))), session or Session(), context, report)
         except Exception as error:  # the boundary between the engine and the page
             if not isinstance(error, CalibscopeError):
                 log.exception("handler %s failed", handler.__name__)
             return {outputs["status"]: failure(error)}
+        if isinstance(result.get("session"), Session):  # what the session now keeps counts in the memory budget
+            for what, value in result["session"].results():
+                context.guard.hold(value, what)
         return {outputs[name]: shown(outputs[name], value) for name, value in result.items()}
 
     parameter = inspect.Parameter
@@ -71,10 +77,10 @@ def connect(trigger: Callable, handler: Handler, form: type, widgets: Mapping[st
     """``trigger`` (e.g. ``button.click``) runs ``handler`` on the form made from ``widgets``;
     ``cancel`` stops it (and says so in ``status``). Returns the event."""
     names = list(widgets)
-    function = gradio_function(handler, form, names, outputs, context, track_tqdm)
+    function = gradio_function(handler, form, names, outputs, context, track_tqdm, step=api_name)
     event = trigger(function, [*widgets.values(), session], list(outputs.values()), api_name=api_name,
                     show_progress_on=[status] if status is not None else None,
                     concurrency_id="heavy" if heavy else None)
     if cancel is not None:
-        wire_cancel(cancel, event, status)
+        wire_cancel(cancel, event, status, api_name)
     return event

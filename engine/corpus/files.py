@@ -28,8 +28,12 @@ _LINE_BREAK = re.compile(r"\n")
 
 
 def read_text_file(path: Path, max_bytes: int) -> str:
-    """The file's text (its size checked against the smaller of ``max_bytes`` and the guard's
-    limit first), refusing binary and non-UTF-8 content with a precise message."""
+    """The file's text: the path through the guard's policy (on a shared Space, a visitor's own
+    upload), its size checked against the smaller of ``max_bytes`` and the guard's limit, binary
+    and non-UTF-8 content refused with a precise message."""
+    path = guard.current().policy.upload(path, "text file")
+    if not path.is_file():
+        raise CorpusError(f"The text file '{path}' does not exist. Check the path or upload the file.")
     guard.current().reading.check_file(path, "file that contains text", max_bytes, error=CorpusError)
     data = path.read_bytes()
     if b"\x00" in data[:8192]:

@@ -263,6 +263,9 @@ def _float_tensors(loaded: LoadedModel, quantized: set[str], replaced: dict[str,
 
 
 def _write_error(folder: Path, error: OSError) -> ExportError:
+    if isinstance(error, FileExistsError):
+        return ExportError(f"'{folder}' was created by something else while the checkpoint was being written; it was left as "
+                           "it is and nothing was written over it. Choose another name.")
     if error.errno == errno.ENOSPC:
         return ExportError(f"The disk is full: '{folder}' was not written, and nothing of it was left behind. "
                            "Free some space (the checkpoint takes about the quantized model's size) or choose another disk.")

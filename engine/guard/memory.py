@@ -62,6 +62,37 @@ class Entry:
     bytes: int
 
 
+def held_bytes(value: object, depth: int = 0, seen: set | None = None) -> int:
+    """The bytes a result holds in tensors, arrays, tables and strings, found through its dataclass
+    fields, attributes, mappings and sequences (each buffer counted once)."""
+    seen = set() if seen is None else seen
+    if depth > 6 or value is None or isinstance(value, (bool, int, float, Enum)) or id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    kind = type(value).__module__.split(".")[0]
+    if kind == "torch" and hasattr(value, "untyped_storage"):
+        storage = value.untyped_storage()
+        if ("storage", storage.data_ptr()) in seen:
+            return 0
+        seen.add(("storage", storage.data_ptr()))
+        return storage.nbytes()
+    if kind == "numpy" and hasattr(value, "nbytes"):
+        return int(value.nbytes)
+    if kind == "pandas" and hasattr(value, "memory_usage"):
+        usage = value.memory_usage(index=True, deep=False)
+        return int(usage.sum() if hasattr(usage, "sum") else usage)
+    if kind == "datasets" and hasattr(value, "data"):
+        return int(value.data.nbytes)
+    if isinstance(value, dict):
+        return sum(held_bytes(item, depth + 1, seen) for pair in value.items() for item in pair)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sum(held_bytes(item, depth + 1, seen) for item in value)
+    fields = getattr(value, "__dict__", None)
+    return sum(held_bytes(item, depth + 1, seen) for item in fields.values()) if isinstance(fields, dict) else 0
+
+
 class MemoryBudget:
     """``total`` bytes for the whole process; ``baseline`` what it held before any work (measured now
     unless given)."""
@@ -72,6 +103,7 @@ class MemoryBudget:
         self._lock = threading.Lock()
         self._entries: dict[int, Entry] = {}
         self._tokens = itertools.count()
+        self._held: weakref.WeakSet = weakref.WeakSet()  # owners already counted (a report shared by sessions counts once)
 
     def used(self) -> int:
         with self._lock:
@@ -96,7 +128,9 @@ class MemoryBudget:
                           f"of which {held}. Ask for less (fewer samples, shorter sequences, a smaller batch or fewer "
                           "layers), or try again when other visitors' work has finished.")
 
-    def _admit(self, use: Use, what: str, size: int, refuse: bool = True) -> int:
+    def admit(self, use: Use, what: str, size: int, refuse: bool = True) -> int:
+        """Enter ``size`` bytes in the ledger (OverBudget if they do not fit, unless not ``refuse``);
+        returns the token that ``release`` takes."""
         size = max(0, int(size))
         with self._lock:
             used = self.baseline + sum(entry.bytes for entry in self._entries.values())
@@ -111,24 +145,29 @@ class MemoryBudget:
             self._entries[token] = Entry(use, what, size)
             return token
 
-    def _release(self, token: int) -> None:
+    def release(self, token: int) -> None:
         with self._lock:
             self._entries.pop(token, None)
 
     @contextmanager
     def reserve(self, what: str, size: int, use: Use = Use.WORK) -> Iterator[None]:
         """Hold ``size`` bytes while the block runs; OverBudget before it starts if they do not fit."""
-        token = self._admit(use, what, size)
+        token = self.admit(use, what, size)
         try:
             yield
         finally:
-            self._release(token)
+            self.release(token)
 
-    def hold(self, owner: object, what: str, size: int, use: Use = Use.RESULT, refuse: bool = False) -> None:
-        """Count ``size`` bytes for as long as ``owner`` lives (a model, a session's result). A result
-        that already exists is counted, not refused, unless ``refuse``."""
-        token = self._admit(use, what, size, refuse=refuse)
-        weakref.finalize(owner, self._release, token)
+    def hold(self, owner: object, what: str, size: int | None = None, use: Use = Use.RESULT, refuse: bool = False) -> None:
+        """Count ``size`` bytes (``held_bytes(owner)`` when not given) for as long as ``owner`` lives:
+        a session's result, counted once however many sessions hold it. A result that already exists
+        is counted, not refused, unless ``refuse``."""
+        with self._lock:
+            if owner in self._held:
+                return
+            self._held.add(owner)
+        token = self.admit(use, what, held_bytes(owner) if size is None else size, refuse=refuse)
+        weakref.finalize(owner, self.release, token)
 
     def entries(self) -> list[Entry]:
         with self._lock:

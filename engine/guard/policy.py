@@ -101,6 +101,6 @@ class Policy:
         """A folder of this machine to read or write (a checkpoint folder, a model folder): refused
         on a shared Space, whose visitors download what they make."""
         if not self.local_paths:
-            raise Refused(f"This shared Space reads and writes no folder of its own disk for visitors ({what}): leave "
-                          "the field empty and use the upload and download buttons.")
+            raise Refused(f"This shared Space does not write to its own disk for visitors, nor read its folders ({what}): "
+                          "leave the field empty and use the upload and download buttons.")
         return Path(os.fspath(path)).expanduser()

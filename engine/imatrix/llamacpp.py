@@ -10,15 +10,18 @@ safetensors with llama.cpp's ``convert_hf_to_gguf.py``; both are cached.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import guard
 from engine.errors import CalibscopeError
 from engine.imatrix.files import write_imatrix
 from engine.imatrix.matrix import Imatrix
@@ -59,10 +62,45 @@ def run_tool(tool: str, *args: str) -> str:
     folder = tools_folder()
     if folder is None:
         raise CalibscopeError(HOW_TO_GET)
-    done = subprocess.run([str(folder / tool), *args], capture_output=True, text=True)
+    done = subprocess.run([str(folder / tool), *args], capture_output=True, text=True, check=False)
     if done.returncode:
         raise CalibscopeError(f"{tool} failed (exit {done.returncode}): {(done.stdout + done.stderr)[-600:].strip()}")
     return done.stdout + done.stderr
+
+
+def complete_gguf(path: Path) -> bool:
+    """Whether ``path`` is a whole GGUF file: gguf's reader maps every tensor it lists, so a file cut
+    short (a crash while it was written) fails here and is made again instead of trusted."""
+    import gguf
+
+    try:
+        return path.is_file() and len(gguf.GGUFReader(str(path)).tensors) > 0
+    except Exception:  # noqa: BLE001 - any failure to read it means it is not a whole GGUF
+        return False
+
+
+def _cached_gguf(target: Path, size: int, make) -> Path:
+    """``target``, made by ``make(temporary path, scratch folder)`` unless a whole GGUF is already
+    there: made under a unique temporary name (two visitors making it at once never share a file or a
+    scratch folder), checked whole, then renamed into place; a failure leaves nothing behind."""
+    if complete_gguf(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with guard.current().reserve_disk(f"The float GGUF of {target.stem}", size), \
+            tempfile.TemporaryDirectory(prefix=f".{target.stem}.tmp-", dir=target.parent) as scratch:
+        partial = Path(scratch) / target.name
+        make(partial, Path(scratch))
+        if not complete_gguf(partial):
+            raise CalibscopeError(f"llama.cpp's tools wrote an incomplete GGUF for {target.stem}; nothing was kept.")
+        os.replace(partial, target)
+    return target
+
+
+def gguf_key(name: str, revision: str | None) -> str:
+    """A cache name for a model's float GGUF: readable, and unique per model id and revision (a hash
+    of both: 'a/b-c' and 'a-b/c' never meet)."""
+    digest = hashlib.sha256(f"{name}\n{revision or ''}".encode()).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '-', name)[:80]}-{digest}"
 
 
 def float_gguf(loaded, threads: int = 2) -> Path:
@@ -71,18 +109,12 @@ def float_gguf(loaded, threads: int = 2) -> Path:
 
     name = loaded.info.name
     folder = root() / "models"
-    folder.mkdir(parents=True, exist_ok=True)
     if name in BUILTIN_MODELS:
-        target = folder / f"{BUILTIN_MODELS[name].cache_key()}-f32.gguf"
-        if not target.is_file():
-            scratch = folder / "scratch"
-            scratch.mkdir(exist_ok=True)
+        def dequantized(partial: Path, scratch: Path) -> None:
             source = BUILTIN_MODELS[name].materialize(scratch)
-            partial = target.with_suffix(".partial")
             run_tool("llama-quantize", "--allow-requantize", str(source), str(partial), "F32", str(threads))
-            partial.rename(target)
-            shutil.rmtree(scratch, ignore_errors=True)
-        return target
+
+        return _cached_gguf(folder / f"{BUILTIN_MODELS[name].cache_key()}-f32.gguf", loaded.info.parameters * 4, dequantized)
     return _converted(loaded, folder)
 
 
@@ -93,22 +125,21 @@ def _converted(loaded, folder: Path) -> Path:
         raise CalibscopeError(f"Converting {loaded.info.name} to GGUF needs llama.cpp's convert_hf_to_gguf.py, which comes "
                               "with the tools built by `python -m bench._llamacpp`; or convert it yourself and run "
                               "llama-quantize --imatrix with the downloaded matrix.")
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", loaded.info.name)
-    target = folder / f"{safe}-f16.gguf"
-    if target.is_file():
-        return target
-    hf = folder / f"{safe}-hf"
-    shutil.rmtree(hf, ignore_errors=True)
-    with loaded.lock:
-        loaded.model.save_pretrained(hf)
-    loaded.tokenizer.save_pretrained(hf)
-    done = subprocess.run([sys.executable, str(script), str(hf), "--outfile", str(target), "--outtype", "f16"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")})
-    shutil.rmtree(hf, ignore_errors=True)
-    if done.returncode:
-        target.unlink(missing_ok=True)
-        raise CalibscopeError(f"llama.cpp's converter cannot convert {loaded.info.name}: {done.stderr[-400:].strip()}")
-    return target
+
+    def converted(partial: Path, scratch: Path) -> None:
+        hf = scratch / "hf"
+        with loaded.lock:
+            loaded.model.save_pretrained(hf)
+        loaded.tokenizer.save_pretrained(hf)
+        done = subprocess.run([sys.executable, str(script), str(hf), "--outfile", str(partial), "--outtype", "f16"],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")})
+        if done.returncode:
+            raise CalibscopeError(f"llama.cpp's converter cannot convert {loaded.info.name}: {done.stderr[-400:].strip()}")
+
+    # the scratch folder holds the model saved as safetensors too (its float weights) besides the GGUF
+    size = loaded.info.parameters * (2 + next(loaded.model.parameters()).element_size())
+    return _cached_gguf(folder / f"{gguf_key(loaded.info.name, loaded.spec.revision)}-f16.gguf", size, converted)
 
 
 def quantize(model: Path, target: Path, kind: str, imatrix: Path | None = None, threads: int = 2) -> Path:

@@ -73,15 +73,23 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return module.in_channels, module.out_channels  # Conv1d / Conv2d
 
 
-# The probe forward runs once per model: a pass on another thread (the dashboard previews plans
-# while a pass runs) would otherwise see the probe's tokens in its hooks.
+# The probe forward runs once per model, under the model's own lock (the one every pass holds): a
+# pass on another thread would otherwise see the probe's tokens in its hooks.
 _ORDERS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
-_ORDERS_LOCK = threading.Lock()  # two sessions listing one model's layers at once probe it once
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_REGISTRY = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of ``model``: held by every pass that hooks it or swaps its weights (LoadedModel.lock
+    is this lock), and by the layer-order probe."""
+    with _REGISTRY:
+        return _LOCKS.setdefault(model, threading.RLock())
 
 
 def _execution_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
     """Names of ``candidates`` in the order a 2-token forward calls them (probed once per model)."""
-    with _ORDERS_LOCK:
+    with model_lock(model):
         known = _ORDERS.get(model)
         if known is None or not set(candidates) <= set(known):
             known = _ORDERS[model] = _probe_order(model, candidates)

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from engine import guard
 from engine.errors import ModelLoadError
 from engine.models import moefied
 from engine.models.builtin import BUILTIN_MODELS, cached_checkpoint
-from engine.models.layers import find_linear_layers
+from engine.models.layers import find_linear_layers, model_lock
 from engine.models.offload import CheckpointWeights, ResidentWeights, decide_offload, skeleton
 from engine.models.size import estimate_parameters, is_packaged
 from engine.models.sources import explain_load_failure, hub_reachable, looks_like_path
@@ -74,10 +75,15 @@ class LoadedModel:
     info: ModelInfo
     spec: ModelSpec = field(repr=False)
     # Held by every pass that hooks or swaps weights: sessions sharing a cached model take turns,
-    # so no pass ever observes another session's forward or quantized weights.
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # so no pass ever observes another session's forward or quantized weights. The model's own lock
+    # (engine.models.layers.model_lock), so the layer-order probe takes its turn too.
+    lock: threading.RLock | None = field(default=None, repr=False, compare=False)
     # Where the weights are: None means all of them on ``device`` (see engine.runner.weights).
     weights: ResidentWeights | CheckpointWeights | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.lock is None:
+            self.lock = model_lock(self.model)
 
     @property
     def weight_source(self) -> ResidentWeights | CheckpointWeights:
@@ -286,6 +292,7 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel
     disabled. Raises ModelLoadError with an actionable message on failure.
     """
     started = time.perf_counter()
+    guard.current().policy.model_name(spec.name)  # on a shared Space: a hub id or a packaged model, never a path
     loader = _loader_for(spec.name)
     if looks_like_path(spec.name) and not os.path.isdir(os.path.expanduser(spec.name)):
         raise ModelLoadError(f"The model directory '{spec.name}' does not exist.")

@@ -3,7 +3,6 @@ result measured by llama-perplexity, against the float model and the same type m
 matrix. Offered when llama.cpp's tools are here; where they are not, the section says how to get them."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,9 @@ class GgufForm:
     chunks: float = 8
 
 
+GGUF_BYTES_PER_PARAMETER = 0.6  # the largest offered type, Q4_K_M, takes about 4.8 bits per weight
+
+
 def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     if tools_folder() is None:
         raise CalibscopeError(HOW_TO_GET)
@@ -36,17 +38,18 @@ def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: P
     imatrix = session.require_imatrix(form.matrix)
     loaded = context.model(session)
     chunks = whole(form.chunks)
-    work = Path(tempfile.mkdtemp(prefix="calibscope-gguf-"))
-    text = write_held_out(loaded.tokenizer, held_out_texts(form.held_out), chunks, work / "held-out.txt")
     lines: list[str] = []
 
     def write(folder: Path) -> Path:
+        text = write_held_out(loaded.tokenizer, held_out_texts(form.held_out), chunks, folder / "held-out.txt")
         result = imatrix_gguf(loaded, imatrix, form.kind, text, folder, chunks, progress)
+        text.unlink()
         lines.append(f"**{result.describe()}** Perplexity: {chunks} chunks of {CONTEXT} tokens of {form.held_out}.")
         return result.path
 
-    context.limits.check_downloads(session.exports.megabytes(), loaded.info.parameters * 0.6 / 2**20, "The GGUF")
-    path, fresh = session.exports.file(f"gguf-{form.kind}", (form.matrix, form.kind, form.held_out, chunks), write)
+    size = int(loaded.info.parameters * GGUF_BYTES_PER_PARAMETER)
+    context.limits.check_downloads(session.exports.megabytes(), size / 2**20, "The GGUF")
+    path, fresh = session.exports.file(f"gguf-{form.kind}", (form.matrix, form.kind, form.held_out, chunks), write, size)
     if not fresh:
         lines = [f"**Unchanged since the last click**: the {form.kind} GGUF of {form.matrix} is ready below."]
     return {"status": "\n".join(lines), "files": [str(path)]}

@@ -15,6 +15,7 @@ from engine.errors import CalibscopeError
 from engine.experiments.runs import QuantRun
 from engine.export.checkpoint import CheckpointFormat, CheckpointSummary
 from engine.export.experts import simulated_layers
+from engine.export.size import estimated_checkpoint_bytes
 from engine.export.verify import largest_weight_difference, reloaded_perplexity
 from engine.figures.quant import scheme_label
 from engine.progress import Progress, labelled, no_progress, scaled
@@ -85,11 +86,11 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
     _same_as_measured(run, report, session)
     loaded = context.model(session)
     target = form.folder.strip()
-    if target and not context.limits.allow_local_paths:
-        raise CalibscopeError("This shared Space does not write to its own disk for visitors: leave the folder empty "
-                              "and download the checkpoint.")
+    if target:
+        context.guard.policy.local_folder(target, "the checkpoint folder")
+    size = estimated_checkpoint_bytes(loaded, run.spec)
     if not target:
-        context.limits.check_downloads(session.exports.megabytes(), loaded.info.parameters * 2 / 2**20, "The quantized model")
+        context.limits.check_downloads(session.exports.megabytes(), size / 2**20, "The quantized model")
     calibration = session.calibration if run.sequential or run.spec.needs_calibration else None
     plan, table = run.plan(loaded, session.stats, session.hessians, calibration, labelled(scaled(progress, 0, 0.4), "Quantizing"))
     _check_errors(table, report)
@@ -104,7 +105,8 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
         return [*lines, _how_to_load(summary)]
 
     if target:
-        return {"status": "\n".join(write_and_check(Path(target).expanduser())), "files": None}
+        with context.guard.reserve_disk("The quantized model", size):
+            return {"status": "\n".join(write_and_check(Path(target).expanduser())), "files": None}
     lines: list[str] = []
     name = f"{loaded.info.name.removeprefix('builtin:').replace('/', '-')}-{run.spec.label().replace(' ', '-')}"
 
@@ -113,7 +115,7 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
         return zipped(staging / name, compress=False)
 
     identity = (number, run.save_format.value, report.meta.get("calibration_sha256"), report.quantized_perplexity)
-    path, fresh = session.exports.file(f"checkpoint-{number}-{run.save_format.value}", identity, download)
+    path, fresh = session.exports.file(f"checkpoint-{number}-{run.save_format.value}", identity, download, size)
     if not fresh:
         lines = [f"**Unchanged since the last click**: run {number} as {run.save_format.value} is ready below."]
     return {"status": "\n".join(lines), "files": [str(path)]}
@@ -131,7 +133,9 @@ def _reloaded(summary: CheckpointSummary, run: QuantRun, report, loaded, context
     """The reloaded checkpoint's perplexity on the run's held-out windows, against the simulated one."""
     progress(0.5, "Reloading the checkpoint")
     evaluation = run.evaluation.windows_for(loaded, context.evaluations)
-    perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
+    size = loaded.info.parameters * next(loaded.model.parameters()).element_size()
+    with context.models.borrow("Reloading the checkpoint", size):  # the reloaded model counts like any other
+        perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
     ratio = perplexity / report.quantized_perplexity
     verdict = "equal within 0.1%" if abs(ratio - 1) <= 1e-3 else "MORE THAN 0.1% APART"
     return (f"- reloaded ({how}): perplexity {perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "

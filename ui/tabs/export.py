@@ -18,6 +18,7 @@ from engine.atomic import write_file
 from engine.errors import CalibscopeError
 from engine.export import ExportFormat, export_format, save_calibration_set
 from engine.figures.quant import scheme_label
+from engine.guard import held_bytes
 from engine.progress import Progress, no_progress
 from engine.run_report import run_report
 from engine.specs import labels
@@ -110,6 +111,21 @@ def _writers(session: Session, context: AppContext, fmt: ExportFormat) -> dict[A
     }
 
 
+SMALL_FILE = 2**20  # CSV tables and the run config
+REPORT_BYTES = 4 * 2**20  # the HTML report with plotly.js embedded (1.9 MB measured)
+
+
+def _estimate(artifact: Artifact, session: Session) -> int:
+    """Bytes the artifact will take on disk (what the disk quota reserves before it is written)."""
+    if artifact is Artifact.CALIBRATION:
+        return int(session.calibration.lengths.sum()) * 8 * 3 + SMALL_FILE  # ids, mask and text, uncompressed
+    if artifact is Artifact.STATISTICS:
+        return held_bytes(session.stats) + SMALL_FILE
+    if artifact is Artifact.HESSIANS:
+        return int(session.hessians.meta["memory_mb"] * 2**20) + SMALL_FILE
+    return REPORT_BYTES if artifact is Artifact.REPORT else SMALL_FILE
+
+
 def _written(path, text: str):
     write_file(path, text)
     return path
@@ -132,7 +148,7 @@ def prepare_downloads(form: ExportForm, session: Session, context: AppContext, p
         if artifact is Artifact.HESSIANS:
             context.limits.check_downloads(session.exports.megabytes(), session.hessians.meta["memory_mb"], "The Hessians")
         progress(number / len(chosen), f"Preparing the {artifact.value}")
-        path, fresh = session.exports.file(artifact.value, identities[artifact], write)
+        path, fresh = session.exports.file(artifact.value, identities[artifact], write, _estimate(artifact, session))
         files.append(str(path))
         (written if fresh else kept).append(f"{artifact.value} ({what})")
     lines = [f"**Ready**: {len(files)} file(s), {session.exports.megabytes():,.1f} MB."]

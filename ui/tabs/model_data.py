@@ -77,10 +77,8 @@ def load_model_and_corpus(form: ModelDataForm, session: Session, context: AppCon
                           progress: Progress = no_progress) -> dict:
     """Load both, keep them in the session, and describe them."""
     model_spec = form.model_spec()
-    context.limits.check_model_name(model_spec.name)
     corpus_spec = form.corpus_spec(context.limits.max_upload_bytes)
-    try:
-        context.limits.check_model_size(model_spec.name)
+    try:  # the model cache admits the request first (policy, size, files), then loads it
         loaded = context.models.get(model_spec, scaled(progress, 0.0, 0.8))
     except HubUnavailable as error:  # on a shared Space, local folders are no way out: do not suggest them
         raise (error.without_local_folders() if context.limits.shared else error) from None

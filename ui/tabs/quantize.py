@@ -1,7 +1,7 @@
 """Quantize: simulate a scheme with this session's statistics and Hessians, and measure perplexity."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gradio as gr
 import pandas as pd
@@ -201,9 +201,10 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
                                                       form.sensitivity, progress=progress,
                                                       sequential=calibration if form.sequential else None,
                                                       calibration=calibration)
-    report.meta["run"] = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
-                                                       form.upload if form.source == UPLOADED else None), form.sensitivity,
-                                  form.sequential)
+    # the cached report may be another session's too: this session's run goes on a copy
+    run = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
+                                        form.upload if form.source == UPLOADED else None), form.sensitivity, form.sequential)
+    report = replace(report, meta={**report.meta, "run": run})
     session = session.with_run(report)
     table, title = layer_table(report)
     return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
