@@ -100,7 +100,7 @@ class MemoryBudget:
     def __init__(self, total: int, baseline: int | None = None) -> None:
         self.total = int(total)
         self.baseline = resident_bytes() if baseline is None else int(baseline)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a refusal reads the breakdown while the ledger is locked
         self._entries: dict[int, Entry] = {}
         self._tokens = itertools.count()
         self._held: weakref.WeakSet = weakref.WeakSet()  # owners already counted (a report shared by sessions counts once)

@@ -2,8 +2,9 @@
 evicted to make room for it.
 
 Under a guard with model limits (a shared Space) a hub model is admitted from the hub's own
-metadata: its commit (the revision is pinned to it, so the repository cannot change between the
-check and the load), its files' sizes (what loading downloads) and its parameter count (the hub's
+metadata and its config.json alone: its commit (the revision is pinned to it, so the repository
+cannot change between the check and the load), its architecture (one transformers loads without
+remote code), its files' sizes (what loading downloads) and its parameter count (the hub's
 safetensors metadata, or the config's numbers: ``engine.models.size``). ``fetch`` then downloads
 exactly the admitted files at that commit, within the disk quota, and trims the hub cache to its
 budget. Locally (no limits) admission only passes the name through the policy.
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from engine import guard
 from engine.errors import ModelLoadError, OverBudget
-from engine.models.size import PACKAGED_PARAMETERS, estimate_parameters, is_packaged, parameters_from_config, read_config
+from engine.models.size import PACKAGED_PARAMETERS, config_file, is_packaged, parameters_from_config, read_config
 from engine.models.sources import explain_load_failure, looks_like_path
 from engine.specs import ModelSpec
 
@@ -57,13 +59,25 @@ def _hub_info(name: str, revision: str | None):
         raise explain_load_failure(name, OSError(str(error))) from None
 
 
-def _hub_parameters(name: str, info) -> int:
-    counted = getattr(info.safetensors, "total", None) if info.safetensors is not None else None
-    if counted:
-        return int(counted)
+def _hub_config(name: str, info) -> dict:
     from huggingface_hub import hf_hub_download
 
-    return parameters_from_config(read_config(hf_hub_download(name, "config.json", revision=info.sha)))
+    try:
+        return read_config(Path(hf_hub_download(name, "config.json", revision=info.sha)))
+    except (OSError, ValueError) as error:
+        raise explain_load_failure(name, error) from error
+
+
+def check_architecture(name: str, config: dict) -> None:
+    """Refuse, before anything is downloaded or evicted, a config transformers cannot load as a causal
+    LM without running the repository's own code."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    kind = config.get("model_type")
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        remote = " (it needs to run its own code, which calibscope never does)" if "auto_map" in config else ""
+        raise ModelLoadError(f"'{name}' is a model of type {kind!r}, which transformers does not load as a causal language "
+                             f"model{remote}. Pick a model whose architecture transformers supports natively.")
 
 
 def admit(spec: ModelSpec) -> Admitted:
@@ -80,9 +94,14 @@ def admit(spec: ModelSpec) -> Admitted:
     if limits.parameters is None and limits.download_bytes is None:
         return Admitted(spec)  # local: counted at load (the offload decision reads the config)
     if looks_like_path(name):
-        return Admitted(spec, estimate_parameters(name))
+        config = read_config(config_file(name))
+        check_architecture(name, config)
+        return Admitted(spec, parameters_from_config(config))
     info = _hub_info(name, revision)
-    parameters = _hub_parameters(name, info)
+    config = _hub_config(name, info)
+    check_architecture(name, config)
+    counted = getattr(info.safetensors, "total", None) if info.safetensors is not None else None
+    parameters = int(counted) if counted else parameters_from_config(config)
     if limits.parameters is not None and parameters > limits.parameters:
         raise ModelLoadError(f"'{name}' has {parameters / GB:,.2f} B parameters; this shared Space takes models up to "
                              f"{limits.parameters / GB:,.1f} B. Run calibscope locally (pip install calibscope) for larger models.")

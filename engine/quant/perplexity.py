@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import guard
 from engine.errors import CalibscopeError
 from engine.hooks import base_model
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
+from engine.runner.plan import batch_working_bytes
 from engine.sampling.tokens import inference_prefix
 
 HEAD_CHUNK = 256  # tokens per LM-head call: Gemma's 262k-word vocabulary makes full logits ~1 MB per token
@@ -89,7 +91,10 @@ def perplexity(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int =
     device = next(loaded.model.parameters()).device
     windows = evaluation.windows
     total = torch.zeros((), dtype=torch.float64, device=device)
-    with loaded.lock, torch.inference_mode():
+    # one batch of windows through the blocks, and the head's float32 logits for HEAD_CHUNK tokens at a time
+    working = batch_working_bytes(loaded, min(batch_size, windows.shape[0]), windows.shape[1]) + \
+        HEAD_CHUNK * loaded.info.vocab_size * 4 * 3
+    with guard.current().reserve_memory("Perplexity", working), loaded.lock, torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
             chunk = windows[start:start + batch_size]
             total += negative_log_likelihood(loaded.model, chunk.to(device), torch.ones_like(chunk))

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 
+from engine import guard
 from engine.errors import CalibscopeError
 from engine.hooks import input_sharing, select_layers
 from engine.models import ExpertsLayer, LinearLayer, LoadedModel
@@ -114,6 +115,9 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
     return done
 
 
+PLAN_COPIES = 3
+
+
 def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport | None = None,
                       hessians: HessianReport | None = None, progress: Progress = no_progress,
                       output_errors: bool = True, layers: list[LinearLayer] | None = None,
@@ -135,66 +139,69 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     if spec.needs_stats and stats is None:
         needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
         raise CalibscopeError(f"{needs} needs activation statistics: collect them first.")
-    observed = set(stats.summary["key"]) if stats is not None else set()
-    sharing = None
-    if spec.weights.format is NumberFormat.NVFP4 and hessians is None:  # which layers vLLM fuses (one global scale)
-        with loaded.lock:
-            sharing = input_sharing(loaded.model, layers, loaded.device)
-    def arrays_of(name: str) -> dict[str, torch.Tensor] | None:
-        return stats.arrays(name) if stats is not None and name in observed else None
+    # the plan holds float32 copies of every weight it quantizes: the original, the rounded one, and its codes
+    working = PLAN_COPIES * 4 * sum(layer.module.weight.numel() for layer in layers)
+    with guard.current().reserve_memory(f"Quantizing {len(layers)} layers ({spec.label()})", working):
+        observed = set(stats.summary["key"]) if stats is not None else set()
+        sharing = None
+        if spec.weights.format is NumberFormat.NVFP4 and hessians is None:  # which layers vLLM fuses (one global scale)
+            with loaded.lock:
+                sharing = input_sharing(loaded.model, layers, loaded.device)
+        def arrays_of(name: str) -> dict[str, torch.Tensor] | None:
+            return stats.arrays(name) if stats is not None and name in observed else None
 
-    matrices = original_weights(loaded, layers)
-    smoothing, awq = None, None
-    if spec.smoothing is not None:
-        smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
-    elif spec.awq is not None:
-        if calibration is None:
-            raise CalibscopeError("AWQ searches its scales on the calibration set itself: build a set first.")
-        awq = awq_scaling(loaded, calibration, spec, layers, scaled(progress, 0.0, 0.8))
-        smoothing = awq.scaling
-    if smoothing is not None:
-        matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
-    awq_rows = awq.layers.set_index("layer").to_dict("index") if awq is not None and len(awq.layers) else {}
-    weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9), sharing)
-               if spec.weights.enabled else {})
-    plan, rows = QuantizedModel(), []
-    if smoothing is not None:
-        plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
-    for layer in layers:
-        started = time.perf_counter()
-        row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
-        if spec.smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
-            row["smoothing_max"] = float(smoothing.scales[layer.name].max())
-        awq_row = dict(awq_rows.get(layer.name, {}))
-        awq_error = awq_row.pop("output_error_awq", None)
-        if layer.name in weights:
-            result = weights[layer.name]
-            original, fake, _, costs = result
-            plan.add(layer, fake, result.integers())
-            delta = fake - original
-            row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
-            if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
-                row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
-            elif awq_error is not None and not spec.needs_hessians:  # AWQ's pass measured the same RTN weights
-                row["output_error"] = awq_error
-        row.update(awq_row)
-        if spec.activations.enabled and layer.kind.is_linear:
-            arrays = arrays_of(layer.name) if smoothing is None else smoothing.arrays(layer.name, arrays_of(layer.name))
-            inputs = spec.activations
-            quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
-                                        layer.module.weight.dtype, layer.in_features)
-            plan.inputs[layer.name] = quantizer
-            if quantizer.clip is not None:
-                row["clip"] = quantizer.clip
-            if arrays is not None and "tensor_counts" in arrays and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
-                    NumberFormat.INT, NumberFormat.FP8):
-                row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
-        row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
-        rows.append(row)
-    if spec.weights.enabled:
-        rows.extend(_quantized_experts(loaded, spec, plan, experts, calibration))
-    progress(1.0, f"Quantized {len(layers)} layers")
-    return plan, pd.DataFrame(rows)
+        matrices = original_weights(loaded, layers)
+        smoothing, awq = None, None
+        if spec.smoothing is not None:
+            smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
+        elif spec.awq is not None:
+            if calibration is None:
+                raise CalibscopeError("AWQ searches its scales on the calibration set itself: build a set first.")
+            awq = awq_scaling(loaded, calibration, spec, layers, scaled(progress, 0.0, 0.8))
+            smoothing = awq.scaling
+        if smoothing is not None:
+            matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
+        awq_rows = awq.layers.set_index("layer").to_dict("index") if awq is not None and len(awq.layers) else {}
+        weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9), sharing)
+                   if spec.weights.enabled else {})
+        plan, rows = QuantizedModel(), []
+        if smoothing is not None:
+            plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
+        for layer in layers:
+            started = time.perf_counter()
+            row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
+            if spec.smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
+                row["smoothing_max"] = float(smoothing.scales[layer.name].max())
+            awq_row = dict(awq_rows.get(layer.name, {}))
+            awq_error = awq_row.pop("output_error_awq", None)
+            if layer.name in weights:
+                result = weights[layer.name]
+                original, fake, _, costs = result
+                plan.add(layer, fake, result.integers())
+                delta = fake - original
+                row.update(costs, weight_error=float(delta.pow(2).sum() / original.pow(2).sum().clamp(min=1e-30)))
+                if output_errors and hessians is not None and hessians.has(layer.name):  # two GEMMs per layer: skippable
+                    row["output_error"] = output_error(delta, original, hessians.hessian(layer.name))
+                elif awq_error is not None and not spec.needs_hessians:  # AWQ's pass measured the same RTN weights
+                    row["output_error"] = awq_error
+            row.update(awq_row)
+            if spec.activations.enabled and layer.kind.is_linear:
+                arrays = arrays_of(layer.name) if smoothing is None else smoothing.arrays(layer.name, arrays_of(layer.name))
+                inputs = spec.activations
+                quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
+                                            layer.module.weight.dtype, layer.in_features)
+                plan.inputs[layer.name] = quantizer
+                if quantizer.clip is not None:
+                    row["clip"] = quantizer.clip
+                if arrays is not None and "tensor_counts" in arrays and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
+                        NumberFormat.INT, NumberFormat.FP8):
+                    row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
+            row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
+            rows.append(row)
+        if spec.weights.enabled:
+            rows.extend(_quantized_experts(loaded, spec, plan, experts, calibration))
+        progress(1.0, f"Quantized {len(layers)} layers")
+        return plan, pd.DataFrame(rows)
 
 
 _NOT_EXPERTS = r"^(?!.*\.experts)"
