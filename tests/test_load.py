@@ -7,9 +7,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import transformers
 
 from tests.browser import served_app
+from tests.fake_hub import FakeHub
 from ui.limits import Limits
 
 pytest.importorskip("gradio_client")
@@ -86,18 +86,14 @@ def _error_of(client: Client, *args, api_name: str) -> str:
 
 
 def test_shared_space_refusals_reach_the_visitor(tmp_path, monkeypatch):
-    def refuse_remote_code(name, **kwargs):
-        if name == "someorg/custom-code-model":
-            raise ValueError("The repository contains custom code which must be executed; pass trust_remote_code=True")
-        raise OSError("offline")
-
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse_remote_code)
+    hub = FakeHub().install(monkeypatch)
+    hub.add("someorg/custom-code-model", 100_000_000, config={"model_type": "custom_thing", "auto_map": {"AutoModel": "x.Y"}})
     with served_app(limits=Limits.shared_space(), default_model="tiny-random-llama") as url:
         client = Client(url, verbose=False)
         local = _error_of(client, str(tmp_path), *LOAD[1:], api_name="/load_model_and_corpus")
-        assert "Local model folders are disabled on this shared Space" in local
+        assert "is not a Hugging Face id: this shared Space reads nothing of its own disk" in local
         remote = _error_of(client, "someorg/custom-code-model", *LOAD[1:], api_name="/load_model_and_corpus")
-        assert "trust_remote_code" in remote and "never" in remote
+        assert "needs to run its own code" in remote and "never" in remote
         client.predict(*LOAD, api_name="/load_model_and_corpus")
         huge = _error_of(client, *build_inputs(100_000, 0), api_name="/build_calibration_set")
         assert "more than the 256 allowed on this shared Space" in huge

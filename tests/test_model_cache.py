@@ -11,7 +11,7 @@ import pytest
 
 from engine import ModelSpec
 from engine.errors import CalibscopeError, ModelLoadError, OverBudget
-from engine.guard import Guard, MemoryBudget, ModelLimits, Policy, guarded
+from engine.guard import Guard, MemoryBudget, ModelLimits, Policy, guarded, resident_bytes
 from engine.models import ModelCache
 from engine.models.admission import admit
 from engine.models.size import parameters_from_config
@@ -100,17 +100,17 @@ def test_under_a_memory_budget_models_are_evicted_for_memory_or_refused_with_not
     hub = FakeHub().install(monkeypatch)
     for name, parameters in (("org/a", 1 * GB), ("org/b", 1 * GB), ("org/huge", 5 * GB)):
         hub.add(name, parameters)
-    memory = MemoryBudget(total=5 * GB, baseline=0)  # float32: 4 GB a billion parameters
+    memory = MemoryBudget(total=resident_bytes() + 5 * GB)  # float32: 4 GB a billion parameters
     guard = Guard(policy=Policy(local_paths=False), memory=memory, models=ModelLimits(parameters=10 * GB))
     cache = ModelCache(capacity=2, loader=lambda spec, progress: Loaded(spec))
     with guarded(guard):
         cache.get(ModelSpec("org/a", dtype="float32"))
-        assert memory.used() == 4 * GB
+        assert memory.used() == memory.baseline + 4 * GB
         cache.get(ModelSpec("org/b", dtype="float32"))  # 8 GB would not fit: a is evicted for memory, not for slots
-        assert len(cache) == 1 and memory.used() == 4 * GB
+        assert len(cache) == 1 and memory.used() == memory.baseline + 4 * GB
         with pytest.raises(OverBudget, match="cannot hold it even with every other model unloaded"):
             cache.get(ModelSpec("org/huge", dtype="float32"))
-        assert ModelSpec("org/b", dtype="float32") in cache and memory.used() == 4 * GB
+        assert ModelSpec("org/b", dtype="float32") in cache and memory.used() == memory.baseline + 4 * GB
 
 
 def test_admission_pins_the_revision_checked_and_counts_only_the_files_a_load_reads(monkeypatch):

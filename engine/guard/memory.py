@@ -103,7 +103,7 @@ class MemoryBudget:
         self._lock = threading.RLock()  # a refusal reads the breakdown while the ledger is locked
         self._entries: dict[int, Entry] = {}
         self._tokens = itertools.count()
-        self._held: weakref.WeakSet = weakref.WeakSet()  # owners already counted (a report shared by sessions counts once)
+        self._held: dict[int, weakref.ref] = {}  # owners already counted, by identity (a report shared by sessions counts once)
 
     def used(self) -> int:
         with self._lock:
@@ -162,12 +162,24 @@ class MemoryBudget:
         """Count ``size`` bytes (``held_bytes(owner)`` when not given) for as long as ``owner`` lives:
         a session's result, counted once however many sessions hold it. A result that already exists
         is counted, not refused, unless ``refuse``."""
+        key = id(owner)
         with self._lock:
-            if owner in self._held:
+            known = self._held.get(key)
+            if known is not None and known() is owner:
                 return
-            self._held.add(owner)
+            try:
+                self._held[key] = weakref.ref(owner)
+            except TypeError:  # an object that cannot be watched (no weak references): not counted
+                return
         token = self.admit(use, what, held_bytes(owner) if size is None else size, refuse=refuse)
-        weakref.finalize(owner, self.release, token)
+        weakref.finalize(owner, self._forget, key, token)
+
+    def _forget(self, key: int, token: int) -> None:
+        with self._lock:
+            known = self._held.get(key)
+            if known is not None and known() is None:
+                del self._held[key]
+        self.release(token)
 
     def entries(self) -> list[Entry]:
         with self._lock:

@@ -48,7 +48,9 @@ def run_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequ
     plan = _planned(loaded, calibration, request, note)
     batches = distributed.shard(request.batches)
     progress(0.0, f"Plan: {plan.execution.value} ({plan.reason})")
-    with guard.current().reserve_memory("This pass", plan.host_bytes()), pass_scratch():
+    current = guard.current()
+    with current.reserve_memory("This pass", plan.host_bytes()), current.reserve_disk("This pass", plan.disk_bytes()), \
+            pass_scratch():
         if plan.execution is Execution.WHOLE:  # the scratch buffers: the accumulators' per-batch temporaries, reused
             result = whole_model_pass(loaded, calibration, request, batches, progress)
         else:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from engine import guard
+
 
 class Location(str, Enum):
     """Where something lives during a pass."""
@@ -26,7 +28,9 @@ class ActivationStore:
         self.location = Location(location)
         self.device = torch.device(device)
         self._slots: dict[int, torch.Tensor] = {}
-        self._folder = Path(tempfile.mkdtemp(prefix="calibscope-activations-")) if self.location is Location.DISK else None
+        # on disk: in the guard's working folder, where its disk quota counts them
+        self._folder = (Path(tempfile.mkdtemp(prefix="calibscope-activations-", dir=guard.current().work_dir))
+                        if self.location is Location.DISK else None)
 
     def put(self, batch: int, tensor: torch.Tensor) -> None:
         if self.location is Location.DEVICE:

@@ -67,6 +67,11 @@ class MemoryPlan:
                 "available_mb": round(self.available_mb, 1), "reason": self.reason,
                 "items": [asdict(item) for item in self.items]}
 
+    def disk_bytes(self) -> int:
+        """What the pass writes to disk while it runs (activations between blocks, when they wait there)."""
+        return int(sum(item.megabytes * MB for item in self.items if Location(item.where) is Location.DISK
+                       and item.what != "model weights"))
+
     def host_bytes(self) -> int:
         """What the pass adds to this process's memory: every item held in CPU memory but the
         model's weights (already counted with the model)."""

@@ -82,6 +82,7 @@ def drill_down(report: StatsReport, key: str, session: Session, context: AppCont
 def collect_statistics(form: StatsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     spec = form.spec()
+    context.limits.check_batch(spec.batch_size)
     reused = session.reusable_stats(spec)
     loaded = context.model(session)
     if reused is None:

@@ -86,6 +86,7 @@ def diagnostics_table(report: HessianReport) -> pd.DataFrame:
 def compute_hessians(form: HessianForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     spec = form.spec()
+    context.limits.check_batch(spec.batch_size)
     loaded = context.model(session)
     report = session.reusable_hessians(spec)
     reused = report is not None

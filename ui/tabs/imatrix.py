@@ -119,6 +119,7 @@ def downloads(session: Session, label: str) -> list[str]:
 
 
 def collect(form: CollectForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    context.limits.check_batch(whole(form.batch_size))
     loaded = context.model(session)
     if form.source == TEXT_FILE:
         if not form.text_file:

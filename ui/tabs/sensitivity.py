@@ -73,6 +73,7 @@ def sweep_table(result: SweepResult) -> pd.DataFrame:
 def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     spec = form.spec()
+    context.limits.check_batch(spec.batch_size)
     loaded = context.model(session)
     context.limits.check_hessian_memory(snapshot_megabytes(loaded, spec, len(calibration)))
     with timed_step(context.times, loaded, "sweep", int(calibration.lengths.sum()), progress):  # one pass, any shuffles

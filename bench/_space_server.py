@@ -1,0 +1,42 @@
+"""The shared-Space server as bench/hostile.py starts it: `calibscope --shared-space` in this process,
+with an audit hook that records every file operation on a path inside the canary folder (files of
+the server no visitor may read) into a log. Run as `python -m bench._space_server PORT`; the canary
+folder and the log come from CALIBSCOPE_BENCH_CANARY and CALIBSCOPE_BENCH_AUDIT.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+WATCHED = ("open", "os.listdir", "os.scandir", "os.rename", "os.remove", "os.symlink", "shutil.copyfile", "shutil.rmtree",
+           "os.chmod", "os.truncate", "glob.glob", "subprocess.Popen")
+
+
+def audit(canary: str, log) -> None:
+    """Record (event, path) for every watched event naming a path inside ``canary``."""
+    inside = os.path.realpath(canary)
+
+    def hook(event: str, args: tuple) -> None:
+        if event not in WATCHED:
+            return
+        for argument in args if event == "subprocess.Popen" else args[:2]:
+            values = argument if isinstance(argument, (list, tuple)) else [argument]
+            for value in values:
+                if isinstance(value, (str, bytes, os.PathLike)):
+                    path = os.fsdecode(value)
+                    if inside in os.path.realpath(path) or canary in path:
+                        log.write(f"{event}\t{path}\n")
+
+    sys.addaudithook(hook)
+
+
+def main() -> None:
+    log = open(os.environ["CALIBSCOPE_BENCH_AUDIT"], "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    audit(os.environ["CALIBSCOPE_BENCH_CANARY"], log)
+    from ui.cli import main as calibscope
+
+    calibscope(["--shared-space", "--host", "127.0.0.1", "--port", sys.argv[1], "--log-level", "WARNING"])
+
+
+if __name__ == "__main__":
+    main()
