@@ -87,16 +87,25 @@ class Visitor:
         self.client = Client(url, verbose=False, download_files=False)
         self.api = self.client.view_api(return_format="dict", print_info=False)["named_endpoints"]
 
+    def _filled(self, api: str, values: dict) -> dict:
+        """Every parameter: the value given, else its widget's default (an empty text box: "")."""
+        filled = {}
+        for parameter in self.api[f"/{api}"]["parameters"]:
+            name = parameter["parameter_name"]
+            empty = "" if parameter.get("python_type", {}).get("type") == "str" else None
+            filled[name] = values.get(name, parameter.get("parameter_default", empty) if parameter.get(
+                "parameter_has_default") else empty)
+        return filled
+
     def call(self, api: str, **values):
         """The endpoint's outputs (every parameter not given takes its widget's default)."""
-        job = self.client.submit(**values, api_name=f"/{api}")
+        job = self.client.submit(**self._filled(api, values), api_name=f"/{api}")
         return job.result(timeout=REQUEST_TIMEOUT_S)
 
     def raw(self, api: str, **values) -> str:
         """A REST call with the values as given (FileData dicts naming server paths included);
         returns the server's error text or the status it answered."""
-        parameters = self.api[f"/{api}"]["parameters"]
-        data = [values.get(p["parameter_name"], p.get("parameter_default")) for p in parameters]
+        data = list(self._filled(api, values).values())
         request = urllib.request.Request(f"{self.url}/gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -117,7 +126,9 @@ class Ledger:
         self.rows: list[dict] = []
         self.lock = threading.Lock()
 
-    def attempt(self, visitor: str, what: str, run) -> None:
+    def attempt(self, visitor: str, what: str, run, must_refuse: bool = True) -> None:
+        """``run`` one request; ``must_refuse``: an attack (else legitimate work the Space may serve or
+        refuse, as loading a model or filling the disk up to its quota: only an unclear answer fails)."""
         started = time.perf_counter()
         try:
             answer = run()
@@ -128,10 +139,10 @@ class Ledger:
             text = f"{type(error).__name__}: {error}"
             refused = True
         seconds = time.perf_counter() - started
-        clear = refused and not any(word in text for word in UNCLEAR) and len(text.strip()) > 20
+        clear = not any(word in text for word in UNCLEAR) and (not refused or len(text.strip()) > 20)
         with self.lock:
-            self.rows.append({"visitor": visitor, "what": what, "seconds": round(seconds, 2), "refused": refused,
-                              "clear": clear, "canary_leaked": SECRET in text, "answer": text[-300:]})
+            self.rows.append({"visitor": visitor, "what": what, "seconds": round(seconds, 2), "must_refuse": must_refuse,
+                              "refused": refused, "clear": clear, "canary_leaked": SECRET in text, "answer": text[-300:]})
 
 
 def honest_flow(url: str, model: str) -> dict:
@@ -146,11 +157,11 @@ def honest_flow(url: str, model: str) -> dict:
     hessians = visitor.call("compute_hessians", batch_size=4)
     found["hessians"] = hessians[0].split(" · ")[0]
     quantized = visitor.call("quantize", preset="W4 g128 GPTQ", sensitivity="none", windows=4, length=128)
-    found["quantize"] = quantized[0].split(" · ")[0]
+    found["quantize"] = quantized[0].split(" · ")[0].removeprefix("Reused: ")  # the same numbers, remembered
     downloads = visitor.call("prepare_downloads")
     found["downloads"] = sorted(Path(str(f.get("path", f)) if isinstance(f, dict) else str(f)).name
                                 for f in (downloads[1] or []))
-    checkpoint = visitor.call("write_checkpoint", run=1, check=False)
+    checkpoint = visitor.call("write_checkpoint", run=None, check=False)
     found["checkpoint"] = checkpoint[0].split(" in ")[0]
     return found
 
@@ -207,7 +218,7 @@ def attack_sizes(url: str, ledger: Ledger, deadline: float) -> None:
     visitor.call("load_model_and_corpus", model="tiny-random-llama", builtin_name="python-docs")
     visitor.call("build_calibration_set", strategy="random", nsamples=8, length=64)
     for what, api, values in (("100,000 samples", "build_calibration_set", {"nsamples": 100_000}),
-                              ("a million tokens a sample", "build_calibration_set", {"length": 1_000_000}),
+                              ("a million tokens a sample", "build_calibration_set", {"strategy": "random", "length": 1_000_000}),
                               ("statistics in batches of 100,000", "collect_statistics", {"batch_size": 100_000}),
                               ("Hessians in batches of 100,000", "compute_hessians", {"batch_size": 100_000}),
                               ("imatrix in batches of 100,000", "collect_imatrix", {"batch_size": 100_000}),
@@ -255,8 +266,10 @@ def attack_disk(url: str, ledger: Ledger, deadline: float, model: str) -> None:
         visitor.call("compute_hessians", batch_size=4)
         visitor.call("quantize", preset="W4 g128 RTN", sensitivity="none", windows=2, length=64)
         artifacts = ["calibration set + manifest", "Hessians", "HTML report"]
-        ledger.attempt("disk", f"session {number}: downloads", lambda v=visitor: v.call("prepare_downloads", artifacts=artifacts))
-        ledger.attempt("disk", f"session {number}: checkpoint", lambda v=visitor: v.call("write_checkpoint", run=1, check=False))
+        ledger.attempt("disk", f"session {number}: downloads", lambda v=visitor: v.call("prepare_downloads", artifacts=artifacts),
+                       must_refuse=False)
+        ledger.attempt("disk", f"session {number}: checkpoint", lambda v=visitor: v.call("write_checkpoint", run=None, check=False),
+                       must_refuse=False)
 
 
 def attack_models(url: str, ledger: Ledger, deadline: float) -> None:
@@ -267,7 +280,8 @@ def attack_models(url: str, ledger: Ledger, deadline: float) -> None:
     def load(name: str) -> None:
         visitor = Visitor(url)
         ledger.attempt("models", f"load {name}", lambda: visitor.call("load_model_and_corpus", model=name,
-                                                                     builtin_name="python-docs"))
+                                                                     builtin_name="python-docs"),
+                       must_refuse=name.startswith(("someorg/", "builtin:no-")))
 
     with ThreadPoolExecutor(4) as pool:
         for name in names:
@@ -370,18 +384,23 @@ def main() -> None:
                if any(marker in p.name for marker in (".partial", ".tmp-", ".incomplete"))]
     touched = audit_log.read_text().splitlines() if audit_log.exists() else []
     rows = ledger.rows
-    refusals = [row for row in rows if row["refused"]]
+    attacks = [row for row in rows if row["must_refuse"]]
+    refusals = [row for row in attacks if row["refused"]]
     slowest = max((row["seconds"] for row in refusals), default=0.0)
     identical = all(result == alone for result in together)
-    met = (len(refusals) == len(rows) and all(row["clear"] for row in rows) and slowest <= REFUSAL_GOAL_S and identical
+    met = (len(refusals) == len(attacks) and all(row["clear"] for row in rows) and slowest <= REFUSAL_GOAL_S and identical
            and peak_rss <= args.memory_mb and disk_peak[0] / MB <= disk_mb and not outside and not staging and not touched
            and not any(row["canary_leaked"] for row in rows) and alive)
     report("hostile", "hostile_requests_refused", len(refusals),
-           f"all {len(rows)} refused with a clear message, the slowest <= {REFUSAL_GOAL_S:g} s; honest results identical; "
+           f"all {len(attacks)} attacks refused with a clear message (the slowest <= {REFUSAL_GOAL_S:g} s), every other "
+           "answer clear; honest results identical; "
            "peak RSS <= the memory budget; peak disk <= the quota; nothing left outside it; no canary touched",
            met, dtype="auto (the dashboard's default)", device="cpu", quick=args.quick, model=honest_model,
            reused={"builtin weight cache": "the builtin Gemma's converted weights were read from the cache (load time only)"},
-           requests=len(rows), refused=len(refusals), unclear=[row for row in rows if not row["clear"]],
+           attacks=len(attacks), refused=len(refusals), not_refused=[row for row in attacks if not row["refused"]],
+           other_requests={"served": sum(1 for row in rows if not row["must_refuse"] and not row["refused"]),
+                           "refused": sum(1 for row in rows if not row["must_refuse"] and row["refused"])},
+           unclear=[row for row in rows if not row["clear"]],
            slowest_refusal_seconds=slowest, slowest_refusal=max(refusals, key=lambda r: r["seconds"], default=None),
            honest_identical=identical, honest_alone=alone, honest_together=together, honest_alone_seconds=round(alone_seconds, 1),
            peak_rss_mb=round(peak_rss, 1), memory_budget_mb=args.memory_mb, peak_disk_mb=round(disk_peak[0] / MB, 1),

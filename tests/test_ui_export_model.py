@@ -80,3 +80,13 @@ def test_what_cannot_be_written_says_why(quantized_session, full_session):  # no
     rebuilt = compute_hessians(HessianForm(batch_size=4), rebuilt, CONTEXT, Recorder())["session"]
     with pytest.raises(CalibscopeError, match="no longer holds"):
         write_checkpoint(CheckpointForm(run=1), fresh(rebuilt), CONTEXT, Recorder())
+
+
+def test_a_run_measured_without_sensitivity_is_written_too(full_session, tmp_path):  # noqa: F811
+    """Sensitivity 'none' keeps the weights' own error, which the written weights are checked against
+    (the hostile bench found a KeyError here)."""
+    session = run_quantization(replace(PER_CHANNEL_GPTQ, method="rtn", bits=8, sensitivity="none"), full_session, CONTEXT,
+                               Recorder())["session"]
+    assert "weight_error" in session.quantization.layers
+    result = write_checkpoint(CheckpointForm(folder=str(tmp_path / "w8"), check=False), fresh(session), CONTEXT, Recorder())
+    assert "Wrote compressed-tensors checkpoint" in result["status"]

@@ -97,8 +97,8 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
                                                            scaled(progress, split[2], 1.0))))
         table["perplexity_change"] = [changes.get(name, float("nan")) for name in table["layer"]]
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
-    if sensitivity is Sensitivity.NONE:
-        table = table[["layer", "block", "kind", "in_features", "seconds"]]
+    if sensitivity is Sensitivity.NONE:  # the weights' own error stays: it identifies the weights a checkpoint writes
+        table = table[[c for c in ("layer", "block", "kind", "in_features", "weight_error", "seconds") if c in table]]
     calibrated = stats or hessians
     searched = sequential if sequential is not None else calibration if spec.needs_calibration else None
     sha = (searched.manifest.token_sha256 if searched is not None

@@ -73,6 +73,9 @@ def _same_as_measured(run: QuantRun, report, session: Session) -> None:
 
 def _check_errors(table, report) -> None:
     """The weights made again have the run's per-layer errors (else they are not what was measured)."""
+    if "weight_error" not in report.layers:
+        raise CalibscopeError("This run measured no weight error to check the weights made again against (it quantized no "
+                              "weights); nothing to write as a checkpoint.")
     measured = report.layers.set_index("layer")["weight_error"]
     again = table.set_index("layer")["weight_error"].reindex(measured.index)
     if not np.allclose(again.to_numpy(), measured.to_numpy(), rtol=1e-5, atol=0):
