@@ -30,9 +30,40 @@ def audit(canary: str, log) -> None:
     sys.addaudithook(hook)
 
 
+def watch_ledger(path: str) -> None:
+    """Every half second: this process's resident memory beside what the app's memory ledger holds."""
+    import json
+    import threading
+    import time
+
+    from engine.guard import MemoryBudget, resident_bytes
+
+    budgets = []
+    made = MemoryBudget.__init__
+
+    def remembered(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        budgets.append(self)
+
+    MemoryBudget.__init__ = remembered
+
+    def sample() -> None:
+        with open(path, "a", buffering=1) as out:
+            while True:
+                for budget in budgets:
+                    entries = [(entry.use.value, entry.what, round(entry.bytes / 2**20)) for entry in budget.entries()]
+                    out.write(json.dumps({"t": round(time.time(), 1), "rss_mb": round(resident_bytes() / 2**20),
+                                          "ledger_mb": round(budget.used() / 2**20), "entries": entries}) + "\n")
+                time.sleep(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def main() -> None:
     log = open(os.environ["CALIBSCOPE_BENCH_AUDIT"], "a", buffering=1)  # noqa: SIM115 - open for the process's life
     audit(os.environ["CALIBSCOPE_BENCH_CANARY"], log)
+    if os.environ.get("CALIBSCOPE_BENCH_LEDGER"):
+        watch_ledger(os.environ["CALIBSCOPE_BENCH_LEDGER"])
     from ui.cli import main as calibscope
 
     calibscope(["--shared-space", "--host", "127.0.0.1", "--port", sys.argv[1], "--log-level", "WARNING"])

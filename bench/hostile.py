@@ -46,7 +46,7 @@ MB = 2**20
 REFUSAL_GOAL_S = 10.0
 REQUEST_TIMEOUT_S = 120.0
 SECRET = "CANARY-7f3a9c: a server file no visitor may read"
-UNCLEAR = ("Unexpected error", "Traceback")
+UNCLEAR = ("Unexpected error", "Traceback", '"error": null')
 
 
 def payloads(folder: Path) -> dict[str, Path]:
@@ -332,7 +332,8 @@ def main() -> None:
     env = {**os.environ, "CALIBSCOPE_SHARED": "1", "CALIBSCOPE_MEMORY_MB": str(args.memory_mb), "CALIBSCOPE_DISK_MB": str(disk_mb),
            "CALIBSCOPE_SPACE_DIR": str(folders["space"]), "GRADIO_TEMP_DIR": str(folders["gradio"]),
            "HF_HOME": str(folders["hf"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "CALIBSCOPE_BENCH_CANARY": str(canary), "CALIBSCOPE_BENCH_AUDIT": str(audit_log)}
+           "CALIBSCOPE_BENCH_CANARY": str(canary), "CALIBSCOPE_BENCH_AUDIT": str(audit_log),
+           "CALIBSCOPE_BENCH_LEDGER": str(work / "ledger.jsonl")}
     tmp_before = set(os.listdir(tempfile.gettempdir()))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench._space_server", str(port)], cwd=ROOT, env=env,

@@ -14,8 +14,17 @@ import pytest
 import torch
 
 from engine.atomic import staged_directory
-from engine.errors import OverBudget
-from engine.guard import DiskQuota, Guard, MemoryBudget, Use, guarded, held_bytes, resident_bytes
+from engine.errors import CalibscopeError, OverBudget
+from engine.guard import (
+    DiskQuota,
+    Guard,
+    MemoryBudget,
+    Use,
+    guarded,
+    held_bytes,
+    resident_bytes,
+    return_freed_memory_promptly,
+)
 from engine.imatrix.llamacpp import _cached_gguf, complete_gguf, gguf_key
 from engine.runner import PassRequest, plan_for
 from engine.sampling import RandomSpec, build
@@ -208,3 +217,27 @@ def test_a_checkpoints_size_is_estimated_from_what_it_holds(tiny_llama, tmp_path
     written = sum(p.stat().st_size for p in (tmp_path / "w4").glob("*.safetensors"))
     assert written >= summary.bytes
     assert 0.9 < estimated_checkpoint_bytes(tiny_llama, spec) / written < 1.25
+
+
+def test_an_idle_sessions_results_make_room_for_other_visitors_work_and_say_so():
+    from ui.state import Session
+
+    class Hessians:
+        def __init__(self, size):
+            self.sums = torch.zeros(size // 4, dtype=torch.float32)
+
+    return_freed_memory_promptly()  # as a shared Space does: freed tensors leave the resident memory at once
+    memory = MemoryBudget(total=resident_bytes() + 600 * MB)
+    idle, working = Session(), Session()
+    idle.hessians, working.hessians = Hessians(400 * MB), Hessians(100 * MB)
+    working.busy = 1  # a step runs on this one: its results are never taken
+    for session in (idle, working):
+        memory.hold(session.hessians, "Hessians", release=session.releaser(session.hessians))
+    with memory.reserve("Another visitor's pass", 200 * MB):
+        assert idle.hessians is None and working.hessians is not None
+    with pytest.raises(CalibscopeError, match="were freed while this session was idle"):
+        idle.require("hessians")
+    with pytest.raises(OverBudget):  # nothing idle left to give back: refused with the numbers
+        with memory.reserve("A pass too large", 600 * MB):
+            pass
+    assert working.hessians is not None

@@ -14,6 +14,7 @@ from ui.limits import Limits
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import ValidationError  # noqa: E402
 
 VISITORS = 8
 DEADLINE_S = 300  # the whole test gives up (and fails) after this, never hangs
@@ -79,8 +80,12 @@ def test_eight_concurrent_visitors_get_their_own_results_and_the_app_stays_respo
 
 
 def _error_of(client: Client, *args, api_name: str) -> str:
-    """A refused step answers with its status line saying why (the first output)."""
-    status = client.predict(*args, api_name=api_name)[0]
+    """A refused step answers on the field at fault, before it is queued (a ValidationError here), or
+    with its status line saying why (the first output)."""
+    try:
+        status = client.predict(*args, api_name=api_name)[0]
+    except ValidationError as refused:
+        return str(refused)
     assert status.startswith("**Not done:**"), status
     return status
 

@@ -153,3 +153,25 @@ def test_a_config_of_ten_thousand_layers_is_counted_by_arithmetic_not_by_buildin
     started = time.perf_counter()
     assert parameters_from_config({**LLAMA_CONFIG, "num_hidden_layers": 10_000}) > 6 * 10**11
     assert time.perf_counter() - started < 0.1
+
+
+def test_the_hub_cache_is_trimmed_least_recently_used_first_and_never_a_kept_model(monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from engine.models.admission import trim_hub_cache
+
+    def repo(name, accessed, *revisions):
+        return SimpleNamespace(repo_id=name, last_accessed=accessed,
+                               revisions=[SimpleNamespace(commit_hash=sha, size_on_disk=size) for sha, size in revisions])
+
+    deleted = []
+    repos = [repo("org/old", 1, ("o1", 3 * GB)), repo("org/kept", 2, ("k1", 3 * GB)), repo("org/mid", 3, ("m1", 2 * GB)),
+             repo("org/new", 4, ("n1", 1 * GB))]
+    cache = SimpleNamespace(repos=repos, size_on_disk=9 * GB,
+                            delete_revisions=lambda *shas: deleted.extend(shas) or SimpleNamespace(
+                                expected_freed_size=0, execute=lambda: None))
+    monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda: cache)
+    trim_hub_cache(4 * GB, keep=[ModelSpec("org/kept", revision="k1")])
+    assert deleted == ["o1", "m1"]  # oldest first, the kept model skipped, and no more than needed

@@ -100,3 +100,28 @@ def test_the_cache_waits_for_a_pass_on_an_evicted_model_before_loading_another()
     order.append("second loaded")
     thread.join()
     assert order == ["pass ended", "second loaded"] and second.spec == ModelSpec("c/d") and len(cache) == 1
+
+
+def test_the_layer_order_probe_waits_for_a_pass_holding_the_models_lock():
+    """The probe runs a forward: while another session's pass holds the model (its hooks on it), the
+    probe waits its turn instead of feeding the pass two tokens of its own."""
+    from engine.models import find_linear_layers
+    from engine.models.layers import model_lock
+    from engine.models.tiny import build_tiny
+
+    model, _ = build_tiny("tiny-random-llama")
+    order, held = [], threading.Event()
+
+    def pass_running():
+        with model_lock(model):
+            held.set()
+            time.sleep(0.5)
+            order.append("pass ended")
+
+    thread = threading.Thread(target=pass_running)
+    thread.start()
+    assert held.wait(10)
+    layers = find_linear_layers(model)  # a new model: its order is probed now
+    order.append("probed")
+    thread.join()
+    assert order == ["pass ended", "probed"] and len(layers) > 0

@@ -74,7 +74,9 @@ def launch(
                  f"{context.guard.disk.usage(fresh=True) / 2**20:,.0f}", f"{context.guard.disk.total / 2**20:,.0f}")
     app = build_app(context=context)
     app.queue(default_concurrency_limit=2)
+    # show_error: what Gradio itself refuses (an upload path that was never uploaded, a file over the
+    # size limit) reaches the visitor as its message; calibscope's own handlers answer in the status line
     app.launch(
         server_name=host, server_port=port, share=share, theme=theme(), css=CSS,
-        max_file_size=limits.max_upload_bytes, **kwargs,
+        max_file_size=limits.max_upload_bytes, show_error=True, **kwargs,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import CalibscopeError
-from engine.guard import DiskQuota, Guard, MemoryBudget, ModelLimits, Policy, ReadLimits
+from engine.guard import DiskQuota, Guard, MemoryBudget, ModelLimits, Policy, ReadLimits, return_freed_memory_promptly
 
 MIB = 1024 * 1024
 MB = MIB
@@ -135,6 +135,8 @@ class Limits:
         if self.work_dir is not None:
             work = Path(self.work_dir)
             work.mkdir(parents=True, exist_ok=True)
+        if self.memory_mb is not None:  # resident memory must measure what is used, for the budget to mean anything
+            return_freed_memory_promptly()
         memory = MemoryBudget(int(self.memory_mb * MB)) if self.memory_mb is not None else None
         disk = DiskQuota(int(self.disk_mb * MB), written_folders(work or Path(tempfile.gettempdir()) / "calibscope-space")) \
             if self.disk_mb is not None else None

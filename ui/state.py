@@ -1,6 +1,8 @@
 """What one visitor has chosen and built so far (kept in ``gr.State``, so visitors never share it)."""
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import datasets
@@ -23,6 +25,9 @@ MAKES = {
     "sweep": "Run a sample-count sweep first (Sensitivity tab).",
     "comparison": "Run a comparison first (Compare tab).",
 }
+# What an idle session gives back when other visitors' work needs the memory: what one step remakes.
+RELEASABLE = ("hessians", "stats", "sweep")
+FREED = "Your {what} were freed while this session was idle, to make room for other visitors' work on this shared Space. "
 
 
 @dataclass(eq=False)
@@ -48,6 +53,8 @@ class Session:
     exports: ExportFolder = field(default_factory=ExportFolder)  # this visitor's downloads, removed with the session
     # importance matrices by label, collected or loaded, in order: kept across calibration sets to compare them
     imatrices: dict[str, Imatrix] = field(default_factory=dict)
+    freed: tuple[str, ...] = ()  # results given back to the Space's memory while the session was idle
+    busy: int = field(default=0, init=False, repr=False)  # steps running on this session now: never freed then
 
     @property
     def quantization(self) -> QuantReport | None:
@@ -61,6 +68,27 @@ class Session:
     def close(self) -> None:
         """The visitor left (or the session expired): remove their downloads."""
         self.exports.close()
+
+    def releaser(self, value: object) -> Callable[[], bool] | None:
+        """How this session gives ``value`` back when the Space needs its memory (None: it keeps it):
+        only while no step runs on it, and only what one step makes again (RELEASABLE)."""
+        names = [name for name in RELEASABLE if getattr(self, name) is value]
+        if not names:
+            return None
+        # the ledger keeps this function: it must keep neither the session nor the value alive
+        session, identity = weakref.ref(self), id(value)
+
+        def release() -> bool:
+            held = session()
+            if held is None or held.busy:
+                return False
+            for name in names:
+                if id(getattr(held, name)) == identity:
+                    setattr(held, name, None)
+                    held.freed = (*held.freed, name)
+            return True
+
+        return release
 
     def results(self) -> list[tuple[str, object]]:
         """(what, object) for everything this session holds in memory: what the memory budget counts
@@ -122,8 +150,9 @@ class Session:
 
     def require(self, result: str):
         """One of this session's results (stats, hessians, sweep, comparison), or a message that says
-        which step makes it."""
+        which step makes it (and, when the Space took it back, that it did)."""
         value = getattr(self, result)
         if value is None:
-            raise CalibscopeError(MAKES[result])
+            freed = FREED.format(what={"stats": "activation statistics", "sweep": "sweep results"}.get(result, result))
+            raise CalibscopeError((freed if result in self.freed else "") + MAKES[result])
         return value

@@ -5,12 +5,14 @@ from) and row_id (its position), plus ``messages`` for chat data.
 """
 from __future__ import annotations
 
+import os
 import statistics
 from collections import Counter
 from collections.abc import Callable
 
 import datasets
 
+from engine import guard
 from engine.corpus.builtin import builtin_documents
 from engine.corpus.documents import column, corpus_notes, to_dataset
 from engine.corpus.files import SUPPORTED as SUPPORTED_FILE_TYPES
@@ -35,11 +37,29 @@ _SOURCES: dict[CorpusKind, Callable[[CorpusSpec], tuple]] = {
 }
 
 
+# Reading a file holds, for a moment, several times what it decodes to: Python strings and records,
+# then the Arrow table they become.
+READ_OVERHEAD = 3
+
+
+def _reading_bytes(spec: CorpusSpec) -> int:
+    """What reading ``spec`` may hold at once: what its file may decode to (a compressed file can
+    decode to far more than its size, up to the read limit), times the overhead."""
+    if spec.kind is not CorpusKind.FILE or not os.path.isfile(spec.name):
+        return 0
+    decoded = min(guard.current().reading.decoded_bytes, EXPANSION * os.path.getsize(spec.name))
+    return READ_OVERHEAD * decoded
+
+
+EXPANSION = 64  # the most a file is assumed to expand when decoded (the read limit caps it anyway)
+
+
 def load_corpus(spec: CorpusSpec, progress: Progress = no_progress) -> datasets.Dataset:
     """Read the corpus ``spec`` names; raises CorpusError with a fix when it cannot."""
     progress(0.0, f"Reading {spec.label}")
-    documents, extra, notes = _SOURCES[spec.kind](spec)
-    dataset = to_dataset(documents, spec.min_chars, spec.max_documents, spec.label, extra, notes)
+    with guard.current().reserve_memory(f"Reading {spec.label}", _reading_bytes(spec)):
+        documents, extra, notes = _SOURCES[spec.kind](spec)
+        dataset = to_dataset(documents, spec.min_chars, spec.max_documents, spec.label, extra, notes)
     progress(1.0, f"Read {len(dataset):,} documents from {spec.label}")
     return dataset
 

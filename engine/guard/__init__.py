@@ -9,9 +9,18 @@ applies: every path allowed, no budgets beyond the memory actually free.
 """
 from engine.guard.context import LOCAL, Guard, ModelLimits, current, guarded
 from engine.guard.disk import DiskQuota, tree_bytes
-from engine.guard.memory import MemoryBudget, Use, give_back_freed, held_bytes, peak_resident_bytes, resident_bytes
+from engine.guard.memory import (
+    MemoryBudget,
+    Use,
+    give_back_freed,
+    held_bytes,
+    peak_resident_bytes,
+    resident_bytes,
+    return_freed_memory_promptly,
+)
 from engine.guard.policy import Policy
 from engine.guard.reading import DecodedCount, ReadLimits
 
 __all__ = ["LOCAL", "DecodedCount", "DiskQuota", "Guard", "MemoryBudget", "ModelLimits", "Policy", "ReadLimits", "Use",
-           "current", "give_back_freed", "guarded", "held_bytes", "peak_resident_bytes", "resident_bytes", "tree_bytes"]
+           "current", "give_back_freed", "guarded", "held_bytes", "peak_resident_bytes", "resident_bytes",
+           "return_freed_memory_promptly", "tree_bytes"]

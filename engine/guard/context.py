@@ -1,7 +1,7 @@
 """The guard in force for the work running now, and what it holds."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,6 +38,14 @@ class Guard:
     work_dir: Path | None = None
     max_batch_size: int | None = None
 
+    def upload(self, path, what: str) -> Path:
+        """A file a visitor gives: the policy's say on the path first, then its size within the read
+        limits (what it decodes to is counted by its reader)."""
+        found = self.policy.upload(path, what)
+        if found.is_file():
+            self.reading.check_file(found, what)
+        return found
+
     def reserve_memory(self, what: str, size: int, use: Use = Use.WORK):
         """A context holding ``size`` bytes of the memory budget (nothing to hold without one)."""
         return self.memory.reserve(what, size, use) if self.memory is not None else nullcontext()
@@ -46,11 +54,12 @@ class Guard:
         """A context holding room for ``size`` bytes of the disk quota (nothing without one)."""
         return self.disk.reserve(what, size) if self.disk is not None else nullcontext()
 
-    def hold(self, owner: object, what: str, size: int | None = None, use: Use = Use.RESULT) -> None:
+    def hold(self, owner: object, what: str, size: int | None = None, use: Use = Use.RESULT,
+             release: Callable[[], bool] | None = None) -> None:
         """Count what ``owner`` holds (``size`` bytes, or what ``held_bytes`` finds) against the
-        memory budget while it lives."""
+        memory budget while it lives; ``release`` lets it go when another visitor's work needs room."""
         if self.memory is not None:
-            self.memory.hold(owner, what, size, use)
+            self.memory.hold(owner, what, size, use, release=release)
 
 
 LOCAL = Guard()

@@ -44,7 +44,7 @@ from engine.quant.measures import output_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
 from engine.quant.specs import AwqSpec, QuantSpec, WeightSpec
-from engine.runner import Execution, FinishedBlock, PassRequest, distributed, run_pass
+from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass
 from engine.runner.blockwise import swapped
 from engine.sampling import CalibrationSet
 from engine.stats.hessian import HessianAccumulator
@@ -382,14 +382,15 @@ def _awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSp
                  progress: Progress) -> AwqResult:
     loaded.require_resident("AWQ")
     started = time.perf_counter()
-    batches = calibration.batch_indices(spec.awq.batch_size, by_length=True)
-    search = _Search(loaded, calibration, spec, layers, batches)
+    request = PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: layer.in_features * (layer.in_features * 4 + 8),
+                          batch_size=spec.awq.batch_size, batches=calibration.batch_indices(spec.awq.batch_size, by_length=True),
+                          execution=Execution.BLOCKWISE)
+    request, _ = fitted(loaded, calibration, request)  # the batches the pass runs: the search records those
+    search = _Search(loaded, calibration, spec, layers, request.batches)
     if not search.mappings:
         raise CalibscopeError("AWQ found no input it can rescale in these layers (no norm or Linear whose output only "
                               "quantized layers read); leave AWQ off for this model or name pattern.")
-    request = PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: layer.in_features * (layer.in_features * 4 + 8),
-                          batch_size=spec.awq.batch_size, batches=batches, after_block=search.after_block,
-                          execution=Execution.BLOCKWISE)
+    request = replace(request, after_block=search.after_block)
     try:
         run_pass(loaded, calibration, replace(request, propagate=False), progress)
     finally:

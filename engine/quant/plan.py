@@ -139,8 +139,10 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     if spec.needs_stats and stats is None:
         needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
         raise CalibscopeError(f"{needs} needs activation statistics: collect them first.")
-    # the plan holds float32 copies of every weight it quantizes: the original, the rounded one, and its codes
-    working = PLAN_COPIES * 4 * sum(layer.module.weight.numel() for layer in layers)
+    # the plan holds float32 copies of every weight it quantizes (the original, the rounded one, its
+    # codes), and GPTQ works on batches of weights and Hessians of up to GPTQ_BATCH_BYTES at a time
+    working = PLAN_COPIES * 4 * sum(layer.module.weight.numel() for layer in layers) + \
+        (2 * GPTQ_BATCH_BYTES if spec.needs_hessians else 0)
     with guard.current().reserve_memory(f"Quantizing {len(layers)} layers ({spec.label()})", working):
         observed = set(stats.summary["key"]) if stats is not None else set()
         sharing = None

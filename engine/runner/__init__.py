@@ -60,4 +60,4 @@ def run_pass(loaded: LoadedModel, calibration: CalibrationSet, request: PassRequ
 
 
 __all__ = ["AfterBlock", "BatchTokens", "Execution", "Factory", "FinishedBlock", "MemoryPlan", "PassRequest", "PassResult",
-           "Router", "batch_tokens", "distributed", "model_device", "plan_for", "run_pass"]
+           "Router", "batch_tokens", "distributed", "fitted", "model_device", "plan_for", "run_pass"]

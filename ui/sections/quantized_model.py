@@ -22,7 +22,7 @@ from engine.progress import Progress, labelled, no_progress, scaled
 from ui.context import AppContext
 from ui.exports import zipped
 from ui.state import Session
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 FORMAT_LABELS = {CheckpointFormat.COMPRESSED_TENSORS: "compressed-tensors (vLLM, transformers, llm-compressor)",
                  CheckpointFormat.GPTQ: "GPTQ v1 (GPTQModel, AutoGPTQ, optimum; symmetric 2/4/8-bit)"}
@@ -83,14 +83,19 @@ def _check_errors(table, report) -> None:
                               "quantize again, then write the new run.")
 
 
+def check_folder(form: CheckpointForm, context: AppContext) -> None:
+    """A folder of this machine to write to: refused on a shared Space, whose visitors download."""
+    if form.folder.strip():
+        on_field("folder", lambda: context.guard.policy.local_folder(form.folder.strip(), "the checkpoint folder"))
+
+
 def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    check_folder(form, context)
     session.require_calibration()
     number, report, run = _chosen(form, session)
     _same_as_measured(run, report, session)
     loaded = context.model(session)
     target = form.folder.strip()
-    if target:
-        context.guard.policy.local_folder(target, "the checkpoint folder")
     size = estimated_checkpoint_bytes(loaded, run.spec)
     if not target:
         context.limits.check_downloads(session.exports.megabytes(), size / 2**20, "The quantized model")
@@ -169,4 +174,4 @@ def build_section(session: gr.State, context: AppContext) -> None:
     files = gr.File(label="Quantized model", file_count="multiple", interactive=False)
     session.change(refresh_runs, session, run, queue=False, show_progress="hidden")
     connect(write.click, write_checkpoint, CheckpointForm, {"run": run, "fmt": fmt, "folder": folder, "check": check},
-            session, {"status": status, "files": files}, context, api_name="write_checkpoint", status=status)
+            session, {"status": status, "files": files}, context, api_name="write_checkpoint", status=status, check=check_folder)

@@ -30,7 +30,7 @@ from ui.sections.float_formats import build_section as build_formats
 from ui.state import Session
 from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,15 @@ def drill_down(report: StatsReport, key: str, session: Session, context: AppCont
     return layer_channels(report, key), attribution_html(attribute(report, key, session.calibration, tokenizer))
 
 
+def check(form: StatsForm, context: AppContext) -> None:
+    spec = on_field("percentiles", form.spec)
+    on_field("batch_size", lambda: context.limits.check_batch(spec.batch_size))
+
+
 def collect_statistics(form: StatsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
+    check(form, context)
     spec = form.spec()
-    context.limits.check_batch(spec.batch_size)
     reused = session.reusable_stats(spec)
     loaded = context.model(session)
     if reused is None:
@@ -160,7 +165,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "distributions": distributions, "layer": layer, "channels": channels, "attribution": attribution,
                "session": session}
     connect(run.click, collect_statistics, StatsForm, widgets, session, outputs, context,
-            api_name="collect_statistics", status=status, cancel=cancel)
+            api_name="collect_statistics", status=status, cancel=cancel, check=check)
     show_layer = layer_view(context)
     layer.input(show_layer, [layer, session], [channels, attribution])
     table.select(pick_from_table, table, layer).then(show_layer, [layer, session], [channels, attribution])

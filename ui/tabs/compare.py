@@ -22,7 +22,7 @@ from ui.parsing import parse_counts, whole
 from ui.state import Session
 from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 # A CPU visitor should get an answer in minutes: two strategies, two seeds, one count, W4 GPTQ.
 CPU_DEFAULTS = {"strategies": [Strategy.RANDOM.value, Strategy.EMBEDDING_CLUSTERS.value], "seeds": 2, "counts": "8",
@@ -81,12 +81,17 @@ def status_line(table: pd.DataFrame, rows: pd.DataFrame, seconds: float) -> str:
             f"({plural(len(rows), 'measurement')}) · {seconds:.0f} s\n- " + "\n- ".join(lines))
 
 
+def check(form: CompareForm, context: AppContext) -> None:
+    spec = on_field("strategies", form.spec)
+    on_field("counts", lambda: context.limits.check_sampling(max(spec.counts), spec.length))
+    on_field("seeds", lambda: context.limits.check_runs(spec.runs))
+    on_field("windows", lambda: context.limits.check_sampling(whole(form.windows), spec.length))
+
+
 def run_comparison(form: CompareForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     corpus = session.require_corpus()
+    check(form, context)
     spec = form.spec()
-    context.limits.check_sampling(max(spec.counts), spec.length)
-    context.limits.check_runs(spec.runs)
-    context.limits.check_sampling(whole(form.windows), spec.length)
     loaded = context.model(session)
     evaluation = context.evaluations.windows(loaded, form.source, spec.length, whole(form.windows))
     own = sum(PRESETS[scheme].own_pass_forwards for scheme in spec.schemes)  # AWQ searches on each set
@@ -137,5 +142,5 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "source": source, "windows": windows}
     outputs = {"status": status, "bars": bars, "table": table, "scheme": scheme, "session": session}
     connect(run.click, run_comparison, CompareForm, widgets, session, outputs, context, api_name="compare",
-            status=status, cancel=cancel)
+            status=status, cancel=cancel, check=check)
     scheme.input(show_scheme, [scheme, session], bars)

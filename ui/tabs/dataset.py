@@ -33,7 +33,7 @@ from ui.context import AppContext
 from ui.parsing import parse_edges, whole
 from ui.state import Session
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 DEFAULT_STRATEGY = Strategy.LENGTH_STRATIFIED
 GPU_DEFAULTS = {"nsamples": 128, "edges": DEFAULT_EDGES}
@@ -101,12 +101,18 @@ def set_views(calibration, session: Session, tokenizer, seconds: float, verb: st
     }
 
 
+def check_build(form: DatasetForm, context: AppContext) -> None:
+    """A spec that cannot be, or a set larger than this app allows: refused before it is queued."""
+    spec = on_field("strategy", form.spec)
+    on_field("nsamples", lambda: context.limits.check_sampling(spec.nsamples, spec.length))
+
+
 def build_calibration_set(form: DatasetForm, session: Session, context: AppContext,
                           progress: Progress = no_progress) -> dict:
     """Build the set, keep it in the session, and show it."""
     corpus = session.require_corpus()
+    check_build(form, context)
     spec = form.spec()
-    context.limits.check_sampling(spec.nsamples, spec.length)
     loaded = context.model(session)
     started = time.perf_counter()
     calibration = build(corpus, loaded.tokenizer, spec, max_positions=loaded.info.max_positions,
@@ -119,10 +125,15 @@ class WindowsForm:
     windows_file: str | None = None
 
 
-def load_token_windows(form: WindowsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
-    """Pre-tokenized windows (made by another tool) as the session's calibration set."""
+def check_windows(form: WindowsForm, context: AppContext) -> None:
     if not form.windows_file:
         raise SamplingError("Choose a file of token windows (.parquet, .jsonl or .json with input_ids, .pt or .npy).")
+    on_field("windows_file", lambda: context.guard.upload(form.windows_file, "token windows file"))
+
+
+def load_token_windows(form: WindowsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    """Pre-tokenized windows (made by another tool) as the session's calibration set."""
+    check_windows(form, context)
     loaded = context.model(session)
     started = time.perf_counter()
     calibration = supplied_set(form.windows_file, loaded.tokenizer, source=Path(form.windows_file).name,
@@ -187,6 +198,6 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     outputs = {"status": status, "histogram": histogram, "second_plot": second_plot, "summary": summary,
                "bucket_table": bucket_table, "preview": preview, "session": session}
     connect(run.click, build_calibration_set, DatasetForm, widgets, session, outputs, context,
-            api_name="build_calibration_set", status=status, cancel=cancel)
+            api_name="build_calibration_set", status=status, cancel=cancel, check=check_build)
     connect(load_windows.click, load_token_windows, WindowsForm, {"windows_file": windows_file}, session, outputs, context,
-            api_name="load_token_windows", status=status, heavy=False)
+            api_name="load_token_windows", status=status, heavy=False, check=check_windows)

@@ -22,7 +22,7 @@ from ui.parsing import whole
 from ui.state import Session
 from ui.tables import number, shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 SHOWN_WARNINGS = 8
 FINDINGS = {
@@ -83,10 +83,15 @@ def diagnostics_table(report: HessianReport) -> pd.DataFrame:
                           "shared_with": "input of", "warning": "diagnosis"})
 
 
+def check(form: HessianForm, context: AppContext) -> None:
+    spec = on_field("pattern", form.spec)
+    on_field("batch_size", lambda: context.limits.check_batch(spec.batch_size))
+
+
 def compute_hessians(form: HessianForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
+    check(form, context)
     spec = form.spec()
-    context.limits.check_batch(spec.batch_size)
     loaded = context.model(session)
     report = session.reusable_hessians(spec)
     reused = report is not None
@@ -163,7 +168,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     outputs = {"status": status, "depth": depth, "table": table, "layer": layer, "spectrum": spectrum,
                "diagonals": diagonals, "session": session}
     connect(run.click, compute_hessians, HessianForm, widgets, session, outputs, context,
-            api_name="compute_hessians", status=status, cancel=cancel)
+            api_name="compute_hessians", status=status, cancel=cancel, check=check)
     layer.input(show_spectrum, [layer, session], spectrum)
     preview = plan_view(context)
     settings = [session, pattern, dtype, storage, batch_size]

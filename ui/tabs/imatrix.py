@@ -29,7 +29,7 @@ from ui.sections.imatrix_gguf import build_section
 from ui.state import Session
 from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import Invalid, connect, on_field
 
 CURRENT_SET, TEXT_FILE = "the calibration set", "a text file, chunked as llama-imatrix does"
 MATRIX_VIEWS = ("heatmap", "experts", "tensor", "channels", "top", "downloads")
@@ -118,14 +118,20 @@ def downloads(session: Session, label: str) -> list[str]:
     return files
 
 
-def collect(form: CollectForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
-    context.limits.check_batch(whole(form.batch_size))
-    loaded = context.model(session)
+def check_collect(form: CollectForm, context: AppContext) -> None:
+    on_field("batch_size", lambda: context.limits.check_batch(whole(form.batch_size)))
     if form.source == TEXT_FILE:
         if not form.text_file:
-            raise CalibscopeError("Choose a text file to chunk (the file you would give llama-imatrix with -f).")
+            raise Invalid("text_file", "Choose a text file to chunk (the file you would give llama-imatrix with -f).")
+        on_field("text_file", lambda: context.guard.upload(form.text_file, "text file"))
+        on_field("chunks", lambda: context.limits.check_sampling(whole(form.chunks), whole(form.n_ctx)))
+
+
+def collect(form: CollectForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    check_collect(form, context)
+    loaded = context.model(session)
+    if form.source == TEXT_FILE:
         n_ctx, chunks = whole(form.n_ctx), whole(form.chunks)
-        context.limits.check_sampling(chunks, n_ctx)
         calibration = llama_text_set(loaded.tokenizer, form.text_file, n_ctx, chunks, loaded.info.max_positions)
         what = f"{Path(form.text_file).name}, {len(calibration)} chunks of {n_ctx}"
     else:
@@ -140,9 +146,14 @@ def collect(form: CollectForm, session: Session, context: AppContext, progress: 
     return {"status": summary_line(label, imatrix) + (f"\n- {note}" if note else ""), **views(session, label), "session": session}
 
 
-def load_file(form: LoadForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+def check_load(form: LoadForm, context: AppContext) -> None:
     if not form.imatrix_file:
-        raise CalibscopeError("Choose an imatrix file (.gguf or legacy .dat) to load.")
+        raise Invalid("imatrix_file", "Choose an imatrix file (.gguf or legacy .dat) to load.")
+    on_field("imatrix_file", lambda: context.guard.upload(form.imatrix_file, "imatrix file"))
+
+
+def load_file(form: LoadForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
+    check_load(form, context)
     imatrix = read_imatrix(form.imatrix_file, chunk_size=whole(form.chunk_size))
     if not len(imatrix):
         raise CalibscopeError(f"'{Path(form.imatrix_file).name}' holds no tensor.")
@@ -236,9 +247,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     connect(run.click, collect, CollectForm,
             {"source": source, "text_file": text_file, "n_ctx": n_ctx, "chunks": chunks, "include_output": include_output,
              "batch_size": batch_size}, session, {"status": status, **shown_views, "session": session}, context,
-            api_name="collect_imatrix", status=status, cancel=cancel)
+            api_name="collect_imatrix", status=status, cancel=cancel, check=check_collect)
     connect(load.click, load_file, LoadForm, {"imatrix_file": imatrix_file, "chunk_size": chunk_size}, session,
-            {"status": status, **shown_views, "session": session}, context, api_name="load_imatrix", status=status, heavy=False)
+            {"status": status, **shown_views, "session": session}, context, api_name="load_imatrix", status=status, heavy=False,
+            check=check_load)
     connect(compare_button.click, compare, CompareForm, {"first": first, "second": second}, session,
             {"status": compare_status, "comparison": comparison,
              "comparison_table": comparison_table}, context, api_name="compare_imatrices", status=compare_status, heavy=False)

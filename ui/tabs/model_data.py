@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import CorpusSpec, ModelSpec
-from engine.corpus import corpus_notes, corpus_summary, load_corpus, notes_rows
+from engine.corpus import HUB_RECIPES, corpus_notes, corpus_summary, load_corpus, notes_rows
 from engine.errors import CorpusError, HubUnavailable
 from engine.progress import Progress, no_progress, scaled
 from engine.specs import BuiltinCorpus, CorpusKind, Offload, Split, choice, labels
@@ -16,7 +16,7 @@ from ui.context import AppContext
 from ui.parsing import whole
 from ui.state import Session
 from ui.widgets import result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 PREVIEW_ROWS = 50
 PREVIEW_CHARS = 160
@@ -58,6 +58,22 @@ class ModelDataForm:
         return CorpusSpec.file(self.upload, text_column=column, max_bytes=max_upload_bytes, min_chars=min_chars)
 
 
+def check(form: ModelDataForm, context: AppContext) -> None:
+    """What is refused before anything loads: a model or dataset name that is not allowed here, a
+    config or split that carries a path, an upload that is not the visitor's or is too large."""
+    policy = context.guard.policy
+    on_field("model", lambda: policy.model_name(form.model_spec().name))
+    spec = on_field("upload" if form.kind == CorpusKind.FILE.value else "kind",
+                    lambda: form.corpus_spec(context.limits.max_upload_bytes))
+    if spec.kind is CorpusKind.HUB:
+        if spec.name not in HUB_RECIPES:
+            on_field("hub_name", lambda: policy.dataset_name(spec.name))
+            on_field("hub_config", lambda: policy.hub_word(spec.config, "dataset config"))
+        on_field("hub_split", lambda: policy.hub_word(spec.split, "split"))
+    if spec.kind is CorpusKind.FILE:
+        on_field("upload", lambda: context.guard.upload(spec.name, "corpus file"))
+
+
 def table(rows: list[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Property", "Value"])
 
@@ -76,6 +92,7 @@ def preview(dataset) -> pd.DataFrame:
 def load_model_and_corpus(form: ModelDataForm, session: Session, context: AppContext,
                           progress: Progress = no_progress) -> dict:
     """Load both, keep them in the session, and describe them."""
+    check(form, context)
     model_spec = form.model_spec()
     corpus_spec = form.corpus_spec(context.limits.max_upload_bytes)
     try:  # the model cache admits the request first (policy, size, files), then loads it
@@ -146,5 +163,6 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "text_column": text_column, "min_chars": min_chars, "upload": upload}
     outputs = {"status": status, "model_table": model_table, "corpus_table": corpus_table, "preview": corpus_preview,
                "session": session}
+    # not in the heavy queue: a load waits for the model cache's lock, never behind other visitors' passes
     connect(load.click, load_model_and_corpus, ModelDataForm, widgets, session, outputs, context,
-            api_name="load_model_and_corpus", status=status, track_tqdm=True)
+            api_name="load_model_and_corpus", status=status, track_tqdm=True, check=check, heavy=False)

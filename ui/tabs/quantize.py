@@ -37,7 +37,7 @@ from ui.parsing import whole
 from ui.state import Session
 from ui.tables import percent, shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import Invalid, connect, on_field
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "W4 g128 GPTQ"
@@ -175,11 +175,21 @@ def sensitivity_note(report: QuantReport, sensitivity: str) -> str:
             "statistics (activations); thorough measures perplexity per layer.")
 
 
+def check(form: QuantizeForm, context: AppContext) -> None:
+    """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
+    the visitor's own upload: refused before the request is queued."""
+    spec = on_field("preset", form.spec)
+    if form.sequential and not spec.can_run_sequentially:
+        raise Invalid("sequential", f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
+    on_field("windows", lambda: context.limits.check_sampling(whole(form.windows), whole(form.length)))
+    if form.source == UPLOADED and form.upload:
+        on_field("upload", lambda: context.guard.upload(form.upload, "held-out text file"))
+
+
 def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
+    check(form, context)
     spec = form.spec()
-    if form.sequential and not spec.can_run_sequentially:
-        raise CalibscopeError(f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
     loaded = context.model(session)
     if spec.needs_calibration and not loaded.resident:
         raise CalibscopeError("AWQ searches its scales on the model in memory: load it without offloading for this step.")
@@ -188,7 +198,6 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
                               "(it runs its own pass), or choose RTN.")
     if spec.needs_stats and session.stats is None:
         raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
-    context.limits.check_sampling(whole(form.windows), whole(form.length))
     evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
     passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
     # sequential: about three forwards of the calibration set besides the GPTQ itself
@@ -287,4 +296,4 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "sensitivity": sensitivity, "preset": preset, "sequential": sequential}
     outputs = {"status": status, "summary": summary, "runs": runs, "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
-            status=status, cancel=cancel)
+            status=status, cancel=cancel, check=check)

@@ -15,7 +15,7 @@ from ui.estimates import timed_step
 from ui.parsing import parse_counts, whole
 from ui.state import Session
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import connect
+from ui.wiring import connect, on_field
 
 CLOSE_ENOUGH = 0.05  # "within 5% of the full set"
 
@@ -70,10 +70,15 @@ def sweep_table(result: SweepResult) -> pd.DataFrame:
     return table
 
 
+def check(form: SweepForm, context: AppContext) -> None:
+    spec = on_field("counts", form.spec)
+    on_field("batch_size", lambda: context.limits.check_batch(spec.batch_size))
+
+
 def run_sweep(form: SweepForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
+    check(form, context)
     spec = form.spec()
-    context.limits.check_batch(spec.batch_size)
     loaded = context.model(session)
     context.limits.check_hessian_memory(snapshot_megabytes(loaded, spec, len(calibration)))
     with timed_step(context.times, loaded, "sweep", int(calibration.lengths.sum()), progress):  # one pass, any shuffles
@@ -102,4 +107,4 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                "batch_size": batch_size}
     outputs = {"status": status, "curves": curves, "table": table, "session": session}
     connect(run.click, run_sweep, SweepForm, widgets, session, outputs, context, api_name="sweep", status=status,
-            cancel=cancel)
+            cancel=cancel, check=check)
