@@ -22,6 +22,7 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -153,7 +154,8 @@ def honest_flow(url: str, model: str) -> dict:
     built = visitor.call("build_calibration_set", strategy="random", nsamples=12, length=192, seed=3)
     found["built"] = built[0].split(" · ")[0]
     stats = visitor.call("collect_statistics", batch_size=4)
-    found["statistics"] = stats[2]["value"]["data"] if isinstance(stats[2], dict) and "value" in stats[2] else stats[2]
+    table = stats[2]["value"]["data"] if isinstance(stats[2], dict) and "value" in stats[2] else stats[2]
+    found["statistics"] = f"{len(table)} layers, sha256 {hashlib.sha256(json.dumps(table).encode()).hexdigest()[:16]}"
     hessians = visitor.call("compute_hessians", batch_size=4)
     found["hessians"] = hessians[0].split(" · ")[0]
     quantized = visitor.call("quantize", preset="W4 g128 GPTQ", sensitivity="none", windows=4, length=128)
@@ -310,14 +312,22 @@ def peak_of(pid: int) -> float:
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="calibscope-hostile-"))
+    try:
+        bench(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the tiny model for the honest flow")
     parser.add_argument("--memory-mb", type=float, default=6144, help="the Space's memory budget (CALIBSCOPE_MEMORY_MB)")
-    parser.add_argument("--disk-mb", type=float, default=None, help="the disk quota (default: what the caches hold + 1.5 GB)")
+    parser.add_argument("--disk-mb", type=float, default=None,
+                        help="the disk quota (default: what the caches hold + 4 GB: room for the honest flows, not for filling)")
     parser.add_argument("--minutes", type=float, default=15, help="the hostile visitors stop after this")
     args = parser.parse_args()
     honest_model = "tiny-random-llama" if args.quick else "builtin:gemma-3-270m"
-    work = Path(tempfile.mkdtemp(prefix="calibscope-hostile-"))
     canary = work / "canary"
     canary.mkdir()
     (canary / "secret.txt").write_text((SECRET + "\n\n") * 200)
@@ -327,7 +337,7 @@ def main() -> None:
 
     roots = [folders["space"], folders["gradio"], folders["hf"], cache_root()]
     cached = sum(tree_bytes(root) for root in roots if root.exists())
-    disk_mb = args.disk_mb or cached / MB + 1536
+    disk_mb = args.disk_mb or cached / MB + 4096
     audit_log = work / "audit.log"
     env = {**os.environ, "CALIBSCOPE_SHARED": "1", "CALIBSCOPE_MEMORY_MB": str(args.memory_mb), "CALIBSCOPE_DISK_MB": str(disk_mb),
            "CALIBSCOPE_SPACE_DIR": str(folders["space"]), "GRADIO_TEMP_DIR": str(folders["gradio"]),
@@ -387,13 +397,14 @@ def main() -> None:
     rows = ledger.rows
     attacks = [row for row in rows if row["must_refuse"]]
     refusals = [row for row in attacks if row["refused"]]
-    slowest = max((row["seconds"] for row in refusals), default=0.0)
+    on_the_space = [row for row in refusals if row["visitor"] != "configs"]  # configs: `calibscope run`, a process each
+    slowest = max((row["seconds"] for row in on_the_space), default=0.0)
     identical = all(result == alone for result in together)
     met = (len(refusals) == len(attacks) and all(row["clear"] for row in rows) and slowest <= REFUSAL_GOAL_S and identical
            and peak_rss <= args.memory_mb and disk_peak[0] / MB <= disk_mb and not outside and not staging and not touched
            and not any(row["canary_leaked"] for row in rows) and alive)
     report("hostile", "hostile_requests_refused", len(refusals),
-           f"all {len(attacks)} attacks refused with a clear message (the slowest <= {REFUSAL_GOAL_S:g} s), every other "
+           f"all {len(attacks)} attacks refused with a clear message (the slowest on the Space <= {REFUSAL_GOAL_S:g} s), every other "
            "answer clear; honest results identical; "
            "peak RSS <= the memory budget; peak disk <= the quota; nothing left outside it; no canary touched",
            met, dtype="auto (the dashboard's default)", device="cpu", quick=args.quick, model=honest_model,
@@ -402,14 +413,14 @@ def main() -> None:
            other_requests={"served": sum(1 for row in rows if not row["must_refuse"] and not row["refused"]),
                            "refused": sum(1 for row in rows if not row["must_refuse"] and row["refused"])},
            unclear=[row for row in rows if not row["clear"]],
-           slowest_refusal_seconds=slowest, slowest_refusal=max(refusals, key=lambda r: r["seconds"], default=None),
+           slowest_refusal_seconds=slowest, slowest_refusal=max(on_the_space, key=lambda r: r["seconds"], default=None),
+           slowest_config_refusal_seconds=max((r["seconds"] for r in refusals if r["visitor"] == "configs"), default=0.0),
            honest_identical=identical, honest_alone=alone, honest_together=together, honest_alone_seconds=round(alone_seconds, 1),
            peak_rss_mb=round(peak_rss, 1), memory_budget_mb=args.memory_mb, peak_disk_mb=round(disk_peak[0] / MB, 1),
            disk_quota_mb=round(disk_mb, 1), disk_before_mb=round(cached / MB, 1), left_outside_the_quota=outside,
            staging_left=staging, canary_touched=touched, server_alive_until_the_end=alive,
            by_visitor={name: sum(1 for row in rows if row["visitor"] == name) for name in {row["visitor"] for row in rows}},
-           requests_seen=rows)
-    shutil.rmtree(work, ignore_errors=True)
+           requests_seen=[{**row, "answer": row["answer"][-160:]} for row in rows])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -220,7 +221,7 @@ def test_a_checkpoints_size_is_estimated_from_what_it_holds(tiny_llama, tmp_path
 
 
 def test_an_idle_sessions_results_make_room_for_other_visitors_work_and_say_so():
-    from ui.state import Session
+    from ui.state import IDLE_S, Session
 
     class Hessians:
         def __init__(self, size):
@@ -228,16 +229,18 @@ def test_an_idle_sessions_results_make_room_for_other_visitors_work_and_say_so()
 
     return_freed_memory_promptly()  # as a shared Space does: freed tensors leave the resident memory at once
     memory = MemoryBudget(total=resident_bytes() + 600 * MB)
-    idle, working = Session(), Session()
-    idle.hessians, working.hessians = Hessians(400 * MB), Hessians(100 * MB)
+    idle, working, recent = Session(), Session(), Session()
+    idle.hessians, working.hessians, recent.hessians = Hessians(400 * MB), Hessians(50 * MB), Hessians(50 * MB)
+    idle.active_at = working.active_at = time.monotonic() - IDLE_S - 1  # the visitors' last requests, long ago
     working.busy = 1  # a step runs on this one: its results are never taken
-    for session in (idle, working):
+    # recent: its visitor asked for something a moment ago (between two steps): never taken either
+    for session in (idle, working, recent):
         memory.hold(session.hessians, "Hessians", release=session.releaser(session.hessians))
     with memory.reserve("Another visitor's pass", 200 * MB):
-        assert idle.hessians is None and working.hessians is not None
+        assert idle.hessians is None and working.hessians is not None and recent.hessians is not None
     with pytest.raises(CalibscopeError, match="were freed while this session was idle"):
         idle.require("hessians")
     with pytest.raises(OverBudget):  # nothing idle left to give back: refused with the numbers
         with memory.reserve("A pass too large", 600 * MB):
             pass
-    assert working.hessians is not None
+    assert working.hessians is not None and recent.hessians is not None

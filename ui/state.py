@@ -1,6 +1,7 @@
 """What one visitor has chosen and built so far (kept in ``gr.State``, so visitors never share it)."""
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ MAKES = {
 }
 # What an idle session gives back when other visitors' work needs the memory: what one step remakes.
 RELEASABLE = ("hessians", "stats", "sweep")
+IDLE_S = 120.0  # a session is idle once no request of its visitor came for this long: only then is anything taken
 FREED = "Your {what} were freed while this session was idle, to make room for other visitors' work on this shared Space. "
 
 
@@ -55,6 +57,7 @@ class Session:
     imatrices: dict[str, Imatrix] = field(default_factory=dict)
     freed: tuple[str, ...] = ()  # results given back to the Space's memory while the session was idle
     busy: int = field(default=0, init=False, repr=False)  # steps running on this session now: never freed then
+    active_at: float = field(default_factory=time.monotonic, init=False, repr=False)  # its visitor's last request
 
     @property
     def quantization(self) -> QuantReport | None:
@@ -80,7 +83,7 @@ class Session:
 
         def release() -> bool:
             held = session()
-            if held is None or held.busy:
+            if held is None or held.busy or time.monotonic() - held.active_at < IDLE_S:
                 return False
             for name in names:
                 if id(getattr(held, name)) == identity:

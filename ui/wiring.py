@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,6 +59,8 @@ def gradio_validator(check: Check, form: type, names: list[str], context: AppCon
     count = len(names)
 
     def validate(*args):
+        if isinstance(args[count], Session):  # a request came: the session is in use from now, queued or running
+            args[count].active_at = time.monotonic()
         verdicts = [gr.validate(True, "") for _ in range(count + 1)]
         try:
             with guarded(context.guard):
@@ -91,6 +94,7 @@ def gradio_function(handler: Handler, form: type, names: list[str], outputs: Map
         if memory is not None:
             memory.settle()
         session.busy += 1  # while this step runs, the Space never takes this session's results back
+        session.active_at = time.monotonic()
         try:
             # the app's policy and budgets for every loader and pass below; a Cancel stops this run only
             with guarded(context.guard), cancellable(progress, request, step or handler.__name__) as report:
@@ -101,6 +105,7 @@ def gradio_function(handler: Handler, form: type, names: list[str], outputs: Map
             return {outputs["status"]: failure(error)}
         finally:
             session.busy -= 1
+            session.active_at = time.monotonic()
             if memory is not None:  # the step's temporaries are freed: hand their pages back now
                 give_back_freed()
         kept = result.get("session")

@@ -95,11 +95,12 @@ def load_model_and_corpus(form: ModelDataForm, session: Session, context: AppCon
     check(form, context)
     model_spec = form.model_spec()
     corpus_spec = form.corpus_spec(context.limits.max_upload_bytes)
+    # the corpus first: a file refused for what it holds is refused before any wait for a model
+    corpus = load_corpus(corpus_spec, scaled(progress, 0.0, 0.2))
     try:  # the model cache admits the request first (policy, size, files), then loads it
-        loaded = context.models.get(model_spec, scaled(progress, 0.0, 0.8))
+        loaded = context.models.get(model_spec, scaled(progress, 0.2, 1.0))
     except HubUnavailable as error:  # on a shared Space, local folders are no way out: do not suggest them
         raise (error.without_local_folders() if context.limits.shared else error) from None
-    corpus = load_corpus(corpus_spec, scaled(progress, 0.8, 1.0))
     info = loaded.info
     status = (
         f"**Loaded** {info.name} on {info.device} ({info.parameters / 1e6:,.0f} M parameters, "
