@@ -322,7 +322,8 @@ def main() -> None:
 def bench(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the tiny model for the honest flow")
-    parser.add_argument("--memory-mb", type=float, default=6144, help="the Space's memory budget (CALIBSCOPE_MEMORY_MB)")
+    parser.add_argument("--memory-mb", type=float, default=12288,
+                        help="the Space's memory budget (CALIBSCOPE_MEMORY_MB; a free CPU Space has 16 GB)")
     parser.add_argument("--disk-mb", type=float, default=None,
                         help="the disk quota (default: what the caches hold + 4 GB: room for the honest flows, not for filling)")
     parser.add_argument("--minutes", type=float, default=15, help="the hostile visitors stop after this")

@@ -132,3 +132,23 @@ def test_an_upload_of_the_visitor_is_read_on_a_shared_space(shared):
         assert "**Loaded**" in load(context=shared, kind="file", upload=str(uploaded))["status"]
     finally:
         shutil.rmtree(uploaded.parent)
+
+
+def test_cheap_refusals_happen_before_the_queue_on_the_field_at_fault(shared):
+    """The validator Gradio runs before it queues a request: a path as model id is refused on the
+    model field, a batch over the Space's cap on the batch field, and a valid form passes."""
+    from ui.tabs import activations, model_data
+    from ui.wiring import gradio_validator
+
+    def verdicts(check, form, context, **values):
+        names = list(form.__dataclass_fields__)
+        given = {**form().__dict__, **values}
+        return dict(zip([*names, "session"], gradio_validator(check, form, names, context)(*[given[n] for n in names], None)))
+
+    refused = verdicts(model_data.check, model_data.ModelDataForm, shared, model="/etc")
+    assert refused["model"]["is_valid"] is False and "is not a Hugging Face id" in refused["model"]["message"]
+    assert all(v["is_valid"] for name, v in refused.items() if name != "model")
+    batch = verdicts(activations.check, activations.StatsForm, shared, batch_size=100_000)
+    assert batch["batch_size"]["is_valid"] is False and "more than the 32 allowed" in batch["batch_size"]["message"]
+    assert all(v["is_valid"] for v in verdicts(model_data.check, model_data.ModelDataForm, shared,
+                                               model="tiny-random-llama").values())

@@ -16,7 +16,7 @@ from engine import guard
 from engine.corpus.builtin import builtin_documents
 from engine.corpus.documents import column, corpus_notes, to_dataset
 from engine.corpus.files import SUPPORTED as SUPPORTED_FILE_TYPES
-from engine.corpus.files import file_documents
+from engine.corpus.files import check_file, file_documents
 from engine.corpus.hub import HUB_RECIPES, hub_documents
 from engine.progress import Progress, no_progress
 from engine.specs import CorpusKind, CorpusSpec
@@ -96,4 +96,4 @@ def notes_rows(notes: dict) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["HUB_RECIPES", "SUPPORTED_FILE_TYPES", "corpus_notes", "corpus_summary", "load_corpus", "notes_rows"]
+__all__ = ["HUB_RECIPES", "SUPPORTED_FILE_TYPES", "check_file", "corpus_notes", "corpus_summary", "load_corpus", "notes_rows"]

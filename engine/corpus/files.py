@@ -8,13 +8,14 @@ the guard's read limits while it is read (``engine.corpus.tables``).
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from engine import guard
-from engine.corpus.tables import json_records, read_csv, read_parquet
+from engine.corpus.tables import json_records, parquet_footer, read_csv, read_parquet
 from engine.errors import CorpusError
 from engine.guard import DecodedCount
 from engine.specs import CorpusSpec, TxtMode
@@ -143,6 +144,23 @@ def table_documents(path: Path, spec: CorpusSpec, counter: DecodedCount) -> tupl
     documents = [("" if value is None or value != value else str(value), f"{path.name} row {index}")
                  for index, value in enumerate(values)]
     return documents, notes
+
+
+def check_file(path: str | Path) -> Path:
+    """What can be refused of a visitor's file without reading it: its path (the guard's policy), its
+    size, and, for a table, its header or footer (columns, rows, decompressed sizes). Cheap enough to
+    run before a request is queued; the reader counts everything again as it decodes."""
+    current = guard.current()
+    path = current.upload(path, "file")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".parquet":
+        parquet_footer(path, current.reading.counter(path.name), current.reading, CorpusError)
+    elif path.is_file() and suffix == ".csv":
+        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+            header = handle.readline()
+        if header.count(",") >= current.reading.columns:  # commas inside quotes count too: parse to be sure
+            current.reading.check_columns(path.name, len(next(csv.reader([header]), [])))
+    return path
 
 
 def file_documents(spec: CorpusSpec) -> tuple[Iterator[tuple[str, str]] | list, dict[str, list] | None, dict]:

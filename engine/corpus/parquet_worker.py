@@ -39,13 +39,25 @@ def open_file(path):
 
 
 def schema(request):
+    """The columns, which hold text and which lists of integers, the rows, and what each column takes
+    once decompressed by the footer's word (every column's chunks summed)."""
     import pyarrow as pa
 
     parquet = open_file(request["path"])
     arrow = parquet.schema_arrow
     names = [str(name) for name in arrow.names]
+    sizes = {name: 0 for name in names}
+    meta = parquet.metadata
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for index in range(min(row_group.num_columns, meta.num_columns)):
+            chunk = row_group.column(index)
+            root = chunk.path_in_schema.split(".")[0]
+            if root in sizes:
+                sizes[root] += max(0, chunk.total_uncompressed_size)
     return {"columns": names, "textual": [n for n in names if is_text(arrow.field(n).type, pa)],
-            "lists": [n for n in names if is_ids(arrow.field(n).type, pa)], "rows": parquet.metadata.num_rows}
+            "lists": [n for n in names if is_ids(arrow.field(n).type, pa)], "rows": meta.num_rows,
+            "decompressed": sizes}
 
 
 def chunk_sizes(parquet, picked, lists):

@@ -57,14 +57,23 @@ def _ask(path: Path, request: dict, limits: ReadLimits, error: type[CalibscopeEr
     return answer
 
 
+def parquet_footer(path: Path, counter: DecodedCount, limits: ReadLimits, error: type[CalibscopeError]) -> dict:
+    """A parquet file's schema and sizes by its footer, refused when its columns or rows are more than
+    the limits allow, or when no column it holds fits them once decompressed: what can be known
+    without decoding a row (a check cheap enough to run before a request is queued)."""
+    schema = _ask(path, {"action": "schema"}, limits, error)
+    limits.check_columns(path.name, len(schema["columns"]))
+    sizes = [size for name, size in schema["decompressed"].items() if name in {*schema["textual"], *schema["lists"]}]
+    counter.expect(min(sizes, default=0), schema["rows"])
+    return schema
+
+
 def read_parquet(path: Path, pick: Pick, counter: DecodedCount, limits: ReadLimits,
                  error: type[CalibscopeError]) -> Columns:
     """The picked columns of a parquet file (text as str, lists of ids as int64 arrays), read by the
     isolated worker: the footer's rows and decompressed sizes checked first, then rows decoded in
     batches no larger than BATCH_BYTES and counted."""
-    schema = _ask(path, {"action": "schema"}, limits, error)
-    limits.check_columns(path.name, len(schema["columns"]))
-    counter.expect(0, schema["rows"])
+    schema = parquet_footer(path, counter, limits, error)
     picked = pick(schema["columns"], schema["textual"])
     answer = _ask(path, {"action": "read", "columns": picked, "max_bytes": counter.max_bytes - counter.bytes,
                          "max_records": counter.max_records - counter.records, "batch_bytes": BATCH_BYTES}, limits, error)

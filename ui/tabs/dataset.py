@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
+from engine.corpus import check_file
 from engine.errors import SamplingError
 from engine.figures import bucket_bars, length_histogram
 from engine.figures.selection import selection_scatter
@@ -128,7 +129,7 @@ class WindowsForm:
 def check_windows(form: WindowsForm, context: AppContext) -> None:
     if not form.windows_file:
         raise SamplingError("Choose a file of token windows (.parquet, .jsonl or .json with input_ids, .pt or .npy).")
-    on_field("windows_file", lambda: context.guard.upload(form.windows_file, "token windows file"))
+    on_field("windows_file", lambda: check_file(form.windows_file))
 
 
 def load_token_windows(form: WindowsForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:

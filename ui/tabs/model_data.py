@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import CorpusSpec, ModelSpec
-from engine.corpus import HUB_RECIPES, corpus_notes, corpus_summary, load_corpus, notes_rows
+from engine.corpus import HUB_RECIPES, check_file, corpus_notes, corpus_summary, load_corpus, notes_rows
 from engine.errors import CorpusError, HubUnavailable
 from engine.progress import Progress, no_progress, scaled
 from engine.specs import BuiltinCorpus, CorpusKind, Offload, Split, choice, labels
@@ -71,7 +71,7 @@ def check(form: ModelDataForm, context: AppContext) -> None:
             on_field("hub_config", lambda: policy.hub_word(spec.config, "dataset config"))
         on_field("hub_split", lambda: policy.hub_word(spec.split, "split"))
     if spec.kind is CorpusKind.FILE:
-        on_field("upload", lambda: context.guard.upload(spec.name, "corpus file"))
+        on_field("upload", lambda: check_file(spec.name))
 
 
 def table(rows: list[tuple[str, str]]) -> pd.DataFrame:
