@@ -325,7 +325,7 @@ def bench(work: Path) -> None:
     parser.add_argument("--memory-mb", type=float, default=12288,
                         help="the Space's memory budget (CALIBSCOPE_MEMORY_MB; a free CPU Space has 16 GB)")
     parser.add_argument("--disk-mb", type=float, default=None,
-                        help="the disk quota (default: what the caches hold + 4 GB: room for the honest flows, not for filling)")
+                        help="the disk quota (default: what the caches hold + 6 GB: room for the honest flows, not for filling)")
     parser.add_argument("--minutes", type=float, default=15, help="the hostile visitors stop after this")
     args = parser.parse_args()
     honest_model = "tiny-random-llama" if args.quick else "builtin:gemma-3-270m"
@@ -338,7 +338,7 @@ def bench(work: Path) -> None:
 
     roots = [folders["space"], folders["gradio"], folders["hf"], cache_root()]
     cached = sum(tree_bytes(root) for root in roots if root.exists())
-    disk_mb = args.disk_mb or cached / MB + 4096
+    disk_mb = args.disk_mb or cached / MB + 6144
     audit_log = work / "audit.log"
     env = {**os.environ, "CALIBSCOPE_SHARED": "1", "CALIBSCOPE_MEMORY_MB": str(args.memory_mb), "CALIBSCOPE_DISK_MB": str(disk_mb),
            "CALIBSCOPE_SPACE_DIR": str(folders["space"]), "GRADIO_TEMP_DIR": str(folders["gradio"]),
