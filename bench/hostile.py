@@ -65,7 +65,7 @@ def payloads(folder: Path) -> dict[str, Path]:
     files["json of 600k records"] = folder / "many.json"
     (folder / "lines.txt").write_text("a line of text\n" * 700_000)
     files["text of 700k lines"] = folder / "lines.txt"
-    (folder / "loop.dat").write_bytes(struct.pack("<i", 2**31 - 1) + struct.pack("<i", -12) + b"\0" * 16)
+    (folder / "loop.dat").write_bytes(struct.pack("<ii", 2**31 - 1, -16) + b"\0" * 8 + struct.pack("<ii", 1, 1))
     files["imatrix that loops"] = folder / "loop.dat"
     pq.write_table(pa.table({"text": ["some text long enough"] * 10}), folder / "damaged.parquet")
     damaged = bytearray((folder / "damaged.parquet").read_bytes())

@@ -173,9 +173,8 @@ def test_a_folder_made_while_a_checkpoint_is_written_is_never_replaced(tmp_path)
     with pytest.raises(FileExistsError):
         with staged_directory(target) as staging:
             _filled(staging / "model.safetensors", 10)
-            target.mkdir()  # someone else's folder appears under the same name meanwhile
-            _filled(target / "theirs.txt", 3)
-    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+            target.mkdir()  # someone else's folder appears under the same name meanwhile, still empty
+    assert list(target.iterdir()) == []  # rename(2) would have put the checkpoint in its place
     assert [p for p in tmp_path.iterdir() if p.name != "w4"] == []  # the staging folder went too
 
 

@@ -118,7 +118,7 @@ def test_a_npy_header_that_does_not_match_its_data_is_refused(tmp_path):
 def test_a_legacy_imatrix_with_a_negative_name_length_is_refused_at_once(tmp_path):
     """24 bytes that made the old reader stay at one offset for up to 2^31 iterations."""
     path = tmp_path / "loop.dat"
-    path.write_bytes(struct.pack("<i", 2**31 - 1) + struct.pack("<i", -12) + b"\x00" * 16)
+    path.write_bytes(struct.pack("<ii", 2**31 - 1, -16) + b"\x00" * 8 + struct.pack("<ii", 1, 1))
     assert path.stat().st_size == 24
     started = time.perf_counter()
     with pytest.raises(CalibscopeError, match="neither a GGUF nor a legacy imatrix"):

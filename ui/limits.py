@@ -119,7 +119,7 @@ class Limits:
                    max_compare_runs=12, max_download_mb=_number("CALIBSCOPE_DOWNLOADS_MB", 1024.0),
                    max_batch_size=int(_number("CALIBSCOPE_MAX_BATCH", 32)), memory_mb=_number("CALIBSCOPE_MEMORY_MB", machine),
                    disk_mb=_number("CALIBSCOPE_DISK_MB", 16384.0), decoded_mb=_number("CALIBSCOPE_DECODED_MB", 128.0),
-                   max_records=500_000, model_download_mb=_number("CALIBSCOPE_MODEL_DOWNLOAD_MB", 4096.0),
+                   max_records=200_000, model_download_mb=_number("CALIBSCOPE_MODEL_DOWNLOAD_MB", 4096.0),
                    hub_cache_mb=_number("CALIBSCOPE_HUB_CACHE_MB", 8192.0), work_dir=work)
 
     @classmethod
