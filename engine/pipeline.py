@@ -16,17 +16,17 @@ from engine.atomic import write_file
 from engine.config_schema import schema_of, spec_from, validate, within
 from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
-from engine.experiments.evaluations import EvaluationCache
 from engine.experiments.compare import ComparisonSpec
+from engine.experiments.evaluations import EvaluationCache
 from engine.experiments.runs import ComparisonRun, EvaluationSpec, QuantRun, as_json, comparison_run_from, quant_run_from
-from engine.export.checkpoint import CheckpointFormat
 from engine.export import ExportFormat, save_calibration_set
+from engine.export.checkpoint import CheckpointFormat
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
+from engine.quant import ActivationSpec, AwqSpec, ExpertPolicy, Sensitivity, WeightSpec
 from engine.run_report import run_report
 from engine.runner import distributed
-from engine.quant import ActivationSpec, AwqSpec, ExpertPolicy, Sensitivity, WeightSpec
 from engine.sampling import SamplingSpec, Strategy, build, entry
 from engine.sampling.specs import LEGACY_LENGTH_NAMES, SuppliedSpec
 from engine.sampling.supplied import supplied_set

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from engine import guard
 from engine.errors import ModelLoadError, OverBudget

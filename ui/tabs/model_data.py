@@ -101,6 +101,7 @@ def load_model_and_corpus(form: ModelDataForm, session: Session, context: AppCon
         loaded = context.models.get(model_spec, scaled(progress, 0.2, 1.0))
     except HubUnavailable as error:  # on a shared Space, local folders are no way out: do not suggest them
         raise (error.without_local_folders() if context.limits.shared else error) from None
+    progress(1.0, f"Loaded {model_spec.name} and {corpus_spec.label}")  # a cached model reports nothing of its own
     info = loaded.info
     status = (
         f"**Loaded** {info.name} on {info.device} ({info.parameters / 1e6:,.0f} M parameters, "
