@@ -41,10 +41,12 @@ class DecodedCount:
 
     def expect(self, size: int, records: int) -> None:
         """Refuse before reading what a file says it holds (a parquet footer's sizes and rows)."""
-        if size > self.max_bytes or records > self.max_records:
-            raise OverBudget(f"'{self.name}' says it holds {records:,} records of {_mib(size)} once decompressed; the "
-                             f"limits here are {self.max_records:,} records and {_mib(self.max_bytes)}, so it was not read. "
-                             "Use a smaller file: a few MB of text is plenty for calibration.")
+        if records > self.max_records:
+            raise OverBudget(f"'{self.name}' says it holds {records:,} records; at most {self.max_records:,} are read here, "
+                             "so it was not read. Use a smaller file: a few MB of text is plenty for calibration.")
+        if size > self.max_bytes:
+            raise OverBudget(f"'{self.name}' says it holds {_mib(size)} once decompressed; at most {_mib(self.max_bytes)} are "
+                             "read here, so it was not read. Use a smaller file: a few MB of text is plenty for calibration.")
 
 
 @dataclass(frozen=True)
