@@ -225,7 +225,8 @@ def attack_sizes(url: str, ledger: Ledger, deadline: float) -> None:
                               ("Hessians in batches of 100,000", "compute_hessians", {"batch_size": 100_000}),
                               ("imatrix in batches of 100,000", "collect_imatrix", {"batch_size": 100_000}),
                               ("a sweep in batches of 100,000", "sweep", {"batch_size": 100_000}),
-                              ("a comparison of 1,000 sets", "compare", {"seeds": 100, "counts": "1, 2, 4, 8, 16, 32, 64, 128, 256, 512"}),
+                              ("a comparison of 1,000 sets", "compare",
+                               {"seeds": 100, "counts": "1, 2, 4, 8, 16, 32, 64, 128, 256, 512"}),
                               ("evaluation of 100,000 windows", "quantize", {"windows": 100_000, "preset": "W4 g128 RTN"})):
         if time.monotonic() < deadline:
             ledger.attempt("sizes", what, lambda a=api, v=values: visitor.call(a, **v))
@@ -240,7 +241,8 @@ def attack_configs(canary: Path, ledger: Ledger, deadline: float, work: Path) ->
         "a section as a value": 'model = "builtin:gemma-3-270m"',
         "[quantize] as a table": '[quantize]\nscheme = "W4 g128 GPTQ"',
         "not TOML at all": "\x00\x01 [[[",
-        "windows from a server file": f'[sampling]\nstrategy = "supplied"\npath = "{canary / "secret.txt"}"\n[model]\nname = "nope/nope"',
+        "windows from a server file": (f'[sampling]\nstrategy = "supplied"\npath = "{canary / "secret.txt"}"\n'
+                                       '[model]\nname = "nope/nope"'),
     }
     for what, body in configs.items():
         if time.monotonic() >= deadline:
@@ -270,7 +272,8 @@ def attack_disk(url: str, ledger: Ledger, deadline: float, model: str) -> None:
         artifacts = ["calibration set + manifest", "Hessians", "HTML report"]
         ledger.attempt("disk", f"session {number}: downloads", lambda v=visitor: v.call("prepare_downloads", artifacts=artifacts),
                        must_refuse=False)
-        ledger.attempt("disk", f"session {number}: checkpoint", lambda v=visitor: v.call("write_checkpoint", run=None, check=False),
+        ledger.attempt("disk", f"session {number}: checkpoint",
+                       lambda v=visitor: v.call("write_checkpoint", run=None, check=False),
                        must_refuse=False)
 
 
@@ -296,7 +299,8 @@ def attack_names(url: str, ledger: Ledger, deadline: float) -> None:
     visitor = Visitor(url)
     for what, values in (("dataset 'bench' (a folder of the app)", {"hub_name": "bench"}),
                          ("dataset '/tmp'", {"hub_name": "/tmp"}), ("dataset 'csv'", {"hub_name": "csv"}),
-                         ("dataset 'text'", {"hub_name": "text"}), ("split with a slash", {"hub_name": "org/x", "hub_split": "a/../b"}),
+                         ("dataset 'text'", {"hub_name": "text"}),
+                         ("split with a slash", {"hub_name": "org/x", "hub_split": "a/../b"}),
                          ("dataset 'hf://datasets/x'", {"hub_name": "hf://datasets/x"}),
                          ("model 'tests' (a folder of the app)", {"model": "tests", "kind": "builtin"})):
         if time.monotonic() < deadline:
@@ -340,7 +344,8 @@ def bench(work: Path) -> None:
     cached = sum(tree_bytes(root) for root in roots if root.exists())
     disk_mb = args.disk_mb or cached / MB + 6144
     audit_log = work / "audit.log"
-    env = {**os.environ, "CALIBSCOPE_SHARED": "1", "CALIBSCOPE_MEMORY_MB": str(args.memory_mb), "CALIBSCOPE_DISK_MB": str(disk_mb),
+    env = {**os.environ, "CALIBSCOPE_SHARED": "1", "CALIBSCOPE_MEMORY_MB": str(args.memory_mb),
+           "CALIBSCOPE_DISK_MB": str(disk_mb),
            "CALIBSCOPE_SPACE_DIR": str(folders["space"]), "GRADIO_TEMP_DIR": str(folders["gradio"]),
            "HF_HOME": str(folders["hf"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "CALIBSCOPE_BENCH_CANARY": str(canary), "CALIBSCOPE_BENCH_AUDIT": str(audit_log),
@@ -405,7 +410,8 @@ def bench(work: Path) -> None:
            and peak_rss <= args.memory_mb and disk_peak[0] / MB <= disk_mb and not outside and not staging and not touched
            and not any(row["canary_leaked"] for row in rows) and alive)
     report("hostile", "hostile_requests_refused", len(refusals),
-           f"all {len(attacks)} attacks refused with a clear message (the slowest on the Space <= {REFUSAL_GOAL_S:g} s), every other "
+           f"all {len(attacks)} attacks refused with a clear message (the slowest on the Space <= {REFUSAL_GOAL_S:g} s), "
+           "every other "
            "answer clear; honest results identical; "
            "peak RSS <= the memory budget; peak disk <= the quota; nothing left outside it; no canary touched",
            met, dtype="auto (the dashboard's default)", device="cpu", quick=args.quick, model=honest_model,

@@ -95,7 +95,8 @@ def _record_text(record: object, column: str | None, where: str) -> tuple[str, l
     return str(record[column] or ""), None, column
 
 
-def json_documents(path: Path, spec: CorpusSpec, counter: DecodedCount) -> tuple[list[tuple[str, str]], dict[str, list] | None, dict]:
+def json_documents(path: Path, spec: CorpusSpec,
+                   counter: DecodedCount) -> tuple[list[tuple[str, str]], dict[str, list] | None, dict]:
     """Documents of a .jsonl/.json file, the raw chat messages when the records are chats, and the
     fields the text was read from."""
     documents, messages, fields = [], [], set()

@@ -31,7 +31,8 @@ def run_isolated(script: Path, request: dict, memory_bytes: int, seconds: float,
                               capture_output=True, text=True, timeout=seconds, check=False,
                               env={**os.environ, **(environment or {})})
     except subprocess.TimeoutExpired:
-        raise OverBudget(f"Reading {what} took longer than {seconds:,.0f} s, the limit here; use a smaller or simpler file.") from None
+        raise OverBudget(f"Reading {what} took longer than {seconds:,.0f} s, the limit here; use a smaller or simpler "
+                         "file.") from None
     if done.returncode < 0 or done.returncode in (134, 137, 139):
         number = -done.returncode if done.returncode < 0 else done.returncode - 128
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"

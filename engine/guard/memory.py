@@ -154,7 +154,7 @@ class MemoryBudget:
 
     def _refusal(self, what: str, size: int, used: int, resident: int) -> OverBudget:
         parts = ", ".join(f"{use.value} {amount / MB:,.0f} MB" for use, amount in self.breakdown().items() if amount)
-        held = f"{used / MB:,.0f} MB are in use (the app itself {self.baseline / MB:,.0f} MB" + (f", {parts}" if parts else "") + ")"
+        held = f"{used / MB:,.0f} MB are in use (the app itself {self.baseline / MB:,.0f} MB{', ' + parts if parts else ''})"
         if resident > used:
             held += f"; the process holds {resident / MB:,.0f} MB"
         return OverBudget(f"{what} needs about {size / MB:,.0f} MB, and this Space's memory budget is {self.total / MB:,.0f} MB, "

@@ -104,12 +104,14 @@ def admit(spec: ModelSpec) -> Admitted:
     parameters = int(counted) if counted else parameters_from_config(config)
     if limits.parameters is not None and parameters > limits.parameters:
         raise ModelLoadError(f"'{name}' has {parameters / GB:,.2f} B parameters; this shared Space takes models up to "
-                             f"{limits.parameters / GB:,.1f} B. Run calibscope locally (pip install calibscope) for larger models.")
+                             f"{limits.parameters / GB:,.1f} B. Run calibscope locally (pip install calibscope) for larger "
+                             "models.")
     sizes = {sibling.rfilename: int(sibling.size or 0) for sibling in info.siblings or ()}
     files = tuple((file, sizes[file]) for file in _wanted(sorted(sizes)))
     admitted = Admitted(replace(spec, revision=info.sha), parameters, files)
     if limits.download_bytes is not None and admitted.download_bytes > limits.download_bytes:
-        raise OverBudget(f"'{name}' would download {admitted.download_bytes / GB:,.2f} GB of files; this shared Space downloads at "
+        raise OverBudget(f"'{name}' would download {admitted.download_bytes / GB:,.2f} GB of files; this shared Space "
+                         "downloads at "
                          f"most {limits.download_bytes / GB:,.2f} GB per model. Pick a smaller model, or run calibscope locally.")
     return admitted
 

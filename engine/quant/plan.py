@@ -195,8 +195,9 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
                 plan.inputs[layer.name] = quantizer
                 if quantizer.clip is not None:
                     row["clip"] = quantizer.clip
-                if arrays is not None and "tensor_counts" in arrays and inputs.granularity is Granularity.TENSOR and inputs.symmetric and inputs.format in (
-                        NumberFormat.INT, NumberFormat.FP8):
+                per_tensor = inputs.granularity is Granularity.TENSOR and inputs.symmetric
+                if arrays is not None and "tensor_counts" in arrays and per_tensor and inputs.format in (NumberFormat.INT,
+                                                                                                       NumberFormat.FP8):
                     row["input_error"] = relative_error(arrays["tensor_counts"], row["clip"], inputs.bits, fmt=inputs.format)
             row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
             rows.append(row)
