@@ -54,8 +54,7 @@ from engine.export import CheckpointWriter, save_quantized
 from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_perplexity
 from engine.models.builtin import cached_checkpoint
 from engine.models.weight_cache import cache_root
-from engine.quant import PRESETS, perplexity, plan_quantization, quantized
-from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant import PRESETS, Calibrated, Quantization, perplexity, quantize, quantized
 from engine.stats import HessianSpec
 from engine.stats.hessian_report import collect_hessians
 
@@ -108,7 +107,7 @@ def roundtrip(dtype: str, work: Path) -> dict:
     loaded = load_model(ModelSpec("builtin:gemma-3-270m", dtype=dtype))
     calibration, evaluation = windows(loaded)
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
-    plan, _ = plan_quantization(loaded, SPEC, None, hessians, output_errors=False)
+    plan, _ = quantize(loaded, Quantization(SPEC, sensitivity="none"), Calibrated(hessians=hessians))
     with quantized(loaded, plan):
         simulated = perplexity(loaded, evaluation)
     row = {"dtype": dtype, "simulated_perplexity": round(simulated, 4)}
@@ -134,10 +133,10 @@ def peers(work: Path) -> dict:
     source, _, _ = cached_checkpoint("builtin:gemma-3-270m", lambda *_: None)
     calibration, _ = windows(loaded)
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
-    plan, _ = plan_quantization(loaded, SPEC, None, hessians, output_errors=False)
+    plan, _ = quantize(loaded, Quantization(SPEC, sensitivity="none"), Calibrated(hessians=hessians))
     # GPTQModel's own defaults, as it runs them (block by block, true sequential), for its format
     gptqmodel_spec = PRESETS["W4 g128 GPTQ (gptqmodel)"]
-    gptqmodel_plan, _ = gptq_block_by_block(loaded, calibration, gptqmodel_spec, output_errors=False)
+    gptqmodel_plan, _ = quantize(loaded, Quantization(gptqmodel_spec, sequential=True, sensitivity="none"), Calibrated(calibration))
     folders = {name: work / name for name in ("calibscope-ct", "calibscope-gptq", "llmcompressor", "gptqmodel")}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
@@ -186,7 +185,7 @@ def big_child(folder: str, samples: int, length: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="calibscope-checkpoint-")) / "w4"
     try:
         with CheckpointWriter(loaded, SPEC, out) as writer:
-            gptq_block_by_block(loaded, data, SPEC, HessianSpec(diagnostics="none"), output_errors=False, sink=writer.add)
+            quantize(loaded, Quantization(SPEC, sequential=True, sensitivity="none", hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=writer.add)
             summary = writer.finish()
         return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1),
                 "files": len(summary.files), "bytes": summary.bytes,

@@ -27,7 +27,7 @@ import pandas as pd
 from bench._common import RESULTS, report
 from bench.gptq_presets import WIKITEXT, quantized_perplexity
 from engine import ModelSpec, load_model
-from engine.quant import PRESETS, evaluation_windows, perplexity, plan_quantization
+from engine.quant import PRESETS, Calibrated, Quantization, evaluation_windows, perplexity, quantize
 from engine.sampling import GptqWindowsSpec, build
 from engine.sampling.recipes import rows_dataset
 from engine.stats import StatsSpec, collect
@@ -59,7 +59,7 @@ def main() -> None:
     evaluation = evaluation_windows(loaded.tokenizer, held_out, 512, held_out_windows, "wikitext tail")
     rows = [{"scheme": "float", "method": "-", "samples": None, "perplexity": perplexity(loaded, evaluation)}]
     for name in FIXED:  # nothing calibrated: the same at every count
-        plan, _ = plan_quantization(loaded, PRESETS[name], None, output_errors=False)
+        plan, _ = quantize(loaded, Quantization(PRESETS[name], sensitivity="none"))
         rows.append({"scheme": name, "method": "none calibrated", "samples": None,
                      "perplexity": quantized_perplexity(loaded, plan, evaluation)})
         print(rows[-1], flush=True)
@@ -71,7 +71,7 @@ def main() -> None:
         for name, methods in CALIBRATED.items():
             for method in methods:
                 spec = replace(PRESETS[name], activations=replace(PRESETS[name].activations, range_method=method, percentile=99.99))
-                plan, _ = plan_quantization(loaded, spec, stats, output_errors=False)
+                plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(stats=stats))
                 rows.append({"scheme": name, "method": method_label(method), "samples": count,
                              "perplexity": quantized_perplexity(loaded, plan, evaluation)})
                 print(rows[-1], flush=True)

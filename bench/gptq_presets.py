@@ -15,11 +15,9 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 from bench._common import report
 from engine import ModelSpec, load_model
-from engine.quant import PRESETS, QuantSpec
+from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, quantize
 from engine.quant.apply import quantized
-from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.perplexity import evaluation_windows, perplexity
-from engine.quant.plan import plan_quantization
 from engine.sampling import GptqWindowsSpec, build
 from engine.sampling.recipes import rows_dataset
 from engine.stats.hessian_report import collect_hessians
@@ -55,7 +53,7 @@ def main() -> None:
     for name in SCHEMES:
         spec: QuantSpec = PRESETS[name]
         started = time.perf_counter()
-        plan, table = plan_quantization(loaded, spec, None, hessians, output_errors=False)
+        plan, table = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(hessians=hessians))
         seconds = time.perf_counter() - started
         fallbacks = int((table.get("fallback") == "rtn").sum()) if "fallback" in table else 0
         rows.append({"scheme": name, "perplexity": quantized_perplexity(loaded, plan, evaluation),
@@ -64,7 +62,7 @@ def main() -> None:
     spec = PRESETS["W4 g128 GPTQ"]
     for propagate in (False, True):
         started = time.perf_counter()
-        plan, _ = gptq_block_by_block(loaded, calibration, spec, propagate=propagate, output_errors=False)
+        plan, _ = quantize(loaded, Quantization(spec, sequential=True, sensitivity="none", propagate=propagate), Calibrated(calibration))
         label = "sequential" if propagate else "one-pass"
         rows.append({"scheme": f"W4 g128 GPTQ, {label}, block by block",
                      "perplexity": quantized_perplexity(loaded, plan, evaluation), "seconds": round(time.perf_counter() - started, 1)})

@@ -265,10 +265,14 @@ def attack_disk(url: str, ledger: Ledger, deadline: float, model: str) -> None:
         if time.monotonic() >= deadline:
             break
         visitor = Visitor(url)
-        visitor.call("load_model_and_corpus", model=model, builtin_name="python-docs")
-        visitor.call("build_calibration_set", strategy="random", nsamples=8, length=128, seed=number)
-        visitor.call("compute_hessians", batch_size=4)
-        visitor.call("quantize", preset="W4 g128 RTN", sensitivity="none", windows=2, length=64)
+
+        def prepare(v: Visitor = visitor, seed: int = number) -> object:  # a slow answer is a finding, not a crash
+            v.call("load_model_and_corpus", model=model, builtin_name="python-docs")
+            v.call("build_calibration_set", strategy="random", nsamples=8, length=128, seed=seed)
+            v.call("compute_hessians", batch_size=4)
+            return v.call("quantize", preset="W4 g128 RTN", sensitivity="none", windows=2, length=64)
+
+        ledger.attempt("disk", f"session {number}: load, set, Hessians, quantize", prepare, must_refuse=False)
         artifacts = ["calibration set + manifest", "Hessians", "HTML report"]
         ledger.attempt("disk", f"session {number}: downloads", lambda v=visitor: v.call("prepare_downloads", artifacts=artifacts),
                        must_refuse=False)

@@ -30,7 +30,7 @@ from bench._common import QUICK_RESULTS, RESULTS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
 from engine.models import moefied
-from engine.quant import PRESETS, evaluation_windows, perplexity, plan_quantization, quantized
+from engine.quant import PRESETS, Calibrated, evaluation_windows, perplexity, quantize, quantized
 from engine.quant.specs import ExpertCalibration, ExpertFallback, ExpertPolicy
 from engine.sampling import build, spec_for
 from engine.stats import HessianSpec
@@ -60,7 +60,7 @@ def one_set(loaded, calibration, evaluation) -> list[dict]:
     rows = []
     for name, policy in POLICIES.items():
         started = time.perf_counter()
-        plan, table = plan_quantization(loaded, replace(PRESETS[SCHEME], experts=policy), hessians=dense, experts=experts)
+        plan, table = quantize(loaded, replace(PRESETS[SCHEME], experts=policy), Calibrated(hessians=dense, experts=experts))
         rows_of_experts = table.dropna(subset=["expert"])  # one row per expert and part (gate_up, down)
         per_expert = rows_of_experts.assign(module=rows_of_experts["layer"].str.rpartition(".")[0]).drop_duplicates(["module", "expert"])
         with quantized(loaded, plan):

@@ -82,15 +82,14 @@ from engine.export import ExportFormat, save_calibration_set
 from engine.export.verify import changed_floats, dequantized_layers, input_quantizers
 from engine.models.builtin import cached_checkpoint
 from engine.models.weight_cache import cache_root
-from engine.quant import PRESETS, QuantSpec
+from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, quantize
 from engine.quant.apply import QuantizedModel
 from engine.quant.awq_pass import awq_scaling
-from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.inputs import Fp8Inputs
-from engine.quant.perplexity import perplexity
-from engine.quant.plan import plan_quantization, quantizable_layers
-from engine.quant.ranges import entropy_clip
 from engine.quant.mappings import gain_offset
+from engine.quant.perplexity import perplexity
+from engine.quant.plan import quantizable_layers
+from engine.quant.ranges import entropy_clip
 from engine.stats import StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from engine.stats.specs import HessianSpec
@@ -196,7 +195,7 @@ def floats(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> dic
     rows, comparisons = [], {}
     for preset, scheme in FLOAT_PEERS.items():
         started = time.perf_counter()
-        plan, _ = plan_quantization(loaded, PRESETS[preset], stats, output_errors=False)
+        plan, _ = quantize(loaded, Quantization(PRESETS[preset], sensitivity="none"), Calibrated(stats=stats))
         ours_seconds = stats_seconds + time.perf_counter() - started
         folder = work / f"llmcompressor-{scheme}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -230,7 +229,7 @@ def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -
                         ("SmoothQuant 0.5 (mappings found from the model) + W8A8", smoothed)):
         started = time.perf_counter()
         stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))
-        plans[label], _ = plan_quantization(loaded, spec, stats, output_errors=False)
+        plans[label], _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(stats=stats))
         rows.append({"tool": "calibscope", "scheme": label, "seconds": round(time.perf_counter() - started, 1),
                      "perplexity": quantized_perplexity(loaded, plans[label], evaluation)})
         print(rows[-1], flush=True)
@@ -278,7 +277,7 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     preset = PRESETS["W4 g128 AWQ (llm-compressor)"]
     rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
     started = time.perf_counter()
-    plan, table = plan_quantization(loaded, preset, calibration=calibration, output_errors=False)
+    plan, table = quantize(loaded, Quantization(preset, sensitivity="none"), Calibrated(samples=calibration))
     ours_seconds = time.perf_counter() - started
     rows.append({"tool": "calibscope", "scheme": "W4 g128 AWQ (llm-compressor): its Gemma 3 mappings, found from the model",
                  "seconds": round(ours_seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
@@ -298,7 +297,7 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
                 "W4 g128 AWQ + clip: the same, then AutoAWQ's clip search": PRESETS["W4 g128 AWQ + clip"]}
     for label, spec in variants.items():
         started = time.perf_counter()
-        variant, _ = plan_quantization(loaded, spec, calibration=calibration, output_errors=False)
+        variant, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(samples=calibration))
         rows.append({"tool": "calibscope", "scheme": label, "seconds": round(time.perf_counter() - started, 1),
                      "perplexity": quantized_perplexity(loaded, variant, evaluation)})
         print(rows[-1], flush=True)
@@ -392,12 +391,12 @@ def gptq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     spec = PRESETS["W4 g128 GPTQ"]
     started = time.perf_counter()
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
-    plan, _ = plan_quantization(loaded, spec, None, hessians, output_errors=False)
+    plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(hessians=hessians))
     rows.append({"tool": "calibscope", "scheme": "W4 g128 GPTQ (default = llm-compressor's), one pass",
                  "seconds": round(time.perf_counter() - started, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
     for scheme in ("W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (optimum)"):
         started = time.perf_counter()
-        plan, _ = gptq_block_by_block(loaded, calibration, PRESETS[scheme], propagate=True, output_errors=False)
+        plan, _ = quantize(loaded, Quantization(PRESETS[scheme], sequential=True, sensitivity="none", propagate=True), Calibrated(calibration))
         rows.append({"tool": "calibscope", "scheme": sequential_label(scheme), "seconds": round(time.perf_counter() - started, 1),
                      "perplexity": quantized_perplexity(loaded, plan, evaluation)})
         print(rows[-1], flush=True)

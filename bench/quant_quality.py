@@ -20,7 +20,7 @@ from bench._common import report
 from bench.stats_overhead import WIKITEXT
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.corpus.documents import column
-from engine.quant import PRESETS, evaluate, evaluation_windows, perplexity
+from engine.quant import PRESETS, Calibrated, evaluate, evaluation_windows, perplexity
 from engine.sampling import GptqWindowsSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -61,7 +61,7 @@ def main() -> None:
     float_ppl = perplexity(loaded, evaluation)
     results = {"float": {"perplexity": round(float_ppl, 4)}}
     for name in SCHEMES:
-        result = evaluate(loaded, PRESETS[name], evaluation, stats, hessians, float_perplexity=float_ppl)
+        result = evaluate(loaded, PRESETS[name], Calibrated(stats=stats, hessians=hessians), evaluation, float_perplexity=float_ppl)
         results[name] = {"perplexity": round(result.quantized_perplexity, 4), "gap": round(result.gap, 4),
                          "seconds": result.meta["seconds"]}
         print(f"{name:24s} perplexity {result.quantized_perplexity:9.3f}  gap {result.gap:+8.3f}  ({result.meta['seconds']:.0f} s)",

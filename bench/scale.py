@@ -40,9 +40,7 @@ from bench._checkpoints import SHAPES, checkpoint
 from bench._common import STABLE_MALLOC, peak_rss_mb, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.export import CheckpointWriter, save_quantized
-from engine.quant import PRESETS, ExpertPolicy
-from engine.quant.block_gptq import gptq_block_by_block
-from engine.quant.plan import plan_quantization
+from engine.quant import PRESETS, Calibrated, ExpertPolicy, Quantization, quantize
 from engine.sampling import PackedSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -71,21 +69,20 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="none"))
         data = calibration(loaded, samples, length)
         hessians = collect_hessians(loaded, data, HessianSpec(diagnostics="none", execution="whole-model"))
-        plan, table = plan_quantization(loaded, GPTQ, None, hessians)
+        plan, table = quantize(loaded, GPTQ, Calibrated(hessians=hessians))
         save_quantized(loaded, plan, GPTQ, out / "checkpoint")
     elif mode == "blockwise":  # block by block from disk, each block's Hessians handed to GPTQ and freed
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
         with CheckpointWriter(loaded, GPTQ, out / "checkpoint") as writer:
-            _, table = gptq_block_by_block(loaded, data, GPTQ, HessianSpec(diagnostics="none"), propagate=False, sink=writer.add)
+            _, table = quantize(loaded, Quantization(GPTQ, sequential=True, propagate=False, hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=writer.add)
             writer.finish()
     elif mode == "experts":  # MoE: every expert's Hessians and GPTQ block by block, each block handed on and dropped
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
         handed = []
         spec = replace(GPTQ, experts=ExpertPolicy(calibration="all-experts"))
-        _, table = gptq_block_by_block(loaded, data, spec, HessianSpec(diagnostics="none"), propagate=False,
-                                       sink=lambda block: handed.append(len(block.experts)), output_errors=False)
+        _, table = quantize(loaded, Quantization(spec, sequential=True, sensitivity="none", propagate=False, hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=lambda block: handed.append(len(block.experts)))
         experts = table.dropna(subset=["expert"]) if "expert" in table else table.iloc[:0]
         return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1), "tokens": int(data.lengths.sum()),
                 "dense_layers": int(len(table) - len(experts)), "expert_rows": int(len(experts)),

@@ -16,8 +16,7 @@ from engine import CorpusSpec, load_corpus
 from engine.models import from_model
 from engine.models.offload import ResidentWeights
 from engine.models.tiny import byte_tokenizer
-from engine.quant import PRESETS
-from engine.quant.plan import plan_quantization
+from engine.quant import PRESETS, Calibrated, quantize
 from engine.sampling import CalibrationSet, PackedSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
@@ -67,7 +66,7 @@ def measure_shape(shape: str, device: str, quick: bool) -> dict:
     whole_spec = HessianSpec(diagnostics="none", execution="whole-model")
     hessian_s, hessian_peak, hessians = peak_gib(device, lambda: collect_hessians(loaded, data, whole_spec))
     scheme = PRESETS["W4 g128 GPTQ"]
-    gptq_s, _ = timed(device, lambda: plan_quantization(loaded, scheme, None, hessians))
+    gptq_s, _ = timed(device, lambda: quantize(loaded, scheme, Calibrated(hessians=hessians)))
     hessians = loaded = None  # free the device for the offloaded run
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -24,7 +24,7 @@ from engine.export.checkpoint import CheckpointFormat
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
-from engine.quant import ActivationSpec, AwqSpec, ExpertPolicy, Sensitivity, WeightSpec
+from engine.quant import ActivationSpec, AwqSpec, Calibrated, ExpertPolicy, Sensitivity, WeightSpec
 from engine.run_report import run_report
 from engine.runner import distributed
 from engine.sampling import SamplingSpec, Strategy, build, entry
@@ -176,12 +176,11 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
         if writer:
             for suffix in ("gguf", "dat"):
                 written[f"imatrix.{suffix}"] = write_imatrix(imatrix, config.output / f"imatrix.{suffix}")
-    cache = EvaluationCache()
+    cache, calibrated = EvaluationCache(), Calibrated(calibration, stats, hessians)
     reports = []
     for number, quant_run in enumerate(config.quantize, 1):
         step = labelled(scaled(progress, 0.95, 0.97), f"Quantize {quant_run.spec.label()}")
-        report, checkpoint = _quantize(quant_run, loaded, stats, hessians, calibration, cache, step,
-                                       config.output if writer else None, log)
+        report, checkpoint = _quantize(quant_run, loaded, calibrated, cache, step, config.output if writer else None, log)
         reports.extend([report] if report is not None else [])
         if checkpoint is not None:
             written[f"checkpoint-{number}"] = checkpoint
@@ -199,7 +198,7 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
     return written
 
 
-def _quantize(run: QuantRun, loaded, stats, hessians, calibration, cache: EvaluationCache, progress: Progress,
+def _quantize(run: QuantRun, loaded, calibrated: Calibrated, cache: EvaluationCache, progress: Progress,
               output: Path | None, log: Callable[[str], None]) -> tuple[object | None, Path | None]:
     """One [[quantize]] run: evaluated (when the whole model is in memory) and, with ``save``, written
     as a checkpoint into ``output`` (None: another rank writes). A model read block by block from
@@ -211,15 +210,14 @@ def _quantize(run: QuantRun, loaded, stats, hessians, calibration, cache: Evalua
         if distributed.world()[1] > 1:
             raise SpecError("Writing a checkpoint block by block runs in one process; run this config without torchrun.")
         log(f"{run.spec.label()}: the model is offloaded, so the run is written block by block without a perplexity.")
-        summary = run.write(loaded, output / run.save, stats=stats, hessians=hessians, calibration=calibration,
-                            progress=progress)
+        summary = run.write(loaded, output / run.save, calibrated, progress=progress)
         log(summary.describe())
         return None, summary.folder
     plans = []
-    report = run.run(loaded, stats, hessians, cache, progress, calibration, plans.append if run.save else None)
+    report, _ = run.run(loaded, calibrated, cache, progress, plans.append if run.save else None)
     if not run.save or output is None:
         return report, None
-    summary = run.write(loaded, output / run.save, plans[0] if plans else None, stats, hessians, calibration,
+    summary = run.write(loaded, output / run.save, calibrated, plans[0] if plans else None,
                         provenance={"simulated_perplexity": report.quantized_perplexity,
                                     "evaluation": report.meta["evaluation"]})
     log(summary.describe())

@@ -21,7 +21,7 @@ from engine.export import save_quantized
 from engine.export.verify import changed_floats, dequantized_layers
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
-from engine.quant import PRESETS, QuantSpec, WeightSpec, awq_pass, perplexity, plan_quantization, quantized
+from engine.quant import PRESETS, Calibrated, QuantSpec, WeightSpec, awq_pass, perplexity, quantize, quantized
 from engine.quant.apply import QuantizedModel
 from engine.quant.awq import best_clips, grid_points, group_blocks, weight_means
 from engine.quant.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls
@@ -230,7 +230,7 @@ def test_awq_equals_a_transcription_of_llm_compressor(model, calibration):
     assert result.mappings["points_cut_short"].sum() > 20  # the search skipped work and chose the same
     moved = [float(result.scaling.scales[balance[0]].max()) for _, balance, _ in mappings]
     assert max(moved) > 1.5  # the search chose real scalings, not only the identity
-    plan, table = plan_quantization(model, spec, calibration=calibration)
+    plan, table = quantize(model, spec, Calibrated(samples=calibration))
     for name, weight in their_weights.items():
         ours = plan.weights[name]
         assert torch.allclose(ours, weight, atol=1e-5 * float(weight.abs().max())), name
@@ -361,7 +361,7 @@ def test_the_checkpoint_holds_the_simulated_awq_model(model, calibration, tmp_pa
     """pack-quantized with zero points, the rescaled norms and biases beside: read back with the
     package's decompressor (transformers cannot load asymmetric packed zero points), it is the simulation."""
     spec = PRESETS["W4 g128 AWQ + clip"]
-    plan, _ = plan_quantization(model, spec, calibration=calibration)
+    plan, _ = quantize(model, spec, Calibrated(samples=calibration))
     save_quantized(model, plan, spec, tmp_path / "awq")
     read_back = QuantizedModel(weights=dict(dequantized_layers(tmp_path / "awq")), floats=changed_floats(tmp_path / "awq", model))
     assert set(read_back.floats) == set(plan.floats) and len(plan.floats) == 4  # two norms per block
@@ -376,7 +376,7 @@ def test_the_checkpoint_holds_the_simulated_awq_model(model, calibration, tmp_pa
 
 def test_awq_runs_on_a_bfloat16_model(calibration):
     loaded = mha_llama(torch.bfloat16)
-    plan, table = plan_quantization(loaded, AWQ, calibration=calibration)
+    plan, table = quantize(loaded, AWQ, Calibrated(samples=calibration))
     assert all(weight.dtype == torch.bfloat16 for weight in plan.weights.values())
     assert float_change(loaded, awq_scaling(loaded, calibration, AWQ, quantizable_layers(loaded.model, AWQ)).scaling) < 5e-2
     with quantized(loaded, plan):

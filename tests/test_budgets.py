@@ -27,6 +27,7 @@ from engine.guard import (
     return_freed_memory_promptly,
 )
 from engine.imatrix.llamacpp import _cached_gguf, complete_gguf, gguf_key
+from engine.quant import Quantization, quantize
 from engine.runner import PassRequest, plan_for
 from engine.sampling import RandomSpec, build
 from engine.stats import StatsSpec, collect
@@ -209,10 +210,10 @@ def _write_gguf(path: Path) -> None:
 def test_a_checkpoints_size_is_estimated_from_what_it_holds(tiny_llama, tmp_path):
     from engine.export import save_quantized
     from engine.export.size import estimated_checkpoint_bytes
-    from engine.quant import PRESETS, plan_quantization
+    from engine.quant import PRESETS
 
     spec = PRESETS["W4 g128 RTN"].__class__(PRESETS["W4 g128 RTN"].weights.__class__(group_size=0))
-    plan, _ = plan_quantization(tiny_llama, spec, output_errors=False)
+    plan, _ = quantize(tiny_llama, Quantization(spec, sensitivity="none"))
     summary = save_quantized(tiny_llama, plan, spec, tmp_path / "w4")
     written = sum(p.stat().st_size for p in (tmp_path / "w4").glob("*.safetensors"))
     assert written >= summary.bytes

@@ -20,9 +20,18 @@ from engine.export import shards as shard_module
 from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_perplexity
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
-from engine.quant import ActivationSpec, QuantSpec, WeightSpec, evaluation_windows, perplexity, plan_quantization, quantized
+from engine.quant import (
+    ActivationSpec,
+    Calibrated,
+    Quantization,
+    QuantSpec,
+    WeightSpec,
+    evaluation_windows,
+    perplexity,
+    quantize,
+    quantized,
+)
 from engine.quant.apply import QuantizedModel
-from engine.quant.block_gptq import gptq_block_by_block
 from engine.quant.gptq import gptq
 from engine.quant.grid import IntWeight
 from engine.sampling import RandomSpec, build
@@ -92,7 +101,7 @@ SCHEMES = {
 def test_compressed_tensors_reloads_to_the_simulated_weights_and_perplexity(label, model, calibrated, tmp_path):
     spec = SCHEMES[label]
     _, stats, hessians = calibrated
-    plan, _ = plan_quantization(model, spec, stats, hessians)
+    plan, _ = quantize(model, spec, Calibrated(stats=stats, hessians=hessians))
     summary = save_quantized(model, plan, spec, tmp_path / "out")
     assert summary.quantized_layers == len(plan.weights) == 14
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
@@ -137,7 +146,7 @@ def test_tensor_names_dtypes_and_shapes_are_llm_compressors(model, calibrated, t
             "down_proj.weight": (torch.int8, (256, 512))},
     }
     for number, (spec, tensors) in enumerate(expected.items()):
-        plan, _ = plan_quantization(model, spec, stats, hessians)
+        plan, _ = quantize(model, spec, Calibrated(stats=stats, hessians=hessians))
         save_quantized(model, plan, spec, tmp_path / str(number))
         with safe_open(tmp_path / str(number) / "model.safetensors", "pt") as opened:
             for short, (dtype, shape) in tensors.items():
@@ -157,7 +166,7 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
     stats = collect(loaded, calibration, StatsSpec(batch_size=4)) if spec.activations.enabled else None
     hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none")) if spec.needs_hessians else None
-    plan, _ = plan_quantization(loaded, spec, stats, hessians)
+    plan, _ = quantize(loaded, spec, Calibrated(stats=stats, hessians=hessians))
     save_quantized(loaded, plan, spec, tmp_path / "out")
     assert largest_weight_difference(tmp_path / "out", plan.weights) == 0.0
     back = reloaded(tmp_path / "out", torch.bfloat16)
@@ -183,7 +192,7 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
 def test_tied_embeddings_are_written_once_and_reloaded_tied(tmp_path):
     loaded = wide_llama(tied=True)
     spec = QuantSpec(WeightSpec("rtn", 4, 128))
-    plan, _ = plan_quantization(loaded, spec)
+    plan, _ = quantize(loaded, spec)
     save_quantized(loaded, plan, spec, tmp_path / "out")
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as opened:
         assert "lm_head.weight" not in opened.keys() and "model.embed_tokens.weight" in opened.keys()
@@ -194,7 +203,7 @@ def test_tied_embeddings_are_written_once_and_reloaded_tied(tmp_path):
 
 def test_shards_and_index_reload(model, tmp_path):
     spec = QuantSpec(WeightSpec("rtn", 4, 128))
-    plan, _ = plan_quantization(model, spec)
+    plan, _ = quantize(model, spec)
     summary = save_quantized(model, plan, spec, tmp_path / "out", max_shard_bytes=200_000)
     assert len(summary.files) > 3 and (tmp_path / "out" / "model.safetensors.index.json").is_file()
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
@@ -213,11 +222,10 @@ def test_block_by_block_from_disk_writes_the_same_checkpoint_as_in_memory(model,
     calibration = calibrated[0]
     spec = QuantSpec(WeightSpec("gptq", 4, 128))
     with CheckpointWriter(on_disk, spec, tmp_path / "streamed", max_shard_bytes=300_000) as writer:
-        kept, _ = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4, diagnostics="none"),
-                                      sink=writer.add)
+        kept, _ = quantize(on_disk, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")), Calibrated(calibration), sink=writer.add)
         writer.finish()
     assert not kept.weights and not kept.integers  # handed to the writer block by block, not kept
-    in_memory, _ = gptq_block_by_block(model, calibration, spec, HessianSpec(batch_size=4, diagnostics="none"))
+    in_memory, _ = quantize(model, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")), Calibrated(calibration))
     weights = dense_weights(reloaded(tmp_path / "streamed"))
     for name, simulated in in_memory.weights.items():
         assert torch.allclose(weights[name], simulated, rtol=0, atol=1e-6), name
@@ -241,7 +249,7 @@ def unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
 @pytest.mark.parametrize("bits,group_size,act_order", [(4, 128, "static"), (8, 0, "none"), (4, 64, "dynamic"), (2, 128, "none")])
 def test_gptq_format_unpacks_to_the_simulated_weights(bits, group_size, act_order, model, calibrated, tmp_path):
     spec = QuantSpec(WeightSpec("gptq", bits, group_size, act_order=act_order))
-    plan, _ = plan_quantization(model, spec, None, calibrated[2])
+    plan, _ = quantize(model, spec, Calibrated(hessians=calibrated[2]))
     save_quantized(model, plan, spec, tmp_path / "out", fmt="gptq")
     settings = json.loads((tmp_path / "out" / "quantize_config.json").read_text())
     assert settings == json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
@@ -279,28 +287,28 @@ def test_the_integers_are_the_fake_weights_for_every_act_order():
 def test_refusals_say_why_and_what_to_do(model, calibrated, tmp_path):
     _, stats, hessians = calibrated
     dynamic = QuantSpec(WeightSpec("gptq", 4, 128, act_order="dynamic"))
-    plan, _ = plan_quantization(model, dynamic, None, hessians)
+    plan, _ = quantize(model, dynamic, Calibrated(hessians=hessians))
     with pytest.raises(ExportError, match="no longer stores activation order 'group'.*GPTQ format"):
         save_quantized(model, plan, dynamic, tmp_path / "a")
     channel = QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax", granularity="channel"))
     with pytest.raises(ExportError, match="per-input-channel"):
-        save_quantized(model, plan_quantization(model, channel, stats)[0], channel, tmp_path / "b")
+        save_quantized(model, quantize(model, channel, Calibrated(stats=stats))[0], channel, tmp_path / "b")
     asymmetric = QuantSpec(WeightSpec("rtn", 4, 128, symmetric=False))
     with pytest.raises(ExportError, match="asymmetric"):
-        save_quantized(model, plan_quantization(model, asymmetric)[0], asymmetric, tmp_path / "c", fmt="gptq")
+        save_quantized(model, quantize(model, asymmetric)[0], asymmetric, tmp_path / "c", fmt="gptq")
     rtn = QuantSpec(WeightSpec("rtn", 4, 128))
-    foreign = QuantizedModel(weights=dict(plan_quantization(model, rtn)[0].weights))
+    foreign = QuantizedModel(weights=dict(quantize(model, rtn)[0].weights))
     with pytest.raises(ExportError, match="made outside calibscope"):
         save_quantized(model, foreign, rtn, tmp_path / "d")
     assert not any(tmp_path.iterdir())
-    warned = save_quantized(model, plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 128)))[0],
+    warned = save_quantized(model, quantize(model, QuantSpec(WeightSpec("rtn", 3, 128)))[0],
                             QuantSpec(WeightSpec("rtn", 3, 128)), tmp_path / "e")
     assert "vLLM serves weight-only compressed-tensors of 4 or 8 bits" in warned.warning and warned.warning in warned.describe()
 
 
 def test_an_existing_folder_is_never_touched(model, tmp_path):
     spec = QuantSpec(WeightSpec("rtn", 4, 128))
-    plan, _ = plan_quantization(model, spec)
+    plan, _ = quantize(model, spec)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep me")
     with pytest.raises(ExportError, match="already exists"):
@@ -310,7 +318,7 @@ def test_an_existing_folder_is_never_touched(model, tmp_path):
 
 def test_a_full_disk_leaves_nothing_behind_and_says_so(model, tmp_path, monkeypatch):
     spec = QuantSpec(WeightSpec("rtn", 4, 128))
-    plan, _ = plan_quantization(model, spec)
+    plan, _ = quantize(model, spec)
     written = []
 
     def full(file, data):
@@ -374,7 +382,7 @@ def test_float_formats_reload_to_exactly_the_simulated_model(name, dtype, tmp_pa
     spec = PRESETS[name]
     calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
     stats = collect(loaded, calibration, StatsSpec(batch_size=4))
-    plan, _ = plan_quantization(loaded, spec, stats)
+    plan, _ = quantize(loaded, spec, Calibrated(stats=stats))
     summary = save_quantized(loaded, plan, spec, tmp_path / "out")
     assert largest_weight_difference(tmp_path / "out", plan.weights) == 0.0
     evaluation = windows(loaded)

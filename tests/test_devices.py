@@ -11,7 +11,7 @@ import torch
 from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
-from engine.quant import PRESETS, evaluate, evaluation_windows, gptq
+from engine.quant import PRESETS, Calibrated, Quantization, evaluate, evaluation_windows, gptq
 from engine.quant.format_ranges import format_ranges
 from engine.quant.matrices import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
@@ -33,10 +33,10 @@ def test_no_step_creates_a_tensor_without_saying_where(name):
         hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4))
         blockwise = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, execution="block-by-block"))
         windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
-        report = evaluate(loaded, PRESETS["W4 g128 GPTQ"], windows, stats, hessians)
-        evaluate(loaded, PRESETS["W8A8 static (MSE)"], windows, stats, hessians, sensitivity="thorough")
-        evaluate(loaded, PRESETS["FP8 W8A8 static"], windows, stats, None)
-        evaluate(loaded, PRESETS["FP8 W8A8 dynamic"], windows, None, None)
+        report = evaluate(loaded, PRESETS["W4 g128 GPTQ"], Calibrated(stats=stats, hessians=hessians), windows)
+        evaluate(loaded, Quantization(PRESETS["W8A8 static (MSE)"], sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), windows)
+        evaluate(loaded, PRESETS["FP8 W8A8 static"], Calibrated(stats=stats), windows)
+        evaluate(loaded, PRESETS["FP8 W8A8 dynamic"], Calibrated(), windows)
         format_ranges(stats)
         swept = sweep(loaded, calibration, SweepSpec(shuffles=1, batch_size=4))
     assert report.quantized_perplexity > 1 and len(swept.rows) and relative_difference(hessians.hessians, blockwise.hessians) < 1e-5
@@ -62,7 +62,7 @@ def test_a_bfloat16_model_on_the_cpu_accumulates_exact_float32_hessians():
     stats = collect(loaded, calibration, StatsSpec(batch_size=4))
     assert stats.summary["absmax"].gt(0).all()
     windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
-    assert evaluate(loaded, PRESETS["W4 g128 GPTQ"], windows, stats, hessians).quantized_perplexity < float("inf")
+    assert evaluate(loaded, PRESETS["W4 g128 GPTQ"], Calibrated(stats=stats, hessians=hessians), windows).quantized_perplexity < float("inf")
 
 
 def test_the_branch_free_path_equals_the_host_branch_with_nan_and_inf():

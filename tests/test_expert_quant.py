@@ -13,8 +13,18 @@ import torch
 from engine import ModelSpec, load_model
 from engine.errors import CalibscopeError
 from engine.hooks import observing
-from engine.quant import QuantSpec, WeightSpec, evaluation_windows, gptq, perplexity, plan_quantization, quantized
 from engine.models.layers import find_experts
+from engine.quant import (
+    Calibrated,
+    Quantization,
+    QuantSpec,
+    WeightSpec,
+    evaluation_windows,
+    gptq,
+    perplexity,
+    quantize,
+    quantized,
+)
 from engine.quant.experts import expert_hessians, quantize_experts
 from engine.quant.plan import quantizable_layers
 from engine.quant.specs import ActivationSpec, ActOrder, ExpertPolicy
@@ -80,7 +90,7 @@ def test_all_experts_statistics_leave_the_forward_the_routers(model, calibration
 
 def test_expert_gptq_equals_gptq_on_each_experts_own_matrix(model, calibration, report):
     dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
-    plan, table = plan_quantization(model, GPTQ, hessians=dense, experts=report)
+    plan, table = quantize(model, GPTQ, Calibrated(hessians=dense, experts=report))
     assert "model.layers.1.mlp.gate" not in plan.weights  # the router stays float
     fused = plan.experts[f"{EXPERTS}.gate_up_proj"], plan.experts[f"{EXPERTS}.down_proj"]
     module = dict(model.model.named_modules())[EXPERTS]
@@ -109,7 +119,7 @@ def test_an_expert_starved_of_every_token_never_gets_a_nan_or_zero_scale(model, 
                "FP8 per channel": QuantSpec(WeightSpec("rtn", group_size=0, format="fp8"))}
     dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
     for label, spec in schemes.items():
-        plan, table = plan_quantization(model, spec, hessians=dense, experts=report)
+        plan, table = quantize(model, spec, Calibrated(hessians=dense, experts=report))
         for name, fake in plan.experts.items():
             assert torch.isfinite(fake).all(), (label, name)
         row = table.set_index("layer").loc[f"{starved_name}.3.gate_up"]
@@ -130,8 +140,8 @@ def test_an_expert_starved_of_every_token_never_gets_a_nan_or_zero_scale(model, 
 def test_experts_quantized_change_the_models_perplexity_and_what_is_not_built_says_so(model, calibration, report):
     windows = evaluation_windows(model.tokenizer, ["Held out text about experts and routers. " * 30], 64, 2, "held out")
     float_ppl = perplexity(model, windows)
-    dense_only, _ = plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 8), name_pattern=r"^(?!.*\.experts)"))
-    with_experts, _ = plan_quantization(model, QuantSpec(WeightSpec("rtn", 3, 8)))
+    dense_only, _ = quantize(model, QuantSpec(WeightSpec("rtn", 3, 8), name_pattern=r"^(?!.*\.experts)"))
+    with_experts, _ = quantize(model, QuantSpec(WeightSpec("rtn", 3, 8)))
     assert not dense_only.experts and set(with_experts.experts) == {f"model.layers.{b}.mlp.experts.{p}_proj"
                                                                    for b in (0, 1) for p in ("gate_up", "down")}
     with quantized(model, dense_only):
@@ -142,25 +152,24 @@ def test_experts_quantized_change_the_models_perplexity_and_what_is_not_built_sa
     assert experts_ppl != dense_ppl and all(value < float("inf") for value in (dense_ppl, experts_ppl))
     assert all(layer.name != ROUTER for layer in quantizable_layers(model.model, GPTQ))
     with pytest.raises(CalibscopeError, match="Input quantization of MoE experts"):
-        plan_quantization(model, QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, granularity="token")))
+        quantize(model, QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, granularity="token")))
     dense = collect_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
     with pytest.raises(CalibscopeError, match="experts' GPTQ needs each expert's Hessians"):
-        plan_quantization(model, GPTQ, hessians=dense)  # neither an expert report nor a set to collect one on
-    collected, table = plan_quantization(model, GPTQ, hessians=dense, calibration=calibration)  # collected on the set
+        quantize(model, GPTQ, Calibrated(hessians=dense))  # neither an expert report nor a set to collect one on
+    collected, table = quantize(model, GPTQ, Calibrated(samples=calibration, hessians=dense))  # collected on the set
     assert table[table["kind"] == "expert"]["output_error"].notna().any()
 
 
 def test_block_by_block_gptq_quantizes_the_experts_with_their_block(model, calibration, report):
-    from engine.quant.block_gptq import gptq_block_by_block
     from engine.stats.hessian_report import collect_hessians as dense_hessians
 
-    one_pass, table = gptq_block_by_block(model, calibration, GPTQ, HessianSpec(batch_size=4), propagate=False)
+    one_pass, table = quantize(model, Quantization(GPTQ, sequential=True, propagate=False, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     dense = dense_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
-    at_once, _ = plan_quantization(model, GPTQ, hessians=dense, experts=report)
+    at_once, _ = quantize(model, GPTQ, Calibrated(hessians=dense, experts=report))
     assert set(one_pass.experts) == set(at_once.experts) and len(table[table["kind"] == "expert"]) == 16
     for name, fake in at_once.experts.items():  # the same Hessians, gathered by the block-by-block pass
         torch.testing.assert_close(one_pass.experts[name], fake, rtol=0, atol=1e-5)
-    sequential, _ = gptq_block_by_block(model, calibration, GPTQ, HessianSpec(batch_size=4))
+    sequential, _ = quantize(model, Quantization(GPTQ, sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     second = f"{EXPERTS}.down_proj"  # block 1's experts saw block 0 quantized: other Hessians, other weights
     assert not torch.equal(sequential.experts[second], at_once.experts[second])
     with quantized(model, sequential):
@@ -170,7 +179,6 @@ def test_block_by_block_gptq_quantizes_the_experts_with_their_block(model, calib
 def test_block_by_block_all_experts_gptq_needs_no_routed_hessians(model, calibration, report, monkeypatch):
     """Every expert on every token: the pass accumulates only the all-token Hessians (a block's routed
     ones are experts x hidden², dropped from its peak) and quantizes as all at once does."""
-    from engine.quant.block_gptq import gptq_block_by_block
     from engine.stats import experts as expert_stats
     from engine.stats.hessian_report import collect_hessians as dense_hessians
 
@@ -183,10 +191,10 @@ def test_block_by_block_all_experts_gptq_needs_no_routed_hessians(model, calibra
 
     monkeypatch.setattr(expert_stats.ExpertAccumulator, "__init__", recording)
     every = replace(GPTQ, experts=ExpertPolicy(calibration="all-experts"))
-    one_pass, table = gptq_block_by_block(model, calibration, every, HessianSpec(batch_size=4), propagate=False)
+    one_pass, table = quantize(model, Quantization(every, sequential=True, propagate=False, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     assert made and all(accumulator.hessians is None and accumulator.all_down is not None for accumulator in made)
     dense = dense_hessians(model, calibration, HessianSpec(batch_size=4, diagnostics="none"))
-    at_once, _ = plan_quantization(model, every, hessians=dense, experts=report)
+    at_once, _ = quantize(model, every, Calibrated(hessians=dense, experts=report))
     assert set(table[table["kind"] == "expert"]["calibration"]) == {"all tokens"}
     for name, fake in at_once.experts.items():
         torch.testing.assert_close(one_pass.experts[name], fake, rtol=0, atol=1e-5)
@@ -209,7 +217,7 @@ def test_gpt_oss_experts_are_read_and_quantized_in_their_own_layout(calibration)
         torch.testing.assert_close(report.kept_intermediate[(EXPERTS, expert)].double(), 2 / len(h) * h.T @ h,
                                    rtol=1e-4, atol=1e-7)
     dense = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none"))
-    plan, _ = plan_quantization(loaded, GPTQ, hessians=dense, experts=report)
+    plan, _ = quantize(loaded, GPTQ, Calibrated(hessians=dense, experts=report))
     gate_up = plan.experts[f"{EXPERTS}.gate_up_proj"]
     assert gate_up.shape == module.gate_up_proj.shape  # written back in the module's [E, H, 2I] layout
     weights = GPTQ.weights
@@ -244,7 +252,7 @@ def test_experts_are_written_per_expert_as_their_checkpoints_name_them_and_reloa
     data = datasets.Dataset.from_dict({"text": texts, "source": [f"e{i}" for i in range(6)], "row_id": list(range(6))})
     calibration = build(data, loaded.tokenizer, RandomSpec(nsamples=6, length=96))
     dense = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none"))
-    plan, _ = plan_quantization(loaded, GPTQ, hessians=dense, calibration=calibration)
+    plan, _ = quantize(loaded, GPTQ, Calibrated(samples=calibration, hessians=dense))
     folder = tmp_path / "checkpoint"
     save_quantized(loaded, plan, GPTQ, folder)
     module, names = parts
@@ -270,13 +278,13 @@ def test_experts_the_checkpoint_cannot_hold_are_refused_before_anything_is_writt
 
     gpt_oss = load_model(ModelSpec("tiny-random-gpt-oss", dtype="float32"))
     rtn = QuantSpec(WeightSpec("rtn", 4, 8))
-    plan, _ = plan_quantization(gpt_oss, rtn)
+    plan, _ = quantize(gpt_oss, rtn)
     with pytest.raises(ExportError, match="GPT-OSS-style experts"):
         save_quantized(gpt_oss, plan, rtn, tmp_path / "gpt-oss")
     assert not (tmp_path / "gpt-oss").exists()
     fp8 = QuantSpec(WeightSpec("rtn", 8, 0, format="fp8"))
     qwen = load_model(ModelSpec("tiny-random-qwen3-moe", dtype="float32"))
-    plan, _ = plan_quantization(qwen, fp8)
+    plan, _ = quantize(qwen, fp8)
     with pytest.raises(ExportError, match="integer schemes"):
         save_quantized(qwen, plan, fp8, tmp_path / "fp8")
     assert not (tmp_path / "fp8").exists()

@@ -9,6 +9,7 @@ import torch
 
 from engine import ModelSpec, load_model
 from engine.errors import CalibscopeError
+from engine.quant import quantize
 from engine.runner import Execution
 from engine.sampling import RandomSpec, build
 from engine.stats.experts import NO_TOKENS, ExpertSpec, collect_expert_stats
@@ -92,7 +93,7 @@ def test_llama4_experts_called_with_routed_scaled_inputs_are_read_as_they_comput
     and Hessians equal float64 references over the rows its call actually computes on, one sequence
     at a time; its all-token Hessian is over every token unscaled; quantized, it runs."""
     from engine.models.layers import find_experts
-    from engine.quant import QuantSpec, WeightSpec, plan_quantization, quantized
+    from engine.quant import QuantSpec, WeightSpec, quantized
 
     loaded = load_model(ModelSpec("tiny-random-llama4", dtype="float32"))
     name = "model.layers.1.feed_forward.experts"
@@ -126,7 +127,7 @@ def test_llama4_experts_called_with_routed_scaled_inputs_are_read_as_they_comput
                                    rtol=1e-4, atol=1e-6)
     tokens = torch.cat([call.view(layer.experts, -1, layer.hidden).sum(0) for call in seen])  # nonzero rows summed: scaled x
     assert report.kept_all_inputs[name].shape == (layer.hidden, layer.hidden) and tokens.shape[0] == per_expert.shape[1]
-    plan, table = plan_quantization(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
+    plan, table = quantize(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
     assert f"{name}.gate_up_proj" in plan.experts and plan.experts[f"{name}.gate_up_proj"].shape == (4, 32, 48)
     with quantized(loaded, plan):
         assert torch.isfinite(loaded.model(input_ids=calibration.input_ids[:1]).logits).all()

@@ -16,7 +16,7 @@ from engine.models.layers import find_experts
 from engine.models.loading import checkpoint_folder
 from engine.models.size import is_packaged
 from engine.models.tiny import build_tiny
-from engine.quant import QuantSpec, WeightSpec, plan_quantization, quantized
+from engine.quant import QuantSpec, WeightSpec, quantize, quantized
 from engine.sampling import RandomSpec, build
 from engine.stats.experts import ExpertSpec, collect_expert_stats
 
@@ -98,7 +98,7 @@ def test_calibscope_reads_it_as_a_fused_experts_moe_and_quantizes_its_experts(de
     report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=2))
     counts = report.routing.groupby("layer")["tokens"].sum()
     assert (counts == 2 * int(calibration.lengths.sum())).all()  # top-2: every token reaches two experts
-    plan, table = plan_quantization(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
+    plan, table = quantize(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
     assert set(plan.experts) == {f"model.layers.{b}.mlp.experts.{p}_proj" for b in range(4) for p in ("gate_up", "down")}
     assert "model.layers.0.mlp.shared_expert.down_proj" in set(table["layer"])  # the shared expert: plain Linear layers
     assert all("router" not in name for name in table["layer"])  # routers stay float

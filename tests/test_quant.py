@@ -11,6 +11,8 @@ from engine.errors import CalibscopeError, SpecError
 from engine.hooks import select_layers
 from engine.quant import (
     ActivationSpec,
+    Calibrated,
+    Quantization,
     QuantizedModel,
     QuantSpec,
     WeightSpec,
@@ -18,7 +20,7 @@ from engine.quant import (
     evaluation_windows,
     gptq,
     perplexity,
-    plan_quantization,
+    quantize,
     quantized,
     rtn,
 )
@@ -191,8 +193,7 @@ def test_evaluation_windows_refuse_too_little_text(tiny_llama):
 def test_weights_and_hooks_are_restored_after_an_exception(tiny_llama, calibrated):
     stats, hessians, _ = calibrated
     layers = select_layers(tiny_llama.model, ("Linear",), "", False)
-    plan, _ = plan_quantization(tiny_llama, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), stats, hessians,
-                                layers=layers)
+    plan, _ = quantize(tiny_llama, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), Calibrated(stats=stats, hessians=hessians))
     module = layers[0].module
     original = module.weight.data
     before = original.clone()
@@ -207,10 +208,9 @@ def test_evaluate_on_a_tiny_model_orders_schemes_and_leaves_the_model_unchanged(
     stats, hessians, evaluation = calibrated
     state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     float_ppl = perplexity(tiny_llama, evaluation)
-    w8 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 8, 0)), evaluation, stats, hessians)
-    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), evaluation, stats, hessians, float_perplexity=float_ppl)
-    both = evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)),
-                    evaluation, stats, hessians, sensitivity="thorough")
+    w8 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 8, 0)), Calibrated(stats=stats, hessians=hessians), evaluation)
+    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), Calibrated(stats=stats, hessians=hessians), evaluation, float_perplexity=float_ppl)
+    both = evaluate(tiny_llama, Quantization(QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)), sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), evaluation)
     assert w8.float_perplexity == pytest.approx(float_ppl) == w2.float_perplexity
     assert abs(w8.gap) < 0.1 * w2.gap  # random weights: perplexity ~ vocabulary, yet 2 bits still shows
     table = both.layers
@@ -225,9 +225,9 @@ def test_evaluate_on_a_tiny_model_orders_schemes_and_leaves_the_model_unchanged(
 def test_evaluate_says_what_is_missing(tiny_llama, calibrated):
     _, _, evaluation = calibrated
     with pytest.raises(CalibscopeError, match="collect Hessians"):
-        evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), evaluation)
+        evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), Calibrated(), evaluation)
     with pytest.raises(CalibscopeError, match="activation statistics"):
-        evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), evaluation)
+        evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), Calibrated(), evaluation)
     with pytest.raises(CalibscopeError, match="no layer .nope."):
         with quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
             pass

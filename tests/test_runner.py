@@ -17,10 +17,9 @@ from engine.errors import CalibscopeError
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import decoder_blocks
 from engine.models.tiny import build_tiny
-from engine.quant import PRESETS
+from engine.quant import PRESETS, Calibrated, Quantization, quantize
 from engine.quant.apply import QuantizedModel, module_weight, original_weights, quantized
-from engine.quant.block_gptq import gptq_block_by_block
-from engine.quant.plan import plan_quantization, quantizable_layers, quantized_weights
+from engine.quant.plan import quantizable_layers, quantized_weights
 from engine.runner import Execution, PassRequest, plan_for, run_pass
 from engine.runner.activations import ActivationStore, Location
 from engine.sampling import RandomSpec, build
@@ -102,16 +101,15 @@ def test_a_sweep_block_by_block_snapshots_what_the_whole_model_sweep_does(tiny):
 def test_sequential_gptq_propagates_quantized_outputs_and_starts_like_one_pass(tiny):
     resident, on_disk, calibration = tiny
     spec = PRESETS["W4 g128 GPTQ"]
-    one_pass, _ = plan_quantization(resident, spec, None,
-                                    collect_hessians(resident, calibration, HessianSpec(batch_size=4)))
-    sequential, table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4))
+    one_pass, _ = quantize(resident, spec, Calibrated(hessians=collect_hessians(resident, calibration, HessianSpec(batch_size=4))))
+    sequential, table = quantize(on_disk, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     first = [name for name in one_pass.weights if ".0." in name]
     later = [name for name in one_pass.weights if ".1." in name]
     assert set(sequential.weights) == set(one_pass.weights) and len(table) == len(one_pass.weights)
     assert all(torch.equal(one_pass.weights[n], sequential.weights[n]) for n in first)  # block 0 sees float inputs
     assert not all(torch.equal(one_pass.weights[n], sequential.weights[n]) for n in later)  # later ones see quantized
     before = {name: tensor.clone() for name, tensor in resident.model.state_dict().items()}
-    resident_sequential, _ = gptq_block_by_block(resident, calibration, spec, HessianSpec(batch_size=4))
+    resident_sequential, _ = quantize(resident, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     assert all(torch.equal(resident_sequential.weights[n], sequential.weights[n]) for n in sequential.weights)
     after = resident.model.state_dict()  # the model's own weights are never changed by a sequential run
     assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
@@ -124,7 +122,7 @@ def test_true_sequential_equals_a_reference_that_reruns_the_model_for_every_grou
     resident, on_disk, calibration = tiny
     spec = PRESETS["W4 g128 GPTQ (gptqmodel)"]
     assert spec.weights.true_sequential
-    got, table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4))
+    got, table = quantize(on_disk, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     layers = {layer.name: layer for layer in quantizable_layers(resident.model, spec)}
     sharing = collect_hessians(resident, calibration, HessianSpec(batch_size=4, diagnostics="none")).shared_with
     groups: dict[str, list] = {}
@@ -139,8 +137,7 @@ def test_true_sequential_equals_a_reference_that_reruns_the_model_for_every_grou
             reference.weights[name] = module_weight(layers[name], fake)
     assert set(got.weights) == set(reference.weights) and len(table) == len(layers)
     assert max(float((got.weights[n] - reference.weights[n]).abs().max()) for n in layers) < 1e-5
-    block_level, _ = gptq_block_by_block(on_disk, calibration, replace(spec, weights=replace(spec.weights, true_sequential=False)),
-                                         HessianSpec(batch_size=4))
+    block_level, _ = quantize(on_disk, Quantization(replace(spec, weights=replace(spec.weights, true_sequential=False)), sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     first_groups = [layer.name for layer in next(iter(groups.values()))]  # the first group sees the same inputs either way
     assert all(torch.equal(block_level.weights[n], got.weights[n]) for n in first_groups)
     assert not all(torch.equal(block_level.weights[n], got.weights[n]) for n in layers)
@@ -158,7 +155,7 @@ def test_a_sequential_pass_stops_each_observing_run_after_the_last_observed_inpu
     calls = [0] * blocks
     handles = [module.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, module in enumerate(last)]
     try:
-        gptq_block_by_block(resident, calibration, spec, HessianSpec(batch_size=4))
+        quantize(resident, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     finally:
         for handle in handles:
             handle.remove()
@@ -254,8 +251,7 @@ class _Counter:
 def test_gptq_block_by_block_without_propagation_equals_one_pass_quantization(tiny):
     resident, on_disk, calibration = tiny
     spec = PRESETS["W4 g128 GPTQ"]
-    one_pass, table = plan_quantization(resident, spec, None,
-                                        collect_hessians(resident, calibration, HessianSpec(batch_size=4)))
-    by_block, block_table = gptq_block_by_block(on_disk, calibration, spec, HessianSpec(batch_size=4), propagate=False)
+    one_pass, table = quantize(resident, spec, Calibrated(hessians=collect_hessians(resident, calibration, HessianSpec(batch_size=4))))
+    by_block, block_table = quantize(on_disk, Quantization(spec, sequential=True, propagate=False, hessians=HessianSpec(batch_size=4)), Calibrated(calibration))
     assert all(torch.allclose(one_pass.weights[n], by_block.weights[n], rtol=0, atol=1e-6) for n in one_pass.weights)
     assert block_table["gptq_loss"].to_numpy() == pytest.approx(table["gptq_loss"].to_numpy(), rel=1e-4)

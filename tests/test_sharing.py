@@ -13,7 +13,7 @@ import torch
 from engine import ModelSpec
 from engine.memo import OwnerMemo
 from engine.models import ModelCache
-from engine.quant import PRESETS, plan_quantization, quantized
+from engine.quant import PRESETS, Calibrated, Quantization, quantize, quantized
 from engine.sampling import RandomSpec, build
 from engine.stats.hessian_report import collect_hessians
 
@@ -30,8 +30,8 @@ def hessians(tiny_llama):
 @pytest.mark.parametrize("scheme", ["W4 g128 GPTQ", "W4 g128 RTN"])
 def test_a_plan_made_while_another_session_evaluates_equals_a_plan_made_alone(tiny_llama, hessians, scheme):
     spec = PRESETS[scheme]
-    alone, _ = plan_quantization(tiny_llama, spec, None, hessians, output_errors=False)
-    other, _ = plan_quantization(tiny_llama, PRESETS["W3 g128 RTN"], None, None, output_errors=False)
+    alone, _ = quantize(tiny_llama, Quantization(spec, sensitivity="none"), Calibrated(hessians=hessians))
+    other, _ = quantize(tiny_llama, Quantization(PRESETS["W3 g128 RTN"], sensitivity="none"))
     entered, planned = threading.Event(), threading.Event()
 
     def other_session():
@@ -42,7 +42,7 @@ def test_a_plan_made_while_another_session_evaluates_equals_a_plan_made_alone(ti
     thread = threading.Thread(target=other_session)
     thread.start()
     assert entered.wait(10)
-    concurrent, _ = plan_quantization(tiny_llama, spec, None, hessians, output_errors=False)
+    concurrent, _ = quantize(tiny_llama, Quantization(spec, sensitivity="none"), Calibrated(hessians=hessians))
     planned.set()
     thread.join()
     assert set(concurrent.weights) == set(alone.weights)

@@ -16,16 +16,17 @@ from engine.models import from_model
 from engine.quant import (
     PRESETS,
     ActivationSpec,
+    Calibrated,
     QuantSpec,
     WeightSpec,
     evaluation_windows,
     perplexity,
-    plan_quantization,
+    quantize,
     quantized,
 )
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.plan import quantizable_layers
 from engine.quant.mappings import norm_mappings
+from engine.quant.plan import quantizable_layers
 from engine.quant.scaling import ChannelScaling, float_change, scaled_norm
 from engine.quant.smoothing import smooth, smoothing_scales
 from engine.sampling import RandomSpec, build
@@ -108,7 +109,7 @@ def test_the_smoothed_float_model_is_the_original(name):
 def test_a_smoothed_plan_quantizes_the_smoothed_inputs():
     loaded = load_model(ModelSpec("tiny-random-llama", dtype="float32"))
     _, stats = statistics(loaded)
-    plan, table = plan_quantization(loaded, STATIC, stats)
+    plan, table = quantize(loaded, STATIC, Calibrated(stats=stats))
     assert plan.floats and set(plan.column_scales) <= set(plan.weights)
     name = "model.layers.0.self_attn.q_proj"
     scales = plan.column_scales[name]
@@ -117,7 +118,7 @@ def test_a_smoothed_plan_quantizes_the_smoothed_inputs():
     assert table.set_index("layer").loc[name, "smoothing_max"] == pytest.approx(float(scales.max()))
     assert "smoothing_max" not in table.columns or table.set_index("layer")["smoothing_max"].isna()[
         "model.layers.0.self_attn.o_proj"]  # o_proj reads the attention, not a norm
-    unsmoothed, _ = plan_quantization(loaded, QuantSpec(STATIC.weights, STATIC.activations), stats)
+    unsmoothed, _ = quantize(loaded, QuantSpec(STATIC.weights, STATIC.activations), Calibrated(stats=stats))
     windows = evaluation_windows(loaded.tokenizer, corpus()["text"], 64, 4, "doc")
     with quantized(loaded, plan):
         smoothed_ppl = perplexity(loaded, windows)
@@ -134,7 +135,7 @@ def test_a_smoothed_plan_quantizes_the_smoothed_inputs():
 def test_a_smoothed_checkpoint_reloads_to_the_simulated_perplexity(tmp_path):
     loaded = wide_llama()
     _, stats = statistics(loaded)
-    plan, _ = plan_quantization(loaded, STATIC, stats)
+    plan, _ = quantize(loaded, STATIC, Calibrated(stats=stats))
     save_quantized(loaded, plan, STATIC, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert config["format"] == "int-quantized"
@@ -157,7 +158,7 @@ def test_what_smoothquant_refuses_says_why():
         QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8), smoothing=1.5)
     loaded = load_model(ModelSpec("tiny-random-llama", dtype="float32"))
     with pytest.raises(CalibscopeError, match="SmoothQuant needs activation statistics"):
-        plan_quantization(loaded, DYNAMIC)
+        quantize(loaded, DYNAMIC)
     assert DYNAMIC.label().startswith("SmoothQuant α0.5 + W8 per-channel RTN + A8 dynamic per-token")
 
 
@@ -165,7 +166,7 @@ def test_smoothquant_before_fp8_sets_the_static_scale_of_the_smoothed_input():
     loaded = load_model(ModelSpec("tiny-random-llama", dtype="float32"))
     _, stats = statistics(loaded)
     spec = QuantSpec(PRESETS["FP8 W8A8 static"].weights, PRESETS["FP8 W8A8 static"].activations, smoothing=0.5)
-    plan, _ = plan_quantization(loaded, spec, stats)
+    plan, _ = quantize(loaded, spec, Calibrated(stats=stats))
     name = "model.layers.1.mlp.up_proj"
     expected = float((stats.arrays(name)["absmax"].float() / plan.column_scales[name]).max()) / 448
     assert plan.inputs[name].scale.item() == pytest.approx(expected, rel=1e-6)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from engine.errors import CalibscopeError, SpecError
+from engine.experiments.sweep import SweepSpec, sweep
 from engine.hooks import Side, select_layers
 from engine.models.layers import LAYER_KINDS
 from engine.quant.awq_pass import InputSums
 from engine.runner import PassRequest, run_pass
-from engine.experiments.sweep import SweepSpec, sweep
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.blocks import headroom_amax

@@ -39,7 +39,7 @@ from safetensors import safe_open
 
 from engine.export import save_quantized
 from engine.export.compressed import vllm_warning
-from engine.quant import PRESETS, ActivationSpec, QuantSpec, WeightSpec, plan_quantization
+from engine.quant import PRESETS, ActivationSpec, Calibrated, QuantSpec, WeightSpec, quantize
 from tests.test_checkpoint import calibrated, model  # noqa: F401  (fixtures)
 
 WNA16_BITS = (4, 8)
@@ -169,7 +169,7 @@ SERVED_WITHOUT_INPUTS = {"W4A16Mxfp4"}  # vLLM drops these schemes' input quanti
 @pytest.mark.parametrize("label", list(SCHEMES))
 def test_compressed_tensors_files_are_what_vllms_loader_registers(label, model, calibrated, tmp_path):  # noqa: F811
     spec = SCHEMES[label]
-    plan, _ = plan_quantization(model, spec, calibrated[1], calibrated[2])
+    plan, _ = quantize(model, spec, Calibrated(stats=calibrated[1], hessians=calibrated[2]))
     summary = save_quantized(model, plan, spec, tmp_path / "out")
     settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     config = QuantizationConfig.model_validate(settings)
@@ -211,7 +211,7 @@ def test_compressed_tensors_files_are_what_vllms_loader_registers(label, model, 
 @pytest.mark.parametrize("bits,group_size", [(4, 128), (8, 0), (2, 128)])
 def test_gptq_files_are_what_vllms_gptq_loaders_register(bits, group_size, model, calibrated, tmp_path):  # noqa: F811
     spec = QuantSpec(WeightSpec("gptq", bits, group_size))
-    plan, _ = plan_quantization(model, spec, None, calibrated[2])
+    plan, _ = quantize(model, spec, Calibrated(hessians=calibrated[2]))
     save_quantized(model, plan, spec, tmp_path / "out", fmt="gptq")
     settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert settings["quant_method"] == "gptq" and settings["lm_head"] is False

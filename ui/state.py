@@ -13,7 +13,7 @@ from engine.errors import CalibscopeError
 from engine.experiments import SweepResult
 from engine.experiments.runs import ComparisonRun
 from engine.imatrix import Imatrix
-from engine.quant import QuantReport
+from engine.quant import Calibrated, QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
 from engine.stats import HessianSpec, Precision, StatsReport, StatsSpec, Storage
@@ -63,6 +63,11 @@ class Session:
     def quantization(self) -> QuantReport | None:
         """The latest quantization run."""
         return self.quant_runs[-1] if self.quant_runs else None
+
+    @property
+    def calibrated(self) -> Calibrated:
+        """What quantization runs on: this session's set and what was collected from it."""
+        return Calibrated(self.calibration, self.stats, self.hessians)
 
     def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
         return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs,

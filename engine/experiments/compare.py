@@ -18,9 +18,12 @@ from engine.models import LoadedModel
 from engine.progress import Progress, no_progress, scaled
 from engine.quant import (
     PRESETS,
+    Calibrated,
     EvaluationSet,
+    Quantization,
+    Sensitivity,
     perplexity,
-    plan_quantization,
+    quantize,
     quantized,
 )
 from engine.sampling import Strategy, build, entry, spec_for
@@ -80,7 +83,8 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
     rows = []
     for scheme in schemes:
         spec = PRESETS[scheme]
-        plan, table = plan_quantization(loaded, spec, stats, hessians, output_errors=False, calibration=calibration)
+        plan, table = quantize(loaded, Quantization(spec, sensitivity=Sensitivity.NONE),
+                               Calibrated(calibration, stats, hessians))
         # AWQ: the median power its search chose over the set's inputs (how its scales move with the set)
         awq = {"awq_ratio": float(table["awq_ratio"].median())} if "awq_ratio" in table else {}
         with quantized(loaded, plan):

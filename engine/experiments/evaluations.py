@@ -7,7 +7,6 @@ process (the dashboard keeps one in its application context; nothing here is a m
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from engine.corpus import load_corpus
@@ -17,19 +16,16 @@ from engine.experiments.cache import ResultCache
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import (
+    Calibrated,
     EvaluationSet,
+    Quantization,
     QuantizedModel,
     QuantReport,
-    QuantSpec,
-    Sensitivity,
     evaluate,
     evaluation_windows,
     perplexity,
 )
-from engine.sampling import CalibrationSet
 from engine.specs import BuiltinCorpus, CorpusSpec
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
 
 UPLOADED = "Uploaded file"
 HELD_OUT = {f"{corpus.value} (held-out 10%)": corpus.value for corpus in BuiltinCorpus}
@@ -53,14 +49,6 @@ def held_out_texts(source: str, upload: str | None = None) -> list[str]:
     return column(load_corpus(CorpusSpec.builtin(HELD_OUT[source], split="test")), "text")
 
 
-def _collected_key(stats: StatsReport | None, hessians: HessianReport | None) -> tuple:
-    """What a quantized evaluation depends on besides the scheme: the set and how it was measured."""
-    stats_key = (stats.meta.get("calibration_sha256"), stats.spec) if stats is not None else None
-    hessian_key = ((hessians.meta.get("calibration_sha256"), json.dumps(hessians.meta.get("spec"), sort_keys=True))
-                   if hessians is not None else None)
-    return stats_key, hessian_key
-
-
 class EvaluationCache:
     """Bounded caches of evaluation windows, float perplexities and quantized evaluations."""
 
@@ -77,25 +65,17 @@ class EvaluationCache:
     def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
         return self._floats.get_or_compute((loaded.spec, evaluation.key), lambda: perplexity(loaded, evaluation, progress=progress))
 
-    def evaluate(self, loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None,
-                 hessians: HessianReport | None, sensitivity: Sensitivity,
-                 progress: Progress = no_progress, sequential: CalibrationSet | None = None,
-                 on_plan: Callable[[QuantizedModel], None] | None = None,
-                 calibration: CalibrationSet | None = None) -> tuple[QuantReport, bool]:
+    def evaluate(self, loaded: LoadedModel, quantization: Quantization, calibrated: Calibrated, evaluation: EvaluationSet,
+                 progress: Progress = no_progress, *,
+                 on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:
         """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
-        known; returns the report and whether it was reused (``on_plan`` is then not called).
-        ``calibration``: the set AWQ searches on (part of what the report depends on)."""
-        collected = ((sequential.manifest.token_sha256, "sequential") if sequential is not None
-                     else _collected_key(stats, hessians))
-        if spec.needs_calibration and calibration is not None:
-            collected = (*collected, calibration.manifest.token_sha256)
-        key = (loaded.spec, evaluation.key, spec, Sensitivity(sensitivity), *collected)
+        known; returns the report and whether it was reused (``on_plan`` is then not called)."""
+        key = (loaded.spec, evaluation.key, quantization.spec, quantization.sensitivity, *calibrated.key(quantization))
         found = self._reports.peek(key)
         if found is not None:
             return found, True
         known = self._floats.peek((loaded.spec, evaluation.key))
-        report = evaluate(loaded, spec, evaluation, stats, hessians, sensitivity, float_perplexity=known, progress=progress,
-                          sequential=sequential, on_plan=on_plan, calibration=calibration)
+        report = evaluate(loaded, quantization, calibrated, evaluation, progress, float_perplexity=known, on_plan=on_plan)
         self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
         self._reports.put(key, report)
         return report, False

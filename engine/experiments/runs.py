@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -20,19 +20,17 @@ from engine.progress import Progress, no_progress
 from engine.quant import (
     PRESETS,
     ActivationSpec,
+    Calibrated,
     EvaluationSet,
+    Quantization,
     QuantizedModel,
     QuantReport,
     QuantSpec,
     Sensitivity,
     WeightSpec,
-    plan_quantization,
+    quantize,
 )
-from engine.quant.block_gptq import gptq_block_by_block
-from engine.sampling import CalibrationSet
 from engine.specs import choice
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
 
 
 @dataclass(frozen=True)
@@ -76,55 +74,42 @@ class QuantRun:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
         object.__setattr__(self, "save_format", choice(CheckpointFormat, self.save_format, "save_format"))
-        if self.sequential and not self.spec.can_run_sequentially:
-            raise SpecError(f"sequential is for GPTQ weights only, not {self.spec.label()}: leave it out for this scheme.")
+        _ = self.quantization  # a scheme that cannot run as asked is refused with the entry's words
         if self.save is not None:
             reason = checkpoint_refusal(self.spec, self.save_format)
             if reason:
                 raise SpecError(f"save = {self.save!r}: {reason}")
 
-    def _check_inputs(self, stats: StatsReport | None, hessians: HessianReport | None,
-                      calibration: CalibrationSet | None) -> None:
-        if (self.sequential or self.spec.needs_calibration) and calibration is None:
-            raise SpecError(f"{'A sequential quantization' if self.sequential else self.spec.label()} runs on the calibration "
-                            "set: build one first.")
-        if self.spec.needs_hessians and hessians is None and not self.sequential:
-            raise SpecError(f"{self.spec.label()} needs Hessians: add a [hessians] section to the config (or sequential = true).")
-        if self.spec.needs_stats and stats is None:
-            raise SpecError(f"{self.spec.label()} needs activation statistics: add a [stats] section to the config.")
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization(self.spec, self.sequential, self.sensitivity)
 
-    def run(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None, cache: EvaluationCache,
-            progress: Progress = no_progress, calibration: CalibrationSet | None = None,
-            on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
-        """The evaluated run; ``on_plan`` receives its quantized weights unless the report was reused."""
-        self._check_inputs(stats, hessians, calibration)
-        report, _ = cache.evaluate(loaded, self.spec, self.evaluation.windows_for(loaded, cache), stats, hessians,
-                                   self.sensitivity, progress, calibration if self.sequential else None, on_plan, calibration)
-        return report
+    def run(self, loaded: LoadedModel, calibrated: Calibrated, cache: EvaluationCache, progress: Progress = no_progress,
+            on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:
+        """The evaluated run and whether its report was reused from ``cache``; ``on_plan`` receives its
+        quantized weights unless it was."""
+        windows = self.evaluation.windows_for(loaded, cache)
+        return cache.evaluate(loaded, self.quantization, calibrated, windows, progress, on_plan=on_plan)
 
-    def plan(self, loaded: LoadedModel, stats: StatsReport | None, hessians: HessianReport | None,
-             calibration: CalibrationSet | None, progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
+    def plan(self, loaded: LoadedModel, calibrated: Calibrated,
+             progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
         """The run's quantized weights made again from the same inputs (GPTQ and RTN are
         deterministic), with their per-layer table (its weight_error tells whether they are the same)."""
-        self._check_inputs(stats, hessians, calibration)
-        if self.sequential:
-            return gptq_block_by_block(loaded, calibration, self.spec, progress=progress, output_errors=False)
-        return plan_quantization(loaded, self.spec, stats, hessians, progress, output_errors=False, calibration=calibration)
+        return quantize(loaded, replace(self.quantization, sensitivity=Sensitivity.NONE), calibrated, progress)
 
-    def write(self, loaded: LoadedModel, folder: Path, plan: QuantizedModel | None = None, stats: StatsReport | None = None,
-              hessians: HessianReport | None = None, calibration: CalibrationSet | None = None,
+    def write(self, loaded: LoadedModel, folder: Path, calibrated: Calibrated, plan: QuantizedModel | None = None,
               progress: Progress = no_progress, provenance: dict | None = None) -> CheckpointSummary:
         """The run's quantized model written to ``folder`` in ``save_format``: ``plan`` when given, else
         made again; a model read block by block is quantized (sequentially) and written one block at a
         time, never whole."""
-        record = {"run": as_json(self), "calibration_sha256": calibration.manifest.token_sha256 if calibration else None,
+        samples = calibrated.samples
+        record = {"run": as_json(self), "calibration_sha256": samples.manifest.token_sha256 if samples else None,
                   **(provenance or {})}
         if plan is None and not loaded.resident and self.sequential:
-            self._check_inputs(stats, hessians, calibration)
             with CheckpointWriter(loaded, self.spec, folder, self.save_format, provenance=record) as writer:
-                gptq_block_by_block(loaded, calibration, self.spec, progress=progress, output_errors=False, sink=writer.add)
+                quantize(loaded, replace(self.quantization, sensitivity=Sensitivity.NONE), calibrated, progress, writer.add)
                 return writer.finish()
-        plan = plan if plan is not None else self.plan(loaded, stats, hessians, calibration, progress)[0]
+        plan = plan if plan is not None else self.plan(loaded, calibrated, progress)[0]
         return save_quantized(loaded, plan, self.spec, folder, self.save_format, provenance=record)
 
 

@@ -25,10 +25,11 @@ from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.experts import expert_hessians, quantize_experts
 from engine.quant.measures import output_error
 from engine.quant.plan import quantizable_experts, quantizable_layers, quantized_weights
+from engine.quant.request import Quantization
 from engine.quant.specs import ExpertCalibration, QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet
-from engine.stats import HessianSpec, hessian_report
+from engine.stats import hessian_report
 from engine.stats.experts import ExpertAccumulator, ExpertSpec, finished_report
 
 
@@ -65,19 +66,19 @@ def _quantized_experts(block: FinishedBlock, finishing: ExpertSpec, spec: QuantS
         rows.extend(done.rows)
 
 
-def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec,
-                        hessians: HessianSpec = HessianSpec(), propagate: bool = True,
+def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, quantization: Quantization,
                         sink: Callable[[QuantizedModel], None] | None = None,
-                        progress: Progress = no_progress, output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
+                        progress: Progress = no_progress) -> tuple[QuantizedModel, pd.DataFrame]:
     """The quantized weights of every block's layers and one row per layer (weight_error,
     output_error on the inputs it saw, gptq_loss, damping, hessian_trace, seconds), as
-    ``plan_quantization`` (``output_errors`` off skips its one costly measure, as there).
+    ``plan_quantization`` (without a sensitivity, its one costly measure is skipped, as there).
     ``sink``: each block's quantized layers are handed to it (e.g. ``CheckpointWriter.add``) as
     soon as the block is done and not kept, so a model of any size is quantized and written in the
     memory of one block; the plan then holds none. MoE experts are quantized with their block, on the
-    Hessians the same pass gathers for them (their policy as in ``plan_quantization``)."""
-    if not spec.can_run_sequentially:
-        raise CalibscopeError("Sequential quantization is for GPTQ weights; static activation ranges come from one pass.")
+    Hessians the same pass gathers for them (their policy as in ``plan_quantization``). Reached
+    through ``engine.quant.quantize``, which checked the scheme runs sequentially."""
+    spec, hessians, propagate = quantization.spec, quantization.hessians, quantization.propagate
+    output_errors = quantization.output_errors
     experts = quantizable_experts(loaded.model, spec)
     if experts and spec.weights.true_sequential and propagate:
         raise CalibscopeError("True sequential GPTQ does not take MoE experts yet: use a sequential scheme without it "

@@ -1,4 +1,4 @@
-"""evaluate: quantize (simulated) with a calibration set's statistics and Hessians, measure the
+"""evaluate: quantize (simulated, through the one entry) with a calibration set's statistics and Hessians, measure the
 perplexity against float on held-out text, and how much each layer contributes."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
 import pandas as pd
 
@@ -14,25 +13,14 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import QuantizedModel, quantized
-from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant.entry import quantize
 from engine.quant.perplexity import EvaluationSet, perplexity
-from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.plan import quantizable_layers
+from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import QuantSpec
-from engine.sampling import CalibrationSet
-from engine.specs import choice
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
 from engine.stats.report import block_of
 
-
-class Sensitivity(str, Enum):
-    """How each layer's share of the damage is measured. cheap: from the calibration data alone
-    (relative output error through the Hessian, GPTQ's loss, the input's expected error); thorough:
-    also the perplexity with only that layer quantized (one evaluation per layer); none."""
-
-    NONE = "none"
-    CHEAP = "cheap"
-    THOROUGH = "thorough"
+EVALUATION_BATCH = 4  # windows per forward when perplexities are measured
 
 
 @dataclass
@@ -59,30 +47,23 @@ class QuantReport:
         ]
 
 
-def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, stats: StatsReport | None = None,
-             hessians: HessianReport | None = None, sensitivity: Sensitivity = Sensitivity.CHEAP,
-             float_perplexity: float | None = None,
-             batch_size: int = 4, progress: Progress = no_progress,
-             sequential: CalibrationSet | None = None, on_plan: Callable[[QuantizedModel], None] | None = None,
-             calibration: CalibrationSet | None = None) -> QuantReport:
-    """Quantize the layers ``spec`` selects, compare perplexities, and rank the layers.
+def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibrated: Calibrated, evaluation: EvaluationSet,
+             progress: Progress = no_progress, *, float_perplexity: float | None = None,
+             on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
+    """Quantize through the one entry (``engine.quant.quantize``), compare perplexities on
+    ``evaluation``, and rank the layers as ``quantization.sensitivity`` says.
 
-    sensitivity: see ``Sensitivity``. ``float_perplexity`` skips the float evaluation when it is
-    known for this evaluation set. ``sequential``: GPTQ block by block on this calibration set, each
-    block's Hessians from the quantized blocks before it (true sequential where the spec says so),
-    instead of every layer at once from ``hessians``. ``on_plan`` receives the quantized weights
-    (to write them as a checkpoint) before they are evaluated. ``calibration``: the set AWQ searches
-    its scales on (schemes with AWQ)."""
-    sensitivity = choice(Sensitivity, sensitivity, "sensitivity")
+    ``float_perplexity`` skips the float evaluation when it is known for this evaluation set.
+    ``on_plan`` receives the quantized weights (to write them as a checkpoint) before they are
+    evaluated."""
+    if isinstance(quantization, QuantSpec):
+        quantization = Quantization(quantization)
+    spec, sensitivity, batch_size = quantization.spec, quantization.sensitivity, EVALUATION_BATCH
     started = time.perf_counter()
-    layers = quantizable_layers(loaded.model, spec)
+    layers = len(quantizable_layers(loaded.model, spec))
     thorough = sensitivity is Sensitivity.THOROUGH
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
-    quantizing = labelled(scaled(progress, 0.0, split[0]), "Quantizing")
-    if sequential is not None:
-        plan, table = gptq_block_by_block(loaded, sequential, spec, progress=quantizing)
-    else:
-        plan, table = plan_quantization(loaded, spec, stats, hessians, quantizing, layers=layers, calibration=calibration)
+    plan, table = quantize(loaded, quantization, calibrated, labelled(scaled(progress, 0.0, split[0]), "Quantizing"))
     if on_plan is not None:
         on_plan(plan)
     if float_perplexity is None:
@@ -99,13 +80,13 @@ def evaluate(loaded: LoadedModel, spec: QuantSpec, evaluation: EvaluationSet, st
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity is Sensitivity.NONE:  # the weights' own error stays: it identifies the weights a checkpoint writes
         table = table[[c for c in ("layer", "block", "kind", "in_features", "weight_error", "seconds") if c in table]]
-    calibrated = stats or hessians
-    searched = sequential if sequential is not None else calibration if spec.needs_calibration else None
+    collected = calibrated.stats or calibrated.hessians
+    searched = calibrated.samples if quantization.sequential or spec.needs_calibration else None
     sha = (searched.manifest.token_sha256 if searched is not None
-           else calibrated.meta.get("calibration_sha256", "") if calibrated else "")
+           else collected.meta.get("calibration_sha256", "") if collected else "")
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
-            "evaluation_key": evaluation.key, "layers": len(layers), "sensitivity": sensitivity.value,
-            "calibration_sha256": sha, "gptq": gptq_mode(spec, sequential is not None),
+            "evaluation_key": evaluation.key, "layers": layers, "sensitivity": sensitivity.value,
+            "calibration_sha256": sha, "gptq": gptq_mode(spec, quantization.sequential),
             "seconds": round(time.perf_counter() - started, 2)}
     report = QuantReport(spec, float_perplexity, quantized_perplexity, table, meta)
     if not math.isfinite(quantized_perplexity):

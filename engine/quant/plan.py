@@ -24,10 +24,10 @@ from engine.quant.inputs import input_quantizer
 from engine.quant.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.measures import output_error
 from engine.quant.ranges import relative_error
+from engine.quant.request import Calibrated
 from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
-from engine.stats import StatsReport
 from engine.stats.experts import ExpertReport, ExpertSpec, collect_expert_stats
 from engine.stats.hessian_report import HessianReport
 
@@ -118,11 +118,8 @@ def quantized_weights(layers: list[LinearLayer], matrices: dict[str, torch.Tenso
 PLAN_COPIES = 3
 
 
-def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport | None = None,
-                      hessians: HessianReport | None = None, progress: Progress = no_progress,
-                      output_errors: bool = True, layers: list[LinearLayer] | None = None,
-                      calibration: CalibrationSet | None = None,
-                      experts: ExpertReport | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
+def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrated, progress: Progress = no_progress,
+                      output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians, or
     AWQ's own pass), gptq_loss and damping (GPTQ), clip (activation range), input_error (expected
@@ -130,15 +127,14 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
     smoothing_max (SmoothQuant's largest s for the layer's input), AWQ's ratio, largest s, its
     parent's relative output error at the identity and at the chosen scales, and the layer's RTN
     output error before AWQ, and seconds. ``output_errors`` off skips the one costly measure
-    (comparisons need the weights only). ``layers``: the spec's ``quantizable_layers`` unless given.
-    ``calibration``: the set AWQ searches its scales on, and MoE experts' GPTQ collects their Hessians
-    on when ``experts`` (an expert report with its Hessians kept) is not given; MoE experts get one row
-    per expert and part (engine/quant/experts.py). The weights are read under the model's lock, so
-    another session's quantized evaluation on the same model never leaks into this plan."""
-    layers = quantizable_layers(loaded.model, spec) if layers is None else layers
-    if spec.needs_stats and stats is None:
-        needs = "SmoothQuant" if spec.smoothing is not None else "Static activation quantization"
-        raise CalibscopeError(f"{needs} needs activation statistics: collect them first.")
+    (comparisons need the weights only). ``calibrated.samples``: the set AWQ searches its scales on,
+    and MoE experts' GPTQ collects their Hessians on when ``calibrated.experts`` (an expert report with
+    its Hessians kept) is not given; MoE experts get one row per expert and part
+    (engine/quant/experts.py). The weights are read under the model's lock, so another session's
+    quantized evaluation on the same model never leaks into this plan. What the scheme needs was
+    checked by the entry (``engine.quant.quantize``), the one caller."""
+    stats, hessians, calibration = calibrated.stats, calibrated.hessians, calibrated.samples
+    layers = quantizable_layers(loaded.model, spec)
     # the plan holds float32 copies of every weight it quantizes (the original, the rounded one, its
     # codes), and GPTQ works on batches of weights and Hessians of up to GPTQ_BATCH_BYTES at a time
     working = PLAN_COPIES * 4 * sum(layer.module.weight.numel() for layer in layers) + \
@@ -157,8 +153,6 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
         if spec.smoothing is not None:
             smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
         elif spec.awq is not None:
-            if calibration is None:
-                raise CalibscopeError("AWQ searches its scales on the calibration set itself: build a set first.")
             awq = awq_scaling(loaded, calibration, spec, layers, scaled(progress, 0.0, 0.8))
             smoothing = awq.scaling
         if smoothing is not None:
@@ -202,7 +196,7 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, stats: StatsReport |
             row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - started
             rows.append(row)
         if spec.weights.enabled:
-            rows.extend(_quantized_experts(loaded, spec, plan, experts, calibration))
+            rows.extend(_quantized_experts(loaded, spec, plan, calibrated.experts, calibration))
         progress(1.0, f"Quantized {len(layers)} layers")
         return plan, pd.DataFrame(rows)
 

@@ -99,14 +99,13 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
     size = estimated_checkpoint_bytes(loaded, run.spec)
     if not target:
         context.limits.check_downloads(session.exports.megabytes(), size / 2**20, "The quantized model")
-    calibration = session.calibration if run.sequential or run.spec.needs_calibration else None
-    plan, table = run.plan(loaded, session.stats, session.hessians, calibration, labelled(scaled(progress, 0, 0.4), "Quantizing"))
+    plan, table = run.plan(loaded, session.calibrated, labelled(scaled(progress, 0, 0.4), "Quantizing"))
     _check_errors(table, report)
     provenance = {"simulated_perplexity": report.quantized_perplexity, "evaluation": report.meta["evaluation"]}
     checking = labelled(scaled(progress, 0.4, 1.0), "Writing and checking")
 
     def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
-        summary = run.write(loaded, folder, plan, provenance=provenance)
+        summary = run.write(loaded, folder, session.calibrated, plan, provenance=provenance)
         lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan), loaded.info.dtype)]
         if form.check:
             lines.append(_reloaded(summary, run, report, loaded, context, checking))

@@ -7,7 +7,6 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from engine.errors import CalibscopeError
 from engine.experiments import HELD_OUT, UPLOADED
 from engine.experiments.runs import EvaluationSpec, QuantRun
 from engine.figures.quant import has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth
@@ -22,6 +21,7 @@ from engine.quant import (
     ExpertPolicy,
     Granularity,
     NumberFormat,
+    Quantization,
     QuantReport,
     QuantSpec,
     RangeMethod,
@@ -37,7 +37,7 @@ from ui.parsing import whole
 from ui.state import Session
 from ui.tables import percent, shown
 from ui.widgets import result_plot, result_table, status_block
-from ui.wiring import Invalid, connect, on_field
+from ui.wiring import connect, on_field
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "W4 g128 GPTQ"
@@ -175,12 +175,18 @@ def sensitivity_note(report: QuantReport, sensitivity: str) -> str:
             "statistics (activations); thorough measures perplexity per layer.")
 
 
+def quant_run(form: QuantizeForm) -> QuantRun:
+    """The run the form asks for, as a headless config would write it."""
+    upload = form.upload if form.source == UPLOADED else None
+    return QuantRun(form.spec(), EvaluationSpec(form.source, whole(form.length), whole(form.windows), upload),
+                    form.sensitivity, form.sequential)
+
+
 def check(form: QuantizeForm, context: AppContext) -> None:
     """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
     the visitor's own upload: refused before the request is queued."""
     spec = on_field("preset", form.spec)
-    if form.sequential and not spec.can_run_sequentially:
-        raise Invalid("sequential", f"Sequential is for GPTQ weights only: untick it for {spec.label()}.")
+    on_field("sequential", lambda: Quantization(spec, form.sequential))
     on_field("windows", lambda: context.limits.check_sampling(whole(form.windows), whole(form.length)))
     if form.source == UPLOADED and form.upload:
         on_field("upload", lambda: context.guard.upload(form.upload, "held-out text file"))
@@ -189,30 +195,18 @@ def check(form: QuantizeForm, context: AppContext) -> None:
 def run_quantization(form: QuantizeForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     check(form, context)
-    spec = form.spec()
+    run = quant_run(form)
     loaded = context.model(session)
-    if spec.needs_calibration and not loaded.resident:
-        raise CalibscopeError("AWQ searches its scales on the model in memory: load it without offloading for this step.")
-    if spec.needs_hessians and session.hessians is None and not form.sequential:
-        raise CalibscopeError("GPTQ needs this set's Hessians: collect them in the Hessians tab first, tick Sequential "
-                              "(it runs its own pass), or choose RTN.")
-    if spec.needs_stats and session.stats is None:
-        raise CalibscopeError("Static activation ranges need statistics: collect them in Activation ranges first.")
-    evaluation = context.evaluations.windows(loaded, form.source, whole(form.length), whole(form.windows), form.upload)
-    passes = 2 * (1 + (loaded.info.linear_layers if Sensitivity(form.sensitivity) is Sensitivity.THOROUGH else 0))
+    run.quantization.check(session.calibrated, loaded.resident)  # before the step's time is estimated
+    evaluation = run.evaluation.windows_for(loaded, context.evaluations)
+    passes = 2 * (1 + (loaded.info.linear_layers if run.sensitivity is Sensitivity.THOROUGH else 0))
     # sequential: about three forwards of the calibration set besides the GPTQ itself
-    # sequential: about three forwards of the calibration set besides the GPTQ itself
-    forwards = 3 if form.sequential else spec.own_pass_forwards
-    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if spec.needs_hessians else 0) + \
+    forwards = 3 if run.sequential else run.spec.own_pass_forwards
+    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if run.spec.needs_hessians else 0) + \
         forwards * int(calibration.lengths.sum())
     with timed_step(context.times, loaded, "quantize", units, progress):
-        report, reused = context.evaluations.evaluate(loaded, spec, evaluation, session.stats, session.hessians,
-                                                      form.sensitivity, progress=progress,
-                                                      sequential=calibration if form.sequential else None,
-                                                      calibration=calibration)
+        report, reused = run.run(loaded, session.calibrated, context.evaluations, progress)
     # the cached report may be another session's too: this session's run goes on a copy
-    run = QuantRun(spec, EvaluationSpec(form.source, whole(form.length), whole(form.windows),
-                                        form.upload if form.source == UPLOADED else None), form.sensitivity, form.sequential)
     report = replace(report, meta={**report.meta, "run": run})
     session = session.with_run(report)
     table, title = layer_table(report)
