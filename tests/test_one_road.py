@@ -19,7 +19,7 @@ from tests.test_cli_run import write_config
 from tests.test_ui_quantize import HELD, calibrated_session  # noqa: F401  (fixture)
 from tests.ui_helpers import CONTEXT, Recorder
 from ui.sections.quantized_model import CheckpointForm, write_checkpoint
-from ui.tabs.quantize import SCHEME_WIDGETS, QuantizeForm, preset_widgets, run_quantization
+from ui.tabs.quantize import CUSTOM, SCHEME_WIDGETS, QuantizeForm, preset_widgets, run_quantization
 
 ROOT = Path(__file__).resolve().parents[1]
 BEHIND_THE_ENTRY = {"plan_quantization", "gptq_block_by_block", "quantized_weights", "quantize_groups", "gptq_batch"}
@@ -60,14 +60,15 @@ def counted(monkeypatch):
     return calls
 
 
-def quantize_tab(session, preset, **fields):
-    scheme = dict(zip(SCHEME_WIDGETS, preset_widgets(preset)))
-    form = QuantizeForm(**{**scheme, "source": HELD, "length": 64, "windows": 2, "preset": preset, **fields})
+def quantize_tab(session, scheme_name, **fields):
+    scheme = dict(zip(SCHEME_WIDGETS, preset_widgets(scheme_name)))
+    form = QuantizeForm(**{**scheme, "source": HELD, "length": 64, "windows": 2, "preset": scheme_name, **fields})
     return run_quantization(form, session, CONTEXT, Recorder())
 
 
 def test_the_quantize_and_export_tabs_go_through_the_entry(calibrated_session, counted):  # noqa: F811
-    session = quantize_tab(calibrated_session, "W4 g128 GPTQ", sensitivity="none")["session"]
+    # per channel: the tiny model's widths (32, 37) share no group size, and the run is written as a checkpoint
+    session = quantize_tab(calibrated_session, "W4 g128 GPTQ", preset=CUSTOM, group="per channel", sensitivity="none")["session"]
     assert counted == {"at once": 1, "checked": 2}  # checked before the step is timed, and by the entry
     session = quantize_tab(session, "W4 g128 GPTQ", sequential=True, sensitivity="none")["session"]
     assert counted["sequential"] == 1

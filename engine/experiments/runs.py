@@ -45,6 +45,9 @@ class EvaluationSpec:
 
     def __post_init__(self) -> None:
         if self.file is None:
+            if self.source == UPLOADED:
+                raise SpecError("Upload a held-out text file (.txt, .jsonl, .csv, .parquet), or choose a builtin held-out "
+                                "part (in a run config: file = PATH).")
             name = held_out_name(self.source)
             if name is None:
                 raise SpecError(f"evaluation source {self.source!r} is unknown; use one of {', '.join(HELD_OUT_LABELS)} "
