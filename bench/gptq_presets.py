@@ -67,7 +67,8 @@ def main() -> None:
         plan, _ = gptq_block_by_block(loaded, calibration, spec, propagate=propagate, output_errors=False)
         label = "sequential" if propagate else "one-pass"
         rows.append({"scheme": f"W4 g128 GPTQ, {label}, block by block",
-                     "perplexity": quantized_perplexity(loaded, plan, evaluation), "seconds": round(time.perf_counter() - started, 1)})
+                     "perplexity": quantized_perplexity(loaded, plan, evaluation),
+                     "seconds": round(time.perf_counter() - started, 1)})
         print(rows[-1], flush=True)
     import pandas as pd
 

@@ -34,7 +34,8 @@ def correlated_inputs(tokens: int, channels: int, seed: int = 0) -> torch.Tensor
     generator = torch.Generator().manual_seed(seed)
     mixing = torch.randn(channels, channels, generator=generator) / channels**0.5
     scales = torch.logspace(-1, 1, channels)
-    return (torch.randn(tokens, channels, generator=generator) * scales) @ mixing + 0.1 * torch.randn(tokens, channels, generator=generator)
+    return ((torch.randn(tokens, channels, generator=generator) * scales) @ mixing
+            + 0.1 * torch.randn(tokens, channels, generator=generator))
 
 
 def relative_output_error(weight, quantized_weight, x):
@@ -228,6 +229,5 @@ def test_evaluate_says_what_is_missing(tiny_llama, calibrated):
         evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), evaluation)
     with pytest.raises(CalibscopeError, match="activation statistics"):
         evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), evaluation)
-    with pytest.raises(CalibscopeError, match="no layer .nope."):
-        with quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
-            pass
+    with pytest.raises(CalibscopeError, match="no layer .nope."), quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
+        pass

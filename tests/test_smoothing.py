@@ -24,8 +24,8 @@ from engine.quant import (
     quantized,
 )
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.plan import quantizable_layers
 from engine.quant.mappings import norm_mappings
+from engine.quant.plan import quantizable_layers
 from engine.quant.scaling import ChannelScaling, float_change, scaled_norm
 from engine.quant.smoothing import smooth, smoothing_scales
 from engine.sampling import RandomSpec, build

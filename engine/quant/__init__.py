@@ -22,6 +22,29 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "ExpertPolicy", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
-           "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
-           "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]
+__all__ = [
+    "DEFAULT_ACT_ORDER",
+    "PRESETS",
+    "ActOrder",
+    "ActivationSpec",
+    "AwqScaling",
+    "AwqSpec",
+    "EvaluationSet",
+    "ExpertPolicy",
+    "Granularity",
+    "NumberFormat",
+    "QuantReport",
+    "QuantSpec",
+    "QuantizedModel",
+    "RangeMethod",
+    "Sensitivity",
+    "WeightMethod",
+    "WeightSpec",
+    "evaluate",
+    "evaluation_windows",
+    "gptq",
+    "perplexity",
+    "plan_quantization",
+    "quantized",
+    "rtn",
+]
