@@ -22,7 +22,7 @@ QUICK_RESULTS = RESULTS / "quick"
 def source_state() -> dict:
     """The commit measured and whether the working tree differed from it (the benches' own outputs aside)."""
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     outputs = ("bench/results/", "assets/screenshots/")  # what the benches themselves write
@@ -103,7 +103,8 @@ def sized_run(doc: str, quick: tuple[int, int], full: tuple[int, int], repeats: 
     parser = parser or argparse.ArgumentParser(description=doc)
     parser.add_argument("--quick", action="store_true", help=f"{quick[0]} x {quick[1]} tokens, one repeat")
     parser.add_argument("--repeats", type=int, default=repeats)
-    parser.add_argument("--dtype", default="both", help="float32, bfloat16, or both (bfloat16 only where the CPU has native bf16)")
+    parser.add_argument("--dtype", default="both",
+                        help="float32, bfloat16, or both (bfloat16 only where the CPU has native bf16)")
     args = parser.parse_args()
     samples, length = quick if args.quick else full
     return args, samples, length, 1 if args.quick else args.repeats

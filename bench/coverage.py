@@ -41,14 +41,17 @@ def main() -> None:
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     args.dtype, args.device = loaded.info.dtype, loaded.info.device
     in_domain = column(load_corpus(CorpusSpec.builtin(args.corpus, split="test")), "text")
-    evaluations = [evaluation_windows(loaded.tokenizer, in_domain, args.length, args.windows, f"{args.corpus} held-out (in-domain)"),
-                   evaluation_windows(loaded.tokenizer, held_out_texts(), args.length, args.windows, "wikitext-2 held-out (cross-domain)")]
+    evaluations = [evaluation_windows(loaded.tokenizer, in_domain, args.length, args.windows,
+                                      f"{args.corpus} held-out (in-domain)"),
+                   evaluation_windows(loaded.tokenizer, held_out_texts(), args.length, args.windows,
+                                      "wikitext-2 held-out (cross-domain)")]
     corpus = calibration_corpus(args.corpus)
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = []
     plans = [ComparisonSpec(strategies=("coverage", "random"), seeds=args.seeds, counts=counts, length=args.length)]
     if args.reference:
-        plans.append(ComparisonSpec(strategies=("random",), seeds=args.reference_seeds, counts=(args.reference,), length=args.length))
+        plans.append(ComparisonSpec(strategies=("random",), seeds=args.reference_seeds, counts=(args.reference,),
+                                    length=args.length))
     for spec in plans:
         for strategy in spec.strategies:
             one = ComparisonSpec(strategies=(strategy,), seeds=spec.seeds, counts=spec.counts, length=spec.length)
@@ -63,11 +66,13 @@ def summarize_and_report(rows: pd.DataFrame, args) -> None:
     table.to_csv(RESULTS / "coverage_summary.csv", index=False)
     print(table.to_string(index=False))
     mean = table.set_index(["evaluation", "scheme", "samples", "strategy"])["mean"]
-    cells = [(e, s, n) for e, s, n in table[table["strategy"] == "coverage"][["evaluation", "scheme", "samples"]].itertuples(index=False)]
+    cells = [(e, s, n) for e, s, n
+             in table[table["strategy"] == "coverage"][["evaluation", "scheme", "samples"]].itertuples(index=False)]
     wins = sum(mean[(e, s, n, "coverage")] < mean[(e, s, n, "random")] for e, s, n in cells)
     largest = max(int(c) for c in args.counts.split(","))
     matches = {f"ppl ratio {largest} covered / {args.reference} random, {scheme}, {evaluation}":
-               round(float(mean[(evaluation, scheme, largest, "coverage")] / mean[(evaluation, scheme, args.reference, "random")]), 4)
+               round(float(mean[(evaluation, scheme, largest, "coverage")]
+                           / mean[(evaluation, scheme, args.reference, "random")]), 4)
                for evaluation, scheme in sorted({(e, s) for e, s, _ in cells})
                if (evaluation, scheme, args.reference, "random") in mean}
     report("coverage", "cells where coverage has a lower mean perplexity than random", int(wins), "measured, not a target", True,

@@ -70,7 +70,8 @@ def main() -> None:
         seconds[count] = round(time.perf_counter() - started, 1)
         for name, methods in CALIBRATED.items():
             for method in methods:
-                spec = replace(PRESETS[name], activations=replace(PRESETS[name].activations, range_method=method, percentile=99.99))
+                spec = replace(PRESETS[name], activations=replace(PRESETS[name].activations, range_method=method,
+                                                                  percentile=99.99))
                 plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(stats=stats))
                 rows.append({"scheme": name, "method": method_label(method), "samples": count,
                              "perplexity": quantized_perplexity(loaded, plan, evaluation)})

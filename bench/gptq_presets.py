@@ -62,10 +62,12 @@ def main() -> None:
     spec = PRESETS["W4 g128 GPTQ"]
     for propagate in (False, True):
         started = time.perf_counter()
-        plan, _ = quantize(loaded, Quantization(spec, sequential=True, sensitivity="none", propagate=propagate), Calibrated(calibration))
+        plan, _ = quantize(loaded, Quantization(spec, sequential=True, sensitivity="none", propagate=propagate),
+                           Calibrated(calibration))
         label = "sequential" if propagate else "one-pass"
         rows.append({"scheme": f"W4 g128 GPTQ, {label}, block by block",
-                     "perplexity": quantized_perplexity(loaded, plan, evaluation), "seconds": round(time.perf_counter() - started, 1)})
+                     "perplexity": quantized_perplexity(loaded, plan, evaluation),
+                     "seconds": round(time.perf_counter() - started, 1)})
         print(rows[-1], flush=True)
     import pandas as pd
 

@@ -46,7 +46,8 @@ def measure(dtype: str, samples: int, seqlen: int, repeats: int) -> dict:
         bare.append(timed(lambda: forward_all(loaded.model, calibration, head=False))[0])
         seconds, result = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, diagnostics="none")))
         shared.append(seconds)
-        separate.append(timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH, share_inputs=False, diagnostics="none")))[0])
+        separate.append(timed(lambda: collect_hessians(loaded, calibration,
+                                                       HessianSpec(batch_size=BATCH, share_inputs=False, diagnostics="none")))[0])
     diagnostics_s, diagnosed = timed(lambda: collect_hessians(loaded, calibration, HessianSpec(batch_size=BATCH)))
     return {
         "dtype": loaded.info.dtype, "ratio": round(min(shared) / min(bare), 3), "bare_forward_s": [round(t, 2) for t in bare],
@@ -54,7 +55,8 @@ def measure(dtype: str, samples: int, seqlen: int, repeats: int) -> dict:
         "without_sharing_ratio": round(min(separate) / min(bare), 3), "sharing_speedup": round(min(separate) / min(shared), 3),
         "memory_mb": result.meta["memory_mb"], "memory_without_sharing_mb": result.meta["memory_without_sharing_mb"],
         "layers": result.meta["layers"], "distinct_inputs": result.meta["distinct"],
-        "pass_and_diagnostics_s": round(diagnostics_s, 2), "rank_deficient_layers": int((diagnosed.diagnostics["warning"] != "").sum()),
+        "pass_and_diagnostics_s": round(diagnostics_s, 2),
+        "rank_deficient_layers": int((diagnosed.diagnostics["warning"] != "").sum()),
         "largest_condition_number": float(diagnosed.diagnostics["condition_number"].max()),
     }
 

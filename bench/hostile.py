@@ -252,7 +252,7 @@ def attack_configs(canary: Path, ledger: Ledger, deadline: float, work: Path) ->
 
         def run(path=path):
             done = subprocess.run([sys.executable, "-m", "ui.cli", "run", str(path)], capture_output=True, text=True,
-                                  timeout=REQUEST_TIMEOUT_S, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                  timeout=REQUEST_TIMEOUT_S, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
             return f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}" + (
                 "" if done.returncode == 2 else " (NOT REFUSED)")
 
@@ -274,8 +274,8 @@ def attack_disk(url: str, ledger: Ledger, deadline: float, model: str) -> None:
 
         ledger.attempt("disk", f"session {number}: load, set, Hessians, quantize", prepare, must_refuse=False)
         artifacts = ["calibration set + manifest", "Hessians", "HTML report"]
-        ledger.attempt("disk", f"session {number}: downloads", lambda v=visitor: v.call("prepare_downloads", artifacts=artifacts),
-                       must_refuse=False)
+        ledger.attempt("disk", f"session {number}: downloads",
+                       lambda v=visitor, a=artifacts: v.call("prepare_downloads", artifacts=a), must_refuse=False)
         ledger.attempt("disk", f"session {number}: checkpoint",
                        lambda v=visitor: v.call("write_checkpoint", run=None, check=False),
                        must_refuse=False)

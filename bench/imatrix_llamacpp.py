@@ -68,7 +68,8 @@ def same_tokens(loaded, model: Path, text: Path, n_ctx: int, chunks: int) -> boo
 
     plain = text.with_suffix(".popped.txt")  # llama-tokenize keeps the trailing newline -f drops
     plain.write_text(llama_file_text(text), encoding="utf-8", newline="")
-    ids = json.loads(run_tool("llama-tokenize", "-m", str(model), "-f", str(plain), "--ids", "--log-disable").strip().splitlines()[-1])
+    ids = json.loads(run_tool("llama-tokenize", "-m", str(model), "-f", str(plain), "--ids", "--log-disable")
+                     .strip().splitlines()[-1])
     bos = ids[0]
     expected = [[bos, *ids[i * n_ctx + 1:(i + 1) * n_ctx]] for i in range(min(chunks, len(ids) // n_ctx))]
     mine = llama_text_set(loaded.tokenizer, text, n_ctx, chunks)
@@ -139,7 +140,8 @@ def main() -> None:
     identical = same_tokens(loaded, model, calibration_text, 512, args.chunks)
     print(f"tokens identical to llama-tokenize's chunks: {identical}")
     files, seconds = {}, {}
-    files["llama-imatrix c512"], seconds["llama-imatrix c512"] = llama_imatrix(model, calibration_text, 512, args.chunks, work / "llama-c512.gguf")
+    files["llama-imatrix c512"], seconds["llama-imatrix c512"] = llama_imatrix(
+        model, calibration_text, 512, args.chunks, work / "llama-c512.gguf")
     files["calibscope c512"], seconds["calibscope c512"] = calibscope_imatrix(
         loaded, llama_text_set(loaded.tokenizer, calibration_text, 512, args.chunks), work / "calibscope-c512.gguf")
     checks = {}

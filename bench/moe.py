@@ -62,10 +62,12 @@ def one_set(loaded, calibration, evaluation) -> list[dict]:
         started = time.perf_counter()
         plan, table = quantize(loaded, replace(PRESETS[SCHEME], experts=policy), Calibrated(hessians=dense, experts=experts))
         rows_of_experts = table.dropna(subset=["expert"])  # one row per expert and part (gate_up, down)
-        per_expert = rows_of_experts.assign(module=rows_of_experts["layer"].str.rpartition(".")[0]).drop_duplicates(["module", "expert"])
+        per_expert = (rows_of_experts.assign(module=rows_of_experts["layer"].str.rpartition(".")[0])
+                      .drop_duplicates(["module", "expert"]))
         with quantized(loaded, plan):
             value = perplexity(loaded, evaluation)
-        rows.append({"policy": name, "perplexity": value, "fallbacks": int(per_expert["calibration"].str.contains("fallback").sum()),
+        rows.append({"policy": name, "perplexity": value,
+                     "fallbacks": int(per_expert["calibration"].str.contains("fallback").sum()),
                      **starving(experts.routing, width), "seconds": round(time.perf_counter() - started, 1)})
     return rows
 
@@ -94,7 +96,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--windows", type=int, default=8)
     args = parser.parse_args()
-    seeds, counts, windows = (1, (8,), 2) if args.quick else (args.seeds, tuple(int(c) for c in args.counts.split(",")), args.windows)
+    seeds, counts, windows = ((1, (8,), 2) if args.quick
+                              else (args.seeds, tuple(int(c) for c in args.counts.split(",")), args.windows))
     coverage_counts = (8,) if args.quick else tuple(int(c) for c in args.coverage_counts.split(","))
     loaded = load_model(ModelSpec(moefied.NAME))
     reused = {"moefication fit": "the experts' split and routers from the cache (made once, keyed by the builtin "

@@ -112,10 +112,10 @@ def environment(name: str) -> Path:
     python = folder / "bin" / "python"
     if not (folder / "ready").is_file():
         # run from outside bench/: its tokenize.py would shadow the standard library's in `python -m venv`
-        outside = {"check": True, "cwd": cache_root()}
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], **outside)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], **outside)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *ENVIRONMENTS[name]], **outside)
+        outside = cache_root()
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, cwd=outside)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True, cwd=outside)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ENVIRONMENTS[name]], check=True, cwd=outside)
         (folder / "ready").write_text("\n".join(ENVIRONMENTS[name]))
     return python
 
@@ -155,7 +155,7 @@ def file_scales(folder: Path) -> dict[str, torch.Tensor]:
     scales = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as opened:
-            for key in opened.keys():
+            for key in opened.keys():  # noqa: SIM118 - safe_open has keys() but is neither iterable nor a container
                 if key.rsplit(".", 1)[-1] in SCALES and opened.get_slice(key).get_shape() in ([1], []):
                     scales[key] = opened.get_tensor(key).float().reshape(1)
     return scales
@@ -277,7 +277,7 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     preset = PRESETS["W4 g128 AWQ (llm-compressor)"]
     rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
     started = time.perf_counter()
-    plan, table = quantize(loaded, Quantization(preset, sensitivity="none"), Calibrated(samples=calibration))
+    plan, _ = quantize(loaded, Quantization(preset, sensitivity="none"), Calibrated(samples=calibration))
     ours_seconds = time.perf_counter() - started
     rows.append({"tool": "calibscope", "scheme": "W4 g128 AWQ (llm-compressor): its Gemma 3 mappings, found from the model",
                  "seconds": round(ours_seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
@@ -393,10 +393,12 @@ def gptq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
     plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(hessians=hessians))
     rows.append({"tool": "calibscope", "scheme": "W4 g128 GPTQ (default = llm-compressor's), one pass",
-                 "seconds": round(time.perf_counter() - started, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+                 "seconds": round(time.perf_counter() - started, 1),
+                 "perplexity": quantized_perplexity(loaded, plan, evaluation)})
     for scheme in ("W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (optimum)"):
         started = time.perf_counter()
-        plan, _ = quantize(loaded, Quantization(PRESETS[scheme], sequential=True, sensitivity="none", propagate=True), Calibrated(calibration))
+        plan, _ = quantize(loaded, Quantization(PRESETS[scheme], sequential=True, sensitivity="none", propagate=True),
+                           Calibrated(calibration))
         rows.append({"tool": "calibscope", "scheme": sequential_label(scheme), "seconds": round(time.perf_counter() - started, 1),
                      "perplexity": quantized_perplexity(loaded, plan, evaluation)})
         print(rows[-1], flush=True)
@@ -404,7 +406,8 @@ def gptq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
                         ("gptqmodel", "GPTQModel 7.3.6: QuantizeConfig(bits=4, group_size=128)"),
                         ("optimum", "optimum 2.3.0: GPTQQuantizer(bits=4, group_size=128)")):
         plan, seconds = peer_weights(tool, checkpoint, calibration, loaded.tokenizer, work)
-        rows.append({"tool": tool, "scheme": label, "seconds": round(seconds, 1), "perplexity": quantized_perplexity(loaded, plan, evaluation)})
+        rows.append({"tool": tool, "scheme": label, "seconds": round(seconds, 1),
+                     "perplexity": quantized_perplexity(loaded, plan, evaluation)})
         print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
@@ -419,7 +422,8 @@ def gptq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     seconds_ratio = seconds[ours] / seconds[theirs]
     report("peers_gptq", "ppl_ratio_calibscope_vs_llmcompressor", round(ratio, 4),
            f"perplexity <= 1.00 and seconds (Hessians + GPTQ) <= {SECONDS_GOAL} of llm-compressor's (default = llm-compressor "
-           "preset, sequential)", ratio <= 1.0 and seconds_ratio <= SECONDS_GOAL, dtype=loaded.info.dtype, device=loaded.info.device,
+           "preset, sequential)", ratio <= 1.0 and seconds_ratio <= SECONDS_GOAL,
+           dtype=loaded.info.dtype, device=loaded.info.device,
            reused={"peer environments": "made once under the cache (no timing depends on them)",
                    "checkpoint": "the builtin model's converted checkpoint from the weight cache (no timing depends on it)"},
            met_by_goal={"perplexity": ratio <= 1.0, "seconds": seconds_ratio <= SECONDS_GOAL},

@@ -61,15 +61,17 @@ def main() -> None:
     float_ppl = perplexity(loaded, evaluation)
     results = {"float": {"perplexity": round(float_ppl, 4)}}
     for name in SCHEMES:
-        result = evaluate(loaded, PRESETS[name], Calibrated(stats=stats, hessians=hessians), evaluation, float_perplexity=float_ppl)
+        result = evaluate(loaded, PRESETS[name], Calibrated(stats=stats, hessians=hessians), evaluation,
+                          float_perplexity=float_ppl)
         results[name] = {"perplexity": round(result.quantized_perplexity, 4), "gap": round(result.gap, 4),
                          "seconds": result.meta["seconds"]}
-        print(f"{name:24s} perplexity {result.quantized_perplexity:9.3f}  gap {result.gap:+8.3f}  ({result.meta['seconds']:.0f} s)",
-              flush=True)
+        print(f"{name:24s} perplexity {result.quantized_perplexity:9.3f}  gap {result.gap:+8.3f}  "
+              f"({result.meta['seconds']:.0f} s)", flush=True)
     ratios = {bits: results[f"{bits} g128 GPTQ"]["gap"] / results[f"{bits} g128 RTN"]["gap"] for bits in ("W4", "W3")}
     worst = max(ratios.values())
     report("quant_quality", "GPTQ perplexity gap / RTN perplexity gap (worst of W4 g128, W3 g128)", round(worst, 3),
-           f"<= {GOAL}", worst <= GOAL, dtype=loaded.info.dtype, device=loaded.info.device, quick=args.quick, gap_ratios={k: round(v, 3) for k, v in ratios.items()},
+           f"<= {GOAL}", worst <= GOAL, dtype=loaded.info.dtype, device=loaded.info.device, quick=args.quick,
+           gap_ratios={k: round(v, 3) for k, v in ratios.items()},
            calibration=args.calibration, samples=samples, seqlen=seqlen, evaluation_windows=evaluation.windows.shape[0],
            evaluation_tokens=evaluation.tokens, statistics_and_hessians_s=round(calibration_s, 1), results=results)
 

@@ -75,17 +75,21 @@ def child(mode: str, folder: str, samples: int, length: int) -> dict:
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
         with CheckpointWriter(loaded, GPTQ, out / "checkpoint") as writer:
-            _, table = quantize(loaded, Quantization(GPTQ, sequential=True, propagate=False, hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=writer.add)
+            _, table = quantize(loaded, Quantization(GPTQ, sequential=True, propagate=False,
+                                                     hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=writer.add)
             writer.finish()
     elif mode == "experts":  # MoE: every expert's Hessians and GPTQ block by block, each block handed on and dropped
         loaded = load_model(ModelSpec(folder, dtype="float32", offload="disk"))
         data = calibration(loaded, samples, length)
         handed = []
         spec = replace(GPTQ, experts=ExpertPolicy(calibration="all-experts"))
-        _, table = quantize(loaded, Quantization(spec, sequential=True, sensitivity="none", propagate=False, hessians=HessianSpec(diagnostics="none")), Calibrated(data), sink=lambda block: handed.append(len(block.experts)))
+        blockwise = Quantization(spec, sequential=True, sensitivity="none", propagate=False,
+                                 hessians=HessianSpec(diagnostics="none"))
+        _, table = quantize(loaded, blockwise, Calibrated(data), sink=lambda block: handed.append(len(block.experts)))
         experts = table.dropna(subset=["expert"]) if "expert" in table else table.iloc[:0]
-        return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1), "tokens": int(data.lengths.sum()),
-                "dense_layers": int(len(table) - len(experts)), "expert_rows": int(len(experts)),
+        return {"peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - started, 1),
+                "tokens": int(data.lengths.sum()),
+                "dense_layers": int(len(table) - len(experts)), "expert_rows": len(experts),
                 "experts_gptq": int(experts["calibration"].eq("all tokens").sum() if len(experts) else 0),
                 "expert_modules_handed_on": sum(handed), "plan_gb": memory_plan(loaded)}
     else:  # statistics + Hessians, diagnosed and dropped per block
@@ -118,7 +122,7 @@ def memory_plan(loaded) -> dict:
 def measured(mode: str, folder: Path, samples: int, length: int) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", mode, str(folder), str(samples), str(length)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **STABLE_MALLOC},
-                          cwd=ROOT)
+                          cwd=ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"{mode} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -134,7 +138,8 @@ def cpu_comparison(args) -> None:
     whole = measured("whole", folder, samples, length)
     blockwise = measured("blockwise", folder, samples, length)
     ratio = blockwise["peak_rss_mb"] / whole["peak_rss_mb"]
-    report("scale", "peak_rss_ratio_blockwise_vs_whole", round(ratio, 3), "<= 0.35", ratio <= 0.35, device="cpu", quick=args.quick,
+    report("scale", "peak_rss_ratio_blockwise_vs_whole", round(ratio, 3), "<= 0.35", ratio <= 0.35,
+           device="cpu", quick=args.quick,
            reused={"checkpoint": "the random-weight checkpoint written once into the cache (no timing depends on writing it)"},
            shape="llama-3.2-1b" + (f" ({layers} blocks)" if layers else ""), samples=samples, tokens_per_sample=length,
            dtype="float32", weights_on_disk="bfloat16", whole_peak_rss_mb=whole["peak_rss_mb"],
@@ -153,7 +158,8 @@ def bigger_than_memory(args) -> None:
     goal_mb = 6 * 1024
     report("scale_8b", "peak_rss_mb_statistics_and_hessians_block_by_block", run["peak_rss_mb"], f"<= {goal_mb}",
            run["peak_rss_mb"] <= goal_mb, dtype="float32", device="cpu", quick=args.quick,
-           reused={"checkpoint": "the random-weight checkpoint written once into the cache"}, shape=args.shape + (f" ({layers} blocks)" if layers else ""),
+           reused={"checkpoint": "the random-weight checkpoint written once into the cache"},
+           shape=args.shape + (f" ({layers} blocks)" if layers else ""),
            checkpoint_gb=round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30, 2), **run)
 
 

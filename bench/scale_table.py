@@ -87,5 +87,6 @@ def table(device: str, quick: bool) -> None:
     met = all(eight_b[key] <= limit for key, limit in goals.items())
     report("scale_table", "8b shape: hessians seconds / bare forward seconds", eight_b["hessians_ratio"],
            "stats <= 1.3x, hessians <= 2.0x, gptq <= 60 s, block-by-block peak <= 20 GiB (8B, 128 x 2048, H100)", met,
-           device=device, quick=quick, dtype="bfloat16" if device.startswith("cuda") else "float32", rows=rows, shapes={name: SHAPES[name]["hidden_size"] for name in SHAPES},
+           device=device, quick=quick, dtype="bfloat16" if device.startswith("cuda") else "float32", rows=rows,
+           shapes={name: SHAPES[name]["hidden_size"] for name in SHAPES},
            not_run="70B shape: 140 GB of bf16 weights do not fit this machine's CPU memory or disk")

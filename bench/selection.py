@@ -4,7 +4,8 @@ Strategies (random, length-stratified, embedding-clusters, activation-clusters, 
 --seeds x --counts samples of --length tokens, calibrated on a builtin corpus (and with
 --also-wikitext on wikitext-2's first half, ../shared/data), each quantized W4 g128 GPTQ and W8A8
 static (p99.99), perplexity on held-out windows of two domains: the builtin corpus's held-out 10%
-(in-domain) and wikitext-2's last quarter (cross-domain). Writes every measurement (bench/results/selection_runs.csv) and the mean ± std table.
+(in-domain) and wikitext-2's last quarter (cross-domain). Writes every measurement
+(bench/results/selection_runs.csv) and the mean ± std table.
 CPU-feasible defaults; --quick is a smoke run. --schemes and --name run another experiment into
 bench/results/NAME_runs.csv, NAME_summary.csv and NAME.json (the AWQ table: --schemes "W4 g128 AWQ
 (llm-compressor),W4 g128 GPTQ" --strategies random,length-stratified,embedding-clusters,coverage
@@ -41,8 +42,10 @@ def main() -> None:
     parser.add_argument("--strategies", default="", help="comma-separated subset of the strategies (default: all)")
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in the result file (those of other strategies or other sample counts)")
-    parser.add_argument("--also-wikitext", action="store_true", help="also calibrate on wikitext-2's first half (doubles the time)")
-    parser.add_argument("--schemes", default="", help="comma-separated preset names (default: W4 g128 GPTQ, W8A8 static (p99.99))")
+    parser.add_argument("--also-wikitext", action="store_true",
+                        help="also calibrate on wikitext-2's first half (doubles the time)")
+    parser.add_argument("--schemes", default="",
+                        help="comma-separated preset names (default: W4 g128 GPTQ, W8A8 static (p99.99))")
     parser.add_argument("--name", default="selection", help="the result files' name")
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
@@ -70,8 +73,11 @@ def main() -> None:
         corpus = calibration_corpus(name)
         for strategy in spec.strategies:  # one strategy at a time, saved as it completes
             one = replace(spec, strategies=(strategy,))
-            runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name,
-                                progress=lambda fraction, message: print(f"[{name} {fraction:5.1%}] {message}", flush=True)))
+
+            def progress(fraction: float, message: str, name: str = name) -> None:
+                print(f"[{name} {fraction:5.1%}] {message}", flush=True)
+
+            runs.append(compare(loaded, corpus, one, evaluations, corpus_label=name, progress=progress))
             pd.concat(runs, ignore_index=True).to_csv(runs_file, index=False)
     summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations},
                          {"dtype": loaded.info.dtype, "device": loaded.info.device, "reused": reused, "quick": args.quick},
@@ -93,7 +99,7 @@ def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dic
     beats_random = int(sum(r.strategy != "random" and r.mean < random.loc[(r.calibration, r.evaluation, r.scheme, r.samples)]
                        for r in best.itertuples()))
     report(name, "cells (calibration x evaluation x scheme x count) where a non-random strategy has the lowest mean perplexity",
-           beats_random, "measured, not a target", True, **provenance, cells=int(len(best)), winners=wins,
+           beats_random, "measured, not a target", True, **provenance, cells=len(best), winners=wins,
            seeds=int(rows["seed"].nunique()), counts=sorted(int(n) for n in rows["samples"].unique()), length=length,
            runs_per_strategy_and_count={f"{k[0]} n={k[1]}": int(v) for k, v in
                                         rows.drop_duplicates(["strategy", "seed", "samples", "calibration"])

@@ -123,7 +123,8 @@ def main() -> None:
         return
     rows = [measure(dtype, samples, seqlen, repeats) for dtype in bench_dtypes(args.dtype)]
     worst = max(row["ratio"] for row in rows)
-    report("stats_overhead", "full statistics seconds / bare head-less forward seconds (worst dtype)", worst, "<= 1.10 in every dtype",
+    report("stats_overhead", "full statistics seconds / bare head-less forward seconds (worst dtype)", worst,
+           "<= 1.10 in every dtype",
            worst <= 1.10 and all(row["memory"]["bounded"] for row in rows), dtype=[row["dtype"] for row in rows], device="cpu",
            quick=args.quick, samples=samples, seqlen=seqlen, repeats=repeats,
            met_by_dtype={row["dtype"]: row["ratio"] <= 1.10 for row in rows}, rows=rows)

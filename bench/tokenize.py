@@ -49,7 +49,8 @@ def seed_style(texts: list[str], tokenizer, rng: np.random.Generator) -> list:
 
 
 def as_dataset(texts: list[str]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({"text": texts, "source": [f"line {i}" for i in range(len(texts))], "row_id": list(range(len(texts)))})
+    return datasets.Dataset.from_dict({"text": texts, "source": [f"line {i}" for i in range(len(texts))],
+                                       "row_id": list(range(len(texts)))})
 
 
 def best_of(repeats: int, run, fresh=lambda: None) -> tuple[float, object]:
@@ -83,10 +84,11 @@ def main() -> None:
     for name, texts in corpora(documents).items():
         dataset = as_dataset(texts)
         spec = LengthStratifiedSpec(nsamples=NSAMPLES)
-        cold_s, calibration = best_of(repeats, lambda fresh: build(dataset, fresh, spec), lambda: copy.deepcopy(tokenizer))
+        cold_s, calibration = best_of(repeats, lambda fresh, dataset=dataset, spec=spec: build(dataset, fresh, spec),
+                                      lambda: copy.deepcopy(tokenizer))
         build(dataset, tokenizer, spec)  # lengths remembered for the warm builds
-        warm_s, _ = best_of(repeats, lambda _: build(dataset, tokenizer, spec))
-        seed_s, picked = best_of(repeats, lambda _: seed_style(texts, tokenizer, np.random.default_rng(0)))
+        warm_s, _ = best_of(repeats, lambda _, dataset=dataset, spec=spec: build(dataset, tokenizer, spec))
+        seed_s, picked = best_of(repeats, lambda _, texts=texts: seed_style(texts, tokenizer, np.random.default_rng(0)))
         ours_s = cold_s
         results[name] = {
             "documents": len(texts), "calibscope_cold_s": round(cold_s, 3), "calibscope_warm_s": round(warm_s, 3),
@@ -98,7 +100,8 @@ def main() -> None:
     report(
         "tokenize", "seed-loop seconds / calibscope cold-build seconds (python-code lines)", headline["ratio"], f">= {GOAL} cold",
         headline["ratio"] >= GOAL, dtype="n/a (tokenization only)", device="cpu", quick=args.quick,
-        reused={"warm builds": "calibscope_warm_s and warm_ratio reuse the token lengths of the cold build (reported, not the goal)"},
+        reused={"warm builds": "calibscope_warm_s and warm_ratio reuse the token lengths of the cold build "
+                               "(reported, not the goal)"},
         nsamples=NSAMPLES, repeats=repeats, warm_ratio=headline["warm_ratio"], corpora=results,
     )
 

@@ -103,7 +103,7 @@ def parse_config(data: dict, base: Path = Path(".")) -> RunConfig:
     problem of its shape listed at its place, unknown names with the nearest valid one."""
     if not isinstance(data, dict):
         raise SpecError(f"A config is a table of sections, not {type(data).__name__}.")
-    whole, quantize, compare = _schemas()
+    whole, _, _ = _schemas()
     config = validate(whole, data, SECTION_HINTS)
 
     def section(name: str, kind: type):
@@ -134,7 +134,8 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise CalibscopeError(f"The config file '{path}' does not exist.")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8")) if path.suffix == ".toml" else json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SpecError(f"'{path.name}' is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
     return parse_config(data, base=path.parent)
@@ -184,7 +185,8 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
         reports.extend([report] if report is not None else [])
         if checkpoint is not None:
             written[f"checkpoint-{number}"] = checkpoint
-    comparison = (config.compare.run(loaded, corpus, config.corpus.label, cache, labelled(scaled(progress, 0.97, 0.99), "Compare"))
+    comparison = (config.compare.run(loaded, corpus, config.corpus.label, cache,
+                                     labelled(scaled(progress, 0.97, 0.99), "Compare"))
                   if config.compare is not None else None)
     if not writer:
         return written
@@ -231,7 +233,8 @@ def _results(output: Path, reports: list, comparison) -> dict[str, Path]:
         written["quantization"] = output / "quantization-runs.csv"
         summary = pd.DataFrame([{"scheme": r.spec.label(), "gptq": r.meta.get("gptq", ""), "evaluation": r.meta["evaluation"],
                                  "tokens": r.meta["evaluation_tokens"],
-                                 "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap} for r in reports])
+                                 "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap}
+                                for r in reports])
         write_file(written["quantization"], summary.to_csv(index=False))
         for number, report in enumerate(reports, 1):
             write_file(output / f"quantization-{number}-layers.csv", report.layers.to_csv(index=False))

@@ -120,10 +120,10 @@ def llm_compressor_awq(loaded, calibration, mappings):
         calls = {parent: [] for _, _, parent in mine}
         sums = {}
         handles = [modules[parent].register_forward_pre_hook(
-            lambda _m, args, kwargs, parent=parent: calls[parent].append((args, kwargs)), with_kwargs=True)
+            lambda _m, args, kwargs, parent=parent, calls=calls: calls[parent].append((args, kwargs)), with_kwargs=True)
             for parent in calls]
         for smooth, balance, _ in mine:
-            def cache(_m, args, _out, smooth=smooth):
+            def cache(_m, args, _out, smooth=smooth, sums=sums):
                 activations = args[0].abs().detach().flatten(0, -2)
                 total, count = sums.get(smooth, (0, 0))
                 sums[smooth] = (total + activations.float().sum(dim=0), count + activations.size(0))
@@ -137,7 +137,7 @@ def llm_compressor_awq(loaded, calibration, mappings):
             for smooth, balance, parent in mine:
                 parent_module, layers = modules[parent], [modules[name] for name in balance]
 
-                def run():
+                def run(parent_module=parent_module, calls=calls, parent=parent):
                     outputs = [parent_module(*args, **kwargs) for args, kwargs in calls[parent]]
                     return [output[0] if isinstance(output, tuple) else output for output in outputs]
 
@@ -376,7 +376,7 @@ def test_the_checkpoint_holds_the_simulated_awq_model(model, calibration, tmp_pa
 
 def test_awq_runs_on_a_bfloat16_model(calibration):
     loaded = mha_llama(torch.bfloat16)
-    plan, table = quantize(loaded, AWQ, Calibrated(samples=calibration))
+    plan, _ = quantize(loaded, AWQ, Calibrated(samples=calibration))
     assert all(weight.dtype == torch.bfloat16 for weight in plan.weights.values())
     assert float_change(loaded, awq_scaling(loaded, calibration, AWQ, quantizable_layers(loaded.model, AWQ)).scaling) < 5e-2
     with quantized(loaded, plan):

@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium: what a user sees after a click."""
 import zipfile
+from pathlib import Path
 
 import datasets
 import pytest
@@ -37,16 +38,19 @@ def test_model_and_data_tab_loads_a_model_and_corpus_in_the_browser(tmp_path):
         page.wait_for_function("() => document.body.innerText.includes('Collected 14 tensors')", timeout=60_000)
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).length >= 2",
                                timeout=10_000)
-        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent).map(p => p.data.length)")
+        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                                ".filter(p => p.offsetParent).map(p => p.data.length)")
         assert visible[-2:] == [7, 5]  # ranges (6 lines + threshold); the top layer's channels (bar, 3 percentiles, threshold)
         assert page.locator("mark").count() == 1  # the token that set the maximum, highlighted
 
         page.get_by_role("tab", name="Hessians").click()
         page.get_by_role("button", name="Collect Hessians").click()
         page.wait_for_function("() => document.body.innerText.includes('Collected Hessians of 14 layers')", timeout=60_000)
-        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent && p.data).length >= 3",
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                               ".filter(p => p.offsetParent && p.data).length >= 3",
                                timeout=30_000)  # the status line can arrive before the figures are drawn
-        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.offsetParent && p.data).map(p => p.data[0].type)")
+        visible = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                                ".filter(p => p.offsetParent && p.data).map(p => p.data[0].type)")
         assert visible[-3:] == ["scatter", "scatter", "heatmap"]  # depth, spectrum, diagonals
 
         page.get_by_role("tab", name="Export").click()
@@ -85,11 +89,12 @@ def test_the_html_report_draws_every_figure_offline(tmp_path):
     session = _export_session()
     files = prepare_downloads(ExportForm("jsonl"), session, CONTEXT, Recorder())["files"]
     report = next(f for f in files if f.endswith("report.html"))
-    expected = open(report, encoding="utf-8").read().count('class="cs-figure"')
+    expected = Path(report).read_text(encoding="utf-8").count('class="cs-figure"')
     with chromium_page() as page:
         page.goto(f"file://{report}")
         page.wait_for_function("() => document.body.dataset.figuresDrawn !== undefined", timeout=30_000)
-        drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.data && p.data.length).length")
+        drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                              ".filter(p => p.data && p.data.length).length")
     assert expected >= 5 and drawn == expected
 
 
@@ -115,7 +120,8 @@ def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path
             status = walk.run(step)
         assert set(walk.times) == {step.name for step in steps()}
         assert "Wrote compressed-tensors checkpoint" in status and "equal within 0.1%" in status  # written, reloaded
-        for fmt in ("parquet", "jsonl", "torch list of [1, n] tensors (optimum's GPTQQuantizer)"):  # the walk exported the default (disk)
+        # the walk exported the default (disk)
+        for fmt in ("parquet", "jsonl", "torch list of [1, n] tensors (optimum's GPTQQuantizer)"):
             visible(page, fmt).check()
             page.get_by_role("button", name="Prepare downloads").click()
             page.wait_for_function(f"() => document.body.innerText.includes({f'samples, {fmt})'!r})", timeout=60_000)
@@ -131,5 +137,6 @@ def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path
         page.get_by_role("button", name="Run sweep").click()
         page.get_by_role("button", name="Cancel").locator("visible=true").click()  # as soon as it can be
         page.wait_for_function("() => document.body.innerText.includes('Cancelled')", timeout=30_000)
-        walk.run(next(step for step in steps() if step.name == "sensitivity"))  # and the app goes on: the same sweep runs to the end
+        # and the app goes on: the same sweep runs to the end
+        walk.run(next(step for step in steps() if step.name == "sensitivity"))
         assert "Traceback" not in page.inner_text("body")

@@ -45,9 +45,8 @@ def calibration(tiny_llama, topical_corpus):
 def test_the_ledger_refuses_with_the_numbers_and_releases_what_ends():
     memory = MemoryBudget(total=resident_bytes() + 1000 * MB)  # the app itself: what this process holds now
     with memory.reserve("A pass", 600 * MB):
-        with pytest.raises(OverBudget) as refused:
-            with memory.reserve("Another pass", 500 * MB):
-                pass
+        with pytest.raises(OverBudget) as refused, memory.reserve("Another pass", 500 * MB):
+            pass
         message = str(refused.value)
         assert "Another pass needs about 500 MB" in message and "running work 600 MB" in message
         assert f"memory budget is {memory.total / MB:,.0f} MB" in message
@@ -113,10 +112,12 @@ def test_the_disk_quota_counts_every_root_and_what_running_writes_reserved(tmp_p
     (tmp_path / "a" / "file").write_bytes(b"x" * (2 * MB))
     quota = DiskQuota(total=5 * MB, roots=[tmp_path / "a", tmp_path / "b", tmp_path / "a" / "inner"])
     assert len(quota.roots) == 2 and quota.usage(fresh=True) >= 2 * MB
-    with quota.reserve("One visitor's checkpoint", 2 * MB):
-        with pytest.raises(OverBudget, match="disk quota is 5 MB"):
-            with quota.reserve("Another visitor's Hessians", 2 * MB):
-                pass
+    with (
+        quota.reserve("One visitor's checkpoint", 2 * MB),
+        pytest.raises(OverBudget, match="disk quota is 5 MB"),
+        quota.reserve("Another visitor's Hessians", 2 * MB),
+    ):
+        pass
     with quota.reserve("Another visitor's Hessians", 2 * MB):
         pass
 
@@ -171,10 +172,9 @@ def test_stale_staging_is_swept_and_nothing_else(tmp_path):
 
 def test_a_folder_made_while_a_checkpoint_is_written_is_never_replaced(tmp_path):
     target = tmp_path / "w4"
-    with pytest.raises(FileExistsError):
-        with staged_directory(target) as staging:
-            _filled(staging / "model.safetensors", 10)
-            target.mkdir()  # someone else's folder appears under the same name meanwhile, still empty
+    with pytest.raises(FileExistsError), staged_directory(target) as staging:
+        _filled(staging / "model.safetensors", 10)
+        target.mkdir()  # someone else's folder appears under the same name meanwhile, still empty
     assert list(target.iterdir()) == []  # rename(2) would have put the checkpoint in its place
     assert [p for p in tmp_path.iterdir() if p.name != "w4"] == []  # the staging folder went too
 
@@ -240,7 +240,7 @@ def test_an_idle_sessions_results_make_room_for_other_visitors_work_and_say_so()
         assert idle.hessians is None and working.hessians is not None and recent.hessians is not None
     with pytest.raises(CalibscopeError, match="were freed while this session was idle"):
         idle.require("hessians")
-    with pytest.raises(OverBudget):  # nothing idle left to give back: refused with the numbers
-        with memory.reserve("A pass too large", 600 * MB):
-            pass
+    # nothing idle left to give back: refused with the numbers
+    with pytest.raises(OverBudget), memory.reserve("A pass too large", 600 * MB):
+        pass
     assert working.hessians is not None and recent.hessians is not None

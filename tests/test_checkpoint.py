@@ -5,6 +5,7 @@ independent reader; folders are never overwritten and a failed write leaves noth
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 from dataclasses import replace
 
@@ -153,7 +154,8 @@ def test_tensor_names_dtypes_and_shapes_are_llm_compressors(model, calibrated, t
                 prefix = "model.layers.0.self_attn." if short.startswith("q_proj") else "model.layers.0.mlp."
                 tensor = opened.get_tensor(prefix + short)
                 assert (tensor.dtype, tuple(tensor.shape)) == (dtype, shape), short
-            assert "lm_head.weight" in opened.keys() and "model.layers.0.self_attn.q_proj.weight" not in opened.keys() or number == 2
+            names = opened.keys()  # a list: safe_open itself is neither iterable nor a container
+            assert "lm_head.weight" in names and "model.layers.0.self_attn.q_proj.weight" not in names or number == 2
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(WeightSpec("rtn", 4, 128)), QuantSpec(WeightSpec("gptq", 4, 128)),
@@ -165,7 +167,8 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     loaded = wide_llama(torch.bfloat16)
     calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
     stats = collect(loaded, calibration, StatsSpec(batch_size=4)) if spec.activations.enabled else None
-    hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none")) if spec.needs_hessians else None
+    hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4,
+                                                                 diagnostics="none")) if spec.needs_hessians else None
     plan, _ = quantize(loaded, spec, Calibrated(stats=stats, hessians=hessians))
     save_quantized(loaded, plan, spec, tmp_path / "out")
     assert largest_weight_difference(tmp_path / "out", plan.weights) == 0.0
@@ -195,7 +198,8 @@ def test_tied_embeddings_are_written_once_and_reloaded_tied(tmp_path):
     plan, _ = quantize(loaded, spec)
     save_quantized(loaded, plan, spec, tmp_path / "out")
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as opened:
-        assert "lm_head.weight" not in opened.keys() and "model.embed_tokens.weight" in opened.keys()
+        names = opened.keys()  # a list: safe_open itself is neither iterable nor a container
+        assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
     back = reloaded(tmp_path / "out")
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
     assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "generation_config.json").is_file()
@@ -222,10 +226,12 @@ def test_block_by_block_from_disk_writes_the_same_checkpoint_as_in_memory(model,
     calibration = calibrated[0]
     spec = QuantSpec(WeightSpec("gptq", 4, 128))
     with CheckpointWriter(on_disk, spec, tmp_path / "streamed", max_shard_bytes=300_000) as writer:
-        kept, _ = quantize(on_disk, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")), Calibrated(calibration), sink=writer.add)
+        kept, _ = quantize(on_disk, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")),
+                           Calibrated(calibration), sink=writer.add)
         writer.finish()
     assert not kept.weights and not kept.integers  # handed to the writer block by block, not kept
-    in_memory, _ = quantize(model, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")), Calibrated(calibration))
+    in_memory, _ = quantize(model, Quantization(spec, sequential=True, hessians=HessianSpec(batch_size=4, diagnostics="none")),
+                            Calibrated(calibration))
     weights = dense_weights(reloaded(tmp_path / "streamed"))
     for name, simulated in in_memory.weights.items():
         assert torch.allclose(weights[name], simulated, rtol=0, atol=1e-6), name
@@ -267,7 +273,8 @@ def test_gptq_format_unpacks_to_the_simulated_weights(bits, group_size, act_orde
                                                                     scale=plan.integers[name].grids.scale.half().float()))
             assert torch.equal(dequantized, expected.dequantize()), name
             assert float((dequantized - simulated).abs().max()) <= float(simulated.abs().max()) * 2**-10
-    assert largest_weight_difference(tmp_path / "out", plan.weights) <= max(float(w.abs().max()) for w in plan.weights.values()) * 2**-10
+    assert (largest_weight_difference(tmp_path / "out", plan.weights)
+            <= max(float(w.abs().max()) for w in plan.weights.values()) * 2**-10)
 
 
 def test_the_integers_are_the_fake_weights_for_every_act_order():
@@ -350,7 +357,8 @@ def test_shards_are_safetensors_files_its_own_reader_reads(tmp_path):
     writer = shard_module.ShardWriter(tmp_path, max_bytes=10**9)
     for name, tensor in tensors.items():
         writer.add({name: tensor})
-    assert writer.finish() == ["model.safetensors"] and writer.total_bytes == sum(map(shard_module.tensor_bytes, tensors.values()))
+    assert (writer.finish() == ["model.safetensors"]
+            and writer.total_bytes == sum(map(shard_module.tensor_bytes, tensors.values())))
     with safe_open(tmp_path / "model.safetensors", "pt") as opened:
         assert set(opened.keys()) == set(tensors) and opened.metadata() == {"format": "pt"}
         for name, tensor in tensors.items():
@@ -360,7 +368,7 @@ def test_shards_are_safetensors_files_its_own_reader_reads(tmp_path):
     header_length = int.from_bytes((tmp_path / "model.safetensors").read_bytes()[:8], "little")
     header = json.loads((tmp_path / "model.safetensors").read_bytes()[8:8 + header_length])
     spans = sorted(entry["data_offsets"] for name, entry in header.items() if name != "__metadata__")
-    assert header_length % 8 == 0 and spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert header_length % 8 == 0 and spans[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     for name, entry in header.items():
         if name != "__metadata__":
             assert entry["data_offsets"][0] % tensors[name].element_size() == 0, name

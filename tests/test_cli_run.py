@@ -112,8 +112,9 @@ def test_torchrun_with_two_ranks_writes_once_what_one_process_writes(tmp_path):
     ranks.mkdir()
     config = write_config(ranks, hessians={"batch_size": 2}, stats={"percentiles": [99.9], "batch_size": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-                           "-m", "ui.cli", "run", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "ui.cli", "run", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("hessians ") == 1  # one listing: rank 0's
     first, second = HessianReport.load(single / "out" / "hessians"), HessianReport.load(ranks / "out" / "hessians")

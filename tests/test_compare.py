@@ -26,8 +26,10 @@ def test_compare_fills_the_grid_and_summarizes_over_seeds(topical_corpus, tiny_l
     table = summarize(rows)
     assert len(table) == 2 * 2 * 2 and (table["count"] == 2).all()
     first = table.iloc[0]
-    subset = rows[(rows["scheme"] == first["scheme"]) & (rows["samples"] == first["samples"]) & (rows["strategy"] == first["strategy"])]
-    assert first["mean"] == pytest.approx(subset["perplexity"].mean()) and first["std"] == pytest.approx(subset["perplexity"].std())
+    subset = rows[(rows["scheme"] == first["scheme"]) & (rows["samples"] == first["samples"])
+                  & (rows["strategy"] == first["strategy"])]
+    assert first["mean"] == pytest.approx(subset["perplexity"].mean())
+    assert first["std"] == pytest.approx(subset["perplexity"].std())
     assert table.groupby(["scheme", "samples"])["best"].sum().eq(1).all()
     best = table[table["best"]].iloc[0]
     rivals = table[(table["scheme"] == best["scheme"]) & (table["samples"] == best["samples"])]
@@ -45,7 +47,8 @@ def test_comparison_spec_refuses_unknown_names():
 def test_the_comparison_runs_the_floating_point_schemes(topical_corpus, tiny_llama):
     """FP8 static calibrates its input scales on each set; FP8 dynamic calibrates nothing, so every
     set gives it the same perplexity."""
-    spec = ComparisonSpec(strategies=("random",), seeds=2, counts=(3,), length=48, schemes=("FP8 W8A8 static", "FP8 W8A8 dynamic"))
+    spec = ComparisonSpec(strategies=("random",), seeds=2, counts=(3,), length=48,
+                          schemes=("FP8 W8A8 static", "FP8 W8A8 dynamic"))
     evaluations = [evaluation_windows(tiny_llama.tokenizer, [t * 3 for t in topical_corpus["text"]], 48, 2, "held-out")]
     rows = compare(tiny_llama, topical_corpus, spec, evaluations, "topics")
     assert set(rows["scheme"]) == {"FP8 W8A8 static", "FP8 W8A8 dynamic"} and rows["perplexity"].gt(0).all()

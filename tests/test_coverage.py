@@ -38,7 +38,7 @@ def test_sample_channel_maxima_equal_one_sequence_at_a_time(tiny_llama, corpus):
     module = dict(tiny_llama.model.named_modules())[layer]
     for row, sequence in enumerate(calibration.sequences):
         seen = []
-        with observing([(module, "input", lambda t: seen.append(t.reshape(-1, t.shape[-1])))]), torch.no_grad():
+        with observing([(module, "input", lambda t, seen=seen: seen.append(t.reshape(-1, t.shape[-1])))]), torch.no_grad():
             tiny_llama.model(input_ids=torch.from_numpy(sequence)[None])
         np.testing.assert_allclose(scores.channel_max[layer][row], seen[0].abs().amax(0).numpy(), rtol=1e-5)
     assert "lm_head" not in scores.channel_max and not scores.expert_tokens

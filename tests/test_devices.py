@@ -34,12 +34,14 @@ def test_no_step_creates_a_tensor_without_saying_where(name):
         blockwise = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, execution="block-by-block"))
         windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
         report = evaluate(loaded, PRESETS["W4 g128 GPTQ"], Calibrated(stats=stats, hessians=hessians), windows)
-        evaluate(loaded, Quantization(PRESETS["W8A8 static (MSE)"], sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), windows)
+        thorough = Quantization(PRESETS["W8A8 static (MSE)"], sensitivity="thorough")
+        evaluate(loaded, thorough, Calibrated(stats=stats, hessians=hessians), windows)
         evaluate(loaded, PRESETS["FP8 W8A8 static"], Calibrated(stats=stats), windows)
         evaluate(loaded, PRESETS["FP8 W8A8 dynamic"], Calibrated(), windows)
         format_ranges(stats)
         swept = sweep(loaded, calibration, SweepSpec(shuffles=1, batch_size=4))
-    assert report.quantized_perplexity > 1 and len(swept.rows) and relative_difference(hessians.hessians, blockwise.hessians) < 1e-5
+    assert report.quantized_perplexity > 1 and len(swept.rows)
+    assert relative_difference(hessians.hessians, blockwise.hessians) < 1e-5
 
 
 def test_a_bfloat16_model_on_the_cpu_accumulates_exact_float32_hessians():
@@ -62,7 +64,8 @@ def test_a_bfloat16_model_on_the_cpu_accumulates_exact_float32_hessians():
     stats = collect(loaded, calibration, StatsSpec(batch_size=4))
     assert stats.summary["absmax"].gt(0).all()
     windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
-    assert evaluate(loaded, PRESETS["W4 g128 GPTQ"], Calibrated(stats=stats, hessians=hessians), windows).quantized_perplexity < float("inf")
+    assert evaluate(loaded, PRESETS["W4 g128 GPTQ"], Calibrated(stats=stats, hessians=hessians),
+                    windows).quantized_perplexity < float("inf")
 
 
 def test_the_branch_free_path_equals_the_host_branch_with_nan_and_inf():

@@ -33,7 +33,8 @@ def test_routing_ranges_and_hessians_equal_the_routers_own_choice(model, router_
     report = collect_expert_stats(loaded, calibration, ExpertSpec(batch_size=4, keep_hessians=True))
     top_k = loaded.model.config.num_experts_per_tok
     x, chosen, rows = routed_tokens(loaded, calibration, EXPERTS, router_name, top_k)
-    experts = loaded.model.config.num_experts if hasattr(loaded.model.config, "num_experts") else loaded.model.config.num_local_experts
+    config = loaded.model.config
+    experts = config.num_experts if hasattr(config, "num_experts") else config.num_local_experts
     per_sample = np.zeros((len(calibration), experts), dtype=np.int64)
     for token in range(x.shape[0]):
         for expert in chosen[token].tolist():
@@ -127,7 +128,7 @@ def test_llama4_experts_called_with_routed_scaled_inputs_are_read_as_they_comput
                                    rtol=1e-4, atol=1e-6)
     tokens = torch.cat([call.view(layer.experts, -1, layer.hidden).sum(0) for call in seen])  # nonzero rows summed: scaled x
     assert report.kept_all_inputs[name].shape == (layer.hidden, layer.hidden) and tokens.shape[0] == per_expert.shape[1]
-    plan, table = quantize(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
+    plan, _ = quantize(loaded, QuantSpec(WeightSpec("rtn", 4, 8)))
     assert f"{name}.gate_up_proj" in plan.experts and plan.experts[f"{name}.gate_up_proj"].shape == (4, 32, 48)
     with quantized(loaded, plan):
         assert torch.isfinite(loaded.model(input_ids=calibration.input_ids[:1]).logits).all()

@@ -129,7 +129,8 @@ def test_the_streamed_block_histogram_is_the_one_shot_one_however_batched():
 def test_an_input_never_reached_gets_no_scale_and_a_message_naming_it():
     dead = {"absmax": torch.zeros(64), "tensor_counts": torch.zeros(TENSOR_BINS.count, dtype=torch.int64),
             "min": torch.zeros(64), "max": torch.zeros(64)}
-    for spec in (ActivationSpec(format="fp8"), ActivationSpec(format="nvfp4"), ActivationSpec(format="nvfp4", range_method="percentile")):
+    for spec in (ActivationSpec(format="fp8"), ActivationSpec(format="nvfp4"),
+                 ActivationSpec(format="nvfp4", range_method="percentile")):
         with pytest.raises(CalibscopeError, match=r"layers\.3\.mlp\.down_proj: its calibrated input maximum is (0|nan) "):
             input_quantizer("model.layers.3.mlp.down_proj", dead, spec, (99.99,), torch.bfloat16, 64)
     nan = {**dead, "absmax": torch.full((64,), float("nan"))}

@@ -80,6 +80,7 @@ def test_rounding_to_e4m3_and_e2m1_matches_the_package_at_every_tie():
 def test_an_all_zero_weight_gets_finite_scales_never_nan():
     for fmt, group in (("fp8", -1), ("fp8", 0), ("nvfp4", 16), ("mxfp4", 32)):
         fake, stored = float_weight(torch.zeros(8, 64), NumberFormat(fmt), group)
-        assert torch.equal(fake, torch.zeros(8, 64)) and torch.isfinite(stored.grids.scale).all() and (stored.grids.scale > 0).all()
+        assert torch.equal(fake, torch.zeros(8, 64))
+        assert torch.isfinite(stored.grids.scale).all() and (stored.grids.scale > 0).all()
         if stored.grids.global_scale is not None:
             assert float(stored.grids.global_scale) == 1.0  # compressed-tensors' safe value, not 448·6/0

@@ -38,8 +38,8 @@ MIB = 2**20
 LIMITS = ReadLimits(file_bytes=MIB, decoded_bytes=4 * MIB, records=20_000, columns=64)
 MAX_SECONDS = 10.0
 MAX_ALLOCATED = 64 * MIB  # what one file of at most 1 MiB may make the reader allocate, at its peak
-EXAMPLES = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                            HealthCheck.too_slow], derandomize=True)
+EXAMPLES = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize=True)
 
 
 def _parquet(table: pa.Table, **options) -> bytes:
@@ -154,8 +154,8 @@ READERS = {"config": (load_config, config_seeds),
            "corpus": (lambda path: load_corpus(CorpusSpec.file(path)), corpus_seeds),
            "windows": (read_windows, windows_seeds),
            "imatrix": (read_imatrix, imatrix_seeds)}
-SUFFIXES = {"config": (".toml", ".json"), "corpus": (".txt", ".jsonl", ".json", ".csv", ".parquet"), "windows": (".parquet", ".jsonl", ".json", ".npy", ".pt"),
-            "imatrix": (".gguf", ".dat")}
+SUFFIXES = {"config": (".toml", ".json"), "corpus": (".txt", ".jsonl", ".json", ".csv", ".parquet"),
+            "windows": (".parquet", ".jsonl", ".json", ".npy", ".pt"), "imatrix": (".gguf", ".dat")}
 CASES = [(reader, suffix) for reader, suffixes in SUFFIXES.items() for suffix in suffixes]
 
 

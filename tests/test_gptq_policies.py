@@ -40,7 +40,8 @@ def test_the_raise_policy_names_the_layer_and_what_to_do():
 
 def test_peer_presets_carry_each_tools_defaults():
     default = PRESETS["W4 g128 GPTQ"].weights  # calibscope's default is llm-compressor's GPTQModifier W4A16
-    assert (default.act_order, default.on_failure, default.damping, default.block_size) == (ActOrder.STATIC, CholeskyFailure.RTN, 0.01, 128)
+    assert ((default.act_order, default.on_failure, default.damping, default.block_size)
+            == (ActOrder.STATIC, CholeskyFailure.RTN, 0.01, 128))
     assert PEER_GPTQ["gptqmodel"].damping == 0.05 and PEER_GPTQ["gptqmodel"].act_order is ActOrder.GROUP_AWARE
     assert PEER_GPTQ["gptqmodel"].on_failure is CholeskyFailure.STEPWISE
     assert PEER_GPTQ["gptq-reference"].on_failure is CholeskyFailure.RAISE

@@ -53,7 +53,8 @@ def captured_inputs(loaded, calibration, names):
     with torch.inference_mode():
         for rows, batch in zip(calibration.batch_indices(4, by_length=True), calibration.batches(4, by_length=True)):
             real = batch["attention_mask"].bool().to(loaded.device)
-            points = [(modules[name], Side.INPUT, lambda x, name=name, real=real: seen[name].append(x[real].clone())) for name in names]
+            points = [(modules[name], Side.INPUT, lambda x, name=name, real=real: seen[name].append(x[real].clone()))
+                      for name in names]
             with observing(points):
                 loaded.model.model(**{k: v.to(loaded.device) for k, v in batch.items()})
             batches.append(batch_tokens(list(rows), batch["attention_mask"]).to(loaded.device))

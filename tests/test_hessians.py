@@ -49,15 +49,15 @@ def calibration(tiny_llama):
 def reference_hessian(model, calibration, layer):
     module = dict(model.named_modules())[layer]
     rows = []
-    with observing([(module, "input", lambda t: rows.append(t.reshape(-1, t.shape[-1]).double()))]):
-        with torch.no_grad():
-            for sequence in calibration.sequences:  # one by one: no padding at all
-                model(input_ids=torch.from_numpy(sequence)[None])
+    with observing([(module, "input", lambda t: rows.append(t.reshape(-1, t.shape[-1]).double()))]), torch.no_grad():
+        for sequence in calibration.sequences:  # one by one: no padding at all
+            model(input_ids=torch.from_numpy(sequence)[None])
     x = torch.cat(rows)
     return 2.0 / x.shape[0] * x.T @ x, x.shape[0]
 
 
-@pytest.mark.parametrize("layer", ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"])
+@pytest.mark.parametrize("layer", ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj",
+                                   "model.layers.1.self_attn.o_proj"])
 def test_collected_hessians_match_the_reference_without_padding(tiny_llama, calibration, layer):
     report = collect_hessians(tiny_llama, calibration, HessianSpec(batch_size=4, dtype="float64"))
     reference, tokens = reference_hessian(tiny_llama.model, calibration, layer)

@@ -227,7 +227,7 @@ def test_llama_quantize_accepts_calibscope_files_for_a_type_that_requires_one(ge
     for name in ("calibscope.gguf", "calibscope.dat"):
         path = write_imatrix(imatrix, tmp_path / name)
         done = subprocess.run([str(tools / "llama-quantize"), "--allow-requantize", "--imatrix", str(path), str(model),
-                               str(tmp_path / "q.gguf"), "IQ2_XS", "2"], capture_output=True, text=True)
+                               str(tmp_path / "q.gguf"), "IQ2_XS", "2"], capture_output=True, text=True, check=False)
         log = done.stdout + done.stderr
         assert done.returncode == 0, log[-2000:]
         assert f"loaded {len(imatrix)} importance matrix entries" in log

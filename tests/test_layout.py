@@ -1,11 +1,14 @@
 """The layout rules the code promises, read from the source: who may import whom, closed vocabularies
-compared as enums, handlers with few positional parameters."""
+compared as enums, handlers with few positional parameters; and ruff's rules (pyproject.toml) hold."""
 from __future__ import annotations
 
 import ast
 import enum
 import importlib
+import importlib.util
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,12 @@ def test_no_dashboard_function_takes_more_than_eight_positional_parameters(path)
                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                and len(node.args.posonlyargs) + len(node.args.args) > 8]
     assert crowded == []
+
+
+def test_ruff_is_clean():
+    """ruff's default rules and E501 at the configured 130 characters (pinned in the test extras)."""
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,6 +1,7 @@
 """The launched app under load: 8 concurrent visitors through gradio_client, each with its own
-results (each visitor's layer statistics equal a run of the same flow alone), the page still answering, queued visitors told their position; and the shared-Space
-refusals as a visitor meets them. Everything stays on the loopback interface and stops by itself."""
+results (each visitor's layer statistics equal a run of the same flow alone), the page still
+answering, queued visitors told their position; and the shared-Space refusals as a visitor meets
+them. Everything stays on the loopback interface and stops by itself."""
 import re
 import time
 import urllib.request
@@ -13,8 +14,8 @@ from tests.fake_hub import FakeHub
 from ui.limits import Limits
 
 pytest.importorskip("gradio_client")
-from gradio_client import Client  # noqa: E402
-from gradio_client.exceptions import ValidationError  # noqa: E402
+from gradio_client import Client
+from gradio_client.exceptions import ValidationError
 
 VISITORS = 8
 DEADLINE_S = 300  # the whole test gives up (and fails) after this, never hangs

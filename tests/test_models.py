@@ -12,7 +12,8 @@ from engine.models.loading import cpu_has_native_bfloat16
 AUTO_ON_CPU = "bfloat16" if cpu_has_native_bfloat16() else "float32"
 
 
-@pytest.mark.parametrize("name, architecture", [("tiny-random-llama", "LlamaForCausalLM"), ("tiny-random-gpt2", "GPT2LMHeadModel")])
+@pytest.mark.parametrize("name, architecture", [("tiny-random-llama", "LlamaForCausalLM"),
+                                                ("tiny-random-gpt2", "GPT2LMHeadModel")])
 def test_tiny_models_load_with_info_and_a_working_tokenizer(name, architecture):
     loaded = load_model(ModelSpec(name))
     info = loaded.info
@@ -54,7 +55,7 @@ def test_find_linear_layers_gpt2_conv1d_shapes():
     c_attn = next(layer for layer in layers if layer.name == "transformer.h.0.attn.c_attn")
     assert (c_attn.kind, c_attn.in_features, c_attn.out_features) == ("Conv1D", 32, 96)
     assert layers[-1].name == "lm_head" and layers[-1].is_head
-    assert [layer.name for layer in find_linear_layers(loaded.model, execution_order=False)][0] == "transformer.h.0.attn.c_attn"
+    assert find_linear_layers(loaded.model, execution_order=False)[0].name == "transformer.h.0.attn.c_attn"
 
 
 def test_find_linear_layers_follows_execution_not_registration():

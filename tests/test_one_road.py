@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import engine.quant.entry as entry
 from engine.errors import CalibscopeError
 from engine.experiments import ComparisonSpec, compare
-from engine.quant import PRESETS, Calibrated, Quantization, evaluation_windows
+from engine.quant import PRESETS, Calibrated, Quantization, entry, evaluation_windows
 from engine.quant.request import Quantization as RequestQuantization
 from tests.test_cli_run import run as run_cli
 from tests.test_cli_run import write_config

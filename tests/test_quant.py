@@ -36,7 +36,8 @@ def correlated_inputs(tokens: int, channels: int, seed: int = 0) -> torch.Tensor
     generator = torch.Generator().manual_seed(seed)
     mixing = torch.randn(channels, channels, generator=generator) / channels**0.5
     scales = torch.logspace(-1, 1, channels)
-    return (torch.randn(tokens, channels, generator=generator) * scales) @ mixing + 0.1 * torch.randn(tokens, channels, generator=generator)
+    return ((torch.randn(tokens, channels, generator=generator) * scales) @ mixing
+            + 0.1 * torch.randn(tokens, channels, generator=generator))
 
 
 def relative_output_error(weight, quantized_weight, x):
@@ -193,7 +194,8 @@ def test_evaluation_windows_refuse_too_little_text(tiny_llama):
 def test_weights_and_hooks_are_restored_after_an_exception(tiny_llama, calibrated):
     stats, hessians, _ = calibrated
     layers = select_layers(tiny_llama.model, ("Linear",), "", False)
-    plan, _ = quantize(tiny_llama, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), Calibrated(stats=stats, hessians=hessians))
+    plan, _ = quantize(tiny_llama, QuantSpec(WeightSpec("gptq", 2, 0), ActivationSpec(4, "minmax")), Calibrated(stats=stats,
+                                                                                                                hessians=hessians))
     module = layers[0].module
     original = module.weight.data
     before = original.clone()
@@ -209,8 +211,10 @@ def test_evaluate_on_a_tiny_model_orders_schemes_and_leaves_the_model_unchanged(
     state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     float_ppl = perplexity(tiny_llama, evaluation)
     w8 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 8, 0)), Calibrated(stats=stats, hessians=hessians), evaluation)
-    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), Calibrated(stats=stats, hessians=hessians), evaluation, float_perplexity=float_ppl)
-    both = evaluate(tiny_llama, Quantization(QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)), sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), evaluation)
+    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), Calibrated(stats=stats, hessians=hessians), evaluation,
+                  float_perplexity=float_ppl)
+    both = evaluate(tiny_llama, Quantization(QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)),
+                                             sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), evaluation)
     assert w8.float_perplexity == pytest.approx(float_ppl) == w2.float_perplexity
     assert abs(w8.gap) < 0.1 * w2.gap  # random weights: perplexity ~ vocabulary, yet 2 bits still shows
     table = both.layers
@@ -228,6 +232,5 @@ def test_evaluate_says_what_is_missing(tiny_llama, calibrated):
         evaluate(tiny_llama, QuantSpec(WeightSpec("gptq", 4, 0)), Calibrated(), evaluation)
     with pytest.raises(CalibscopeError, match="activation statistics"):
         evaluate(tiny_llama, QuantSpec(WeightSpec("none"), ActivationSpec(8)), Calibrated(), evaluation)
-    with pytest.raises(CalibscopeError, match="no layer .nope."):
-        with quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
-            pass
+    with pytest.raises(CalibscopeError, match="no layer .nope."), quantized(tiny_llama, QuantizedModel({"nope": torch.zeros(1)})):
+        pass

@@ -71,9 +71,11 @@ def same(ours, reference) -> bool:
 @pytest.mark.parametrize("seed", [0, 7])
 def test_joined_recipes_equal_their_reference_functions(tiny_llama, rows, seed):
     tokenizer = tiny_llama.tokenizer
-    assert same(windows(tokenizer, rows, Recipe.GPTQ_WIKITEXT2, seed), gptq_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN))
+    assert same(windows(tokenizer, rows, Recipe.GPTQ_WIKITEXT2, seed),
+                gptq_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN))
     assert same(windows(tokenizer, rows, Recipe.GPTQ_PTB, seed), gptq_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN))
-    assert same(windows(tokenizer, rows, Recipe.OPTIMUM_WIKITEXT2, seed), optimum_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN))
+    assert same(windows(tokenizer, rows, Recipe.OPTIMUM_WIKITEXT2, seed),
+                optimum_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN))
     assert same(windows(tokenizer, rows, Recipe.OPTIMUM_PTB, seed),
                 gptq_get_wikitext2(rows, tokenizer, NSAMPLES, seed, SEQLEN, join=" "))
 
@@ -96,7 +98,8 @@ def test_optimums_exact_length_quirk_is_named_not_a_traceback(tiny_llama):
     with pytest.raises(SamplingError, match="exactly 64 tokens.*randint\\(0, -1\\)"):
         windows(tokenizer, [exact], Recipe.OPTIMUM_C4)
     with pytest.raises(SamplingError, match="no usable document"):  # gptq's > never accepts it: it would loop forever
-        build(rows_dataset([exact]), tokenizer, GptqWindowsSpec(nsamples=1, length=SEQLEN, recipe=Recipe.GPTQ_C4, max_attempts=50))
+        build(rows_dataset([exact]), tokenizer,
+              GptqWindowsSpec(nsamples=1, length=SEQLEN, recipe=Recipe.GPTQ_C4, max_attempts=50))
 
 
 def test_calibscope_recipe_is_unchanged_and_the_manifest_rebuilds_a_reference_set(tiny_llama, rows):

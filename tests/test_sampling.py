@@ -27,7 +27,8 @@ BOS = 1
 def corpus(lengths, letter="abcdefghij"):
     """Documents of exactly the given token lengths (distinct content per document)."""
     texts = [(letter[i % len(letter)] * n) for i, n in enumerate(lengths)]
-    return datasets.Dataset.from_dict({"text": texts, "source": [f"doc{i}" for i in range(len(texts))], "row_id": list(range(len(texts)))})
+    return datasets.Dataset.from_dict({"text": texts, "source": [f"doc{i}" for i in range(len(texts))],
+                                       "row_id": list(range(len(texts)))})
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +262,7 @@ def test_gemma_windows_start_like_inference_and_pad_left(gemma, wikitext_path):
     cs = build(data, tok, GptqWindowsSpec(nsamples=4, length=512), max_positions=gemma.info.max_positions)
     assert all(len(s) == 512 and s[0] == tok.bos_token_id == 2 for s in cs.sequences)
     stratified = build(data, tok, LengthStratifiedSpec(nsamples=12, edges=(64, 128, 256)))
-    ids, mask = stratified.pad()
+    _ids, mask = stratified.pad()
     assert stratified.padding_side == "left" and mask[:, -1].all()  # Gemma pads on the left
     assert len(stratified) == 12
 

@@ -55,7 +55,8 @@ def test_a_plan_for_another_shape_is_refused_naming_the_layer_and_another_dtype_
 
     name = "model.layers.0.mlp.down_proj"
     module = dict(tiny_llama.model.named_modules())[name]
-    with pytest.raises(CalibscopeError, match=f"{name} has shape"), quantized(tiny_llama, QuantizedModel({name: torch.zeros(3, 3)})):
+    with (pytest.raises(CalibscopeError, match=f"{name} has shape"),
+          quantized(tiny_llama, QuantizedModel({name: torch.zeros(3, 3)}))):
         pass
     other_dtype = torch.float64 if module.weight.dtype != torch.float64 else torch.float32
     with quantized(tiny_llama, QuantizedModel({name: torch.zeros_like(module.weight, dtype=other_dtype)})):

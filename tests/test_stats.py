@@ -138,14 +138,14 @@ def reference_inputs(tiny, calibration, layer_name):
     """One-shot reference: run each sample alone (no padding) and keep the layer's whole input."""
     module = dict(tiny.model.named_modules())[layer_name]
     seen = []
-    with observing([(module, "input", lambda t: seen.append(t.reshape(-1, t.shape[-1]).clone()))]):
-        with torch.no_grad():
-            for sequence in calibration.sequences:
-                tiny.model(input_ids=torch.from_numpy(sequence)[None])
+    with observing([(module, "input", lambda t: seen.append(t.reshape(-1, t.shape[-1]).clone()))]), torch.no_grad():
+        for sequence in calibration.sequences:
+            tiny.model(input_ids=torch.from_numpy(sequence)[None])
     return torch.cat(seen)
 
 
-@pytest.mark.parametrize("layer", ["model.layers.0.self_attn.k_proj", "model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj"])
+@pytest.mark.parametrize("layer", ["model.layers.0.self_attn.k_proj", "model.layers.1.mlp.down_proj",
+                                   "model.layers.1.mlp.up_proj"])
 def test_collect_matches_unpadded_one_shot_reference(tiny, calibration, layer):
     report = collect(tiny, calibration, StatsSpec(batch_size=4))  # padded batches of mixed lengths
     arrays = report.arrays(layer)
@@ -210,9 +210,8 @@ def test_hooks_are_removed_after_an_exception(tiny, calibration):
         pass
 
     modules = [layer.module for layer in select_layers(tiny.model, StatsSpec(include_head=True))]
-    with pytest.raises(Boom):
-        with observing([(m, "input", lambda t: (_ for _ in ()).throw(Boom())) for m in modules]):
-            tiny.model(input_ids=torch.tensor([[1, 2, 3]]))
+    with pytest.raises(Boom), observing([(m, "input", lambda t: (_ for _ in ()).throw(Boom())) for m in modules]):
+        tiny.model(input_ids=torch.tensor([[1, 2, 3]]))
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in tiny.model.modules())
 
 

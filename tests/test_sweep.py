@@ -54,7 +54,8 @@ def test_snapshots_equal_separate_collections_on_the_same_samples(tiny_llama, ca
             np.testing.assert_allclose(rows["absmax"], summary.loc[rows.index, "absmax"], rtol=1e-6)
             np.testing.assert_allclose(rows["percentile"], summary.loc[rows.index, "p99.99"], rtol=1e-6)
             for key in rows.index:
-                expected = torch.linalg.matrix_norm(hessians.hessian(key) - full.hessian(key)) / torch.linalg.matrix_norm(full.hessian(key))
+                expected = (torch.linalg.matrix_norm(hessians.hessian(key) - full.hessian(key))
+                            / torch.linalg.matrix_norm(full.hessian(key)))
                 assert rows.loc[key, "hessian_change"] == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
                 whole, part = full_stats.arrays(key), stats.arrays(key)
                 minmax = float(whole["absmax"].max()) / float(part["absmax"].max()) - 1

@@ -122,8 +122,8 @@ def test_build_app_constructs_without_work_and_preselects():
     dropdown_values = [block.value for block in app.blocks.values() if isinstance(block, gr.Dropdown)]
     assert "tiny-random-gpt2" in dropdown_values and "mixed" in dropdown_values
     labels = [block.label for block in app.blocks.values() if isinstance(block, gr.Tab)]
-    assert labels == ["Model & Data", "Dataset", "Activation ranges", "Coverage", "Hessians", "Sensitivity", "Quantize", "Compare",
-                      "Imatrix", "Export"]
+    assert labels == ["Model & Data", "Dataset", "Activation ranges", "Coverage", "Hessians", "Sensitivity", "Quantize",
+                      "Compare", "Imatrix", "Export"]
     assert len(context.models) == 0  # building the page loads no model
 
 

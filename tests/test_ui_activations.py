@@ -58,7 +58,7 @@ def test_filtered_collection_and_table_click(built_session):
     table = pd.DataFrame({"key": ["a", "model.layers.1.mlp.down_proj"]})
     event = gr.SelectData(target=None, data={"index": [1, 0], "value": "x"})
     assert pick_from_table(table, event)["value"] == "model.layers.1.mlp.down_proj"
-    channels, attribution = layer_view(CONTEXT)("model.layers.1.mlp.down_proj", session)
+    _channels, attribution = layer_view(CONTEXT)("model.layers.1.mlp.down_proj", session)
     assert "model.layers.1.mlp.down_proj" in attribution
 
 

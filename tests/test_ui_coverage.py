@@ -14,7 +14,8 @@ def test_measuring_needs_a_set_and_sensible_settings():
 
 def test_dense_model_coverage_says_how_many_outliers_the_set_reaches():
     session = build(load(builtin_name="python-docs")["session"], nsamples=6, edges="64, 128")["session"]
-    assert "no outlier channel to cover" in measure(CoverageForm(pool=12, outlier_ratio=50), session, CONTEXT, Recorder())["status"]
+    too_strict = measure(CoverageForm(pool=12, outlier_ratio=50), session, CONTEXT, Recorder())
+    assert "no outlier channel to cover" in too_strict["status"]
     result = measure(CoverageForm(pool=12, outlier_ratio=1.5), session, CONTEXT, Recorder())  # a random tiny model: mild outliers
     table = result["table"]
     reached, total = table["reached"].astype(int).sum(), table["outliers"].astype(int).sum()
@@ -28,7 +29,8 @@ def test_dense_model_coverage_says_how_many_outliers_the_set_reaches():
 
 
 def test_moe_model_coverage_adds_the_experts_heat_map_and_hessians():
-    session = build(load(model="tiny-random-qwen3-moe", builtin_name="python-docs")["session"], nsamples=4, edges="32, 64")["session"]
+    session = build(load(model="tiny-random-qwen3-moe", builtin_name="python-docs")["session"], nsamples=4,
+                    edges="32, 64")["session"]
     result = measure(CoverageForm(pool=4, under_calibrated=40), session, CONTEXT, Recorder())
     heat = result["experts"].data[0]
     assert heat.type == "heatmap" and len(heat.z) == 2 and len(heat.z[0]) == 4  # 2 blocks x 4 experts

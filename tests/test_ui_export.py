@@ -84,7 +84,7 @@ def test_a_second_click_on_an_unchanged_session_writes_nothing(full_session, tmp
 
 def test_only_the_calibration_set_when_that_is_all_you_want(full_session):
     session = replace(full_session, exports=ExportFolder())
-    status, files = prepare_downloads("jsonl", session, artifacts=[Artifact.CALIBRATION.value])
+    _status, files = prepare_downloads("jsonl", session, artifacts=[Artifact.CALIBRATION.value])
     assert [Path(f).name for f in files] == ["calibration-jsonl.zip"] and session.exports.megabytes() < 1
 
 

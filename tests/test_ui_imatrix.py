@@ -46,7 +46,7 @@ def test_collect_load_and_compare_fill_every_view(built_session, wikitext_path, 
 
     same = compare(CompareForm(labels[1], labels[2]), session, CONTEXT, Recorder())
     assert "14 tensors in common" in same["status"] and "ranking ρ ≥ 1.000" in same["status"]
-    assert list(same["comparison_table"]["p99 diff"])[0].endswith("%")
+    assert next(iter(same["comparison_table"]["p99 diff"])).endswith("%")
     different = compare(CompareForm(labels[0], labels[1]), session, CONTEXT, Recorder())
     assert "Token counts differ" in different["status"]
 
@@ -87,7 +87,7 @@ def test_channel_importance_marks_the_top_channels_and_draws_the_compared_matrix
     figure = channel_importance(base, "blk.0.attn_q.weight", top=2, compared=base, labels=("mine", "theirs"))
     assert [trace.name for trace in figure.data] == ["theirs", "mine", "top 2"]
     np.testing.assert_allclose(figure.data[1].y, base.entries["blk.0.attn_q.weight"].importance()[0])
-    assert list(figure.data[2].x)[0] == 4 and figure.layout.yaxis.type == "log"
+    assert next(iter(figure.data[2].x)) == 4 and figure.layout.yaxis.type == "log"
     assert top_channels(base, "blk.0.attn_q.weight", 1)["× median"].tolist() == [1000.0]
 
 
@@ -105,6 +105,7 @@ def test_comparison_figure_plots_each_tensors_p99_difference_and_ranking():
     scaled = Imatrix({name: ImatrixEntry(e.sums * np.linspace(1, 1.1, e.channels), e.counts) for name, e in base.entries.items()})
     table = compare_imatrices(scaled, base)
     figure = comparison_figure(table, "a", "b")
-    assert list(figure.data[0].x) == ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.attn_q.weight", "blk.1.ffn_down.weight"]
+    assert list(figure.data[0].x) == ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.attn_q.weight",
+                                      "blk.1.ffn_down.weight"]
     np.testing.assert_allclose(figure.data[0].y, table.set_index("tensor").loc[list(figure.data[0].x), "p99_relative_difference"])
     assert max(figure.data[0].y) <= 0.1 + 1e-9 and min(figure.data[1].y) > 0.5

@@ -64,7 +64,8 @@ def test_sequential_gptq_runs_its_own_pass_and_says_so(calibrated_session):
     assert result["status"].startswith("**W4 g128 GPTQ act-order group-aware, true sequential**: perplexity ")
     assert result["runs"].data[0].x[0].replace("<br>", " ") == "#1 W4 g128 GPTQ act-order group-aware, true sequential"
     assert report.layers["output_error"].notna().all() and len(report.layers) == 14
-    all_at_once = run_quantization(replace(form, sequential=False), calibrated_session, context, Recorder())["session"].quantization
+    all_at_once = run_quantization(replace(form, sequential=False), calibrated_session, context,
+                                   Recorder())["session"].quantization
     assert all_at_once.meta["gptq"] == "all layers at once" and all_at_once.quantized_perplexity != report.quantized_perplexity
 
 

@@ -43,7 +43,8 @@ def test_sensitivity_sweep_reports_when_the_set_is_enough(loaded_session):
     assert list(table["samples"]) == [1, 2, 4, 8] and table.columns.tolist()[1:] == metrics
     assert table.iloc[-1, 1] == "0.00% (0.00%–0.00%)"
     assert [t.name for t in result["curves"].data if t.mode == "lines+markers"] == metrics
-    assert "NVFP4 global scale, headroom within 5% of the full set" in status or "NVFP4 global scale, headroom still moving" in status
+    assert ("NVFP4 global scale, headroom within 5% of the full set" in status
+            or "NVFP4 global scale, headroom still moving" in status)
     assert "AWQ's mean |x| per channel within 5%" in status or "AWQ's mean |x| per channel still moving" in status
     assert result["session"].sweep is not None and "diagnoses them without another pass" in status
     # the Hessians tab takes the sweep's whole-set sums: the same report a collection gives, no forward

@@ -24,10 +24,9 @@ def test_complete_entry_is_published_with_its_marker(cache_dir):
 
 
 def test_a_failed_build_leaves_nothing_behind(cache_dir):
-    with pytest.raises(KeyboardInterrupt):
-        with weight_cache.building_entry("k2", {}) as staging:
-            (staging / "half-written.safetensors").write_bytes(b"xx")
-            raise KeyboardInterrupt  # e.g. the user killed the first load
+    with pytest.raises(KeyboardInterrupt), weight_cache.building_entry("k2", {}) as staging:
+        (staging / "half-written.safetensors").write_bytes(b"xx")
+        raise KeyboardInterrupt  # e.g. the user killed the first load
     assert weight_cache.complete_entry("k2") is None
     assert list((cache_dir / "models").iterdir()) == []
 

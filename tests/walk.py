@@ -79,10 +79,12 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
     def small_comparison(page):
         visible(page, "Seeds").fill("1")
         visible(page, "Sample counts").fill("4")
-        for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "coverage", "self-generated"):
+        for strategy in ("random", "embedding-clusters", "length-stratified", "activation-clusters", "coverage",
+                         "self-generated"):
             visible(page, strategy).set_checked(strategy in compare_strategies)
     return [
-        Step("load", "Model & Data", "Load model and corpus", "M parameters", screenshot="model-data.png"),  # the final status, not the progress
+        # "M parameters": the final status, not the progress
+        Step("load", "Model & Data", "Load model and corpus", "M parameters", screenshot="model-data.png"),
         Step("build", "Dataset", "Build calibration set", "padding at batch size", screenshot="dataset.png"),
         Step("statistics", "Activation ranges", "Collect statistics", "Collected ", screenshot="activations.png"),
         Step("coverage", "Coverage", "Measure coverage", "maximum", screenshot="coverage.png"),

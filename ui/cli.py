@@ -15,7 +15,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Calibration data workbench for post-training quantization of language models. "
         "With no command it serves the dashboard.",
     )
-    parser.add_argument("--host", default=os.environ.get("CALIBSCOPE_HOST", "127.0.0.1"), help="address to listen on (0.0.0.0 for all)")
+    parser.add_argument("--host", default=os.environ.get("CALIBSCOPE_HOST", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("CALIBSCOPE_PORT", "7860")), help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     parser.add_argument(

@@ -19,7 +19,8 @@ def user_message(error: Exception) -> str:
     if isinstance(error, MemoryError):
         return "Out of memory: use fewer samples, shorter sequences or a smaller model."
     first_line = str(error).splitlines()[0] if str(error) else ""
-    return f"Unexpected error ({type(error).__name__}: {first_line[:300]}). The app is still running; the details are in the server log."
+    return (f"Unexpected error ({type(error).__name__}: {first_line[:300]}). "
+            "The app is still running; the details are in the server log.")
 
 
 def shown_to_user(handler: Callable) -> Callable:

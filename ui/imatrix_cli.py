@@ -62,7 +62,8 @@ def collect(args: argparse.Namespace) -> None:
     imatrix = collect_imatrix(loaded, calibration, ImatrixSpec(include_output=args.process_output, batch_size=args.batch_size))
     imatrix.datasets = [args.file]  # as llama-imatrix records it
     write_imatrix(imatrix, output)
-    print(f"{len(imatrix)} tensors over {imatrix.tokens:,} tokens ({imatrix.chunk_count} chunks of {imatrix.chunk_size}) -> {output}")
+    print(f"{len(imatrix)} tensors over {imatrix.tokens:,} tokens ({imatrix.chunk_count} chunks of {imatrix.chunk_size}) "
+          f"-> {output}")
 
 
 def show(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ def session_config(session: Session, export_format: ExportFormat) -> tuple[dict,
             name = Path(run["evaluation"]["file"]).name
             run["evaluation"]["file"] = name
             notes.append(f"quantization run {number} was evaluated on an upload: put '{name}' beside the config")
-    repeated = [f"{len(quantize)} quantization run(s)"] * bool(quantize) + ["the comparison"] * (session.comparison_run is not None)
+    repeated = ([f"{len(quantize)} quantization run(s)"] * bool(quantize)
+                + ["the comparison"] * (session.comparison_run is not None))
     notes.append("it repeats the set, statistics and Hessians" + (f", {' and '.join(repeated)}" if repeated else ""))
     return data, notes

@@ -20,7 +20,7 @@ def number(value, spec: str = ".4g") -> str:
 
 def percent(value) -> str:
     """A share as a percentage with significant digits: 0.00012 -> 0.012%."""
-    return "" if value is None or value != value else f"{100 * value:.3g}%"
+    return "" if value is None or math.isnan(value) else f"{100 * value:.3g}%"
 
 
 def shown(table: pd.DataFrame, formats: dict[str, object] | None = None, flags: tuple[str, ...] = (),

@@ -38,7 +38,8 @@ if sys.argv[1] == "quantize":
 
     checkpoint, windows, out = sys.argv[2:5]
     samples = datasets.Dataset.from_json(windows)
-    calibration = [{"input_ids": ids, "attention_mask": mask} for ids, mask in zip(samples["input_ids"], samples["attention_mask"])]
+    calibration = [{"input_ids": ids, "attention_mask": mask}
+                   for ids, mask in zip(samples["input_ids"], samples["attention_mask"])]
     model = GPTQModel.load(checkpoint, QuantizeConfig(bits=4, group_size=128, offload_to_disk=False), device="cpu",
                            dtype=torch.float32)
     model.quantize(calibration, batch_size=1)
@@ -46,7 +47,8 @@ if sys.argv[1] == "quantize":
     print(f"GPTQModel wrote {out}")
 else:
     folder, out = sys.argv[2:4]
-    model = GPTQModel.load(folder, device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)  # its kernels: fp16 or bf16 (its CPU default)
+    # its kernels: fp16 or bf16 (its CPU default)
+    model = GPTQModel.load(folder, device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)
     weights = dequantized(model)
     save_file(weights, out)
     print(f"GPTQModel loaded {folder}: {len(weights)} quantized layers")

@@ -88,8 +88,8 @@ def notes_rows(notes: dict) -> list[tuple[str, str]]:
     """What reading decided, for people: dropped documents and the text column used."""
     rows = []
     if notes.get("dropped_short"):
-        rows.append(("Dropped as too short", f"{notes['dropped_short']:,} of {notes['read']:,} read "
-                                             f"(fewer than {notes['min_chars']} characters)"))
+        rows.append(("Dropped as too short", (f"{notes['dropped_short']:,} of {notes['read']:,} read "
+                                              f"(fewer than {notes['min_chars']} characters)")))
     if "text_column" in notes:
         how = "guessed: the only text-like column" if notes.get("column_guessed") else "chosen"
         rows.append(("Text column", f"'{notes['text_column']}' ({how}; columns: {', '.join(notes['columns'])})"))

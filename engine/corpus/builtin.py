@@ -8,6 +8,7 @@ train (90%) or test (10%) split by a stable hash of its source, so held-out text
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import sysconfig
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ def split_of(source: str) -> str:
 def _sections(topic: str, text: str) -> Iterator[tuple[str, str]]:
     starts = [m.start() for m in _HEADING.finditer(text) if len(m["rule"]) >= len(m["title"].rstrip()) - 1]
     bounds = [0, *[s for s in starts if s > 0], len(text)]
-    for index, (begin, end) in enumerate(zip(bounds, bounds[1:])):
+    for index, (begin, end) in enumerate(itertools.pairwise(bounds)):
         yield text[begin:end], f"python-docs:{topic}#{index}"
 
 

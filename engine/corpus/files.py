@@ -142,7 +142,8 @@ def table_documents(path: Path, spec: CorpusSpec, counter: DecodedCount) -> tupl
         limits.check_file(path, "file that contains text", spec.max_bytes, error=CorpusError)
         table = read_parquet(path, pick, counter, limits, CorpusError)
     values = table.values[notes["text_column"]]
-    documents = [("" if value is None or value != value else str(value), f"{path.name} row {index}")
+    # value != value: NaN of whatever type the cell holds (math.isnan would raise on a str)
+    documents = [("" if value is None or value != value else str(value), f"{path.name} row {index}")  # noqa: PLR0124
                  for index, value in enumerate(values)]
     return documents, notes
 

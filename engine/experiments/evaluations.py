@@ -42,7 +42,8 @@ def held_out_texts(source: str, upload: str | None = None) -> list[str]:
     """The documents of a held-out source: a builtin corpus's held-out 10%, or an uploaded file."""
     if source == UPLOADED:
         if not upload:
-            raise CalibscopeError("Upload a held-out text file (.txt, .jsonl, .csv, .parquet), or choose a builtin held-out part.")
+            raise CalibscopeError("Upload a held-out text file (.txt, .jsonl, .csv, .parquet), "
+                                  "or choose a builtin held-out part.")
         return column(load_corpus(CorpusSpec.file(upload)), "text")
     if source not in HELD_OUT:
         raise CalibscopeError(f"Unknown evaluation text {source!r}; choose one of {', '.join([*HELD_OUT, UPLOADED])}.")
@@ -63,7 +64,8 @@ class EvaluationCache:
             key, lambda: evaluation_windows(loaded.tokenizer, held_out_texts(source, upload), length, count, source))
 
     def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
-        return self._floats.get_or_compute((loaded.spec, evaluation.key), lambda: perplexity(loaded, evaluation, progress=progress))
+        return self._floats.get_or_compute((loaded.spec, evaluation.key),
+                                           lambda: perplexity(loaded, evaluation, progress=progress))
 
     def evaluate(self, loaded: LoadedModel, quantization: Quantization, calibrated: Calibrated, evaluation: EvaluationSet,
                  progress: Progress = no_progress, *,

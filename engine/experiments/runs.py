@@ -57,7 +57,8 @@ class EvaluationSpec:
             raise SpecError("An evaluation needs windows of at least 2 tokens and at least one window.")
 
     def windows_for(self, loaded: LoadedModel, cache: EvaluationCache) -> EvaluationSet:
-        return cache.windows(loaded, UPLOADED if self.file else HELD_OUT_LABELS[self.source], self.length, self.windows, self.file)
+        return cache.windows(loaded, UPLOADED if self.file else HELD_OUT_LABELS[self.source], self.length, self.windows,
+                             self.file)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ class SweepSpec:
     keep_totals: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "counts", tuple(sorted(set(int(c) for c in self.counts))))
+        object.__setattr__(self, "counts", tuple(sorted({int(c) for c in self.counts})))
         object.__setattr__(self, "layer_types", layer_kinds(self.layer_types))
         object.__setattr__(self, "execution", choice(Execution, self.execution, "execution"))
         if any(c < 1 for c in self.counts):

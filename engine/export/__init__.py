@@ -17,6 +17,17 @@ from engine.export.checkpoint import (
     save_quantized,
 )
 
-__all__ = ["MANIFEST", "ExportFormat", "calibration_dataset", "export_format", "load_calibration_export", "optimum_samples",
-           "save_calibration_set", "CheckpointFormat", "CheckpointSummary", "CheckpointWriter", "checkpoint_format",
-           "save_quantized"]
+__all__ = [
+    "MANIFEST",
+    "CheckpointFormat",
+    "CheckpointSummary",
+    "CheckpointWriter",
+    "ExportFormat",
+    "calibration_dataset",
+    "checkpoint_format",
+    "export_format",
+    "load_calibration_export",
+    "optimum_samples",
+    "save_calibration_set",
+    "save_quantized",
+]

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Self
 
 import torch
 from compressed_tensors.compressors import ModelCompressor
@@ -117,7 +118,7 @@ class CheckpointWriter:
         self._shard_bytes = max_shard_bytes
         self.finished = False
 
-    def __enter__(self) -> CheckpointWriter:
+    def __enter__(self) -> Self:
         try:
             self.staging = self._stack.enter_context(staged_directory(self.folder))
         except OSError as error:
@@ -138,11 +139,11 @@ class CheckpointWriter:
         experts = self._expert_linears(plan)  # refused (an unwritable layout) before anything is written
         missing = set(plan.weights) - set(plan.integers)
         if missing:
-            raise ExportError(f"The plan's weight for {sorted(missing)[0]} was made outside calibscope (no integers and "
+            raise ExportError(f"The plan's weight for {min(missing)} was made outside calibscope (no integers and "
                               "grids were kept), so it cannot be written as a checkpoint; quantize it here.")
         unquantized = plan.rescaled - set(plan.integers)
         if unquantized:
-            raise ExportError(f"{sorted(unquantized)[0]} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
+            raise ExportError(f"{min(unquantized)} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
                               "float weight has no place in the checkpoint; quantize every layer the rescaling touched.")
         self.floats.update(plan.floats)
         for name, integers in plan.integers.items():

@@ -31,7 +31,8 @@ def length_histogram(corpus_lengths: np.ndarray, selected_lengths: np.ndarray, e
     selected = np.asarray(selected_lengths)
     bins = _log_bins(int(max(corpus.max(initial=1), selected.max(initial=1))))
     fig = go.Figure()
-    for name, values, colour, fill in (("corpus documents", corpus, CORPUS, "tozeroy"), ("calibration samples", selected, SELECTED, None)):
+    for name, values, colour, fill in (("corpus documents", corpus, CORPUS, "tozeroy"),
+                                       ("calibration samples", selected, SELECTED, None)):
         x, y = _share_step(values, bins)
         fig.add_trace(go.Scatter(
             x=x, y=y, name=f"{name} ({len(values):,})", mode="lines", line={"shape": "hv", "color": colour, "width": 2},

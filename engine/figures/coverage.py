@@ -18,7 +18,8 @@ def expert_token_heatmap(counts: np.ndarray, blocks: list[str], threshold: int) 
     it every expert's count, sorted, on a log axis with the threshold as a line."""
     counts = np.asarray(counts, dtype=float)
     under = np.argwhere(counts < threshold)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.18,  # room for the colour bar and the log axis
+    # horizontal_spacing: room for the colour bar and the log axis
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.18,
                         subplot_titles=("per block and expert", "every expert, sorted"))
     fig.add_trace(go.Heatmap(z=counts, y=blocks, colorscale="Blues", colorbar={"title": "tokens", "x": 0.568, "thickness": 10},
                              hovertemplate="%{y}, expert %{x}: %{z:,.0f} tokens<extra></extra>"), row=1, col=1)
@@ -29,7 +30,8 @@ def expert_token_heatmap(counts: np.ndarray, blocks: list[str], threshold: int) 
     fig.add_trace(go.Scatter(x=np.arange(1, ordered.size + 1), y=np.maximum(ordered, 0.5), mode="lines+markers", showlegend=False,
                              marker={"size": 4, "color": np.where(ordered < threshold, UNDER, SELECTED)},
                              line={"color": CORPUS, "width": 1},
-                             hovertemplate="rank %{x}: %{customdata:,.0f} tokens<extra></extra>", customdata=ordered), row=1, col=2)
+                             hovertemplate="rank %{x}: %{customdata:,.0f} tokens<extra></extra>", customdata=ordered),
+                  row=1, col=2)
     fig.add_hline(y=threshold, line={"color": UNDER, "dash": "dash"}, row=1, col=2)
     # on a log axis an annotation's y is the exponent: placed by hand (add_hline's would land at 10^threshold)
     fig.add_annotation(x=0, xref="x2 domain", xanchor="left", y=np.log10(max(threshold, 1)), yref="y2", yanchor="bottom",

@@ -60,7 +60,8 @@ def diagonal_heatmap(report: HessianReport, max_columns: int | None = None) -> g
     pooled = len(channels) > 1 and channels[1] - channels[0] > 1
     fig = go.Figure(go.Heatmap(z=grid, y=[short_name(layer) for layer in rows["layer"]], x=channels,
                                colorscale="Magma", colorbar={"title": {"text": "log10 H_ii"}},
-                               hovertemplate="%{y} channel %{x}" + ("+" if pooled else "") + "<br>log10 H_ii %{z:.2f}<extra></extra>"))
+                               hovertemplate="%{y} channel %{x}" + ("+" if pooled else "")
+                               + "<br>log10 H_ii %{z:.2f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
     step = f" (max over each {channels[1] - channels[0]} channels)" if pooled else ""
     styled(fig, f"Hessian diagonals (input-channel energy){step}", "input channel", "layer")

@@ -117,7 +117,8 @@ def comparison_figure(table: pd.DataFrame, label_a: str, label_b: str) -> go.Fig
     fig.add_trace(go.Scatter(x=rows["tensor"], y=rows["spearman"], mode="lines", name="rank correlation",
                              line={"color": ASKED, "width": 1}), secondary_y=True)
     log_axis(fig, percent=True, title_text="p99 |a − b| / b (log)", secondary_y=False)
-    fig.update_yaxes(title_text="Spearman ρ of channels", secondary_y=True, showgrid=False, range=[min(0.0, rows["spearman"].min()), 1.02])
+    fig.update_yaxes(title_text="Spearman ρ of channels", secondary_y=True, showgrid=False,
+                     range=[min(0.0, rows["spearman"].min()), 1.02])
     fig.update_xaxes(showticklabels=len(rows) <= 40, tickangle=-60)
     styled(fig, f"{label_a} vs {label_b}: per-channel difference and ranking, per tensor", "tensor (block order)", "")
     return fig

@@ -77,7 +77,8 @@ def perplexity_runs(reports: list[QuantReport]) -> go.Figure:
     fig = go.Figure()
     texts = list(dict.fromkeys((r.meta.get("evaluation", ""), r.meta.get("evaluation_tokens", 0)) for r in reports))
     for colour, (text, tokens) in zip([SELECTED, ASKED, CORPUS, "#f59e0b", "#14b8a6"] * 4, texts):
-        mine = [i for i, r in enumerate(reports) if (r.meta.get("evaluation", ""), r.meta.get("evaluation_tokens", 0)) == (text, tokens)]
+        mine = [i for i, r in enumerate(reports)
+                if (r.meta.get("evaluation", ""), r.meta.get("evaluation_tokens", 0)) == (text, tokens)]
         values = [reports[i].quantized_perplexity for i in mine]
         fig.add_trace(go.Bar(x=[labels[i] for i in mine], y=values, name=f"on {text} ({tokens:,} tokens)",
                              marker={"color": colour}, text=[f"{v:.2f}" for v in values], textposition="outside",

@@ -49,7 +49,8 @@ def sweep_curves(result: SweepResult) -> go.Figure:
         exact = (curve["mean"] == 0).tolist()
         fig.add_trace(go.Scatter(
             x=x, y=mean, mode="lines+markers", name=name, line={"color": colour},
-            marker={"symbol": ["triangle-down-open" if zero else "circle" for zero in exact], "size": [11 if z else 7 for z in exact]},
+            marker={"symbol": ["triangle-down-open" if zero else "circle" for zero in exact],
+                    "size": [11 if z else 7 for z in exact]},
             customdata=["exactly 0" if zero else f"{value:.3g}" for zero, value in zip(exact, curve["mean"])],
             hovertemplate="%{x} samples: %{customdata}<extra>" + name + "</extra>"))
     fig.update_xaxes(type="log", dtick=0.30103)

@@ -96,7 +96,8 @@ def dataset_label(calibration: CalibrationSet) -> str:
     """What ``imatrix.datasets`` records: the corpus and the recipe (llama-imatrix writes the file name)."""
     manifest = calibration.manifest
     corpus = manifest.corpus.get("label") or "corpus"
-    return f"{corpus} ({manifest.strategy}, {manifest.samples} x <= {int(calibration.lengths.max())} tokens, seed {manifest.seed})"
+    return (f"{corpus} ({manifest.strategy}, {manifest.samples} x <= {int(calibration.lengths.max())} tokens, "
+            f"seed {manifest.seed})")
 
 
 # llama-imatrix computes activations in float32. A half-precision model's activations round to ~3

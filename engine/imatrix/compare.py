@@ -38,7 +38,7 @@ def tensor_comparison(a: ImatrixEntry, b: ImatrixEntry) -> dict:
     both = np.isfinite(x) & np.isfinite(y)
     x, y = x[both], y[both]
     relative = np.abs(x - y) / np.maximum(np.abs(y), np.finfo(np.float64).tiny)
-    top = max(1, int(round(TOP_SHARE * len(x))))
+    top = max(1, round(TOP_SHARE * len(x)))
     overlap = len(set(np.argsort(-x)[:top]) & set(np.argsort(-y)[:top])) / top
     spearman = float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]) if len(x) > 1 else 1.0
     return {**row, "comparable": True, "p50_relative_difference": float(np.median(relative)),

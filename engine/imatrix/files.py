@@ -72,7 +72,8 @@ def _read_gguf(path: str | Path) -> Imatrix:
         stem, _, suffix = tensor.name.rpartition(".")
         target = {"in_sum2": sums, "counts": counts}.get(suffix)
         if target is not None:
-            target[stem] = np.array(tensor.data, dtype=np.float32).reshape(int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1, -1)
+            target[stem] = np.array(tensor.data, dtype=np.float32).reshape(
+                int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1, -1)
     unmatched = sorted(set(sums) ^ set(counts))
     if unmatched:
         raise CalibscopeError(f"'{Path(path).name}' has sums without counts or counts without sums (e.g. {unmatched[0]}).")

@@ -13,12 +13,12 @@ from engine.models.loading import (
 from engine.models.tiny import TINY_MODELS
 
 __all__ = [
+    "TINY_MODELS",
     "ExpertsLayer",
     "LinearLayer",
     "LoadedModel",
     "ModelCache",
     "ModelInfo",
-    "TINY_MODELS",
     "available_builtin_models",
     "choose_device",
     "choose_dtype",

@@ -106,7 +106,7 @@ def _probe_order(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str
         device = next(model.parameters()).device
         with torch.no_grad():
             model(input_ids=torch.tensor([[1, 2]], device=device))
-    except Exception:  # an architecture this probe cannot drive: fall back to registration order
+    except Exception:  # noqa: BLE001 - an architecture this probe cannot drive: fall back to registration order
         return list(candidates)
     finally:
         for handle in handles:

@@ -126,7 +126,8 @@ def balanced_groups(features: np.ndarray, groups: int, seed: int = 0) -> np.ndar
     rows = features.shape[0]
     size = rows // groups
     centres = KMeans(groups, n_init=4, random_state=seed).fit(features).cluster_centers_
-    cost = (features**2).sum(1)[:, None] - 2 * features @ centres.T + (centres**2).sum(1)[None]  # [rows, groups] squared distances
+    # [rows, groups] squared distances
+    cost = (features**2).sum(1)[:, None] - 2 * features @ centres.T + (centres**2).sum(1)[None]
     _, slots = linear_sum_assignment(np.repeat(cost, size, axis=1))
     return np.stack([np.sort(np.flatnonzero(slots // size == group)) for group in range(groups)])
 
@@ -182,6 +183,7 @@ def cached_fit(dense_loader, progress: Progress = no_progress) -> tuple[dict[str
         return load_file(existing / FILE), True
     model, tokenizer = dense_loader()
     fit = fit_moefication(model, tokenizer, SHARED, EXPERTS, progress=progress)
-    with weight_cache.building_entry(key, {"model": NAME, "shared": SHARED, "experts": EXPERTS, "fit_tokens": FIT_WINDOWS * FIT_LENGTH}) as staging:
+    with weight_cache.building_entry(key, {"model": NAME, "shared": SHARED, "experts": EXPERTS,
+                                           "fit_tokens": FIT_WINDOWS * FIT_LENGTH}) as staging:
         save_file({name: tensor.contiguous() for name, tensor in fit.items()}, str(staging / FILE))
     return fit, False

@@ -107,7 +107,8 @@ class CheckpointWeights:
             self.files = json.loads((self.folder / INDEX).read_text())["weight_map"]
         elif (self.folder / SINGLE).is_file():
             with safe_open(self.folder / SINGLE, framework="pt") as handle:
-                self.files = {key: SINGLE for key in handle.keys()}
+                # safe_open has keys() but is neither iterable nor a container (SIM118's fix would raise)
+                self.files = {key: SINGLE for key in handle.keys()}  # noqa: SIM118
         else:
             raise ModelLoadError(f"'{self.folder}' has no safetensors checkpoint ({INDEX} or {SINGLE}); "
                                  "block-by-block loading from disk needs one.")

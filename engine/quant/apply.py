@@ -132,7 +132,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     modules = dict(loaded.model.named_modules())
     missing = set(plan.inputs) - set(modules)
     if missing:
-        raise CalibscopeError(f"The model has no module {sorted(missing)[0]!r}; was the plan made for another model?")
+        raise CalibscopeError(f"The model has no module {min(missing)!r}; was the plan made for another model?")
     with loaded.lock:
         weights = {**smoothed_float_weights(loaded, plan), **plan.weights}
         parameters = fitted_parameters(modules, {**plan.floats, **plan.experts,

@@ -324,7 +324,8 @@ class _Block:
             row = self.search.layer_rows.setdefault(layer.name, {})
             row.update(output_error_before_awq=before, output_error_awq=after)
             if layer.name in scaling.clips:
-                largest = self.current(layer.name).float().abs().reshape(layer.out_features, scaling.clips[layer.name].shape[1], -1)
+                largest = (self.current(layer.name).float().abs()
+                           .reshape(layer.out_features, scaling.clips[layer.name].shape[1], -1))
                 row["clipped_groups"] = float((scaling.clips[layer.name].to(largest.device) < largest.amax(-1)).float().mean())
 
 
@@ -355,7 +356,8 @@ class _Search:
         masks = [calibration.pad(rows)[1] for rows in distributed.shard(batches)]
         self.real_tokens = sum(int(mask.sum()) for mask in masks)  # this rank's, counted on the host
         self.masks = [mask.to(loaded.device, torch.bool) for mask in masks]
-        parents = {mapping.parent: self.modules[mapping.parent] for mapping in self.mappings if mapping.parent not in self.by_name}
+        parents = {mapping.parent: self.modules[mapping.parent] for mapping in self.mappings
+                   if mapping.parent not in self.by_name}
         self.parent_calls = _ParentCalls(parents)
         self.scaling = ChannelScaling(self.mappings, {}, {})
         self.mapping_rows: list[dict] = []

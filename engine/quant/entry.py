@@ -17,8 +17,10 @@ from engine.quant.plan import plan_quantization
 from engine.quant.request import Calibrated, Quantization
 from engine.quant.specs import QuantSpec
 
+NOTHING_COLLECTED = Calibrated()
 
-def quantize(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibrated: Calibrated = Calibrated(),
+
+def quantize(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibrated: Calibrated = NOTHING_COLLECTED,
              progress: Progress = no_progress,
              sink: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantizedModel, pd.DataFrame]:
     """The quantized weights and input grids, and one row per quantized layer (see

@@ -45,8 +45,9 @@ class ExpertHessians:
 @dataclass
 class ExpertsQuantization:
     """An experts module quantized: the fake weights as [E, out, in] matrices in the module's dtype
-    (``ExpertsLayer.stored`` lays them out as the module holds them), each expert part's integers and grids (``{module}.{expert}.gate_up`` / ``.down``, what a
-    checkpoint would store), and one row per expert and part."""
+    (``ExpertsLayer.stored`` lays them out as the module holds them), each expert part's integers and
+    grids (``{module}.{expert}.gate_up`` / ``.down``, what a checkpoint would store), and one row per
+    expert and part."""
 
     gate_up: torch.Tensor
     down: torch.Tensor
@@ -102,7 +103,8 @@ def quantize_experts(layer: ExpertsLayer, weights: tuple[torch.Tensor, torch.Ten
     block = spec.format.block
     if block and (layer.hidden % block or layer.intermediate % block):
         raise CalibscopeError(f"{layer.name}: its widths ({layer.hidden}, {layer.intermediate}) do not split into "
-                              f"{spec.format.value}'s blocks of {block}; leave the experts out (name pattern) or use another format.")
+                              f"{spec.format.value}'s blocks of {block}; leave the experts out (name pattern) or use "
+                              "another format.")
     rtn = replace(spec, method=WeightMethod.RTN)
     fakes, integers, rows = {}, {}, []
     for part, stack in zip(PARTS, weights):

@@ -9,9 +9,9 @@ starts, on the weights as the reference holds them then (updated by the earlier 
 optional activation order (columns by decreasing H_ii): ``ActOrder.DYNAMIC`` forms groups in that
 order (the reference's act-order; inference needs the permutation, llm-compressor's ``g_idx``),
 ``ActOrder.STATIC`` fixes each group's grid from the original weight in the original column order
-first (llm-compressor's "weight" ordering: nothing to reorder at inference), ``ActOrder.GROUP_AWARE`` keeps the original groups whole and contiguous in
-the processing order (GPTQModel's act_group_aware), so the grid found when a group starts is that
-original group's.
+first (llm-compressor's "weight" ordering: nothing to reorder at inference), ``ActOrder.GROUP_AWARE``
+keeps the original groups whole and contiguous in the processing order (GPTQModel's
+act_group_aware), so the grid found when a group starts is that original group's.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def inverse_cholesky(hessian: torch.Tensor, damping: float, policy: CholeskyFail
     14,336 inputs). A retry damps matrix b again from ``undamped(b)`` (default: a copy kept first)."""
     if undamped is None:
         kept = hessian.clone()
-        undamped = lambda index: kept[index:index + 1].clone()  # noqa: E731
+        undamped = lambda index: kept[index:index + 1].clone()
     upper, ok = _damped_inverse_cholesky_(hessian, damping)
     used: list[float | None] = [damping] * hessian.shape[0]
     for index in (~ok).nonzero().flatten().tolist():  # rare: one matrix at a time, ever more damped
@@ -210,7 +210,8 @@ def gptq_batch(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
         row_losses += errors.square().sum(1) / 2  # Σ (w - q)² / [H⁻¹]_ii² / 2 over the block's columns
         columns_first[:, stop:] -= hinv[:, start:stop, stop:].transpose(1, 2) @ errors
     quantized = columns_first.transpose(1, 2)
-    grids = _stored_grids(static if static is not None else _Rounding.stacked(found), order, act_order, bits, group_size, symmetric)
+    grids = _stored_grids(static if static is not None else _Rounding.stacked(found), order, act_order, bits, group_size,
+                          symmetric)
     if order is not None:
         quantized = _permuted(quantized, torch.argsort(order, dim=-1), -1)
     results = [GptqResult(quantized[b].contiguous(), row_losses[b], used[b], grids[b]) for b in range(weight.shape[0])]

@@ -158,7 +158,8 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         if smoothing is not None:
             matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
         awq_rows = awq.layers.set_index("layer").to_dict("index") if awq is not None and len(awq.layers) else {}
-        weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9), sharing)
+        weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9),
+                                     sharing)
                    if spec.weights.enabled else {})
         plan, rows = QuantizedModel(), []
         if smoothing is not None:

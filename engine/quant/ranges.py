@@ -147,9 +147,11 @@ def activation_clip(arrays: dict[str, torch.Tensor], spec: ActivationSpec, colle
     if method is RangeMethod.MINMAX:
         return absmax.max() if per_tensor else absmax
     if method is RangeMethod.MSE:
-        return torch.tensor(mse_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits, fmt=spec.format), device=absmax.device)
+        return torch.tensor(mse_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits, fmt=spec.format),
+                            device=absmax.device)
     if method is RangeMethod.ENTROPY:
-        return torch.tensor(entropy_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits, spec.format), device=absmax.device)
+        return torch.tensor(entropy_clip(arrays["tensor_counts"], float(absmax.max()), spec.bits, spec.format),
+                            device=absmax.device)
     if method is RangeMethod.HEADROOM:
         if "block_counts" not in arrays:
             raise CalibscopeError("Headroom calibration needs the histogram of each block of 16 channels' maximum, which these "

@@ -30,7 +30,8 @@ def rtn_grids(weight: torch.Tensor, bits: int, group_size: int = 0, symmetric: b
     return GroupGrids(grid.scale, grid.zero, bits, group_size, symmetric)
 
 
-def rtn_quantized(weight: torch.Tensor, bits: int, group_size: int = 0, symmetric: bool = True) -> tuple[torch.Tensor, GroupGrids]:
+def rtn_quantized(weight: torch.Tensor, bits: int, group_size: int = 0,
+                  symmetric: bool = True) -> tuple[torch.Tensor, GroupGrids]:
     """The fake-quantized float32 copy of ``weight`` and the grids it was rounded on."""
     grids = rtn_grids(weight, bits, group_size, symmetric)
     return grids.fake_quantize(weight.float()), grids

@@ -189,7 +189,8 @@ class WeightSpec:
             return "float weights"
         if self.format.is_float:
             scope = {-1: "per-tensor", 0: "per-channel"}.get(self.group_size, "")
-            return f"W {self.format.value.upper()}{' ' + scope if scope and not self.format.block else ''} {self.method.value.upper()}"
+            return (f"W {self.format.value.upper()}{' ' + scope if scope and not self.format.block else ''} "
+                    f"{self.method.value.upper()}")
         group = f"g{self.group_size}" if self.group_size else "per-channel"
         order = f" act-order {self.act_order.value}" if self.needs_hessians and self.act_order is not DEFAULT_ACT_ORDER else ""
         return f"W{self.bits} {group}{'' if self.symmetric else ' asym'} {self.method.value.upper()}{order}"

@@ -176,7 +176,8 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                         keep = not request.propagate and index < last
                         # an observing run whose output is not kept stops after the block's last observed input
                         # (learned in the first batch): in a sequential pass it skips e.g. the down projection
-                        router = Router(request.factory, share_inputs=request.share_inputs, experts_factory=request.experts_factory,
+                        router = Router(request.factory, share_inputs=request.share_inputs,
+                                        experts_factory=request.experts_factory,
                                         learn_stop=bool(layers) and not experts and not keep)
                         with observing(router.points(layers, request.sides, experts)):
                             _run_block(block, index, captured, device, router, keep, len(batches))
@@ -187,7 +188,8 @@ def blockwise_pass(loaded: LoadedModel, calibration: CalibrationSet, request: Pa
                     if request.propagate and index < last:
                         with swapped(block, name, replacement):
                             _run_block(block, index, captured, device, None, True, len(batches))
-                    replacement = None  # the block's quantized weights (872 MB in float32 for an 8B block), not held into the next
+                    # the block's quantized weights (872 MB in float32 for an 8B block), not held into the next
+                    replacement = None
                     results.update(accumulators)
                     shared.update(block_shared)
                 finally:

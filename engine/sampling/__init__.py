@@ -58,7 +58,7 @@ def _context(dataset, tokenizer, spec: SamplingSpec, progress: Progress, model=N
     texts = render_texts(dataset, tokenizer, spec.chat_template)
     bos_text = tokenizer.bos_token if prefix else None
     if bos_text:  # a chat template that writes BOS itself would otherwise give two
-        texts = [t[len(bos_text):] if t.startswith(bos_text) else t for t in texts]
+        texts = [t.removeprefix(bos_text) for t in texts]
     return SamplingContext(
         dataset=dataset, tokenizer=tokenizer, texts=texts, sources=column(dataset, "source"), prefix=prefix,
         lengths=token_lengths(tokenizer, texts, progress), eos_id=tokenizer.eos_token_id, model=model,
@@ -101,7 +101,8 @@ def build(
         corpus={"label": corpus_label, "documents": len(dataset), "sha256": manifests.corpus_fingerprint(context.texts),
                 "chat_template": spec.chat_template, "chat_format": chats.value},
         tokenizer=manifests.tokenizer_identity(tokenizer, context.prefix),
-        rows=[{"row_id": p.row_id, "offset": p.token_offset, "tokens": int(len(s))} for p, s in zip(draft.provenance, draft.sequences)],
+        rows=[{"row_id": p.row_id, "offset": p.token_offset, "tokens": len(s)}
+              for p, s in zip(draft.provenance, draft.sequences)],
         token_sha256=manifests.token_hash(draft.sequences),
         samples=len(draft.sequences),
         tokens=int(sum(len(s) for s in draft.sequences)),
@@ -136,8 +137,8 @@ def rebuild(manifest: Manifest, dataset, tokenizer, progress: Progress = no_prog
 
 
 __all__ = [
-    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "CoverageSpec", "EmbeddingClustersSpec", "GptqWindowsSpec",
-    "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "Recipe", "SamplingSpec", "SelfGeneratedSpec",
-    "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
-    "spec_from_params",
+    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "CoverageSpec", "EmbeddingClustersSpec",
+    "GptqWindowsSpec", "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec",
+    "Recipe", "SamplingSpec", "SelfGeneratedSpec", "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild",
+    "spec_for", "spec_from_manifest", "spec_from_params",
 ]

@@ -37,8 +37,8 @@ def _cluster_draft(context: SamplingContext, spec: ClusterSpec, rng: np.random.G
     sequences = [context.with_prefix(encoded[i][:body]) for i in chosen]
     provenance = [context.row(documents[i], 0, bucket=f"cluster {labels[i]}", truncated=len(encoded[i]) > body)
                   for i in chosen]
-    notes = [f"{len(documents):,} candidate documents embedded ({space}), {len(set(labels.tolist()))} k-means clusters, "
-             f"{len(chosen)} representatives nearest the centroids."]
+    notes = [(f"{len(documents):,} candidate documents embedded ({space}), {len(set(labels.tolist()))} k-means clusters, "
+              f"{len(chosen)} representatives nearest the centroids.")]
     draft = Draft(sequences, provenance, notes)
     draft.selection = selection_frame(documents, embeddings, labels, chosen)
     return draft

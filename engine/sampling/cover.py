@@ -81,7 +81,8 @@ def score_sequences(loaded: LoadedModel, sequences: list[np.ndarray], pad_id: in
     model, scoring = loaded.model, _Scoring()
     points = [(layer.module, Side.INPUT, lambda x, key=layer.name: scoring.observe_input(key, x))
               for layer in find_linear_layers(model) if not layer.is_head]
-    points += [routed_point(layer, lambda _h, routing, _w, key=layer.name, n=layer.experts: scoring.observe_routing(key, n, routing))
+    points += [routed_point(layer,
+                            lambda _h, routing, _w, key=layer.name, n=layer.experts: scoring.observe_routing(key, n, routing))
                for layer in find_experts(model)]
     device = next(model.parameters()).device
     with loaded.lock, torch.inference_mode(), observing(points):
@@ -126,7 +127,8 @@ def outlier_targets(pool: SampleScores, outlier_ratio: float = 6.0) -> CoverageT
         pieces = [np.full(len(part[2]), part[field], dtype=object) if field < 2 else part[field] for part in parts]
         return np.concatenate(pieces).astype(dtype) if pieces else np.array([], dtype=dtype)
 
-    return CoverageTargets(*(column(field, dtype) for field, dtype in enumerate((object, object, np.int64, np.float64, np.float64))))
+    return CoverageTargets(*(column(field, dtype)
+                             for field, dtype in enumerate((object, object, np.int64, np.float64, np.float64))))
 
 
 def covers(scores: SampleScores, targets: CoverageTargets, fraction: float = 0.9, min_expert_tokens: int = 1) -> np.ndarray:
@@ -139,7 +141,8 @@ def covers(scores: SampleScores, targets: CoverageTargets, fraction: float = 0.9
             if len(where) == 0:
                 continue
             values = source[key][:, targets.index[where]]
-            out[:, where] = (values >= fraction * targets.reference[where]) if kind is Target.CHANNEL else (values >= min_expert_tokens)
+            out[:, where] = ((values >= fraction * targets.reference[where]) if kind is Target.CHANNEL
+                             else (values >= min_expert_tokens))
     return out
 
 

@@ -1,8 +1,9 @@
 """coverage: the samples that together excite the model's outlier channels (and reach its experts).
 
 COVERCAL-style selection (arXiv 2604.24008): score up to ``candidates`` documents in one head-less
-forward (the model resident, as activation clusters need it) (each one's per-channel max |x| at every linear input, its tokens per expert), take the pool's
-outlier channels and every expert as targets, and pick samples by greedy weighted set cover.
+forward (the model resident, as activation clusters need it) (each one's per-channel max |x| at
+every linear input, its tokens per expert), take the pool's outlier channels and every expert as
+targets, and pick samples by greedy weighted set cover.
 """
 from __future__ import annotations
 
@@ -33,15 +34,15 @@ def coverage(context: SamplingContext, spec: CoverageSpec, rng: np.random.Genera
                                     lambda: score_sequences(context.model, sequences, pad_id(context.tokenizer)))
     targets = outlier_targets(scores, spec.outlier_ratio)
     covered = covers(scores, targets, spec.fraction)
-    chosen, gains = greedy_cover(covered, targets.weight, spec.nsamples, rng)
+    chosen, _gains = greedy_cover(covered, targets.weight, spec.nsamples, rng)
     provenance = [context.row(documents[i], 0, bucket=f"pick {rank + 1}", truncated=len(encoded[i]) > body)
                   for rank, i in enumerate(chosen)]
     channels = targets.kind == Target.CHANNEL.value
     reached = covered[chosen].any(0)
-    notes = [f"{len(documents):,} candidate documents scored; {int(channels.sum()):,} outlier channels (max above "
-             f"{spec.outlier_ratio:g}x their input's median) in {len(set(targets.key[channels]))} inputs; the {len(chosen)} "
-             f"chosen reach {int(reached[channels].sum()):,} of them (>= {spec.fraction:.0%} of the candidates' max) where the "
-             f"candidates reach {int(covered.any(0)[channels].sum()):,}."]
+    notes = [(f"{len(documents):,} candidate documents scored; {int(channels.sum()):,} outlier channels (max above "
+              f"{spec.outlier_ratio:g}x their input's median) in {len(set(targets.key[channels]))} inputs; the {len(chosen)} "
+              f"chosen reach {int(reached[channels].sum()):,} of them (>= {spec.fraction:.0%} of the candidates' max) where "
+              f"the candidates reach {int(covered.any(0)[channels].sum()):,}.")]
     if (~channels).any():
         notes.append(f"Experts reached: {int(reached[~channels].sum())} of {int((~channels).sum())} "
                      f"(the candidates reach {int(covered.any(0)[~channels].sum())}).")

@@ -58,7 +58,8 @@ def hidden_state_embeddings(loaded, sequences: list[np.ndarray], prefix: int, la
     blocks = decoder_blocks(model)
     index = len(blocks) // 2 if layer < 0 else layer
     if not 0 <= index < len(blocks):
-        raise SamplingError(f"layer={layer} is outside the model's {len(blocks)} blocks (0-{len(blocks) - 1}, or -1 for the middle).")
+        raise SamplingError(f"layer={layer} is outside the model's {len(blocks)} blocks "
+                            f"(0-{len(blocks) - 1}, or -1 for the middle).")
     device = next(model.parameters()).device
     out = []
     with loaded.lock, torch.inference_mode(), output_then_stop(blocks[index]) as captured:

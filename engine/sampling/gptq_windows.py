@@ -20,7 +20,8 @@ from engine.sampling.tokens import encode, encode_with_char_offsets
 
 def _start_note(context: SamplingContext, spec: GptqWindowsSpec) -> str:
     if context.prefix:
-        return f"Each window is {context.tokenizer.decode(context.prefix)} + {spec.length - len(context.prefix):,} corpus tokens, as at inference."
+        return (f"Each window is {context.tokenizer.decode(context.prefix)} + {spec.length - len(context.prefix):,} "
+                "corpus tokens, as at inference.")
     return f"Each window is {spec.length:,} raw corpus tokens (no BOS), as in the original recipe."
 
 
@@ -39,8 +40,8 @@ def _joined(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.Gene
     document_chars = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each document starts in the text
     provenance = [context.row(*locate_token(document_chars, token_chars, int(s))) for s in starts]
     notes = [
-        f"GPTQ wikitext2 recipe: {len(context.texts):,} documents joined with {spec.separator!r} "
-        f"({len(ids):,} tokens), {spec.nsamples:,} windows at random offsets.",
+        (f"GPTQ wikitext2 recipe: {len(context.texts):,} documents joined with {spec.separator!r} "
+         f"({len(ids):,} tokens), {spec.nsamples:,} windows at random offsets."),
         _start_note(context, spec),
     ]
     return Draft(sequences, provenance, notes)
@@ -72,8 +73,8 @@ def _documents(context: SamplingContext, spec: GptqWindowsSpec, rng: np.random.G
     sequences = [context.with_prefix(tokens[d][s:s + window]) for d, s in draws]
     provenance = [context.row(d, s) for d, s in draws]
     notes = [
-        f"GPTQ c4 recipe: {attempts:,} document draws for {spec.nsamples:,} windows; {long_enough:,} of "
-        f"{len(context.lengths):,} documents have at least {window:,} tokens.",
+        (f"GPTQ c4 recipe: {attempts:,} document draws for {spec.nsamples:,} windows; {long_enough:,} of "
+         f"{len(context.lengths):,} documents have at least {window:,} tokens."),
         _start_note(context, spec),
     ]
     return Draft(sequences, provenance, notes)

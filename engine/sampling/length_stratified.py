@@ -57,7 +57,8 @@ def _notes(spec, context, table: pd.DataFrame, document: np.ndarray, offset: np.
     notes = []
     chosen = int(table["selected"].sum())
     if chosen < spec.nsamples:
-        notes.append(f"The corpus yields only {chosen:,} candidate sequences; returning {chosen:,} of the {spec.nsamples:,} asked.")
+        notes.append(f"The corpus yields only {chosen:,} candidate sequences; "
+                     f"returning {chosen:,} of the {spec.nsamples:,} asked.")
     short = table[table["available"] < table["asked"]]
     if len(short) and chosen:
         names = ", ".join(f"{row.bucket} ({row.available} of {row.asked})" for row in short.itertuples())

@@ -32,8 +32,8 @@ def llama_chunks(context: SamplingContext, spec: LlamaChunksSpec, rng: np.random
     document_chars = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     provenance = [context.row(*locate_token(document_chars, token_chars, s)) for s in starts]
     available = (len(ids) + prefix) // spec.length
-    notes = [f"llama.cpp chunks: {len(ids) + prefix:,} tokens make {available:,} chunks of {spec.length:,}; "
-             f"the first {len(sequences):,} are used, in order."]
+    notes = [(f"llama.cpp chunks: {len(ids) + prefix:,} tokens make {available:,} chunks of {spec.length:,}; "
+              f"the first {len(sequences):,} are used, in order.")]
     if len(sequences) < spec.nsamples:
         notes.append(f"The corpus holds {available:,} chunks, fewer than the {spec.nsamples:,} asked.")
     return Draft(sequences, provenance, notes)

@@ -87,8 +87,8 @@ def _joined(context: SamplingContext, spec: GptqWindowsSpec, recipe: ReferenceRe
     document_chars = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     provenance = [context.row(*locate_token(document_chars, offsets, s)) for s in starts]
     return Draft([ids[s:s + spec.length] for s in starts], provenance,
-                 [f"{spec.recipe.value}: {recipe.origin}, {len(rows):,} rows joined with {recipe.separator!r} "
-                  f"({len(ids):,} tokens), {spec.nsamples:,} windows, Python random seeded with {spec.seed}."])
+                 [(f"{spec.recipe.value}: {recipe.origin}, {len(rows):,} rows joined with {recipe.separator!r} "
+                   f"({len(ids):,} tokens), {spec.nsamples:,} windows, Python random seeded with {spec.seed}.")])
 
 
 def _documents(context: SamplingContext, spec: GptqWindowsSpec, recipe: ReferenceRecipe, draw: random.Random) -> Draft:
@@ -109,8 +109,8 @@ def _documents(context: SamplingContext, spec: GptqWindowsSpec, recipe: Referenc
         start = draw.randint(0, len(ids) - spec.length - 1)
         sequences.append(np.asarray(ids[start:start + spec.length], dtype=np.int64))
         provenance.append(context.row(document, start))
-    return Draft(sequences, provenance, [f"{spec.recipe.value}: {recipe.origin}, {attempts:,} document draws for "
-                                         f"{spec.nsamples:,} windows, Python random seeded with {spec.seed}."])
+    return Draft(sequences, provenance, [(f"{spec.recipe.value}: {recipe.origin}, {attempts:,} document draws for "
+                                          f"{spec.nsamples:,} windows, Python random seeded with {spec.seed}.")])
 
 
 def reference_windows(context: SamplingContext, spec: GptqWindowsSpec) -> Draft:

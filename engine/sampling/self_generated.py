@@ -74,6 +74,6 @@ def self_generated(context: SamplingContext, spec: SelfGeneratedSpec, rng: np.ra
                     provenance.append(Provenance(row_id=-1, source=f"{SOURCE}:prompt {number}", token_offset=0,
                                                  document_tokens=len(sequence)))
     shown = "BOS" if not spec.prompts else f"{len(prompts)} prompts"
-    notes = [f"{len(sequences)} sequences sampled from the model from {shown}, temperature {spec.temperature_start:g} → "
-             f"{spec.temperature_end:g}, top-{spec.top_k}."]
+    notes = [(f"{len(sequences)} sequences sampled from the model from {shown}, temperature {spec.temperature_start:g} → "
+              f"{spec.temperature_end:g}, top-{spec.top_k}.")]
     return Draft(sequences, provenance, notes)

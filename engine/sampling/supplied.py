@@ -169,7 +169,8 @@ def _check(windows: list[np.ndarray], tokenizer, max_positions: int | None) -> N
             raise SamplingError(f"Window {number} has {len(window):,} tokens, more than the model's {max_positions:,} positions.")
 
 
-def supplied_set(given, tokenizer, source: str = "", max_positions: int | None = None, limit: int | None = None) -> CalibrationSet:
+def supplied_set(given, tokenizer, source: str = "", max_positions: int | None = None,
+                 limit: int | None = None) -> CalibrationSet:
     """A CalibrationSet of the windows ``given`` (the first ``limit`` of them), checked against the
     tokenizer's vocabulary and the model's positions."""
     windows = windows_of(given)[:limit]
@@ -180,8 +181,8 @@ def supplied_set(given, tokenizer, source: str = "", max_positions: int | None =
     token_sha256 = manifests.token_hash(windows)
     prefix = inference_prefix(tokenizer)
     starting = sum(1 for w in windows if prefix and list(w[:len(prefix)]) == prefix)
-    notes = [f"{len(windows):,} token windows supplied from {source}, used as given; {starting:,} of them start with "
-             f"{tokenizer.decode(prefix) if prefix else 'no start token'}."]
+    notes = [(f"{len(windows):,} token windows supplied from {source}, used as given; {starting:,} of them start with "
+              f"{tokenizer.decode(prefix) if prefix else 'no start token'}.")]
     provenance = [Provenance(row_id=i, source=source, token_offset=0, document_tokens=len(w)) for i, w in enumerate(windows)]
     manifest = Manifest(
         strategy=spec.strategy.value, params=json.loads(json.dumps(dataclasses.asdict(spec))), seed=0,

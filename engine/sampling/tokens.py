@@ -84,8 +84,10 @@ def _measure_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], p
         if encode is not None:
             lengths[start:start + len(chunk)] = [len(encoding) for encoding in encode(chunk, add_special_tokens=False)]
         else:  # a slow (pure Python) tokenizer: no batch fast path exists
-            lengths[start:start + len(chunk)] = [len(ids) for ids in tokenizer(chunk, add_special_tokens=False, verbose=False).input_ids]
-        progress(min(1.0, (start + len(chunk)) / max(len(texts), 1)), f"Tokenized {start + len(chunk):,} of {len(texts):,} documents")
+            lengths[start:start + len(chunk)] = [len(ids) for ids
+                                                 in tokenizer(chunk, add_special_tokens=False, verbose=False).input_ids]
+        progress(min(1.0, (start + len(chunk)) / max(len(texts), 1)),
+                 f"Tokenized {start + len(chunk):,} of {len(texts):,} documents")
     return lengths
 
 

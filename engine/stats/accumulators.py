@@ -71,7 +71,7 @@ class ActivationAccumulator:
         self.device = torch.device(device)
         # None: branch-free wherever a host branch would wait for the device (anything but the CPU)
         self.branch_free = self.device.type != "cpu" if branch_free is None else branch_free
-        full = lambda value, dtype=torch.float32: torch.full((channels,), value, dtype=dtype, device=self.device)  # noqa: E731
+        full = lambda value, dtype=torch.float32: torch.full((channels,), value, dtype=dtype, device=self.device)
         self.min, self.max = full(float("inf")), full(float("-inf"))
         self.sum, self.sum_squares = full(0.0, torch.float64), full(0.0, torch.float64)
         self.finite = full(0, torch.int64)
@@ -116,7 +116,8 @@ class ActivationAccumulator:
         squares = torch.mul(finite_x, finite_x, out=scratch.take("squares", finite_x.shape, torch.float32, finite_x.device))
         self.sum_squares += squares.sum(0)
         self._histogram(finite_x, stand_ins)
-        if self.block_counts is not None:  # each token's blocks of 16 channels: their |max| (a block with NaN/Inf: its finite part)
+        # each token's blocks of 16 channels: their |max| (a block with NaN/Inf: its finite part)
+        if self.block_counts is not None:
             block_max = finite_x.view(finite_x.shape[0], -1, BLOCK).abs().amax(-1)
             bits = magnitude_bits(block_max)
             bits >>= TENSOR_BINS.shift

@@ -39,7 +39,8 @@ def headroom_amax(block_counts: torch.Tensor, block_absmax: float, bins: LogBins
     if block_counts.sum() == 0:
         return block_absmax
     floor = block_percentile(block_counts, FLOOR_PERCENTILE, block_absmax, bins=bins)
-    anchor = block_percentile(block_counts, ANCHOR_PERCENTILE, block_absmax, floor / ANCHOR_FLOOR_RATIO, bins) if floor > 0 else 0.0
+    anchor = (block_percentile(block_counts, ANCHOR_PERCENTILE, block_absmax, floor / ANCHOR_FLOOR_RATIO, bins)
+              if floor > 0 else 0.0)
     if floor <= 0 or anchor <= 0:
         return block_absmax
     if floor / anchor > FP8_NORMAL_RANGE:

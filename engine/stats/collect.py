@@ -40,8 +40,8 @@ def request_for(layers: list[LinearLayer], spec: StatsSpec, after_block=None) ->
     channel_bytes = ActivationAccumulator.bytes_per_channel(spec.channel_histograms)
     return PassRequest(
         layers, spec.sides, lambda channels, device: ActivationAccumulator(channels, spec.channel_histograms, device),
-        state_bytes=lambda layer: layer.in_features * channel_bytes + ActivationAccumulator.FIXED_BYTES, batch_size=spec.batch_size,
-        after_block=after_block, execution=spec.execution)
+        state_bytes=lambda layer: layer.in_features * channel_bytes + ActivationAccumulator.FIXED_BYTES,
+        batch_size=spec.batch_size, after_block=after_block, execution=spec.execution)
 
 
 def memory_plan(loaded: LoadedModel, calibration: CalibrationSet, spec: StatsSpec) -> MemoryPlan:

@@ -87,7 +87,8 @@ class ExpertAccumulator:
         self.per_sample.index_add_(0, tokens.rows.to(x.device), routed)
         self.weight_sums.scatter_add_(0, routing.reshape(-1), weights.reshape(-1).to(self.weight_sums))
         self._per_expert(x, routing, weights)
-        if self.all_inputs is not None:  # every expert on every token (unscaled, as if with weight 1): the forward stays the router's
+        # every expert on every token (unscaled, as if with weight 1): the forward stays the router's
+        if self.all_inputs is not None:
             self.all_inputs.update(x.to(torch.float32))
             for expert, accumulator in enumerate(self.all_down):
                 accumulator.update(self.layer.intermediate_of(expert, x).to(torch.float32))
@@ -188,7 +189,8 @@ class _FinishExperts:
         for expert in range(layer.experts):
             tokens = int(counts[expert])
             self.routing.append({"layer": layer.name, "expert": expert, "tokens": tokens, "share": tokens / total,
-                                 "samples": int(seen[expert]), "mean_weight": weights[expert] / tokens if tokens else float("nan"),
+                                 "samples": int(seen[expert]),
+                                 "mean_weight": weights[expert] / tokens if tokens else float("nan"),
                                  "status": _status(tokens, threshold)})
             if accumulator.hessians is not None:
                 self._diagnose(layer, expert, accumulator.hessians[expert], threshold)
@@ -197,7 +199,8 @@ class _FinishExperts:
             self.kept_all_inputs[layer.name] = accumulator.all_inputs.take()
         unused = counts == 0
         self.ranges[layer.name] = {name: np.where(unused[:, None], np.nan, values.cpu().numpy()) for name, values in
-                                   (("absmax", accumulator.absmax), ("minimum", accumulator.minimum), ("maximum", accumulator.maximum))}
+                                   (("absmax", accumulator.absmax), ("minimum", accumulator.minimum),
+                                    ("maximum", accumulator.maximum))}
         self.per_sample[layer.name] = per_sample
         self.progress(len(self.per_sample) / self.blocks, f"Experts of {layer.name}")
 
@@ -254,13 +257,15 @@ def collect_expert_stats(loaded: LoadedModel, calibration: CalibrationSet, spec:
     for layer in experts:  # the whole-model runner finishes no block: what it leaves is done here
         if layer.name in result.accumulators:
             finish.add(result.accumulators.pop(layer.name))
-    return _report(finish, list(experts), {"model": loaded.info.name, "samples": samples, "tokens": int(calibration.lengths.sum()),
-                                           "top_k": _top_k(loaded), "blocks": len(experts), "all_tokens": spec.all_tokens})
+    return _report(finish, list(experts), {"model": loaded.info.name, "samples": samples,
+                                           "tokens": int(calibration.lengths.sum()), "top_k": _top_k(loaded),
+                                           "blocks": len(experts), "all_tokens": spec.all_tokens})
 
 
 def _report(finish: _FinishExperts, experts: list[ExpertsLayer], meta: dict) -> ExpertReport:
     order = {layer.name: i for i, layer in enumerate(experts)}
-    routing = pd.DataFrame(finish.routing).sort_values(["layer", "expert"], key=lambda c: c.map(order) if c.name == "layer" else c)
+    routing = pd.DataFrame(finish.routing).sort_values(["layer", "expert"],
+                                                       key=lambda c: c.map(order) if c.name == "layer" else c)
     per_sample = {layer.name: finish.per_sample[layer.name] for layer in experts}
     return ExpertReport(routing.reset_index(drop=True), per_sample, pd.DataFrame(finish.diagnoses), finish.ranges, finish.kept,
                         meta=meta, kept_intermediate=finish.kept_intermediate, kept_all_inputs=finish.kept_all_inputs,

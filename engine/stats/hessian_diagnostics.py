@@ -1,6 +1,7 @@
 """Is the calibration set enough for GPTQ? Spectrum, rank, conditioning and the damping Cholesky needs."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -95,7 +96,7 @@ def rank_warning(channels: int, tokens: int, rank: int, dead: int, damping: floa
     if dead:
         return (f"{dead} of {channels} input channels are never active (zero diagonal): no amount of data makes this "
                 f"Hessian full rank; GPTQ sets their diagonal to 1. {_damping_text(damping)}.")
-    if rank >= channels or (rank != rank and tokens >= channels):  # full rank, or unknown and not data-limited
+    if rank >= channels or (math.isnan(rank) and tokens >= channels):  # full rank, or unknown and not data-limited
         return ""
     if tokens < channels:  # rank <= tokens: the data is what limits it
         return (f"Rank {rank} of {channels}: only {tokens:,} tokens reached this layer; a full-rank Hessian needs at "

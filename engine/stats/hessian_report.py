@@ -180,7 +180,7 @@ def hessians_from_sums(loaded: LoadedModel, calibration: CalibrationSet, spec: H
     needed = {shared.get(layer.name, layer.name) for layer in layers}
     missing = needed - set(sums)
     if missing:
-        raise CalibscopeError(f"No summed Hessians for {len(missing)} inputs (e.g. {sorted(missing)[0]}): collect them.")
+        raise CalibscopeError(f"No summed Hessians for {len(missing)} inputs (e.g. {min(missing)}): collect them.")
     finish = _FinishPerBlock(spec, progress, len(layers))
     accumulators = {key: HessianAccumulator.of(sums[key][0].to(DTYPES[spec.dtype], copy=True), sums[key][1])
                     for key in sorted(needed)}
@@ -199,7 +199,8 @@ def _report(loaded: LoadedModel, calibration: CalibrationSet, spec: HessianSpec,
             row.update({k: v for k, v in finish.found[source].as_dict().items() if k not in ("layer", "channels")})
         rows.append(row)
     meta = {
-        "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration), "tokens": int(calibration.lengths.sum()),
+        "model": loaded.info.name, "spec": spec_record(spec), "samples": len(calibration),
+        "tokens": int(calibration.lengths.sum()),
         "calibration_sha256": calibration.manifest.token_sha256, "dtype": spec.dtype.value, "storage": spec.storage.value,
         "layers": len(layers), "distinct": len({shared.get(layer.name, layer.name) for layer in layers}),
         "memory_mb": round(finish.bytes / 2**20, 2),

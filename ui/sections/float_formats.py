@@ -28,8 +28,8 @@ class FormatsForm:
 
 def summary(table: pd.DataFrame) -> str:
     """What the table says, in three lines."""
-    lines = [f"**FP8 and NVFP4 on this set** ({len(table)} distinct inputs; ranges as multiples of each input's |max|, "
-             "1 = minmax):"]
+    lines = [(f"**FP8 and NVFP4 on this set** ({len(table)} distinct inputs; ranges as multiples of each input's |max|, "
+              "1 = minmax):")]
     if "fp8_entropy" in table:
         lines.append(f"- FP8 static ranges: entropy keeps {table['fp8_entropy'].median():.2f}x |max| (median; lowest "
                      f"{table['fp8_entropy'].min():.2f}x), MSE {table['fp8_mse'].median():.2f}x, p99.99 "
@@ -52,7 +52,8 @@ def measure_formats(form: FormatsForm, session: Session, context: AppContext, pr
     progress(0.1, "FP8 and NVFP4 ranges per input")
     table = format_ranges(stats)
     shown_table = table.assign(layer=[short_name(key) for key in table["key"]])
-    columns = ["layer", "absmax", *(c for c in COLUMNS if c in table), *(["beyond_fp8_range"] if "beyond_fp8_range" in table else [])]
+    columns = ["layer", "absmax", *(c for c in COLUMNS if c in table),
+               *(["beyond_fp8_range"] if "beyond_fp8_range" in table else [])]
     formats = {"absmax": ".4g", **{c: ".3g" for c in COLUMNS}}
     return {"status": summary(table), "figure": format_ranges_across_depth(table),
             "table": shown(shown_table[columns], formats, flags=("beyond_fp8_range",),

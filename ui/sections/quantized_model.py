@@ -106,7 +106,8 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
 
     def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
         summary = run.write(loaded, folder, session.calibrated, plan, provenance=provenance)
-        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan), loaded.info.dtype)]
+        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan),
+                                                                 loaded.info.dtype)]
         if form.check:
             lines.append(_reloaded(summary, run, report, loaded, context, checking))
         return [*lines, _how_to_load(summary)]

@@ -1,6 +1,7 @@
 """Compare: strategies x seeds x sample counts, quantized and measured on held-out text."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import gradio as gr
@@ -59,7 +60,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def spread(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± " + ("n/a" if std != std else f"{std:.2f}")
+    return f"{mean:.2f} ± " + ("n/a" if math.isnan(std) else f"{std:.2f}")
 
 
 def status_line(table: pd.DataFrame, rows: pd.DataFrame, seconds: float) -> str:

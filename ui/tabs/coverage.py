@@ -63,7 +63,8 @@ def measure(form: CoverageForm, session: Session, context: AppContext, progress:
               f"**{reached:,} of {total:,} outlier channels** ({reached / max(total, 1):.0%}) reach {form.fraction:.0%} of their "
               f"maximum over this set and {len(pool):,} random corpus documents in the set's {len(calibration):,} samples "
               f"(an outlier: max above {form.outlier_ratio:g}x its input's median channel).")
-    worst = channels.assign(missed=channels["targets"] - channels["covered"]).sort_values("missed").iloc[-1] if len(channels) else None
+    worst = (channels.assign(missed=channels["targets"] - channels["covered"]).sort_values("missed").iloc[-1]
+             if len(channels) else None)
     if worst is not None and worst["missed"] > 0:
         status += f" Most missed: **{worst['key']}** ({int(worst['missed'])} of {int(worst['targets'])})."
     result = {"coverage": outlier_coverage(table, block_of), "table": shown(
@@ -85,7 +86,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             pool = gr.Number(value=16, label="Reference documents", precision=0, minimum=1,
-                             info="random corpus documents whose maxima, with the set's, define the outliers (more: a better estimate, slower)")
+                             info="random corpus documents whose maxima, with the set's, define the outliers "
+                                  "(more: a better estimate, slower)")
             fraction = gr.Slider(0.5, 1.0, value=0.9, step=0.05, label="Reach (fraction of the reference max)")
             outlier_ratio = gr.Number(value=6.0, label="Outlier: max above this many times its input's median channel")
             under = gr.Number(value=0, label="MoE: under-calibrated below this many tokens", precision=0, minimum=0,

@@ -1,6 +1,7 @@
 """Hessians: GPTQ's H = 2/N Σ XᵀX for every layer, and whether the calibration set is enough."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import gradio as gr
@@ -76,7 +77,7 @@ def diagnostics_table(report: HessianReport) -> pd.DataFrame:
     table["shared_with"] = [short_name(k) if k else "" for k in table["shared_with"]]
     columns = ["name", "channels", "tokens", "rank", "dead_channels", "condition_number", "min_damping", "trace",
                "finding", "shared_with", "warning"]
-    damping = {"min_damping": lambda d: "fails" if d is None or d != d else f"{d:g}"}
+    damping = {"min_damping": lambda d: "fails" if d is None or math.isnan(d) else f"{d:g}"}
     return shown(table[[c for c in columns if c in table]],
                  {"tokens": ",d", "condition_number": ".2e", "trace": ".4g", "rank": lambda r: number(r, ".0f"), **damping},
                  headers={"dead_channels": "dead", "condition_number": "condition", "min_damping": "min damping",
@@ -144,7 +145,8 @@ def show_spectrum(layer: str, session: Session | None):
 def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
-            pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder="all quantizable layers but the head")
+            pattern = gr.Textbox(label="Layer name filter (regular expression)",
+                                 placeholder="all quantizable layers but the head")
             dtype = gr.Radio(labels(Precision), value=Precision.FLOAT32.value, label="Accumulate in")
             storage = gr.Radio(labels(Storage), value=Storage.MODEL.value, label="Keep Hessians on",
                                info="cpu: host memory, for a model on a GPU that is short of memory")

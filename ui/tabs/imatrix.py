@@ -68,13 +68,15 @@ def summary_line(label: str, imatrix: Imatrix) -> str:
     if imatrix.chunk_size:
         line = f"**{label}**: {len(imatrix):,} tensors over {imatrix.tokens:,} tokens"
     else:
-        line = f"**{label}**: {len(imatrix):,} tensors over {imatrix.chunk_count:,} chunks (a legacy file: token counts are nominal)"
+        line = (f"**{label}**: {len(imatrix):,} tensors over {imatrix.chunk_count:,} chunks "
+                "(a legacy file: token counts are nominal)")
     if worst is not None:
         line += (f" · the most concentrated tensor is **{worst['tensor']}**: channel {worst['top_channel']} "
                  f"is {worst['max_over_median']:,.0f}× the median channel")
     unused = imatrix.unused_experts()
     if unused:
-        line += f"\n- **{sum(map(len, unused.values())):,} experts received no token** in {len(unused)} tensors: add data or route-all calibration."
+        line += (f"\n- **{sum(map(len, unused.values())):,} experts received no token** in {len(unused)} tensors: "
+                 "add data or route-all calibration.")
     return line
 
 
@@ -83,7 +85,8 @@ def matrix_views(session: Session, label: str) -> dict:
     imatrix = session.require_imatrix(label)
     tensor = concentration(imatrix).sort_values("max_over_median")["tensor"].iloc[-1]
     return {"heatmap": concentration_heatmap(imatrix), "experts": expert_counts(imatrix, UNDER_CALIBRATED),
-            "tensor": gr.update(choices=imatrix.names(), value=tensor), "channels": channel_importance(imatrix, tensor, labels=(label, "")),
+            "tensor": gr.update(choices=imatrix.names(), value=tensor),
+            "channels": channel_importance(imatrix, tensor, labels=(label, "")),
             "top": shown_top(imatrix, tensor), "downloads": downloads(session, label)}
 
 

@@ -136,16 +136,14 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         with gr.Column(scale=1):
             gr.Markdown("### Corpus", elem_classes="cs-section-title")
             kind = gr.Radio(choices.CORPUS_KINDS, value=CorpusKind.BUILTIN.value, label="Source")
-            with gr.Group(visible=True) as builtin_group:
-                with gr.Row():
-                    builtin_name = gr.Dropdown(choices.BUILTIN_CORPORA, value=BuiltinCorpus.MIXED.value, label="Builtin corpus",
-                                               info="Offline: Python's docs prose and standard library")
-                    split = gr.Dropdown(choices.SPLITS, value="train", label="Split", info="test is held out (10%)")
-            with gr.Group(visible=False) as hub_group:
-                with gr.Row():
-                    hub_name = gr.Dropdown(choices.HUB_DATASETS, value="wikitext2", allow_custom_value=True, label="Dataset")
-                    hub_config = gr.Textbox(label="Config", placeholder="optional")
-                    hub_split = gr.Textbox(value="train", label="Split")
+            with gr.Group(visible=True) as builtin_group, gr.Row():
+                builtin_name = gr.Dropdown(choices.BUILTIN_CORPORA, value=BuiltinCorpus.MIXED.value, label="Builtin corpus",
+                                           info="Offline: Python's docs prose and standard library")
+                split = gr.Dropdown(choices.SPLITS, value="train", label="Split", info="test is held out (10%)")
+            with gr.Group(visible=False) as hub_group, gr.Row():
+                hub_name = gr.Dropdown(choices.HUB_DATASETS, value="wikitext2", allow_custom_value=True, label="Dataset")
+                hub_config = gr.Textbox(label="Config", placeholder="optional")
+                hub_split = gr.Textbox(value="train", label="Split")
             with gr.Group(visible=False) as file_group:
                 upload = gr.File(label="Corpus file", file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"], type="filepath")
             with gr.Row():

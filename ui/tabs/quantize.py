@@ -107,7 +107,8 @@ def preset_widgets(name: str) -> list:
     group = next(label for label, size in GROUPS.items() if size == w.group_size)
     return [w.method.value, w.format.value, w.bits, group, w.symmetric, w.act_order.value, a.format.value, a.bits,
             a.range_method.value, a.percentile, a.granularity.value, spec.smoothing, spec.awq is not None,
-            spec.awq is not None and spec.awq.clip, next(label for label, policy in EXPERT_POLICIES.items() if policy == spec.experts)]
+            spec.awq is not None and spec.awq.clip,
+            next(label for label, policy in EXPERT_POLICIES.items() if policy == spec.experts)]
 
 
 def status_line(report: QuantReport, reused: bool) -> str:

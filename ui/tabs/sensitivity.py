@@ -52,7 +52,8 @@ def status_line(result: SweepResult) -> str:
     for column, (name, _) in SWEEP_METRICS.items():
         if column in result.rows:
             found = enough_at(result, column)
-            parts.append(f"{name} within {CLOSE_ENOUGH:.0%} of the full set from **{found} samples**" if found and found < result.counts[-1]
+            parts.append(f"{name} within {CLOSE_ENOUGH:.0%} of the full set from **{found} samples**"
+                         if found and found < result.counts[-1]
                          else f"{name} still moving at {result.counts[-1]} samples (more data would change it)")
     if result.totals:
         parts.append("The whole set's Hessians are kept: the Hessians tab diagnoses them without another pass.")
