@@ -20,9 +20,7 @@ import torch
 from bench._common import bench_dtypes, report, sized_run, timed
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.progress import no_progress
-from engine.quant import PRESETS
-from engine.quant.awq_pass import search_awq_scaling
-from engine.quant.plan import quantizable_layers
+from engine.quant import PRESETS, quantizable_layers, search_awq_scaling
 from engine.sampling import RandomSpec, build
 
 PRESET = "W4 g128 AWQ (llm-compressor)"

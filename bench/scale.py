@@ -40,12 +40,9 @@ from bench._checkpoints import SHAPES, checkpoint
 from bench._common import STABLE_MALLOC, peak_rss_mb, report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.export import CheckpointWriter, save_quantized
-from engine.quant import PRESETS, ExpertPolicy
-from engine.quant.block_gptq import gptq_block_by_block
-from engine.quant.plan import plan_quantization
+from engine.quant import PRESETS, ExpertPolicy, gptq_block_by_block, plan_quantization
 from engine.sampling import PackedSpec, build
-from engine.stats import HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
 ROOT = Path(__file__).resolve().parents[1]
 GPTQ = PRESETS["W4 g128 GPTQ"]

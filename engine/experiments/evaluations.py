@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from engine.corpus import load_corpus
-from engine.corpus.documents import column
+from engine.corpus import column, load_corpus
 from engine.errors import CalibscopeError
 from engine.experiments.cache import ResultCache
 from engine.models import LoadedModel
@@ -28,8 +27,7 @@ from engine.quant import (
 )
 from engine.sampling import CalibrationSet
 from engine.specs import BuiltinCorpus, CorpusSpec
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
+from engine.stats import HessianReport, StatsReport
 
 UPLOADED = "Uploaded file"
 HELD_OUT = {f"{corpus.value} (held-out 10%)": corpus.value for corpus in BuiltinCorpus}

@@ -1,5 +1,5 @@
 """What calibscope writes for other tools: calibration sets (``calibration``) and quantized
-checkpoints (``checkpoint``: compressed-tensors and GPTQ)."""
+checkpoints (``checkpoint``: compressed-tensors and GPTQ), and what reads them back (``verify``)."""
 from engine.export.calibration import (
     MANIFEST,
     ExportFormat,
@@ -16,7 +16,18 @@ from engine.export.checkpoint import (
     checkpoint_format,
     save_quantized,
 )
+from engine.export.checkpoint import refusal as checkpoint_refusal
+from engine.export.experts import simulated_layers
+from engine.export.size import estimated_checkpoint_bytes
+from engine.export.verify import (
+    changed_floats,
+    dequantized_layers,
+    input_quantizers,
+    largest_weight_difference,
+    reloaded_perplexity,
+)
 
 __all__ = ["MANIFEST", "ExportFormat", "calibration_dataset", "export_format", "load_calibration_export", "optimum_samples",
-           "save_calibration_set", "CheckpointFormat", "CheckpointSummary", "CheckpointWriter", "checkpoint_format",
-           "save_quantized"]
+           "save_calibration_set", "CheckpointFormat", "CheckpointSummary", "CheckpointWriter", "changed_floats",
+           "checkpoint_format", "checkpoint_refusal", "dequantized_layers", "estimated_checkpoint_bytes", "input_quantizers",
+           "largest_weight_difference", "reloaded_perplexity", "save_quantized", "simulated_layers"]

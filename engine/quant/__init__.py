@@ -1,11 +1,18 @@
 """Simulated quantization: RTN and GPTQ weights (int, FP8, NVFP4, MXFP4), static and dynamic
 activation quantization, perplexity, sensitivity."""
 from engine.quant.apply import QuantizedModel, quantized
-from engine.quant.evaluate import QuantReport, Sensitivity, evaluate
-from engine.quant.floats import NumberFormat
+from engine.quant.awq_pass import awq_scaling, search_awq_scaling
+from engine.quant.block_gptq import gptq_block_by_block
+from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, Sensitivity, evaluate
+from engine.quant.floats import FloatWeight, NumberFormat
+from engine.quant.format_ranges import format_ranges
 from engine.quant.gptq import gptq
+from engine.quant.grid import Grid, IntWeight, rounds_scales
+from engine.quant.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
+from engine.quant.mappings import gain_offset
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
-from engine.quant.plan import plan_quantization
+from engine.quant.plan import plan_quantization, quantizable_layers
+from engine.quant.ranges import entropy_clip
 from engine.quant.rtn import rtn
 from engine.quant.specs import (
     DEFAULT_ACT_ORDER,
@@ -14,6 +21,9 @@ from engine.quant.specs import (
     ActOrder,
     AwqScaling,
     AwqSpec,
+    CholeskyFailure,
+    ExpertCalibration,
+    ExpertFallback,
     ExpertPolicy,
     Granularity,
     QuantSpec,
@@ -22,6 +32,9 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "ExpertPolicy", "EvaluationSet", "Granularity", "NumberFormat", "QuantReport", "QuantSpec",
-           "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate",
-           "evaluation_windows", "gptq", "perplexity", "plan_quantization", "quantized", "rtn"]
+__all__ = ["ALL_AT_ONCE", "DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "CholeskyFailure",
+           "EvaluationSet", "ExpertCalibration", "ExpertFallback", "ExpertPolicy", "FloatWeight", "Fp8Inputs", "Granularity", "Grid",
+           "IntWeight", "Mxfp4Inputs", "NumberFormat", "Nvfp4Inputs", "QuantReport", "QuantSpec", "QuantizedModel", "RangeMethod",
+           "Sensitivity", "TokenInputs", "WeightMethod", "WeightSpec", "awq_scaling", "entropy_clip", "evaluate",
+           "evaluation_windows", "format_ranges", "gain_offset", "gptq", "gptq_block_by_block", "perplexity", "plan_quantization",
+           "quantizable_layers", "quantized", "rounds_scales", "rtn", "search_awq_scaling"]

@@ -34,8 +34,7 @@ from torch import nn
 from engine.errors import CalibscopeError
 from engine.hooks import Side, block_prefix, decoder_blocks
 from engine.memo import OwnerMemo
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import block_of
+from engine.models import LinearLayer, LoadedModel, block_of
 from engine.progress import Progress, no_progress
 from engine.quant.apply import module_weight, original_weights, rescaled
 from engine.quant.awq import Losses, best_clips, clipped, group_blocks, search_scales
@@ -44,10 +43,9 @@ from engine.quant.measures import output_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
 from engine.quant.specs import AwqSpec, QuantSpec, WeightSpec
-from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass
-from engine.runner.blockwise import swapped
+from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass, swapped
 from engine.sampling import CalibrationSet
-from engine.stats.hessian import HessianAccumulator
+from engine.stats import HessianAccumulator
 
 RESULTS: OwnerMemo[AwqResult] = OwnerMemo(keep=4)  # per model: a run's AWQ made again for its checkpoint is not searched twice
 

@@ -11,7 +11,7 @@ from enum import Enum
 import pandas as pd
 
 from engine.errors import CalibscopeError
-from engine.models import LoadedModel
+from engine.models import LoadedModel, block_of
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.block_gptq import gptq_block_by_block
@@ -20,9 +20,7 @@ from engine.quant.plan import plan_quantization, quantizable_layers
 from engine.quant.specs import QuantSpec
 from engine.sampling import CalibrationSet
 from engine.specs import choice
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
-from engine.stats.report import block_of
+from engine.stats import HessianReport, StatsReport
 
 
 class Sensitivity(str, Enum):

@@ -6,15 +6,21 @@ a function of (context, spec, rng) that returns the sequences and their provenan
 """
 from engine.sampling.building import build, rebuild, spec_from_manifest
 from engine.sampling.calibration_set import CalibrationSet, Provenance
+from engine.sampling.cover import Target, coverage_table, outlier_targets, score_sequences
 from engine.sampling.manifest import Manifest
+from engine.sampling.recipes import rows_dataset
 from engine.sampling.registry import (
     REGISTRY,
     StrategyEntry,
+    corpus_strategies,
     entry,
     spec_for,
     spec_from_params,
 )
 from engine.sampling.specs import (
+    DEFAULT_EDGES,
+    LEGACY_LENGTH_NAMES,
+    MIN_TOKENS,
     ActivationClustersSpec,
     Allocation,
     CoverageSpec,
@@ -28,12 +34,16 @@ from engine.sampling.specs import (
     SamplingSpec,
     SelfGeneratedSpec,
     Strategy,
+    SuppliedSpec,
     WindowMode,
 )
+from engine.sampling.supplied import supplied_set
+from engine.sampling.tokens import inference_prefix
 
 __all__ = [
-    "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet", "CoverageSpec", "EmbeddingClustersSpec", "GptqWindowsSpec",
-    "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec", "Provenance", "RandomSpec", "Recipe", "SamplingSpec", "SelfGeneratedSpec",
-    "Strategy", "StrategyEntry", "WindowMode", "build", "entry", "rebuild", "spec_for", "spec_from_manifest",
-    "spec_from_params",
+    "DEFAULT_EDGES", "LEGACY_LENGTH_NAMES", "MIN_TOKENS", "REGISTRY", "ActivationClustersSpec", "Allocation", "CalibrationSet",
+    "CoverageSpec", "EmbeddingClustersSpec", "GptqWindowsSpec", "LengthStratifiedSpec", "LlamaChunksSpec", "Manifest", "PackedSpec",
+    "Provenance", "RandomSpec", "Recipe", "SamplingSpec", "SelfGeneratedSpec", "Strategy", "StrategyEntry", "SuppliedSpec",
+    "Target", "WindowMode", "build", "corpus_strategies", "coverage_table", "entry", "inference_prefix", "outlier_targets",
+    "rebuild", "rows_dataset", "score_sequences", "spec_for", "spec_from_manifest", "spec_from_params", "supplied_set",
 ]

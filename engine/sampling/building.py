@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from engine.corpus.documents import column
+from engine.corpus import column
 from engine.errors import SamplingError
 from engine.progress import Progress, no_progress, scaled
 from engine.sampling import manifest as manifests
