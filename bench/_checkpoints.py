@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from engine.models.tiny import byte_tokenizer
-from engine.models.weight_cache import cache_root
+from engine.models import byte_tokenizer, cache_root
 
 ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}

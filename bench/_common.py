@@ -52,7 +52,7 @@ def timed(device: str, run) -> tuple[float, object]:
 
 
 def cpu_flags() -> dict:
-    from engine.models.loading import cpu_has_native_bfloat16
+    from engine.models import cpu_has_native_bfloat16
 
     return {"native_bfloat16": cpu_has_native_bfloat16()}
 
@@ -90,7 +90,7 @@ def bench_dtypes(requested: str) -> list[str]:
     native bf16 (dtype auto picks it there) or on CUDA; or the one asked for."""
     import torch
 
-    from engine.models.loading import cpu_has_native_bfloat16
+    from engine.models import cpu_has_native_bfloat16
 
     if requested != "both":
         return [requested]

@@ -17,26 +17,26 @@ import sys
 import tarfile
 from pathlib import Path
 
-from engine.imatrix.llamacpp import SDIST, TOOLS, bin_dir, root
+from engine.imatrix import LLAMA_CPP_SDIST, LLAMA_CPP_TOOLS, llama_cpp_bin_dir, llama_cpp_root
 
 
 def built() -> Path | None:
     """The folder with all three tools, or None when they are not built."""
-    folder = bin_dir()
-    return folder if all((folder / tool).is_file() for tool in TOOLS) else None
+    folder = llama_cpp_bin_dir()
+    return folder if all((folder / tool).is_file() for tool in LLAMA_CPP_TOOLS) else None
 
 
 def source_tree() -> Path:
     """llama.cpp's source, unpacked from the sdist (downloaded with pip on first use)."""
-    tree = root() / "src"
+    tree = llama_cpp_root() / "src"
     if (tree / "CMakeLists.txt").is_file():
         return tree
-    downloads = root() / "download"
+    downloads = llama_cpp_root() / "download"
     downloads.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST,
                     "-d", str(downloads)], check=True)
     archive = next(downloads.glob("llama_cpp_python-*.tar.gz"))
-    unpacked = root() / "unpacked"
+    unpacked = llama_cpp_root() / "unpacked"
     shutil.rmtree(unpacked, ignore_errors=True)
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
@@ -52,14 +52,14 @@ def build(jobs: int | None = None) -> Path:
     if folder := built():
         return folder
     if "LLAMA_CPP_BIN" in os.environ:
-        raise FileNotFoundError(f"LLAMA_CPP_BIN={bin_dir()} does not hold {', '.join(TOOLS)}")
-    tree, build_dir = source_tree(), root() / "build"
+        raise FileNotFoundError(f"LLAMA_CPP_BIN={llama_cpp_bin_dir()} does not hold {', '.join(LLAMA_CPP_TOOLS)}")
+    tree, build_dir = source_tree(), llama_cpp_root() / "build"
     subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON"], check=True)
     subprocess.run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
-                    "--target", *TOOLS], check=True)
-    return bin_dir()
+                    "--target", *LLAMA_CPP_TOOLS], check=True)
+    return llama_cpp_bin_dir()
 
 
 if __name__ == "__main__":

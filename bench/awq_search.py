@@ -15,16 +15,12 @@ from __future__ import annotations
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
-from contextlib import contextmanager
-from unittest import mock
-
 import torch
 
 from bench._common import bench_dtypes, report, sized_run, timed
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.progress import no_progress
-from engine.quant import PRESETS, awq_pass
-from engine.quant.plan import quantizable_layers
+from engine.quant import PRESETS, quantizable_layers, search_awq_scaling
 from engine.sampling import RandomSpec, build
 
 PRESET = "W4 g128 AWQ (llm-compressor)"
@@ -32,16 +28,11 @@ GOAL = 0.85
 LOSS_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
-@contextmanager
-def recorded_calls():
-    """The search on the calls as the pass recorded them (what it ran before merging)."""
-    with mock.patch.object(awq_pass, "merged_calls", lambda parent, calls, targets, masks: (calls, targets, masks)):
-        yield
-
-
-def timed_search(loaded, calibration, spec, layers):
-    # _awq_scaling, not awq_scaling's memo: every run searches
-    return timed(loaded.info.device, lambda: awq_pass._awq_scaling(loaded, calibration, spec, layers, no_progress))
+def timed_search(loaded, calibration, spec, layers, merge_calls: bool = True):
+    """One search, timed: search_awq_scaling, not awq_scaling's memo, so every run searches;
+    ``merge_calls=False``: on the calls as the pass recorded them (what it ran before merging)."""
+    return timed(loaded.info.device,
+                 lambda: search_awq_scaling(loaded, calibration, spec, layers, no_progress, merge_calls=merge_calls))
 
 
 def same_choices(merged, recorded, tolerance: float) -> dict:
@@ -66,8 +57,7 @@ def measure(dtype: str, samples: int, length: int, repeats: int) -> dict:
     for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
         seconds, merged = timed_search(loaded, calibration, spec, layers)
         merged_s.append(seconds)
-        with recorded_calls():
-            seconds, recorded = timed_search(loaded, calibration, spec, layers)
+        seconds, recorded = timed_search(loaded, calibration, spec, layers, merge_calls=False)
         recorded_s.append(seconds)
     return {"dtype": loaded.info.dtype, "device": loaded.info.device, "ratio": round(min(merged_s) / min(recorded_s), 3),
             "merged_s": [round(s, 1) for s in merged_s], "recorded_s": [round(s, 1) for s in recorded_s],

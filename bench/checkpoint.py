@@ -50,13 +50,10 @@ from bench._common import STABLE_MALLOC, bench_dtypes, peak_rss_mb, report
 from bench.gptq_presets import windows
 from bench.peers import HERE, environment, exported_windows
 from engine import ModelSpec, load_model
-from engine.export import CheckpointWriter, save_quantized
-from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_perplexity
-from engine.models.builtin import cached_checkpoint
-from engine.models.weight_cache import cache_root
+from engine.export import CheckpointWriter, dequantized_layers, largest_weight_difference, reloaded_perplexity, save_quantized
+from engine.models import cache_root, cached_checkpoint
 from engine.quant import PRESETS, Calibrated, Quantization, perplexity, quantize, quantized
-from engine.stats import HessianSpec
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, collect_hessians
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = PRESETS["W4 g128 GPTQ"]  # llm-compressor's GPTQModifier W4A16

@@ -28,8 +28,7 @@ from bench._common import RESULTS, report
 from bench.gptq_presets import WIKITEXT, quantized_perplexity
 from engine import ModelSpec, load_model
 from engine.quant import PRESETS, Calibrated, Quantization, evaluation_windows, perplexity, quantize
-from engine.sampling import GptqWindowsSpec, build
-from engine.sampling.recipes import rows_dataset
+from engine.sampling import GptqWindowsSpec, build, rows_dataset
 from engine.stats import StatsSpec, collect
 
 CALIBRATED = {"FP8 W8A8 static": ("minmax", "percentile", "mse", "entropy"),

@@ -15,13 +15,9 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 from bench._common import report
 from engine import ModelSpec, load_model
-from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, quantize
-from engine.quant.apply import quantized
-from engine.quant.perplexity import evaluation_windows, perplexity
-from engine.sampling import GptqWindowsSpec, build
-from engine.sampling.recipes import rows_dataset
-from engine.stats.hessian_report import collect_hessians
-from engine.stats.specs import HessianSpec
+from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, evaluation_windows, perplexity, quantize, quantized
+from engine.sampling import GptqWindowsSpec, build, rows_dataset
+from engine.stats import HessianSpec, collect_hessians
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
 SCHEMES = ["W4 g128 RTN", "W4 g128 GPTQ", "W4 g128 GPTQ (gptqmodel)", "W4 g128 GPTQ (gptq-reference)"]

@@ -18,8 +18,7 @@ import time
 from bench._common import bench_dtypes, report, sized_run
 from bench.stats_overhead import calibration_set, forward_all
 from engine import ModelSpec, load_model
-from engine.stats import HessianSpec
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, collect_hessians
 
 BATCH = 8
 GOAL = 1.5

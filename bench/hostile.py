@@ -342,7 +342,7 @@ def bench(work: Path) -> None:
     (canary / "secret.txt").write_text((SECRET + "\n\n") * 200)
     files = payloads(work / "payloads")
     folders = {"space": work / "space", "gradio": work / "gradio", "hf": work / "hf"}
-    from engine.models.weight_cache import cache_root
+    from engine.models import cache_root
 
     roots = [folders["space"], folders["gradio"], folders["hf"], cache_root()]
     cached = sum(tree_bytes(root) for root in roots if root.exists())

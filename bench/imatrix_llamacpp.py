@@ -27,15 +27,23 @@ from pathlib import Path
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
-from bench import _llamacpp
 from bench._common import RESULTS, report
+from bench._llamacpp import build as build_llama_cpp
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.errors import CalibscopeError
-from engine.imatrix import collect_imatrix, llama_text_set, read_imatrix, write_imatrix
-from engine.imatrix.compare import compare_imatrices
-from engine.imatrix.llamacpp import perplexity, quantize, run_tool
-from engine.imatrix.text import llama_file_text
-from engine.models.weight_cache import cache_root
+from engine.imatrix import (
+    LLAMA_CPP_SDIST,
+    collect_imatrix,
+    compare_imatrices,
+    llama_file_text,
+    llama_perplexity,
+    llama_quantize,
+    llama_text_set,
+    read_imatrix,
+    run_tool,
+    write_imatrix,
+)
+from engine.models import cache_root
 from engine.sampling import build, spec_for
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
@@ -108,14 +116,14 @@ def budget_set(loaded, corpus, strategy: str, tokens: int, length: int):
 def quantized_perplexity(model: Path, imatrix: Path | None, kind: str, held_out: Path, chunks: int, work: Path) -> float | str:
     target = work / f"q-{kind}-{imatrix.stem if imatrix else 'none'}.gguf"
     try:
-        quantize(model, target, kind, imatrix)
+        llama_quantize(model, target, kind, imatrix)
     except CalibscopeError as error:
         refused = re.search(r"(Missing importance matrix|requires an importance matrix|without an importance matrix)", str(error))
         if refused:
             return "refused"
         raise
     try:
-        return perplexity(target, held_out, chunks)
+        return llama_perplexity(target, held_out, chunks)
     finally:
         target.unlink(missing_ok=True)
 
@@ -128,7 +136,7 @@ def main() -> None:
     parser.add_argument("--check-only", action="store_true", help="only the channel-by-channel check, no quantization")
     args = parser.parse_args()
 
-    _llamacpp.build()
+    build_llama_cpp()
     work = cache_root() / "bench" / "imatrix_llamacpp"
     work.mkdir(parents=True, exist_ok=True)
     model = f32_gguf(work)
@@ -176,7 +184,7 @@ def main() -> None:
                 value = quantized_perplexity(model, path, kind, held_out, args.eval_chunks, work)
                 rows.append({"type": kind, "imatrix": label, "perplexity": value})
                 print(rows[-1], flush=True)
-        rows.append({"type": "F32", "imatrix": "-", "perplexity": perplexity(model, held_out, args.eval_chunks)})
+        rows.append({"type": "F32", "imatrix": "-", "perplexity": llama_perplexity(model, held_out, args.eval_chunks)})
         import pandas as pd
 
         frame = pd.DataFrame(rows)
@@ -194,7 +202,7 @@ def main() -> None:
            reused=reused, tokens_identical=identical, checks={str(k): v for k, v in checks.items()},
            seconds={k: None if v is None else round(v, 1) for k, v in seconds.items()},
            calibration_tokens=budget, eval_chunks=args.eval_chunks, perplexities=rows,
-           llama_cpp=_llamacpp.SDIST)
+           llama_cpp=LLAMA_CPP_SDIST)
 
 
 if __name__ == "__main__":

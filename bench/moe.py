@@ -29,13 +29,20 @@ import pandas as pd
 from bench._common import QUICK_RESULTS, RESULTS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
-from engine.models import moefied
-from engine.quant import PRESETS, Calibrated, evaluation_windows, perplexity, quantize, quantized
-from engine.quant.specs import ExpertCalibration, ExpertFallback, ExpertPolicy
+from engine.models import MOEFIED, MOEFIED_DENSE, MOEFIED_DESCRIPTION
+from engine.quant import (
+    PRESETS,
+    Calibrated,
+    ExpertCalibration,
+    ExpertFallback,
+    ExpertPolicy,
+    evaluation_windows,
+    perplexity,
+    quantize,
+    quantized,
+)
 from engine.sampling import build, spec_for
-from engine.stats import HessianSpec
-from engine.stats.experts import ExpertSpec, collect_expert_stats
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import ExpertSpec, HessianSpec, collect_expert_stats, collect_hessians
 
 SCHEME = "W4 g128 GPTQ"
 POLICIES = {
@@ -99,12 +106,12 @@ def main() -> None:
     seeds, counts, windows = ((1, (8,), 2) if args.quick
                               else (args.seeds, tuple(int(c) for c in args.counts.split(",")), args.windows))
     coverage_counts = (8,) if args.quick else tuple(int(c) for c in args.coverage_counts.split(","))
-    loaded = load_model(ModelSpec(moefied.NAME))
+    loaded = load_model(ModelSpec(MOEFIED))
     reused = {"moefication fit": "the experts' split and routers from the cache (made once, keyed by the builtin "
                                  "weights; the same fit a cold run makes)"} if loaded.info.from_cache else {}
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 256, windows, "wikitext-2 held-out")
     moe_float = perplexity(loaded, evaluation)
-    dense = load_model(ModelSpec(moefied.DENSE, dtype=loaded.info.dtype))
+    dense = load_model(ModelSpec(MOEFIED_DENSE, dtype=loaded.info.dtype))
     dense_float = perplexity(dense, evaluation)
     del dense
     corpus = calibration_corpus("mixed")
@@ -130,7 +137,7 @@ def main() -> None:
     report("moe", "the expert policy of lowest mean perplexity per sample count (W4 g128 GPTQ)",
            {int(n): policy for n, (_, policy) in best.items()}, "measured, not a target", True,
            dtype=loaded.info.dtype, device=loaded.info.device, reused=reused, quick=args.quick,
-           float_perplexity={"dense": dense_float, "moe": moe_float}, model=moefied.DESCRIPTION,
+           float_perplexity={"dense": dense_float, "moe": moe_float}, model=MOEFIED_DESCRIPTION,
            perplexity={f"n={n} {p}": row["mean"] for (n, p), row in table.iterrows()},
            starving={f"n={n}": row.to_dict() for n, row in starved.iterrows()},
            reach={f"n={n} {s}": row.to_dict() for (n, s), row in reach_table.iterrows()},

@@ -78,21 +78,23 @@ from safetensors.torch import load_file
 from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from engine import ModelSpec, load_model
-from engine.export import ExportFormat, save_calibration_set
-from engine.export.verify import changed_floats, dequantized_layers, input_quantizers
-from engine.models.builtin import cached_checkpoint
-from engine.models.weight_cache import cache_root
-from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, quantize
-from engine.quant.apply import QuantizedModel
-from engine.quant.awq_pass import awq_scaling
-from engine.quant.inputs import Fp8Inputs
-from engine.quant.mappings import gain_offset
-from engine.quant.perplexity import perplexity
-from engine.quant.plan import quantizable_layers
-from engine.quant.ranges import entropy_clip
-from engine.stats import StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
-from engine.stats.specs import HessianSpec
+from engine.export import ExportFormat, changed_floats, dequantized_layers, input_quantizers, save_calibration_set
+from engine.models import cache_root, cached_checkpoint
+from engine.quant import (
+    PRESETS,
+    Calibrated,
+    Fp8Inputs,
+    Quantization,
+    QuantizedModel,
+    QuantSpec,
+    awq_scaling,
+    entropy_clip,
+    gain_offset,
+    perplexity,
+    quantizable_layers,
+    quantize,
+)
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
 ENVIRONMENTS = {"llmcompressor": ["llmcompressor==0.14.0.1"],
                 "gptqmodel": ["gptqmodel==7.3.6", "optimum==2.3.0", "requests"],

@@ -19,11 +19,10 @@ import time
 from bench._common import report
 from bench.stats_overhead import WIKITEXT
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
-from engine.corpus.documents import column
+from engine.corpus import column
 from engine.quant import PRESETS, Calibrated, evaluate, evaluation_windows, perplexity
 from engine.sampling import GptqWindowsSpec, build
-from engine.stats import HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
 SCHEMES = ("W4 g128 RTN", "W4 g128 GPTQ", "W3 g128 RTN", "W3 g128 GPTQ",
            "W8A8 static (min/max)", "W8A8 static (p99.99)", "W8A8 static (MSE)")

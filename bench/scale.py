@@ -42,8 +42,7 @@ from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.export import CheckpointWriter, save_quantized
 from engine.quant import PRESETS, Calibrated, ExpertPolicy, Quantization, quantize
 from engine.sampling import PackedSpec, build
-from engine.stats import HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
 ROOT = Path(__file__).resolve().parents[1]
 GPTQ = PRESETS["W4 g128 GPTQ"]

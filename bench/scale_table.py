@@ -13,13 +13,10 @@ import torch
 from bench._checkpoints import SHAPES, config_for
 from bench._common import report, timed
 from engine import CorpusSpec, load_corpus
-from engine.models import from_model
-from engine.models.offload import ResidentWeights
-from engine.models.tiny import byte_tokenizer
+from engine.models import ResidentWeights, byte_tokenizer, from_model
 from engine.quant import PRESETS, Calibrated, quantize
 from engine.sampling import CalibrationSet, PackedSpec, build
-from engine.stats import HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
 GIB = 2**30
 

@@ -25,8 +25,8 @@ import pandas as pd
 from bench._common import RESULTS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
-from engine.corpus.documents import column
-from engine.experiments.compare import ComparisonSpec, compare, summarize
+from engine.corpus import column
+from engine.experiments import ComparisonSpec, compare, summarize
 from engine.quant import evaluation_windows
 
 

@@ -22,12 +22,11 @@ import numpy as np
 from bench._common import bench_dtypes, report, sized_run
 from bench.stats_overhead import calibration_set, timed
 from engine import ModelSpec, load_model
-from engine.experiments.sweep import SweepSpec, sweep
+from engine.experiments import SweepSpec, sweep
 from engine.hooks import Side, select_layers
-from engine.models.layers import LAYER_KINDS
+from engine.models import LAYER_KINDS
 from engine.runner import PassRequest, run_pass
-from engine.stats.accumulators import ActivationAccumulator
-from engine.stats.hessian import HessianAccumulator
+from engine.stats import ActivationAccumulator, HessianAccumulator
 
 GOAL = 1.15
 

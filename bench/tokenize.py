@@ -28,8 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 from bench._common import report
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
-from engine.sampling import LengthStratifiedSpec, build
-from engine.sampling.specs import DEFAULT_EDGES
+from engine.sampling import DEFAULT_EDGES, LengthStratifiedSpec, build
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test" / "wiki.test.raw"
 NSAMPLES = 128

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.errors import CalibscopeError
-from engine.models.layers import ExpertsLayer, LayerKind, LinearLayer, find_linear_layers
+from engine.models import ExpertsLayer, LayerKind, LinearLayer, find_linear_layers
 
 Observer = Callable[..., None]  # (tensor) for inputs and outputs; (hidden_states, top_k_index, top_k_weights) for ROUTED
 

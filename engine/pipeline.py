@@ -16,26 +16,26 @@ from engine.atomic import write_file
 from engine.config_schema import schema_of, spec_from, validate, within
 from engine.corpus import load_corpus
 from engine.errors import CalibscopeError, SpecError
-from engine.experiments.compare import ComparisonSpec
-from engine.experiments.evaluations import EvaluationCache
-from engine.experiments.runs import ComparisonRun, EvaluationSpec, QuantRun, as_json, comparison_run_from, quant_run_from
-from engine.export import ExportFormat, save_calibration_set
-from engine.export.checkpoint import CheckpointFormat
+from engine.experiments import (
+    ComparisonRun,
+    ComparisonSpec,
+    EvaluationCache,
+    EvaluationSpec,
+    QuantRun,
+    comparison_run_from,
+    quant_run_from,
+    run_as_json,
+)
+from engine.export import CheckpointFormat, ExportFormat, save_calibration_set
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant import ActivationSpec, AwqSpec, Calibrated, ExpertPolicy, Sensitivity, WeightSpec
 from engine.run_report import run_report
 from engine.runner import distributed
-from engine.sampling import SamplingSpec, Strategy, build, entry
-from engine.sampling.specs import LEGACY_LENGTH_NAMES, SuppliedSpec
-from engine.sampling.supplied import supplied_set
+from engine.sampling import LEGACY_LENGTH_NAMES, SamplingSpec, Strategy, SuppliedSpec, build, entry, supplied_set
 from engine.specs import CorpusSpec, ModelSpec, choice
-from engine.stats import StatsSpec, collect
-from engine.stats.collect import memory_plan as stats_plan
-from engine.stats.hessian_report import collect_hessians
-from engine.stats.hessian_report import memory_plan as hessian_plan
-from engine.stats.specs import HessianSpec
+from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians, hessian_memory_plan, stats_memory_plan
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,12 @@ def run(config: RunConfig, progress: Progress = no_progress, log: Callable[[str]
                                                       config.export_format)
     stats = hessians = None
     if config.stats is not None:
-        log(f"Statistics: {stats_plan(loaded, calibration, config.stats).summary()}")
+        log(f"Statistics: {stats_memory_plan(loaded, calibration, config.stats).summary()}")
         stats = collect(loaded, calibration, config.stats, labelled(scaled(progress, 0.2, 0.6), "Statistics"))
         if writer:
             written["statistics"] = stats.save(config.output / "statistics")
     if config.hessians is not None:
-        log(f"Hessians: {hessian_plan(loaded, calibration, config.hessians).summary()}")
+        log(f"Hessians: {hessian_memory_plan(loaded, calibration, config.hessians).summary()}")
         hessians = collect_hessians(loaded, calibration, config.hessians, labelled(scaled(progress, 0.6, 0.95), "Hessians"))
         if writer:
             written["hessians"] = hessians.save(config.output / "hessians")
@@ -254,7 +254,7 @@ def config_as_json(config: RunConfig) -> dict:
         if getattr(config, name) is not None:
             data[name] = dataclasses.asdict(getattr(config, name))
     if config.quantize:
-        data["quantize"] = [as_json(run) for run in config.quantize]
+        data["quantize"] = [run_as_json(run) for run in config.quantize]
     if config.compare is not None:
-        data["compare"] = as_json(config.compare)
+        data["compare"] = run_as_json(config.compare)
     return json.loads(json.dumps(data))

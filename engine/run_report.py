@@ -9,26 +9,27 @@ from collections.abc import Sequence
 import pandas as pd
 
 from engine.corpus import corpus_summary
-from engine.experiments.compare import summarize
+from engine.experiments import summarize
 from engine.figures import (
     bucket_bars,
     channel_heatmap,
+    comparison_bars,
     diagonal_heatmap,
     hessian_depth,
     layer_distributions,
     length_histogram,
     outlier_table,
+    perplexity_runs,
     ranges_across_depth,
+    run_label,
+    sensitivity_depth,
+    short_name,
 )
-from engine.figures.quant import perplexity_runs, run_label, sensitivity_depth
-from engine.figures.selection import comparison_bars
-from engine.figures.stats import short_name
 from engine.html_report import Section, render, section
 from engine.models import ModelInfo
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
-from engine.stats import StatsReport
-from engine.stats.hessian_report import HessianReport
+from engine.stats import HessianReport, StatsReport
 
 # The report's heatmaps pool channels to this many columns (max per run): the dashboard has every channel.
 REPORT_COLUMNS = 256

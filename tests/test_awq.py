@@ -24,7 +24,7 @@ from engine.models.tiny import byte_tokenizer
 from engine.quant import PRESETS, Calibrated, QuantSpec, WeightSpec, awq_pass, perplexity, quantize, quantized
 from engine.quant.apply import QuantizedModel
 from engine.quant.awq import best_clips, grid_points, group_blocks, weight_means
-from engine.quant.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls
+from engine.quant.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls, search_awq_scaling
 from engine.quant.plan import quantizable_layers
 from engine.quant.scaling import float_change
 from engine.quant.specs import ActivationSpec, AwqScaling, AwqSpec
@@ -287,10 +287,10 @@ def test_merging_the_mlp_calls_changes_no_choice(model, calibration, monkeypatch
         was_merged.append(result[0] is not calls)
         return result
     monkeypatch.setattr(awq_pass, "merged_calls", recording)
-    merged = awq_pass._awq_scaling(model, calibration, spec, layers, awq_pass.no_progress)
+    merged = search_awq_scaling(model, calibration, spec, layers)
     assert was_merged == [False, True] * 2  # per block: the attention (called with keywords), the MLP
-    monkeypatch.setattr(awq_pass, "merged_calls", lambda parent, calls, targets, masks: (calls, targets, masks))
-    recorded = awq_pass._awq_scaling(model, calibration, spec, layers, awq_pass.no_progress)
+    recorded = search_awq_scaling(model, calibration, spec, layers, merge_calls=False)
+    assert was_merged == [False, True] * 2  # merge_calls=False: merged_calls is not called at all
     assert merged.mappings["grid_index"].tolist() == recorded.mappings["grid_index"].tolist()
     for source, losses in recorded.losses.items():
         measured = ~torch.isnan(losses) & ~torch.isnan(merged.losses[source])

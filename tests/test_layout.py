@@ -1,5 +1,7 @@
-"""The layout rules the code promises, read from the source: who may import whom, closed vocabularies
-compared as enums, handlers with few positional parameters; and ruff's rules (pyproject.toml) hold."""
+"""The layout rules the code promises, read from the source: who may import whom (the import-linter
+contracts in pyproject.toml), the engine used through its package fronts and never through private
+names, closed vocabularies compared as enums, handlers with few positional parameters; and ruff's
+rules (pyproject.toml) hold."""
 from __future__ import annotations
 
 import ast
@@ -16,53 +18,108 @@ import pytest
 import engine
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ("engine", "ui", "bench")
 
 
 def sources(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
-def runtime_imports(path: Path) -> set[str]:
-    """Modules a file imports when it runs (imports under ``if TYPE_CHECKING:`` are for annotations only)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    type_only = {id(node) for branch in ast.walk(tree) if isinstance(branch, ast.If)
-                 and getattr(branch.test, "id", getattr(branch.test, "attr", "")) == "TYPE_CHECKING"
-                 for node in ast.walk(branch)}
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
+def test_import_contracts_hold():
+    """The layers of the README's map and the imports it forbids, stated as import-linter contracts
+    ([tool.importlinter] in pyproject.toml): the benchmarks over the dashboard over the engine, the
+    engine's packages in the order data flows, no gradio in the engine, tabs that do not import each
+    other."""
+    run = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout, run.stdout
+
+
+def is_package(name: str) -> bool:
+    return (ROOT / Path(*name.split(".")) / "__init__.py").is_file()
+
+
+def is_module(name: str) -> bool:
+    return is_package(name) or (ROOT / Path(*name.split("."))).with_suffix(".py").is_file()
+
+
+def front_offenders(path: Path) -> list[str]:
+    """Imports of ``path`` that reach past a package front of the engine: ``engine.<package>.<module>``,
+    or a name ``engine.<package>`` does not export (its ``__all__``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
+            modules = [(alias.name, ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [(node.module, tuple(alias.name for alias in node.names))]
+        else:
+            continue
+        for module, names in modules:
+            parts = module.split(".")
+            if parts[0] != "engine" or len(parts) == 1:
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if len(parts) > 2:
+                found.append(f"{where} imports {module}")
+            elif is_package(module):
+                exported = importlib.import_module(module).__all__
+                found += [f"{where} imports {name} from {module}, which does not export it" for name in names
+                          if name not in exported]
     return found
 
 
-def imports_under(folder: str) -> dict[str, set[str]]:
-    return {str(path.relative_to(ROOT)): runtime_imports(path) for path in sources(folder)}
+def test_the_dashboard_and_the_benchmarks_use_the_engine_through_its_package_fronts():
+    """``from engine.stats import collect_hessians``, never ``from engine.stats.hessian_report import ...``:
+    each engine package's ``__init__`` is what the rest may use (top-level modules such as
+    ``engine.errors`` are their own front)."""
+    files = [*sources("ui"), *sources("bench"), ROOT / "app.py"]
+    assert [hit for path in files for hit in front_offenders(path)] == []
 
 
-def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{name} imports {module}" for name, modules in imports_under(folder).items() for module in modules
-            if module.startswith(forbidden)]
+def test_package_fronts_only_re_export():
+    """An ``__init__.py`` holds a docstring, imports and ``__all__``: the logic lives in named modules."""
+    found = []
+    for path in [*sources("engine"), *sources("ui")]:
+        if path.name != "__init__.py":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            exports = isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["__all__"]
+            if not (docstring or exports or isinstance(node, (ast.Import, ast.ImportFrom))):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {type(node).__name__}")
+    assert found == []
 
 
-def test_the_engine_never_imports_the_dashboard():
-    assert offenders("engine", ("gradio", "ui")) == []
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
-def test_sampling_runs_before_any_pass_and_does_not_import_statistics():
-    assert offenders("engine/sampling", ("engine.stats", "engine.runner", "engine.experiments")) == []
+def private_offenders(path: Path) -> list[str]:
+    """Private names ``path`` takes from another module of the project: imported (``from m import _x``),
+    read off an imported module (``m._x``), or a private module imported from outside its package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] in PROJECT:
+            where, parts = f"{path.relative_to(ROOT)}:{node.lineno}", node.module.split(".")
+            if any(private(part) and ".".join(parts[:number]) != package for number, part in enumerate(parts)):
+                found.append(f"{where} imports the private module {node.module}")
+            found += [f"{where} imports {alias.name} from {node.module}" for alias in node.names if private(alias.name)]
+            modules.update(alias.asname or alias.name for alias in node.names if is_module(f"{node.module}.{alias.name}"))
+        elif isinstance(node, ast.Import):
+            modules.update(alias.asname or alias.name.split(".")[0] for alias in node.names
+                           if alias.name.split(".")[0] in PROJECT)
+    found += [f"{path.relative_to(ROOT)}:{node.lineno} reads {node.value.id}.{node.attr}" for node in ast.walk(tree)
+              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+              and private(node.attr)]
+    return found
 
 
-def test_figures_import_result_types_only():
-    assert offenders("engine/figures", ("engine.experiments", "engine.runner", "ui")) == []
-
-
-def test_tabs_do_not_import_each_other():
-    tabs = imports_under("ui/tabs")
-    assert [f"{name} imports {m}" for name, modules in tabs.items() for m in modules if m.startswith("ui.tabs")] == []
+def test_private_names_stay_in_their_module():
+    files = [*sources("engine"), *sources("ui"), *sources("bench"), ROOT / "app.py"]
+    assert [hit for path in files for hit in private_offenders(path)] == []
 
 
 def closed_vocabulary() -> set[str]:

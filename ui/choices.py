@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from engine.corpus import HUB_RECIPES
-from engine.models import TINY_MODELS, available_builtin_models, moefied
+from engine.models import MOEFIED, MOEFIED_DENSE, TINY_MODELS, available_builtin_models
 from engine.specs import DEVICES, BuiltinCorpus, CorpusKind, DType, Split, labels
 
 DEFAULT_MODEL = "builtin:gemma-3-270m"
@@ -16,7 +16,7 @@ def model_choices() -> list[str]:
     """Builtin models installed here (and the MoE made from the builtin Gemma), then the instant tiny
     models; any hub id may be typed too."""
     builtin = available_builtin_models()
-    return [*builtin, *([moefied.NAME] if moefied.DENSE in builtin else []), *TINY_MODELS]
+    return [*builtin, *([MOEFIED] if MOEFIED_DENSE in builtin else []), *TINY_MODELS]
 
 
 def default_model() -> str:

@@ -67,7 +67,7 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def show(args: argparse.Namespace) -> None:
-    from engine.figures.imatrix import concentration
+    from engine.figures import concentration
     from engine.imatrix import read_imatrix
 
     imatrix = read_imatrix(args.file, args.chunk_size)
@@ -82,8 +82,7 @@ def show(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     from engine.errors import CalibscopeError
-    from engine.imatrix import read_imatrix
-    from engine.imatrix.compare import compare_imatrices
+    from engine.imatrix import compare_imatrices, read_imatrix
 
     table = compare_imatrices(read_imatrix(args.first, args.chunk_size), read_imatrix(args.second, args.chunk_size))
     if not len(table):

@@ -73,7 +73,7 @@ def upload_folder() -> Path:
 
 def written_folders(work: Path) -> list[Path]:
     """Every folder the app writes to, for the disk quota."""
-    from engine.models.weight_cache import cache_root
+    from engine.models import cache_root
 
     home = Path.home() / ".cache" / "huggingface"
     hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", home)) / "hub")

@@ -10,14 +10,12 @@ import datasets
 import pandas as pd
 
 from engine.errors import CalibscopeError
-from engine.experiments import SweepResult
-from engine.experiments.runs import ComparisonRun
+from engine.experiments import ComparisonRun, SweepResult
 from engine.imatrix import Imatrix
 from engine.quant import Calibrated, QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
-from engine.stats import HessianSpec, Precision, StatsReport, StatsSpec, Storage
-from engine.stats.hessian_report import HessianReport, spec_record
+from engine.stats import HessianReport, HessianSpec, Precision, StatsReport, StatsSpec, Storage, spec_record
 from ui.exports import ExportFolder
 
 MAKES = {

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import CalibscopeError, OverBudget
-from engine.guard import DecodedCount, ReadLimits
-from engine.guard.isolated import run_isolated
+from engine.guard import DecodedCount, ReadLimits, run_isolated
 
 BATCH_BYTES = 16 * 2**20  # the most one decoded batch of parquet rows may take
 # pyarrow's default allocator (jemalloc) reserves address space in large steps, so a capped worker

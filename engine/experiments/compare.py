@@ -27,8 +27,7 @@ from engine.quant import (
     quantized,
 )
 from engine.sampling import Strategy, build, entry, spec_for
-from engine.stats import Diagnostics, HessianSpec, StatsSpec, collect
-from engine.stats.hessian_report import collect_hessians
+from engine.stats import Diagnostics, HessianSpec, StatsSpec, collect, collect_hessians
 
 # Windows and packed blocks are recipes for a length, not selections among documents.
 COMPARED = (Strategy.RANDOM, Strategy.LENGTH_STRATIFIED, Strategy.EMBEDDING_CLUSTERS, Strategy.ACTIVATION_CLUSTERS,

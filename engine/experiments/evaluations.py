@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.corpus import load_corpus
-from engine.corpus.documents import column
+from engine.corpus import column, load_corpus
 from engine.errors import CalibscopeError
 from engine.experiments.cache import ResultCache
 from engine.models import LoadedModel

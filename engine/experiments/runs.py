@@ -13,8 +13,7 @@ import pandas as pd
 from engine.errors import SpecError
 from engine.experiments.compare import ComparisonSpec, compare
 from engine.experiments.evaluations import HELD_OUT_LABELS, UPLOADED, EvaluationCache, held_out_name
-from engine.export.checkpoint import CheckpointFormat, CheckpointSummary, CheckpointWriter, save_quantized
-from engine.export.checkpoint import refusal as checkpoint_refusal
+from engine.export import CheckpointFormat, CheckpointSummary, CheckpointWriter, checkpoint_refusal, save_quantized
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import (

@@ -29,15 +29,12 @@ import torch
 
 from engine.errors import SpecError
 from engine.hooks import Side, select_layers
-from engine.models import LoadedModel
-from engine.models.layers import LAYER_KINDS, LayerKind, block_of
+from engine.models import LAYER_KINDS, LayerKind, LoadedModel, block_of
 from engine.progress import Progress, no_progress
 from engine.runner import Execution, FinishedBlock, PassRequest, run_pass
 from engine.sampling import CalibrationSet
 from engine.specs import choice
-from engine.stats.hessian_report import hessian_megabytes
-from engine.stats.prefixes import PrefixAccumulator, prefix_buckets
-from engine.stats.specs import layer_kinds
+from engine.stats import PrefixAccumulator, hessian_megabytes, layer_kinds, prefix_buckets
 
 SNAPSHOT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 

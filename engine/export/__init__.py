@@ -1,5 +1,5 @@
 """What calibscope writes for other tools: calibration sets (``calibration``) and quantized
-checkpoints (``checkpoint``: compressed-tensors and GPTQ)."""
+checkpoints (``checkpoint``: compressed-tensors and GPTQ), and what reads them back (``verify``)."""
 from engine.export.calibration import (
     MANIFEST,
     ExportFormat,
@@ -16,6 +16,16 @@ from engine.export.checkpoint import (
     checkpoint_format,
     save_quantized,
 )
+from engine.export.checkpoint import refusal as checkpoint_refusal
+from engine.export.experts import simulated_layers
+from engine.export.size import estimated_checkpoint_bytes
+from engine.export.verify import (
+    changed_floats,
+    dequantized_layers,
+    input_quantizers,
+    largest_weight_difference,
+    reloaded_perplexity,
+)
 
 __all__ = [
     "MANIFEST",
@@ -24,10 +34,18 @@ __all__ = [
     "CheckpointWriter",
     "ExportFormat",
     "calibration_dataset",
+    "changed_floats",
     "checkpoint_format",
+    "checkpoint_refusal",
+    "dequantized_layers",
+    "estimated_checkpoint_bytes",
     "export_format",
+    "input_quantizers",
+    "largest_weight_difference",
     "load_calibration_export",
     "optimum_samples",
+    "reloaded_perplexity",
     "save_calibration_set",
     "save_quantized",
+    "simulated_layers",
 ]

@@ -29,12 +29,8 @@ from engine.errors import ExportError, SpecError
 from engine.export import compressed, gptq_format
 from engine.export.experts import expert_linears
 from engine.export.shards import DEFAULT_SHARD_BYTES, ShardWriter
-from engine.models import LoadedModel
-from engine.models.layers import ExpertsLayer, find_experts
-from engine.models.offload import CheckpointWeights
-from engine.quant.apply import QuantizedModel
-from engine.quant.grid import IntWeight
-from engine.quant.specs import QuantSpec
+from engine.models import CheckpointWeights, ExpertsLayer, LoadedModel, find_experts
+from engine.quant import IntWeight, QuantizedModel, QuantSpec
 from engine.specs import choice
 
 PROVENANCE = "calibscope.json"

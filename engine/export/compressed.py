@@ -19,10 +19,18 @@ from compressed_tensors.compressors.format import infer_module_format
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme, QuantizationStatus
 
 from engine.errors import ExportError
-from engine.quant.floats import FloatWeight, NumberFormat
-from engine.quant.grid import Grid, IntWeight
-from engine.quant.inputs import Fp8Inputs, Nvfp4Inputs
-from engine.quant.specs import ActOrder, Granularity, QuantSpec, WeightMethod
+from engine.quant import (
+    ActOrder,
+    FloatWeight,
+    Fp8Inputs,
+    Granularity,
+    Grid,
+    IntWeight,
+    NumberFormat,
+    Nvfp4Inputs,
+    QuantSpec,
+    WeightMethod,
+)
 
 # What vLLM's compressed-tensors loader serves (vllm/model_executor/layers/quantization/compressed_tensors:
 # compressed_tensors.py's _get_scheme_from_parts, WNA16_SUPPORTED_TYPES_MAP; written down and checked in

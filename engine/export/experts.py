@@ -17,8 +17,8 @@ import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
 from engine.errors import ExportError
-from engine.models.layers import ExpertsLayer, find_experts
-from engine.quant.grid import IntWeight
+from engine.models import ExpertsLayer, find_experts
+from engine.quant import IntWeight
 
 REGEX = set("()[]?*^$\\|+{}")  # a renaming written as a pattern is not undone by a plain replace (none touch experts)
 QWEN_MOE = ("mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight", "mlp.experts.*.down_proj.weight")

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import ExportError
-from engine.quant.grid import IntWeight
-from engine.quant.specs import ActOrder, CholeskyFailure, QuantSpec, WeightMethod
+from engine.quant import ActOrder, CholeskyFailure, IntWeight, QuantSpec, WeightMethod
 
 PACKABLE_BITS = (2, 4, 8)
 SCALE_DTYPE = torch.float16

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import torch
 
-from engine.models.offload import INDEX, SINGLE
+from engine.models import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 DEFAULT_SHARD_BYTES = 2 * 2**30
 DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -126,13 +126,13 @@ class ShardWriter:
         one): the file names, in order."""
         self.flush()
         count = len(self.shards)
-        names = [SINGLE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        names = [SAFETENSORS_SINGLE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         for number, name in enumerate(names):
             os.replace(self.folder / self._temporary(number), self.folder / name)
         if count > 1:
             weight_map = {tensor: file for file, shard in zip(names, self.shards) for tensor in shard}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            (self.folder / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         return names
 
     @staticmethod

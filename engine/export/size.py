@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 from engine.models import LoadedModel
-from engine.quant.plan import quantizable_layers
-from engine.quant.specs import QuantSpec
+from engine.quant import QuantSpec, quantizable_layers
 
 SCALE_BYTES = 2  # scales and zero points are stored in 16 bits (fp16, bf16 or int)
 MARGIN = 1.02  # config, tokenizer and safetensors headers

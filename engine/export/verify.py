@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from engine.errors import ExportError
 from engine.export.checkpoint import CheckpointFormat
-from engine.models.offload import INDEX, SINGLE
+from engine.models import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 SUFFIXES = {CheckpointFormat.COMPRESSED_TENSORS: ".weight_scale", CheckpointFormat.GPTQ: ".qweight"}
 
@@ -32,11 +32,11 @@ def quantization_settings(folder: Path) -> tuple[CheckpointFormat, dict]:
 
 
 def _tensor_files(folder: Path) -> dict[str, str]:
-    if (folder / INDEX).is_file():
-        return json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
-    with safe_open(folder / SINGLE, "pt") as opened:
+    if (folder / SAFETENSORS_INDEX).is_file():
+        return json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))["weight_map"]
+    with safe_open(folder / SAFETENSORS_SINGLE, "pt") as opened:
         # safe_open has keys() but is neither iterable nor a container (SIM118's fix would raise)
-        return {key: SINGLE for key in opened.keys()}  # noqa: SIM118
+        return {key: SAFETENSORS_SINGLE for key in opened.keys()}  # noqa: SIM118
 
 
 def _layer_state(folder: Path, files: dict[str, str], layer: str) -> dict[str, torch.Tensor]:
@@ -141,8 +141,7 @@ def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, 
     where it loads the checkpoint, else its layers read back here (compressed-tensors' decompressor,
     or GPTQ unpacking) and swapped into ``loaded``."""
     from engine.models import from_model
-    from engine.quant import QuantizedModel, perplexity, quantized
-    from engine.quant.grid import rounds_scales
+    from engine.quant import QuantizedModel, perplexity, quantized, rounds_scales
 
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
@@ -184,9 +183,7 @@ def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:
 def input_quantizers(folder: Path) -> dict:
     """How each quantized layer's input is quantized, read from a compressed-tensors checkpoint: its
     config's input_activations and each layer's input scale (int, FP8) or global scale (NVFP4)."""
-    from engine.quant.floats import NumberFormat
-    from engine.quant.grid import Grid
-    from engine.quant.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
+    from engine.quant import Fp8Inputs, Grid, Mxfp4Inputs, NumberFormat, Nvfp4Inputs, TokenInputs
 
     folder = Path(folder)
     method, settings = quantization_settings(folder)

@@ -1,25 +1,31 @@
 """Pure plotly figure builders: results in, ``go.Figure`` out. No gradio, no I/O."""
 from engine.figures.attribution import attribution_html
 from engine.figures.calibration import bucket_bars, length_histogram
+from engine.figures.coverage import expert_token_heatmap, outlier_coverage
+from engine.figures.formats import format_ranges_across_depth
 from engine.figures.hessians import diagonal_heatmap, eigen_spectrum, hessian_depth
+from engine.figures.imatrix import (
+    channel_importance,
+    comparison_figure,
+    concentration,
+    concentration_heatmap,
+    expert_counts,
+    top_channels,
+)
+from engine.figures.quant import has_sensitivity, perplexity_runs, run_label, scheme_label, sensitivity_depth
+from engine.figures.selection import SWEEP_METRICS, comparison_bars, selection_scatter, sweep_curves
 from engine.figures.stats import (
-    channel_heatmap,
-    layer_channels,
-    layer_distributions,
-    outlier_table,
-    ranges_across_depth,
+           channel_heatmap,
+           layer_channels,
+           layer_distributions,
+           outlier_table,
+           ranges_across_depth,
+           short_name,
 )
 
-__all__ = [
-    "attribution_html",
-    "bucket_bars",
-    "channel_heatmap",
-    "diagonal_heatmap",
-    "eigen_spectrum",
-    "hessian_depth",
-    "layer_channels",
-    "layer_distributions",
-    "length_histogram",
-    "outlier_table",
-    "ranges_across_depth",
-]
+__all__ = ["SWEEP_METRICS", "attribution_html", "bucket_bars", "channel_heatmap", "channel_importance", "comparison_bars",
+           "comparison_figure", "concentration", "concentration_heatmap", "diagonal_heatmap", "eigen_spectrum",
+           "expert_counts", "expert_token_heatmap", "format_ranges_across_depth", "has_sensitivity", "hessian_depth",
+           "layer_channels", "layer_distributions", "length_histogram", "outlier_coverage", "outlier_table",
+           "perplexity_runs", "ranges_across_depth", "run_label", "scheme_label", "selection_scatter", "sensitivity_depth",
+           "short_name", "sweep_curves", "top_channels"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 
-from engine.stats.attribution import Attribution
+from engine.stats import Attribution
 
 
 def attribution_html(found: Attribution) -> str:

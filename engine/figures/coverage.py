@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.figures.style import CORPUS, SELECTED, log_axis, styled
-from engine.sampling.cover import Target
+from engine.sampling import Target
 
 UNDER = "#ef4444"
 

@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
 from engine.figures.style import ASKED, EDGE, SELECTED, log_axis, styled
-from engine.stats.blocks import FP8_NORMAL_RANGE
+from engine.stats import FP8_NORMAL_RANGE
 
 LINES = {  # column -> (legend, colour, dash)
     "fp8_percentile": ("FP8 range, p99.99", ASKED, "dot"),

@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
 from engine.figures.style import ASKED, SELECTED, log_axis, log_channel_grid, styled
-from engine.stats.hessian_report import HessianReport
+from engine.stats import HessianReport
 
 
 def _distinct(report: HessianReport):

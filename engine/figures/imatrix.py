@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from engine.figures.coverage import expert_token_heatmap
 from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
-from engine.imatrix.matrix import Imatrix, tensor_order
+from engine.imatrix import Imatrix, tensor_order
 
 
 def _block_and_kind(name: str) -> tuple[str, str]:

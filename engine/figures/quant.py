@@ -6,8 +6,7 @@ from plotly.subplots import make_subplots
 
 from engine.figures.stats import short_name
 from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
-from engine.quant import QuantReport
-from engine.quant.evaluate import ALL_AT_ONCE
+from engine.quant import ALL_AT_ONCE, QuantReport
 
 METRICS = {  # column -> (legend, colour, dash)
     "output_error": ("weights: relative output error (calibration tokens)", SELECTED, "solid"),

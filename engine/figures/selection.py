@@ -11,7 +11,7 @@ from engine.figures.style import ASKED, CORPUS, SELECTED, log_axis, styled
 from engine.sampling import Strategy
 
 if TYPE_CHECKING:  # the result type only: figures never run an experiment
-    from engine.experiments.sweep import SweepResult
+    from engine.experiments import SweepResult
 
 SWEEP_METRICS = {  # column -> (legend, colour)
     "absmax_change": ("|max| (= an int8 / FP8 static minmax scale)", SELECTED),

@@ -7,9 +7,7 @@ import plotly.graph_objects as go
 import torch
 
 from engine.figures.style import CORPUS, EDGE, SELECTED, log_axis, log_channel_grid, styled
-from engine.stats.accumulators import TENSOR_BINS
-from engine.stats.histogram import percentiles_from_counts
-from engine.stats.report import StatsReport, percentile_column
+from engine.stats import TENSOR_BINS, StatsReport, percentile_column, percentiles_from_counts
 
 PERCENTILE_COLOURS = ("#0ea5e9", "#14b8a6", "#f59e0b", "#ef4444")
 BOX_QUANTILES = (0.25, 0.5, 0.75, 0.999)

@@ -9,6 +9,7 @@ applies: every path allowed, no budgets beyond the memory actually free.
 """
 from engine.guard.context import LOCAL, Guard, ModelLimits, current, guarded
 from engine.guard.disk import DiskQuota, tree_bytes
+from engine.guard.isolated import run_isolated
 from engine.guard.memory import (
     MemoryBudget,
     Use,
@@ -23,4 +24,4 @@ from engine.guard.reading import DecodedCount, ReadLimits
 
 __all__ = ["LOCAL", "DecodedCount", "DiskQuota", "Guard", "MemoryBudget", "ModelLimits", "Policy", "ReadLimits", "Use",
            "current", "give_back_freed", "guarded", "held_bytes", "peak_resident_bytes", "resident_bytes",
-           "return_freed_memory_promptly", "tree_bytes"]
+           "return_freed_memory_promptly", "run_isolated", "tree_bytes"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from engine.hooks import TokenIndex
-from engine.stats.accumulators import all_reduce_count
+from engine.stats import all_reduce_count
 
 
 class SquareSumAccumulator:

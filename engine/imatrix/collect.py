@@ -13,8 +13,7 @@ from engine.imatrix.accumulator import SquareSumAccumulator
 from engine.imatrix.experts import RoutedSquareSums
 from engine.imatrix.matrix import Imatrix, ImatrixEntry
 from engine.imatrix.names import gguf_weight_names
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import find_experts, find_linear_layers
+from engine.models import LinearLayer, LoadedModel, find_experts, find_linear_layers
 from engine.progress import Progress, no_progress
 from engine.runner import Execution, PassRequest, run_pass
 from engine.sampling import CalibrationSet

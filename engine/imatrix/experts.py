@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from engine.models import ExpertsLayer
-from engine.stats.accumulators import all_reduce_count
+from engine.stats import all_reduce_count
 
 
 class RoutedSquareSums:

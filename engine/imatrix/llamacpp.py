@@ -25,7 +25,7 @@ from engine import guard
 from engine.errors import CalibscopeError
 from engine.imatrix.files import write_imatrix
 from engine.imatrix.matrix import Imatrix
-from engine.models.weight_cache import cache_root
+from engine.models import cache_root
 
 SDIST = "llama-cpp-python==0.3.36"  # vendors llama.cpp commit 0c1e570
 TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity", "llama-tokenize")
@@ -105,7 +105,7 @@ def gguf_key(name: str, revision: str | None) -> str:
 
 def float_gguf(loaded, threads: int = 2) -> Path:
     """The loaded model as a float GGUF llama-quantize takes, made once and cached."""
-    from engine.models.builtin import BUILTIN_MODELS
+    from engine.models import BUILTIN_MODELS
 
     name = loaded.info.name
     folder = root() / "models"

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.corpus.files import read_text_file
-from engine.sampling import CalibrationSet, LlamaChunksSpec, build
-from engine.sampling.recipes import rows_dataset
+from engine.corpus import read_text_file
+from engine.sampling import CalibrationSet, LlamaChunksSpec, build, rows_dataset
 
 MAX_TEXT_BYTES = 512 * 2**20
 

@@ -108,7 +108,7 @@ def moefied(model: nn.Module, fit: dict[str, torch.Tensor], top_k: int = TOP_K) 
 
 def _fit_tokens(tokenizer) -> torch.Tensor:
     """[FIT_WINDOWS, FIT_LENGTH] windows of the builtin mixed corpus's train split, each starting with BOS."""
-    from engine.corpus.builtin import builtin_documents
+    from engine.corpus import builtin_documents
 
     text = "\n\n".join(document for document, _ in builtin_documents("mixed", "train"))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: FIT_WINDOWS * (FIT_LENGTH - 1)]

@@ -4,11 +4,18 @@ activation quantization, SmoothQuant, AWQ, MoE experts; perplexity, sensitivity.
 One entry: ``quantize(loaded, Quantization(spec, ...), Calibrated(...))`` gives the plan and its
 per-layer table, ``evaluate`` the same plus perplexities; both check what the scheme needs once."""
 from engine.quant.apply import QuantizedModel, quantized
+from engine.quant.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.entry import quantize
-from engine.quant.evaluate import QuantReport, evaluate
-from engine.quant.floats import NumberFormat
+from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
+from engine.quant.floats import FloatWeight, NumberFormat
+from engine.quant.format_ranges import format_ranges
 from engine.quant.gptq import gptq
+from engine.quant.grid import Grid, IntWeight, rounds_scales
+from engine.quant.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
+from engine.quant.mappings import gain_offset
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
+from engine.quant.plan import quantizable_layers
+from engine.quant.ranges import entropy_clip
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.rtn import rtn
 from engine.quant.specs import (
@@ -18,6 +25,9 @@ from engine.quant.specs import (
     ActOrder,
     AwqScaling,
     AwqSpec,
+    CholeskyFailure,
+    ExpertCalibration,
+    ExpertFallback,
     ExpertPolicy,
     Granularity,
     QuantSpec,
@@ -26,7 +36,49 @@ from engine.quant.specs import (
     WeightSpec,
 )
 
-__all__ = ["DEFAULT_ACT_ORDER", "PRESETS", "ActOrder", "ActivationSpec", "AwqScaling", "AwqSpec", "Calibrated",
-           "EvaluationSet", "ExpertPolicy", "Granularity", "NumberFormat", "QuantReport", "QuantSpec", "Quantization",
-           "QuantizedModel", "RangeMethod", "Sensitivity", "WeightMethod", "WeightSpec", "evaluate", "evaluation_windows",
-           "gptq", "perplexity", "quantize", "quantized", "rtn"]
+__all__ = [
+    "ALL_AT_ONCE",
+    "DEFAULT_ACT_ORDER",
+    "PRESETS",
+    "ActOrder",
+    "ActivationSpec",
+    "AwqScaling",
+    "AwqSpec",
+    "Calibrated",
+    "CholeskyFailure",
+    "EvaluationSet",
+    "ExpertCalibration",
+    "ExpertFallback",
+    "ExpertPolicy",
+    "FloatWeight",
+    "Fp8Inputs",
+    "Granularity",
+    "Grid",
+    "IntWeight",
+    "Mxfp4Inputs",
+    "NumberFormat",
+    "Nvfp4Inputs",
+    "QuantReport",
+    "QuantSpec",
+    "Quantization",
+    "QuantizedModel",
+    "RangeMethod",
+    "Sensitivity",
+    "TokenInputs",
+    "WeightMethod",
+    "WeightSpec",
+    "awq_scaling",
+    "entropy_clip",
+    "evaluate",
+    "evaluation_windows",
+    "format_ranges",
+    "gain_offset",
+    "gptq",
+    "perplexity",
+    "quantizable_layers",
+    "quantize",
+    "quantized",
+    "rounds_scales",
+    "rtn",
+    "search_awq_scaling",
+]

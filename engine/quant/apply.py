@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.errors import CalibscopeError
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import LayerKind, find_linear_layers
+from engine.models import LayerKind, LinearLayer, LoadedModel, find_linear_layers
 from engine.quant.floats import FloatWeight
 from engine.quant.grid import IntWeight
 

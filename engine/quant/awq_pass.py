@@ -34,8 +34,7 @@ from torch import nn
 from engine.errors import CalibscopeError
 from engine.hooks import Side, block_prefix, decoder_blocks
 from engine.memo import OwnerMemo
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import block_of
+from engine.models import LinearLayer, LoadedModel, block_of
 from engine.progress import Progress, no_progress
 from engine.quant.apply import module_weight, original_weights, rescaled
 from engine.quant.awq import Losses, best_clips, clipped, group_blocks, search_scales
@@ -44,10 +43,9 @@ from engine.quant.measures import output_error
 from engine.quant.rtn import rtn_quantized
 from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
 from engine.quant.specs import AwqSpec, QuantSpec, WeightSpec
-from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass
-from engine.runner.blockwise import swapped
+from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass, swapped
 from engine.sampling import CalibrationSet
-from engine.stats.hessian import HessianAccumulator
+from engine.stats import HessianAccumulator
 
 RESULTS: OwnerMemo[AwqResult] = OwnerMemo(keep=4)  # per model: a run's AWQ made again for its checkpoint is not searched twice
 
@@ -250,7 +248,8 @@ class _Block:
                    if layer.name.startswith(mapping.parent + ".") and search.scaling.touches(layer.name)}
         with swapped(self.block, self.prefix, self.module_weights(touched)):
             targets = _outputs(parent, calls)
-            calls, targets, masks = merged_calls(parent, calls, targets, search.masks)
+            calls, targets, masks = (merged_calls(parent, calls, targets, search.masks) if search.merge_calls
+                                     else (calls, targets, search.masks))
         device = search.loaded.device
         elements = distributed_sum(torch.tensor(float(search.real_tokens * targets[0].shape[-1]), device=device))
         zero = torch.zeros((), device=device)
@@ -347,8 +346,8 @@ class _Search:
     """What the pass shares across blocks: the mappings, the recorded calls, the rescaling so far."""
 
     def __init__(self, loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
-                 batches: list[list[int]]) -> None:
-        self.loaded, self.spec, self.layers = loaded, spec, layers
+                 batches: list[list[int]], merge_calls: bool = True) -> None:
+        self.loaded, self.spec, self.layers, self.merge_calls = loaded, spec, layers, merge_calls
         self.by_name = {layer.name: layer for layer in layers}
         self.modules = dict(loaded.model.named_modules())
         self.blocks, self.prefix = decoder_blocks(loaded.model), block_prefix(loaded.model)
@@ -377,18 +376,21 @@ def awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpe
     """AWQ's rescaling of ``layers`` (the quantized ones) found on ``calibration`` for ``spec``
     (``spec.awq`` set); remembered per model for the same set and scheme."""
     key = (calibration.manifest.token_sha256, spec.awq, spec.weights, tuple(layer.name for layer in layers), distributed.world())
-    return RESULTS.get_or_compute(loaded.model, key, lambda: _awq_scaling(loaded, calibration, spec, layers, progress))
+    return RESULTS.get_or_compute(loaded.model, key, lambda: search_awq_scaling(loaded, calibration, spec, layers, progress))
 
 
-def _awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
-                 progress: Progress) -> AwqResult:
+def search_awq_scaling(loaded: LoadedModel, calibration: CalibrationSet, spec: QuantSpec, layers: list[LinearLayer],
+                       progress: Progress = no_progress, *, merge_calls: bool = True) -> AwqResult:
+    """AWQ's rescaling searched now, never remembered (``awq_scaling`` remembers it). ``merge_calls=False``
+    runs a token-wise parent's points on its calls as recorded rather than on their real tokens merged
+    (``merged_calls``): the search as it ran before merging (bench/awq_search.py compares the two)."""
     loaded.require_resident("AWQ")
     started = time.perf_counter()
     request = PassRequest(layers, (Side.INPUT,), InputSums, lambda layer: layer.in_features * (layer.in_features * 4 + 8),
                           batch_size=spec.awq.batch_size, batches=calibration.batch_indices(spec.awq.batch_size, by_length=True),
                           execution=Execution.BLOCKWISE)
     request, _ = fitted(loaded, calibration, request)  # the batches the pass runs: the search records those
-    search = _Search(loaded, calibration, spec, layers, request.batches)
+    search = _Search(loaded, calibration, spec, layers, request.batches, merge_calls)
     if not search.mappings:
         raise CalibscopeError("AWQ found no input it can rescale in these layers (no norm or Linear whose output only "
                               "quantized layers read); leave AWQ off for this model or name pattern.")

@@ -29,8 +29,7 @@ from engine.quant.request import Quantization
 from engine.quant.specs import ExpertCalibration, QuantSpec
 from engine.runner import Execution, FinishedBlock, run_pass
 from engine.sampling import CalibrationSet
-from engine.stats import hessian_report
-from engine.stats.experts import ExpertAccumulator, ExpertSpec, finished_report
+from engine.stats import ExpertAccumulator, ExpertSpec, finished_expert_report, hessian_request
 
 
 class _BlockHessians:
@@ -56,7 +55,7 @@ def _quantized_experts(block: FinishedBlock, finishing: ExpertSpec, spec: QuantS
              if isinstance(block.accumulators[key], ExpertAccumulator)]
     if not found:
         return
-    report = finished_report(found, finishing)
+    report = finished_expert_report(found, finishing)
     for accumulator in found:
         layer = accumulator.layer
         with loaded.lock:
@@ -112,7 +111,7 @@ def gptq_block_by_block(loaded: LoadedModel, calibration: CalibrationSet, quanti
             plan.expert_integers.update(block_plan.expert_integers)
         return {**block_plan.weights, **block_plan.experts}
 
-    request = hessian_report.request_for(list(layers.values()), hessians, after_block=quantize_block)
+    request = hessian_request(list(layers.values()), hessians, after_block=quantize_block)
     if experts:  # each expert's Hessians from the same pass, its block quantized with its layers
         request = replace(request, experts=tuple(experts), experts_factory=lambda layer, device: ExpertAccumulator(
             layer, len(calibration), device, hessians=True, all_tokens=spec.experts.needs_all_tokens,

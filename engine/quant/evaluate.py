@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from engine.errors import CalibscopeError
-from engine.models import LoadedModel
+from engine.models import LoadedModel, block_of
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.entry import quantize
@@ -18,7 +18,6 @@ from engine.quant.perplexity import EvaluationSet, perplexity
 from engine.quant.plan import quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import QuantSpec
-from engine.stats.report import block_of
 
 EVALUATION_BATCH = 4  # windows per forward when perplexities are measured
 

@@ -27,7 +27,7 @@ from engine.quant.grid import IntWeight
 from engine.quant.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.measures import output_error
 from engine.quant.specs import ExpertCalibration, ExpertFallback, ExpertPolicy, WeightMethod, WeightSpec
-from engine.stats.experts import ExpertReport
+from engine.stats import ExpertReport
 
 PARTS = ("gate_up", "down")  # a part's weights: gate_up_proj / down_proj [E, out, in]
 

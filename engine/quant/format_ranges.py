@@ -15,10 +15,15 @@ import torch
 from engine.hooks import Side
 from engine.quant.floats import NumberFormat
 from engine.quant.ranges import entropy_clip, mse_clip
-from engine.stats import StatsReport
-from engine.stats.accumulators import TENSOR_BINS
-from engine.stats.blocks import ANCHOR_FLOOR_RATIO, FP8_NORMAL_RANGE, block_percentile, headroom_amax
-from engine.stats.histogram import percentiles_from_counts
+from engine.stats import (
+    ANCHOR_FLOOR_RATIO,
+    FP8_NORMAL_RANGE,
+    TENSOR_BINS,
+    StatsReport,
+    block_percentile,
+    headroom_amax,
+    percentiles_from_counts,
+)
 
 PERCENTILE = 99.99
 

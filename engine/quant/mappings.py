@@ -27,10 +27,9 @@ from torch import nn
 
 from engine.errors import CalibscopeError
 from engine.hooks import StopForward, decoder_blocks, headless_forward
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import block_of, find_linear_layers
+from engine.models import LinearLayer, LoadedModel, block_of, find_linear_layers
 from engine.quant.apply import QuantizedModel, quantized
-from engine.runner.capture import BlockCall, capture_batch
+from engine.runner import BlockCall, capture_batch
 
 GAIN_OFFSETS = (0.0, 1.0)  # gain = weight (Llama, GPT-2 LayerNorm) or 1 + weight (Gemma)
 FLOAT32_TOLERANCE, HALF_TOLERANCE = 1e-3, 5e-2  # relative change that is rounding, not a broken identity

@@ -14,8 +14,8 @@ from engine.errors import CalibscopeError
 from engine.hooks import base_model
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
-from engine.runner.plan import batch_working_bytes
-from engine.sampling.tokens import inference_prefix
+from engine.runner import batch_working_bytes
+from engine.sampling import inference_prefix
 
 HEAD_CHUNK = 256  # tokens per LM-head call: Gemma's 262k-word vocabulary makes full logits ~1 MB per token
 CHARS_PER_TOKEN = 3  # a low estimate, so one tokenizer call usually covers what the windows need

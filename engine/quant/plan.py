@@ -12,8 +12,7 @@ import torch
 from engine import guard
 from engine.errors import CalibscopeError
 from engine.hooks import input_sharing, select_layers
-from engine.models import ExpertsLayer, LinearLayer, LoadedModel
-from engine.models.layers import LAYER_KINDS, find_experts
+from engine.models import LAYER_KINDS, ExpertsLayer, LinearLayer, LoadedModel, find_experts
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.awq_pass import awq_scaling
@@ -28,8 +27,7 @@ from engine.quant.request import Calibrated
 from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
-from engine.stats.experts import ExpertReport, ExpertSpec, collect_expert_stats
-from engine.stats.hessian_report import HessianReport
+from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:

@@ -11,9 +11,7 @@ from engine.errors import CalibscopeError, SpecError
 from engine.quant.floats import FP8_MAX, NumberFormat, round_fp8
 from engine.quant.grid import Grid, clip_grid, minmax_grid
 from engine.quant.specs import ActivationSpec, Granularity, RangeMethod
-from engine.stats.accumulators import TENSOR_BINS
-from engine.stats.blocks import bin_values, headroom_amax
-from engine.stats.histogram import LogBins, percentiles_from_counts
+from engine.stats import TENSOR_BINS, LogBins, bin_values, headroom_amax, percentiles_from_counts
 
 CANDIDATES = 256
 # entropy: ModelOpt's HistogramCalibrator defaults (2,048 linear bins; thresholds from bin 128 up)

@@ -21,8 +21,7 @@ from torch import nn
 
 from engine.errors import CalibscopeError
 from engine.hooks import Side, StopForward, base_model, block_prefix, decoder_blocks, observing
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import block_of
+from engine.models import LinearLayer, LoadedModel, block_of
 from engine.progress import Progress, no_progress, scaled
 from engine.runner import distributed
 from engine.runner.activations import ActivationStore, Location

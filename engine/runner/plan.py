@@ -21,9 +21,7 @@ import torch
 from engine import guard
 from engine.errors import CalibscopeError, OverBudget
 from engine.hooks import decoder_blocks
-from engine.models import LinearLayer, LoadedModel
-from engine.models.layers import block_of
-from engine.models.offload import available_bytes
+from engine.models import LinearLayer, LoadedModel, available_bytes, block_of
 from engine.runner.activations import Location
 from engine.sampling import CalibrationSet
 

@@ -8,8 +8,7 @@ from collections import defaultdict
 import torch
 
 from engine.hooks import headless_forward, observing, tap_key
-from engine.models import LoadedModel
-from engine.models.layers import block_of
+from engine.models import LoadedModel, block_of
 from engine.progress import Progress, no_progress
 from engine.runner import distributed
 from engine.runner.request import FinishedBlock, PassRequest, PassResult

@@ -17,8 +17,7 @@ import pandas as pd
 import torch
 
 from engine.hooks import Side, headless_forward, observing, routed_point
-from engine.models import LoadedModel
-from engine.models.layers import find_experts, find_linear_layers
+from engine.models import LoadedModel, find_experts, find_linear_layers
 from engine.progress import Progress, no_progress
 from engine.sampling.embeddings import right_padded
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine import guard
-from engine.corpus.tables import json_records, read_parquet
+from engine.corpus import json_records, read_parquet
 from engine.errors import OverBudget, SamplingError
 from engine.sampling import manifest as manifests
 from engine.sampling.calibration_set import CalibrationSet, Provenance

@@ -15,7 +15,7 @@ from enum import Enum
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from engine.corpus.documents import column
+from engine.corpus import column
 from engine.memo import OwnerMemo
 from engine.progress import Progress, no_progress
 from engine.sampling.manifest import corpus_fingerprint

@@ -24,8 +24,7 @@ import torch
 
 from engine.errors import CalibscopeError, SpecError
 from engine.hooks import TokenIndex
-from engine.models import ExpertsLayer, LoadedModel
-from engine.models.layers import find_experts
+from engine.models import ExpertsLayer, LoadedModel, find_experts
 from engine.progress import Progress, no_progress
 from engine.runner import Execution, FinishedBlock, PassRequest, run_pass
 from engine.sampling import CalibrationSet

@@ -11,7 +11,7 @@ import torch
 
 from engine.bundle import read_bundle, write_bundle
 from engine.hooks import Side, tap_key
-from engine.models.layers import block_of
+from engine.models import block_of
 from engine.stats.specs import StatsSpec
 
 TENSORS = "statistics.safetensors"

@@ -7,8 +7,8 @@ from enum import Enum
 
 from engine.errors import SpecError
 from engine.hooks import Side
-from engine.models.layers import LAYER_KINDS, LayerKind
-from engine.runner.plan import Execution
+from engine.models import LAYER_KINDS, LayerKind
+from engine.runner import Execution
 from engine.specs import choice
 
 

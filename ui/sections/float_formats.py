@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from engine.figures.formats import format_ranges_across_depth
-from engine.figures.stats import short_name
+from engine.figures import format_ranges_across_depth, short_name
 from engine.progress import Progress, no_progress
-from engine.quant.format_ranges import format_ranges
+from engine.quant import format_ranges
 from ui.context import AppContext
 from ui.state import Session
 from ui.tables import shown

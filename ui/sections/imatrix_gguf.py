@@ -9,9 +9,8 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import CalibscopeError
-from engine.experiments import HELD_OUT
-from engine.experiments.evaluations import held_out_texts
-from engine.imatrix.llamacpp import CONTEXT, HOW_TO_GET, TYPES, imatrix_gguf, tools_folder, write_held_out
+from engine.experiments import HELD_OUT, held_out_texts
+from engine.imatrix import GGUF_TYPES, LLAMA_CONTEXT, LLAMA_CPP_HOW_TO_GET, imatrix_gguf, tools_folder, write_held_out
 from engine.progress import Progress, no_progress
 from ui.context import AppContext
 from ui.parsing import whole
@@ -22,7 +21,7 @@ from ui.wiring import connect
 @dataclass(frozen=True)
 class GgufForm:
     matrix: str = ""
-    kind: str = TYPES[0]
+    kind: str = GGUF_TYPES[0]
     held_out: str = next(iter(HELD_OUT))
     chunks: float = 8
 
@@ -32,7 +31,7 @@ GGUF_BYTES_PER_PARAMETER = 0.6  # the largest offered type, Q4_K_M, takes about 
 
 def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     if tools_folder() is None:
-        raise CalibscopeError(HOW_TO_GET)
+        raise CalibscopeError(LLAMA_CPP_HOW_TO_GET)
     if not form.matrix:
         raise CalibscopeError("Collect or load an importance matrix first (above), then choose it.")
     imatrix = session.require_imatrix(form.matrix)
@@ -44,7 +43,7 @@ def make_gguf(form: GgufForm, session: Session, context: AppContext, progress: P
         text = write_held_out(loaded.tokenizer, held_out_texts(form.held_out), chunks, folder / "held-out.txt")
         result = imatrix_gguf(loaded, imatrix, form.kind, text, folder, chunks, progress)
         text.unlink()
-        lines.append(f"**{result.describe()}** Perplexity: {chunks} chunks of {CONTEXT} tokens of {form.held_out}.")
+        lines.append(f"**{result.describe()}** Perplexity: {chunks} chunks of {LLAMA_CONTEXT} tokens of {form.held_out}.")
         return result.path
 
     size = int(loaded.info.parameters * GGUF_BYTES_PER_PARAMETER)
@@ -60,13 +59,13 @@ def build_section(session: gr.State, context: AppContext, matrices: gr.Dropdown)
                 "matrix chosen above, and `llama-perplexity` measures it against the float model and the same type "
                 "made without the matrix.")
     if tools_folder() is None:
-        gr.Markdown(f"**Not available here.** {HOW_TO_GET}", elem_classes="cs-status")
+        gr.Markdown(f"**Not available here.** {LLAMA_CPP_HOW_TO_GET}", elem_classes="cs-status")
         return
     with gr.Row():
-        kind = gr.Dropdown(list(TYPES), value=TYPES[0], label="GGUF type", scale=1,
+        kind = gr.Dropdown(list(GGUF_TYPES), value=GGUF_TYPES[0], label="GGUF type", scale=1,
                            info="IQ types need a matrix; K-quants weigh columns by it")
         held_out = gr.Dropdown(list(HELD_OUT), value=next(iter(HELD_OUT)), label="Held-out text", scale=2)
-        chunks = gr.Number(8, label=f"Perplexity chunks ({CONTEXT} tokens)", precision=0, minimum=1, scale=1)
+        chunks = gr.Number(8, label=f"Perplexity chunks ({LLAMA_CONTEXT} tokens)", precision=0, minimum=1, scale=1)
     make = gr.Button("Make GGUF and measure it")
     status = gr.Markdown("", elem_classes="cs-status")
     files = gr.File(label="GGUF", file_count="multiple", interactive=False)

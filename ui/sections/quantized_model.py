@@ -12,12 +12,16 @@ import gradio as gr
 import numpy as np
 
 from engine.errors import CalibscopeError
-from engine.experiments.runs import QuantRun
-from engine.export.checkpoint import CheckpointFormat, CheckpointSummary
-from engine.export.experts import simulated_layers
-from engine.export.size import estimated_checkpoint_bytes
-from engine.export.verify import largest_weight_difference, reloaded_perplexity
-from engine.figures.quant import scheme_label
+from engine.experiments import QuantRun
+from engine.export import (
+    CheckpointFormat,
+    CheckpointSummary,
+    estimated_checkpoint_bytes,
+    largest_weight_difference,
+    reloaded_perplexity,
+    simulated_layers,
+)
+from engine.figures import scheme_label
 from engine.progress import Progress, labelled, no_progress, scaled
 from ui.context import AppContext
 from ui.exports import zipped

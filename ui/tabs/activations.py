@@ -13,14 +13,12 @@ from engine.figures import (
     layer_distributions,
     outlier_table,
     ranges_across_depth,
+    short_name,
 )
-from engine.figures.stats import short_name
-from engine.models.layers import LayerKind
+from engine.models import LayerKind
 from engine.progress import Progress, no_progress
 from engine.specs import labels
-from engine.stats import Capture, StatsReport, StatsSpec, collect
-from engine.stats.attribution import attribute
-from engine.stats.report import percentile_column
+from engine.stats import Capture, StatsReport, StatsSpec, attribute, collect, percentile_column
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user

@@ -9,9 +9,8 @@ import pandas as pd
 import torch
 
 from engine.errors import CalibscopeError
-from engine.experiments import COMPARED, HELD_OUT, ComparisonSpec, compare, summarize
-from engine.experiments.runs import ComparisonRun, EvaluationSpec
-from engine.figures.selection import comparison_bars
+from engine.experiments import COMPARED, HELD_OUT, ComparisonRun, ComparisonSpec, EvaluationSpec, compare, summarize
+from engine.figures import comparison_bars
 from engine.progress import Progress, no_progress
 from engine.quant import PRESETS
 from engine.sampling import Strategy

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from engine.errors import CalibscopeError
-from engine.figures.coverage import expert_token_heatmap, outlier_coverage
-from engine.models.layers import block_of, find_experts
+from engine.figures import expert_token_heatmap, outlier_coverage
+from engine.models import block_of, find_experts
 from engine.progress import Progress, no_progress, scaled
-from engine.sampling import RandomSpec, build
-from engine.sampling.cover import Target, coverage_table, outlier_targets, score_sequences
-from engine.stats.experts import ExpertReport, ExpertSpec, collect_expert_stats
+from engine.sampling import RandomSpec, Target, build, coverage_table, outlier_targets, score_sequences
+from engine.stats import ExpertReport, ExpertSpec, collect_expert_stats
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.estimates import timed_step

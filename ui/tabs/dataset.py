@@ -11,10 +11,11 @@ import torch
 
 from engine.corpus import check_file
 from engine.errors import SamplingError
-from engine.figures import bucket_bars, length_histogram
-from engine.figures.selection import selection_scatter
+from engine.figures import bucket_bars, length_histogram, selection_scatter
 from engine.progress import Progress, no_progress
 from engine.sampling import (
+    DEFAULT_EDGES,
+    MIN_TOKENS,
     REGISTRY,
     Allocation,
     Recipe,
@@ -22,12 +23,11 @@ from engine.sampling import (
     Strategy,
     WindowMode,
     build,
+    corpus_strategies,
     entry,
     spec_for,
+    supplied_set,
 )
-from engine.sampling.registry import corpus_strategies
-from engine.sampling.specs import DEFAULT_EDGES, MIN_TOKENS
-from engine.sampling.supplied import supplied_set
 from engine.specs import labels
 from ui.cancel import run_and_cancel
 from ui.context import AppContext

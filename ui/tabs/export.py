@@ -17,7 +17,7 @@ import pandas as pd
 from engine.atomic import write_file
 from engine.errors import CalibscopeError
 from engine.export import ExportFormat, export_format, save_calibration_set
-from engine.figures.quant import scheme_label
+from engine.figures import scheme_label
 from engine.guard import held_bytes
 from engine.progress import Progress, no_progress
 from engine.run_report import run_report

@@ -8,13 +8,20 @@ import gradio as gr
 import pandas as pd
 
 from engine.errors import CalibscopeError
-from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth
-from engine.figures.stats import short_name
+from engine.figures import diagonal_heatmap, eigen_spectrum, hessian_depth, short_name
 from engine.hooks import select_layers
 from engine.progress import Progress, no_progress
 from engine.specs import labels
-from engine.stats import HessianSpec, Precision, Storage
-from engine.stats.hessian_report import HessianReport, collect_hessians, hessian_megabytes, hessians_from_sums, memory_plan
+from engine.stats import (
+    HessianReport,
+    HessianSpec,
+    Precision,
+    Storage,
+    collect_hessians,
+    hessian_megabytes,
+    hessian_memory_plan,
+    hessians_from_sums,
+)
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
 from ui.errors import shown_to_user
@@ -127,7 +134,7 @@ def plan_view(context: AppContext):
             return ""
         try:
             spec = HessianForm(pattern, dtype, storage, batch_size).spec()
-            return plan_markdown(memory_plan(context.model(session), session.calibration, spec))
+            return plan_markdown(hessian_memory_plan(context.model(session), session.calibration, spec))
         except CalibscopeError as error:  # an unfinished pattern while typing: say so, quietly
             return f"Memory plan: {error}"
 

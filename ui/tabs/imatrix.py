@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.errors import CalibscopeError
-from engine.figures.imatrix import (
+from engine.figures import (
     channel_importance,
     comparison_figure,
     concentration,
@@ -17,8 +17,16 @@ from engine.figures.imatrix import (
     expert_counts,
     top_channels,
 )
-from engine.imatrix import Imatrix, ImatrixSpec, collect_imatrix, llama_text_set, precision_note, read_imatrix, write_imatrix
-from engine.imatrix.compare import compare_imatrices
+from engine.imatrix import (
+    Imatrix,
+    ImatrixSpec,
+    collect_imatrix,
+    compare_imatrices,
+    llama_text_set,
+    precision_note,
+    read_imatrix,
+    write_imatrix,
+)
 from engine.progress import Progress, no_progress
 from ui.cancel import run_and_cancel
 from ui.context import AppContext

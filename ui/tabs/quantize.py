@@ -7,10 +7,8 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from engine.experiments import HELD_OUT, UPLOADED
-from engine.experiments.runs import EvaluationSpec, QuantRun
-from engine.figures.quant import has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth
-from engine.figures.stats import short_name
+from engine.experiments import HELD_OUT, UPLOADED, EvaluationSpec, QuantRun
+from engine.figures import has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth, short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
     DEFAULT_ACT_ORDER,

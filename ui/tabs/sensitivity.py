@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.experiments import SweepResult, SweepSpec, snapshot_megabytes, sweep
-from engine.figures.selection import SWEEP_METRICS, sweep_curves
+from engine.figures import SWEEP_METRICS, sweep_curves
 from engine.progress import Progress, no_progress
 from ui.cancel import run_and_cancel
 from ui.context import AppContext
