@@ -41,12 +41,13 @@ class Calibrated:
     def key(self, quantization: Quantization) -> tuple:
         """What a quantized result depends on besides the model and the scheme: the set and how it
         was measured (the reports a run does not read are left out)."""
+        samples = self.samples.manifest.token_sha256 if self.samples is not None else None  # None: refused by check()
         if quantization.sequential:
-            return self.samples.manifest.token_sha256, "sequential" if quantization.propagate else "block by block"
+            return samples, "sequential" if quantization.propagate else "block by block"
         stats = (self.stats.meta.get("calibration_sha256"), self.stats.spec) if self.stats is not None else None
         hessians = ((self.hessians.meta.get("calibration_sha256"), json.dumps(self.hessians.meta.get("spec"), sort_keys=True))
                     if self.hessians is not None else None)
-        searched = (self.samples.manifest.token_sha256,) if quantization.spec.needs_calibration and self.samples else ()
+        searched = (samples,) if quantization.spec.needs_calibration else ()
         return stats, hessians, *searched
 
 
