@@ -48,31 +48,31 @@ def schema(request):
     names = [str(name) for name in arrow.names]
     sizes = {name: 0 for name in names}
     meta = parquet.metadata
-    for group in range(meta.num_row_groups):
-        row_group = meta.row_group(group)
-        for index in range(min(row_group.num_columns, meta.num_columns)):
-            chunk = row_group.column(index)
-            root = chunk.path_in_schema.split(".")[0]
-            if root in sizes:
-                sizes[root] += max(0, chunk.total_uncompressed_size)
+    for root, chunk in column_chunks(meta):
+        if root in sizes:
+            sizes[root] += max(0, chunk.total_uncompressed_size)
     return {"columns": names, "textual": [n for n in names if is_text(arrow.field(n).type, pa)],
             "lists": [n for n in names if is_ids(arrow.field(n).type, pa)], "rows": meta.num_rows,
             "decompressed": sizes}
 
 
-def chunk_sizes(parquet, picked, lists):
-    """What the footer says the picked columns take once decompressed, and their ids (8 bytes each)."""
-    meta = parquet.metadata
-    sizes, ids, largest = 0, 0, 1
+def column_chunks(meta):
+    """Every column chunk the footer lists, with the top-level column it belongs to."""
     for group in range(meta.num_row_groups):
         row_group = meta.row_group(group)
         for index in range(min(row_group.num_columns, meta.num_columns)):
             chunk = row_group.column(index)
-            root = chunk.path_in_schema.split(".")[0]
-            if root in picked:
-                sizes += max(0, chunk.total_uncompressed_size)
-                largest = max(largest, chunk.total_uncompressed_size)
-                ids += INT_BYTES * max(0, chunk.num_values) if root in lists else 0
+            yield chunk.path_in_schema.split(".")[0], chunk
+
+
+def chunk_sizes(parquet, picked, lists):
+    """What the footer says the picked columns take once decompressed, and their ids (8 bytes each)."""
+    sizes, ids, largest = 0, 0, 1
+    for root, chunk in column_chunks(parquet.metadata):
+        if root in picked:
+            sizes += max(0, chunk.total_uncompressed_size)
+            largest = max(largest, chunk.total_uncompressed_size)
+            ids += INT_BYTES * max(0, chunk.num_values) if root in lists else 0
     return sizes, ids, largest
 
 
