@@ -4,6 +4,7 @@ floating-point format, each with the grids it was rounded on and what it cost. W
 layers and MoE experts both call."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -13,7 +14,7 @@ from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_wei
 from engine.quant.gptq import FactorizationError, gptq_batch
 from engine.quant.grid import GroupGrids, IntWeight
 from engine.quant.rtn import rtn_quantized
-from engine.quant.specs import WeightSpec
+from engine.quant.specs import WeightMethod, WeightSpec
 
 # GPTQ batches layers of one shape up to this many bytes of weights and Hessians (float32).
 GPTQ_BATCH_BYTES = 512 * 2**20
@@ -38,17 +39,26 @@ def stored_weight(fake: torch.Tensor, grids: GroupGrids | FloatGrids) -> IntWeig
 def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
                     names: list[str] | None = None) -> list[list[QuantizedMatrix]]:
     """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
-    (and ``hessians[g]``, its Hessian). GPTQ runs once on each group's stacked rows (its rows are
+    (and ``hessians[g]``, its Hessian), by the spec's method (``WEIGHT_METHODS``). GPTQ runs once on each group's stacked rows (its rows are
     independent given H, so this equals one call per layer) and once for all the groups given,
     which must stack to one shape (their arithmetic stays separate; the column loop is shared).
     ``names``: each group's layer, named when its Hessian does not factorize. Float formats round
     each matrix in its own dtype; an NVFP4 group shares one global scale (vLLM fuses its layers)."""
     if spec.format.is_float:
         return [_float_group(group, spec) for group in groups]
-    groups = [[matrix.float() for matrix in group] for group in groups]
-    if not spec.needs_hessians:
-        return [[QuantizedMatrix(*rtn_quantized(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group]
-                for group in groups]
+    return WEIGHT_METHODS[spec.method]([[matrix.float() for matrix in group] for group in groups], spec, hessians, names)
+
+
+def _rounded(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
+             names: list[str] | None) -> list[list[QuantizedMatrix]]:
+    """Round to nearest, matrix by matrix (no Hessian read)."""
+    return [[QuantizedMatrix(*rtn_quantized(matrix, spec.bits, spec.group_size, spec.symmetric), {}) for matrix in group]
+            for group in groups]
+
+
+def _gptq(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
+          names: list[str] | None) -> list[list[QuantizedMatrix]]:
+    """GPTQ on each group's stacked rows, every group through one batched column loop."""
     missing = [number for number, hessian in enumerate(hessians) if hessian is None]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -88,3 +98,14 @@ def _float_group(group: list[torch.Tensor], spec: WeightSpec) -> list[QuantizedM
 def _stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
     """[B, ...] of equal-shaped matrices; a batch of one is a view of its matrix, not a copy."""
     return matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
+
+
+# A weight method: groups of float32 [out, in] matrices that share an input (with each group's Hessian,
+# None where none was collected) -> their quantization. A new method is one function (in its own module
+# when it is more than a few lines) and one entry here; what it needs from the calibration is a
+# property of WeightSpec that engine.quant.request checks for every caller.
+WEIGHT_METHODS: dict[WeightMethod, Callable[[list[list[torch.Tensor]], WeightSpec, list[torch.Tensor | None],
+                                             list[str] | None], list[list[QuantizedMatrix]]]] = {
+    WeightMethod.RTN: _rounded,
+    WeightMethod.GPTQ: _gptq,
+}
