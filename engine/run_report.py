@@ -29,7 +29,7 @@ from engine.html_report import Section, render, section
 from engine.models import ModelInfo
 from engine.quant import QuantReport
 from engine.sampling import CalibrationSet
-from engine.stats import HessianReport, StatsReport
+from engine.stats import HESSIAN_FINDINGS, NO_HESSIAN_FINDING, HessianReport, StatsReport
 
 # The report's heatmaps pool channels to this many columns (max per run): the dashboard has every channel.
 REPORT_COLUMNS = 256
@@ -56,20 +56,12 @@ def quantization_section(reports: Sequence[QuantReport]) -> Section:
                    figures=[perplexity_runs(list(reports)), *[sensitivity_depth(report) for report in reports]])
 
 
-FINDING_TEXT = {
-    "data_limited": "fewer tokens than input channels: more calibration data helps",
-    "needs_damping": "a float32 Cholesky needs damping (GPTQ's default 0.01 of the mean diagonal)",
-    "dead_channels": "input channels never active (GPTQ sets their diagonal to 1)",
-    "float32_rank": "rank-deficient in float32 despite enough tokens: damping, not more data, handles it",
-}
-
-
 def hessian_section(hessians: HessianReport) -> Section:
     """Findings folded into one table (kind, how many inputs, which), not a sentence per layer."""
-    rows = [{"finding": FINDING_TEXT[kind], "inputs": len(layers),
+    rows = [{"finding": f"inputs that {HESSIAN_FINDINGS[kind]}", "inputs": len(layers),
              "layers": ", ".join(short_name(layer) for layer in layers)}
             for kind, layers in hessians.findings().items() if layers]
-    table = pd.DataFrame(rows or [{"finding": "every Hessian is full rank and factorizes undamped", "inputs": 0,
+    table = pd.DataFrame(rows or [{"finding": NO_HESSIAN_FINDING, "inputs": 0,
                                    "layers": ""}])
     return section("Hessians", tables=[table], figures=[hessian_depth(hessians), diagonal_heatmap(hessians, REPORT_COLUMNS)])
 

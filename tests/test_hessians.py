@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from engine.errors import SpecError
+from engine.figures import short_name
 from engine.hooks import observing
+from engine.run_report import hessian_section
 from engine.sampling import RandomSpec, build
 from engine.stats.hessian import HessianAccumulator
 from engine.stats.hessian_diagnostics import diagnose, min_damping
-from engine.stats.hessian_report import HessianReport, collect_hessians
+from engine.stats.hessian_report import HESSIAN_FINDINGS, HessianReport, collect_hessians
 from engine.stats.specs import HessianSpec
+from ui.tabs.hessians import status_line
 
 
 def test_accumulator_equals_float64_reference_and_merges():
@@ -105,6 +108,12 @@ def test_a_rank_deficient_calibration_set_is_diagnosed(tiny_llama):
     eye = torch.eye(32, dtype=torch.float64)
     assert int(torch.linalg.cholesky_ex((prepared + row["min_damping"] * mean * eye).float())[1]) == 0
     assert min_damping(report.hessian(row["layer"]), (0.0,)) is None  # undamped, it does not factorize
+    # the dashboard's status line and the HTML report say it in the same words
+    said = HESSIAN_FINDINGS["data_limited"]
+    assert f"**1** of 1 {said}: " in status_line(report)
+    table = hessian_section(report).tables[0]
+    assert table.to_dict("records")[0] == {"finding": f"inputs that {said}", "inputs": 1, "layers": short_name(row["layer"])}
+    assert len(table) == sum(1 for layers in report.findings().values() if layers)  # one row per kind found
 
 
 def test_dead_channels_are_reported_and_handled_like_gptq():

@@ -39,8 +39,9 @@ def stored_weight(fake: torch.Tensor, grids: GroupGrids | FloatGrids) -> IntWeig
 def quantize_groups(groups: list[list[torch.Tensor]], spec: WeightSpec, hessians: list[torch.Tensor | None],
                     names: list[str] | None = None) -> list[list[QuantizedMatrix]]:
     """Fake-quantized [out, in] weights and their costs, per group of matrices that share an input
-    (and ``hessians[g]``, its Hessian), by the spec's method (``WEIGHT_METHODS``). GPTQ runs once on each group's stacked rows (its rows are
-    independent given H, so this equals one call per layer) and once for all the groups given,
+    (and ``hessians[g]``, its Hessian), by the spec's method (``WEIGHT_METHODS``). GPTQ runs once on
+    each group's stacked rows (its rows are independent given H, so this equals one call per layer)
+    and once for all the groups given,
     which must stack to one shape (their arithmetic stays separate; the column loop is shared).
     ``names``: each group's layer, named when its Hessian does not factorize. Float formats round
     each matrix in its own dtype; an NVFP4 group shares one global scale (vLLM fuses its layers)."""

@@ -8,6 +8,8 @@ from engine.stats.experts import ExpertAccumulator, ExpertReport, ExpertSpec, co
 from engine.stats.experts import finished_report as finished_expert_report
 from engine.stats.hessian import HessianAccumulator
 from engine.stats.hessian_report import (
+    HESSIAN_FINDINGS,
+    NO_HESSIAN_FINDING,
     HessianReport,
     collect_hessians,
     hessian_megabytes,
@@ -21,10 +23,11 @@ from engine.stats.prefixes import PrefixAccumulator, prefix_buckets
 from engine.stats.report import StatsReport, percentile_column
 from engine.stats.specs import Capture, Diagnostics, HessianSpec, Precision, StatsSpec, Storage, layer_kinds
 
-__all__ = ["ANCHOR_FLOOR_RATIO", "FP8_NORMAL_RANGE", "TENSOR_BINS", "ActivationAccumulator", "Attribution", "Capture",
-           "Diagnostics", "ExpertAccumulator", "ExpertReport", "ExpertSpec", "HessianAccumulator", "HessianReport",
-           "HessianSpec", "LogBins", "Precision", "PrefixAccumulator", "StatsReport", "StatsSpec", "Storage", "TokenIndex",
-           "all_reduce_count", "attribute", "bin_values", "block_percentile", "collect", "collect_expert_stats",
-           "collect_hessians", "finished_expert_report", "headroom_amax", "hessian_megabytes", "hessian_memory_plan",
-           "hessian_request", "hessians_from_sums", "layer_kinds", "percentile_column", "percentiles_from_counts",
-           "prefix_buckets", "select_layers", "spec_record", "stats_memory_plan"]
+__all__ = ["ANCHOR_FLOOR_RATIO", "FP8_NORMAL_RANGE", "HESSIAN_FINDINGS", "NO_HESSIAN_FINDING", "TENSOR_BINS",
+           "ActivationAccumulator", "Attribution", "Capture", "Diagnostics", "ExpertAccumulator", "ExpertReport",
+           "ExpertSpec", "HessianAccumulator", "HessianReport", "HessianSpec", "LogBins", "Precision", "PrefixAccumulator",
+           "StatsReport", "StatsSpec", "Storage", "TokenIndex", "all_reduce_count", "attribute", "bin_values",
+           "block_percentile", "collect", "collect_expert_stats", "collect_hessians", "finished_expert_report",
+           "headroom_amax", "hessian_megabytes", "hessian_memory_plan", "hessian_request", "hessians_from_sums",
+           "layer_kinds", "percentile_column", "percentiles_from_counts", "prefix_buckets", "select_layers", "spec_record",
+           "stats_memory_plan"]

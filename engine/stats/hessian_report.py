@@ -44,6 +44,19 @@ def hessian_megabytes(layers: list[LinearLayer], dtype: Precision = Precision.FL
     return sum(layer.in_features**2 for layer in layers) * size / 2**20
 
 
+# What limits a Hessian, said of the distinct inputs it concerns ("3 of 72 inputs have ..."); the
+# dashboard's status line and the HTML report both read these words.
+HESSIAN_FINDINGS = {
+    "data_limited": "have fewer tokens than input channels: add calibration data",
+    "needs_damping": "need damping before a float32 Cholesky succeeds (GPTQ's default is 0.01)",
+    "dead_channels": "have input channels that are never active (GPTQ sets their diagonal to 1)",
+    "float32_rank": "are rank-deficient in float32 although they saw more tokens than channels: uneven channel "
+                    "energy or fewer independent directions than channels (damping handles it; more data of the "
+                    "same kind does not)",
+}
+NO_HESSIAN_FINDING = "Every Hessian is full rank and factorizes without damping"
+
+
 @dataclass
 class HessianReport:
     """hessians: H per distinct input (module name of the first layer reading it); shared_with maps
