@@ -17,6 +17,11 @@ from ui.parsing import whole
 from ui.state import Session
 from ui.wiring import connect
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "kind": "IQ types need a matrix; K-quants weigh columns by it",
+}
+
 
 @dataclass(frozen=True)
 class GgufForm:
@@ -63,7 +68,7 @@ def build_section(session: gr.State, context: AppContext, matrices: gr.Dropdown)
         return
     with gr.Row():
         kind = gr.Dropdown(list(GGUF_TYPES), value=GGUF_TYPES[0], label="GGUF type", scale=1,
-                           info="IQ types need a matrix; K-quants weigh columns by it")
+                           info=HELP["kind"])
         held_out = gr.Dropdown(list(HELD_OUT), value=next(iter(HELD_OUT)), label="Held-out text", scale=2)
         chunks = gr.Number(8, label=f"Perplexity chunks ({LLAMA_CONTEXT} tokens)", precision=0, minimum=1, scale=1)
     make = gr.Button("Make GGUF and measure it")

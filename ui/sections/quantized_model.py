@@ -31,6 +31,12 @@ from ui.wiring import connect, on_field
 FORMAT_LABELS = {CheckpointFormat.COMPRESSED_TENSORS: "compressed-tensors (vLLM, transformers, llm-compressor)",
                  CheckpointFormat.GPTQ: "GPTQ v1 (GPTQModel, AutoGPTQ, optimum; symmetric 2/4/8-bit)"}
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "run": "from the Quantize tab",
+    "check": "on the run's held-out windows; one more model load",
+}
+
 
 @dataclass(frozen=True)
 class CheckpointForm:
@@ -165,14 +171,14 @@ def build_section(session: gr.State, context: AppContext) -> None:
                 "again from this session's Hessians or statistics, checked against the run's per-layer errors, written "
                 "(sharded safetensors, config, tokenizer, chat template) and read back.")
     with gr.Row():
-        run = gr.Dropdown(run_choices(None), label="Quantization run", scale=3, info="from the Quantize tab")
+        run = gr.Dropdown(run_choices(None), label="Quantization run", scale=3, info=HELP["run"])
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()],
                        value=CheckpointFormat.COMPRESSED_TENSORS.value, label="Checkpoint format", scale=3)
     with gr.Row():
         folder = gr.Textbox(label="Write to a new local folder (empty: prepare a download)", scale=3,
                             visible=context.limits.allow_local_paths, placeholder="e.g. ~/models/gemma-w4")
         check = gr.Checkbox(True, label="Reload it and measure perplexity", scale=1,
-                            info="on the run's held-out windows; one more model load")
+                            info=HELP["check"])
     write = gr.Button("Write quantized model", variant="primary")
     status = gr.Markdown("Choose a run and a format.", elem_classes="cs-status")
     files = gr.File(label="Quantized model", file_count="multiple", interactive=False)

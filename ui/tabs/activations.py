@@ -30,6 +30,14 @@ from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect, on_field
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "include_head": "Off: passes skip the head and its logits",
+    "capture": "inputs are what quantizers calibrate",
+    "channel_histograms": "128-bin histogram per channel",
+    "threshold": "LLM.int8() uses 6",
+}
+
 
 @dataclass(frozen=True)
 class StatsForm:
@@ -129,14 +137,14 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         with gr.Column(scale=1, min_width=300):
             layer_types = gr.CheckboxGroup(labels(LayerKind), value=labels(LayerKind), label="Layer types")
             pattern = gr.Textbox(label="Layer name filter (regular expression)", placeholder=r"e.g. layers\.(0|1)\. or mlp")
-            include_head = gr.Checkbox(value=False, label="Include the LM head", info="Off: passes skip the head and its logits")
+            include_head = gr.Checkbox(value=False, label="Include the LM head", info=HELP["include_head"])
             capture = gr.Radio(labels(Capture), value=Capture.INPUTS.value, label="Capture",
-                               info="inputs are what quantizers calibrate")
+                               info=HELP["capture"])
             percentiles = gr.Textbox(value="99.9, 99.99, 99.999", label="Percentiles of |x|")
             with gr.Row():
-                threshold = gr.Number(value=6.0, label="Outlier threshold", info="LLM.int8() uses 6")
+                threshold = gr.Number(value=6.0, label="Outlier threshold", info=HELP["threshold"])
                 batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
-            channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info="128-bin histogram per channel")
+            channel_histograms = gr.Checkbox(value=True, label="Per-channel percentiles", info=HELP["channel_histograms"])
             run, cancel = run_and_cancel("Collect statistics")
         with gr.Column(scale=3):
             status = status_block(session, "One pass over the calibration set: every layer's ranges, percentiles and outlier "

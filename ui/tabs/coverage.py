@@ -21,6 +21,15 @@ from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "pool": (
+        "random corpus documents whose maxima, with the set's, define the outliers (more: a better "
+        "estimate, slower)"
+    ),
+    "under": "0: the expert's input channels (fewer tokens: a rank-deficient Hessian)",
+}
+
 
 @dataclass(frozen=True)
 class CoverageForm:
@@ -85,12 +94,11 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             pool = gr.Number(value=16, label="Reference documents", precision=0, minimum=1,
-                             info="random corpus documents whose maxima, with the set's, define the outliers "
-                                  "(more: a better estimate, slower)")
+                             info=HELP["pool"])
             fraction = gr.Slider(0.5, 1.0, value=0.9, step=0.05, label="Reach (fraction of the reference max)")
             outlier_ratio = gr.Number(value=6.0, label="Outlier: max above this many times its input's median channel")
             under = gr.Number(value=0, label="MoE: under-calibrated below this many tokens", precision=0, minimum=0,
-                              info="0: the expert's input channels (fewer tokens: a rank-deficient Hessian)")
+                              info=HELP["under"])
             run, cancel = run_and_cancel("Measure coverage")
         with gr.Column(scale=3):
             status = status_block(session, "Which outlier channels the set excites (what a coverage selection maximizes), "

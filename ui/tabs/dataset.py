@@ -43,6 +43,18 @@ CPU_DEFAULTS = {"nsamples": 32, "edges": (64, 128, 256, 512)}
 SUMMARY_BATCH = 8
 OPTION_WIDGETS = ("edges", "allocation", "mode", "recipe", "min_tokens")  # per-strategy controls: the registry says which show
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "edges": "Buckets are (previous edge, edge]; longer documents are cut into windows",
+    "mode": "joined: wikitext2-style; documents: c4-style rejection",
+    "recipe": (
+        "a published recipe, reproduced exactly from the same rows and seed (the loaded corpus's "
+        "documents are its rows)"
+    ),
+    "min_tokens": "shorter documents are not drawn",
+    "add_bos": "Off reproduces raw-window recipes; Gemma's perplexity is ~2.8x worse without BOS",
+}
+
 
 def first_visit_defaults() -> dict:
     return GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
@@ -165,17 +177,16 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0)
             length = gr.Number(value=2048, label="Sequence length (tokens)", precision=0, minimum=2, visible=False)
             edges = gr.Textbox(value=", ".join(str(e) for e in defaults["edges"]), label="Bucket edges (tokens)",
-                               info="Buckets are (previous edge, edge]; longer documents are cut into windows")
+                               info=HELP["edges"])
             allocation = gr.Radio(labels(Allocation), value=Allocation.EQUAL.value, label="Allocation")
             mode = gr.Radio(labels(WindowMode), value=WindowMode.JOINED.value, visible=False,
-                            label="GPTQ recipe", info="joined: wikitext2-style; documents: c4-style rejection")
+                            label="GPTQ recipe", info=HELP["mode"])
             recipe = gr.Dropdown(labels(Recipe), value=Recipe.CALIBSCOPE.value, visible=False, label="Whose recipe",
-                                 info="a published recipe, reproduced exactly from the same rows and seed (the loaded "
-                                      "corpus's documents are its rows)")
+                                 info=HELP["recipe"])
             min_tokens = gr.Number(value=MIN_TOKENS, label="Min tokens per sample", precision=0, minimum=1,
-                                   info="shorter documents are not drawn")
+                                   info=HELP["min_tokens"])
             add_bos = gr.Checkbox(value=True, label="Start every sample with BOS, as at inference",
-                                  info="Off reproduces raw-window recipes; Gemma's perplexity is ~2.8x worse without BOS")
+                                  info=HELP["add_bos"])
             chat_template = gr.Checkbox(value=True, label="Apply the chat template to chat data")
             run, cancel = run_and_cancel("Build calibration set")
             with gr.Accordion("Or load token windows made elsewhere", open=False):

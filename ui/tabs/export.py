@@ -33,6 +33,11 @@ from ui.wiring import connect
 FORMAT_LABELS = {ExportFormat.DISK: "datasets folder (load_from_disk), zipped", ExportFormat.PARQUET: "parquet",
                  ExportFormat.JSONL: "jsonl", ExportFormat.PT: "torch list of [1, n] tensors (optimum's GPTQQuantizer)"}
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "artifacts": "Each file is written once and reused until what it holds changes",
+}
+
 
 class Artifact(str, Enum):
     """What can be downloaded; the values are the checkbox labels."""
@@ -169,7 +174,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     )
     with gr.Row():
         artifacts = gr.CheckboxGroup(labels(Artifact), value=DEFAULT_ARTIFACTS, label="Prepare", scale=3,
-                                     info="Each file is written once and reused until what it holds changes")
+                                     info=HELP["artifacts"])
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()], value=ExportFormat.DISK.value,
                        label="Calibration set format", scale=2)
     run = gr.Button("Prepare downloads", variant="primary")

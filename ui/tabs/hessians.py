@@ -13,6 +13,8 @@ from engine.hooks import select_layers
 from engine.progress import Progress, no_progress
 from engine.specs import labels
 from engine.stats import (
+    HESSIAN_FINDINGS,
+    NO_HESSIAN_FINDING,
     HessianReport,
     HessianSpec,
     Precision,
@@ -33,13 +35,11 @@ from ui.widgets import result_plot, result_table, status_block
 from ui.wiring import connect, on_field
 
 SHOWN_WARNINGS = 8
-FINDINGS = {
-    "data_limited": "have fewer tokens than input channels: add calibration data",
-    "needs_damping": "need damping before a float32 Cholesky succeeds (GPTQ's default is 0.01)",
-    "dead_channels": "have input channels that are never active (GPTQ sets their diagonal to 1)",
-    "float32_rank": "are rank-deficient in float32 although they saw more tokens than channels: uneven channel "
-                    "energy or fewer independent directions than channels (damping handles it; more data of the "
-                    "same kind does not)",
+
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "storage": "cpu: host memory, for a model on a GPU that is short of memory",
+    "layer": "Opens on the least well-conditioned layer",
 }
 
 
@@ -66,12 +66,12 @@ def status_line(report: HessianReport, reused: bool = False) -> str:
             f"over {meta['tokens']:,} tokens · {how} · {meta['seconds']:.1f} s")
     findings = {kind: layers for kind, layers in report.findings().items() if layers}
     if not findings:
-        return line + "\n- Every Hessian is full rank and factorizes without damping: this set is enough for GPTQ here."
+        return line + f"\n- {NO_HESSIAN_FINDING}: this set is enough for GPTQ here."
     bullets = []
     for kind, layers in findings.items():
         named = ", ".join(short_name(layer) for layer in layers[:SHOWN_WARNINGS])
         more = f" and {len(layers) - SHOWN_WARNINGS} more" if len(layers) > SHOWN_WARNINGS else ""
-        bullets.append(f"\n- **{len(layers)}** of {meta['distinct']} {FINDINGS[kind]}: {named}{more}")
+        bullets.append(f"\n- **{len(layers)}** of {meta['distinct']} {HESSIAN_FINDINGS[kind]}: {named}{more}")
     return line + "".join(bullets) + "\n\nEach layer's full diagnosis is in the table's *warning* column."
 
 
@@ -156,7 +156,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                  placeholder="all quantizable layers but the head")
             dtype = gr.Radio(labels(Precision), value=Precision.FLOAT32.value, label="Accumulate in")
             storage = gr.Radio(labels(Storage), value=Storage.MODEL.value, label="Keep Hessians on",
-                               info="cpu: host memory, for a model on a GPU that is short of memory")
+                               info=HELP["storage"])
             batch_size = gr.Number(value=8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Collect Hessians")
         with gr.Column(scale=3):
@@ -169,7 +169,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                          column_widths=["8%", "6%", "6%", "5%", "4%", "8%", "6%", "6%", "9%", "7%", "35%"])
     with gr.Row(equal_height=False):
         with gr.Column():
-            layer = gr.Dropdown(label="Layer", choices=[], interactive=True, info="Opens on the least well-conditioned layer")
+            layer = gr.Dropdown(label="Layer", choices=[], interactive=True, info=HELP["layer"])
             spectrum = result_plot()
         with gr.Column():
             diagonals = result_plot()

@@ -43,6 +43,12 @@ CURRENT_SET, TEXT_FILE = "the calibration set", "a text file, chunked as llama-i
 MATRIX_VIEWS = ("heatmap", "experts", "tensor", "channels", "top", "downloads")
 UNDER_CALIBRATED = 64  # tokens an expert needs before its importances mean anything (the threshold drawn)
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "chunk_size": "legacy files store means, not token counts",
+    "tensor": "Opens on the tensor whose top channel stands out most",
+}
+
 
 @dataclass(frozen=True)
 class CollectForm:
@@ -228,7 +234,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 imatrix_file = gr.File(label="imatrix file (.gguf or legacy .dat)", file_types=[".gguf", ".dat"],
                                        type="filepath", height=90, elem_id="imatrix-file")
                 chunk_size = gr.Number(value=512, label="Chunk size of a legacy file", precision=0, minimum=1,
-                                       info="legacy files store means, not token counts")
+                                       info=HELP["chunk_size"])
                 load = gr.Button("Load")
             files = gr.File(label="Downloads (llama-quantize --imatrix FILE)", file_count="multiple", interactive=False)
         with gr.Column(scale=3):
@@ -241,7 +247,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             with gr.Row():
                 first = gr.Dropdown(label="Matrix", choices=[], interactive=True)
                 tensor = gr.Dropdown(label="Tensor", choices=[], interactive=True,
-                                     info="Opens on the tensor whose top channel stands out most")
+                                     info=HELP["tensor"])
             channels = result_plot()
         with gr.Column(scale=1, min_width=260):
             top = result_table("Top channels")

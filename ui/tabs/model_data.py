@@ -21,6 +21,14 @@ from ui.wiring import connect, on_field
 PREVIEW_ROWS = 50
 PREVIEW_CHARS = 160
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "offload": "auto: offloaded only when the model does not fit (passes then run block by block)",
+    "builtin_name": "Offline: Python's docs prose and standard library",
+    "split": "test is held out (10%)",
+    "min_chars": "shorter documents are dropped (and counted)",
+}
+
 
 @dataclass(frozen=True)
 class ModelDataForm:
@@ -132,14 +140,14 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 device = gr.Dropdown(choices.DEVICE_CHOICES, value="auto", label="Device")
                 dtype = gr.Dropdown(choices.DTYPE_CHOICES, value="auto", label="Dtype", info=choices.DTYPE_HELP)
                 offload = gr.Dropdown(labels(Offload), value=Offload.AUTO.value, label="Weights",
-                                      info="auto: offloaded only when the model does not fit (passes then run block by block)")
+                                      info=HELP["offload"])
         with gr.Column(scale=1):
             gr.Markdown("### Corpus", elem_classes="cs-section-title")
             kind = gr.Radio(choices.CORPUS_KINDS, value=CorpusKind.BUILTIN.value, label="Source")
             with gr.Group(visible=True) as builtin_group, gr.Row():
                 builtin_name = gr.Dropdown(choices.BUILTIN_CORPORA, value=BuiltinCorpus.MIXED.value, label="Builtin corpus",
-                                           info="Offline: Python's docs prose and standard library")
-                split = gr.Dropdown(choices.SPLITS, value="train", label="Split", info="test is held out (10%)")
+                                           info=HELP["builtin_name"])
+                split = gr.Dropdown(choices.SPLITS, value="train", label="Split", info=HELP["split"])
             with gr.Group(visible=False) as hub_group, gr.Row():
                 hub_name = gr.Dropdown(choices.HUB_DATASETS, value="wikitext2", allow_custom_value=True, label="Dataset")
                 hub_config = gr.Textbox(label="Config", placeholder="optional")
@@ -149,7 +157,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             with gr.Row():
                 text_column = gr.Textbox(label="Text column", placeholder="auto: 'text' (or chat 'messages')", scale=2)
                 min_chars = gr.Number(16, label="Min characters", precision=0, minimum=1, scale=1,
-                                      info="shorter documents are dropped (and counted)")
+                                      info=HELP["min_chars"])
     load = gr.Button("Load model and corpus", variant="primary", size="lg")
     status = status_block(session, "Choose a model and a corpus, then load them.")
     with gr.Row(equal_height=False):

@@ -50,6 +50,50 @@ EXPERT_POLICIES = {"router's tokens; RTN below the input width": ExpertPolicy(),
                    "router's tokens; all tokens below the input width": ExpertPolicy(fallback="all-experts"),
                    "every token (all-experts)": ExpertPolicy(calibration="all-experts")}
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "preset": (
+        "W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, optimum's "
+        "and the GPTQ paper's, applied to every layer at once from the collected Hessians unless "
+        "Sequential is ticked. AWQ (llm-compressor's AWQModifier + W4A16_ASYM) searches on the set "
+        "itself. Static activations need statistics"
+    ),
+    "sequential": (
+        "block by block on the calibration set, each block's Hessians from the quantized blocks before "
+        "it, as the tools run it (true sequential for the gptqmodel and optimum schemes); runs its own "
+        "pass: no collected Hessians needed, 2-3x slower"
+    ),
+    "weight_format": (
+        "fp8: e4m3, per tensor or channel; nvfp4: e2m1 with an e4m3 scale per 16 and a global scale; "
+        "mxfp4: e2m1 with a power-of-two scale per 32 (RTN)"
+    ),
+    "symmetric": "untick for a zero point per group (asymmetric: llm-compressor's W4A16_ASYM, AWQ's scheme)",
+    "act_order": (
+        "static: group scales in the original order (llm-compressor 'weight'); dynamic: groups in the "
+        "permuted order (needs g_idx); group-aware: whole groups by importance (GPTQModel)"
+    ),
+    "act_format": "int uses the bits below; fp8, nvfp4 and mxfp4 quantize every selected input",
+    "range_method": (
+        "how a static range (or NVFP4's global scale) is set: entropy is TensorRT's KL method, headroom "
+        "ModelOpt's NVFP4 method"
+    ),
+    "granularity": "token: dynamic, found at inference (nothing calibrated)",
+    "smoothing": (
+        "moves input outliers into the weights before W8A8 / FP8, from the statistics' per-channel "
+        "ranges; 0.5 is llm-compressor's default"
+    ),
+    "experts": (
+        "MoE models: whose tokens each expert's GPTQ is calibrated on, and what an expert the router "
+        "starves gets"
+    ),
+    "sensitivity": "thorough: one extra evaluation per layer",
+    "awq": (
+        "searches each input's scales on the calibration set before the weights are rounded "
+        "(llm-compressor's AWQModifier; runs its own pass)"
+    ),
+    "awq_clip": "then AutoAWQ's per-group weight clipping",
+}
+
 
 def evaluation_defaults() -> tuple[int, int]:
     return GPU_EVALUATION if torch.cuda.is_available() else CPU_EVALUATION
@@ -221,46 +265,33 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             preset = gr.Dropdown([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Scheme",
-                                 info="W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, "
-                                      "optimum's and the GPTQ paper's, applied to every layer at once from the collected "
-                                      "Hessians unless Sequential is ticked. AWQ (llm-compressor's AWQModifier + W4A16_ASYM) "
-                                      "searches on the set itself. Static activations need statistics")
+                                 info=HELP["preset"])
             sequential = gr.Checkbox(False, label="Sequential (GPTQ)",
-                                     info="block by block on the calibration set, each block's Hessians from the quantized "
-                                          "blocks before it, as the tools run it (true sequential for the gptqmodel and "
-                                          "optimum schemes); runs its own pass: no collected Hessians needed, 2-3x slower")
+                                     info=HELP["sequential"])
             with gr.Accordion("Scheme details", open=False):
                 method = gr.Radio(labels(WeightMethod), value=default.weights.method.value, label="Weights")
                 weight_format = gr.Radio(labels(NumberFormat), value=NumberFormat.INT.value, label="Weight format",
-                                         info="fp8: e4m3, per tensor or channel; nvfp4: e2m1 with an e4m3 scale per 16 "
-                                              "and a global scale; mxfp4: e2m1 with a power-of-two scale per 32 (RTN)")
+                                         info=HELP["weight_format"])
                 bits = gr.Slider(2, 8, value=default.weights.bits, step=1, label="Weight bits (int)")
                 group = gr.Dropdown(list(GROUPS), value="128", label="Group size (input columns per scale)")
-                symmetric = gr.Checkbox(True, label="Symmetric weight grids", info="untick for a zero point per group "
-                                        "(asymmetric: llm-compressor's W4A16_ASYM, AWQ's scheme)")
+                symmetric = gr.Checkbox(True, label="Symmetric weight grids", info=HELP["symmetric"])
                 act_order = gr.Radio(labels(ActOrder), value=default.weights.act_order.value, label="GPTQ activation order",
-                                     info="static: group scales in the original order (llm-compressor 'weight'); "
-                                          "dynamic: groups in the permuted order (needs g_idx); group-aware: whole groups "
-                                          "by importance (GPTQModel)")
+                                     info=HELP["act_order"])
                 act_format = gr.Radio(labels(NumberFormat), value=NumberFormat.INT.value, label="Activation format",
-                                      info="int uses the bits below; fp8, nvfp4 and mxfp4 quantize every selected input")
+                                      info=HELP["act_format"])
                 act_bits = gr.Radio([0, 8, 6, 4], value=0, label="Activation bits (int; 0 = float)")
                 range_method = gr.Radio(labels(RangeMethod), value=RangeMethod.MINMAX.value, label="Activation range",
-                                        info="how a static range (or NVFP4's global scale) is set: entropy is TensorRT's "
-                                             "KL method, headroom ModelOpt's NVFP4 method")
+                                        info=HELP["range_method"])
                 percentile = gr.Number(99.99, label="Percentile of |x| (range 'percentile')")
                 granularity = gr.Radio(labels(Granularity), value=Granularity.TENSOR.value, label="One range per",
-                                       info="token: dynamic, found at inference (nothing calibrated)")
+                                       info=HELP["granularity"])
                 smoothing = gr.Number(None, label="SmoothQuant α (empty: off)", minimum=0, maximum=1, step=0.05,
-                                      info="moves input outliers into the weights before W8A8 / FP8, from the statistics' "
-                                           "per-channel ranges; 0.5 is llm-compressor's default")
+                                      info=HELP["smoothing"])
                 experts = gr.Dropdown(list(EXPERT_POLICIES), value=next(iter(EXPERT_POLICIES)), label="MoE experts' Hessians",
-                                      info="MoE models: whose tokens each expert's GPTQ is calibrated on, and what an expert "
-                                           "the router starves gets")
+                                      info=HELP["experts"])
                 with gr.Row():
-                    awq = gr.Checkbox(False, label="AWQ", info="searches each input's scales on the calibration set "
-                                      "before the weights are rounded (llm-compressor's AWQModifier; runs its own pass)")
-                    awq_clip = gr.Checkbox(False, label="AWQ clip search", info="then AutoAWQ's per-group weight clipping")
+                    awq = gr.Checkbox(False, label="AWQ", info=HELP["awq"])
+                    awq_clip = gr.Checkbox(False, label="AWQ clip search", info=HELP["awq_clip"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -268,7 +299,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                     length = gr.Number(length_default, label="Window (tokens)", precision=0, minimum=2)
                     windows = gr.Number(windows_default, label="Windows", precision=0, minimum=1)
                 sensitivity = gr.Radio(labels(Sensitivity), value=Sensitivity.CHEAP.value, label="Per-layer sensitivity",
-                                       info="thorough: one extra evaluation per layer")
+                                       info=HELP["sensitivity"])
             run, cancel = run_and_cancel("Quantize and evaluate")
         with gr.Column(scale=3):
             status = status_block(session, "Quantize (simulated) with this set's Hessians (GPTQ) or statistics (static "

@@ -19,6 +19,11 @@ from ui.wiring import connect, on_field
 
 CLOSE_ENOUGH = 0.05  # "within 5% of the full set"
 
+# The help under each widget, by widget: what the control does and where its numbers come from.
+HELP = {
+    "hessians": "block by block: one bfloat16 copy per shuffle and count",
+}
+
 
 @dataclass(frozen=True)
 class SweepForm:
@@ -96,7 +101,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             counts = gr.Textbox(label="Sample counts", placeholder="1, 2, 4, ... up to the set (default)")
             shuffles = gr.Slider(1, 8, value=3, step=1, label="Shuffles (the band; all from one pass)")
             percentile = gr.Number(99.99, label="Percentile of |x|")
-            hessians = gr.Checkbox(True, label="Hessians too", info="block by block: one bfloat16 copy per shuffle and count")
+            hessians = gr.Checkbox(True, label="Hessians too", info=HELP["hessians"])
             batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
             run, cancel = run_and_cancel("Run sweep")
         with gr.Column(scale=3):
