@@ -1,5 +1,5 @@
-"""Every config and Python snippet the README shows runs as written, so the README cannot drift
-from the code. The builtin Gemma is swapped for a small random Llama saved to a local folder, whose
+"""Every config and Python snippet the README and its pages under docs/ show runs as written, so the
+documentation cannot drift from the code. The builtin Gemma is swapped for a small random Llama saved to a local folder, whose
 layer widths take the README's groups of 128 so its checkpoints can be written (same code paths,
 seconds not minutes; tests/test_cli_run.py runs the example config on Gemma itself); snippets that
 run in the peers' own environments are marked in the README and only parsed here."""
@@ -15,13 +15,15 @@ from engine.pipeline import parse_config, run
 from tests.conftest import REPO, WIKITEXT, missing
 from tests.test_checkpoint import wide_llama
 
-README = (REPO / "README.md").read_text()
+# the README, then its pages in the order the README links them (the snippets are numbered in this order)
+PAGES = ("features", "measured", "scale", "checkpoints", "schemes", "imatrix", "headless", "shared-space", "python-api")
+README = "\n".join([(REPO / "README.md").read_text(), *((REPO / "docs" / f"{page}.md").read_text() for page in PAGES)])
 BUILTIN = "builtin:gemma-3-270m"
 SKIP = "<!-- readme-test: peers -->"  # a snippet for another tool's environment (bench/peers.py runs it)
 
 
 def snippets(language: str) -> list[str]:
-    """The README's fenced blocks of ``language``, in order, without those marked SKIP."""
+    """The documentation's fenced blocks of ``language``, in order, without those marked SKIP."""
     found = re.finditer(rf"(?P<before>[^\n]*)\n```{language}\n(?P<body>.*?)\n```", README, re.DOTALL)
     return [match["body"] for match in found if SKIP not in match["before"]]
 
@@ -67,7 +69,19 @@ def test_the_readme_python_api_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = snippets("python")[0].replace(BUILTIN, local_model(tmp_path / "model"))
     namespace: dict = {}
-    exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102 - runs the README's own snippet
+    exec(compile(code, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - runs the README's own snippet
     assert Path("calib-gemma").is_dir() and Path("stats-gemma").is_dir() and Path("hessians-gemma").is_dir()
     assert namespace["report"].quantized_perplexity > 1
     assert namespace["written"].quantized_layers == len(namespace["per_layer"]) and Path("gemma-w4-gptq/config.json").is_file()
+
+
+def test_every_page_is_linked_and_every_relative_link_resolves():
+    pages = {REPO / "README.md", *(REPO / "docs").glob("*.md")}
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).resolve().exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", (REPO / "README.md").read_text()))
+    assert linked >= {f"{page}.md" for page in PAGES}
