@@ -4,7 +4,7 @@ On builtin:gemma-3-270m (the device CUDA when there is one, else the CPU), AWQ (
 preset: the MLP's gate/up searched on the MLP's output, up -> down on Σ xxᵀ) on random samples of
 the builtin mixed corpus, --length tokens each, in the pass's batches of 2 sequences (AwqSpec's
 default): the search as it runs (the MLP's points on its calls' real tokens in chunks of at least
-1,024, engine/quant/awq_pass.py's ``merged_calls``) against the search on the calls as recorded
+1,024, engine/quant/methods/awq_pass.py's ``merged_calls``) against the search on the calls as recorded
 (batches of two short sequences, padding included), interleaved, best of --repeats. Goal: merged
 <= 0.85x the recorded calls' time in every dtype, the same grid point chosen for every mapping and
 every measured loss within 1e-4 relative (float32; 2e-2 in bf16, whose products round differently

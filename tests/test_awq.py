@@ -21,12 +21,13 @@ from engine.export import save_quantized
 from engine.export.verify import changed_floats, dequantized_layers
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
-from engine.quant import PRESETS, Calibrated, QuantSpec, WeightSpec, awq_pass, perplexity, quantize, quantized
+from engine.quant import PRESETS, Calibrated, QuantSpec, WeightSpec, perplexity, quantize, quantized
 from engine.quant.apply import QuantizedModel
-from engine.quant.awq import best_clips, grid_points, group_blocks, weight_means
-from engine.quant.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls, search_awq_scaling
+from engine.quant.methods import awq_pass
+from engine.quant.methods.awq import best_clips, grid_points, group_blocks, weight_means
+from engine.quant.methods.awq_pass import awq_mappings, awq_scaling, chunk_width, merged_calls, search_awq_scaling
+from engine.quant.methods.scaling import float_change
 from engine.quant.plan import quantizable_layers
-from engine.quant.scaling import float_change
 from engine.quant.specs import ActivationSpec, AwqScaling, AwqSpec
 from engine.sampling import RandomSpec, build
 from tests.test_checkpoint import corpus, windows

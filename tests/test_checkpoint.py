@@ -33,8 +33,8 @@ from engine.quant import (
     quantized,
 )
 from engine.quant.apply import QuantizedModel
-from engine.quant.gptq import gptq
-from engine.quant.grid import IntWeight
+from engine.quant.formats.grid import IntWeight
+from engine.quant.methods.gptq import gptq
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians

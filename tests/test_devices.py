@@ -12,8 +12,8 @@ from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
 from engine.quant import PRESETS, Calibrated, Quantization, evaluate, evaluation_windows, gptq
-from engine.quant.format_ranges import format_ranges
-from engine.quant.matrices import quantize_groups
+from engine.quant.activations.format_ranges import format_ranges
+from engine.quant.methods.matrices import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
 from engine.stats.hessian_report import collect_hessians
 from tests.test_runner import calibration_for, relative_difference

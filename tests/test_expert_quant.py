@@ -25,7 +25,7 @@ from engine.quant import (
     quantize,
     quantized,
 )
-from engine.quant.experts import expert_hessians, quantize_experts
+from engine.quant.methods.experts import expert_hessians, quantize_experts
 from engine.quant.plan import quantizable_layers
 from engine.quant.specs import ActivationSpec, ActOrder, ExpertPolicy
 from engine.sampling import RandomSpec, build

@@ -13,9 +13,9 @@ from scipy.stats import entropy
 from engine.errors import CalibscopeError
 from engine.hooks import TokenIndex
 from engine.quant import ActivationSpec
-from engine.quant.floats import FP8_MAX, NumberFormat, round_fp8
-from engine.quant.inputs import Nvfp4Inputs, input_quantizer
-from engine.quant.ranges import LINEAR_BINS, START_BIN, entropy_clip, expected_error, linear_histogram, mse_clip
+from engine.quant.activations.inputs import Nvfp4Inputs, input_quantizer
+from engine.quant.activations.ranges import LINEAR_BINS, START_BIN, entropy_clip, expected_error, linear_histogram, mse_clip
+from engine.quant.formats.floats import FP8_MAX, NumberFormat, round_fp8
 from engine.stats.accumulators import TENSOR_BINS, ActivationAccumulator
 from engine.stats.blocks import FP8_NORMAL_RANGE, headroom_amax
 from engine.stats.histogram import tensor_histogram

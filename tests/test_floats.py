@@ -11,7 +11,7 @@ from compressed_tensors.quantization.quant_args import FP4_E2M1_DATA
 from compressed_tensors.quantization.quant_scheme import preset_name_to_scheme
 from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
 
-from engine.quant.floats import NumberFormat, float_weight, round_fp4, round_fp8
+from engine.quant.formats.floats import NumberFormat, float_weight, round_fp4, round_fp8
 
 
 def heavy_tailed(rows: int = 64, columns: int = 256, dtype=torch.float32, seed: int = 0) -> torch.Tensor:

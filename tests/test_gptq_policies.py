@@ -6,9 +6,9 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.quant import PRESETS
-from engine.quant.gptq import gptq, group_aware_order
-from engine.quant.matrices import quantize_groups
-from engine.quant.rtn import rtn
+from engine.quant.formats.rtn import rtn
+from engine.quant.methods.gptq import gptq, group_aware_order
+from engine.quant.methods.matrices import quantize_groups
 from engine.quant.specs import PEER_GPTQ, ActOrder, CholeskyFailure, WeightSpec
 
 # Indefinite: eigenvalues 2.5 and -0.5 (mean diagonal 1). H + λI factorizes once λ > 0.5.

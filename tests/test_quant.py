@@ -24,9 +24,9 @@ from engine.quant import (
     quantized,
     rtn,
 )
-from engine.quant.grid import minmax_grid, row_grid
+from engine.quant.activations.ranges import activation_grid, mse_clip
+from engine.quant.formats.grid import minmax_grid, row_grid
 from engine.quant.measures import output_error
-from engine.quant.ranges import activation_grid, mse_clip
 from engine.sampling import RandomSpec, build
 from engine.stats import ActivationAccumulator, StatsSpec, TokenIndex, collect
 from engine.stats.hessian_report import collect_hessians

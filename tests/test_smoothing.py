@@ -25,10 +25,10 @@ from engine.quant import (
     quantized,
 )
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.mappings import norm_mappings
+from engine.quant.methods.mappings import norm_mappings
+from engine.quant.methods.scaling import ChannelScaling, float_change, scaled_norm
+from engine.quant.methods.smoothing import smooth, smoothing_scales
 from engine.quant.plan import quantizable_layers
-from engine.quant.scaling import ChannelScaling, float_change, scaled_norm
-from engine.quant.smoothing import smooth, smoothing_scales
 from engine.sampling import RandomSpec, build
 from engine.stats import StatsSpec, collect
 from tests.test_checkpoint import corpus, reloaded, wide_llama

@@ -8,7 +8,7 @@ from engine.errors import CalibscopeError, SpecError
 from engine.experiments.sweep import SweepSpec, sweep
 from engine.hooks import Side, select_layers
 from engine.models.layers import LAYER_KINDS
-from engine.quant.awq_pass import InputSums
+from engine.quant.methods.awq_pass import InputSums
 from engine.runner import PassRequest, run_pass
 from engine.sampling import RandomSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect

@@ -3,21 +3,21 @@ activation quantization, SmoothQuant, AWQ, MoE experts; perplexity, sensitivity.
 
 One entry: ``quantize(loaded, Quantization(spec, ...), Calibrated(...))`` gives the plan and its
 per-layer table, ``evaluate`` the same plus perplexities; both check what the scheme needs once."""
+from engine.quant.activations.format_ranges import format_ranges
+from engine.quant.activations.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
+from engine.quant.activations.ranges import entropy_clip
 from engine.quant.apply import QuantizedModel, quantized
-from engine.quant.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.entry import quantize
 from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
-from engine.quant.floats import FloatWeight, NumberFormat
-from engine.quant.format_ranges import format_ranges
-from engine.quant.gptq import gptq
-from engine.quant.grid import Grid, IntWeight, rounds_scales
-from engine.quant.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
-from engine.quant.mappings import gain_offset
+from engine.quant.formats.floats import FloatWeight, NumberFormat
+from engine.quant.formats.grid import Grid, IntWeight, rounds_scales
+from engine.quant.formats.rtn import rtn
+from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
+from engine.quant.methods.gptq import gptq
+from engine.quant.methods.mappings import gain_offset
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
 from engine.quant.plan import quantizable_layers
-from engine.quant.ranges import entropy_clip
 from engine.quant.request import Calibrated, Quantization, Sensitivity
-from engine.quant.rtn import rtn
 from engine.quant.specs import (
     DEFAULT_ACT_ORDER,
     PRESETS,

@@ -11,11 +11,11 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.models import LayerKind, LinearLayer, LoadedModel, find_linear_layers
-from engine.quant.floats import FloatWeight
-from engine.quant.grid import IntWeight
+from engine.quant.formats.floats import FloatWeight
+from engine.quant.formats.grid import IntWeight
 
 if TYPE_CHECKING:
-    from engine.quant.inputs import InputQuantizer
+    from engine.quant.activations.inputs import InputQuantizer
 
 
 def weight_matrix(layer: LinearLayer) -> torch.Tensor | None:
@@ -54,7 +54,7 @@ class QuantizedModel:
     and module name -> the same weight as the integers and grids a checkpoint stores (``integers``:
     absent for weights made elsewhere, e.g. read back from a peer tool's file).
 
-    A rescaled plan (SmoothQuant, AWQ: engine/quant/scaling.py) also changes the float model:
+    A rescaled plan (SmoothQuant, AWQ: engine/quant/methods/scaling.py) also changes the float model:
     ``floats`` holds the new norm gains and biases (full parameter name -> tensor), ``column_scales``
     each rescaled layer's input s and ``row_scales`` the r its output rows are divided by; a rescaled
     layer without a quantized weight runs with its float weight rescaled so. ``experts``: MoE experts
@@ -76,7 +76,7 @@ class QuantizedModel:
         self.integers[layer.name] = integers
 
     def add_experts(self, layer, done) -> None:
-        """An experts module quantized (``ExpertsLayer``, ``engine.quant.experts.ExpertsQuantization``):
+        """An experts module quantized (``ExpertsLayer``, ``engine.quant.methods.experts.ExpertsQuantization``):
         its fused fake weights in the module's own layout and each expert's integers."""
         self.experts[f"{layer.name}.gate_up_proj"] = layer.stored(done.gate_up)
         self.experts[f"{layer.name}.down_proj"] = layer.stored(done.down)

@@ -22,8 +22,8 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.experts import expert_hessians, quantize_experts
 from engine.quant.measures import output_error
+from engine.quant.methods.experts import expert_hessians, quantize_experts
 from engine.quant.plan import quantizable_experts, quantizable_layers, quantized_weights
 from engine.quant.request import Quantization
 from engine.quant.specs import ExpertCalibration, QuantSpec

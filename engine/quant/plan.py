@@ -14,17 +14,17 @@ from engine.errors import CalibscopeError
 from engine.hooks import input_sharing, select_layers
 from engine.models import LAYER_KINDS, ExpertsLayer, LinearLayer, LoadedModel, find_experts
 from engine.progress import Progress, no_progress, scaled
+from engine.quant.activations.inputs import input_quantizer
+from engine.quant.activations.ranges import relative_error
 from engine.quant.apply import QuantizedModel, original_weights
-from engine.quant.awq_pass import awq_scaling
-from engine.quant.experts import expert_hessians, quantize_experts
-from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat
-from engine.quant.grid import GroupGrids, IntWeight
-from engine.quant.inputs import input_quantizer
-from engine.quant.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
+from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
+from engine.quant.formats.grid import GroupGrids, IntWeight
 from engine.quant.measures import output_error
-from engine.quant.ranges import relative_error
+from engine.quant.methods.awq_pass import awq_scaling
+from engine.quant.methods.experts import expert_hessians, quantize_experts
+from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
+from engine.quant.methods.smoothing import smooth
 from engine.quant.request import Calibrated
-from engine.quant.smoothing import smooth
 from engine.quant.specs import Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
 from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats
@@ -128,7 +128,7 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
     (comparisons need the weights only). ``calibrated.samples``: the set AWQ searches its scales on,
     and MoE experts' GPTQ collects their Hessians on when ``calibrated.experts`` (an expert report with
     its Hessians kept) is not given; MoE experts get one row per expert and part
-    (engine/quant/experts.py). The weights are read under the model's lock, so another session's
+    (engine/quant/methods/experts.py). The weights are read under the model's lock, so another session's
     quantized evaluation on the same model never leaks into this plan. What the scheme needs was
     checked by the entry (``engine.quant.quantize``), the one caller."""
     stats, hessians, calibration = calibrated.stats, calibrated.hessians, calibrated.samples

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from engine.errors import SpecError
-from engine.quant.floats import NumberFormat
+from engine.quant.formats.floats import NumberFormat
 from engine.specs import choice
 
 
@@ -83,7 +83,7 @@ class AwqScaling(str, Enum):
 
 @dataclass(frozen=True)
 class AwqSpec:
-    """AWQ before the weights are rounded (engine/quant/awq.py). ``grid``: points searched per mapping
+    """AWQ before the weights are rounded (engine/quant/methods/awq.py). ``grid``: points searched per mapping
     (llm-compressor's n_grid); ``scaling``: see AwqScaling; ``clip``: AutoAWQ's clip search after the
     scaling (llm-compressor has none); ``renormalized``: also scale the inputs of layers whose output a
     norm inside the measured module reads again (Gemma 3's and Qwen 3's q_norm and k_norm), as the paper
@@ -285,7 +285,7 @@ class ExpertFallback(str, Enum):
 
 @dataclass(frozen=True)
 class ExpertPolicy:
-    """How MoE experts are calibrated (engine/quant/experts.py). ``min_tokens``: below it an expert
+    """How MoE experts are calibrated (engine/quant/methods/experts.py). ``min_tokens``: below it an expert
     takes ``fallback`` (0: its input width, below which its Hessian is rank-deficient)."""
 
     calibration: ExpertCalibration = ExpertCalibration.ROUTER
@@ -315,9 +315,9 @@ class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
     quantizable layers but the LM head by default; the head shares its weight with the embedding
     in tied models, which quantizers keep in float). ``smoothing``: SmoothQuant's α (0 to 1; None: off),
-    the inputs' outliers moved into the weights before both are quantized (engine/quant/smoothing.py).
+    the inputs' outliers moved into the weights before both are quantized (engine/quant/methods/smoothing.py).
     ``awq``: AWQ's input scales searched on the calibration set before the weights are rounded
-    (engine/quant/awq.py; None: off). ``experts``: how MoE experts are calibrated (their weights are
+    (engine/quant/methods/awq.py; None: off). ``experts``: how MoE experts are calibrated (their weights are
     quantized with ``weights``; routers stay float)."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)

@@ -12,7 +12,7 @@ multiplies the gain by 10^5 for a channel the calibration data never saw. Where 
 channel is 0 for every input: Gemma 3 has such channels) both take 1e-5, which shrinks the weights'
 column that multiplies it, so it no longer sets their rows' scales.
 
-Which layers read which norm is found from the model (engine/quant/mappings.py), not from a list of
+Which layers read which norm is found from the model (engine/quant/methods/mappings.py), not from a list of
 names: in Gemma 3 the MLP reads ``pre_feedforward_layernorm`` and ``post_attention_layernorm``
 normalizes the attention's output before the residual, which a name list written for Llama gets
 wrong. The 1/s is folded into the norm's *effective* gain: Gemma's norms multiply by (1 + weight),
@@ -25,8 +25,8 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.models import LinearLayer, LoadedModel
-from engine.quant.mappings import norm_mappings, tolerance
-from engine.quant.scaling import ChannelScaling, float_change, scaled_norm
+from engine.quant.methods.mappings import norm_mappings, tolerance
+from engine.quant.methods.scaling import ChannelScaling, float_change, scaled_norm
 
 MINIMUM_SCALE = 1e-5  # llm-compressor's MINIMUM_SMOOTHING_SCALE
 

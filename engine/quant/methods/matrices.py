@@ -10,10 +10,10 @@ from typing import NamedTuple
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.floats import FloatGrids, FloatWeight, NumberFormat, float_weight
-from engine.quant.gptq import FactorizationError, gptq_batch
-from engine.quant.grid import GroupGrids, IntWeight
-from engine.quant.rtn import rtn_quantized
+from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat, float_weight
+from engine.quant.formats.grid import GroupGrids, IntWeight
+from engine.quant.formats.rtn import rtn_quantized
+from engine.quant.methods.gptq import FactorizationError, gptq_batch
 from engine.quant.specs import WeightMethod, WeightSpec
 
 # GPTQ batches layers of one shape up to this many bytes of weights and Hessians (float32).

@@ -16,7 +16,7 @@ import torch
 
 from engine.models import LoadedModel
 from engine.quant.apply import QuantizedModel, quantized, rescaled
-from engine.quant.mappings import ScalingMapping, probe_tokens
+from engine.quant.methods.mappings import ScalingMapping, probe_tokens
 
 
 @dataclass

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from engine.errors import CalibscopeError, SpecError
-from engine.quant.floats import FP8_MAX, NumberFormat, round_fp8
-from engine.quant.grid import Grid, clip_grid, minmax_grid
+from engine.quant.formats.floats import FP8_MAX, NumberFormat, round_fp8
+from engine.quant.formats.grid import Grid, clip_grid, minmax_grid
 from engine.quant.specs import ActivationSpec, Granularity, RangeMethod
 from engine.stats import TENSOR_BINS, LogBins, bin_values, headroom_amax, percentiles_from_counts
 

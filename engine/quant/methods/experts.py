@@ -22,10 +22,10 @@ import torch
 
 from engine.errors import CalibscopeError
 from engine.models import ExpertsLayer
-from engine.quant.floats import FloatWeight
-from engine.quant.grid import IntWeight
-from engine.quant.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
+from engine.quant.formats.floats import FloatWeight
+from engine.quant.formats.grid import IntWeight
 from engine.quant.measures import output_error
+from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.specs import ExpertCalibration, ExpertFallback, ExpertPolicy, WeightMethod, WeightSpec
 from engine.stats import ExpertReport
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.grid import Grid, GroupGrids, row_grid
-from engine.quant.rtn import rtn_quantized
+from engine.quant.formats.grid import Grid, GroupGrids, row_grid
+from engine.quant.formats.rtn import rtn_quantized
 from engine.quant.specs import ActOrder, CholeskyFailure
 
 MAX_DAMPING = 1.0

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from engine.hooks import Side
-from engine.quant.floats import NumberFormat
-from engine.quant.ranges import entropy_clip, mse_clip
+from engine.quant.activations.ranges import entropy_clip, mse_clip
+from engine.quant.formats.floats import NumberFormat
 from engine.stats import (
     ANCHOR_FLOOR_RATIO,
     FP8_NORMAL_RANGE,

@@ -2,7 +2,7 @@
 channel up in the weights and down in the input, by a power of the channel's mean |x| chosen on the
 output error, before the weights are rounded to nearest. The numerics here are llm-compressor
 0.14's ``AWQModifier`` (transcribed; tests/test_awq.py holds it to the transcription), and the clip
-search is AutoAWQ's ``auto_clip``; engine/quant/awq_pass.py runs them over a calibration set.
+search is AutoAWQ's ``auto_clip``; engine/quant/methods/awq_pass.py runs them over a calibration set.
 
 For a mapping (an input x that the balance layers W read, divided by s where it is made):
     x̄_j = mean over the set's tokens of |x_j|,
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.quant.rtn import group_width, padded_groups, rtn_quantized
+from engine.quant.formats.rtn import group_width, padded_groups, rtn_quantized
 from engine.quant.specs import AwqScaling, WeightSpec
 
 SCALE_FLOOR, WEIGHT_FLOOR, GROUP_FLOOR = 1e-4, 1e-4, 1e-6  # llm-compressor's constants

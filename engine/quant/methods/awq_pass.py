@@ -1,7 +1,7 @@
-"""AWQ over a calibration set, block by block (the numerics are engine/quant/awq.py's).
+"""AWQ over a calibration set, block by block (the numerics are engine/quant/methods/awq.py's).
 
 The mappings (which inputs can be rescaled, and which module's output measures it) are found from
-the model (engine/quant/mappings.py). One block-by-block pass of the float model, as llm-compressor's
+the model (engine/quant/methods/mappings.py). One block-by-block pass of the float model, as llm-compressor's
 sequential pipeline runs AWQ (its blocks see the float outputs of the blocks before: the rescaling
 leaves the float model unchanged, and the weights are rounded only after the search): each block's
 quantized layers' inputs are observed (Σ|x| per channel for x̄, Σ xxᵀ for the loss of a Linear
@@ -37,11 +37,11 @@ from engine.memo import OwnerMemo
 from engine.models import LinearLayer, LoadedModel, block_of
 from engine.progress import Progress, no_progress
 from engine.quant.apply import module_weight, original_weights, rescaled
-from engine.quant.awq import Losses, best_clips, clipped, group_blocks, search_scales
-from engine.quant.mappings import ScalingMapping, linear_mappings, norm_mappings, renormalizing_norms
+from engine.quant.formats.rtn import rtn_quantized
 from engine.quant.measures import output_error
-from engine.quant.rtn import rtn_quantized
-from engine.quant.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
+from engine.quant.methods.awq import Losses, best_clips, clipped, group_blocks, search_scales
+from engine.quant.methods.mappings import ScalingMapping, linear_mappings, norm_mappings, renormalizing_norms
+from engine.quant.methods.scaling import ChannelScaling, divided_hessian, scaled_bias, scaled_norm
 from engine.quant.specs import AwqSpec, QuantSpec, WeightSpec
 from engine.runner import Execution, FinishedBlock, PassRequest, distributed, fitted, run_pass, swapped
 from engine.sampling import CalibrationSet

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import CalibscopeError
-from engine.quant.floats import (
+from engine.quant.activations.ranges import activation_clip, activation_grid
+from engine.quant.formats.floats import (
     FP4_MAX,
     MXFP4_BLOCK,
     NVFP4_BLOCK,
@@ -31,8 +32,7 @@ from engine.quant.floats import (
     round_fp4,
     round_fp8,
 )
-from engine.quant.grid import Grid, rounds_scales
-from engine.quant.ranges import activation_clip, activation_grid
+from engine.quant.formats.grid import Grid, rounds_scales
 from engine.quant.specs import ActivationSpec, Granularity
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.quant.grid import GroupGrids, minmax_grid
+from engine.quant.formats.grid import GroupGrids, minmax_grid
 
 
 def group_width(columns: int, group_size: int) -> int:
