@@ -27,8 +27,7 @@ def quantize(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     ``plan_quantization`` for the columns). ``sink`` (sequential runs only): each block's quantized
     layers are handed to it as soon as the block is done (``CheckpointWriter.add``) and not kept, so a
     model of any size is quantized in the memory of one block."""
-    if isinstance(quantization, QuantSpec):
-        quantization = Quantization(quantization)
+    quantization = Quantization.of(quantization)
     quantization.check(calibrated, loaded.resident)
     if quantization.sequential:
         return gptq_block_by_block(loaded, calibrated.samples, quantization, sink, progress)

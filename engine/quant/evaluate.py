@@ -55,8 +55,7 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     ``float_perplexity`` skips the float evaluation when it is known for this evaluation set.
     ``on_plan`` receives the quantized weights (to write them as a checkpoint) before they are
     evaluated."""
-    if isinstance(quantization, QuantSpec):
-        quantization = Quantization(quantization)
+    quantization = Quantization.of(quantization)
     spec, sensitivity, batch_size = quantization.spec, quantization.sensitivity, EVALUATION_BATCH
     started = time.perf_counter()
     layers = len(quantizable_layers(loaded.model, spec))

@@ -72,6 +72,11 @@ class Quantization:
             raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ), not "
                             f"{self.spec.label()}: leave it off for this scheme.")
 
+    @classmethod
+    def of(cls, asked: Quantization | QuantSpec) -> Quantization:
+        """A bare scheme is its quantization with every default (all at once, cheap sensitivity)."""
+        return asked if isinstance(asked, Quantization) else cls(asked)
+
     @property
     def output_errors(self) -> bool:
         """Whether the plan measures each layer's output error (two GEMMs a layer: skipped when unasked)."""
