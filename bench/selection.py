@@ -19,10 +19,11 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 # isort: split
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
-from bench._common import RESULTS, report
+from bench._common import QUICK_RESULTS, RESULTS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.corpus import column
@@ -53,14 +54,15 @@ def main() -> None:
             if args.quick else ComparisonSpec(seeds=args.seeds, counts=counts, length=args.length))
     if args.schemes:
         spec = replace(spec, schemes=tuple(args.schemes.split(",")))
-    runs_file = RESULTS / f"{args.name}_runs.csv"
+    folder = QUICK_RESULTS if args.quick else RESULTS  # a smoke run never replaces a measured table
+    runs_file = folder / f"{args.name}_runs.csv"
     if args.strategies:
         spec = replace(spec, strategies=tuple(args.strategies.split(",")))
     loaded = load_model(ModelSpec("builtin:gemma-3-270m"))
     builtin_held_out = column(load_corpus(CorpusSpec.builtin(args.corpus, split="test")), "text")
     evaluations = [evaluation_windows(loaded.tokenizer, held_out_texts(), spec.length, args.windows, "wikitext-2 held-out"),
                    evaluation_windows(loaded.tokenizer, builtin_held_out, spec.length, args.windows, f"{args.corpus} held-out")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     runs = []
     reused = {}
     if args.append and runs_file.is_file():
@@ -81,17 +83,17 @@ def main() -> None:
             pd.concat(runs, ignore_index=True).to_csv(runs_file, index=False)
     summarize_and_report(pd.concat(runs, ignore_index=True), spec.length, {e.name: e.tokens for e in evaluations},
                          {"dtype": loaded.info.dtype, "device": loaded.info.device, "reused": reused, "quick": args.quick},
-                         args.name)
+                         args.name, folder)
 
 
 def summarize_and_report(rows: pd.DataFrame, length: int, evaluation_tokens: dict, provenance: dict,
-                         name: str = "selection") -> None:
+                         name: str = "selection", folder: Path = RESULTS) -> None:
     """Mean ± std table (bench/results/NAME_summary.csv) and the JSON summary, from all runs."""
     table = summarize(rows)
     if "awq_ratio" in rows:  # how AWQ's chosen power moves with the set: its mean over seeds, beside the perplexity
         ratios = rows.dropna(subset=["awq_ratio"]).groupby(["calibration", "evaluation", "scheme", "samples", "strategy"])
         table = table.merge(ratios["awq_ratio"].mean().rename("awq_ratio").reset_index(), how="left")
-    table.to_csv(RESULTS / f"{name}_summary.csv", index=False)
+    table.to_csv(folder / f"{name}_summary.csv", index=False)
     print(table.to_string(index=False))
     random = table[table["strategy"] == "random"].set_index(["calibration", "evaluation", "scheme", "samples"])["mean"]
     best = table[table["best"]]
