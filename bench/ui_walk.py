@@ -44,7 +44,9 @@ def main() -> None:
     with served_app(context=AppContext(default_model=model)) as url, chromium_page(1400, 1000) as page:
         page.goto(url)
         walk = Walk(page, timeout_ms=1_800_000)
-        statuses = {step.name: result_line(walk.run(step, args.screenshots), step.done) for step in steps()}
+        # the tiny model's widths (32, 37) take no group of 128: its first run, written at the end, is per channel
+        walk_steps = steps(scheme_first="W8A8 static (min/max)") if args.quick else steps()
+        statuses = {step.name: result_line(walk.run(step, args.screenshots), step.done) for step in walk_steps}
     goal_steps = {name: seconds for name, seconds in walk.times.items() if name not in UNBOUNDED}
     slowest = max(goal_steps, key=goal_steps.get)
     report("ui_walk", "slowest_step_seconds", walk.times[slowest], f"<= {GOAL_S:g} ({', '.join(UNBOUNDED)} aside)",
