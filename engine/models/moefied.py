@@ -10,7 +10,7 @@ router per block is fitted (ridge regression, from the MLP's input) to predict e
 activation norm; the ``TOP_K`` it predicts largest run, each with weight 1. With every expert running
 it computes exactly the dense MLP (shared and experts partition the neurons); with top-k it drops
 the others, which costs perplexity: Gemma's GELU MLP is not sparse, so the model is much worse than
-the dense one (measured: README), yet its experts are real weights that see different tokens. It is
+the dense one (measured: docs/schemes.md), yet its experts are real weights that see different tokens. It is
 not a released model, and its name says so: ``builtin:gemma-3-270m-moe``. The fit is made once on
 the builtin ``mixed`` corpus's train split in float32 and cached beside the builtin weights, keyed
 by them; the experts are stored as transformers 5 stores fused experts (``gate_up_proj`` [E, 2I, H],
