@@ -50,9 +50,9 @@ from bench._common import STABLE_MALLOC, bench_dtypes, peak_rss_mb, report
 from bench.gptq_presets import windows
 from bench.peers import HERE, environment, exported_windows
 from engine import ModelSpec, load_model
-from engine.export import CheckpointWriter, dequantized_layers, largest_weight_difference, reloaded_perplexity, save_quantized
+from engine.export import CheckpointWriter, dequantized_layers, largest_weight_difference, reloaded_divergence, save_quantized
 from engine.models import cache_root, cached_checkpoint
-from engine.quant import PRESETS, Calibrated, Quantization, perplexity, quantize, quantized
+from engine.quant import PRESETS, Calibrated, Quantization, divergence, float_reference, quantize, quantized
 from engine.stats import HessianSpec, collect_hessians
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +105,11 @@ def roundtrip(dtype: str, work: Path) -> dict:
     calibration, evaluation = windows(loaded)
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
     plan, _ = quantize(loaded, Quantization(SPEC, sensitivity="none"), Calibrated(hessians=hessians))
+    reference = float_reference(loaded, evaluation)
     with quantized(loaded, plan):
-        simulated = perplexity(loaded, evaluation)
-    row = {"dtype": dtype, "simulated_perplexity": round(simulated, 4)}
+        measured = divergence(loaded, evaluation, reference)
+    simulated = measured.perplexity
+    row = {"dtype": dtype, "simulated_perplexity": round(simulated, 4), "simulated_kld": round(measured.mean_kld, 6)}
     for fmt in ("compressed-tensors", "gptq"):
         folder = work / f"gemma-{dtype}-{fmt}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -118,9 +120,10 @@ def roundtrip(dtype: str, work: Path) -> dict:
                     "max_weight_difference": largest_weight_difference(folder, plan.weights)}
         if fmt == "compressed-tensors":
             started = time.perf_counter()
-            reloaded, how = reloaded_perplexity(folder, loaded, evaluation)
-            row[fmt].update(reloaded_perplexity=round(reloaded, 4), reload_s=round(time.perf_counter() - started, 1),
-                            reloaded_with=how, ppl_ratio_reloaded_vs_simulated=round(reloaded / simulated, 6))
+            back, how = reloaded_divergence(folder, loaded, evaluation, reference)
+            row[fmt].update(reloaded_perplexity=round(back.perplexity, 4), reloaded_kld=round(back.mean_kld, 6),
+                            reload_s=round(time.perf_counter() - started, 1), reloaded_with=how,
+                            ppl_ratio_reloaded_vs_simulated=round(back.perplexity / simulated, 6))
         print(json.dumps(row), flush=True)
     return row
 

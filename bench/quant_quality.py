@@ -20,7 +20,7 @@ from bench._common import report
 from bench.stats_overhead import WIKITEXT
 from engine import CorpusSpec, ModelSpec, load_corpus, load_model
 from engine.corpus import column
-from engine.quant import PRESETS, Calibrated, evaluate, evaluation_windows, perplexity
+from engine.quant import PRESETS, Calibrated, evaluate, evaluation_windows, float_reference
 from engine.sampling import GptqWindowsSpec, build
 from engine.stats import HessianSpec, StatsSpec, collect, collect_hessians
 
@@ -57,14 +57,16 @@ def main() -> None:
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False))
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
     calibration_s = time.perf_counter() - started
-    float_ppl = perplexity(loaded, evaluation)
-    results = {"float": {"perplexity": round(float_ppl, 4)}}
+    reference = float_reference(loaded, evaluation)
+    results = {"float": {"perplexity": round(reference.perplexity, 4)}}
     for name in SCHEMES:
         result = evaluate(loaded, PRESETS[name], Calibrated(stats=stats, hessians=hessians), evaluation,
-                          float_perplexity=float_ppl)
+                          make_reference=lambda *_: reference)
         results[name] = {"perplexity": round(result.quantized_perplexity, 4), "gap": round(result.gap, 4),
+                         **{key: round(value, 5) for key, value in result.divergence.summary().items()},
                          "seconds": result.meta["seconds"]}
         print(f"{name:24s} perplexity {result.quantized_perplexity:9.3f}  gap {result.gap:+8.3f}  "
+              f"KLD {result.divergence.mean_kld:.4f}  "
               f"({result.meta['seconds']:.0f} s)", flush=True)
     ratios = {bits: results[f"{bits} g128 GPTQ"]["gap"] / results[f"{bits} g128 RTN"]["gap"] for bits in ("W4", "W3")}
     worst = max(ratios.values())

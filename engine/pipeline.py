@@ -233,7 +233,8 @@ def _results(output: Path, reports: list, comparison) -> dict[str, Path]:
         written["quantization"] = output / "quantization-runs.csv"
         summary = pd.DataFrame([{"scheme": r.spec.label(), "gptq": r.meta.get("gptq", ""), "evaluation": r.meta["evaluation"],
                                  "tokens": r.meta["evaluation_tokens"],
-                                 "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap}
+                                 "float": r.float_perplexity, "quantized": r.quantized_perplexity, "gap": r.gap,
+                                 **r.divergence_columns()}
                                 for r in reports])
         write_file(written["quantization"], summary.to_csv(index=False))
         for number, report in enumerate(reports, 1):

@@ -15,6 +15,7 @@ from engine.figures import (
     channel_heatmap,
     comparison_bars,
     diagonal_heatmap,
+    divergence_runs,
     hessian_depth,
     layer_distributions,
     length_histogram,
@@ -47,13 +48,15 @@ def calibration_section(calibration: CalibrationSet) -> Section:
 
 
 def quantization_section(reports: Sequence[QuantReport]) -> Section:
-    """Every run side by side (scheme, held-out text, perplexities), and each run's per-layer view."""
+    """Every run side by side (scheme, held-out text, perplexities, divergence from float), and each run's per-layer view."""
     runs = pd.DataFrame([{"run": run_label(number, report), "evaluated on": report.meta["evaluation"],
                           "tokens": report.meta["evaluation_tokens"], "float": round(report.float_perplexity, 3),
-                          "quantized": round(report.quantized_perplexity, 3), "gap": round(report.gap, 3)}
+                          "quantized": round(report.quantized_perplexity, 3), "gap": round(report.gap, 3),
+                          **{key: round(value, 5) for key, value in report.divergence_columns().items()}}
                          for number, report in enumerate(reports, 1)])
     return section("Quantization", tables=[runs],
-                   figures=[perplexity_runs(list(reports)), *[sensitivity_depth(report) for report in reports]])
+                   figures=[perplexity_runs(list(reports)), divergence_runs(list(reports)),
+                            *[sensitivity_depth(report) for report in reports]])
 
 
 def hessian_section(hessians: HessianReport) -> Section:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from engine.errors import ExportError
 from engine.export import CheckpointWriter, save_quantized
 from engine.export import shards as shard_module
-from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_perplexity
+from engine.export.verify import dequantized_layers, largest_weight_difference, reloaded_divergence
 from engine.models import from_model
 from engine.models.tiny import byte_tokenizer
 from engine.quant import (
@@ -187,8 +187,8 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     # quantization, in bf16) differs in its roundings: ~1e-4 of the perplexity here
     assert back_ppl / simulated_ppl == pytest.approx(1.0, abs=1e-3)
     # what the dashboard reports: static inputs quantized in float32 on the file's scales, as vLLM does
-    checked, how = reloaded_perplexity(tmp_path / "out", loaded, evaluation)
-    assert checked / simulated_ppl == pytest.approx(1.0, abs=1e-3)
+    checked, how = reloaded_divergence(tmp_path / "out", loaded, evaluation)
+    assert checked.perplexity / simulated_ppl == pytest.approx(1.0, abs=1e-3)
     assert ("as vLLM's kernels do" in how) == spec.activations.enabled
 
 
@@ -396,8 +396,8 @@ def test_float_formats_reload_to_exactly_the_simulated_model(name, dtype, tmp_pa
     evaluation = windows(loaded)
     with quantized(loaded, plan):
         simulated = perplexity(loaded, evaluation)
-    checked, how = reloaded_perplexity(tmp_path / "out", loaded, evaluation)
-    assert checked / simulated == pytest.approx(1.0, abs=1e-3 if dtype == torch.bfloat16 else 1e-6)
+    checked, how = reloaded_divergence(tmp_path / "out", loaded, evaluation)
+    assert checked.perplexity / simulated == pytest.approx(1.0, abs=1e-3 if dtype == torch.bfloat16 else 1e-6)
     fp4 = "FP4" in name.upper()
     assert ("transformers from_pretrained" in how) == (dtype == torch.bfloat16 or not fp4)
     assert (summary.warning is not None) == name.startswith("MXFP4")  # vLLM serves MXFP4 as W4A16

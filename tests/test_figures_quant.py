@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from engine.experiments.sweep import SweepResult
-from engine.figures.quant import perplexity_runs, sensitivity_depth
+from engine.figures.quant import KLD_FLOOR, divergence_runs, perplexity_runs, sensitivity_depth
 from engine.figures.selection import comparison_bars, selection_scatter, sweep_curves
-from engine.quant import QuantReport, QuantSpec, WeightSpec
+from engine.quant import Divergence, QuantReport, QuantSpec, WeightSpec
 
 
 def test_sensitivity_depth_shows_each_measure_in_execution_order():
@@ -36,6 +36,22 @@ def test_perplexity_runs_put_float_beside_each_run():
     bars, floats = fig.data
     assert list(bars.x) == ["#1 W4 g128 GPTQ", "#2 W3 g128 RTN"] and list(bars.y) == [25.0, 21.0]
     assert list(floats.y) == [20.0, 20.0]
+
+
+def test_divergence_runs_draw_each_runs_tokens_as_a_cumulative_share():
+    layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"]})
+    kld = np.array([[0.0, 0.01, 0.02, 0.5], [0.001, 0.002, 0.03, 2.0]], dtype=np.float32)
+    same = np.array([[True, True, True, False], [True, True, True, True]])
+    measured = QuantReport(QuantSpec(WeightSpec("gptq", 4, 128)), 20.0, 25.0, layers, {"evaluation": "wiki"},
+                           Divergence(25.0, kld, same))
+    older = QuantReport(QuantSpec(WeightSpec("rtn", 3, 128)), 20.0, 21.0, layers, {})  # made before divergence was measured
+    fig = divergence_runs([older, measured])
+    (line,) = fig.data
+    assert list(line.x) == pytest.approx([KLD_FLOOR, 0.001, 0.002, 0.01, 0.02, 0.03, 0.5, 2.0])  # the exact zero at the floor
+    assert list(line.y) == pytest.approx([k / 8 for k in range(1, 9)])
+    assert line.name.startswith("#2 W4 g128 GPTQ: mean 0.3204, p99") and "same top 87.5%" in line.name
+    assert fig.layout.xaxis.type == "log"
+    assert divergence_runs([older]) is None
 
 
 def test_sweep_curves_plot_mean_and_band_below_the_full_count():

@@ -211,16 +211,16 @@ def test_evaluate_on_a_tiny_model_orders_schemes_and_leaves_the_model_unchanged(
     state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     float_ppl = perplexity(tiny_llama, evaluation)
     w8 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 8, 0)), Calibrated(stats=stats, hessians=hessians), evaluation)
-    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), Calibrated(stats=stats, hessians=hessians), evaluation,
-                  float_perplexity=float_ppl)
+    w2 = evaluate(tiny_llama, QuantSpec(WeightSpec("rtn", 2, 0)), Calibrated(stats=stats, hessians=hessians), evaluation)
     both = evaluate(tiny_llama, Quantization(QuantSpec(WeightSpec("gptq", 4, 32), ActivationSpec(8, "percentile", 99.99)),
                                              sensitivity="thorough"), Calibrated(stats=stats, hessians=hessians), evaluation)
     assert w8.float_perplexity == pytest.approx(float_ppl) == w2.float_perplexity
     assert abs(w8.gap) < 0.1 * w2.gap  # random weights: perplexity ~ vocabulary, yet 2 bits still shows
+    assert w8.divergence.mean_kld < 0.1 * w2.divergence.mean_kld and w8.divergence.top1_agreement > w2.divergence.top1_agreement
     table = both.layers
     assert len(table) == len(select_layers(tiny_llama.model, ("Linear",), "", False))
-    assert {"output_error", "gptq_loss", "input_error", "perplexity_change", "clip", "block"} <= set(table.columns)
-    assert (table["output_error"] > 0).all() and table["perplexity_change"].notna().all()
+    assert {"output_error", "gptq_loss", "input_error", "perplexity_change", "kld", "clip", "block"} <= set(table.columns)
+    assert (table["output_error"] > 0).all() and table["perplexity_change"].notna().all() and (table["kld"] > 0).all()
     assert both.meta["evaluation_tokens"] == evaluation.tokens
     for name, value in tiny_llama.model.state_dict().items():
         assert torch.equal(value, state[name]), name

@@ -2,7 +2,7 @@
 
 For every strategy x seed x sample count: build the set (same corpus, same length), collect what
 the schemes need (Hessians for GPTQ, statistics for static activations), quantize, and measure
-perplexity on each held-out evaluation set. Means and spreads over seeds answer "is cluster
+perplexity and the divergence from float on each held-out evaluation set. Means and spreads over seeds answer "is cluster
 selection better than random?" for this model and data, with error bars.
 """
 from __future__ import annotations
@@ -20,9 +20,11 @@ from engine.quant import (
     PRESETS,
     Calibrated,
     EvaluationSet,
+    FloatReference,
     Quantization,
     Sensitivity,
-    perplexity,
+    divergence,
+    float_reference,
     quantize,
     quantized,
 )
@@ -74,7 +76,7 @@ def candidates(strategy: str, samples: int) -> dict:
 
 
 def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluations: list[EvaluationSet],
-             floats: dict[str, float]) -> list[dict]:
+             references: dict[str, FloatReference]) -> list[dict]:
     needs_stats = any(PRESETS[s].needs_stats for s in schemes)
     needs_hessians = any(PRESETS[s].needs_hessians for s in schemes)
     stats = collect(loaded, calibration, StatsSpec(channel_histograms=False)) if needs_stats else None
@@ -88,20 +90,22 @@ def _measure(loaded: LoadedModel, calibration, schemes: tuple[str, ...], evaluat
         awq = {"awq_ratio": float(table["awq_ratio"].median())} if "awq_ratio" in table else {}
         with quantized(loaded, plan):
             for evaluation in evaluations:
-                value = perplexity(loaded, evaluation)
-                rows.append({"scheme": scheme, "evaluation": evaluation.name, "perplexity": value,
-                             "float_perplexity": floats[evaluation.name], "gap": value - floats[evaluation.name], **awq})
+                reference = references[evaluation.name]
+                found = divergence(loaded, evaluation, reference)
+                rows.append({"scheme": scheme, "evaluation": evaluation.name, "perplexity": found.perplexity,
+                             "float_perplexity": reference.perplexity, "gap": found.perplexity - reference.perplexity,
+                             **found.summary(), **awq})
     return rows
 
 
 def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list[EvaluationSet], corpus_label: str = "",
             progress: Progress = no_progress,
-            float_perplexity: Callable[[EvaluationSet], float] | None = None) -> pd.DataFrame:
-    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity and gap to float, and
-    for AWQ schemes the median power its search chose (``float_perplexity``: where the float model's
-    are already known, e.g. a session's cache)."""
-    measure = float_perplexity or (lambda evaluation: perplexity(loaded, evaluation))
-    floats = {e.name: measure(e) for e in evaluations}
+            reference: Callable[[EvaluationSet], FloatReference] | None = None) -> pd.DataFrame:
+    """One row per (strategy, seed, samples, scheme, evaluation) with perplexity, gap and divergence
+    from float, and for AWQ schemes the median power its search chose (``reference``: where the
+    float model's are already known, e.g. a session's cache)."""
+    measure = reference or (lambda evaluation: float_reference(loaded, evaluation))
+    references = {e.name: measure(e) for e in evaluations}
     rows, done = [], 0
     for strategy in spec.strategies:
         for samples in spec.counts:
@@ -112,7 +116,7 @@ def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list
                 sampling = spec_for(strategy, nsamples=samples, length=spec.length, seed=seed, **candidates(strategy, samples))
                 calibration = build(corpus, loaded.tokenizer, sampling,
                                     max_positions=loaded.info.max_positions, corpus_label=corpus_label, model=loaded)
-                for row in _measure(loaded, calibration, spec.schemes, evaluations, floats):
+                for row in _measure(loaded, calibration, spec.schemes, evaluations, references):
                     rows.append({"strategy": strategy, "seed": seed, "samples": samples, "calibration": corpus_label,
                                  "tokens": int(calibration.lengths.sum()), **row,
                                  "seconds": round(time.perf_counter() - started, 1)})
@@ -122,11 +126,16 @@ def compare(loaded: LoadedModel, corpus, spec: ComparisonSpec, evaluations: list
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std of perplexity over seeds per (calibration, evaluation, scheme, samples, strategy);
-    std is NaN where one seed gives no spread."""
+    """Mean ± std of perplexity over seeds per (calibration, evaluation, scheme, samples, strategy),
+    and of the mean KL divergence from float where it was measured; std is NaN where one seed gives
+    no spread."""
     keys = ["calibration", "evaluation", "scheme", "samples", "strategy"]
-    grouped = rows.groupby(keys)["perplexity"]
-    table = grouped.agg(["mean", "std", "count"]).reset_index()  # std is NaN for one seed: no spread, not zero
+    grouped = rows.groupby(keys)
+    table = grouped["perplexity"].agg(["mean", "std", "count"]).reset_index()  # std is NaN for one seed: not zero
+    if "kld_mean" in rows:
+        divergences = grouped["kld_mean"].agg(["mean", "std"]).reset_index(drop=True)
+        table["kld"], table["kld_std"] = divergences["mean"], divergences["std"]
+        table["top1"] = grouped["top1_agreement"].mean().reset_index(drop=True)
     best = table.groupby(keys[:-1])["mean"].transform("min")
     table["best"] = table["mean"] == best
     return table.sort_values(keys).reset_index(drop=True)

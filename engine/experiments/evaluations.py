@@ -1,9 +1,10 @@
 """Held-out text for evaluations, and a bounded cache of what evaluating on it costs.
 
-Evaluation windows depend only on (model, text, length, count); a float perplexity only on (model,
-windows); a quantized evaluation on (model, calibration set, what was collected from it, scheme,
-windows). All are deterministic in their key, so one cache instance can serve every session of a
-process (the dashboard keeps one in its application context; nothing here is a module global).
+Evaluation windows depend only on (model, text, length, count); the float model's reference (its
+perplexity and final hidden states) only on (model, windows); a quantized evaluation on (model,
+calibration set, what was collected from it, scheme, windows). All are deterministic in their key,
+so one cache instance can serve every session of a process (the dashboard keeps one in its
+application context; nothing here is a module global).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from engine.progress import Progress, no_progress
 from engine.quant import (
     Calibrated,
     EvaluationSet,
+    FloatReference,
     Quantization,
     QuantizedModel,
     QuantReport,
     evaluate,
     evaluation_windows,
-    perplexity,
+    float_reference,
 )
 from engine.specs import BuiltinCorpus, CorpusSpec
 
@@ -50,11 +52,12 @@ def held_out_texts(source: str, upload: str | None = None) -> list[str]:
 
 
 class EvaluationCache:
-    """Bounded caches of evaluation windows, float perplexities and quantized evaluations."""
+    """Bounded caches of evaluation windows, float references and quantized evaluations. A reference
+    holds hidden-size numbers per evaluated token (5 MB for the builtin Gemma's 4 x 512 windows)."""
 
-    def __init__(self, windows: int = 8, perplexities: int = 64, reports: int = 32) -> None:
+    def __init__(self, windows: int = 8, references: int = 8, reports: int = 32) -> None:
         self._windows = ResultCache(windows)
-        self._floats = ResultCache(perplexities)
+        self._floats = ResultCache(references)
         self._reports = ResultCache(reports)
 
     def windows(self, loaded: LoadedModel, source: str, length: int, count: int, upload: str | None = None) -> EvaluationSet:
@@ -62,21 +65,24 @@ class EvaluationCache:
         return self._windows.get_or_compute(
             key, lambda: evaluation_windows(loaded.tokenizer, held_out_texts(source, upload), length, count, source))
 
-    def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
+    def reference(self, loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int = 4,
+                  progress: Progress = no_progress) -> FloatReference:
         return self._floats.get_or_compute((loaded.spec, evaluation.key),
-                                           lambda: perplexity(loaded, evaluation, progress=progress))
+                                           lambda: float_reference(loaded, evaluation, batch_size, progress))
+
+    def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
+        return self.reference(loaded, evaluation, progress=progress).perplexity
 
     def evaluate(self, loaded: LoadedModel, quantization: Quantization, calibrated: Calibrated, evaluation: EvaluationSet,
                  progress: Progress = no_progress, *,
                  on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:
-        """``engine.quant.evaluate`` with the float perplexity and the whole report reused when
+        """``engine.quant.evaluate`` with the float reference and the whole report reused when
         known; returns the report and whether it was reused (``on_plan`` is then not called)."""
         key = (loaded.spec, evaluation.key, quantization.spec, quantization.sensitivity, *calibrated.key(quantization))
         found = self._reports.peek(key)
         if found is not None:
             return found, True
-        known = self._floats.peek((loaded.spec, evaluation.key))
-        report = evaluate(loaded, quantization, calibrated, evaluation, progress, float_perplexity=known, on_plan=on_plan)
-        self._floats.put((loaded.spec, evaluation.key), report.float_perplexity)
+        report = evaluate(loaded, quantization, calibrated, evaluation, progress, make_reference=self.reference,
+                          on_plan=on_plan)
         self._reports.put(key, report)
         return report, False

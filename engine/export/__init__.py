@@ -24,7 +24,7 @@ from engine.export.verify import (
     dequantized_layers,
     input_quantizers,
     largest_weight_difference,
-    reloaded_perplexity,
+    reloaded_divergence,
 )
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "largest_weight_difference",
     "load_calibration_export",
     "optimum_samples",
-    "reloaded_perplexity",
+    "reloaded_divergence",
     "save_calibration_set",
     "save_quantized",
     "simulated_layers",

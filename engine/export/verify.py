@@ -136,33 +136,36 @@ def reloaded(folder: str | Path, dtype: torch.dtype):
     return model
 
 
-def reloaded_perplexity(folder: str | Path, loaded, evaluation) -> tuple[float, str]:
-    """The checkpoint's perplexity on ``evaluation``, and how it was read: through transformers
-    where it loads the checkpoint, else its layers read back here (compressed-tensors' decompressor,
-    or GPTQ unpacking) and swapped into ``loaded``."""
+def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) -> tuple:
+    """The checkpoint's divergence from the float model (``loaded``; ``reference``: its float
+    reference on ``evaluation``, made here if not given) with its perplexity, and how it was read:
+    through transformers where it loads the checkpoint, else its layers read back here
+    (compressed-tensors' decompressor, or GPTQ unpacking) and swapped into ``loaded``."""
     from engine.models import from_model
-    from engine.quant import QuantizedModel, perplexity, quantized, rounds_scales
+    from engine.quant import QuantizedModel, divergence, float_reference, quantized, rounds_scales
 
+    reference = reference if reference is not None else float_reference(loaded, evaluation)
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
     inputs = input_quantizers(Path(folder))
     if reason is None:
         model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
         if not (inputs and rounds_scales(dtype)):
-            return perplexity(model, evaluation), "transformers from_pretrained"
+            return divergence(model, evaluation, reference, reference_model=loaded), "transformers from_pretrained"
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
-        own = perplexity(model, evaluation)
+        own = divergence(model, evaluation, reference, reference_model=loaded).perplexity
         for module in model.model.modules():
             if hasattr(module, "quantization_scheme"):
                 module.quantization_enabled = False
         with quantized(model, QuantizedModel(inputs=inputs)):
-            return perplexity(model, evaluation), (
+            return divergence(model, evaluation, reference, reference_model=loaded), (
                 f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's "
-                f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives {own:.3f}")
+                f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives perplexity "
+                f"{own:.3f}")
     read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded))
     with quantized(loaded, read_back):
-        return perplexity(loaded, evaluation), f"read back here ({reason})"
+        return divergence(loaded, evaluation, reference), f"read back here ({reason})"
 
 
 def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
-"""Figures of simulated quantization: which layers it hurts, and perplexity per scheme."""
+"""Figures of simulated quantization: which layers it hurts, and perplexity and divergence from float per scheme."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -92,3 +93,32 @@ def perplexity_runs(reports: list[QuantReport]) -> go.Figure:
     fig.update_xaxes(tickangle=0, categoryorder="array", categoryarray=labels)
     styled(fig, "Perplexity by scheme (held-out text; lower is better)", "scheme", "perplexity")
     return fig.update_layout(height=420, margin={"b": 90})
+
+
+KLD_FLOOR = 1e-6  # nats: a token below it is drawn at it (a log axis has no zero)
+CDF_POINTS = 400
+
+
+def divergence_runs(reports: list[QuantReport]) -> go.Figure | None:
+    """Each run's per-token KL divergence from float as a cumulative share of tokens (log x): where
+    most tokens sit, and how heavy the tail a user meets is. None when no run measured it."""
+    measured = [(number, report) for number, report in enumerate(reports, 1) if report.divergence is not None]
+    if not measured:
+        return None
+    fig = go.Figure()
+    colours = [SELECTED, ASKED, CORPUS, "#f59e0b", "#14b8a6", "#6366f1", "#ef4444", "#0f172a"]
+    for (number, report), colour in zip(measured, colours * (len(measured) // len(colours) + 1)):
+        found = report.divergence
+        values = np.sort(np.maximum(found.kld.ravel(), KLD_FLOOR))
+        picked = np.unique(np.linspace(0, len(values) - 1, min(CDF_POINTS, len(values))).astype(int))
+        share = (picked + 1) / len(values)
+        name = (f"{run_label(number, report)}: mean {found.mean_kld:.4f}, p99 {found.p99_kld:.3f}, "
+                f"same top {100 * found.top1_agreement:.1f}% ({report.meta.get('evaluation', '')})")
+        fig.add_trace(go.Scatter(x=values[picked].tolist(), y=share.tolist(), name=name, mode="lines",
+                                 line={"color": colour, "width": 2},
+                                 hovertemplate="%{y:.1%} of tokens at or below %{x:.2e} nats<extra></extra>"))
+    fig.update_xaxes(type="log", exponentformat="power")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    styled(fig, "KL divergence from float, per token (further left is better)", "KL(float ‖ quantized), nats (log)",
+           "share of tokens at or below")
+    return fig.update_layout(height=380, showlegend=True, legend={"orientation": "h", "y": -0.25, "x": 0})

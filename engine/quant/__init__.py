@@ -1,5 +1,5 @@
 """Simulated quantization: RTN and GPTQ weights (int, FP8, NVFP4, MXFP4), static and dynamic
-activation quantization, SmoothQuant, AWQ, MoE experts; perplexity, sensitivity.
+activation quantization, SmoothQuant, AWQ, MoE experts; perplexity, divergence from float, sensitivity.
 
 One entry: ``quantize(loaded, Quantization(spec, ...), Calibrated(...))`` gives the plan and its
 per-layer table, ``evaluate`` the same plus perplexities; both check what the scheme needs once."""
@@ -7,6 +7,7 @@ from engine.quant.activations.format_ranges import format_ranges
 from engine.quant.activations.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
 from engine.quant.activations.ranges import entropy_clip
 from engine.quant.apply import QuantizedModel, quantized
+from engine.quant.divergence import Divergence, FloatReference, divergence, float_reference
 from engine.quant.entry import quantize
 from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
 from engine.quant.formats.floats import FloatWeight, NumberFormat
@@ -46,10 +47,12 @@ __all__ = [
     "AwqSpec",
     "Calibrated",
     "CholeskyFailure",
+    "Divergence",
     "EvaluationSet",
     "ExpertCalibration",
     "ExpertFallback",
     "ExpertPolicy",
+    "FloatReference",
     "FloatWeight",
     "Fp8Inputs",
     "Granularity",
@@ -68,9 +71,11 @@ __all__ = [
     "WeightMethod",
     "WeightSpec",
     "awq_scaling",
+    "divergence",
     "entropy_clip",
     "evaluate",
     "evaluation_windows",
+    "float_reference",
     "format_ranges",
     "gain_offset",
     "gptq",

@@ -1,5 +1,5 @@
 """evaluate: quantize (simulated, through the one entry) with a calibration set's statistics and Hessians, measure the
-perplexity against float on held-out text, and how much each layer contributes."""
+perplexity and the divergence from float on held-out text, and how much each layer contributes."""
 from __future__ import annotations
 
 import math
@@ -13,24 +13,28 @@ from engine.errors import CalibscopeError
 from engine.models import LoadedModel, block_of
 from engine.progress import Progress, labelled, no_progress, scaled
 from engine.quant.apply import QuantizedModel, quantized
+from engine.quant.divergence import Divergence, FloatReference, divergence, float_reference
 from engine.quant.entry import quantize
-from engine.quant.perplexity import EvaluationSet, perplexity
+from engine.quant.perplexity import EvaluationSet
 from engine.quant.plan import quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import QuantSpec
 
 EVALUATION_BATCH = 4  # windows per forward when perplexities are measured
+ReferenceMaker = Callable[[LoadedModel, EvaluationSet, int, Progress], FloatReference]
 
 
 @dataclass
 class QuantReport:
-    """Float and quantized perplexity on one evaluation set, and one row per quantized layer."""
+    """Float and quantized perplexity on one evaluation set, the quantized model's divergence from
+    float there (None for a report made before it was measured), and one row per quantized layer."""
 
     spec: QuantSpec
     float_perplexity: float
     quantized_perplexity: float
     layers: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    divergence: Divergence | None = None
 
     @property
     def gap(self) -> float:
@@ -42,17 +46,30 @@ class QuantReport:
             ("Float perplexity", f"{self.float_perplexity:.3f}"),
             ("Quantized perplexity", f"{self.quantized_perplexity:.3f}"),
             ("Gap", f"{self.gap:+.3f} ({100 * self.gap / self.float_perplexity:+.2f}%)"),
+            *self.divergence_rows(),
             ("Evaluated on", f"{self.meta['evaluation']} ({self.meta['evaluation_tokens']:,} tokens)"),
         ]
 
+    def divergence_columns(self) -> dict[str, float]:
+        """Mean, median and p99 KL divergence and top-1 agreement, as table columns (none if unmeasured)."""
+        return self.divergence.summary() if self.divergence is not None else {}
+
+    def divergence_rows(self) -> list[tuple[str, str]]:
+        found = self.divergence
+        if found is None:
+            return []
+        return [("KL divergence from float", (f"{found.mean_kld:.4f} nats/token (median {found.median_kld:.4f}, "
+                                             f"p99 {found.p99_kld:.3f})")),
+                ("Same top token as float", f"{100 * found.top1_agreement:.2f}%")]
+
 
 def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibrated: Calibrated, evaluation: EvaluationSet,
-             progress: Progress = no_progress, *, float_perplexity: float | None = None,
+             progress: Progress = no_progress, *, make_reference: ReferenceMaker = float_reference,
              on_plan: Callable[[QuantizedModel], None] | None = None) -> QuantReport:
-    """Quantize through the one entry (``engine.quant.quantize``), compare perplexities on
-    ``evaluation``, and rank the layers as ``quantization.sensitivity`` says.
+    """Quantize through the one entry (``engine.quant.quantize``), compare perplexities and measure
+    the divergence from float on ``evaluation``, and rank the layers as ``quantization.sensitivity`` says.
 
-    ``float_perplexity`` skips the float evaluation when it is known for this evaluation set.
+    ``make_reference`` gives the float model on this evaluation set (a cache's reuses it).
     ``on_plan`` receives the quantized weights (to write them as a checkpoint) before they are
     evaluated."""
     quantization = Quantization.of(quantization)
@@ -64,17 +81,17 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     plan, table = quantize(loaded, quantization, calibrated, labelled(scaled(progress, 0.0, split[0]), "Quantizing"))
     if on_plan is not None:
         on_plan(plan)
-    if float_perplexity is None:
-        float_perplexity = perplexity(loaded, evaluation, batch_size,
-                                      labelled(scaled(progress, split[0], split[1]), "Float model"))
+    reference = make_reference(loaded, evaluation, batch_size, labelled(scaled(progress, split[0], split[1]), "Float model"))
     with quantized(loaded, plan):
-        quantized_perplexity = perplexity(loaded, evaluation, batch_size,
-                                          labelled(scaled(progress, split[1], split[2]), "Quantized model"))
+        measured = divergence(loaded, evaluation, reference, batch_size,
+                              labelled(scaled(progress, split[1], split[2]), "Quantized model"))
     if thorough:
         dense = [name for name in table["layer"] if name in plan.weights or name in plan.inputs]  # experts: not one by one
-        changes = dict(zip(dense, layer_perplexity_changes(loaded, plan, dense, evaluation, float_perplexity, batch_size,
-                                                           scaled(progress, split[2], 1.0))))
-        table["perplexity_change"] = [changes.get(name, float("nan")) for name in table["layer"]]
+        alone = dict(zip(dense, layer_divergences(loaded, plan, dense, evaluation, reference, batch_size,
+                                                  scaled(progress, split[2], 1.0))))
+        table["perplexity_change"] = [alone[name].perplexity - reference.perplexity if name in alone else float("nan")
+                                      for name in table["layer"]]
+        table["kld"] = [alone[name].mean_kld if name in alone else float("nan") for name in table["layer"]]
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity is Sensitivity.NONE:  # the weights' own error stays: it identifies the weights a checkpoint writes
         table = table[[c for c in ("layer", "block", "kind", "in_features", "weight_error", "seconds") if c in table]]
@@ -86,8 +103,8 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
             "evaluation_key": evaluation.key, "layers": layers, "sensitivity": sensitivity.value,
             "calibration_sha256": sha, "gptq": gptq_mode(spec, quantization.sequential),
             "seconds": round(time.perf_counter() - started, 2)}
-    report = QuantReport(spec, float_perplexity, quantized_perplexity, table, meta)
-    if not math.isfinite(quantized_perplexity):
+    report = QuantReport(spec, reference.perplexity, measured.perplexity, table, meta, measured)
+    if not math.isfinite(measured.perplexity):
         raise CalibscopeError(f"{spec.label()} makes the model's loss non-finite on {evaluation.name}; "
                               "use more bits or wider ranges.")
     return report
@@ -98,19 +115,19 @@ ALL_AT_ONCE = "all layers at once"
 
 def gptq_mode(spec: QuantSpec, sequential: bool) -> str:
     """How the GPTQ of a run got its Hessians, in words ("" without GPTQ)."""
-    if not spec.needs_hessians:
+    if not spec.weights.needs_hessians:
         return ""
     if not sequential:
         return ALL_AT_ONCE
     return "true sequential" if spec.weights.true_sequential else "sequential"
 
 
-def layer_perplexity_changes(loaded: LoadedModel, plan, names: list[str], evaluation: EvaluationSet,
-                             float_perplexity: float, batch_size: int, progress: Progress = no_progress) -> list[float]:
-    """Perplexity with only one layer quantized, minus float, for each layer."""
-    changes = []
+def layer_divergences(loaded: LoadedModel, plan, names: list[str], evaluation: EvaluationSet,
+                      reference: FloatReference, batch_size: int, progress: Progress = no_progress) -> list[Divergence]:
+    """The model with only one layer quantized against float, for each layer."""
+    found = []
     for number, name in enumerate(names):
         with quantized(loaded, plan.only({name})):
-            changes.append(perplexity(loaded, evaluation, batch_size) - float_perplexity)
+            found.append(divergence(loaded, evaluation, reference, batch_size))
         progress((number + 1) / len(names), f"Sensitivity: {name} ({number + 1} of {len(names)})")
-    return changes
+    return found

@@ -18,7 +18,7 @@ from engine.export import (
     CheckpointSummary,
     estimated_checkpoint_bytes,
     largest_weight_difference,
-    reloaded_perplexity,
+    reloaded_divergence,
     simulated_layers,
 )
 from engine.figures import scheme_label
@@ -148,16 +148,20 @@ def _read_back(summary: CheckpointSummary, simulated: dict, dtype: str) -> str:
 
 
 def _reloaded(summary: CheckpointSummary, run: QuantRun, report, loaded, context: AppContext, progress: Progress) -> str:
-    """The reloaded checkpoint's perplexity on the run's held-out windows, against the simulated one."""
+    """The reloaded checkpoint's perplexity and divergence from float on the run's held-out windows,
+    against the simulated ones."""
     progress(0.5, "Reloading the checkpoint")
     evaluation = run.evaluation.windows_for(loaded, context.evaluations)
+    reference = context.evaluations.reference(loaded, evaluation)
     size = loaded.info.parameters * next(loaded.model.parameters()).element_size()
     with context.models.borrow("Reloading the checkpoint", size):  # the reloaded model counts like any other
-        perplexity, how = reloaded_perplexity(summary.folder, loaded, evaluation)
-    ratio = perplexity / report.quantized_perplexity
+        back, how = reloaded_divergence(summary.folder, loaded, evaluation, reference)
+    ratio = back.perplexity / report.quantized_perplexity
     verdict = "equal within 0.1%" if abs(ratio - 1) <= 1e-3 else "MORE THAN 0.1% APART"
-    return (f"- reloaded ({how}): perplexity {perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "
-            f"(ratio {ratio:.5f}, {verdict}) on {report.meta['evaluation']}")
+    simulated_kld = f", simulated {report.divergence.mean_kld:.4f}" if report.divergence is not None else ""
+    return (f"- reloaded ({how}): perplexity {back.perplexity:.3f}, simulated {report.quantized_perplexity:.3f} "
+            f"(ratio {ratio:.5f}, {verdict}); KL divergence from float {back.mean_kld:.4f}{simulated_kld} "
+            f"on {report.meta['evaluation']}")
 
 
 def _how_to_load(summary: CheckpointSummary) -> str:

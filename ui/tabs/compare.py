@@ -98,13 +98,15 @@ def run_comparison(form: CompareForm, session: Session, context: AppContext, pro
     units = spec.runs * ((1 + own) * sum(spec.counts) / len(spec.counts) * spec.length + evaluation.tokens * len(spec.schemes))
     with timed_step(context.times, loaded, "compare", units, progress):
         rows = compare(loaded, corpus, spec, [evaluation], corpus_label=session.corpus_spec.label, progress=progress,
-                       float_perplexity=lambda e: context.evaluations.float_perplexity(loaded, e))
+                       reference=lambda e: context.evaluations.reference(loaded, e))
     table = summarize(rows)
     seconds = float(rows.drop_duplicates(["strategy", "seed", "samples"])["seconds"].sum())
     figure = comparison_bars(table, spec.schemes[0], evaluation.name, float(rows["float_perplexity"].iloc[0]))
     return {"status": status_line(table, rows, seconds), "bars": figure,
-            "table": shown(table.drop(columns=["calibration", "evaluation"]), {"mean": ".3f", "std": ".3f"}, flags=("best",),
-                           headers={"count": "seeds"}),
+            "table": shown(table.drop(columns=["calibration", "evaluation"]),
+                           {"mean": ".3f", "std": ".3f", "kld": ".4f", "kld_std": ".4f", "top1": ".1%"}, flags=("best",),
+                           headers={"count": "seeds", "mean": "perplexity", "kld": "KL divergence", "kld_std": "KLD std",
+                                    "top1": "same top token"}),
             "scheme": gr.update(choices=list(spec.schemes), value=spec.schemes[0]),
             "session": replace(session, comparison=rows,
                                comparison_run=ComparisonRun(spec, EvaluationSpec(form.source, spec.length, whole(form.windows))))}

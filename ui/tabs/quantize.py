@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from engine.experiments import HELD_OUT, UPLOADED, EvaluationSpec, QuantRun
-from engine.figures import has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth, short_name
+from engine.figures import divergence_runs, has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth, short_name
 from engine.progress import Progress, no_progress
 from engine.quant import (
     DEFAULT_ACT_ORDER,
@@ -158,8 +158,16 @@ def status_line(report: QuantReport, reused: bool) -> str:
     relative = 100 * report.gap / report.float_perplexity
     verb = "Reused: " if reused else ""
     return (f"{verb}**{scheme_label(report)}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
-            f"({report.gap:+.2f}, {relative:+.1f}%) on {meta['evaluation']} ({meta['evaluation_tokens']:,} tokens) · "
+            f"({report.gap:+.2f}, {relative:+.1f}%){divergence_phrase(report)} on {meta['evaluation']} "
+            f"({meta['evaluation_tokens']:,} tokens) · "
             f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}{experts_sentence(report.layers)}")
+
+
+def divergence_phrase(report: QuantReport) -> str:
+    found = report.divergence
+    if found is None:
+        return ""
+    return f", KL divergence {found.mean_kld:.4f} nats/token, same top token {100 * found.top1_agreement:.1f}%"
 
 
 def experts_sentence(layers: pd.DataFrame) -> str:
@@ -255,7 +263,8 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     table, title = layer_table(report)
     return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
             "summary": pd.DataFrame(report.summary_rows(), columns=["", "value"]),
-            "runs": perplexity_runs(session.quant_runs), "depth": sensitivity_depth(report),
+            "runs": perplexity_runs(session.quant_runs), "divergence": divergence_runs(session.quant_runs),
+            "depth": sensitivity_depth(report),
             "table": gr.update(value=table, label=title, visible=True), "session": session}
 
 
@@ -306,6 +315,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                            "activations) and measure perplexity against float on held-out text.")
             summary = result_table("Run", show_label=False)
             runs = result_plot()
+            divergence = result_plot()
     depth = result_plot()
     table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "symmetric": symmetric,
@@ -318,6 +328,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
                "sensitivity": sensitivity, "preset": preset, "sequential": sequential}
-    outputs = {"status": status, "summary": summary, "runs": runs, "depth": depth, "table": table, "session": session}
+    outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "depth": depth, "table": table,
+               "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
             status=status, cancel=cancel, check=check)
