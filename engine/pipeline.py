@@ -30,7 +30,7 @@ from engine.export import CheckpointFormat, ExportFormat, save_calibration_set
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
-from engine.quant import ActivationSpec, AwqSpec, Calibrated, ExpertPolicy, Sensitivity, WeightSpec
+from engine.quant import ActivationSpec, AwqSpec, Calibrated, ExpertPolicy, MixedSpec, Sensitivity, WeightSpec
 from engine.run_report import run_report
 from engine.runner import distributed
 from engine.sampling import LEGACY_LENGTH_NAMES, SamplingSpec, Strategy, SuppliedSpec, build, entry, supplied_set
@@ -69,7 +69,8 @@ def _schemas() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
         "QuantizeKeys", __config__=ConfigDict(extra="forbid"), scheme=(str | None, None),
         weights=(schema_of(WeightSpec) | None, None), activations=(schema_of(ActivationSpec) | None, None),
         name_pattern=(str | None, None), smoothing=(float | None, None), awq=(schema_of(AwqSpec) | None, None),
-        experts=(schema_of(ExpertPolicy) | None, None), evaluation=(evaluation, None), sensitivity=(Sensitivity | None, None),
+        experts=(schema_of(ExpertPolicy) | None, None), mixed=(schema_of(MixedSpec) | None, None),
+        evaluation=(evaluation, None), sensitivity=(Sensitivity | None, None),
         sequential=(StrictBool | None, None), save=(str | None, None), save_format=(CheckpointFormat | None, None))
     compare = create_model("CompareKeys", __base__=schema_of(ComparisonSpec), evaluation=(evaluation, None))
     export = create_model("ExportKeys", __config__=ConfigDict(extra="forbid"), format=(ExportFormat | None, None))

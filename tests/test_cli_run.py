@@ -177,6 +177,23 @@ def test_an_awq_run_searches_on_the_set_and_its_config_repeats_it(tmp_path):
     assert load_config(out / "config.json").quantize == load_config(config).quantize
 
 
+def test_a_mixed_precision_run_reports_its_widths_and_its_config_repeats_it(tmp_path):
+    evaluation = {"source": "python-docs (held-out 10%)", "length": 64, "windows": 2}
+    config = write_config(tmp_path, stats=None, quantize=[
+        {"weights": {"method": "gptq", "bits": 4, "group_size": 0}, "mixed": {"budget": 5.5, "bits": [2, 4, 8]},
+         "evaluation": evaluation}])
+    assert run(config) == 0
+    out = tmp_path / "out"
+    runs = pd.read_csv(out / "quantization-runs.csv")
+    assert "mixed W{2,4,8} at 5.5 bits/weight (output error)" in runs["scheme"][0] and runs["kld_mean"].notna().all()
+    layers = pd.read_csv(out / "quantization-1-layers.csv")
+    stored = (layers["bits_per_weight"] * layers["weights"]).sum()
+    assert set(layers["bits"]) <= {2, 4, 8} and stored <= 5.5 * layers["weights"].sum()
+    again = json.loads((out / "config.json").read_text())
+    assert again["quantize"][0]["mixed"] == {"budget": 5.5, "bits": [2, 4, 8], "allocation": "output error"}
+    assert load_config(out / "config.json").quantize == load_config(config).quantize
+
+
 def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     assert run(write_config(tmp_path, quantize=[{"scheme": "W5 magic"}])) == 2
     assert "scheme 'W5 magic' is unknown" in capsys.readouterr().err

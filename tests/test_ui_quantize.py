@@ -161,3 +161,17 @@ def test_a_moe_models_experts_are_quantized_and_the_status_says_how_they_were_ca
     policy = next(label for label in EXPERT_POLICIES if "every token" in label)
     every = quantize(session, preset=CUSTOM, **{**dict(zip(SCHEME_WIDGETS, preset_widgets("W4 g128 GPTQ"))), "experts": policy})
     assert "experts on all tokens" in every["status"] and "none needed a fallback" in every["status"]
+
+
+def test_mixed_precision_runs_from_the_tab_and_shows_its_widths_over_depth(calibrated_session):
+    result = quantize(calibrated_session, preset="W4 g128 RTN", mixed=True, budget=6.0, widths=[2, 4, 8])
+    report = result["session"].quantization
+    assert report.spec.mixed.budget == 6.0 and report.meta["average_bits"] <= 6.0
+    assert "mixed W{2,4,8} at 6 bits/weight (output error)" in result["status"]
+    heatmap = result["allocation"].data[0]
+    assert {value for row in heatmap.z for value in row} <= {2, 4, 8} and "average" in result["allocation"].layout.title.text
+    assert ("Stored bits per weight", f"{report.meta['average_bits']:.3f} (scales included)") in report.summary_rows()
+    assert quantize(calibrated_session)["allocation"] is None  # one width: no allocation to show
+    with pytest.raises(CalibscopeError, match="at least two") as refused:
+        quantize(calibrated_session, preset="W4 g128 RTN", mixed=True, widths=[4])
+    assert refused.value.field == "budget"

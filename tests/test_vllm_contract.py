@@ -39,7 +39,7 @@ from safetensors import safe_open
 
 from engine.export import save_quantized
 from engine.export.compressed import vllm_warning
-from engine.quant import PRESETS, ActivationSpec, Calibrated, QuantSpec, WeightSpec, quantize
+from engine.quant import PRESETS, ActivationSpec, Calibrated, MixedSpec, QuantSpec, WeightSpec, quantize
 from tests.test_checkpoint import calibrated, model  # noqa: F401  (fixtures)
 
 WNA16_BITS = (4, 8)
@@ -220,3 +220,44 @@ def test_gptq_files_are_what_vllms_gptq_loaders_register(bits, group_size, model
     assert ((settings["bits"], settings["sym"]) in GPTQ_MARLIN) == (bits in (4, 8))
     check_layers(stored(tmp_path / "out"), linear_shapes(model),
                  lambda out, inputs: gptq_parameters(out, inputs, settings["bits"], settings["group_size"]))
+
+
+# vllm/model_executor/layers/quantization/utils/quant_utils.py FUSED_LAYER_NAME_MAPPING: the layers
+# vLLM's Llama fuses; compressed_tensors/utils.py find_matched_target matches a layer's name exactly
+# (or a "re:" pattern), and a fused layer by its parts (``_match_fused_layer``: all of them must match)
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def matched_group(layer: str, groups: dict) -> str | None:
+    """The config group vLLM gives ``layer`` (a name of vLLM's model: fused or not)."""
+    direct = [name for name, group in groups.items() if layer in group.targets]
+    if direct:
+        return direct[0]
+    fused = next((key for key in FUSED if layer.endswith(key)), None)
+    parts = [layer.replace(fused, part) for part in FUSED[fused]] if fused else []
+    found = [next((name for name, group in groups.items() if part in group.targets), None) for part in parts]
+    return found[0] if found and all(found) else None
+
+
+def test_a_mixed_precision_checkpoint_gives_every_vllm_layer_one_group_and_its_files(model, calibrated, tmp_path):  # noqa: F811
+    spec = QuantSpec(WeightSpec("gptq", 4, 128), mixed=MixedSpec(5.0, (4, 8)))
+    plan, table = quantize(model, spec, Calibrated(calibrated[0], hessians=calibrated[2]))
+    save_quantized(model, plan, spec, tmp_path / "out")
+    config = QuantizationConfig.model_validate(json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"])
+    groups = config.config_groups
+    assert {vllm_scheme(group.weights, group.input_activations) for group in groups.values()} == {"WNA16"}
+    assert {group.weights.num_bits for group in groups.values()} == {4, 8}
+    files, shapes = stored(tmp_path / "out"), linear_shapes(model)
+    for block in range(2):
+        vllm_layers = [f"model.layers.{block}.self_attn.{name}" for name in ("qkv_proj", "o_proj")] + \
+                      [f"model.layers.{block}.mlp.{name}" for name in ("gate_up_proj", "down_proj")]
+        for layer in vllm_layers:
+            chosen = matched_group(layer, groups)
+            assert chosen is not None, layer
+            fused = next((key for key in FUSED if layer.endswith(key)), None)
+            parts = [layer.replace(fused, part) for part in FUSED[fused]] if fused else [layer]
+            for part in parts:  # each part is in the group its fused layer matched, and stored as that group says
+                assert part in groups[chosen].targets, (layer, part)
+                check_layers(files, {part: shapes[part]},
+                             lambda out, inputs, weights=groups[chosen].weights: wna16_parameters(out, inputs, weights))
+    assert set(table["layer"]) == {target for group in groups.values() for target in group.targets}

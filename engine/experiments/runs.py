@@ -129,14 +129,15 @@ class ComparisonRun:
 
 def quant_spec_from(values: dict) -> QuantSpec:
     """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
-    "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}}`` (an AwqSpec's and an
-    ExpertPolicy's fields)."""
+    "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}, "mixed": {...}}`` (an AwqSpec's,
+    an ExpertPolicy's and a MixedSpec's fields)."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
         return PRESETS[values["scheme"]]
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
-                     values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"), values.get("experts", {}))
+                     values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"), values.get("experts", {}),
+                     values.get("mixed"))
 
 
 def quant_run_from(values: dict) -> QuantRun:

@@ -60,9 +60,10 @@ def refusal(spec: QuantSpec, fmt: CheckpointFormat | str) -> str | None:
     return compressed.refusal(spec) if fmt is CheckpointFormat.COMPRESSED_TENSORS else gptq_format.refusal(spec)
 
 
-def serving_warning(spec: QuantSpec, fmt: CheckpointFormat | str) -> str | None:
-    """What a loader will refuse in a checkpoint that can still be written."""
-    return compressed.serving_warning(spec) if checkpoint_format(fmt) is CheckpointFormat.COMPRESSED_TENSORS else None
+def serving_warning(spec: QuantSpec, fmt: CheckpointFormat | str, widths: list[int] | None = None) -> str | None:
+    """What a loader will refuse in a checkpoint that can still be written (``widths``: the ones a
+    mixed-precision checkpoint holds)."""
+    return compressed.serving_warning(spec, widths) if checkpoint_format(fmt) is CheckpointFormat.COMPRESSED_TENSORS else None
 
 
 @dataclass
@@ -102,6 +103,8 @@ class CheckpointWriter:
             raise ExportError(reason)
         self.dtype = _model_dtype(loaded)
         self.scheme = compressed.scheme(spec) if self.format is CheckpointFormat.COMPRESSED_TENSORS else None
+        self.widths: dict[int, list[str]] = {}  # mixed precision: each width's layers (one config group each)
+        self._width_schemes: dict = {}
         self.provenance = provenance or {}
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
         self.experts_modules = {layer.name: layer for layer in find_experts(loaded.model)}
@@ -147,7 +150,8 @@ class CheckpointWriter:
                 raise ExportError(f"{name} is not a torch.nn.Linear layer; {self.format.value} checkpoints hold Linear "
                                   "layers only (a GPT-2 Conv1D model cannot be exported).")
             if self.format is CheckpointFormat.COMPRESSED_TENSORS:
-                tensors = compressed.compressed_layer(name, integers, plan.inputs.get(name), self.scheme, self.dtype)
+                tensors = compressed.compressed_layer(name, integers, plan.inputs.get(name), self._scheme_of(name, integers),
+                                                      self.dtype)
             else:
                 tensors = gptq_format.layer_tensors(name, integers)
             self.shards.add(tensors)
@@ -159,6 +163,16 @@ class CheckpointWriter:
             self.expert_parameters.update({f"{layer.name}.gate_up_proj", f"{layer.name}.down_proj"})
             if layer.router:  # float, and said so: vLLM reads the router as a Linear layer of the scheme otherwise
                 self.float_routers.add(layer.router)
+
+    def _scheme_of(self, name: str, integers: IntWeight):
+        """The layer's config group: the scheme's, or under mixed precision its width's."""
+        if self.spec.mixed is None:
+            return self.scheme
+        bits = integers.grids.bits
+        self.widths.setdefault(bits, []).append(name)
+        if bits not in self._width_schemes:
+            self._width_schemes[bits] = compressed.scheme(compressed.width_spec(self.spec, bits))
+        return self._width_schemes[bits]
 
     def _expert_linears(self, plan: QuantizedModel) -> list[tuple[ExpertsLayer, dict[str, IntWeight]]]:
         """Each quantized experts module and its per-expert Linear layers as its architecture's
@@ -187,14 +201,17 @@ class CheckpointWriter:
         self._stack.close()  # the staging folder becomes the target
         self.finished = True
         return CheckpointSummary(self.folder, self.format, files, self.shards.total_bytes,
-                                 time.perf_counter() - self.started, len(self.written), serving_warning(self.spec, self.format))
+                                 time.perf_counter() - self.started, len(self.written),
+                                 serving_warning(self.spec, self.format, sorted(self.widths)))
 
     def _write_metadata(self, left_float: list[str]) -> None:
         config = copy.deepcopy(self.loaded.model.config)
         config.dtype = self.dtype
         config.save_pretrained(self.staging)
         if self.format is CheckpointFormat.COMPRESSED_TENSORS:
-            ModelCompressor(quantization_config=compressed.quantization_config(self.scheme, left_float)).update_config(
+            schemes = ([compressed.scheme(compressed.width_spec(self.spec, bits), sorted(names))
+                        for bits, names in sorted(self.widths.items())] if self.spec.mixed is not None else [self.scheme])
+            ModelCompressor(quantization_config=compressed.quantization_config(schemes, left_float)).update_config(
                 str(self.staging))
         else:
             gptq_format.update_config(self.staging, self.spec)
@@ -202,7 +219,8 @@ class CheckpointWriter:
         if generation is not None:
             generation.save_pretrained(self.staging)
         self.loaded.tokenizer.save_pretrained(self.staging)
-        record = {"format": self.format.value, "scheme": self.spec.label(), "model": self.loaded.info.name,
+        widths = {"layers_per_width": {bits: len(names) for bits, names in sorted(self.widths.items())}} if self.widths else {}
+        record = {"format": self.format.value, "scheme": self.spec.label(), "model": self.loaded.info.name, **widths,
                   "dtype": str(self.dtype).removeprefix("torch."), "quantized_layers": len(self.written), **self.provenance}
         (self.staging / PROVENANCE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 

@@ -12,6 +12,7 @@ calibscope's simulated weights (exactly in float32; within the scale's rounding 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import torch
 from compressed_tensors.compressors import BaseCompressor
@@ -104,9 +105,12 @@ def transformers_warning(spec: QuantSpec) -> str | None:
     return None
 
 
-def serving_warning(spec: QuantSpec) -> str | None:
-    """What a loader will refuse in a checkpoint that can still be written (None: all of them load it)."""
-    return " ".join(note for note in (vllm_warning(spec), transformers_warning(spec)) if note) or None
+def serving_warning(spec: QuantSpec, widths: list[int] | None = None) -> str | None:
+    """What a loader will refuse in a checkpoint that can still be written (None: all of them load it);
+    for mixed precision, of each width it holds (``widths``; by default every width it may choose)."""
+    parts = [width_spec(spec, bits) for bits in (widths or spec.mixed.bits)] if spec.mixed is not None else [spec]
+    notes = dict.fromkeys(note for part in parts for note in (vllm_warning(part), transformers_warning(part)) if note)
+    return " ".join(notes) or None
 
 
 def weight_args(spec: QuantSpec) -> QuantizationArgs:
@@ -150,19 +154,28 @@ def input_args(spec: QuantSpec) -> QuantizationArgs | None:
                             observer=observer, zp_dtype=None if inputs.symmetric else torch.int8)
 
 
-def scheme(spec: QuantSpec) -> QuantizationScheme:
-    """The one config group every quantized Linear layer belongs to, with the format its compressor writes."""
+def scheme(spec: QuantSpec, targets: list[str] | None = None) -> QuantizationScheme:
+    """The config group of the quantized Linear layers (``targets``: their names; every Linear layer
+    by default), with the format its compressor writes."""
     reason = refusal(spec)
     if reason:
         raise ExportError(reason)
-    described = QuantizationScheme(targets=["Linear"], weights=weight_args(spec), input_activations=input_args(spec))
+    described = QuantizationScheme(targets=targets or ["Linear"], weights=weight_args(spec), input_activations=input_args(spec))
     described.format = infer_module_format(torch.nn.Linear, described).value
     return described
 
 
-def quantization_config(described: QuantizationScheme, ignore: list[str]) -> QuantizationConfig:
-    """config.json's ``quantization_config`` (written by compressed-tensors' ModelCompressor)."""
-    return QuantizationConfig(config_groups={"group_0": described}, format=described.format,
+def width_spec(spec: QuantSpec, bits: int) -> QuantSpec:
+    """One width of a mixed-precision scheme as the uniform scheme it is for the layers that took it."""
+    return replace(spec, weights=replace(spec.weights, bits=bits), mixed=None)
+
+
+def quantization_config(schemes: list[QuantizationScheme], ignore: list[str]) -> QuantizationConfig:
+    """config.json's ``quantization_config`` (written by compressed-tensors' ModelCompressor): one
+    config group per scheme (several for mixed precision, each naming its layers, as vLLM matches them)."""
+    formats = {described.format for described in schemes}
+    return QuantizationConfig(config_groups={f"group_{number}": described for number, described in enumerate(schemes)},
+                              format=formats.pop() if len(formats) == 1 else "mixed-precision",
                               quantization_status=QuantizationStatus.COMPRESSED, ignore=ignore)
 
 

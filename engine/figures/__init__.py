@@ -12,20 +12,28 @@ from engine.figures.imatrix import (
     expert_counts,
     top_channels,
 )
-from engine.figures.quant import divergence_runs, has_sensitivity, perplexity_runs, run_label, scheme_label, sensitivity_depth
+from engine.figures.quant import (
+    divergence_runs,
+    has_sensitivity,
+    mixed_allocation,
+    perplexity_runs,
+    run_label,
+    scheme_label,
+    sensitivity_depth,
+)
 from engine.figures.selection import SWEEP_METRICS, comparison_bars, selection_scatter, sweep_curves
 from engine.figures.stats import (
-           channel_heatmap,
-           layer_channels,
-           layer_distributions,
-           outlier_table,
-           ranges_across_depth,
-           short_name,
+    channel_heatmap,
+    layer_channels,
+    layer_distributions,
+    outlier_table,
+    ranges_across_depth,
+    short_name,
 )
 
 __all__ = ["SWEEP_METRICS", "attribution_html", "bucket_bars", "channel_heatmap", "channel_importance", "comparison_bars",
            "comparison_figure", "concentration", "concentration_heatmap", "diagonal_heatmap", "divergence_runs", "eigen_spectrum",
            "expert_counts", "expert_token_heatmap", "format_ranges_across_depth", "has_sensitivity", "hessian_depth",
-           "layer_channels", "layer_distributions", "length_histogram", "outlier_coverage", "outlier_table",
+           "layer_channels", "layer_distributions", "length_histogram", "mixed_allocation", "outlier_coverage", "outlier_table",
            "perplexity_runs", "ranges_across_depth", "run_label", "scheme_label", "selection_scatter", "sensitivity_depth",
            "short_name", "sweep_curves", "top_channels"]

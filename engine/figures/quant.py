@@ -122,3 +122,26 @@ def divergence_runs(reports: list[QuantReport]) -> go.Figure | None:
     styled(fig, "KL divergence from float, per token (further left is better)", "KL(float ‖ quantized), nats (log)",
            "share of tokens at or below")
     return fig.update_layout(height=380, showlegend=True, legend={"orientation": "h", "y": -0.25, "x": 0})
+
+
+def mixed_allocation(report: QuantReport) -> go.Figure | None:
+    """A mixed-precision run's width per layer over depth: a row per layer kind, a column per block,
+    the colour and the number the bits (None for a run of one width)."""
+    table = report.layers
+    if "bits" not in table or table["bits"].isna().all():
+        return None
+    rows = table.dropna(subset=["bits"]).assign(module=lambda t: t["layer"].str.rsplit(".", n=1).str[-1])
+    kinds = list(dict.fromkeys(rows["module"]))  # execution order within a block
+    blocks = sorted(rows["block"].unique())
+    grid = rows.pivot_table(index="module", columns="block", values="bits", aggfunc="first").reindex(index=kinds, columns=blocks)
+    widths = sorted(rows["bits"].unique())
+    labels = [[f"{v:.0f}" if np.isfinite(v) else "" for v in row] for row in grid.values]
+    fig = go.Figure(go.Heatmap(z=grid.values.tolist(), x=[str(b) for b in blocks], y=kinds, zmin=min(widths), zmax=max(widths),
+                               colorscale=[[0, "#fde68a"], [0.5, "#60a5fa"], [1, "#1e3a8a"]], text=labels, texttemplate="%{text}",
+                               colorbar={"title": "bits", "tickvals": widths, "thickness": 12},
+                               hovertemplate="block %{x} %{y}: %{z} bits<extra></extra>"))
+    average = report.meta.get("average_bits")
+    said = f" (average {average:.3f} bits/weight with scales)" if average is not None else ""
+    styled(fig, f"Bits per layer{said}", "block", "layer")
+    fig.update_yaxes(autorange="reversed")
+    return fig.update_layout(height=max(260, 60 + 34 * len(kinds)))

@@ -17,13 +17,14 @@ from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.methods.gptq import gptq
 from engine.quant.methods.mappings import gain_offset
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
-from engine.quant.plan import quantizable_layers
+from engine.quant.plan import ALLOCATION_TOKENS, quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import (
     DEFAULT_ACT_ORDER,
     PRESETS,
     ActivationSpec,
     ActOrder,
+    Allocation,
     AwqScaling,
     AwqSpec,
     CholeskyFailure,
@@ -31,6 +32,7 @@ from engine.quant.specs import (
     ExpertFallback,
     ExpertPolicy,
     Granularity,
+    MixedSpec,
     QuantSpec,
     RangeMethod,
     WeightMethod,
@@ -38,11 +40,13 @@ from engine.quant.specs import (
 )
 
 __all__ = [
+    "ALLOCATION_TOKENS",
     "ALL_AT_ONCE",
     "DEFAULT_ACT_ORDER",
     "PRESETS",
     "ActOrder",
     "ActivationSpec",
+    "Allocation",
     "AwqScaling",
     "AwqSpec",
     "Calibrated",
@@ -58,6 +62,7 @@ __all__ = [
     "Granularity",
     "Grid",
     "IntWeight",
+    "MixedSpec",
     "Mxfp4Inputs",
     "NumberFormat",
     "Nvfp4Inputs",

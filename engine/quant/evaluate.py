@@ -48,6 +48,8 @@ class QuantReport:
             ("Gap", f"{self.gap:+.3f} ({100 * self.gap / self.float_perplexity:+.2f}%)"),
             *self.divergence_rows(),
             ("Evaluated on", f"{self.meta['evaluation']} ({self.meta['evaluation_tokens']:,} tokens)"),
+            *([("Stored bits per weight", f"{self.meta['average_bits']:.3f} (scales included)")]
+              if "average_bits" in self.meta else []),
         ]
 
     def divergence_columns(self) -> dict[str, float]:
@@ -94,7 +96,8 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
         table["kld"] = [alone[name].mean_kld if name in alone else float("nan") for name in table["layer"]]
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity is Sensitivity.NONE:  # the weights' own error stays: it identifies the weights a checkpoint writes
-        table = table[[c for c in ("layer", "block", "kind", "in_features", "weight_error", "seconds") if c in table]]
+        kept = ("layer", "block", "kind", "in_features", "bits", "weights", "bits_per_weight", "weight_error", "seconds")
+        table = table[[c for c in kept if c in table]]
     collected = calibrated.stats or calibrated.hessians
     searched = calibrated.samples if quantization.sequential or spec.needs_calibration else None
     sha = (searched.manifest.token_sha256 if searched is not None
@@ -102,12 +105,19 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
             "evaluation_key": evaluation.key, "layers": layers, "sensitivity": sensitivity.value,
             "calibration_sha256": sha, "gptq": gptq_mode(spec, quantization.sequential),
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2), **average_bits(table)}
     report = QuantReport(spec, reference.perplexity, measured.perplexity, table, meta, measured)
     if not math.isfinite(measured.perplexity):
         raise CalibscopeError(f"{spec.label()} makes the model's loss non-finite on {evaluation.name}; "
                               "use more bits or wider ranges.")
     return report
+
+
+def average_bits(table: pd.DataFrame) -> dict[str, float]:
+    """A mixed-precision run's stored bits per weight over its layers, scales included (none otherwise)."""
+    if "bits_per_weight" not in table:
+        return {}
+    return {"average_bits": float((table["bits_per_weight"] * table["weights"]).sum() / table["weights"].sum())}
 
 
 ALL_AT_ONCE = "all layers at once"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,16 +18,19 @@ from engine.models import LAYER_KINDS, ExpertsLayer, LinearLayer, LoadedModel, f
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.activations.inputs import input_quantizer
 from engine.quant.activations.ranges import relative_error
-from engine.quant.apply import QuantizedModel, original_weights
+from engine.quant.apply import QuantizedModel, original_weights, quantized
+from engine.quant.divergence import divergence, float_reference
 from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
 from engine.quant.formats.grid import GroupGrids, IntWeight
 from engine.quant.measures import output_error
 from engine.quant.methods.awq_pass import awq_scaling
 from engine.quant.methods.experts import expert_hessians, quantize_experts
 from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
+from engine.quant.methods.mixed import LayerGroup, allocate, bits_per_weight, layer_groups, measured_losses
 from engine.quant.methods.smoothing import smooth
+from engine.quant.perplexity import EvaluationSet
 from engine.quant.request import Calibrated
-from engine.quant.specs import Granularity, QuantSpec, WeightSpec
+from engine.quant.specs import Allocation, Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
 from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats
 
@@ -156,15 +161,24 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         if smoothing is not None:
             matrices, hessians = smoothing.matrices(matrices), smoothing.hessians(hessians)
         awq_rows = awq.layers.set_index("layer").to_dict("index") if awq is not None and len(awq.layers) else {}
-        weights = (quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9),
-                                     sharing)
-                   if spec.weights.enabled else {})
+        widths: dict[str, int] = {}
+        if spec.mixed is not None:
+            weights, widths = _mixed_weights(loaded, layers, matrices, spec, calibrated, scaled(progress, 0.0, 0.9))
+        elif spec.weights.enabled:
+            weights = quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9),
+                                        sharing)
+        else:
+            weights = {}
         plan, rows = QuantizedModel(), []
         if smoothing is not None:
             plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
         for layer in layers:
             started = time.perf_counter()
             row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
+            if layer.name in widths:
+                shape = (layer.out_features, layer.in_features)
+                row.update(bits=widths[layer.name], weights=shape[0] * shape[1],
+                           bits_per_weight=bits_per_weight(spec.weights, widths[layer.name], shape))
             if spec.smoothing is not None and layer.name in smoothing.scales:  # how far SmoothQuant moved this input's range
                 row["smoothing_max"] = float(smoothing.scales[layer.name].max())
             awq_row = dict(awq_rows.get(layer.name, {}))
@@ -200,6 +214,86 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         return plan, pd.DataFrame(rows)
 
 
+def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: QuantSpec,
+                   calibrated: Calibrated, progress: Progress) -> tuple[dict[str, LayerQuantization], dict[str, int]]:
+    """Mixed precision (engine/quant/methods/mixed.py): each layer group's width chosen within the
+    budget, then every layer quantized at its group's width; the layers' quantization and widths.
+    A measured allocation quantizes every layer at every width first (its output errors), narrowest
+    last, whose weights are kept: the divergence allocation measures each group alone with them, and
+    the groups that take the narrowest width keep them."""
+    mixed, hessians = spec.mixed, calibrated.hessians
+    present = [layer for layer in layers if layer.name in matrices]
+    if hessians is not None:
+        sharing = hessians.shared_with
+    else:
+        with loaded.lock:
+            sharing = input_sharing(loaded.model, present, loaded.device)
+    groups = layer_groups(present, sharing)
+    widths = mixed.bits
+    narrowest: dict[str, LayerQuantization] = {}
+    losses = None
+    if mixed.allocation.measured:
+        missing = next((layer.name for layer in present if hessians is None or not hessians.has(layer.name)), None)
+        if missing is not None:
+            raise CalibscopeError(f"Mixed precision measures each layer's output error on the calibration set's Hessians, and "
+                                  f"{missing} has none: collect Hessians of every layer you quantize.")
+        errors = np.zeros((len(groups), len(widths)))
+        for step, index in enumerate(reversed(range(len(widths)))):
+            done = quantized_weights(present, matrices, replace(spec.weights, bits=widths[index]), hessians,
+                                     scaled(progress, 0.6 * step / len(widths), 0.6 * (step + 1) / len(widths)), sharing)
+            errors[:, index] = [sum(output_error(done[name].fake - done[name].original, done[name].original,
+                                                 hessians.hessian(name)) for name in group.names) for group in groups]
+            narrowest = done
+        alone = (_group_divergences(loaded, present, groups, narrowest, calibrated.samples, scaled(progress, 0.6, 0.8))
+                 if mixed.allocation is Allocation.DIVERGENCE else None)
+        losses = measured_losses(errors, groups, mixed, alone)
+    chosen = allocate(groups, spec.weights, mixed, losses)
+    width_of = {name: widths[choice] for group, choice in zip(groups, chosen) for name in group.names}
+    weights = {name: narrowest[name] for name in width_of if name in narrowest and width_of[name] == widths[0]}
+    for bits in widths:
+        wanted = [layer for layer in present if width_of[layer.name] == bits and layer.name not in weights]
+        if wanted:
+            weights.update(quantized_weights(wanted, matrices, replace(spec.weights, bits=bits), hessians, sharing=sharing))
+    progress(1.0, f"Mixed precision: {len(groups)} layer groups at {', '.join(map(str, widths))} bits")
+    return weights, width_of
+
+
+ALLOCATION_WINDOWS, ALLOCATION_LENGTH = 4, 256  # the calibration text the divergence allocation measures each group on
+ALLOCATION_TOKENS = ALLOCATION_WINDOWS * ALLOCATION_LENGTH
+
+
+def calibration_windows(calibration: CalibrationSet | None, count: int = ALLOCATION_WINDOWS,
+                        length: int = ALLOCATION_LENGTH) -> EvaluationSet:
+    """The first ``length`` tokens (at most) of the ``count`` longest calibration sequences, cut to one length."""
+    if calibration is None or len(calibration) == 0:
+        raise CalibscopeError("The divergence allocation measures each layer group on the calibration set: build a set first.")
+    longest = sorted(calibration.sequences, key=len, reverse=True)[:count]
+    span = min(length, len(longest[-1]))
+    if span < 2:
+        raise CalibscopeError("The calibration sequences are too short to measure a divergence on; build longer ones.")
+    rows = torch.tensor(np.stack([sequence[:span] for sequence in longest]).astype(np.int64))
+    return EvaluationSet(rows, "the calibration set's longest sequences")
+
+
+def _group_divergences(loaded: LoadedModel, present: list[LinearLayer], groups: list[LayerGroup],
+                       quantization: dict[str, LayerQuantization], calibration: CalibrationSet | None,
+                       progress: Progress) -> np.ndarray:
+    """Each group's mean KL divergence from float with only its layers quantized (``quantization``)."""
+    windows = calibration_windows(calibration)
+    reference = float_reference(loaded, windows)
+    layers = {layer.name: layer for layer in present}
+    found = []
+    for number, group in enumerate(groups):
+        alone = QuantizedModel()
+        for name in group.names:
+            alone.add(layers[name], quantization[name].fake, quantization[name].integers())
+        with quantized(loaded, alone):
+            found.append(divergence(loaded, windows, reference).mean_kld)
+        progress((number + 1) / len(groups), f"Divergence of {group.label()} in block {group.block} alone "
+                                              f"({number + 1} of {len(groups)})")
+    return np.array(found)
+
+
 _NOT_EXPERTS = r"^(?!.*\.experts)"
 
 
@@ -213,7 +307,7 @@ def _quantized_experts(loaded: LoadedModel, spec: QuantSpec, plan: QuantizedMode
     if spec.activations.enabled:
         raise CalibscopeError("Input quantization of MoE experts is not simulated yet (only their weights): leave the "
                               f"experts out with a name pattern (e.g. {_NOT_EXPERTS!r}) or quantize the weights only.")
-    needs = spec.needs_hessians or spec.experts.needs_all_tokens
+    needs = spec.weights.needs_hessians or spec.experts.needs_all_tokens
     if needs and (report is None or (spec.experts.needs_all_tokens and not report.meta.get("all_tokens"))):
         if calibration is None:
             raise CalibscopeError("The MoE experts' GPTQ needs each expert's Hessians: collect expert statistics with their "
@@ -225,7 +319,8 @@ def _quantized_experts(loaded: LoadedModel, spec: QuantSpec, plan: QuantizedMode
         with loaded.lock:  # the float originals, as for every weight (see original_weights)
             weights = layer.matrices()
         started = time.perf_counter()
-        done = quantize_experts(layer, weights, spec.weights, expert_hessians(layer, report, spec.experts, spec.needs_hessians))
+        hessians = expert_hessians(layer, report, spec.experts, spec.weights.needs_hessians)
+        done = quantize_experts(layer, weights, spec.weights, hessians)
         plan.add_experts(layer, done)
         seconds = (time.perf_counter() - started) / max(len(done.rows), 1)
         rows.extend({**row, "seconds": seconds} for row in done.rows)

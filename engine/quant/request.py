@@ -69,7 +69,7 @@ class Quantization:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
         if self.sequential and not self.spec.can_run_sequentially:
-            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ), not "
+            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ or mixed precision), not "
                             f"{self.spec.label()}: leave it off for this scheme.")
 
     @classmethod
@@ -87,7 +87,7 @@ class Quantization:
         in the words every caller shows; None when it can."""
         spec = self.spec
         if (self.sequential or spec.needs_calibration) and calibrated.samples is None:
-            what = "Sequential GPTQ" if self.sequential else "AWQ"
+            what = "Sequential GPTQ" if self.sequential else spec.own_pass
             return f"{what} runs its own pass on the calibration set: build a set first."
         if spec.needs_hessians and calibrated.hessians is None and not self.sequential:
             return (f"{spec.label()} needs Hessians of this set: collect Hessians in the Hessians tab (or [hessians] in a "
@@ -97,7 +97,7 @@ class Quantization:
             return (f"{what} needs activation statistics: collect them in the Activation ranges tab (or [stats] in a run "
                     "config).")
         if spec.needs_calibration and not resident:
-            return "AWQ searches its scales on the model in memory: load it without offloading for this step."
+            return f"{spec.own_pass} runs on the model in memory: load it without offloading for this step."
         return None
 
     def check(self, calibrated: Calibrated, resident: bool = True) -> None:

@@ -310,6 +310,49 @@ class ExpertPolicy:
         return f"experts below {threshold}: {fallback}"
 
 
+class Allocation(str, Enum):
+    """How mixed precision chooses each layer group's bits. output error: the predicted loss is the
+    group's relative output change on the calibration tokens (from its Hessians), summed over its
+    layers; divergence: that, scaled per group by the KL divergence from float measured on the
+    calibration text with only that group at the lowest bits (one forward per group); first and
+    last blocks: the usual rule, the outermost blocks get the most bits; attention values and MLP
+    down: llama.cpp's Q4_K_M rule (more bits for attn_v and ffn_down in the first and last eighth
+    of the blocks and every third between), kept to whole groups (vLLM fuses q/k/v)."""
+
+    OUTPUT_ERROR = "output error"
+    DIVERGENCE = "divergence"
+    EDGES = "first and last blocks"
+    LLAMA_CPP = "attention values and MLP down"
+
+    @property
+    def measured(self) -> bool:
+        return self in (Allocation.OUTPUT_ERROR, Allocation.DIVERGENCE)
+
+
+@dataclass(frozen=True)
+class MixedSpec:
+    """Mixed precision (engine/quant/methods/mixed.py): each group of layers that read one input (q/k/v,
+    gate/up: vLLM fuses them and needs one scheme for the group) takes one of ``bits`` for the spec's
+    weights, so that the quantized layers average at most ``budget`` bits per weight, scales and zero
+    points included, chosen as ``allocation`` says (the measured ones exactly: a knapsack over the groups)."""
+
+    budget: float = 4.5
+    bits: tuple[int, ...] = (3, 4, 8)
+    allocation: Allocation = Allocation.OUTPUT_ERROR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allocation", choice(Allocation, self.allocation, "allocation"))
+        object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
+        if len(self.bits) < 2 or not all(2 <= b <= 8 for b in self.bits):
+            raise SpecError(f"Mixed precision chooses among at least two weight widths of 2 to 8 bits, not {list(self.bits)}.")
+        if not self.bits[0] <= self.budget <= self.bits[-1] + 1:
+            raise SpecError(f"A budget of {self.budget:g} bits per weight is outside the widths chosen from "
+                            f"({self.bits[0]} to {self.bits[-1]} bits, plus their scales).")
+
+    def label(self) -> str:
+        return f"mixed W{{{','.join(map(str, self.bits))}}} at {self.budget:g} bits/weight ({self.allocation.value})"
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
@@ -326,6 +369,7 @@ class QuantSpec:
     smoothing: float | None = None
     awq: AwqSpec | None = None
     experts: ExpertPolicy = field(default_factory=ExpertPolicy)
+    mixed: MixedSpec | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -342,6 +386,18 @@ class QuantSpec:
             object.__setattr__(self, "experts", ExpertPolicy(**self.experts))
         if self.awq is not None:
             self._check_awq()
+        if isinstance(self.mixed, dict):  # a run config's [quantize.mixed] table
+            object.__setattr__(self, "mixed", MixedSpec(**self.mixed))
+        if self.mixed is not None:
+            self._check_mixed()
+
+    def _check_mixed(self) -> None:
+        weights = self.weights
+        if not weights.enabled or weights.format.is_float:
+            raise SpecError("Mixed precision chooses integer weight widths per layer group: choose RTN or GPTQ int weights.")
+        if self.activations.enabled or self.smoothing is not None or self.awq is not None:
+            raise SpecError("Mixed precision is weight-only here (the widths of W4A16-style schemes): set the activations to "
+                            "float and leave SmoothQuant and AWQ off.")
 
     def _check_awq(self) -> None:
         weights = self.weights
@@ -373,11 +429,13 @@ class QuantSpec:
         smoothing = [f"SmoothQuant α{self.smoothing:g}"] if self.smoothing is not None else []
         awq = [self.awq.label()] if self.awq is not None else []
         experts = [f"({self.experts.label()})"] if self.experts != ExpertPolicy() else []
-        return " + ".join(smoothing + awq + parts) + (" " + experts[0] if experts else "")
+        mixed = f", {self.mixed.label()}" if self.mixed is not None else ""
+        return " + ".join(smoothing + awq + parts) + mixed + (" " + experts[0] if experts else "")
 
     @property
     def needs_hessians(self) -> bool:
-        return self.weights.needs_hessians
+        """GPTQ's, and a measured mixed-precision allocation's (its output errors)."""
+        return self.weights.needs_hessians or (self.mixed is not None and self.mixed.allocation.measured)
 
     @property
     def needs_stats(self) -> bool:
@@ -385,20 +443,32 @@ class QuantSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        """AWQ searches its scales on the calibration set itself (its own pass)."""
-        return self.awq is not None
+        """AWQ searches its scales on the calibration set itself (its own pass); the divergence
+        allocation of mixed precision measures each layer group on its text."""
+        return self.own_pass is not None
+
+    @property
+    def own_pass(self) -> str | None:
+        """What runs its own pass on the calibration set, in words (None: nothing does)."""
+        if self.awq is not None:
+            return "AWQ"
+        if self.mixed is not None and self.mixed.allocation is Allocation.DIVERGENCE:
+            return "The divergence allocation"
+        return None
 
     @property
     def own_pass_forwards(self) -> int:
         """About how many forwards of the calibration set the scheme's own pass costs (for time
         estimates): AWQ's pass is one, and its search runs each measured module again per grid point,
         about three quarters of a forward (an MLP's share on the builtin model)."""
-        return 2 + 3 * self.awq.grid // 4 if self.awq is not None else 0
+        if self.awq is not None:
+            return 2 + 3 * self.awq.grid // 4
+        return 0
 
     @property
     def can_run_sequentially(self) -> bool:
         """GPTQ weights with float activations: what block-by-block (sequential) GPTQ quantizes."""
-        return self.needs_hessians and not self.activations.enabled and self.awq is None
+        return self.weights.needs_hessians and not self.activations.enabled and self.awq is None and self.mixed is None
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN

@@ -8,16 +8,27 @@ import pandas as pd
 import torch
 
 from engine.experiments import HELD_OUT, UPLOADED, EvaluationSpec, QuantRun
-from engine.figures import divergence_runs, has_sensitivity, perplexity_runs, scheme_label, sensitivity_depth, short_name
+from engine.figures import (
+    divergence_runs,
+    has_sensitivity,
+    mixed_allocation,
+    perplexity_runs,
+    scheme_label,
+    sensitivity_depth,
+    short_name,
+)
 from engine.progress import Progress, no_progress
 from engine.quant import (
+    ALLOCATION_TOKENS,
     DEFAULT_ACT_ORDER,
     PRESETS,
     ActivationSpec,
     ActOrder,
+    Allocation,
     AwqSpec,
     ExpertPolicy,
     Granularity,
+    MixedSpec,
     NumberFormat,
     Quantization,
     QuantReport,
@@ -92,6 +103,19 @@ HELP = {
         "(llm-compressor's AWQModifier; runs its own pass)"
     ),
     "awq_clip": "then AutoAWQ's per-group weight clipping",
+    "mixed": (
+        "each group of layers that read one input (q/k/v, gate/up: vLLM fuses them) takes one of the "
+        "widths below, the scheme's other settings kept, within the budget; GPTQ or RTN int weights, "
+        "float activations"
+    ),
+    "budget": "average stored bits per weight over the quantized layers, scales and zero points included",
+    "widths": "the weight widths to choose from (vLLM's kernels serve 4 and 8; transformers all)",
+    "allocation": (
+        "output error: the least summed output error on the calibration set's Hessians, solved exactly; "
+        "divergence: the same, each group weighted by its measured KL divergence alone (one forward per "
+        "group); the two rules give more bits to the outer blocks, or to attention values and MLP down "
+        "projections as llama.cpp's Q4_K_M does"
+    ),
 }
 
 
@@ -125,8 +149,20 @@ class QuantizeForm:
     sensitivity: str = Sensitivity.CHEAP.value
     preset: str = CUSTOM
     sequential: bool = False
+    mixed: bool = False
+    budget: float = 4.5
+    widths: tuple = (3, 4, 8)
+    allocation: str = Allocation.OUTPUT_ERROR.value
 
     def spec(self) -> QuantSpec:
+        """The scheme, with its widths mixed per layer group when asked."""
+        base = self.base_spec()
+        if not self.mixed:
+            return base
+        return replace(base, mixed=MixedSpec(float(self.budget), tuple(whole(width) for width in self.widths or ()),
+                                             self.allocation))
+
+    def base_spec(self) -> QuantSpec:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
             return PRESETS[self.preset]  # damping and Cholesky policy have no control of their own
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
@@ -236,7 +272,8 @@ def quant_run(form: QuantizeForm) -> QuantRun:
 def check(form: QuantizeForm, context: AppContext) -> None:
     """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
     the visitor's own upload: refused before the request is queued."""
-    spec = on_field("preset", form.spec)
+    on_field("preset", form.base_spec)
+    spec = on_field("budget", form.spec)
     on_field("sequential", lambda: Quantization(spec, form.sequential))
     on_field("windows", lambda: context.limits.check_sampling(whole(form.windows), whole(form.length)))
     if form.source == UPLOADED and form.upload:
@@ -253,8 +290,13 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     passes = 2 * (1 + (loaded.info.linear_layers if run.sensitivity is Sensitivity.THOROUGH else 0))
     # sequential: about three forwards of the calibration set besides the GPTQ itself
     forwards = 3 if run.sequential else run.spec.own_pass_forwards
-    units = evaluation.tokens * passes + (4 * loaded.info.hidden_size if run.spec.needs_hessians else 0) + \
-        forwards * int(calibration.lengths.sum())
+    # mixed precision: GPTQ (or RTN) at every width, then at the chosen ones; the divergence allocation a forward per group
+    mixed = run.spec.mixed
+    quantizations = 1 if mixed is None else len(mixed.bits) + 1
+    allocation = 0 if mixed is None or mixed.allocation is not Allocation.DIVERGENCE else \
+        2 * loaded.info.linear_layers * ALLOCATION_TOKENS
+    units = evaluation.tokens * passes + quantizations * (4 * loaded.info.hidden_size if run.spec.needs_hessians else 0) + \
+        forwards * int(calibration.lengths.sum()) + allocation
     with timed_step(context.times, loaded, "quantize", units, progress):
         report, reused = run.run(loaded, session.calibrated, context.evaluations, progress)
     # the cached report may be another session's too: this session's run goes on a copy
@@ -264,7 +306,7 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
             "summary": pd.DataFrame(report.summary_rows(), columns=["", "value"]),
             "runs": perplexity_runs(session.quant_runs), "divergence": divergence_runs(session.quant_runs),
-            "depth": sensitivity_depth(report),
+            "depth": sensitivity_depth(report), "allocation": mixed_allocation(report),
             "table": gr.update(value=table, label=title, visible=True), "session": session}
 
 
@@ -301,6 +343,12 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 with gr.Row():
                     awq = gr.Checkbox(False, label="AWQ", info=HELP["awq"])
                     awq_clip = gr.Checkbox(False, label="AWQ clip search", info=HELP["awq_clip"])
+            with gr.Accordion("Mixed precision", open=False):
+                mixed = gr.Checkbox(False, label="Mix weight widths per layer", info=HELP["mixed"])
+                budget = gr.Slider(2.0, 9.0, value=4.5, step=0.05, label="Budget (bits per weight)", info=HELP["budget"])
+                widths = gr.CheckboxGroup([2, 3, 4, 5, 6, 8], value=[3, 4, 8], label="Widths", info=HELP["widths"])
+                allocation = gr.Radio(labels(Allocation), value=Allocation.OUTPUT_ERROR.value, label="Allocation",
+                                      info=HELP["allocation"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -316,6 +364,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             summary = result_table("Run", show_label=False)
             runs = result_plot()
             divergence = result_plot()
+    allocation_plot = result_plot()
     depth = result_plot()
     table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "symmetric": symmetric,
@@ -327,8 +376,9 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     for control in scheme.values():
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
-               "sensitivity": sensitivity, "preset": preset, "sequential": sequential}
-    outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "depth": depth, "table": table,
-               "session": session}
+               "sensitivity": sensitivity, "preset": preset, "sequential": sequential, "mixed": mixed, "budget": budget,
+               "widths": widths, "allocation": allocation}
+    outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "allocation": allocation_plot,
+               "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
             status=status, cancel=cancel, check=check)
