@@ -73,6 +73,13 @@ def first_run(page):
     page.get_by_role("option", name=re.compile(r"^1\. ")).click()
 
 
+def mixed_precision(page):
+    """W4 g128 GPTQ with its widths mixed at the default budget (4.5 bits per weight over 3, 4 and 8)."""
+    choose("Scheme", "W4 g128 GPTQ")(page)
+    page.get_by_text("Mixed precision", exact=True).click()  # the accordion opens
+    visible(page, "Mix weight widths per layer").check()
+
+
 def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...] = ("random", "embedding-clusters")):
     """Every tab's main button with its defaults (the comparison as small as it gets: one seed, 4
     samples); the first quantization run is written as a checkpoint and reloaded at the end."""
@@ -95,6 +102,8 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
              screenshot="quantize.png"),
         Step("quantize (AWQ)", "Quantize", "Quantize and evaluate", "AWQ searched", choose("Scheme", "W4 g128 AWQ"),
              screenshot="quantize-awq.png"),
+        Step("quantize (mixed)", "Quantize", "Quantize and evaluate", "bits/weight (output error): perplexity",
+             mixed_precision, screenshot="quantize-mixed.png"),
         Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
         Step("imatrix", "Imatrix", "Collect imatrix", "tensors over", screenshot="imatrix.png"),
         Step("export", "Export", "Prepare downloads", "Ready"),

@@ -128,13 +128,15 @@ class ComparisonRun:
 
 
 def quant_spec_from(values: dict) -> QuantSpec:
-    """``{"scheme": preset name}`` or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
-    "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}, "mixed": {...}}`` (an AwqSpec's,
-    an ExpertPolicy's and a MixedSpec's fields)."""
+    """``{"scheme": preset name}`` (with ``"mixed"``: its widths mixed per layer group) or
+    ``{"weights": {...}, "activations": {...}, "name_pattern": ..., "smoothing": SmoothQuant's alpha,
+    "awq": {...}, "experts": {...}, "mixed": {...}}`` (an AwqSpec's, an ExpertPolicy's and a
+    MixedSpec's fields)."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
-        return PRESETS[values["scheme"]]
+        preset = PRESETS[values["scheme"]]
+        return replace(preset, mixed=values["mixed"]) if values.get("mixed") is not None else preset  # its widths mixed
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
                      values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"), values.get("experts", {}),
                      values.get("mixed"))

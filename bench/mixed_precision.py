@@ -1,0 +1,153 @@
+"""Mixed precision against uniform widths and the usual rules, at equal budgets, by divergence from float.
+
+For builtin:gemma-3-270m and builtin:smollm2-135m: calibration --samples x --seqlen tokens (GPTQ
+joined windows) from the first half of wikitext-2's test articles (../shared/data), held-out windows
+from its last quarter (as bench/quant_quality.py). Every scheme is W{3,4,8} g128 GPTQ
+(llm-compressor's numerics) on one set of Hessians; at budgets of 4.5 and 3.5 stored bits per weight
+(scales included):
+- uniform: the widest single width within the budget (W4 at 4.5: 4.125 bits; W3 at 3.5: 3.125),
+- the rules: first and last blocks; llama.cpp's Q4_K_M rule (attention values and MLP down, in the
+  first and last eighth of the blocks and every third between), both kept to vLLM's fused groups,
+- the measured allocations (a knapsack): output error, and divergence (output error weighted by each
+  group's measured KL divergence alone on the calibration text).
+Goal: a measured allocation has the lowest mean KL divergence from float at both budgets on both
+models. llama.cpp's own allocation is not run: it allocates its K-quant types, not these widths;
+its rule is what LLAMA_CPP applies here.
+
+--stability (Gemma, budget 4.5, output-error allocation): 3 seeds x {random documents, GPTQ
+windows} x {8, 32, 128} samples: which groups each set gives 8 bits, their overlap with the same
+strategy's and seed's 128-sample choice (Jaccard), and each run's divergence (the allocation and its
+GPTQ both from that set).
+Usage: python bench/mixed_precision.py [--quick] [--models gemma,smollm2] [--stability]
+"""
+from __future__ import annotations
+
+import _isolate  # noqa: F401  (first: see bench/_isolate.py)
+
+# isort: split
+import argparse
+import time
+
+from bench._common import report
+from bench.quant_quality import calibration_corpus, held_out_texts
+from engine import ModelSpec, load_model
+from engine.quant import (
+    Allocation,
+    Calibrated,
+    MixedSpec,
+    QuantSpec,
+    WeightSpec,
+    evaluate,
+    evaluation_windows,
+    float_reference,
+)
+from engine.sampling import GptqWindowsSpec, RandomSpec, build
+from engine.stats import HessianSpec, collect_hessians
+
+MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
+BUDGETS = (4.5, 3.5)
+WIDTHS = (3, 4, 8)
+STRATEGIES = {"random": RandomSpec, "gptq-windows": GptqWindowsSpec}
+
+
+def schemes(budget: float) -> dict[str, QuantSpec]:
+    uniform = max(bits for bits in WIDTHS if bits + 16 / 128 <= budget)
+    return {f"uniform W{uniform}": QuantSpec(WeightSpec("gptq", uniform, 128)),
+            **{allocation.value: QuantSpec(WeightSpec("gptq", 4, 128), mixed=MixedSpec(budget, WIDTHS, allocation))
+               for allocation in (Allocation.EDGES, Allocation.LLAMA_CPP, Allocation.OUTPUT_ERROR, Allocation.DIVERGENCE)}}
+
+
+def run_model(name: str, samples: int, seqlen: int, windows: int) -> list[dict]:
+    loaded = load_model(ModelSpec(MODELS[name]))
+    calibration = build(calibration_corpus("wikitext"), loaded.tokenizer, GptqWindowsSpec(nsamples=samples, length=seqlen))
+    evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
+    hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
+    reference = float_reference(loaded, evaluation)
+    rows = []
+    for budget in BUDGETS:
+        for label, spec in schemes(budget).items():
+            started = time.perf_counter()
+            result = evaluate(loaded, spec, Calibrated(calibration, hessians=hessians), evaluation,
+                              make_reference=lambda *_: reference)
+            bits = result.meta.get("average_bits", spec.weights.bits + 16 / 128)
+            row = {"model": name, "dtype": loaded.info.dtype, "budget": budget, "scheme": label,
+                   "bits_per_weight": round(bits, 4),
+                   "float_perplexity": round(reference.perplexity, 4), "perplexity": round(result.quantized_perplexity, 4),
+                   **{key: round(value, 6) for key, value in result.divergence.summary().items()},
+                   "seconds": round(time.perf_counter() - started, 1)}
+            if "bits" in result.layers:
+                row["layers_at"] = {int(b): int(n) for b, n in result.layers["bits"].value_counts().sort_index().items()}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def upgraded(table) -> set[str]:
+    """The layers a run gave its widest width."""
+    return set(table.loc[table["bits"] == table["bits"].max(), "layer"])
+
+
+def stability(samples_list: tuple[int, ...], seeds: int, seqlen: int, windows: int) -> list[dict]:
+    loaded = load_model(ModelSpec(MODELS["gemma"]))
+    evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
+    reference = float_reference(loaded, evaluation)
+    corpus = calibration_corpus("wikitext")
+    spec = QuantSpec(WeightSpec("gptq", 4, 128), mixed=MixedSpec(4.5, WIDTHS, Allocation.OUTPUT_ERROR))
+    rows, chosen = [], {}
+    for strategy, kind in STRATEGIES.items():
+        for seed in range(seeds):
+            for samples in sorted(samples_list, reverse=True):  # the largest first: the others are compared with it
+                started = time.perf_counter()
+                calibration = build(corpus, loaded.tokenizer, kind(nsamples=samples, length=seqlen, seed=seed))
+                hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
+                result = evaluate(loaded, spec, Calibrated(calibration, hessians=hessians), evaluation,
+                                  make_reference=lambda *_: reference)
+                wide = upgraded(result.layers)
+                chosen[strategy, seed, samples] = wide
+                largest = chosen[strategy, seed, max(samples_list)]
+                row = {"strategy": strategy, "seed": seed, "samples": samples, "layers_at_8": len(wide),
+                       "jaccard_with_largest": round(len(wide & largest) / max(len(wide | largest), 1), 3),
+                       "kld_mean": round(result.divergence.mean_kld, 6), "perplexity": round(result.quantized_perplexity, 4),
+                       "seconds": round(time.perf_counter() - started, 1)}
+                print(row, flush=True)
+                rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="16 x 256 calibration, 4 windows, Gemma only: a smoke run")
+    parser.add_argument("--models", default="gemma,smollm2")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--stability", action="store_true", help="the seed x strategy x sample-count table (Gemma)")
+    args = parser.parse_args()
+    samples, seqlen, windows = (16, 256, 4) if args.quick else (args.samples, args.seqlen, args.windows)
+    names = ["gemma"] if args.quick else args.models.split(",")
+    if args.stability:
+        counts = (4, 8) if args.quick else (8, 32, 128)
+        rows = stability(counts, 1 if args.quick else 3, seqlen, windows)
+        thin = [row for row in rows if row["samples"] == min(counts)]
+        overlap = sum(row["jaccard_with_largest"] for row in thin) / len(thin)
+        report("mixed_precision_stability", f"mean Jaccard overlap of the {min(counts)}-sample allocation with the "
+               f"{max(counts)}-sample one (same strategy and seed)", round(overlap, 3), "reported", True,
+               dtype=load_model(ModelSpec(MODELS["gemma"])).info.dtype, device="cpu", quick=args.quick, rows=rows,
+               seqlen=seqlen, evaluation_windows=windows)
+        return
+    rows = [row for name in names for row in run_model(name, samples, seqlen, windows)]
+    measured = {Allocation.OUTPUT_ERROR.value, Allocation.DIVERGENCE.value}
+    wins = {}
+    for name in names:
+        for budget in BUDGETS:
+            cell = [row for row in rows if row["model"] == name and row["budget"] == budget]
+            best = min(cell, key=lambda row: row["kld_mean"])
+            wins[f"{name} {budget}"] = best["scheme"]
+    met = all(scheme in measured for scheme in wins.values())
+    report("mixed_precision", "lowest mean KL divergence per model and budget", sum(s in measured for s in wins.values()),
+           f"a measured allocation in all {len(wins)} cells", met, dtype=sorted({row["dtype"] for row in rows}), device="cpu",
+           quick=args.quick, best=wins, rows=rows, samples=samples, seqlen=seqlen, evaluation_windows=windows)
+
+
+if __name__ == "__main__":
+    main()
