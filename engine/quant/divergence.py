@@ -74,8 +74,9 @@ def final_states(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _working_bytes(loaded: LoadedModel, batch: int, length: int) -> int:
-    """One batch through the blocks, and both models' float32 logits with their log-softmaxes for a chunk."""
-    return batch_working_bytes(loaded, batch, length) + HEAD_CHUNK * loaded.info.vocab_size * 4 * 6
+    """One batch through the blocks, and a chunk's float32 logits of both models, the float one's
+    softmax, their difference and one more vocabulary-wide temporary."""
+    return batch_working_bytes(loaded, batch, length) + HEAD_CHUNK * loaded.info.vocab_size * 4 * 5
 
 
 def float_reference(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int = 4,
@@ -109,12 +110,18 @@ def token_divergence(reference_logits: torch.Tensor, logits: torch.Tensor, targe
     in float32 this keeps its relative precision where KL is small (a good quantization's 1e-4),
     which Σ p (log p − log q) loses to the two log-softmaxes' rounding (1e-6 absolute)."""
     reference_logits, logits = reference_logits.float(), logits.float()
-    p = torch.softmax(reference_logits, dim=-1)
-    difference = reference_logits - logits
-    centred = difference - (p * difference).sum(-1, keepdim=True)
-    kld = torch.log1p((p * torch.expm1(-centred)).sum(-1)).clamp(min=0)
+    same = reference_logits.argmax(-1) == logits.argmax(-1)
     nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[:, None]).squeeze(-1)
-    return kld, nll, reference_logits.argmax(-1) == logits.argmax(-1)
+    p = torch.softmax(reference_logits, dim=-1)
+    difference = reference_logits - logits  # then centred, negated and expm1'd in place: one vocabulary-wide temporary
+    difference -= expected(p, difference)[:, None]
+    kld = torch.log1p(expected(p, difference.neg_().expm1_())).clamp(min=0)
+    return kld, nll, same
+
+
+def expected(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Σ_v p[t, v] values[t, v] per token t, as a batched dot product (no product tensor)."""
+    return torch.bmm(p[:, None, :], values[:, :, None]).flatten()
 
 
 def divergence(model: LoadedModel, evaluation: EvaluationSet, reference: FloatReference, batch_size: int = 4,
