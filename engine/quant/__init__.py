@@ -16,8 +16,9 @@ from engine.quant.formats.rtn import rtn
 from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.methods.gptq import gptq
 from engine.quant.methods.mappings import gain_offset
+from engine.quant.methods.mixed import ALLOCATION_TOKENS
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
-from engine.quant.plan import ALLOCATION_TOKENS, quantizable_layers
+from engine.quant.plan import quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import (
     DEFAULT_ACT_ORDER,

@@ -18,17 +18,15 @@ from engine.models import LAYER_KINDS, ExpertsLayer, LinearLayer, LoadedModel, f
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.activations.inputs import input_quantizer
 from engine.quant.activations.ranges import relative_error
-from engine.quant.apply import QuantizedModel, original_weights, quantized
-from engine.quant.divergence import divergence, float_reference
+from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
 from engine.quant.formats.grid import GroupGrids, IntWeight
 from engine.quant.measures import output_error
 from engine.quant.methods.awq_pass import awq_scaling
 from engine.quant.methods.experts import expert_hessians, quantize_experts
 from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
-from engine.quant.methods.mixed import LayerGroup, allocate, bits_per_weight, layer_groups, measured_losses
+from engine.quant.methods.mixed import allocate, bits_per_weight, group_divergences, layer_groups, measured_losses
 from engine.quant.methods.smoothing import smooth
-from engine.quant.perplexity import EvaluationSet
 from engine.quant.request import Calibrated
 from engine.quant.specs import Allocation, Granularity, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
@@ -244,7 +242,9 @@ def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dic
             errors[:, index] = [sum(output_error(done[name].fake - done[name].original, done[name].original,
                                                  hessians.hessian(name)) for name in group.names) for group in groups]
             narrowest = done
-        alone = (_group_divergences(loaded, present, groups, narrowest, calibrated.samples, scaled(progress, 0.6, 0.8))
+        alone = (group_divergences(loaded, {layer.name: layer for layer in present}, groups,
+                                   {name: result.fake for name, result in narrowest.items()}, calibrated.samples,
+                                   scaled(progress, 0.6, 0.8))
                  if mixed.allocation is Allocation.DIVERGENCE else None)
         losses = measured_losses(errors, groups, mixed, alone)
     chosen = allocate(groups, spec.weights, mixed, losses)
@@ -256,42 +256,6 @@ def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dic
             weights.update(quantized_weights(wanted, matrices, replace(spec.weights, bits=bits), hessians, sharing=sharing))
     progress(1.0, f"Mixed precision: {len(groups)} layer groups at {', '.join(map(str, widths))} bits")
     return weights, width_of
-
-
-ALLOCATION_WINDOWS, ALLOCATION_LENGTH = 4, 256  # the calibration text the divergence allocation measures each group on
-ALLOCATION_TOKENS = ALLOCATION_WINDOWS * ALLOCATION_LENGTH
-
-
-def calibration_windows(calibration: CalibrationSet | None, count: int = ALLOCATION_WINDOWS,
-                        length: int = ALLOCATION_LENGTH) -> EvaluationSet:
-    """The first ``length`` tokens (at most) of the ``count`` longest calibration sequences, cut to one length."""
-    if calibration is None or len(calibration) == 0:
-        raise CalibscopeError("The divergence allocation measures each layer group on the calibration set: build a set first.")
-    longest = sorted(calibration.sequences, key=len, reverse=True)[:count]
-    span = min(length, len(longest[-1]))
-    if span < 2:
-        raise CalibscopeError("The calibration sequences are too short to measure a divergence on; build longer ones.")
-    rows = torch.tensor(np.stack([sequence[:span] for sequence in longest]).astype(np.int64))
-    return EvaluationSet(rows, "the calibration set's longest sequences")
-
-
-def _group_divergences(loaded: LoadedModel, present: list[LinearLayer], groups: list[LayerGroup],
-                       quantization: dict[str, LayerQuantization], calibration: CalibrationSet | None,
-                       progress: Progress) -> np.ndarray:
-    """Each group's mean KL divergence from float with only its layers quantized (``quantization``)."""
-    windows = calibration_windows(calibration)
-    reference = float_reference(loaded, windows)
-    layers = {layer.name: layer for layer in present}
-    found = []
-    for number, group in enumerate(groups):
-        alone = QuantizedModel()
-        for name in group.names:
-            alone.add(layers[name], quantization[name].fake, quantization[name].integers())
-        with quantized(loaded, alone):
-            found.append(divergence(loaded, windows, reference).mean_kld)
-        progress((number + 1) / len(groups), f"Divergence of {group.label()} in block {group.block} alone "
-                                              f"({number + 1} of {len(groups)})")
-    return np.array(found)
 
 
 _NOT_EXPERTS = r"^(?!.*\.experts)"

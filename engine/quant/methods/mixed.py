@@ -6,7 +6,8 @@ group scales and zero points); its predicted loss comes from calibscope's measur
 calibration set (``Allocation``). The measured allocations solve the choice exactly: a
 multiple-choice knapsack over the groups by dynamic programming on integer costs. The usual rules
 (``Allocation.EDGES``, ``Allocation.LLAMA_CPP``) give more bits to the groups they favour, in their
-order, as far as the budget allows."""
+order, as far as the budget allows. ``group_divergences`` measures what the divergence allocation
+weights each group by."""
 from __future__ import annotations
 
 import math
@@ -14,10 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from engine.errors import CalibscopeError
-from engine.models import LinearLayer, block_of
+from engine.models import LinearLayer, LoadedModel, block_of
+from engine.progress import Progress, no_progress
+from engine.quant.apply import QuantizedModel, module_weight, quantized
+from engine.quant.divergence import divergence, float_reference
+from engine.quant.perplexity import EvaluationSet
 from engine.quant.specs import Allocation, MixedSpec, WeightSpec
+from engine.sampling import CalibrationSet
 
 SCALE_BITS = 16  # compressed-tensors stores a group's scale in the model's half dtype
 MAX_UNITS = 1 << 18  # the knapsack's capacity in cost units (its table: groups x units bytes); beyond it costs are rounded up
@@ -170,3 +177,37 @@ def allocate(groups: Sequence[LayerGroup], weights: WeightSpec, spec: MixedSpec,
 def bits_per_weight(weights: WeightSpec, bits: int, shape: tuple[int, int]) -> float:
     """Stored bits per weight of one [out, in] layer at ``bits``, scales and zero points included."""
     return LayerGroup(("",), 0, (shape,)).stored_bits(weights, bits) / (shape[0] * shape[1])
+
+
+ALLOCATION_WINDOWS, ALLOCATION_LENGTH = 4, 256  # the calibration text the divergence allocation measures each group on
+ALLOCATION_TOKENS = ALLOCATION_WINDOWS * ALLOCATION_LENGTH
+
+
+def calibration_windows(calibration: CalibrationSet | None, count: int = ALLOCATION_WINDOWS,
+                        length: int = ALLOCATION_LENGTH) -> EvaluationSet:
+    """The first ``length`` tokens (at most) of the ``count`` longest calibration sequences, cut to one length."""
+    if calibration is None or len(calibration) == 0:
+        raise CalibscopeError("The divergence allocation measures each layer group on the calibration set: build a set first.")
+    longest = sorted(calibration.sequences, key=len, reverse=True)[:count]
+    span = min(length, len(longest[-1]))
+    if span < 2:
+        raise CalibscopeError("The calibration sequences are too short to measure a divergence on; build longer ones.")
+    rows = torch.tensor(np.stack([sequence[:span] for sequence in longest]).astype(np.int64))
+    return EvaluationSet(rows, "the calibration set's longest sequences")
+
+
+def group_divergences(loaded: LoadedModel, layers: dict[str, LinearLayer], groups: Sequence[LayerGroup],
+                      fakes: dict[str, torch.Tensor], calibration: CalibrationSet | None,
+                      progress: Progress = no_progress) -> np.ndarray:
+    """Each group's mean KL divergence from float on the calibration set's longest sequences, with
+    only its layers quantized (``fakes``: their [out, in] quantized weights)."""
+    windows = calibration_windows(calibration)
+    reference = float_reference(loaded, windows)
+    found = []
+    for number, group in enumerate(groups):
+        alone = QuantizedModel({name: module_weight(layers[name], fakes[name]) for name in group.names})
+        with quantized(loaded, alone):
+            found.append(divergence(loaded, windows, reference).mean_kld)
+        progress((number + 1) / len(groups), f"Divergence of {group.label()} in block {group.block} alone "
+                                              f"({number + 1} of {len(groups)})")
+    return np.array(found)
