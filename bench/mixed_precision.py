@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--models", default="gemma,smollm2")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--stability", action="store_true", help="the seed x strategy x sample-count table (Gemma)")
     args = parser.parse_args()
     samples, seqlen, windows = (16, 256, 4) if args.quick else (args.samples, args.seqlen, args.windows)
