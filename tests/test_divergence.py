@@ -104,3 +104,26 @@ def test_a_bf16_model_is_measured_in_float32_logits():
     with quantized(loaded, plan):
         found = divergence(loaded, evaluation, reference)
     assert found.kld.dtype == np.float32 and np.isfinite(found.kld).all() and found.mean_kld > 0
+
+
+def test_per_token_nll_and_the_measures_from_a_position(two_models):
+    """Per-token NLLs kept beside the KL (the float model's too), and every measure restricted to the
+    positions llama-perplexity scores (from half the window on)."""
+    loaded, _, plan, evaluation = two_models
+    reference = float_reference(loaded, evaluation)
+    with torch.no_grad():
+        logits = loaded.model(evaluation.windows).logits[:, :-1].double()
+    float_nll = -torch.log_softmax(logits, -1).gather(-1, evaluation.windows[:, 1:, None]).squeeze(-1).numpy()
+    np.testing.assert_allclose(reference.nll, float_nll, rtol=1e-5, atol=1e-6)
+    with quantized(loaded, plan):
+        found = divergence(loaded, evaluation, reference)
+    assert found.nll.shape == found.kld.shape and found.nll.dtype == np.float64
+    assert found.perplexity == pytest.approx(float(np.exp(found.nll.mean())), rel=1e-9)
+    later = found.from_position(20)
+    assert later.kld.shape == (6, 19)
+    np.testing.assert_array_equal(later.kld, found.kld[:, 20:])
+    assert later.mean_kld == pytest.approx(found.kld[:, 20:].mean(), rel=1e-6)
+    assert later.top1_agreement == pytest.approx(found.same_top[:, 20:].mean())
+    assert later.perplexity == pytest.approx(float(np.exp(found.nll[:, 20:].mean())), rel=1e-9)
+    with pytest.raises(CalibscopeError, match="outside windows"):
+        found.from_position(39)

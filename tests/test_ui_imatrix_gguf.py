@@ -54,3 +54,28 @@ def test_the_held_out_text_holds_the_chunks_measured_and_little_more(tmp_path):
     assert written.startswith(documents[0]) and documents[2] in written and documents[3] not in written
     everything = llamacpp.write_held_out(tokenizer, documents[:2], 8, tmp_path / "short.txt").read_text()
     assert everything == "\n\n".join(documents[:2])  # too short: all of it (llama-perplexity says what it lacks)
+
+
+@pytest.mark.slow
+def test_a_llama_cpp_gguf_reads_back_into_the_model_by_its_parameter_names(tmp_path):
+    """The float GGUF made for llama-quantize holds exactly the weights calibscope loads; its Q8_0
+    requantization changes the linear weights and the embedding (by half a step of absmax / 127 per
+    block of 32, and the block's fp16 scale's rounding, at most 127 x 2^-11 steps) and nothing else."""
+    if llamacpp.tools_folder() is None:
+        missing("llama.cpp's tools (python -m bench._llamacpp)")
+    import torch
+
+    from engine import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec("builtin:gemma-3-270m", dtype="float32"))
+    source = llamacpp.float_gguf(loaded)
+    params = dict(loaded.model.named_parameters())
+    back = llamacpp.gguf_weights(source, loaded.model)
+    assert "model.embed_tokens.weight" in back and "lm_head.weight" not in back  # tied: the embedding once
+    assert all(torch.equal(value, params[name]) for name, value in back.items())
+    q8 = llamacpp.gguf_weights(llamacpp.quantize(source, tmp_path / "q8.gguf", "Q8_0"), loaded.model)
+    changed = {name for name, value in q8.items() if not torch.equal(value, params[name])}
+    assert changed and all(name.endswith("_proj.weight") or name == "model.embed_tokens.weight" for name in changed)
+    for name in changed:
+        step = params[name].abs().reshape(params[name].shape[0], -1, 32).amax(-1, keepdim=True) / 127
+        assert ((q8[name] - params[name]).reshape(step.shape[0], -1, 32).abs() <= 0.57 * step).all(), name

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine import guard
 from engine.errors import CalibscopeError
 from engine.imatrix.files import write_imatrix
@@ -140,6 +142,25 @@ def _converted(loaded, folder: Path) -> Path:
     # the scratch folder holds the model saved as safetensors too (its float weights) besides the GGUF
     size = loaded.info.parameters * (2 + next(loaded.model.parameters()).element_size())
     return _cached_gguf(folder / f"{gguf_key(loaded.info.name, loaded.spec.revision)}-f16.gguf", size, converted)
+
+
+def gguf_weights(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a GGUF llama.cpp made (a llama-quantize output, a float GGUF above) by ``model``'s
+    parameter names, dequantized by transformers' GGUF reader as a builtin model is loaded (its name
+    map, and the architecture's own fixes such as Gemma's norm offsets), in float32: llama.cpp's
+    quantized weights to evaluate in calibscope. A tied output (no ``output.weight``) comes back once,
+    as the embedding. For files made here, not a visitor's: no reading limits apply."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    known = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(known))
+    if unknown:
+        raise CalibscopeError(f"{path.name} holds tensors the model has no parameter for: {', '.join(unknown[:5])}.")
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(known[name].shape):
+            raise CalibscopeError(f"{path.name}: {name} is {tuple(value.shape)}, the model's {tuple(known[name].shape)}.")
+    return {name: torch.as_tensor(value).float() for name, value in tensors.items()}
 
 
 def quantize(model: Path, target: Path, kind: str, imatrix: Path | None = None, threads: int = 2) -> Path:

@@ -17,7 +17,7 @@ from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.methods.gptq import gptq
 from engine.quant.methods.mappings import gain_offset
 from engine.quant.methods.mixed import ALLOCATION_TOKENS
-from engine.quant.perplexity import EvaluationSet, evaluation_windows, perplexity
+from engine.quant.perplexity import EvaluationSet, evaluation_windows, output_logits, perplexity
 from engine.quant.plan import quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
 from engine.quant.specs import (
@@ -85,6 +85,7 @@ __all__ = [
     "format_ranges",
     "gain_offset",
     "gptq",
+    "output_logits",
     "perplexity",
     "quantizable_layers",
     "quantize",

@@ -27,21 +27,35 @@ from engine.runner import batch_working_bytes
 @dataclass(frozen=True)
 class FloatReference:
     """The float model on an evaluation set: its perplexity and its final hidden states at the scored
-    positions ([windows, length - 1, hidden], the model's dtype and device)."""
+    positions ([windows, length - 1, hidden], the model's dtype and device); ``nll`` its NLL at each
+    scored token ([windows, length - 1], float64)."""
 
     perplexity: float
     states: torch.Tensor
     evaluation_key: str
+    nll: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Divergence:
     """A model against a float reference on one evaluation set: ``kld`` [windows, length - 1], KL(float ‖
-    model) in nats at each scored token; ``same_top`` whether both put the same token first."""
+    model) in nats at each scored token; ``same_top`` whether both put the same token first; ``nll``
+    the model's NLL at each scored token (float64)."""
 
     perplexity: float
     kld: np.ndarray
     same_top: np.ndarray
+    nll: np.ndarray | None = None
+
+    def from_position(self, first: int) -> Divergence:
+        """The same measures over positions ``first``.. of each window only (position j predicts token
+        j + 1): llama-perplexity scores each chunk of n_ctx tokens from n_ctx / 2 on."""
+        if self.nll is None:
+            raise CalibscopeError("This divergence kept no per-token NLL: its perplexity cannot be restricted.")
+        if not 0 <= first < self.kld.shape[1]:
+            raise CalibscopeError(f"Position {first} is outside windows of {self.kld.shape[1] + 1} tokens.")
+        nll = self.nll[:, first:]
+        return Divergence(math.exp(float(nll.mean())), self.kld[:, first:], self.same_top[:, first:], nll)
 
     @property
     def mean_kld(self) -> float:
@@ -85,7 +99,7 @@ def float_reference(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: 
     loaded.require_resident("The float reference")
     device = next(loaded.model.parameters()).device
     windows = evaluation.windows
-    states, total = [], torch.zeros((), dtype=torch.float64, device=device)
+    states, nlls = [], []
     with guard.current().reserve_memory("The float reference", _working_bytes(loaded, batch_size, windows.shape[1])), \
             loaded.lock, torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
@@ -95,10 +109,12 @@ def float_reference(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: 
             flat, targets = hidden.reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1)
             for first in range(0, flat.shape[0], HEAD_CHUNK):
                 logits = output_logits(loaded.model, flat[first:first + HEAD_CHUNK])
-                total += torch.nn.functional.cross_entropy(logits, targets[first:first + HEAD_CHUNK], reduction="sum").double()
+                part = targets[first:first + HEAD_CHUNK]
+                nlls.append(torch.nn.functional.cross_entropy(logits, part, reduction="none").double())
             done = min(start + batch_size, windows.shape[0])
             progress(done / windows.shape[0], f"Float model: window {done} of {windows.shape[0]}")
-    return FloatReference(math.exp(float(total) / evaluation.tokens), torch.cat(states), evaluation.key)
+    nll = torch.cat(nlls).cpu().numpy().reshape(windows.shape[0], windows.shape[1] - 1)
+    return FloatReference(math.exp(float(nll.sum()) / evaluation.tokens), torch.cat(states), evaluation.key, nll)
 
 
 def token_divergence(reference_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
@@ -156,6 +172,6 @@ def divergence(model: LoadedModel, evaluation: EvaluationSet, reference: FloatRe
             done = min(start + batch_size, windows.shape[0])
             progress(done / windows.shape[0], f"Divergence: window {done} of {windows.shape[0]}")
     shape = (windows.shape[0], windows.shape[1] - 1)
-    nll = float(torch.cat(nlls).sum())
-    return Divergence(math.exp(nll / evaluation.tokens), torch.cat(klds).cpu().numpy().reshape(shape),
-                      torch.cat(same).cpu().numpy().reshape(shape))
+    nll = torch.cat(nlls).cpu().numpy().reshape(shape)
+    return Divergence(math.exp(float(nll.sum()) / evaluation.tokens), torch.cat(klds).cpu().numpy().reshape(shape),
+                      torch.cat(same).cpu().numpy().reshape(shape), nll)
