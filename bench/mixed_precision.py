@@ -15,9 +15,9 @@ models. llama.cpp's own allocation is not run: it allocates its K-quant types, n
 its rule is what LLAMA_CPP applies here.
 
 --stability (Gemma, budget 4.5, output-error allocation): 3 seeds x {random documents, GPTQ
-windows} x {8, 32, 128} samples: which groups each set gives 8 bits, their overlap with the same
-strategy's and seed's 128-sample choice (Jaccard), and each run's divergence (the allocation and its
-GPTQ both from that set).
+windows} x {8, 32, 128} samples of 256 tokens: which layers each set gives 8 bits, their overlap with
+the same strategy's and seed's 128-sample choice (Jaccard), and for 8 and 128 samples the divergence
+on 4 x 512 held-out windows (the allocation and its GPTQ both from that set).
 Usage: python bench/mixed_precision.py [--quick] [--models gemma,smollm2] [--stability]
 """
 from __future__ import annotations
@@ -35,11 +35,13 @@ from engine.quant import (
     Allocation,
     Calibrated,
     MixedSpec,
+    Quantization,
     QuantSpec,
     WeightSpec,
     evaluate,
     evaluation_windows,
     float_reference,
+    quantize,
 )
 from engine.sampling import GptqWindowsSpec, RandomSpec, build
 from engine.stats import HessianSpec, collect_hessians
@@ -88,8 +90,11 @@ def upgraded(table) -> set[str]:
 
 
 def stability(samples_list: tuple[int, ...], seeds: int, seqlen: int, windows: int) -> list[dict]:
+    """The output-error allocation of W{3,4,8} g128 GPTQ at 4.5 bits on sets of each strategy, seed and
+    size: the layers it gives 8 bits, their overlap with the largest set's, and, for the smallest and
+    the largest sets, the divergence of the result (its allocation and its GPTQ both from that set)."""
     loaded = load_model(ModelSpec(MODELS["gemma"]))
-    evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
+    evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
     reference = float_reference(loaded, evaluation)
     corpus = calibration_corpus("wikitext")
     spec = QuantSpec(WeightSpec("gptq", 4, 128), mixed=MixedSpec(4.5, WIDTHS, Allocation.OUTPUT_ERROR))
@@ -100,16 +105,21 @@ def stability(samples_list: tuple[int, ...], seeds: int, seqlen: int, windows: i
                 started = time.perf_counter()
                 calibration = build(corpus, loaded.tokenizer, kind(nsamples=samples, length=seqlen, seed=seed))
                 hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
-                result = evaluate(loaded, spec, Calibrated(calibration, hessians=hessians), evaluation,
-                                  make_reference=lambda *_: reference)
-                wide = upgraded(result.layers)
+                calibrated = Calibrated(calibration, hessians=hessians)
+                row = {"strategy": strategy, "seed": seed, "samples": samples}
+                if samples in (min(samples_list), max(samples_list)):
+                    result = evaluate(loaded, spec, calibrated, evaluation, make_reference=lambda *_: reference)
+                    table = result.layers
+                    row.update(kld_mean=round(result.divergence.mean_kld, 6), perplexity=round(result.quantized_perplexity, 4))
+                else:
+                    table = quantize(loaded, Quantization(spec, sensitivity="none"), calibrated)[1]
+                wide = upgraded(table)
                 chosen[strategy, seed, samples] = wide
                 largest = chosen[strategy, seed, max(samples_list)]
-                row = {"strategy": strategy, "seed": seed, "samples": samples, "layers_at_8": len(wide),
-                       "jaccard_with_largest": round(len(wide & largest) / max(len(wide | largest), 1), 3),
-                       "kld_mean": round(result.divergence.mean_kld, 6), "perplexity": round(result.quantized_perplexity, 4),
-                       "seconds": round(time.perf_counter() - started, 1)}
-                print(row, flush=True)
+                overlap = len(wide & largest) / max(len(wide | largest), 1)
+                row.update(layers_at_8=len(wide), jaccard_with_largest=round(overlap, 3), at_8=sorted(wide),
+                           seconds=round(time.perf_counter() - started, 1))
+                print({k: v for k, v in row.items() if k != "at_8"}, flush=True)
                 rows.append(row)
     return rows
 
@@ -127,13 +137,14 @@ def main() -> None:
     names = ["gemma"] if args.quick else args.models.split(",")
     if args.stability:
         counts = (4, 8) if args.quick else (8, 32, 128)
-        rows = stability(counts, 1 if args.quick else 3, seqlen, windows)
+        seqlen = 128 if args.quick else 256  # three sizes of six sets each: 256-token samples keep it to this CPU's hour
+        rows = stability(counts, 1 if args.quick else 3, seqlen, 2 if args.quick else 4)
         thin = [row for row in rows if row["samples"] == min(counts)]
         overlap = sum(row["jaccard_with_largest"] for row in thin) / len(thin)
         report("mixed_precision_stability", f"mean Jaccard overlap of the {min(counts)}-sample allocation with the "
                f"{max(counts)}-sample one (same strategy and seed)", round(overlap, 3), "reported", True,
                dtype=load_model(ModelSpec(MODELS["gemma"])).info.dtype, device="cpu", quick=args.quick, rows=rows,
-               seqlen=seqlen, evaluation_windows=windows)
+               seqlen=seqlen, evaluation="4 x 512 held-out windows, for the smallest and the largest sets")
         return
     rows = [row for name in names for row in run_model(name, samples, seqlen, windows)]
     measured = {Allocation.OUTPUT_ERROR.value, Allocation.DIVERGENCE.value}
