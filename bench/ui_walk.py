@@ -6,7 +6,9 @@ Chromium, and times each step from the click to its result. Saves a screenshot p
 --screenshots, e.g. assets/screenshots for the README). Goal: the slowest step <= 60 s, AWQ aside:
 its search runs each block's attention and MLP 20 times over the whole set (minutes on a 2-core CPU
 for the default 32 samples, whatever the code around it does), so its time is reported on its own.
-Usage: python bench/ui_walk.py [--quick] [--screenshots DIR]   (--quick: the tiny model)
+Usage: python bench/ui_walk.py [--quick] [--screenshots DIR] [--steps NAME,...]   (--quick: the tiny
+model; --steps: only those steps, e.g. "load,build,hessians,quantize (mixed)" to remake one tab's
+screenshot; a partial walk is not a result and writes none)
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the tiny model: checks the walk in a minute")
     parser.add_argument("--screenshots", type=Path, default=None, help="save one screenshot per tab here")
+    parser.add_argument("--steps", default="", help="only these steps (comma-separated names), no result written")
     args = parser.parse_args()
     model = "tiny-random-llama" if args.quick else "builtin:gemma-3-270m"
     if args.screenshots:
@@ -46,7 +49,13 @@ def main() -> None:
         walk = Walk(page, timeout_ms=1_800_000)
         # the tiny model's widths (32, 37) take no group of 128: its first run, written at the end, is per channel
         walk_steps = steps(scheme_first="W8A8 static (min/max)") if args.quick else steps()
+        if args.steps:
+            wanted = {name.strip() for name in args.steps.split(",")}
+            walk_steps = [step for step in walk_steps if step.name in wanted]
         statuses = {step.name: result_line(walk.run(step, args.screenshots), step.done) for step in walk_steps}
+    if args.steps:
+        print(walk.times, statuses)
+        return
     goal_steps = {name: seconds for name, seconds in walk.times.items() if name not in UNBOUNDED}
     slowest = max(goal_steps, key=goal_steps.get)
     report("ui_walk", "slowest_step_seconds", walk.times[slowest], f"<= {GOAL_S:g} ({', '.join(UNBOUNDED)} aside)",
