@@ -155,7 +155,9 @@ def main() -> None:
             best = min(cell, key=lambda row: row["kld_mean"])
             wins[f"{name} {budget}"] = best["scheme"]
     met = all(scheme in measured for scheme in wins.values())
-    report("mixed_precision", "lowest mean KL divergence per model and budget", sum(s in measured for s in wins.values()),
+    suffix = "" if names == ["gemma", "smollm2"] else "_" + "_".join(names)  # a run of some models: its own file
+    report(f"mixed_precision{suffix}", "lowest mean KL divergence per model and budget",
+           sum(scheme in measured for scheme in wins.values()),
            f"a measured allocation in all {len(wins)} cells", met, dtype=sorted({row["dtype"] for row in rows}), device="cpu",
            quick=args.quick, best=wins, rows=rows, samples=samples, seqlen=seqlen, evaluation_windows=windows)
 
