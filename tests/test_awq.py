@@ -359,11 +359,12 @@ def test_awq_is_refused_where_it_does_not_apply():
 
 
 def test_the_checkpoint_holds_the_simulated_awq_model(model, calibration, tmp_path):
-    """pack-quantized with zero points, the rescaled norms and biases beside: read back with the
-    package's decompressor (transformers cannot load asymmetric packed zero points), it is the simulation."""
+    """pack-quantized with zero points, the rescaled norms and biases beside, in the model's dtype:
+    read back with the package's decompressor (transformers cannot load asymmetric packed zero
+    points), it is the simulation."""
     spec = PRESETS["W4 g128 AWQ + clip"]
     plan, _ = quantize(model, spec, Calibrated(samples=calibration))
-    save_quantized(model, plan, spec, tmp_path / "awq")
+    save_quantized(model, plan, spec, tmp_path / "awq", dtype="model")
     read_back = QuantizedModel(weights=dict(dequantized_layers(tmp_path / "awq")), floats=changed_floats(tmp_path / "awq", model))
     assert set(read_back.floats) == set(plan.floats) and len(plan.floats) == 4  # two norms per block
     for name, weight in read_back.weights.items():

@@ -189,6 +189,10 @@ def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     dynamic = {"method": "gptq", "act_order": "dynamic"}
     assert run(write_config(tmp_path, quantize=[{"weights": dynamic, "save": "w4"}])) == 2
     assert "no longer stores activation order 'group'" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "NVFP4A16", "save": "fp4", "save_dtype": "float32"}])) == 2
+    assert "NVFP4 weights run in bfloat16 only" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 RTN", "save": "w4", "save_dtype": "fp64"}])) == 2
+    assert "save_dtype" in capsys.readouterr().err
     assert run(write_config(tmp_path, compare={"seeds": 0})) == 2
     assert "at least one seed" in capsys.readouterr().err
 
@@ -215,6 +219,7 @@ def test_a_run_saves_its_quantized_model_and_the_checkpoint_reloads_to_the_same_
     assert reloaded / simulated == pytest.approx(1.0, abs=1e-3)
     provenance = json.loads((out / "w4" / "calibscope.json").read_text())
     assert provenance["simulated_perplexity"] == pytest.approx(simulated) and provenance["run"]["save"] == "w4"
+    assert provenance["dtype"] == provenance["run"]["save_dtype"] == "bfloat16"  # the default, said
     assert load_config(out / "config.json").quantize == load_config(config).quantize
 
 
