@@ -168,7 +168,7 @@ def test_an_awq_run_searches_on_the_set_and_its_config_repeats_it(tmp_path):
     assert run(config) == 0
     out = tmp_path / "out"
     runs = pd.read_csv(out / "quantization-runs.csv")
-    assert list(runs["scheme"]) == ["AWQ + W4 g128 asym RTN", "AWQ (10 points, clip) + W4 per-channel asym RTN"]
+    assert list(runs["scheme"]) == ["AWQ + W4 g128 RTN", "AWQ (10 points, clip) + W4 per-channel asym RTN"]
     layers = pd.read_csv(out / "quantization-2-layers.csv")
     assert {"awq_ratio", "clipped_groups", "output_error_before_awq"} <= set(layers.columns)
     assert (out / "awq" / "config.json").is_file()
