@@ -6,7 +6,8 @@ once under the cache by bench/peers.py (see there for what each holds).
 
 1. roundtrip: the builtin Gemma 3 270M, float32 and (where the CPU has native bf16) bfloat16; W4
    g128 GPTQ (llm-compressor's numerics, every layer at once from the Hessians of 32 x 512 wikitext
-   windows) written as compressed-tensors and as GPTQ: write seconds, files, bytes; read back (the
+   windows) written as compressed-tensors and as GPTQ in the model's dtype (the dtype the simulation
+   ran in; bench/awq_symmetric.py writes the default bfloat16): write seconds, files, bytes; read back (the
    package's own decompressor; GPTQ unpacking): the largest difference from the simulated weights;
    compressed-tensors reloaded by transformers' AutoModelForCausalLM: perplexity on 16 x 512 held-out
    windows over the simulated model's (goal <= 1.001).
@@ -114,7 +115,7 @@ def roundtrip(dtype: str, work: Path) -> dict:
         folder = work / f"gemma-{dtype}-{fmt}"
         shutil.rmtree(folder, ignore_errors=True)
         started = time.perf_counter()
-        summary = save_quantized(loaded, plan, SPEC, folder, fmt)
+        summary = save_quantized(loaded, plan, SPEC, folder, fmt, dtype="model")
         written = time.perf_counter() - started
         row[fmt] = {"write_s": round(written, 2), "files": summary.files, "bytes": summary.bytes,
                     "max_weight_difference": largest_weight_difference(folder, plan.weights)}
@@ -141,8 +142,9 @@ def peers(work: Path) -> dict:
     folders = {name: work / name for name in ("calibscope-ct", "calibscope-gptq", "llmcompressor", "gptqmodel")}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
-    save_quantized(loaded, plan, SPEC, folders["calibscope-ct"], "compressed-tensors")
-    save_quantized(loaded, gptqmodel_plan, gptqmodel_spec, folders["calibscope-gptq"], "gptq")
+    # in the model's dtype, float32, as the peers write a float32 model
+    save_quantized(loaded, plan, SPEC, folders["calibscope-ct"], "compressed-tensors", dtype="model")
+    save_quantized(loaded, gptqmodel_plan, gptqmodel_spec, folders["calibscope-gptq"], "gptq", dtype="model")
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
     gptqmodel = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2"}  # it refuses fewer than two workers
     subprocess.run([str(environment("llmcompressor")), str(HERE / "peer_scripts" / "llmcompressor_checkpoint.py"),

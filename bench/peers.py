@@ -47,7 +47,7 @@ scales compared per norm (s = the norm's gain before / after, the gain (1 + weig
 --part awq: llm-compressor's AWQModifier (its defaults and the mappings it registers for Gemma 3) +
 W4A16_ASYM (``bench/peer_scripts/llmcompressor_awq.py``; on a machine without CUDA its cached inputs'
 pin_memory is made a no-op, the one change, said in the result) against calibscope's "W4 g128 AWQ
-(llm-compressor)" (the mappings found from the model, the inputs Gemma 3's q_norm / k_norm re-normalize
+(llm-compressor)" on asymmetric weights (the mappings found from the model, the inputs Gemma 3's q_norm / k_norm re-normalize
 left out as llm-compressor's Gemma 3 mappings leave them) on the same windows, timed around each tool's own search and
 quantization (calibscope: its AWQ pass + plan, in a process that has not run it before); every
 mapping's scales compared; both evaluated by calibscope's perplexity, with the asymmetric RTN they
@@ -274,9 +274,14 @@ def smoothquant(loaded, checkpoint: Path, calibration, evaluation, work: Path) -
 AWQ_SECONDS_GOAL = 0.6
 
 
+def asymmetric(spec: QuantSpec) -> QuantSpec:
+    """An AWQ preset on W4A16_ASYM, the scheme the peer runs (the presets are symmetric: bench/awq_symmetric.py)."""
+    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, symmetric=False))
+
+
 def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
-    preset = PRESETS["W4 g128 AWQ (llm-compressor)"]
+    preset = asymmetric(PRESETS["W4 g128 AWQ (llm-compressor)"])
     rows = [{"tool": "float", "scheme": "-", "seconds": None, "perplexity": perplexity(loaded, evaluation)}]
     started = time.perf_counter()
     plan, _ = quantize(loaded, Quantization(preset, sensitivity="none"), Calibrated(samples=calibration))
@@ -295,8 +300,9 @@ def awq(loaded, checkpoint: Path, calibration, evaluation, work: Path) -> None:
                  "seconds": round(record["seconds"], 1), "perplexity": quantized_perplexity(loaded, theirs, evaluation)})
     print(rows[-1], flush=True)
     variants = {"W4 g128 asym RTN (no AWQ)": QuantSpec(preset.weights),  # after both timed runs: nothing else runs then
-                "W4 g128 AWQ: every input, q/k/v under q_norm / k_norm too (calibscope's default)": PRESETS["W4 g128 AWQ"],
-                "W4 g128 AWQ + clip: the same, then AutoAWQ's clip search": PRESETS["W4 g128 AWQ + clip"]}
+                "W4 g128 AWQ: every input, q/k/v under q_norm / k_norm too (calibscope's default)":
+                    PRESETS["W4 g128 AWQ asym (vLLM)"],
+                "W4 g128 AWQ + clip: the same, then AutoAWQ's clip search": asymmetric(PRESETS["W4 g128 AWQ + clip"])}
     for label, spec in variants.items():
         started = time.perf_counter()
         variant, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(samples=calibration))

@@ -26,7 +26,7 @@ from engine.experiments import (
     quant_run_from,
     run_as_json,
 )
-from engine.export import CheckpointFormat, ExportFormat, save_calibration_set
+from engine.export import CheckpointDtype, CheckpointFormat, ExportFormat, save_calibration_set
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
@@ -71,7 +71,8 @@ def _schemas() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
         name_pattern=(str | None, None), smoothing=(float | None, None), awq=(schema_of(AwqSpec) | None, None),
         experts=(schema_of(ExpertPolicy) | None, None), mixed=(schema_of(MixedSpec) | None, None),
         evaluation=(evaluation, None), sensitivity=(Sensitivity | None, None),
-        sequential=(StrictBool | None, None), save=(str | None, None), save_format=(CheckpointFormat | None, None))
+        sequential=(StrictBool | None, None), save=(str | None, None), save_format=(CheckpointFormat | None, None),
+        save_dtype=(CheckpointDtype | None, None))
     compare = create_model("CompareKeys", __base__=schema_of(ComparisonSpec), evaluation=(evaluation, None))
     export = create_model("ExportKeys", __config__=ConfigDict(extra="forbid"), format=(ExportFormat | None, None))
     whole = create_model(

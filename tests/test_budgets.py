@@ -207,17 +207,18 @@ def _write_gguf(path: Path) -> None:
     writer.close()
 
 
-def test_a_checkpoints_size_is_estimated_from_what_it_holds(tiny_llama, tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_checkpoints_size_is_estimated_from_what_it_holds(dtype, tiny_llama, tmp_path):
     from engine.export import save_quantized
     from engine.export.size import estimated_checkpoint_bytes
     from engine.quant import PRESETS
 
     spec = PRESETS["W4 g128 RTN"].__class__(PRESETS["W4 g128 RTN"].weights.__class__(group_size=0))
     plan, _ = quantize(tiny_llama, Quantization(spec, sensitivity="none"))
-    summary = save_quantized(tiny_llama, plan, spec, tmp_path / "w4")
+    summary = save_quantized(tiny_llama, plan, spec, tmp_path / "w4", dtype=dtype)
     written = sum(p.stat().st_size for p in (tmp_path / "w4").glob("*.safetensors"))
     assert written >= summary.bytes
-    assert 0.9 < estimated_checkpoint_bytes(tiny_llama, spec) / written < 1.25
+    assert 0.9 < estimated_checkpoint_bytes(tiny_llama, spec, dtype) / written < 1.25
 
 
 def test_an_idle_sessions_results_make_room_for_other_visitors_work_and_say_so():

@@ -168,7 +168,7 @@ def test_an_awq_run_searches_on_the_set_and_its_config_repeats_it(tmp_path):
     assert run(config) == 0
     out = tmp_path / "out"
     runs = pd.read_csv(out / "quantization-runs.csv")
-    assert list(runs["scheme"]) == ["AWQ + W4 g128 asym RTN", "AWQ (10 points, clip) + W4 per-channel asym RTN"]
+    assert list(runs["scheme"]) == ["AWQ + W4 g128 RTN", "AWQ (10 points, clip) + W4 per-channel asym RTN"]
     layers = pd.read_csv(out / "quantization-2-layers.csv")
     assert {"awq_ratio", "clipped_groups", "output_error_before_awq"} <= set(layers.columns)
     assert (out / "awq" / "config.json").is_file()
@@ -206,6 +206,10 @@ def test_bad_quantize_and_compare_sections_are_messages(tmp_path, capsys):
     dynamic = {"method": "gptq", "act_order": "dynamic"}
     assert run(write_config(tmp_path, quantize=[{"weights": dynamic, "save": "w4"}])) == 2
     assert "no longer stores activation order 'group'" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "NVFP4A16", "save": "fp4", "save_dtype": "float32"}])) == 2
+    assert "NVFP4 weights run in bfloat16 only" in capsys.readouterr().err
+    assert run(write_config(tmp_path, quantize=[{"scheme": "W4 g128 RTN", "save": "w4", "save_dtype": "fp64"}])) == 2
+    assert "save_dtype" in capsys.readouterr().err
     assert run(write_config(tmp_path, compare={"seeds": 0})) == 2
     assert "at least one seed" in capsys.readouterr().err
 
@@ -232,6 +236,7 @@ def test_a_run_saves_its_quantized_model_and_the_checkpoint_reloads_to_the_same_
     assert reloaded / simulated == pytest.approx(1.0, abs=1e-3)
     provenance = json.loads((out / "w4" / "calibscope.json").read_text())
     assert provenance["simulated_perplexity"] == pytest.approx(simulated) and provenance["run"]["save"] == "w4"
+    assert provenance["dtype"] == provenance["run"]["save_dtype"] == "bfloat16"  # the default, said
     assert load_config(out / "config.json").quantize == load_config(config).quantize
 
 

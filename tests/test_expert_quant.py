@@ -257,7 +257,7 @@ def test_experts_are_written_per_expert_as_their_checkpoints_name_them_and_reloa
     dense = collect_hessians(loaded, calibration, HessianSpec(batch_size=4, diagnostics="none"))
     plan, _ = quantize(loaded, GPTQ, Calibrated(samples=calibration, hessians=dense))
     folder = tmp_path / "checkpoint"
-    save_quantized(loaded, plan, GPTQ, folder)
+    save_quantized(loaded, plan, GPTQ, folder, dtype="model")  # float32: the simulated weights to the bit
     module, names = parts
     experts = find_experts(loaded.model)
     expected = {f"{module.format(block=b, expert=e)}.{part}" for b in range(len(experts))

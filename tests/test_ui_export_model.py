@@ -1,5 +1,6 @@
 """The Export tab's quantized model: a session's quantization run written as a checkpoint, read
 back and reloaded, offered for download or written to a new local folder, never over anything."""
+import json
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_the_runs_are_listed_newest_chosen(quantized_session):
 
 def test_a_run_downloads_as_a_checkpoint_that_reloads_to_its_perplexity(quantized_session, tmp_path):
     session = fresh(quantized_session)
-    result = write_checkpoint(CheckpointForm(run=1), session, CONTEXT, Recorder())
+    result = write_checkpoint(CheckpointForm(run=1, dtype="model"), session, CONTEXT, Recorder())
     status = result["status"]
     assert "Wrote compressed-tensors checkpoint" in status and "14 quantized layers" in status
     assert "within 0 (exactly)" in status  # in bfloat16 too: the simulation rounds on the scales as stored
@@ -55,8 +56,10 @@ def test_a_run_downloads_as_a_checkpoint_that_reloads_to_its_perplexity(quantize
     assert {"config.json", "model.safetensors", "tokenizer.json", "calibscope.json"} <= {p.name for p in folder.iterdir()}
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert model(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
-    again = write_checkpoint(CheckpointForm(run=1), session, CONTEXT, Recorder())
+    again = write_checkpoint(CheckpointForm(run=1, dtype="model"), session, CONTEXT, Recorder())
     assert again["status"].startswith("**Unchanged since the last click**") and again["files"] == result["files"]
+    other = write_checkpoint(CheckpointForm(run=1, dtype="float32", check=False), session, CONTEXT, Recorder())
+    assert "float parts in float32" in other["status"] and other["files"] != result["files"]  # another dtype: written
 
 
 def test_a_local_folder_is_written_once_and_never_over_anything(quantized_session, tmp_path):
@@ -64,6 +67,7 @@ def test_a_local_folder_is_written_once_and_never_over_anything(quantized_sessio
     form = CheckpointForm(run=2, folder=str(target), check=False)
     result = write_checkpoint(form, fresh(quantized_session), CONTEXT, Recorder())
     assert result["files"] is None and (target / "config.json").is_file() and "reloaded" not in result["status"]
+    assert json.loads((target / "calibscope.json").read_text())["dtype"] == "bfloat16"  # the default
     with pytest.raises(CalibscopeError, match="already exists"):
         write_checkpoint(form, fresh(quantized_session), CONTEXT, Recorder())
     shared = AppContext(models=CONTEXT.models, evaluations=CONTEXT.evaluations, limits=Limits.shared_space())

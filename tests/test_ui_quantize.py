@@ -136,16 +136,18 @@ def test_smoothquant_runs_from_the_tab_and_shows_how_far_it_moved_each_input(cal
 def test_awq_runs_from_the_tab_on_the_set_itself_and_says_what_its_search_did(calibrated_session):
     no_hessians = calibrated_session.with_calibration(calibrated_session.calibration)  # AWQ needs neither
     result = quantize(no_hessians, preset="W4 g128 AWQ + clip")
-    assert result["status"].startswith("**AWQ (clip) + W4 g128 asym RTN**: perplexity ")
+    assert result["status"].startswith("**AWQ (clip) + W4 g128 RTN**: perplexity ")
     assert "AWQ searched 6 inputs on the calibration set" in result["status"]  # two norms and up -> down, per block
     table = result["table"]["value"]
     assert {"awq_ratio", "awq_error_identity", "awq_error_best", "output_error_before_awq", "clipped_groups"} <= set(table)
     assert table["output_error"].str.endswith("%").all()  # measured on the set by AWQ's own pass, no Hessians collected
     report = result["session"].quantization
     assert report.meta["calibration_sha256"] == calibrated_session.calibration.manifest.token_sha256
-    custom = QuantizeForm(**{**dict(zip(SCHEME_WIDGETS, preset_widgets("W4 g128 RTN"))), "awq": True, "symmetric": False},
-                          preset=CUSTOM)
+    custom = QuantizeForm(**{**dict(zip(SCHEME_WIDGETS, preset_widgets("W4 g128 RTN"))), "awq": True}, preset=CUSTOM)
     assert custom.spec() == PRESETS["W4 g128 AWQ"]
+    asymmetric = QuantizeForm(**{**dict(zip(SCHEME_WIDGETS, preset_widgets("W4 g128 RTN"))), "awq": True, "symmetric": False},
+                              preset=CUSTOM)
+    assert asymmetric.spec() == PRESETS["W4 g128 AWQ asym (vLLM)"]
     with pytest.raises(CalibscopeError, match="weight-only"):
         quantize(no_hessians, preset=CUSTOM, **{**dict(zip(SCHEME_WIDGETS, preset_widgets("W8A8 static (min/max)"))),
                                                  "awq": True})

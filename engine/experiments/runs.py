@@ -13,7 +13,14 @@ import pandas as pd
 from engine.errors import SpecError
 from engine.experiments.compare import ComparisonSpec, compare
 from engine.experiments.evaluations import HELD_OUT_LABELS, UPLOADED, EvaluationCache, held_out_name
-from engine.export import CheckpointFormat, CheckpointSummary, CheckpointWriter, checkpoint_refusal, save_quantized
+from engine.export import (
+    CheckpointDtype,
+    CheckpointFormat,
+    CheckpointSummary,
+    CheckpointWriter,
+    checkpoint_refusal,
+    save_quantized,
+)
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import (
@@ -65,7 +72,8 @@ class QuantRun:
     """``sequential``: GPTQ block by block on the calibration set, each block's Hessians from the
     quantized blocks before it (true sequential where the scheme says so), instead of every layer at
     once from the collected Hessians. ``save``: the quantized model is also written as a checkpoint
-    in ``save_format`` to this folder (a headless run puts it inside its output folder)."""
+    in ``save_format`` to this folder (a headless run puts it inside its output folder), its float
+    parts in ``save_dtype`` (bfloat16 unless asked otherwise; ``model``: the model's own dtype)."""
 
     spec: QuantSpec
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
@@ -73,13 +81,15 @@ class QuantRun:
     sequential: bool = False
     save: str | None = None
     save_format: CheckpointFormat = CheckpointFormat.COMPRESSED_TENSORS
+    save_dtype: CheckpointDtype = CheckpointDtype.BFLOAT16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
         object.__setattr__(self, "save_format", choice(CheckpointFormat, self.save_format, "save_format"))
+        object.__setattr__(self, "save_dtype", choice(CheckpointDtype, self.save_dtype, "save_dtype"))
         _ = self.quantization  # a scheme that cannot run as asked is refused with the entry's words
         if self.save is not None:
-            reason = checkpoint_refusal(self.spec, self.save_format)
+            reason = checkpoint_refusal(self.spec, self.save_format, self.save_dtype)
             if reason:
                 raise SpecError(f"save = {self.save!r}: {reason}")
 
@@ -102,18 +112,18 @@ class QuantRun:
 
     def write(self, loaded: LoadedModel, folder: Path, calibrated: Calibrated, plan: QuantizedModel | None = None,
               progress: Progress = no_progress, provenance: dict | None = None) -> CheckpointSummary:
-        """The run's quantized model written to ``folder`` in ``save_format``: ``plan`` when given, else
+        """The run's quantized model written to ``folder`` in ``save_format`` and ``save_dtype``: ``plan`` when given, else
         made again; a model read block by block is quantized (sequentially) and written one block at a
         time, never whole."""
         samples = calibrated.samples
         record = {"run": as_json(self), "calibration_sha256": samples.manifest.token_sha256 if samples else None,
                   **(provenance or {})}
         if plan is None and not loaded.resident and self.sequential:
-            with CheckpointWriter(loaded, self.spec, folder, self.save_format, provenance=record) as writer:
+            with CheckpointWriter(loaded, self.spec, folder, self.save_format, self.save_dtype, provenance=record) as writer:
                 quantize(loaded, replace(self.quantization, sensitivity=Sensitivity.NONE), calibrated, progress, writer.add)
                 return writer.finish()
         plan = plan if plan is not None else self.plan(loaded, calibrated, progress)[0]
-        return save_quantized(loaded, plan, self.spec, folder, self.save_format, provenance=record)
+        return save_quantized(loaded, plan, self.spec, folder, self.save_format, self.save_dtype, provenance=record)
 
 
 @dataclass(frozen=True)
@@ -150,9 +160,10 @@ def quant_run_from(values: dict) -> QuantRun:
     if not isinstance(sequential, bool):
         raise SpecError(f"[quantize] sequential = {sequential!r}: use true or false.")
     save, save_format = values.pop("save", None), values.pop("save_format", CheckpointFormat.COMPRESSED_TENSORS)
+    save_dtype = values.pop("save_dtype", CheckpointDtype.BFLOAT16)
     if save is not None and (not isinstance(save, str) or not save.strip() or Path(save).name != save):
         raise SpecError(f"[quantize] save = {save!r}: give a folder name (it is written inside the output folder).")
-    return QuantRun(quant_spec_from(values), evaluation, sensitivity, sequential, save, save_format)
+    return QuantRun(quant_spec_from(values), evaluation, sensitivity, sequential, save, save_format, save_dtype)
 
 
 def comparison_run_from(values: dict) -> ComparisonRun:

@@ -10,11 +10,14 @@ from engine.export.calibration import (
     save_calibration_set,
 )
 from engine.export.checkpoint import (
+    CheckpointDtype,
     CheckpointFormat,
     CheckpointSummary,
     CheckpointWriter,
+    checkpoint_dtype,
     checkpoint_format,
     save_quantized,
+    stored_dtype,
 )
 from engine.export.checkpoint import refusal as checkpoint_refusal
 from engine.export.experts import simulated_layers
@@ -29,12 +32,14 @@ from engine.export.verify import (
 
 __all__ = [
     "MANIFEST",
+    "CheckpointDtype",
     "CheckpointFormat",
     "CheckpointSummary",
     "CheckpointWriter",
     "ExportFormat",
     "calibration_dataset",
     "changed_floats",
+    "checkpoint_dtype",
     "checkpoint_format",
     "checkpoint_refusal",
     "dequantized_layers",
@@ -48,4 +53,5 @@ __all__ = [
     "save_calibration_set",
     "save_quantized",
     "simulated_layers",
+    "stored_dtype",
 ]

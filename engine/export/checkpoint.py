@@ -5,8 +5,12 @@ llm-compressor's format) or GPTQ (GPTQModel's v1 format: AutoGPTQ, optimum, vLLM
 block from ``gptq_block_by_block``, so a model larger than memory is written without ever being
 whole), then the tensors left float (embeddings, norms, biases, the LM head) one at a time, the
 config with its quantization_config, the tokenizer (with its chat template) and the generation
-config. Everything is written into a hidden sibling folder that is renamed to the target only when
-complete: an existing folder is never touched, and a failure (a full disk) leaves nothing behind.
+config. Float parts and scales are written in the dtype the checkpoint is served in (``CheckpointDtype``:
+bfloat16 unless asked otherwise), not the dtype calibscope computed in: a float32 model (the default
+on a CPU without native bf16) would otherwise ship float32 embeddings twice the size, and FP4 weights
+that transformers cannot run beside them. Everything is written into a hidden sibling folder that is
+renamed to the target only when complete: an existing folder is never touched, and a failure (a
+full disk) leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -47,6 +51,17 @@ SERVES = {
 }
 
 
+class CheckpointDtype(str, Enum):
+    """The dtype of a checkpoint's float parts (embeddings, norms, biases, the LM head, the scales
+    stored in the model's dtype) and of its config: what the model is served in. ``model``: the
+    loaded model's own dtype (float32 on a CPU without native bf16)."""
+
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    MODEL = "model"
+
+
 def checkpoint_format(value: CheckpointFormat | str) -> CheckpointFormat:
     try:
         return choice(CheckpointFormat, value, "checkpoint format")
@@ -54,10 +69,34 @@ def checkpoint_format(value: CheckpointFormat | str) -> CheckpointFormat:
         raise ExportError(str(error)) from None
 
 
-def refusal(spec: QuantSpec, fmt: CheckpointFormat | str) -> str | None:
-    """Why ``spec`` cannot be written in ``fmt`` (None: it can)."""
+def checkpoint_dtype(value: CheckpointDtype | str) -> CheckpointDtype:
+    try:
+        return choice(CheckpointDtype, value, "checkpoint dtype")
+    except SpecError as error:
+        raise ExportError(str(error)) from None
+
+
+def _known_dtype(dtype: CheckpointDtype | str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype asked for (None: ``model``, known once the model is)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    dtype = checkpoint_dtype(dtype)
+    return None if dtype is CheckpointDtype.MODEL else getattr(torch, dtype.value)
+
+
+def stored_dtype(loaded: LoadedModel, dtype: CheckpointDtype | str = CheckpointDtype.BFLOAT16) -> torch.dtype:
+    """The torch dtype a checkpoint of ``loaded`` is written in when ``dtype`` is asked for."""
+    return _known_dtype(checkpoint_dtype(dtype)) or _model_dtype(loaded)
+
+
+def refusal(spec: QuantSpec, fmt: CheckpointFormat | str, dtype: CheckpointDtype | str | torch.dtype | None = None) -> str | None:
+    """Why ``spec`` cannot be written in ``fmt`` and ``dtype`` (None, or ``model`` before the model is
+    known: whatever dtype it turns out to be) (None: it can)."""
     fmt = checkpoint_format(fmt)
-    return compressed.refusal(spec) if fmt is CheckpointFormat.COMPRESSED_TENSORS else gptq_format.refusal(spec)
+    if fmt is CheckpointFormat.GPTQ:
+        return gptq_format.refusal(spec)
+    known = _known_dtype(dtype)
+    return compressed.refusal(spec) or (compressed.dtype_refusal(spec, known) if known is not None else None)
 
 
 def serving_warning(spec: QuantSpec, fmt: CheckpointFormat | str, widths: list[int] | None = None) -> str | None:
@@ -74,34 +113,39 @@ class CheckpointSummary:
     bytes: int
     seconds: float
     quantized_layers: int
+    dtype: str = CheckpointDtype.BFLOAT16.value  # its float parts' and config's
+    model_dtype: str = CheckpointDtype.BFLOAT16.value  # the dtype calibscope computed in
     warning: str | None = None
     extra: dict = field(default_factory=dict)
 
     def describe(self, shown_as: str | None = None) -> str:
         """One paragraph; ``shown_as``: the name to give the folder (a download's, not its temporary path)."""
         warning = f" Note: {self.warning}" if self.warning else ""
+        computed = f" (computed in {self.model_dtype})" if self.model_dtype != self.dtype else ""
         return (f"Wrote {self.format.value} checkpoint '{shown_as or self.folder}': {self.quantized_layers} quantized layers, "
-                f"{len(self.files)} safetensors file(s), {self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s. "
-                f"Loads in: {SERVES[self.format]}.{warning}")
+                f"float parts in {self.dtype}{computed}, {len(self.files)} safetensors file(s), "
+                f"{self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s. Loads in: {SERVES[self.format]}.{warning}")
 
 
 class CheckpointWriter:
-    """Writes ``loaded`` quantized as ``spec`` says to ``folder`` (which must not exist) in ``fmt``.
+    """Writes ``loaded`` quantized as ``spec`` says to ``folder`` (which must not exist) in ``fmt``,
+    its float parts in ``dtype``.
 
     Use as a context manager: ``add`` the quantized layers (any number of times), then ``finish``;
     leaving the block without finishing (an error, a cancel) removes everything written."""
 
     def __init__(self, loaded: LoadedModel, spec: QuantSpec, folder: str | Path,
-                 fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS,
+                 dtype: CheckpointDtype | str = CheckpointDtype.BFLOAT16, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                  provenance: dict | None = None) -> None:
         self.loaded, self.spec, self.format = loaded, spec, checkpoint_format(fmt)
         self.folder = Path(folder).expanduser()
         if self.folder.exists():
             raise ExportError(f"'{self.folder}' already exists; calibscope never writes over a folder. Choose another name.")
-        reason = refusal(spec, self.format)
+        self.dtype = stored_dtype(loaded, dtype)
+        reason = refusal(spec, self.format, self.dtype)
         if reason:
             raise ExportError(reason)
-        self.dtype = _model_dtype(loaded)
         self.scheme = compressed.scheme(spec) if self.format is CheckpointFormat.COMPRESSED_TENSORS else None
         self.widths: dict[int, list[str]] = {}  # mixed precision: each width's layers (one config group each)
         self._width_schemes: dict = {}
@@ -194,15 +238,16 @@ class CheckpointWriter:
             first = next(name for name in left_float if not _is_head(self.loaded, name))
             raise ExportError(f"GPTQ loaders quantize every Linear layer of every block, and {first} was left float; "
                               "write compressed-tensors, which lists float layers in 'ignore'.")
+        float32 = _kept_in_float32(self.loaded.model, self.dtype)
         for name, tensor in _float_tensors(self.loaded, self.written, self.floats, self.expert_parameters):
-            self.shards.add({name: tensor})
+            self.shards.add({name: _in_dtype(name, tensor, self.dtype, float32)})
         files = self.shards.finish()
         self._write_metadata(left_float)
         self._stack.close()  # the staging folder becomes the target
         self.finished = True
         return CheckpointSummary(self.folder, self.format, files, self.shards.total_bytes,
-                                 time.perf_counter() - self.started, len(self.written),
-                                 serving_warning(self.spec, self.format, sorted(self.widths)))
+                                 time.perf_counter() - self.started, len(self.written), _name(self.dtype),
+                                 _name(_model_dtype(self.loaded)), serving_warning(self.spec, self.format, sorted(self.widths)))
 
     def _write_metadata(self, left_float: list[str]) -> None:
         config = copy.deepcopy(self.loaded.model.config)
@@ -221,16 +266,18 @@ class CheckpointWriter:
         self.loaded.tokenizer.save_pretrained(self.staging)
         widths = {"layers_per_width": {bits: len(names) for bits, names in sorted(self.widths.items())}} if self.widths else {}
         record = {"format": self.format.value, "scheme": self.spec.label(), "model": self.loaded.info.name, **widths,
-                  "dtype": str(self.dtype).removeprefix("torch."), "quantized_layers": len(self.written), **self.provenance}
+                  "dtype": _name(self.dtype), "model_dtype": _name(_model_dtype(self.loaded)),
+                  "quantized_layers": len(self.written), **self.provenance}
         (self.staging / PROVENANCE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def save_quantized(loaded: LoadedModel, plan: QuantizedModel, spec: QuantSpec, folder: str | Path,
-                   fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                   fmt: CheckpointFormat | str = CheckpointFormat.COMPRESSED_TENSORS,
+                   dtype: CheckpointDtype | str = CheckpointDtype.BFLOAT16, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                    provenance: dict | None = None) -> CheckpointSummary:
     """Write ``loaded`` with ``plan``'s quantized layers (made by calibscope for ``spec``) to the new
-    folder ``folder`` as ``fmt``; returns what was written."""
-    with CheckpointWriter(loaded, spec, folder, fmt, max_shard_bytes, provenance) as writer:
+    folder ``folder`` as ``fmt``, its float parts in ``dtype``; returns what was written."""
+    with CheckpointWriter(loaded, spec, folder, fmt, dtype, max_shard_bytes, provenance) as writer:
         writer.add(plan)
         return writer.finish()
 
@@ -240,6 +287,29 @@ def _model_dtype(loaded: LoadedModel) -> torch.dtype:
         if parameter.is_floating_point():
             return parameter.dtype
     return torch.float32
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kept_in_float32(model: torch.nn.Module, dtype: torch.dtype) -> set[str]:
+    """The name patterns the model's class keeps in float32 when it is loaded in ``dtype``
+    (transformers' keep-in-fp32 lists: the strict one in either 16-bit dtype, the other in float16
+    only), written as the model holds them: a loader would widen a 16-bit value, not restore it."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return set()
+    patterns = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        patterns |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return patterns
+
+
+def _in_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, float32: set[str]) -> torch.Tensor:
+    """A float tensor in the checkpoint's dtype (integers, and what the class keeps in float32, as they are)."""
+    if not tensor.is_floating_point() or any(pattern in name for pattern in float32):
+        return tensor
+    return tensor.to(dtype)
 
 
 def _is_head(loaded: LoadedModel, name: str) -> bool:

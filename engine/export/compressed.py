@@ -7,7 +7,8 @@ its own compressor (``infer_module_format`` picks it as llm-compressor does: pac
 weight-only, int-quantized for W8A8). The compressor rounds the float weight on the scales it is
 given, so it is handed W = scale · (code - zero) in float32 with the scale already rounded to the
 storage dtype: it gives back exactly calibscope's integers, and the checkpoint dequantizes to
-calibscope's simulated weights (exactly in float32; within the scale's rounding in bfloat16).
+calibscope's simulated weights (exactly when it is written in the dtype the model was quantized in;
+within the scale's rounding when a float32 model is written in bfloat16, as it is by default).
 """
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def refusal(spec: QuantSpec) -> str | None:
     if inputs.enabled and (weights.format is NumberFormat.NVFP4) != (inputs.format is NumberFormat.NVFP4):
         return ("NVFP4 weights are served with NVFP4 inputs or 16-bit ones (NVFP4A16): a checkpoint cannot mix NVFP4 "
                 f"with {inputs.format.value if weights.format is NumberFormat.NVFP4 else weights.format.value}.")
+    return None
+
+
+def dtype_refusal(spec: QuantSpec, dtype: torch.dtype) -> str | None:
+    """Why ``spec`` cannot be written in ``dtype`` (None: it can). compressed-tensors 0.20 unpacks FP4
+    weights to bfloat16 whatever the model's dtype (unpack_fp4_from_uint8), so a float16 or float32
+    model multiplies its inputs by bfloat16 weights and stops on the first layer."""
+    if spec.weights.format.block and dtype != torch.bfloat16:  # NVFP4, MXFP4
+        return (f"{spec.weights.format.value.upper()} weights run in bfloat16 only: compressed-tensors decompresses them to "
+                f"bfloat16, so a {str(dtype).removeprefix('torch.')} model cannot run them in transformers. Write "
+                "the checkpoint in bfloat16.")
     return None
 
 
@@ -195,8 +207,8 @@ def compressed_layer(name: str, stored: IntWeight | FloatWeight, inputs, describ
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compressed = compressor.compress(state, described)
-    # scales as the model's parameters hold them (its dtype); NVFP4's global scales stay float32, e4m3
-    # block scales e4m3 and MX exponents uint8, as the compressor leaves them
+    # scales in the checkpoint's dtype, as the served model's parameters hold them; NVFP4's global
+    # scales stay float32, e4m3 block scales e4m3 and MX exponents uint8, as the compressor leaves them
     return {f"{name}.{key}": value.to(dtype) if key in kept else value for key, value in compressed.items()}
 
 

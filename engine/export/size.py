@@ -1,30 +1,29 @@
 """How many bytes a quantized checkpoint will take, before it is written: the quantized layers at
-their format's bits per weight with their scales and zero points, every other tensor in the model's
-dtype. What a disk quota is asked for, and what a download cap compares."""
+their format's bits per weight with their scales and zero points, every other tensor in the
+checkpoint's dtype. What a disk quota is asked for, and what a download cap compares."""
 from __future__ import annotations
 
-import torch
-
+from engine.export.checkpoint import CheckpointDtype, stored_dtype
 from engine.models import LoadedModel
 from engine.quant import QuantSpec, quantizable_layers
 
-SCALE_BYTES = 2  # scales and zero points are stored in 16 bits (fp16, bf16 or int)
 MARGIN = 1.02  # config, tokenizer and safetensors headers
 
 
-def _bits_per_weight(spec: QuantSpec) -> float:
+def _bits_per_weight(spec: QuantSpec, scale_bytes: int) -> float:
     weights = spec.weights
     if weights.format.is_float:
         block = weights.format.block
         return weights.format.bits + (8 / block if block else 0)  # an FP8 scale per block of 16 (NVFP4) or 32 (MXFP4)
     group = weights.group_size or None
-    per_group = SCALE_BYTES * 8 * (1 if weights.symmetric else 2)
+    per_group = scale_bytes * 8 * (1 if weights.symmetric else 2)  # a zero point counted as a scale: an upper bound
     return weights.bits + (per_group / group if group else 0)
 
 
-def estimated_checkpoint_bytes(loaded: LoadedModel, spec: QuantSpec) -> int:
-    """The checkpoint's size: every quantized layer at the spec's bits per weight, the rest in the
-    model's dtype (tied tensors counted once)."""
+def estimated_checkpoint_bytes(loaded: LoadedModel, spec: QuantSpec,
+                               dtype: CheckpointDtype | str = CheckpointDtype.BFLOAT16) -> int:
+    """The checkpoint's size: every quantized layer at the spec's bits per weight, the rest (and the
+    scales) in the checkpoint's ``dtype`` (tied tensors counted once)."""
     model = loaded.model
     layers = quantizable_layers(model, spec)
     quantized = sum(layer.module.weight.numel() for layer in layers)
@@ -34,6 +33,6 @@ def estimated_checkpoint_bytes(loaded: LoadedModel, spec: QuantSpec) -> int:
             continue
         seen.add(parameter.data_ptr())
         total += parameter.numel()
-    itemsize = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32).itemsize
-    per_channel = sum(layer.out_features for layer in layers) * SCALE_BYTES * 2
-    return int(MARGIN * ((total - quantized) * itemsize + quantized * _bits_per_weight(spec) / 8 + per_channel))
+    itemsize = stored_dtype(loaded, dtype).itemsize
+    per_channel = sum(layer.out_features for layer in layers) * itemsize * 2
+    return int(MARGIN * ((total - quantized) * itemsize + quantized * _bits_per_weight(spec, itemsize) / 8 + per_channel))

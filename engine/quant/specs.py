@@ -405,7 +405,7 @@ class QuantSpec:
             raise SpecError("AWQ and SmoothQuant both rescale the same inputs: choose one.")
         if not weights.enabled or weights.format.is_float:
             raise SpecError("AWQ scales the weights before they are rounded to an integer grid: choose RTN or GPTQ int "
-                            "weights (W4 g128 asymmetric is llm-compressor's AWQ scheme), or leave AWQ off.")
+                            "weights (W4 g128, llm-compressor's W4A16 or W4A16_ASYM), or leave AWQ off.")
         if self.activations.enabled:
             raise SpecError("AWQ here is weight-only (W4A16, as llm-compressor and AutoAWQ run it): set the activations to "
                             "float, or use SmoothQuant for W8A8.")
@@ -489,11 +489,14 @@ PRESETS: dict[str, QuantSpec] = {
     "W4 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 4, 128)),  # llm-compressor's numerics
     **{f"W4 g128 GPTQ ({tool})": QuantSpec(spec) for tool, spec in PEER_GPTQ.items()},
     "W4 g128 RTN": QuantSpec(WeightSpec(RTN, 4, 128)),
-    # AWQ + W4A16_ASYM (the scheme llm-compressor's AWQ examples ship) on every input found from the model; as
-    # llm-compressor maps Gemma 3 (no inputs under q_norm / k_norm); with AutoAWQ's clip search
-    "W4 g128 AWQ": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec()),
-    "W4 g128 AWQ (llm-compressor)": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec(renormalized=False)),
-    "W4 g128 AWQ + clip": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec(clip=True)),
+    # AWQ + W4A16 (symmetric, which llm-compressor's AWQ takes too: transformers with compressed-tensors
+    # 0.20 cannot load asymmetric packed zero points, so only these checkpoints run on a CPU) on every
+    # input found from the model; as llm-compressor maps Gemma 3 (no inputs under q_norm / k_norm); with
+    # AutoAWQ's clip search; and W4A16_ASYM, the scheme llm-compressor's AWQ examples ship, for vLLM
+    "W4 g128 AWQ": QuantSpec(WeightSpec(RTN, 4, 128), awq=AwqSpec()),
+    "W4 g128 AWQ (llm-compressor)": QuantSpec(WeightSpec(RTN, 4, 128), awq=AwqSpec(renormalized=False)),
+    "W4 g128 AWQ + clip": QuantSpec(WeightSpec(RTN, 4, 128), awq=AwqSpec(clip=True)),
+    "W4 g128 AWQ asym (vLLM)": QuantSpec(WeightSpec(RTN, 4, 128, symmetric=False), awq=AwqSpec()),
     "W3 g128 GPTQ": QuantSpec(WeightSpec(GPTQ, 3, 128)),
     "W3 g128 RTN": QuantSpec(WeightSpec(RTN, 3, 128)),
     "W8A8 static (min/max)": QuantSpec(WeightSpec(RTN, 8, 0), ActivationSpec(8, RangeMethod.MINMAX)),

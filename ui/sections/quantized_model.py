@@ -14,12 +14,15 @@ import numpy as np
 from engine.errors import CalibscopeError
 from engine.experiments import QuantRun
 from engine.export import (
+    CheckpointDtype,
     CheckpointFormat,
     CheckpointSummary,
+    checkpoint_refusal,
     estimated_checkpoint_bytes,
     largest_weight_difference,
     reloaded_divergence,
     simulated_layers,
+    stored_dtype,
 )
 from engine.figures import scheme_label
 from engine.progress import Progress, labelled, no_progress, scaled
@@ -30,11 +33,15 @@ from ui.wiring import connect, on_field
 
 FORMAT_LABELS = {CheckpointFormat.COMPRESSED_TENSORS: "compressed-tensors (vLLM, transformers, llm-compressor)",
                  CheckpointFormat.GPTQ: "GPTQ v1 (GPTQModel, AutoGPTQ, optimum; symmetric 2/4/8-bit)"}
+DTYPE_LABELS = {CheckpointDtype.BFLOAT16: "bfloat16 (served in it: vLLM, transformers)", CheckpointDtype.FLOAT16: "float16",
+                CheckpointDtype.FLOAT32: "float32", CheckpointDtype.MODEL: "the model's own dtype"}
 
 # The help under each widget, by widget: what the control does and where its numbers come from.
 HELP = {
     "run": "from the Quantize tab",
     "check": "on the run's held-out windows; one more model load",
+    "dtype": "of the embeddings, norms, biases, LM head and scales, and the config's: what the model is served in. "
+             "A float32 model written in bfloat16 is half the size; FP4 weights run in bfloat16 only",
 }
 
 
@@ -42,6 +49,7 @@ HELP = {
 class CheckpointForm:
     run: float | None = None  # the run's number in the session (1 = first)
     fmt: str = CheckpointFormat.COMPRESSED_TENSORS.value
+    dtype: str = CheckpointDtype.BFLOAT16.value
     folder: str = ""
     check: bool = True
 
@@ -67,7 +75,7 @@ def _chosen(form: CheckpointForm, session: Session):
     run: QuantRun | None = report.meta.get("run")
     if run is None:
         raise CalibscopeError(f"Run {number} was not made in the Quantize tab, so its settings are unknown; quantize it there.")
-    return number, report, replace(run, save_format=CheckpointFormat(form.fmt))
+    return number, report, replace(run, save_format=CheckpointFormat(form.fmt), save_dtype=CheckpointDtype(form.dtype))
 
 
 def _same_as_measured(run: QuantRun, report, session: Session) -> None:
@@ -105,8 +113,11 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
     number, report, run = _chosen(form, session)
     _same_as_measured(run, report, session)
     loaded = context.model(session)
+    reason = checkpoint_refusal(run.spec, run.save_format, stored_dtype(loaded, run.save_dtype))
+    if reason:  # before the weights are made again
+        raise CalibscopeError(reason)
     target = form.folder.strip()
-    size = estimated_checkpoint_bytes(loaded, run.spec)
+    size = estimated_checkpoint_bytes(loaded, run.spec, run.save_dtype)
     if not target:
         context.limits.check_downloads(session.exports.megabytes(), size / 2**20, "The quantized model")
     plan, table = run.plan(loaded, session.calibrated, labelled(scaled(progress, 0, 0.4), "Quantizing"))
@@ -116,8 +127,7 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
 
     def write_and_check(folder: Path, shown_as: str | None = None) -> list[str]:
         summary = run.write(loaded, folder, session.calibrated, plan, provenance=provenance)
-        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan),
-                                                                 loaded.info.dtype)]
+        lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan))]
         if form.check:
             lines.append(_reloaded(summary, run, report, loaded, context, checking))
         return [*lines, _how_to_load(summary)]
@@ -132,17 +142,20 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
         lines.extend(write_and_check(staging / name, f"{name}.zip"))
         return zipped(staging / name, compress=False)
 
-    identity = (number, run.save_format.value, report.meta.get("calibration_sha256"), report.quantized_perplexity)
-    path, fresh = session.exports.file(f"checkpoint-{number}-{run.save_format.value}", identity, download, size)
+    written_as = f"{run.save_format.value}-{run.save_dtype.value}"
+    identity = (number, written_as, report.meta.get("calibration_sha256"), report.quantized_perplexity)
+    path, fresh = session.exports.file(f"checkpoint-{number}-{written_as}", identity, download, size)
     if not fresh:
-        lines = [f"**Unchanged since the last click**: run {number} as {run.save_format.value} is ready below."]
+        shown = f"{run.save_format.value} in {run.save_dtype.value}"
+        lines = [f"**Unchanged since the last click**: run {number} as {shown} is ready below."]
     return {"status": "\n".join(lines), "files": [str(path)]}
 
 
-def _read_back(summary: CheckpointSummary, simulated: dict, dtype: str) -> str:
+def _read_back(summary: CheckpointSummary, simulated: dict) -> str:
     """How far the stored layers, read back, are from the weights the run simulated."""
     difference = largest_weight_difference(summary.folder, simulated)
-    stored = "float16 scales, as GPTQ stores them" if summary.format is CheckpointFormat.GPTQ else f"scales stored in {dtype}"
+    stored = ("float16 scales, as GPTQ stores them" if summary.format is CheckpointFormat.GPTQ
+              else f"scales stored in {summary.dtype}")
     return (f"- read back: the stored layers dequantize to the simulated weights within {difference:.3g} "
             f"({'exactly' if difference == 0 else stored})")
 
@@ -178,6 +191,8 @@ def build_section(session: gr.State, context: AppContext) -> None:
         run = gr.Dropdown(run_choices(None), label="Quantization run", scale=3, info=HELP["run"])
         fmt = gr.Radio([(label, value.value) for value, label in FORMAT_LABELS.items()],
                        value=CheckpointFormat.COMPRESSED_TENSORS.value, label="Checkpoint format", scale=3)
+        dtype = gr.Dropdown([(label, value.value) for value, label in DTYPE_LABELS.items()],
+                            value=CheckpointDtype.BFLOAT16.value, label="Float parts in", scale=2, info=HELP["dtype"])
     with gr.Row():
         folder = gr.Textbox(label="Write to a new local folder (empty: prepare a download)", scale=3,
                             visible=context.limits.allow_local_paths, placeholder="e.g. ~/models/gemma-w4")
@@ -187,5 +202,6 @@ def build_section(session: gr.State, context: AppContext) -> None:
     status = gr.Markdown("Choose a run and a format.", elem_classes="cs-status")
     files = gr.File(label="Quantized model", file_count="multiple", interactive=False)
     session.change(refresh_runs, session, run, queue=False, show_progress="hidden")
-    connect(write.click, write_checkpoint, CheckpointForm, {"run": run, "fmt": fmt, "folder": folder, "check": check},
+    connect(write.click, write_checkpoint, CheckpointForm,
+            {"run": run, "fmt": fmt, "dtype": dtype, "folder": folder, "check": check},
             session, {"status": status, "files": files}, context, api_name="write_checkpoint", status=status, check=check_folder)

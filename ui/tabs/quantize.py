@@ -66,8 +66,8 @@ HELP = {
     "preset": (
         "W4 g128 GPTQ is llm-compressor's GPTQModifier W4A16; the named ones are GPTQModel's, optimum's "
         "and the GPTQ paper's, applied to every layer at once from the collected Hessians unless "
-        "Sequential is ticked. AWQ (llm-compressor's AWQModifier + W4A16_ASYM) searches on the set "
-        "itself. Static activations need statistics"
+        "Sequential is ticked. AWQ (llm-compressor's AWQModifier + W4A16; asym (vLLM): W4A16_ASYM) searches "
+        "on the set itself. Static activations need statistics"
     ),
     "sequential": (
         "block by block on the calibration set, each block's Hessians from the quantized blocks before "
@@ -78,7 +78,8 @@ HELP = {
         "fp8: e4m3, per tensor or channel; nvfp4: e2m1 with an e4m3 scale per 16 and a global scale; "
         "mxfp4: e2m1 with a power-of-two scale per 32 (RTN)"
     ),
-    "symmetric": "untick for a zero point per group (asymmetric: llm-compressor's W4A16_ASYM, AWQ's scheme)",
+    "symmetric": ("untick for a zero point per group (asymmetric: llm-compressor's W4A16_ASYM; vLLM serves its "
+                  "checkpoints, transformers cannot load them)"),
     "act_order": (
         "static: group scales in the original order (llm-compressor 'weight'); dynamic: groups in the "
         "permuted order (needs g_idx); group-aware: whole groups by importance (GPTQModel)"
