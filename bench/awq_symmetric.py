@@ -12,7 +12,14 @@ Then ``W4 g128 AWQ``'s checkpoint is written from the float32 model in bfloat16 
 float32: bytes each; the bfloat16 one is loaded by ``AutoModelForCausalLM.from_pretrained(folder)``
 with no dtype (the config's) and its perplexity compared with the simulated model in bfloat16 (the
 float32 plan in the model cast to bfloat16). Goal: that ratio <= 1.001. Nothing is installed.
-Usage: python bench/awq_symmetric.py
+
+--norms (after a full run, whose float32 checkpoint it reads from the cache): where the bfloat16
+checkpoint loses perplexity. The float32 checkpoint read back into the float32 model (its
+simulation), then the same with its changed float parts (AWQ's rescaled norm gains) rounded to
+bfloat16 as the default checkpoint holds them, then with Gemma's norm gain 1 + w rounded to
+bfloat16 instead of w (what a loader computing 1 + w would get from a gain stored so);
+``{"bench": "awq_symmetric_norms", ...}``: the second over the first.
+Usage: python bench/awq_symmetric.py [--norms]
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 # isort: split
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +39,9 @@ from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from bench.peers import PEER_DTYPE
 from engine import ModelSpec, load_model
-from engine.export import save_quantized
+from engine.export import changed_floats, dequantized_layers, save_quantized
 from engine.models import cache_root, from_model
-from engine.quant import PRESETS, Calibrated, Quantization, QuantSpec, WeightSpec, perplexity, quantize
+from engine.quant import PRESETS, Calibrated, Quantization, QuantizedModel, QuantSpec, WeightSpec, perplexity, quantize
 
 MODEL = "builtin:gemma-3-270m"
 RATIO_GOAL = 1.001
@@ -77,7 +85,36 @@ def served(loaded, plan, spec: QuantSpec, evaluation, work: Path) -> dict:
             "ppl_ratio_reloaded_vs_simulated_bfloat16": round(reloaded / simulated, 6)}
 
 
+def norms(work: Path) -> None:
+    loaded = load_model(ModelSpec(MODEL, dtype=PEER_DTYPE))
+    _, evaluation = windows(loaded)
+    folder = work / "gemma-awq-float32"
+    weights, floats = dict(dequantized_layers(folder)), changed_floats(folder, loaded)
+    gains = {name: value for name, value in floats.items() if name.endswith("norm.weight")}
+    stored = {
+        "float32 checkpoint read back (the simulation)": floats,
+        "its changed float parts rounded to bfloat16 (as the default checkpoint holds them)":
+            {name: value.bfloat16().float() for name, value in floats.items()},
+        "Gemma's norm gains 1 + w rounded to bfloat16 instead of w":
+            {name: (1 + value).bfloat16().float() - 1 if name in gains else value.bfloat16().float()
+             for name, value in floats.items()},
+    }
+    rows = [{"floats": label, "perplexity": round(quantized_perplexity(loaded, QuantizedModel(weights=weights, floats=values),
+                                                                       evaluation), 4)} for label, values in stored.items()]
+    print(rows, flush=True)
+    smallest = min(float((1 + value).abs().min()) for value in gains.values())
+    ratio = round(rows[1]["perplexity"] / rows[0]["perplexity"], 4)
+    report("awq_symmetric_norms", "ppl_ratio_bfloat16_floats_vs_float32", ratio,
+           f"<= {RATIO_GOAL}: AWQ's rescaled float parts survive bfloat16", ratio <= RATIO_GOAL, dtype=PEER_DTYPE,
+           device=loaded.info.device, reused={"checkpoint": f"{folder.name}, written by this bench's full run"},
+           rows=rows, changed_floats=len(floats), norm_gains=len(gains), smallest_norm_gain=smallest,
+           scheme="W4 g128 AWQ", evaluation="16 x 512, wikitext-2 test last 20%")
+
+
 def main() -> None:
+    if "--norms" in sys.argv[1:]:
+        norms(cache_root() / "bench" / "awq_symmetric")
+        return
     loaded = load_model(ModelSpec(MODEL, dtype=PEER_DTYPE))
     calibration, evaluation = windows(loaded)
     rows = [{"scheme": "float", "weights": "-", "seconds": None, "perplexity": round(perplexity(loaded, evaluation), 4)}]
