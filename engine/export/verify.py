@@ -170,7 +170,8 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
 
 def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:
     """The checkpoint's float tensors that differ from the model's own (a rescaled plan's norm gains
-    and biases: SmoothQuant, AWQ), by parameter name, in the model's dtype."""
+    and biases: SmoothQuant, AWQ; a float32 model's parts written in bfloat16, rounded), by parameter
+    name, in the model's dtype."""
     state = loaded.model.state_dict()
     files = _tensor_files(Path(folder))
     changed = {}
