@@ -70,9 +70,6 @@ class EvaluationCache:
         return self._floats.get_or_compute((loaded.spec, evaluation.key),
                                            lambda: float_reference(loaded, evaluation, batch_size, progress))
 
-    def float_perplexity(self, loaded: LoadedModel, evaluation: EvaluationSet, progress: Progress = no_progress) -> float:
-        return self.reference(loaded, evaluation, progress=progress).perplexity
-
     def evaluate(self, loaded: LoadedModel, quantization: Quantization, calibrated: Calibrated, evaluation: EvaluationSet,
                  progress: Progress = no_progress, *,
                  on_plan: Callable[[QuantizedModel], None] | None = None) -> tuple[QuantReport, bool]:

@@ -148,7 +148,7 @@ class CheckpointWriter:
             raise ExportError(reason)
         self.scheme = compressed.scheme(spec) if self.format is CheckpointFormat.COMPRESSED_TENSORS else None
         self.widths: dict[int, list[str]] = {}  # mixed precision: each width's layers (one config group each)
-        self._width_schemes: dict = {}
+        self._width_schemes: dict = {}  # each width's config group, made once (its targets set when the config is written)
         self.provenance = provenance or {}
         self.linear = {name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)}
         self.experts_modules = {layer.name: layer for layer in find_experts(loaded.model)}
@@ -254,7 +254,7 @@ class CheckpointWriter:
         config.dtype = self.dtype
         config.save_pretrained(self.staging)
         if self.format is CheckpointFormat.COMPRESSED_TENSORS:
-            schemes = ([compressed.scheme(compressed.width_spec(self.spec, bits), sorted(names))
+            schemes = ([self._width_schemes[bits].model_copy(update={"targets": sorted(names)})
                         for bits, names in sorted(self.widths.items())] if self.spec.mixed is not None else [self.scheme])
             ModelCompressor(quantization_config=compressed.quantization_config(schemes, left_float)).update_config(
                 str(self.staging))

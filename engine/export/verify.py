@@ -142,7 +142,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
     through transformers where it loads the checkpoint, else its layers read back here
     (compressed-tensors' decompressor, or GPTQ unpacking) and swapped into ``loaded``."""
     from engine.models import from_model
-    from engine.quant import QuantizedModel, divergence, float_reference, quantized, rounds_scales
+    from engine.quant import QuantizedModel, divergence, float_reference, perplexity, quantized, rounds_scales
 
     reference = reference if reference is not None else float_reference(loaded, evaluation)
     dtype = next(loaded.model.parameters()).dtype
@@ -154,7 +154,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
             return divergence(model, evaluation, reference, reference_model=loaded), "transformers from_pretrained"
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
-        own = divergence(model, evaluation, reference, reference_model=loaded).perplexity
+        own = perplexity(model, evaluation)  # said beside the result: one head pass, not a divergence's two
         for module in model.model.modules():
             if hasattr(module, "quantization_scheme"):
                 module.quantization_enabled = False

@@ -1,6 +1,8 @@
 """Figures of simulated quantization: which layers it hurts, and perplexity and divergence from float per scheme."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -106,8 +108,8 @@ def divergence_runs(reports: list[QuantReport]) -> go.Figure | None:
     if not measured:
         return None
     fig = go.Figure()
-    colours = [SELECTED, ASKED, CORPUS, "#f59e0b", "#14b8a6", "#6366f1", "#ef4444", "#0f172a"]
-    for (number, report), colour in zip(measured, colours * (len(measured) // len(colours) + 1)):
+    colours = itertools.cycle([SELECTED, ASKED, CORPUS, "#f59e0b", "#14b8a6", "#6366f1", "#ef4444", "#0f172a"])
+    for (number, report), colour in zip(measured, colours):
         found = report.divergence
         values = np.sort(np.maximum(found.kld.ravel(), KLD_FLOOR))
         picked = np.unique(np.linspace(0, len(values) - 1, min(CDF_POINTS, len(values))).astype(int))

@@ -246,7 +246,7 @@ def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dic
                                    {name: result.fake for name, result in narrowest.items()}, calibrated.samples,
                                    scaled(progress, 0.6, 0.8))
                  if mixed.allocation is Allocation.DIVERGENCE else None)
-        losses = measured_losses(errors, groups, mixed, alone)
+        losses = measured_losses(errors, mixed, alone)
     chosen = allocate(groups, spec.weights, mixed, losses)
     width_of = {name: widths[choice] for group, choice in zip(groups, chosen) for name in group.names}
     weights = {name: narrowest[name] for name in width_of if name in narrowest and width_of[name] == widths[0]}

@@ -112,8 +112,7 @@ def units(cost: np.ndarray, capacity: int) -> tuple[np.ndarray, int]:
     return scaled, capacity // divisor
 
 
-def measured_losses(errors: np.ndarray, groups: Sequence[LayerGroup], spec: MixedSpec,
-                    divergences: np.ndarray | None = None) -> np.ndarray:
+def measured_losses(errors: np.ndarray, spec: MixedSpec, divergences: np.ndarray | None = None) -> np.ndarray:
     """Predicted loss [groups, widths]. ``errors``: each group's summed relative output error at each
     width; ``divergences``: each group's KL divergence from float alone at the narrowest width, which
     turns its errors into a predicted divergence (KL grows with the output change's energy, so in
@@ -164,10 +163,11 @@ def allocate(groups: Sequence[LayerGroup], weights: WeightSpec, spec: MixedSpec,
     else by the rule."""
     cost = costs(groups, weights, spec.bits)
     capacity = budget_bits(groups, spec.budget)
-    if sum(int(c) for c in cost[:, 0]) > capacity:
-        narrowest = sum(int(c) for c in cost[:, 0]) / sum(group.weights for group in groups)
+    narrowest = sum(int(c) for c in cost[:, 0])
+    if narrowest > capacity:
+        per_weight = narrowest / sum(group.weights for group in groups)
         raise CalibscopeError(f"A budget of {spec.budget:g} bits per weight is below the narrowest width's own cost "
-                              f"({narrowest:.3f} bits per weight with its scales): raise the budget to at least that.")
+                              f"({per_weight:.3f} bits per weight with its scales): raise the budget to at least that.")
     if not spec.allocation.measured:
         return rule_choice(cost, rule_order(groups, spec.allocation), capacity)
     scaled, scaled_capacity = units(cost, capacity)
