@@ -4,6 +4,7 @@ early. Statistics, Hessians, embeddings for cluster selection and the runners al
 """
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -178,3 +179,62 @@ def input_sharing(model: nn.Module, layers: Sequence[LinearLayer], device: torch
     with torch.inference_mode(), observing([(layer.module, Side.INPUT, note(layer.name)) for layer in layers]):
         model(input_ids=torch.ones(1, 2, dtype=torch.long, device=device))
     return sharing
+
+
+KVTap = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (keys, values) -> as cached
+
+
+def _cache_argument(module: nn.Module) -> str | None:
+    """The name under which ``module.forward`` takes the KV cache (transformers 5: past_key_values)."""
+    parameters = inspect.signature(module.forward).parameters
+    return next((name for name in ("past_key_values", "past_key_value") if name in parameters), None)
+
+
+def cached_attention(model: nn.Module) -> dict[str, nn.Module]:
+    """The attention modules whose keys and values a KV cache holds, by name, in model order: as
+    compressed-tensors recognises them (a class named *Attention* with key and value projections and a
+    cache argument), so that what calibscope calibrates is what its checkpoint's ``kv_cache_scheme``
+    quantizes on load."""
+    return {name: module for name, module in model.named_modules()
+            if "attention" in type(module).__name__.lower()
+            and any(hasattr(module, projection) for projection in ("k_proj", "v_proj", "qkv_proj", "kv_b_proj"))
+            and _cache_argument(module) is not None}
+
+
+class _CacheTap:
+    """Stands where an attention module expects its KV cache: ``update`` hands the keys and values
+    about to be cached (after the key norm and the rotary embedding, before grouped-query heads are
+    repeated: [batch, kv heads, tokens, head dim]) to the tap, then caches what it returns in the real
+    cache, or returns it where there is none (a forward without cache)."""
+
+    def __init__(self, inner, tap: KVTap) -> None:
+        self.inner, self.tap = inner, tap
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
+        keys, values = self.tap(keys, values)
+        return (keys, values) if self.inner is None else self.inner.update(keys, values, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@contextmanager
+def tapping_kv(taps: dict[nn.Module, KVTap]) -> Iterator[None]:
+    """While active, each attention module's keys and values pass through its tap on their way into
+    the KV cache: where compressed-tensors' ``QuantizedKVCache`` quantizes them, and so where vLLM's
+    cache stores them. Every hook is removed in ``finally``."""
+    handles = []
+
+    def hook(tap: KVTap, argument: str):
+        def substitute(_module, args, kwargs):
+            return args, {**kwargs, argument: _CacheTap(kwargs.get(argument), tap)}
+        return substitute
+
+    try:
+        for module, tap in taps.items():
+            argument = _cache_argument(module)
+            handles.append(module.register_forward_pre_hook(hook(tap, argument), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -20,6 +20,11 @@ Transcribed from vllm/model_executor/layers/quantization/:
   when the layers it fuses, q/k/v or gate/up, have different ones) and, for W4A4,
   ``input_global_scale`` float32 [1]; _w4a16_mxfp4.py: ``weight_packed`` uint8 [out, in / 2],
   ``weight_scale`` uint8 [out, in / 32]; an MXFP4 checkpoint is served as W4A16 whatever its inputs;
+- compressed_tensors/compressed_tensors.py (``CompressedTensorsKVCacheMethod``, ``validate_kv_cache_scheme``) and
+  model_loader/weight_utils.py (``maybe_remap_kv_scale_name``): a ``kv_cache_scheme`` of 8-bit float,
+  symmetric, strategy tensor or attn_head; each attention module's ``self_attn.k_scale`` / ``v_scale``
+  is renamed ``self_attn.attn.k_scale`` (a name with no such parameter is dropped with a warning, and
+  the scale stays 1.0) and copied into float32 [1] per tensor or, flattened, [num_kv_heads] per head;
 - gptq.py and gptq_marlin.py: ``quantize_config`` keys ``bits``, ``group_size`` (-1: per channel),
   ``desc_act``, ``sym``, ``lm_head``; ``qweight`` int32 [in · bits / 32, out], ``qzeros`` int32
   [groups, out · bits / 32], ``scales`` [groups, out], ``g_idx`` int32 [in]; gptq packs 2, 3, 4 or 8
@@ -261,3 +266,33 @@ def test_a_mixed_precision_checkpoint_gives_every_vllm_layer_one_group_and_its_f
                 check_layers(files, {part: shapes[part]},
                              lambda out, inputs, weights=groups[chosen].weights: wna16_parameters(out, inputs, weights))
     assert set(table["layer"]) == {target for group in groups.values() for target in group.targets}
+
+
+def vllm_kv_scale_name(name: str) -> str:
+    """maybe_remap_kv_scale_name for compressed-tensors' names."""
+    for scale in (".k_scale", ".v_scale"):
+        if name.endswith(scale):
+            return name.replace(scale, f".attn{scale}")
+    return name
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "attn_head"])
+def test_an_fp8_kv_cache_has_every_scale_vllm_registers(strategy, model, calibrated, tmp_path):  # noqa: F811
+    from dataclasses import replace
+
+    from engine.quant import KVCacheSpec
+
+    spec = replace(PRESETS["FP8 W8A8 static"], kv_cache=KVCacheSpec(strategy))
+    plan, _ = quantize(model, spec, Calibrated(calibrated[0], stats=calibrated[1]))
+    save_quantized(model, plan, spec, tmp_path / "out")
+    settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    kv = QuantizationConfig.model_validate(settings).kv_cache_scheme
+    assert (kv.type, kv.num_bits, kv.symmetric, kv.dynamic, kv.strategy) == ("float", 8, True, False, strategy)
+    files = stored(tmp_path / "out")
+    config = model.model.config
+    registered = {f"model.layers.{block}.self_attn.attn.{name}": config.num_key_value_heads if strategy == "attn_head" else 1
+                  for block in range(config.num_hidden_layers) for name in ("k_scale", "v_scale")}
+    found = {vllm_kv_scale_name(name): tensor for name, tensor in files.items() if name.endswith(("k_scale", "v_scale"))}
+    assert set(found) == set(registered)
+    for name, (dtype, shape) in found.items():  # vLLM's loader converts floating dtypes; the per-head one flattens
+        assert dtype in ("BF16", "F16", "F32") and math.prod(shape) == registered[name], (name, dtype, shape)

@@ -154,6 +154,7 @@ class CheckpointWriter:
         self.experts_modules = {layer.name: layer for layer in find_experts(loaded.model)}
         self.written: set[str] = set()
         self.floats: dict[str, torch.Tensor] = {}  # a rescaled plan's new norm gains and biases
+        self.kv_layers = 0  # attention modules whose KV cache scales were written
         self.expert_parameters: set[str] = set()  # fused experts' parameters written per expert, quantized
         self.float_routers: set[str] = set()
         self.started = time.perf_counter()
@@ -189,6 +190,9 @@ class CheckpointWriter:
             raise ExportError(f"{min(unquantized)} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
                               "float weight has no place in the checkpoint; quantize every layer the rescaling touched.")
         self.floats.update(plan.floats)
+        if plan.kv_cache:
+            self.shards.add(compressed.kv_cache_tensors(plan.kv_cache, self.dtype))
+            self.kv_layers = len(plan.kv_cache)
         for name, integers in plan.integers.items():
             if name not in self.linear:
                 raise ExportError(f"{name} is not a torch.nn.Linear layer; {self.format.value} checkpoints hold Linear "
@@ -233,6 +237,8 @@ class CheckpointWriter:
         """The float tensors, config, tokenizer and generation config written, and the folder put in place."""
         if not self.written:
             raise ExportError("Nothing was quantized, so there is no quantized checkpoint to write.")
+        if self.spec.kv_cache is not None and not self.kv_layers:  # transformers would load uninitialised scales
+            raise ExportError("The scheme quantizes the KV cache but the plan has no KV cache scales; quantize it again.")
         left_float = sorted((self.linear | self.float_routers) - self.written)
         if self.format is CheckpointFormat.GPTQ and any(not _is_head(self.loaded, name) for name in left_float):
             first = next(name for name in left_float if not _is_head(self.loaded, name))
@@ -256,7 +262,8 @@ class CheckpointWriter:
         if self.format is CheckpointFormat.COMPRESSED_TENSORS:
             schemes = ([self._width_schemes[bits].model_copy(update={"targets": sorted(names)})
                         for bits, names in sorted(self.widths.items())] if self.spec.mixed is not None else [self.scheme])
-            ModelCompressor(quantization_config=compressed.quantization_config(schemes, left_float)).update_config(
+            described = compressed.quantization_config(schemes, left_float, compressed.kv_cache_args(self.spec))
+            ModelCompressor(quantization_config=described).update_config(
                 str(self.staging))
         else:
             gptq_format.update_config(self.staging, self.spec)

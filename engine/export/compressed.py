@@ -28,6 +28,7 @@ from engine.quant import (
     Granularity,
     Grid,
     IntWeight,
+    KVScales,
     NumberFormat,
     Nvfp4Inputs,
     QuantSpec,
@@ -44,9 +45,12 @@ VLLM_W8A8_INPUTS = "8-bit, per tensor"
 def refusal(spec: QuantSpec) -> str | None:
     """Why ``spec`` cannot be written as compressed-tensors (None: it can)."""
     weights, inputs = spec.weights, spec.activations
-    if not weights.enabled:
+    if not weights.enabled and spec.activations.enabled:
         return ("Activation-only quantization has no compressed-tensors form that keeps float weights; quantize the "
                 "weights too (e.g. W8A8) to export.")
+    if not weights.enabled:
+        return ("calibscope writes the KV cache's scales beside quantized weights: choose a weight scheme too (FP8 W8A8 "
+                "with an FP8 KV cache is the common recipe).")
     if weights.needs_hessians and weights.act_order is ActOrder.DYNAMIC and weights.group_size:
         return ("compressed-tensors 0.20 no longer stores activation order 'group' (the g_idx of act order dynamic). "
                 "Use act order static (the same inference cost, groups in the weight's order), or write the GPTQ "
@@ -182,13 +186,30 @@ def width_spec(spec: QuantSpec, bits: int) -> QuantSpec:
     return replace(spec, weights=replace(spec.weights, bits=bits), mixed=None)
 
 
-def quantization_config(schemes: list[QuantizationScheme], ignore: list[str]) -> QuantizationConfig:
+def kv_cache_args(spec: QuantSpec) -> QuantizationArgs | None:
+    """``kv_cache_scheme`` as llm-compressor writes an FP8 KV cache (what vLLM's CompressedTensorsKVCacheMethod
+    accepts: 8-bit float, symmetric, static, per tensor or attn_head); None without one."""
+    if spec.kv_cache is None:
+        return None
+    return QuantizationArgs(num_bits=8, type="float", symmetric=True, dynamic=False, strategy=spec.kv_cache.strategy.value)
+
+
+def kv_cache_tensors(scales: dict[str, KVScales], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Each attention module's ``k_scale`` / ``v_scale`` as compressed-tensors registers them on load
+    ([1] or [kv heads, 1, 1], the model's dtype); vLLM reads them as ``self_attn.attn.k_scale``."""
+    return {f"{name}.{tensor}": value.to(dtype).contiguous() for name, scale in scales.items()
+            for tensor, value in (("k_scale", scale.keys), ("v_scale", scale.values))}
+
+
+def quantization_config(schemes: list[QuantizationScheme], ignore: list[str],
+                        kv_cache: QuantizationArgs | None = None) -> QuantizationConfig:
     """config.json's ``quantization_config`` (written by compressed-tensors' ModelCompressor): one
-    config group per scheme (several for mixed precision, each naming its layers, as vLLM matches them)."""
+    config group per scheme (several for mixed precision, each naming its layers, as vLLM matches them),
+    and the KV cache's scheme."""
     formats = {described.format for described in schemes}
     return QuantizationConfig(config_groups={f"group_{number}": described for number, described in enumerate(schemes)},
                               format=formats.pop() if len(formats) == 1 else "mixed-precision",
-                              quantization_status=QuantizationStatus.COMPRESSED, ignore=ignore)
+                              quantization_status=QuantizationStatus.COMPRESSED, ignore=ignore, kv_cache_scheme=kv_cache)
 
 
 def _signed(values: torch.Tensor, bits: int) -> torch.Tensor:

@@ -31,6 +31,9 @@ def refusal(spec: QuantSpec) -> str | None:
     if not weights.symmetric:
         return ("The GPTQ (v1) format stores zero points minus one and cannot hold an asymmetric grid's zero point 0; "
                 "write compressed-tensors, which stores asymmetric zero points.")
+    if spec.kv_cache is not None:
+        return ("The GPTQ format has no KV cache scales; write compressed-tensors, whose kv_cache_scheme vLLM and "
+                "transformers read.")
     if spec.mixed is not None:
         return ("The GPTQ format's config holds one width for every layer; write mixed precision as compressed-tensors "
                 "(one config group per width, as vLLM serves it).")

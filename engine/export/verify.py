@@ -155,15 +155,16 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
         own = perplexity(model, evaluation)  # said beside the result: one head pass, not a divergence's two
-        for module in model.model.modules():
-            if hasattr(module, "quantization_scheme"):
+        for module in model.model.modules():  # the layers' inputs; the KV cache is rounded in the model's dtype everywhere
+            if hasattr(module, "quantization_scheme") and isinstance(module, torch.nn.Linear):
                 module.quantization_enabled = False
         with quantized(model, QuantizedModel(inputs=inputs)):
             return divergence(model, evaluation, reference, reference_model=loaded), (
                 f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's "
                 f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives perplexity "
                 f"{own:.3f}")
-    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded))
+    read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded),
+                               kv_cache=kv_cache_scales(folder, dtype))
     with quantized(loaded, read_back):
         return divergence(loaded, evaluation, reference), f"read back here ({reason})"
 
@@ -182,6 +183,25 @@ def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:
             if value.shape == state[key].shape and not torch.equal(value.to(state[key].dtype), state[key]):
                 changed[key] = value.to(state[key].dtype)
     return changed
+
+
+def kv_cache_scales(folder: str | Path, dtype: torch.dtype) -> dict:
+    """Each attention module's KV cache scales in a compressed-tensors checkpoint (none without a
+    ``kv_cache_scheme``), in ``dtype``: the module name -> KVScales."""
+    from engine.quant import KVScales
+
+    folder = Path(folder)
+    method, settings = quantization_settings(folder)
+    if method is not CheckpointFormat.COMPRESSED_TENSORS or not settings.get("kv_cache_scheme"):
+        return {}
+    files = _tensor_files(folder)
+
+    def read(key: str) -> torch.Tensor:
+        with safe_open(folder / files[key], "pt") as opened:
+            return opened.get_tensor(key).to(dtype)
+
+    modules = sorted(key.removesuffix(".k_scale") for key in files if key.endswith(".k_scale"))
+    return {name: KVScales(read(f"{name}.k_scale"), read(f"{name}.v_scale")) for name in modules}
 
 
 def input_quantizers(folder: Path) -> dict:

@@ -1,10 +1,11 @@
 """Simulated quantization: RTN and GPTQ weights (int, FP8, NVFP4, MXFP4), static and dynamic
-activation quantization, SmoothQuant, AWQ, MoE experts; perplexity, divergence from float, sensitivity.
+activation quantization, SmoothQuant, AWQ, MoE experts, an FP8 KV cache; perplexity, divergence from float, sensitivity.
 
 One entry: ``quantize(loaded, Quantization(spec, ...), Calibrated(...))`` gives the plan and its
 per-layer table, ``evaluate`` the same plus perplexities; both check what the scheme needs once."""
 from engine.quant.activations.format_ranges import format_ranges
 from engine.quant.activations.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
+from engine.quant.activations.kv_cache import kv_cache_table
 from engine.quant.activations.ranges import entropy_clip
 from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.divergence import Divergence, FloatReference, divergence, float_reference
@@ -12,6 +13,7 @@ from engine.quant.entry import quantize
 from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
 from engine.quant.formats.floats import FloatWeight, NumberFormat
 from engine.quant.formats.grid import Grid, IntWeight, rounds_scales
+from engine.quant.formats.kv import KVScales, fake_quantize_fp8_kv
 from engine.quant.formats.rtn import rtn
 from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.methods.gptq import gptq
@@ -33,6 +35,9 @@ from engine.quant.specs import (
     ExpertFallback,
     ExpertPolicy,
     Granularity,
+    KVCacheSpec,
+    KVRange,
+    KVStrategy,
     MixedSpec,
     QuantSpec,
     RangeMethod,
@@ -63,6 +68,10 @@ __all__ = [
     "Granularity",
     "Grid",
     "IntWeight",
+    "KVCacheSpec",
+    "KVRange",
+    "KVScales",
+    "KVStrategy",
     "MixedSpec",
     "Mxfp4Inputs",
     "NumberFormat",
@@ -81,10 +90,12 @@ __all__ = [
     "entropy_clip",
     "evaluate",
     "evaluation_windows",
+    "fake_quantize_fp8_kv",
     "float_reference",
     "format_ranges",
     "gain_offset",
     "gptq",
+    "kv_cache_table",
     "output_logits",
     "perplexity",
     "quantizable_layers",

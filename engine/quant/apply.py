@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.errors import CalibscopeError
+from engine.hooks import tapping_kv
 from engine.models import LayerKind, LinearLayer, LoadedModel, find_linear_layers
 from engine.quant.formats.floats import FloatWeight
 from engine.quant.formats.grid import IntWeight
+from engine.quant.formats.kv import KVScales
 
 if TYPE_CHECKING:
     from engine.quant.activations.inputs import InputQuantizer
@@ -59,7 +61,8 @@ class QuantizedModel:
     each rescaled layer's input s and ``row_scales`` the r its output rows are divided by; a rescaled
     layer without a quantized weight runs with its float weight rescaled so. ``experts``: MoE experts
     modules' fused weights (``…experts.gate_up_proj`` [E, 2I, H], ``…experts.down_proj``) quantized,
-    and ``expert_integers`` each expert's part (gate_up, down) as a checkpoint stores it."""
+    and ``expert_integers`` each expert's part (gate_up, down) as a checkpoint stores it.
+    ``kv_cache``: each attention module's FP8 cache scales (its keys and values rounded as cached)."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
@@ -69,6 +72,7 @@ class QuantizedModel:
     row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     experts: dict[str, torch.Tensor] = field(default_factory=dict)  # full parameter name -> an experts module's fake weights
     expert_integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)  # "{module}.{expert}.{part}" -> integers
+    kv_cache: dict[str, KVScales] = field(default_factory=dict)
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
@@ -129,7 +133,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     """
     loaded.require_resident("Quantized evaluation")
     modules = dict(loaded.model.named_modules())
-    missing = set(plan.inputs) - set(modules)
+    missing = (set(plan.inputs) | set(plan.kv_cache)) - set(modules)
     if missing:
         raise CalibscopeError(f"The model has no module {min(missing)!r}; was the plan made for another model?")
     with loaded.lock:
@@ -146,7 +150,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
                 handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
-            yield
+            with tapping_kv({modules[name]: scales.to(_device_of(modules[name])).tap for name, scales in plan.kv_cache.items()}):
+                yield
         finally:
             for handle in handles:
                 handle.remove()
@@ -181,6 +186,10 @@ def rescaled(matrix: torch.Tensor, columns: torch.Tensor | None = None, rows: to
         limit = clips.to(result.device).float().repeat_interleave(width, dim=1)[:, :result.shape[1]]
         result = torch.maximum(torch.minimum(result.float(), limit), -limit).to(matrix.dtype)
     return result
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _input_quantizer(grid: InputQuantizer):

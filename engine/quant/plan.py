@@ -13,10 +13,11 @@ import torch
 
 from engine import guard
 from engine.errors import CalibscopeError
-from engine.hooks import input_sharing, select_layers
+from engine.hooks import cached_attention, input_sharing, select_layers
 from engine.models import LAYER_KINDS, ExpertsLayer, LinearLayer, LoadedModel, find_experts
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.activations.inputs import input_quantizer
+from engine.quant.activations.kv_cache import kv_cache_scales, kv_cache_table
 from engine.quant.activations.ranges import relative_error
 from engine.quant.apply import QuantizedModel, original_weights
 from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
@@ -28,9 +29,9 @@ from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, sto
 from engine.quant.methods.mixed import allocate, bits_per_weight, group_divergences, layer_groups, measured_losses
 from engine.quant.methods.smoothing import smooth
 from engine.quant.request import Calibrated
-from engine.quant.specs import Allocation, Granularity, QuantSpec, WeightSpec
+from engine.quant.specs import Allocation, Granularity, KVCacheSpec, QuantSpec, WeightSpec
 from engine.sampling import CalibrationSet
-from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats
+from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats, collect_kv
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
@@ -208,6 +209,9 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
             rows.append(row)
         if spec.weights.enabled:
             rows.extend(_quantized_experts(loaded, spec, plan, calibrated.experts, calibration))
+        if spec.kv_cache is not None:
+            plan.kv_cache, kv_rows = _kv_cache(loaded, spec.kv_cache, calibrated, scaled(progress, 0.9, 1.0))
+            rows.extend(kv_rows)
         progress(1.0, f"Quantized {len(layers)} layers")
         return plan, pd.DataFrame(rows)
 
@@ -256,6 +260,31 @@ def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dic
             weights.update(quantized_weights(wanted, matrices, replace(spec.weights, bits=bits), hessians, sharing=sharing))
     progress(1.0, f"Mixed precision: {len(groups)} layer groups at {', '.join(map(str, widths))} bits")
     return weights, width_of
+
+
+def _kv_cache(loaded: LoadedModel, spec: KVCacheSpec, calibrated: Calibrated,
+              progress: Progress) -> tuple[dict, list[dict]]:
+    """The FP8 KV cache's scales of every attention layer, from the float model's keys and values on
+    the calibration set (as llm-compressor calibrates them: quantization off; ``calibrated.kv_cache``
+    when they were collected on this set, else collected here), and a row per layer
+    and tensor: the range its scale covers (the widest head's), the |max| seen and the expected
+    relative error of the cache's rounding (mean over heads)."""
+    modules = cached_attention(loaded.model)
+    report = None
+    if spec.calibrated:
+        report = calibrated.kv_cache
+        if report is None or report.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256:
+            report = collect_kv(loaded, calibrated.samples, progress=progress)
+    dtype = next(next(iter(modules.values())).parameters()).dtype if modules else torch.float32
+    scales = kv_cache_scales(report, spec, dtype, list(modules))
+    table = kv_cache_table(report, scales)
+    rows = []
+    for (name, tensor), heads in table.groupby(["layer", "tensor"], sort=False):
+        row = {"layer": f"{name} {tensor}s", "kind": "kv cache", "heads": len(heads), "clip": float(heads["range"].max())}
+        if "error" in heads:
+            row.update(absmax=float(heads["absmax"].max()), input_error=float(heads["error"].mean()))
+        rows.append(row)
+    return scales, rows
 
 
 _NOT_EXPERTS = r"^(?!.*\.experts)"

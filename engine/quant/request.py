@@ -11,7 +11,7 @@ from engine.errors import CalibscopeError, SpecError
 from engine.quant.specs import QuantSpec
 from engine.sampling import CalibrationSet
 from engine.specs import choice
-from engine.stats import HessianSpec, StatsReport
+from engine.stats import HessianSpec, KVReport, StatsReport
 from engine.stats.experts import ExpertReport
 from engine.stats.hessian_report import HessianReport
 
@@ -29,14 +29,16 @@ class Sensitivity(str, Enum):
 @dataclass(frozen=True)
 class Calibrated:
     """A calibration set and what was collected from it: activation statistics (static ranges,
-    SmoothQuant), GPTQ Hessians, MoE experts' report (their Hessians kept). Each report carries the
-    hash of the set it was collected on; ``samples`` is the set itself (AWQ's search and sequential
-    GPTQ run their own pass on it)."""
+    SmoothQuant), GPTQ Hessians, MoE experts' report (their Hessians kept), the KV cache's statistics
+    (collected from ``samples`` when absent). Each report carries the hash of the set it was collected
+    on; ``samples`` is the set itself (AWQ's search, the KV cache's calibration and sequential GPTQ run
+    their own pass on it)."""
 
     samples: CalibrationSet | None = None
     stats: StatsReport | None = None
     hessians: HessianReport | None = None
     experts: ExpertReport | None = None
+    kv_cache: KVReport | None = None
 
     def key(self, quantization: Quantization) -> tuple:
         """What a quantized result depends on besides the model and the scheme: the set and how it
@@ -69,7 +71,8 @@ class Quantization:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
         if self.sequential and not self.spec.can_run_sequentially:
-            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ or mixed precision), not "
+            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ, mixed precision or "
+                            f"a KV cache), not "
                             f"{self.spec.label()}: leave it off for this scheme.")
 
     @classmethod

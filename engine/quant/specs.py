@@ -353,6 +353,53 @@ class MixedSpec:
         return f"mixed W{{{','.join(map(str, self.bits))}}} at {self.budget:g} bits/weight ({self.allocation.value})"
 
 
+class KVRange(str, Enum):
+    """How an FP8 KV cache's scale is chosen: constant (scale 1: the cache holds the values as they
+    are cast, ModelOpt's ``fp8_cast`` and what vLLM uses when a checkpoint has no scales), or from the
+    cached keys' and values' statistics on the calibration set as activation ranges are (minmax:
+    llm-compressor's; percentile, mse, entropy)."""
+
+    CONSTANT = "constant"
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+    ENTROPY = "entropy"
+
+
+class KVStrategy(str, Enum):
+    """One scale per layer for the keys and one for the values (tensor), or one per KV head (attn_head:
+    compressed-tensors' and vLLM's name)."""
+
+    TENSOR = "tensor"
+    HEAD = "attn_head"
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    """An FP8 e4m3 KV cache: keys (after the key norm and the rotary embedding) and values rounded as
+    they are cached, with static scales chosen by ``range_method`` per ``strategy``."""
+
+    strategy: KVStrategy = KVStrategy.TENSOR
+    range_method: KVRange = KVRange.MINMAX
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", choice(KVStrategy, self.strategy, "kv_cache strategy"))
+        object.__setattr__(self, "range_method", choice(KVRange, self.range_method, "kv_cache range_method"))
+        if not 0.0 < self.percentile <= 100.0:
+            raise SpecError(f"The KV cache's percentile {self.percentile} must be in (0, 100].")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.range_method is not KVRange.CONSTANT
+
+    def label(self) -> str:
+        if not self.calibrated:
+            return "KV FP8 constant scale"
+        method = f"p{self.percentile:g}" if self.range_method is KVRange.PERCENTILE else self.range_method.value
+        return f"KV FP8 per-{'head' if self.strategy is KVStrategy.HEAD else 'tensor'} {method}"
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
@@ -370,14 +417,17 @@ class QuantSpec:
     awq: AwqSpec | None = None
     experts: ExpertPolicy = field(default_factory=ExpertPolicy)
     mixed: MixedSpec | None = None
+    kv_cache: KVCacheSpec | None = None
 
     def __post_init__(self) -> None:
         try:
             re.compile(self.name_pattern)
         except re.error as error:
             raise SpecError(f"name_pattern {self.name_pattern!r} is not a valid regular expression ({error}).") from None
-        if not self.weights.enabled and not self.activations.enabled:
-            raise SpecError("Nothing to quantize: choose a weight method, activation bits, or both.")
+        if isinstance(self.kv_cache, dict):  # a run config's [quantize.kv_cache] table
+            object.__setattr__(self, "kv_cache", KVCacheSpec(**self.kv_cache))
+        if not self.weights.enabled and not self.activations.enabled and self.kv_cache is None:
+            raise SpecError("Nothing to quantize: choose a weight method, activation bits, the KV cache, or several.")
         if self.smoothing is not None:
             self._check_smoothing()
         if isinstance(self.awq, dict):  # a run config's [quantize.awq] table
@@ -430,7 +480,8 @@ class QuantSpec:
         awq = [self.awq.label()] if self.awq is not None else []
         experts = [f"({self.experts.label()})"] if self.experts != ExpertPolicy() else []
         mixed = f", {self.mixed.label()}" if self.mixed is not None else ""
-        return " + ".join(smoothing + awq + parts) + mixed + (" " + experts[0] if experts else "")
+        kv = [self.kv_cache.label()] if self.kv_cache is not None else []
+        return " + ".join(smoothing + awq + parts + kv) + mixed + (" " + experts[0] if experts else "")
 
     @property
     def needs_hessians(self) -> bool:
@@ -454,6 +505,8 @@ class QuantSpec:
             return "AWQ"
         if self.mixed is not None and self.mixed.allocation is Allocation.DIVERGENCE:
             return "The divergence allocation"
+        if self.kv_cache is not None and self.kv_cache.calibrated:
+            return "The KV cache's calibration"
         return None
 
     @property
@@ -461,14 +514,14 @@ class QuantSpec:
         """About how many forwards of the calibration set the scheme's own pass costs (for time
         estimates): AWQ's pass is one, and its search runs each measured module again per grid point,
         about three quarters of a forward (an MLP's share on the builtin model)."""
-        if self.awq is not None:
-            return 2 + 3 * self.awq.grid // 4
-        return 0
+        forwards = 2 + 3 * self.awq.grid // 4 if self.awq is not None else 0
+        return forwards + (1 if self.kv_cache is not None and self.kv_cache.calibrated else 0)
 
     @property
     def can_run_sequentially(self) -> bool:
-        """GPTQ weights with float activations: what block-by-block (sequential) GPTQ quantizes."""
-        return self.weights.needs_hessians and not self.activations.enabled and self.awq is None and self.mixed is None
+        """GPTQ weights with float activations and cache: what block-by-block (sequential) GPTQ quantizes."""
+        return (self.weights.needs_hessians and not self.activations.enabled and self.awq is None and self.mixed is None
+                and self.kv_cache is None)
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN
