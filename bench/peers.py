@@ -53,6 +53,8 @@ quantization (calibscope: its AWQ pass + plan, in a process that has not run it 
 mapping's scales compared; both evaluated by calibscope's perplexity, with the asymmetric RTN they
 start from, calibscope's default AWQ (every input, q/k/v too) and its clip search beside them;
 ``{"bench": "peers_awq", ...}``.
+
+--part kv: llm-compressor's FP8 preset with an FP8 KV cache beside calibscope's (bench/peers_kv.py).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ from safetensors.torch import load_file
 
 from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
+from bench.peers_kv import kv_part
 from engine import ModelSpec, load_model
 from engine.export import ExportFormat, changed_floats, dequantized_layers, input_quantizers, save_calibration_set
 from engine.models import cache_root, cached_checkpoint
@@ -375,7 +378,7 @@ def report_floats(result: dict, loaded) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "all"], default="all")
+    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "kv", "all"], default="all")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
@@ -390,6 +393,8 @@ def main() -> None:
         smoothquant(loaded, checkpoint, calibration, evaluation, work)
     if args.part in ("awq", "all"):
         awq(loaded, checkpoint, calibration, evaluation, work)
+    if args.part in ("kv", "all"):
+        kv_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 

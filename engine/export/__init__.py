@@ -26,6 +26,7 @@ from engine.export.verify import (
     changed_floats,
     dequantized_layers,
     input_quantizers,
+    kv_cache_scales,
     largest_weight_difference,
     reloaded_divergence,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "estimated_checkpoint_bytes",
     "export_format",
     "input_quantizers",
+    "kv_cache_scales",
     "largest_weight_difference",
     "load_calibration_export",
     "optimum_samples",
