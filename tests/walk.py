@@ -20,6 +20,7 @@ class Step:
     done: str
     prepare: Callable | None = None
     screenshot: str = ""
+    section: str = ""  # the screenshot shows the page from this heading down (a section at the tab's foot)
 
 
 @dataclass
@@ -32,6 +33,14 @@ class Walk:
         """The visible tab's status line (the results, not the progress overlay)."""
         return self.page.evaluate(
             "() => [...document.querySelectorAll('.cs-status')].filter(e => e.offsetParent).map(e => e.innerText).join('\\n')")
+
+    def below(self, heading: str) -> dict | None:
+        """The page from ``heading`` (a visible section heading) to its end, as a screenshot clip; None: all of it."""
+        if not heading:
+            return None
+        top = self.page.get_by_role("heading", name=heading, exact=True).locator("visible=true").bounding_box()["y"]
+        width, height = self.page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        return {"x": 0, "y": top - 8, "width": width, "height": height - top + 8}
 
     def run(self, step: Step, shots: Path | None = None) -> str:
         self.page.get_by_role("tab", name=step.tab, exact=True).click()
@@ -50,7 +59,7 @@ class Walk:
             raise AssertionError(f"{step.name}: {status}")
         if shots is not None and step.screenshot:
             self.page.wait_for_timeout(1500)  # figures finish drawing
-            self.page.screenshot(path=str(shots / step.screenshot), full_page=True)
+            self.page.screenshot(path=str(shots / step.screenshot), full_page=True, clip=self.below(step.section))
         return status
 
 
@@ -94,6 +103,8 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
         Step("load", "Model & Data", "Load model and corpus", "M parameters", screenshot="model-data.png"),
         Step("build", "Dataset", "Build calibration set", "padding at batch size", screenshot="dataset.png"),
         Step("statistics", "Activation ranges", "Collect statistics", "Collected ", screenshot="activations.png"),
+        Step("kv cache", "Activation ranges", "Collect KV cache statistics", "attention layers", screenshot="kv-cache.png",
+             section="KV cache"),
         Step("coverage", "Coverage", "Measure coverage", "maximum", screenshot="coverage.png"),
         Step("hessians", "Hessians", "Collect Hessians", "Collected Hessians", screenshot="hessians.png"),
         Step("sensitivity", "Sensitivity", "Run sweep", "Swept ", screenshot="sensitivity.png"),

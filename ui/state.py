@@ -15,7 +15,7 @@ from engine.imatrix import Imatrix
 from engine.quant import Calibrated, QuantReport
 from engine.sampling import CalibrationSet
 from engine.specs import CorpusSpec, ModelSpec
-from engine.stats import HessianReport, HessianSpec, Precision, StatsReport, StatsSpec, Storage, spec_record
+from engine.stats import HessianReport, HessianSpec, KVReport, Precision, StatsReport, StatsSpec, Storage, spec_record
 from ui.exports import ExportFolder
 
 MAKES = {
@@ -46,6 +46,7 @@ class Session:
     calibration: CalibrationSet | None = None
     stats: StatsReport | None = None
     hessians: HessianReport | None = None
+    kv_cache: KVReport | None = None
     sweep: SweepResult | None = None
     quant_runs: list[QuantReport] = field(default_factory=list)  # every Quantize run of the session, in order
     comparison: pd.DataFrame | None = None  # the Compare tab's measurements
@@ -65,7 +66,7 @@ class Session:
     @property
     def calibrated(self) -> Calibrated:
         """What quantization runs on: this session's set and what was collected from it."""
-        return Calibrated(self.calibration, self.stats, self.hessians)
+        return Calibrated(self.calibration, self.stats, self.hessians, kv_cache=self.kv_cache)
 
     def with_data(self, model_spec: ModelSpec, corpus_spec: CorpusSpec, corpus: datasets.Dataset) -> Session:
         return Session(model_spec=model_spec, corpus_spec=corpus_spec, corpus=corpus, quant_runs=self.quant_runs,
@@ -100,13 +101,14 @@ class Session:
         """(what, object) for everything this session holds in memory: what the memory budget counts
         while the session keeps it."""
         held = [("the corpus", self.corpus), ("the calibration set", self.calibration), ("statistics", self.stats),
-                ("Hessians", self.hessians), ("a sample-count sweep", self.sweep), ("the comparison", self.comparison)]
+                ("Hessians", self.hessians), ("the KV cache's statistics", self.kv_cache), ("a sample-count sweep", self.sweep),
+                ("the comparison", self.comparison)]
         held += [("a quantization run", report) for report in self.quant_runs]
         held += [(f"importance matrix {label}", imatrix) for label, imatrix in self.imatrices.items()]
         return [(what, value) for what, value in held if value is not None]
 
     def with_calibration(self, calibration: CalibrationSet) -> Session:
-        return replace(self, calibration=calibration, stats=None, hessians=None, sweep=None)
+        return replace(self, calibration=calibration, stats=None, hessians=None, kv_cache=None, sweep=None)
 
     def with_run(self, report: QuantReport) -> Session:
         return replace(self, quant_runs=[*self.quant_runs, report])

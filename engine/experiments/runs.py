@@ -138,18 +138,18 @@ class ComparisonRun:
 
 
 def quant_spec_from(values: dict) -> QuantSpec:
-    """``{"scheme": preset name}`` (with ``"mixed"``: its widths mixed per layer group) or
-    ``{"weights": {...}, "activations": {...}, "name_pattern": ..., "smoothing": SmoothQuant's alpha,
-    "awq": {...}, "experts": {...}, "mixed": {...}}`` (an AwqSpec's, an ExpertPolicy's and a
-    MixedSpec's fields)."""
+    """``{"scheme": preset name}`` (with ``"mixed"``: its widths mixed per layer group; ``"kv_cache"``:
+    its KV cache quantized) or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
+    "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}, "mixed": {...}, "kv_cache": {...}}``
+    (an AwqSpec's, an ExpertPolicy's, a MixedSpec's and a KVCacheSpec's fields)."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
-        preset = PRESETS[values["scheme"]]
-        return replace(preset, mixed=values["mixed"]) if values.get("mixed") is not None else preset  # its widths mixed
+        added = {key: values[key] for key in ("mixed", "kv_cache") if values.get(key) is not None}
+        return replace(PRESETS[values["scheme"]], **added)  # the preset, its widths mixed or its cache quantized
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
                      values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"), values.get("experts", {}),
-                     values.get("mixed"))
+                     values.get("mixed"), values.get("kv_cache"))
 
 
 def quant_run_from(values: dict) -> QuantRun:

@@ -12,6 +12,7 @@ from engine.figures.imatrix import (
     expert_counts,
     top_channels,
 )
+from engine.figures.kv_cache import kv_cache_ranges, position_share
 from engine.figures.quant import (
     divergence_runs,
     has_sensitivity,
@@ -31,9 +32,39 @@ from engine.figures.stats import (
     short_name,
 )
 
-__all__ = ["SWEEP_METRICS", "attribution_html", "bucket_bars", "channel_heatmap", "channel_importance", "comparison_bars",
-           "comparison_figure", "concentration", "concentration_heatmap", "diagonal_heatmap", "divergence_runs", "eigen_spectrum",
-           "expert_counts", "expert_token_heatmap", "format_ranges_across_depth", "has_sensitivity", "hessian_depth",
-           "layer_channels", "layer_distributions", "length_histogram", "mixed_allocation", "outlier_coverage", "outlier_table",
-           "perplexity_runs", "ranges_across_depth", "run_label", "scheme_label", "selection_scatter", "sensitivity_depth",
-           "short_name", "sweep_curves", "top_channels"]
+__all__ = [
+    "SWEEP_METRICS",
+    "attribution_html",
+    "bucket_bars",
+    "channel_heatmap",
+    "channel_importance",
+    "comparison_bars",
+    "comparison_figure",
+    "concentration",
+    "concentration_heatmap",
+    "diagonal_heatmap",
+    "divergence_runs",
+    "eigen_spectrum",
+    "expert_counts",
+    "expert_token_heatmap",
+    "format_ranges_across_depth",
+    "has_sensitivity",
+    "hessian_depth",
+    "kv_cache_ranges",
+    "layer_channels",
+    "layer_distributions",
+    "length_histogram",
+    "mixed_allocation",
+    "outlier_coverage",
+    "outlier_table",
+    "perplexity_runs",
+    "position_share",
+    "ranges_across_depth",
+    "run_label",
+    "scheme_label",
+    "selection_scatter",
+    "sensitivity_depth",
+    "short_name",
+    "sweep_curves",
+    "top_channels",
+]

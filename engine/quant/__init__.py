@@ -5,7 +5,7 @@ One entry: ``quantize(loaded, Quantization(spec, ...), Calibrated(...))`` gives 
 per-layer table, ``evaluate`` the same plus perplexities; both check what the scheme needs once."""
 from engine.quant.activations.format_ranges import format_ranges
 from engine.quant.activations.inputs import Fp8Inputs, Mxfp4Inputs, Nvfp4Inputs, TokenInputs
-from engine.quant.activations.kv_cache import kv_cache_table
+from engine.quant.activations.kv_cache import KV_METHODS, kv_cache_table, kv_method_ranges
 from engine.quant.activations.ranges import entropy_clip
 from engine.quant.apply import QuantizedModel, quantized
 from engine.quant.divergence import Divergence, FloatReference, divergence, float_reference
@@ -49,6 +49,7 @@ __all__ = [
     "ALLOCATION_TOKENS",
     "ALL_AT_ONCE",
     "DEFAULT_ACT_ORDER",
+    "KV_METHODS",
     "PRESETS",
     "ActOrder",
     "ActivationSpec",
@@ -96,6 +97,7 @@ __all__ = [
     "gain_offset",
     "gptq",
     "kv_cache_table",
+    "kv_method_ranges",
     "output_logits",
     "perplexity",
     "quantizable_layers",

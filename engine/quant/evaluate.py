@@ -96,7 +96,8 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
         table["kld"] = [alone[name].mean_kld if name in alone else float("nan") for name in table["layer"]]
     table.insert(1, "block", [block_of(name) for name in table["layer"]])
     if sensitivity is Sensitivity.NONE:  # the weights' own error stays: it identifies the weights a checkpoint writes
-        kept = ("layer", "block", "kind", "in_features", "bits", "weights", "bits_per_weight", "weight_error", "seconds")
+        kept = ("layer", "block", "kind", "in_features", "bits", "weights", "bits_per_weight", "weight_error", "heads", "clip",
+                "seconds")
         table = table[[c for c in kept if c in table]]
     collected = calibrated.stats or calibrated.hessians
     searched = calibrated.samples if quantization.sequential or spec.needs_calibration else None

@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from engine import guard
 from engine.errors import CalibscopeError
 from engine.hooks import cached_attention, headless_forward, tapping_kv
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
+from engine.runner import batch_working_bytes
 from engine.sampling import CalibrationSet
 from engine.stats.accumulators import TENSOR_BINS, add_counts_
 from engine.stats.histogram import magnitude_bits, percentiles_from_counts
@@ -147,7 +149,9 @@ def collect_kv(loaded: LoadedModel, calibration: CalibrationSet, batch_size: int
         return observe
 
     batches = calibration.batch_indices(batch_size)
-    with loaded.lock, torch.inference_mode(), tapping_kv({module: tap(name) for name, module in modules.items()}):
+    working = batch_working_bytes(loaded, min(batch_size, len(calibration)), int(calibration.lengths.max()))
+    with guard.current().reserve_memory("Collecting the KV cache's statistics", working), loaded.lock, \
+            torch.inference_mode(), tapping_kv({module: tap(name) for name, module in modules.items()}):
         for number, rows in enumerate(batches):
             ids, mask = calibration.pad(rows)
             current["positions"] = token_positions(mask)

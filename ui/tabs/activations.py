@@ -25,6 +25,7 @@ from ui.errors import shown_to_user
 from ui.estimates import timed_step
 from ui.parsing import parse_percentiles, whole
 from ui.sections.float_formats import build_section as build_formats
+from ui.sections.kv_cache import build_section as build_kv_cache
 from ui.state import Session
 from ui.tables import shown
 from ui.widgets import result_plot, result_table, status_block
@@ -163,6 +164,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         heatmap = result_plot()
         distributions = result_plot()
     build_formats(session, context)
+    build_kv_cache(session, context)
 
     widgets = {"layer_types": layer_types, "pattern": pattern, "include_head": include_head, "capture": capture,
                "percentiles": percentiles, "channel_histograms": channel_histograms, "threshold": threshold,

@@ -28,6 +28,8 @@ from engine.quant import (
     AwqSpec,
     ExpertPolicy,
     Granularity,
+    KVCacheSpec,
+    KVRange,
     MixedSpec,
     NumberFormat,
     Quantization,
@@ -50,6 +52,9 @@ from ui.wiring import connect, on_field
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "W4 g128 GPTQ"
+# the KV cache choices: the label shown -> the strategy (None: the cache stays in the model's dtype)
+KV_CHOICES = {"float (as the model computes it)": None, "FP8, constant scale": "tensor", "FP8, a scale per tensor": "tensor",
+              "FP8, a scale per KV head": "attn_head"}
 GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
@@ -109,6 +114,12 @@ HELP = {
         "widths below, the scheme's other settings kept, within the budget; GPTQ or RTN int weights, "
         "float activations"
     ),
+    "kv_cache": (
+        "keys (after the key norm and rotary embedding) and values rounded to FP8 e4m3 as they are cached, "
+        "as vLLM's fp8 KV cache and the checkpoint's kv_cache_scheme do; calibrated scales take one forward of the set "
+        "(or the KV statistics collected in Activation ranges); constant: scale 1, nothing calibrated"
+    ),
+    "kv_range": "how a calibrated scale's range is chosen from the cached values' |x| histogram; minmax is llm-compressor's",
     "budget": "average stored bits per weight over the quantized layers, scales and zero points included",
     "widths": "the weight widths to choose from (vLLM's kernels serve 4 and 8; transformers all)",
     "allocation": (
@@ -154,14 +165,23 @@ class QuantizeForm:
     budget: float = 4.5
     widths: tuple = (3, 4, 8)
     allocation: str = Allocation.OUTPUT_ERROR.value
+    kv_cache: str = next(iter(KV_CHOICES))
+    kv_range: str = KVRange.MINMAX.value
 
     def spec(self) -> QuantSpec:
-        """The scheme, with its widths mixed per layer group when asked."""
-        base = self.base_spec()
+        """The scheme, with its widths mixed per layer group and its KV cache quantized when asked."""
+        base = replace(self.base_spec(), kv_cache=self.kv_cache_spec())
         if not self.mixed:
             return base
         return replace(base, mixed=MixedSpec(float(self.budget), tuple(whole(width) for width in self.widths or ()),
                                              self.allocation))
+
+    def kv_cache_spec(self) -> KVCacheSpec | None:
+        strategy = KV_CHOICES.get(self.kv_cache)
+        if strategy is None:
+            return None
+        constant = self.kv_cache == "FP8, constant scale"
+        return KVCacheSpec(strategy, KVRange.CONSTANT if constant else self.kv_range, float(self.percentile or 99.99))
 
     def base_spec(self) -> QuantSpec:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
@@ -197,7 +217,8 @@ def status_line(report: QuantReport, reused: bool) -> str:
     return (f"{verb}**{scheme_label(report)}**: perplexity {report.float_perplexity:.2f} → {report.quantized_perplexity:.2f} "
             f"({report.gap:+.2f}, {relative:+.1f}%){divergence_phrase(report)} on {meta['evaluation']} "
             f"({meta['evaluation_tokens']:,} tokens) · "
-            f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}{experts_sentence(report.layers)}")
+            f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}{experts_sentence(report.layers)}"
+            f"{kv_sentence(report)}")
 
 
 def divergence_phrase(report: QuantReport) -> str:
@@ -217,6 +238,22 @@ def experts_sentence(layers: pd.DataFrame) -> str:
     took = f"{int(fallback.sum())} took the fallback (too few routed tokens)" if fallback.any() else "none needed a fallback"
     return (f"\n- MoE: {len(per_expert)} experts in {per_expert['module'].nunique()} blocks quantized (routers float); "
             f"{took}. Their rows name whose tokens each was calibrated on.")
+
+
+def kv_sentence(report: QuantReport) -> str:
+    """What the FP8 KV cache's scales cover, in one sentence (empty without one)."""
+    spec, layers = report.spec.kv_cache, report.layers
+    if spec is None:
+        return ""
+    rows = layers[layers["kind"] == "kv cache"]
+    if not spec.calibrated:
+        return f"\n- KV cache: FP8 with scale 1 in {len(rows) // 2} attention layers (nothing calibrated)."
+    if "input_error" not in rows or rows["input_error"].isna().all():
+        return f"\n- KV cache: FP8 in {len(rows) // 2} attention layers ({spec.label()}; their scales' ranges are in the table)."
+    keys, values = (rows[rows["layer"].str.endswith(tensor)] for tensor in (" keys", " values"))
+    return (f"\n- KV cache: FP8 in {len(keys)} attention layers; the cache's rounding costs a median "
+            f"{100 * keys['input_error'].median():.3f}% of the keys' energy and {100 * values['input_error'].median():.3f}% "
+            "of the values' on the calibration set (their rows are in the table).")
 
 
 def awq_sentence(layers: pd.DataFrame) -> str:
@@ -350,6 +387,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                 widths = gr.CheckboxGroup([2, 3, 4, 5, 6, 8], value=[3, 4, 8], label="Widths", info=HELP["widths"])
                 allocation = gr.Radio(labels(Allocation), value=Allocation.OUTPUT_ERROR.value, label="Allocation",
                                       info=HELP["allocation"])
+            with gr.Accordion("KV cache", open=False):
+                kv_cache = gr.Radio(list(KV_CHOICES), value=next(iter(KV_CHOICES)), label="KV cache", info=HELP["kv_cache"])
+                kv_range = gr.Radio([m.value for m in KVRange if m is not KVRange.CONSTANT], value=KVRange.MINMAX.value,
+                                    label="KV cache range", info=HELP["kv_range"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -378,7 +419,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
                "sensitivity": sensitivity, "preset": preset, "sequential": sequential, "mixed": mixed, "budget": budget,
-               "widths": widths, "allocation": allocation}
+               "widths": widths, "allocation": allocation, "kv_cache": kv_cache, "kv_range": kv_range}
     outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "allocation": allocation_plot,
                "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",

@@ -72,3 +72,21 @@ def kv_cache_table(report: KVReport | None, scales: dict[str, KVScales]) -> pd.D
                                error=relative_error(stats.counts[head], clip, 8, fmt=NumberFormat.FP8))
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+KV_METHODS = {"p99.99": KVCacheSpec(range_method=KVRange.PERCENTILE), "MSE": KVCacheSpec(range_method=KVRange.MSE),
+              "entropy": KVCacheSpec(range_method=KVRange.ENTROPY)}
+
+
+def kv_method_ranges(report: KVReport) -> pd.DataFrame:
+    """Per layer and tensor (per tensor scales): the |max| and what each other range method would set,
+    as a multiple of the |max| (min-max is 1), read from the statistics without another pass."""
+    rows = []
+    for block, (name, tensors) in enumerate(report.layers.items()):
+        for tensor, stats in tensors.items():
+            absmax = float(stats.absmax.max())
+            row = {"layer": name, "block": block, "tensor": tensor, "heads": stats.absmax.numel(), "absmax": absmax}
+            for label, spec in KV_METHODS.items():
+                row[label] = float(kv_ranges(stats, spec)[0]) / absmax if absmax > 0 else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
