@@ -213,3 +213,19 @@ def test_an_fp8_checkpoint_with_an_fp8_kv_cache_reloads_at_the_simulated_perplex
     assert checked.perplexity / report.quantized_perplexity == pytest.approx(1.0, abs=1e-6)
     kv_effect = abs(checked.perplexity - weights_only.quantized_perplexity)
     assert kv_effect > 100 * abs(checked.perplexity - report.quantized_perplexity)
+
+
+def test_eager_and_sdpa_attention_hand_the_cache_the_same_keys_and_values():
+    loaded = load_model(ModelSpec("tiny-random-gemma3", dtype="float32"))
+    calibration = calibration_set(loaded, samples=3)
+    found = {}
+    for implementation in ("eager", "sdpa"):
+        loaded.model.set_attn_implementation(implementation)
+        found[implementation] = collect_kv(loaded, calibration, batch_size=2)
+    for block, (name, tensors) in enumerate(found["eager"].layers.items()):
+        for tensor, stats in tensors.items():
+            other = found["sdpa"].layers[name][tensor]
+            if block == 0:  # the first layer's cache is made before any attention ran: the same bits
+                assert torch.equal(stats.absmax, other.absmax) and torch.equal(stats.counts, other.counts)
+            else:  # the later ones from attention outputs that eager and sdpa round differently
+                torch.testing.assert_close(stats.absmax, other.absmax, rtol=1e-4, atol=1e-6)

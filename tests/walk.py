@@ -46,12 +46,15 @@ class Walk:
         self.page.get_by_role("tab", name=step.tab, exact=True).click()
         if step.prepare is not None:
             step.prepare(self.page)
+        # a refusal left from before (a cancelled run) stays on screen beside the new run's progress
+        # until its result replaces it: then only the result counts as the end
+        stale = "Not done:" in self.status()
         started = time.perf_counter()
         self.page.get_by_role("button", name=step.button, exact=True).click()
         self.page.wait_for_function(
-            "(done) => [...document.querySelectorAll('.cs-status')].filter(e => e.offsetParent)"
-            ".some(e => e.innerText.includes(done) || e.innerText.includes('Not done:'))",
-            arg=step.done, timeout=self.timeout_ms)
+            "([done, stale]) => [...document.querySelectorAll('.cs-status')].filter(e => e.offsetParent)"
+            ".some(e => e.innerText.includes(done) || (!stale && e.innerText.includes('Not done:')))",
+            arg=[step.done, stale], timeout=self.timeout_ms)
         self.times[step.name] = round(time.perf_counter() - started, 1)
         self.page.wait_for_timeout(1000)  # the progress overlay fades after the result: read the result
         status = self.status()
