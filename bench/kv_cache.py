@@ -109,7 +109,7 @@ def run_model(model: str, seeds: int, tokens: int, evaluation_tokens: int, lengt
             "layers_above_1.1": int((ratios.mean(0) > 1.1).sum()), "layers": ratios.shape[1]} if len(pushed) else {}
     floats = {label: round(reference.perplexity, 4) for label, reference in references.items()}
     return rows, {"kv_heads": heads, "float_perplexity": floats, "keys_beyond_128_over_first_128": push,
-                  "dtype": loaded.info.dtype}
+                  "dtype": loaded.info.dtype, "device": loaded.info.device}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -151,12 +151,14 @@ def main() -> None:
     for name in names:
         cell = {entry["calibration_length"]: entry for entry in table
                 if entry["model"] == name and entry["scheme"] == "per tensor min-max"}
-        long_eval = max(key for key in table[0] if key.startswith("eval ") and key.endswith("kld"))
+        long_eval = max((key for key in table[0] if key.startswith("eval ") and key.endswith("kld")),
+                        key=lambda key: int(key.split()[1]))
         ratios[name] = round(cell[min(cell)][long_eval] / cell[max(cell)][long_eval], 4)
     suffix = "" if names == ["gemma", "smollm2"] else "_" + "_".join(names)
     report(f"kv_cache{suffix}", "mean KLD on long windows of short-sample scales / long-sample scales (per tensor "
            "min-max, worst model)", max(ratios.values()), "reported", True,
-           dtype=sorted({detail["dtype"] for detail in details.values()}), device="cpu", quick=args.quick, ratios=ratios,
+           dtype=sorted({detail["dtype"] for detail in details.values()}),
+           device=next(iter(details.values()))["device"], quick=args.quick, ratios=ratios,
            tokens=tokens, evaluation_tokens=evaluation_tokens, details=details, summary=table, rows=rows)
 
 

@@ -215,7 +215,10 @@ class _CacheTap:
         return (keys, values) if self.inner is None else self.inner.update(keys, values, *args, **kwargs)
 
     def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+        inner = self.__dict__.get("inner")  # absent while a copy is being made: no endless recursion
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
 
 @contextmanager
@@ -233,6 +236,9 @@ def tapping_kv(taps: dict[nn.Module, KVTap]) -> Iterator[None]:
     try:
         for module, tap in taps.items():
             argument = _cache_argument(module)
+            if argument is None:
+                raise CalibscopeError(f"{type(module).__name__} takes no KV cache argument, so its cache cannot be observed "
+                                      "or quantized here.")
             handles.append(module.register_forward_pre_hook(hook(tap, argument), with_kwargs=True))
         yield
     finally:

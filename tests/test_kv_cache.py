@@ -2,6 +2,7 @@
 layer's projections, key norm and rotary embedding (grouped-query models, padded batches against one
 sequence at a time), its FP8 simulation against compressed-tensors' own, and its scales."""
 import copy
+import dataclasses
 import json
 
 import datasets
@@ -161,6 +162,8 @@ def test_scales_are_the_range_over_448_in_the_model_dtype(tiny_llama):
     constant, _ = quantize(tiny_llama, QuantSpec(WeightSpec("none"), kv_cache=KVCacheSpec(range_method="constant")),
                            Calibrated())
     assert all(float(s.keys) == 1.0 and float(s.values) == 1.0 for s in constant.kv_cache.values())
+    per_head, _ = quantize(tiny_llama, QuantSpec(WeightSpec("none"), kv_cache=KVCacheSpec("attn_head", "constant")), Calibrated())
+    assert all(s.keys.shape == (2, 1, 1) for s in per_head.kv_cache.values())  # what compressed-tensors registers
     mse, _ = quantize(tiny_llama, QuantSpec(WeightSpec("none"), kv_cache=KVCacheSpec("tensor", "mse")), Calibrated(calibration))
     for name, scales in mse.kv_cache.items():  # a clip, never beyond the |max|
         assert 0 < float(scales.keys) <= float(report.layers[name]["key"].absmax.max()) / 448.0 * (1 + 1e-6)
@@ -229,3 +232,22 @@ def test_eager_and_sdpa_attention_hand_the_cache_the_same_keys_and_values():
                 assert torch.equal(stats.absmax, other.absmax) and torch.equal(stats.counts, other.counts)
             else:  # the later ones from attention outputs that eager and sdpa round differently
                 torch.testing.assert_close(stats.absmax, other.absmax, rtol=1e-4, atol=1e-6)
+
+
+def test_left_padding_caches_what_right_padding_does(tiny_llama):
+    calibration = calibration_set(tiny_llama)
+    right = collect_kv(tiny_llama, calibration, batch_size=4)
+    left = collect_kv(tiny_llama, dataclasses.replace(calibration, padding_side="left"), batch_size=4)
+    for name, tensors in right.layers.items():
+        for tensor, stats in tensors.items():
+            other = left.layers[name][tensor]
+            assert torch.equal(stats.bucket_tokens, other.bucket_tokens)
+            torch.testing.assert_close(stats.bucket_absmax, other.bucket_absmax, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_without_a_kv_cache_is_refused_with_a_reason():
+    from engine.errors import CalibscopeError
+
+    gpt2 = load_model(ModelSpec("tiny-random-gpt2", dtype="float32"))
+    with pytest.raises(CalibscopeError, match="KV cache"):
+        quantize(gpt2, QuantSpec(WeightSpec("none"), kv_cache=KVCacheSpec(range_method="constant")), Calibrated())

@@ -8,6 +8,7 @@ from engine.figures import position_share
 from engine.quant import kv_method_ranges
 from tests.ui_helpers import CONTEXT, Recorder, build, handled, load
 from ui.sections.kv_cache import KVForm, collect_kv_cache
+from ui.sections.quantized_model import CheckpointForm, write_checkpoint
 from ui.state import Session
 from ui.tabs.quantize import QuantizeForm, run_quantization
 
@@ -54,3 +55,24 @@ def test_the_quantize_tab_quantizes_the_kv_cache_on_the_sections_statistics(sess
     assert "KV cache: FP8 in" in result["status"]
     constant = handled(run_quantization, QuantizeForm(**{**form.__dict__, "kv_cache": "FP8, constant scale"}), collected)
     assert "nothing calibrated" in constant["status"]
+    kv_only = QuantizeForm(**{**form.__dict__, "method": "none"})
+    report = handled(run_quantization, kv_only, collected)["session"].quantization
+    assert set(report.layers["kind"]) == {"kv cache"} and report.meta["layers"] == 0
+    # the Export tab writes the weights and the cache's scales, and the reload rounds the cache as simulated
+    written = constant["session"]
+    result = handled(write_checkpoint, CheckpointForm(run=1, dtype="model"), written)  # W8 RTN, nothing collected
+    assert "equal within 0.1%" in result["status"] and "--kv-cache-dtype fp8" in result["status"]
+
+
+def test_the_sensitivity_figure_draws_the_kv_caches_error_beside_the_layers(session):
+    from engine.figures import sensitivity_depth
+
+    form = QuantizeForm(method="rtn", bits=8, group="per channel", preset="Custom", kv_cache="FP8, a scale per tensor",
+                        length=64, windows=2, sensitivity="cheap")
+    collected = handled(collect_kv_cache, KVForm(), session)["session"]
+    report = handled(run_quantization, form, collected)["session"].quantization
+    figure = sensitivity_depth(report)
+    [trace] = [trace for trace in figure.data if (trace.name or "").startswith("KV cache")]
+    kv = report.layers["kind"] == "kv cache"
+    assert np.allclose(np.array(trace.y, dtype=float)[kv.to_numpy()], report.layers.loc[kv, "kv_error"])
+    assert np.isnan(np.array(trace.y, dtype=float)[~kv.to_numpy()]).all()

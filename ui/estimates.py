@@ -19,7 +19,8 @@ from engine.progress import Progress
 
 FLOPS = {"cpu": 1e11, "cuda": 2e14, "mps": 5e12}  # sustained FLOP/s, roughly: a 2-core CPU, an H100, Apple silicon
 # token-forwards per unit
-COST = {"statistics": 1.3, "imatrix": 1.1, "coverage": 1.5, "hessians": 2.0, "sweep": 2.2, "quantize": 2.5, "compare": 8.0}
+COST = {"statistics": 1.3, "kv_cache": 1.2, "imatrix": 1.1,
+        "coverage": 1.5, "hessians": 2.0, "sweep": 2.2, "quantize": 2.5, "compare": 8.0}
 
 
 def seconds_per_token(loaded: LoadedModel) -> float:

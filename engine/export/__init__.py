@@ -26,9 +26,9 @@ from engine.export.verify import (
     changed_floats,
     dequantized_layers,
     input_quantizers,
-    kv_cache_scales,
     largest_weight_difference,
     reloaded_divergence,
+    stored_kv_scales,
 )
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "estimated_checkpoint_bytes",
     "export_format",
     "input_quantizers",
-    "kv_cache_scales",
     "largest_weight_difference",
     "load_calibration_export",
     "optimum_samples",
@@ -56,4 +55,5 @@ __all__ = [
     "save_quantized",
     "simulated_layers",
     "stored_dtype",
+    "stored_kv_scales",
 ]

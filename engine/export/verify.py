@@ -164,7 +164,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
                 f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives perplexity "
                 f"{own:.3f}")
     read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded),
-                               kv_cache=kv_cache_scales(folder, dtype))
+                               kv_cache=stored_kv_scales(folder, dtype))
     with quantized(loaded, read_back):
         return divergence(loaded, evaluation, reference), f"read back here ({reason})"
 
@@ -185,7 +185,7 @@ def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:
     return changed
 
 
-def kv_cache_scales(folder: str | Path, dtype: torch.dtype) -> dict:
+def stored_kv_scales(folder: str | Path, dtype: torch.dtype) -> dict:
     """Each attention module's KV cache scales in a compressed-tensors checkpoint (none without a
     ``kv_cache_scheme``), in ``dtype``: the module name -> KVScales."""
     from engine.quant import KVScales

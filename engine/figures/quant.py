@@ -15,6 +15,7 @@ METRICS = {  # column -> (legend, colour, dash)
     "output_error": ("weights: relative output error (calibration tokens)", SELECTED, "solid"),
     "output_error_before_awq": ("the same weights rounded without AWQ", "#94a3b8", "dash"),
     "input_error": ("activations: relative input error", ASKED, "dot"),
+    "kv_error": ("KV cache: relative error of the cached keys and values (after the layers)", "#f59e0b", "dashdot"),
 }
 
 

@@ -36,7 +36,9 @@ from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
     """Every layer type the engine handles whose name matches the spec, the LM head and MoE routers
-    excluded (the peers keep both in float)."""
+    excluded (the peers keep both in float); none when the spec quantizes only the KV cache."""
+    if not spec.weights.enabled and not spec.activations.enabled:
+        return []
     routers = {layer.router for layer in find_experts(model)}
     return [layer for layer in select_layers(model, LAYER_KINDS, spec.name_pattern, False) if layer.name not in routers]
 
@@ -270,21 +272,28 @@ def _kv_cache(loaded: LoadedModel, spec: KVCacheSpec, calibrated: Calibrated,
     and tensor: the range its scale covers (the widest head's), the |max| seen and the expected
     relative error of the cache's rounding (mean over heads)."""
     modules = cached_attention(loaded.model)
-    report = None
+    if not modules:
+        raise CalibscopeError(f"{loaded.info.name} has no attention module with a KV cache that calibscope can find (an "
+                              "*Attention module with key and value projections and a cache argument): leave the KV cache "
+                              "float for this model.")
+    started, report = time.perf_counter(), None
     if spec.calibrated:
         report = calibrated.kv_cache
         if report is None or report.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256:
             report = collect_kv(loaded, calibrated.samples, progress=progress)
-    dtype = next(next(iter(modules.values())).parameters()).dtype if modules else torch.float32
-    scales = kv_cache_scales(report, spec, dtype, list(modules))
+    config = loaded.model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads  # as compressed-tensors reads it
+    dtype = next(next(iter(modules.values())).parameters()).dtype
+    scales = kv_cache_scales(report, spec, dtype, list(modules), heads)
     table = kv_cache_table(report, scales)
     rows = []
-    for (name, tensor), heads in table.groupby(["layer", "tensor"], sort=False):
-        row = {"layer": f"{name} {tensor}s", "kind": "kv cache", "heads": len(heads), "clip": float(heads["range"].max())}
-        if "error" in heads:
-            row.update(absmax=float(heads["absmax"].max()), input_error=float(heads["error"].mean()))
+    for (name, tensor), per_head in table.groupby(["layer", "tensor"], sort=False):
+        row = {"layer": f"{name} {tensor}s", "kind": "kv cache", "heads": len(per_head), "clip": float(per_head["range"].max())}
+        if "error" in per_head:  # the heads' mean, unweighted: each head holds as many values
+            row.update(absmax=float(per_head["absmax"].max()), kv_error=float(per_head["error"].mean()))
         rows.append(row)
-    return scales, rows
+    seconds = (time.perf_counter() - started) / len(rows)  # the pass and the scales, shared
+    return scales, [{**row, "seconds": seconds} for row in rows]
 
 
 _NOT_EXPERTS = r"^(?!.*\.experts)"

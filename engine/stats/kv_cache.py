@@ -7,7 +7,8 @@ is one of the model's ``num_key_value_heads``. Per layer and tensor: |max| per h
 each bucket of token positions (rotary positions change the keys' distribution along the sequence: a
 range calibrated on short samples may not hold at long context), tokens per bucket, and each head's
 |x| histogram in the statistics' log bins (percentile, MSE and entropy ranges are read from it).
-Padding is never counted. Every update is a fixed number of device operations with no read-back.
+Padding is never counted; a batch's positions are found on the host from its attention mask and
+moved to the device once, so no update waits for the device.
 """
 from __future__ import annotations
 
@@ -34,8 +35,26 @@ TENSORS = ("key", "value")
 
 def position_buckets(positions: torch.Tensor) -> torch.Tensor:
     """The bucket of each position (>= 0) in POSITION_EDGES; the last bucket is open-ended."""
-    edges = torch.tensor(POSITION_EDGES[1:], device=positions.device)
-    return torch.bucketize(positions, edges, right=True)
+    return torch.bucketize(positions, torch.tensor(POSITION_EDGES[1:], device=positions.device), right=True)
+
+
+@dataclass(frozen=True)
+class CachedTokens:
+    """One batch's tokens, found on the host from its attention mask and moved once: ``real`` [batch,
+    tokens] 1 for a token, 0 for padding (the model's dtype), ``buckets`` [batch, tokens] each token's
+    position bucket, ``kept`` the flat indices of the real tokens and ``kept_buckets`` their buckets."""
+
+    real: torch.Tensor
+    buckets: torch.Tensor
+    kept: torch.Tensor
+    kept_buckets: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, device: torch.device) -> CachedTokens:
+        real = mask.bool()
+        buckets = position_buckets(token_positions(mask).clamp(min=0))
+        kept = torch.nonzero(real.reshape(-1)).reshape(-1)  # on the host: no device read-back
+        return cls(*(tensor.to(device, non_blocking=True) for tensor in (real.float(), buckets, kept, buckets.reshape(-1)[kept])))
 
 
 @dataclass
@@ -55,21 +74,19 @@ class CachedTensorStats:
                    torch.zeros(buckets, dtype=torch.int64, device=device),
                    torch.zeros(heads, TENSOR_BINS.count, dtype=torch.int64, device=device))
 
-    def update(self, x: torch.Tensor, positions: torch.Tensor) -> None:
-        """Add ``x`` [batch, H, tokens, D] whose tokens sit at ``positions`` [batch, tokens] (-1: padding)."""
-        real = positions >= 0
-        magnitude = x.detach().abs().float() * real[:, None, :, None]  # float32 holds bf16 / fp16 exactly
+    def update(self, x: torch.Tensor, tokens: CachedTokens) -> None:
+        """Add ``x`` [batch, H, tokens, D], its tokens described by ``tokens`` (padding left out)."""
+        magnitude = x.detach().abs().float() * tokens.real[:, None, :, None]  # float32 holds bf16 / fp16 exactly
         per_token = magnitude.amax(-1)  # [batch, H, tokens]
         torch.maximum(self.absmax, per_token.amax((0, 2)), out=self.absmax)
-        buckets = position_buckets(positions.clamp(min=0))
-        index = buckets[:, None, :].expand_as(per_token).transpose(0, 1).reshape(per_token.shape[1], -1)  # [H, batch * tokens]
-        found = torch.zeros_like(self.bucket_absmax.T).scatter_reduce_(1, index, per_token.transpose(0, 1).reshape(index.shape),
+        heads = x.shape[1]
+        index = tokens.buckets[:, None, :].expand_as(per_token).transpose(0, 1).reshape(heads, -1)  # [H, batch * tokens]
+        found = torch.zeros_like(self.bucket_absmax.T).scatter_reduce_(1, index, per_token.transpose(0, 1).reshape(heads, -1),
                                                                       "amax")
         torch.maximum(self.bucket_absmax, found.T, out=self.bucket_absmax)
-        add_counts_(self.bucket_tokens, buckets[real])
-        heads = x.shape[1]
-        tokens = x.detach().transpose(1, 2)[real]  # [real tokens, H, D]
-        bins = magnitude_bits(tokens)
+        add_counts_(self.bucket_tokens, tokens.kept_buckets)
+        values = x.detach().transpose(1, 2).reshape(-1, heads, x.shape[-1]).index_select(0, tokens.kept)  # [real tokens, H, D]
+        bins = magnitude_bits(values)
         bins >>= TENSOR_BINS.shift
         bins = TENSOR_BINS.index_of_shifted_(bins) + torch.arange(heads, device=x.device)[None, :, None] * TENSOR_BINS.count
         add_counts_(self.counts, bins.reshape(-1))
@@ -136,15 +153,16 @@ def collect_kv(loaded: LoadedModel, calibration: CalibrationSet, batch_size: int
         raise CalibscopeError(f"{loaded.info.name} has no attention module with a KV cache that calibscope can find (an "
                               "*Attention module with key and value projections and a cache argument).")
     stats: dict[str, dict[str, CachedTensorStats]] = {}
-    current: dict[str, torch.Tensor] = {}
+    current: dict = {}  # the batch's attention mask, and its tokens on each device that caches
 
     def tap(name: str):
         def observe(keys: torch.Tensor, values: torch.Tensor):
             if name not in stats:
                 stats[name] = {tensor: CachedTensorStats.empty(keys.shape[1], keys.device) for tensor in TENSORS}
-            positions = current["positions"].to(keys.device, non_blocking=True)
-            stats[name]["key"].update(keys, positions)
-            stats[name]["value"].update(values, positions)
+            if keys.device not in current:  # a model split over devices: the batch's tokens moved once per device
+                current[keys.device] = CachedTokens.of(current["mask"], keys.device)
+            stats[name]["key"].update(keys, current[keys.device])
+            stats[name]["value"].update(values, current[keys.device])
             return keys, values
         return observe
 
@@ -154,8 +172,11 @@ def collect_kv(loaded: LoadedModel, calibration: CalibrationSet, batch_size: int
             torch.inference_mode(), tapping_kv({module: tap(name) for name, module in modules.items()}):
         for number, rows in enumerate(batches):
             ids, mask = calibration.pad(rows)
-            current["positions"] = token_positions(mask)
-            headless_forward(loaded.model, {"input_ids": ids.to(loaded.device), "attention_mask": mask.to(loaded.device)})
+            current.clear()
+            current["mask"] = mask
+            # positions among the real tokens, as generation gives them: left padding shifts no rotary position
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": token_positions(mask).clamp(min=0)}
+            headless_forward(loaded.model, {key: value.to(loaded.device) for key, value in inputs.items()})
             progress((number + 1) / len(batches), f"KV cache: batch {number + 1} of {len(batches)}")
     first = next(iter(stats.values()))["key"] if stats else None
     meta = {"calibration_sha256": calibration.manifest.token_sha256, "tokens": int(calibration.lengths.sum()),

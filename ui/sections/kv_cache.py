@@ -38,7 +38,7 @@ def summary(report: KVReport, methods: pd.DataFrame) -> str:
     if len(labels) > 1:
         first = share[0]
         late = share[-1]
-        lines.append(f"- Positions: the first token alone reaches a median {first.mean():.2f}x of the keys' |max|; "
+        lines.append(f"- Positions: the first token alone reaches a mean {first.mean():.2f}x of the keys' |max|; "
                      f"{labels[-1]} reach {late.mean():.2f}x. A set shorter than the text served never sees the later "
                      "positions' keys: calibrate on samples as long as the context you serve.")
     return "\n".join(lines)
@@ -47,7 +47,7 @@ def summary(report: KVReport, methods: pd.DataFrame) -> str:
 def collect_kv_cache(form: KVForm, session: Session, context: AppContext, progress: Progress = no_progress) -> dict:
     calibration = session.require_calibration()
     loaded = context.model(session)
-    with timed_step(context.times, loaded, "statistics", int(calibration.lengths.sum()), progress):
+    with timed_step(context.times, loaded, "kv_cache", int(calibration.lengths.sum()), progress):
         report = collect_kv(loaded, calibration, progress=progress)
     methods = kv_method_ranges(report)
     table = report.summary().assign(layer=lambda frame: [short_name(name) for name in frame["layer"]])

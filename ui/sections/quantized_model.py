@@ -26,6 +26,7 @@ from engine.export import (
 )
 from engine.figures import scheme_label
 from engine.progress import Progress, labelled, no_progress, scaled
+from engine.quant import QuantSpec
 from ui.context import AppContext
 from ui.exports import zipped
 from ui.state import Session
@@ -84,7 +85,7 @@ def _same_as_measured(run: QuantRun, report, session: Session) -> None:
     current = (session.calibration.manifest.token_sha256 if run.sequential or run.spec.needs_calibration
                else (session.hessians or session.stats).meta.get("calibration_sha256")
                if (session.hessians or session.stats) is not None else None)
-    if run.spec.needs_hessians and not run.sequential and session.hessians is None or used != current:
+    if run.spec.needs_hessians and not run.sequential and session.hessians is None or (used or None) != (current or None):
         raise CalibscopeError("This run was made from statistics or Hessians that the session no longer holds (they were "
                               "collected again, or on another set); quantize again, then write the new run.")
 
@@ -94,7 +95,7 @@ def _check_errors(table, report) -> None:
     if "weight_error" not in report.layers:
         raise CalibscopeError("This run measured no weight error to check the weights made again against (it quantized no "
                               "weights); nothing to write as a checkpoint.")
-    measured = report.layers.set_index("layer")["weight_error"]
+    measured = report.layers.set_index("layer")["weight_error"].dropna()  # the KV cache's rows have none
     again = table.set_index("layer")["weight_error"].reindex(measured.index)
     if not np.allclose(again.to_numpy(), measured.to_numpy(), rtol=1e-5, atol=0):
         raise CalibscopeError("The weights made again differ from the run's (its Hessians or statistics were replaced); "
@@ -130,7 +131,7 @@ def write_checkpoint(form: CheckpointForm, session: Session, context: AppContext
         lines = [f"**{summary.describe(shown_as)}**", _read_back(summary, simulated_layers(loaded.model, plan))]
         if form.check:
             lines.append(_reloaded(summary, run, report, loaded, context, checking))
-        return [*lines, _how_to_load(summary)]
+        return [*lines, _how_to_load(summary, run.spec)]
 
     if target:
         with context.guard.reserve_disk("The quantized model", size):
@@ -177,8 +178,9 @@ def _reloaded(summary: CheckpointSummary, run: QuantRun, report, loaded, context
             f"on {report.meta['evaluation']}")
 
 
-def _how_to_load(summary: CheckpointSummary) -> str:
-    return "- load it: `vllm serve FOLDER`, or " + (
+def _how_to_load(summary: CheckpointSummary, spec: QuantSpec) -> str:
+    serve = "`vllm serve FOLDER --kv-cache-dtype fp8`" if spec.kv_cache is not None else "`vllm serve FOLDER`"
+    return f"- load it: {serve}, or " + (
         "`AutoModelForCausalLM.from_pretrained(FOLDER)`" if summary.format is CheckpointFormat.COMPRESSED_TENSORS
         else "`GPTQModel.load(FOLDER)`")
 

@@ -52,9 +52,10 @@ from ui.wiring import connect, on_field
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "W4 g128 GPTQ"
-# the KV cache choices: the label shown -> the strategy (None: the cache stays in the model's dtype)
-KV_CHOICES = {"float (as the model computes it)": None, "FP8, constant scale": "tensor", "FP8, a scale per tensor": "tensor",
-              "FP8, a scale per KV head": "attn_head"}
+# the KV cache choices: the label shown -> (strategy, constant scale); None: the cache stays in the model's dtype
+KV_CHOICES = {"float (as the model computes it)": None, "FP8, constant scale": ("tensor", True),
+              "FP8, a scale per tensor": ("tensor", False), "FP8, a scale per KV head": ("attn_head", False)}
+KV_RANGES = [KVRange.MINMAX.value, KVRange.MSE.value, KVRange.ENTROPY.value]
 GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
@@ -169,23 +170,23 @@ class QuantizeForm:
     kv_range: str = KVRange.MINMAX.value
 
     def spec(self) -> QuantSpec:
-        """The scheme, with its widths mixed per layer group and its KV cache quantized when asked."""
-        base = replace(self.base_spec(), kv_cache=self.kv_cache_spec())
+        """The scheme, with its widths mixed per layer group when asked."""
+        base = self.base_spec()
         if not self.mixed:
             return base
         return replace(base, mixed=MixedSpec(float(self.budget), tuple(whole(width) for width in self.widths or ()),
                                              self.allocation))
 
     def kv_cache_spec(self) -> KVCacheSpec | None:
-        strategy = KV_CHOICES.get(self.kv_cache)
-        if strategy is None:
+        chosen = KV_CHOICES.get(self.kv_cache)
+        if chosen is None:
             return None
-        constant = self.kv_cache == "FP8, constant scale"
-        return KVCacheSpec(strategy, KVRange.CONSTANT if constant else self.kv_range, float(self.percentile or 99.99))
+        strategy, constant = chosen
+        return KVCacheSpec(strategy, KVRange.CONSTANT if constant else self.kv_range)
 
     def base_spec(self) -> QuantSpec:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
-            return PRESETS[self.preset]  # damping and Cholesky policy have no control of their own
+            return replace(PRESETS[self.preset], kv_cache=self.kv_cache_spec())  # damping etc. have no control of their own
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
                              symmetric=bool(self.symmetric), act_order=self.act_order, format=self.weight_format)
         # a float input format sets its own bits; int inputs are off at 0 bits
@@ -194,7 +195,7 @@ class QuantizeForm:
                                      granularity=self.granularity, format=self.act_format)
         smoothing = None if self.smoothing in (None, "") else float(self.smoothing)
         return QuantSpec(weights, activations, smoothing=smoothing, awq=AwqSpec(clip=bool(self.awq_clip)) if self.awq else None,
-                         experts=EXPERT_POLICIES[self.experts])
+                         experts=EXPERT_POLICIES[self.experts], kv_cache=self.kv_cache_spec())
 
 
 def preset_widgets(name: str) -> list:
@@ -248,11 +249,11 @@ def kv_sentence(report: QuantReport) -> str:
     rows = layers[layers["kind"] == "kv cache"]
     if not spec.calibrated:
         return f"\n- KV cache: FP8 with scale 1 in {len(rows) // 2} attention layers (nothing calibrated)."
-    if "input_error" not in rows or rows["input_error"].isna().all():
+    if "kv_error" not in rows or rows["kv_error"].isna().all():
         return f"\n- KV cache: FP8 in {len(rows) // 2} attention layers ({spec.label()}; their scales' ranges are in the table)."
     keys, values = (rows[rows["layer"].str.endswith(tensor)] for tensor in (" keys", " values"))
     return (f"\n- KV cache: FP8 in {len(keys)} attention layers; the cache's rounding costs a median "
-            f"{100 * keys['input_error'].median():.3f}% of the keys' energy and {100 * values['input_error'].median():.3f}% "
+            f"{100 * keys['kv_error'].median():.3f}% of the keys' energy and {100 * values['kv_error'].median():.3f}% "
             "of the values' on the calibration set (their rows are in the table).")
 
 
@@ -267,7 +268,7 @@ def awq_sentence(layers: pd.DataFrame) -> str:
             f"output error under rounding fell by a median {100 * kept.median():.0f}% (at most {100 * kept.max():.0f}%).")
 
 
-ERRORS = ("output_error", "input_error")
+ERRORS = ("output_error", "input_error", "kv_error")
 AWQ_ERRORS = ("awq_error_identity", "awq_error_best", "output_error_before_awq", "clipped_groups")
 
 
@@ -310,6 +311,7 @@ def quant_run(form: QuantizeForm) -> QuantRun:
 def check(form: QuantizeForm, context: AppContext) -> None:
     """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
     the visitor's own upload: refused before the request is queued."""
+    on_field("kv_cache", form.kv_cache_spec)
     on_field("preset", form.base_spec)
     spec = on_field("budget", form.spec)
     on_field("sequential", lambda: Quantization(spec, form.sequential))
@@ -389,8 +391,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                       info=HELP["allocation"])
             with gr.Accordion("KV cache", open=False):
                 kv_cache = gr.Radio(list(KV_CHOICES), value=next(iter(KV_CHOICES)), label="KV cache", info=HELP["kv_cache"])
-                kv_range = gr.Radio([m.value for m in KVRange if m is not KVRange.CONSTANT], value=KVRange.MINMAX.value,
-                                    label="KV cache range", info=HELP["kv_range"])
+                kv_range = gr.Radio(KV_RANGES, value=KVRange.MINMAX.value, label="KV cache range", info=HELP["kv_range"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)

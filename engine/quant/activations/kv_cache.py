@@ -8,8 +8,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from engine.errors import CalibscopeError
 from engine.quant.activations.ranges import entropy_clip, mse_clip, relative_error
-from engine.quant.formats.floats import FP8_MAX, NumberFormat
+from engine.quant.formats.floats import FP8_MAX, NumberFormat, fp8_scale
 from engine.quant.formats.kv import KVScales
 from engine.quant.specs import KVCacheSpec, KVRange, KVStrategy
 from engine.stats.kv_cache import TENSORS, CachedTensorStats, KVReport
@@ -32,24 +33,20 @@ def kv_ranges(stats: CachedTensorStats, spec: KVCacheSpec) -> torch.Tensor:
 
 def kv_scale(stats: CachedTensorStats, spec: KVCacheSpec, dtype: torch.dtype) -> torch.Tensor:
     """The scale tensor a checkpoint stores for one layer's keys or values, in ``dtype``."""
-    heads = stats.absmax.numel()
-    shape = (heads, 1, 1) if spec.strategy is KVStrategy.HEAD else (1,)
-    if not spec.calibrated:
-        return torch.ones(shape, dtype=dtype)
-    ranges = kv_ranges(stats, spec).to(dtype)
-    scale = ranges / torch.tensor(FP8_MAX, dtype=dtype)
-    return torch.where(scale == 0, torch.finfo(dtype).eps, scale).reshape(shape)
+    shape = (stats.absmax.numel(), 1, 1) if spec.strategy is KVStrategy.HEAD else (1,)
+    return fp8_scale(kv_ranges(stats, spec).to(dtype)).reshape(shape)
 
 
-def kv_cache_scales(report: KVReport | None, spec: KVCacheSpec, dtype: torch.dtype,
-                    layers: list[str]) -> dict[str, KVScales]:
-    """Every attention layer's scales (``layers``: the model's cached attention modules; ``report`` may
-    be None for constant scales, which need no statistics)."""
+def kv_cache_scales(report: KVReport | None, spec: KVCacheSpec, dtype: torch.dtype, layers: list[str],
+                    heads: int) -> dict[str, KVScales]:
+    """Every attention layer's scales (``layers``: the model's cached attention modules, ``heads`` KV
+    heads each; ``report`` is not read for constant scales, which need no statistics)."""
     if not spec.calibrated:
-        heads = {name: next(iter(report.layers[name].values())).absmax.numel() if report and name in report.layers else 1
-                 for name in layers}
-        shape = {name: (heads[name], 1, 1) if spec.strategy is KVStrategy.HEAD else (1,) for name in layers}
-        return {name: KVScales(torch.ones(shape[name], dtype=dtype), torch.ones(shape[name], dtype=dtype)) for name in layers}
+        ones = torch.ones((heads, 1, 1) if spec.strategy is KVStrategy.HEAD else (1,), dtype=dtype)
+        return {name: KVScales(ones, ones) for name in layers}
+    missing = next((name for name in layers if name not in report.layers), None)
+    if missing is not None:
+        raise CalibscopeError(f"The KV cache's statistics have nothing for {missing}: collect them again on this model and set.")
     return {name: KVScales(*(kv_scale(report.layers[name][tensor], spec, dtype) for tensor in TENSORS)) for name in layers}
 
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.quant.formats.floats import FP8_MAX
+from engine.quant.formats.floats import round_fp8
 
 
 def fake_quantize_fp8_kv(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x`` [batch, kv heads, tokens, head dim] through an e4m3 cache with ``scale`` ([1] or [kv heads, 1, 1], x's dtype)."""
     scale = scale.to(device=x.device, dtype=x.dtype)
-    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+    return round_fp8(x / scale) * scale
 
 
 @dataclass
