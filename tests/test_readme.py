@@ -73,6 +73,7 @@ def test_the_readme_python_api_runs(tmp_path, monkeypatch, capsys):
     assert Path("calib-gemma").is_dir() and Path("stats-gemma").is_dir() and Path("hessians-gemma").is_dir()
     assert namespace["report"].quantized_perplexity > 1
     assert namespace["written"].quantized_layers == len(namespace["per_layer"]) and Path("gemma-w4-gptq/config.json").is_file()
+    assert (namespace["kv_report"].layers["kind"] == "kv cache").sum() == 2 * len(namespace["kv"].layers)
 
 
 def test_every_page_is_linked_and_every_relative_link_resolves():
