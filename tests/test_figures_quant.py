@@ -49,7 +49,8 @@ def test_divergence_runs_draw_each_runs_tokens_as_a_cumulative_share():
     (line,) = fig.data
     assert list(line.x) == pytest.approx([KLD_FLOOR, 0.001, 0.002, 0.01, 0.02, 0.03, 0.5, 2.0])  # the exact zero at the floor
     assert list(line.y) == pytest.approx([k / 8 for k in range(1, 9)])
-    assert line.name.startswith("#2 W4 g128 GPTQ: mean 0.3204, p99") and "same top 87.5%" in line.name
+    assert line.name.startswith("#2: mean 0.3204, p99") and "same top 87.5%" in line.name
+    assert "#2 W4 g128 GPTQ (wiki)" in line.hovertemplate
     assert fig.layout.xaxis.type == "log"
     assert divergence_runs([older]) is None
 

@@ -38,7 +38,8 @@ class Walk:
         """The page from ``heading`` (a visible section heading) to its end, as a screenshot clip; None: all of it."""
         if not heading:
             return None
-        top = self.page.get_by_role("heading", name=heading, exact=True).locator("visible=true").bounding_box()["y"]
+        box = self.page.get_by_role("heading", name=heading, exact=True).locator("visible=true").bounding_box()
+        top = box["y"] + self.page.evaluate("() => window.scrollY")  # the box is in the viewport, the clip in the page
         width, height = self.page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
         return {"x": 0, "y": top - 8, "width": width, "height": height - top + 8}
 

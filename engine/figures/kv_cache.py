@@ -54,9 +54,11 @@ def kv_cache_ranges(report: KVReport, methods: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Heatmap(z=share, x=blocks, y=labels, colorscale=[[0, "#f8fafc"], [1, ASKED]], zmin=0, zmax=1,
                              colorbar={"title": "share", "len": 0.3, "y": 0.15}, showscale=True,
                              hovertemplate="block %{x}, %{y}: %{z:.2f} x the keys' |max|<extra></extra>"), row=3, col=1)
-    styled(fig, f"KV cache · {len(blocks)} attention layers, {report.meta.get('kv_heads', '?')} KV heads, "
+    heads = report.meta.get("kv_heads", 0)
+    styled(fig, f"KV cache · {len(blocks)} attention layers, {heads} KV head{'s' * (heads != 1)}, "
                 f"{report.meta.get('tokens', 0):,} tokens", "", "")
-    fig.update_layout(height=820, legend={"y": 1.04})
+    fig.update_layout(height=820, legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top"},
+                      margin={"r": 190})
     log_axis(fig, row=1, col=1, title_text="|max|")
     fig.update_yaxes(title_text="x |max|", row=2, col=1)
     fig.update_xaxes(title_text="block", row=3, col=1)

@@ -115,16 +115,19 @@ def divergence_runs(reports: list[QuantReport]) -> go.Figure | None:
         values = np.sort(np.maximum(found.kld.ravel(), KLD_FLOOR))
         picked = np.unique(np.linspace(0, len(values) - 1, min(CDF_POINTS, len(values))).astype(int))
         share = (picked + 1) / len(values)
-        name = (f"{run_label(number, report)}: mean {found.mean_kld:.4f}, p99 {found.p99_kld:.3f}, "
-                f"same top {100 * found.top1_agreement:.1f}% ({report.meta.get('evaluation', '')})")
+        # the legend names the run by its number (the perplexity chart's), the hover says the rest:
+        # a scheme's whole label beside its numbers would push the plot out of its frame
+        name = f"#{number}: mean {found.mean_kld:.4f}, p99 {found.p99_kld:.3f}, same top {100 * found.top1_agreement:.1f}%"
+        about = f"{run_label(number, report)} ({report.meta.get('evaluation', '')})"
         fig.add_trace(go.Scatter(x=values[picked].tolist(), y=share.tolist(), name=name, mode="lines",
                                  line={"color": colour, "width": 2},
-                                 hovertemplate="%{y:.1%} of tokens at or below %{x:.2e} nats<extra></extra>"))
+                                 hovertemplate="%{y:.1%} of tokens at or below %{x:.2e} nats<extra>" + about + "</extra>"))
     fig.update_xaxes(type="log", exponentformat="power")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     styled(fig, "KL divergence from float, per token (further left is better)", "KL(float ‖ quantized), nats (log)",
            "share of tokens at or below")
-    return fig.update_layout(height=380, showlegend=True, legend={"orientation": "h", "y": -0.25, "x": 0})
+    return fig.update_layout(height=400, showlegend=True, legend={"orientation": "h", "y": -0.22, "x": 0, "yanchor": "top"},
+                             margin={"b": 100})
 
 
 def mixed_allocation(report: QuantReport) -> go.Figure | None:

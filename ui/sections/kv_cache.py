@@ -31,7 +31,8 @@ def summary(report: KVReport, methods: pd.DataFrame) -> str:
     share, labels = position_share(report)
     widest = keys.loc[keys["absmax"].idxmax()]
     ranges = ", ".join(f"{label} {keys[label].median():.2f} / {values[label].median():.2f}" for label in KV_METHODS)
-    lines = [(f"**KV cache on this set**: {len(report.layers)} attention layers, {report.meta['kv_heads']} KV heads, "
+    heads = report.meta["kv_heads"]
+    lines = [(f"**KV cache on this set**: {len(report.layers)} attention layers, {heads} KV head{'s' * (heads != 1)}, "
               f"{report.meta['tokens']:,} tokens. Keys reach |max| {keys['absmax'].min():.3g}-{keys['absmax'].max():.3g} "
               f"(widest: {short_name(widest['layer'])}), values {values['absmax'].min():.3g}-{values['absmax'].max():.3g}."),
              f"- FP8 ranges as multiples of |max| (median over layers, keys / values): {ranges}"]
