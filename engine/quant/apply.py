@@ -15,6 +15,7 @@ from engine.models import LayerKind, LinearLayer, LoadedModel, find_linear_layer
 from engine.quant.formats.floats import FloatWeight
 from engine.quant.formats.grid import IntWeight
 from engine.quant.formats.kv import KVScales
+from engine.runner import model_device
 
 if TYPE_CHECKING:
     from engine.quant.activations.inputs import InputQuantizer
@@ -150,7 +151,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
                 handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
-            with tapping_kv({modules[name]: scales.to(_device_of(modules[name])).tap for name, scales in plan.kv_cache.items()}):
+            caches = {modules[name]: scales.to(model_device(modules[name])).tap for name, scales in plan.kv_cache.items()}
+            with tapping_kv(caches):
                 yield
         finally:
             for handle in handles:
@@ -186,10 +188,6 @@ def rescaled(matrix: torch.Tensor, columns: torch.Tensor | None = None, rows: to
         limit = clips.to(result.device).float().repeat_interleave(width, dim=1)[:, :result.shape[1]]
         result = torch.maximum(torch.minimum(result.float(), limit), -limit).to(matrix.dtype)
     return result
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _input_quantizer(grid: InputQuantizer):
