@@ -30,7 +30,7 @@ from compressed_tensors.compressors import ModelCompressor
 
 from engine.atomic import staged_directory
 from engine.errors import ExportError, SpecError
-from engine.export import compressed, gptq_format
+from engine.export import compressed, gptq_format, transforms
 from engine.export.experts import expert_linears
 from engine.export.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from engine.models import CheckpointWeights, ExpertsLayer, LoadedModel, find_experts
@@ -93,6 +93,9 @@ def refusal(spec: QuantSpec, fmt: CheckpointFormat | str, dtype: CheckpointDtype
     """Why ``spec`` cannot be written in ``fmt`` and ``dtype`` (None, or ``model`` before the model is
     known: whatever dtype it turns out to be) (None: it can)."""
     fmt = checkpoint_format(fmt)
+    if fmt is CheckpointFormat.GPTQ and spec.rotation is not None:
+        return ("The GPTQ format has no place for the rotations that a rotated model's inputs need at inference: "
+                "write compressed-tensors, whose transform_config vLLM applies.")
     if fmt is CheckpointFormat.GPTQ:
         return gptq_format.refusal(spec)
     known = _known_dtype(dtype)
@@ -155,6 +158,7 @@ class CheckpointWriter:
         self.written: set[str] = set()
         self.floats: dict[str, torch.Tensor] = {}  # a rescaled plan's new norm gains and biases
         self.kv_layers = 0  # attention modules whose KV cache scales were written
+        self.rotations: dict = {}  # layers whose input is rotated online (engine/export/transforms.py)
         self.expert_parameters: set[str] = set()  # fused experts' parameters written per expert, quantized
         self.float_routers: set[str] = set()
         self.started = time.perf_counter()
@@ -190,6 +194,9 @@ class CheckpointWriter:
             raise ExportError(f"{min(unquantized)} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
                               "float weight has no place in the checkpoint; quantize every layer the rescaling touched.")
         self.floats.update(plan.floats)
+        if plan.rotations:
+            self.shards.add(transforms.transform_tensors(plan.rotations, self.dtype))
+            self.rotations.update(plan.rotations)
         if plan.kv_cache:
             self.shards.add(compressed.kv_cache_tensors(plan.kv_cache, self.dtype))
             self.kv_layers = len(plan.kv_cache)
@@ -263,7 +270,8 @@ class CheckpointWriter:
             schemes = ([self._width_schemes[bits].model_copy(update={"targets": sorted(names)})
                         for bits, names in sorted(self.widths.items())] if self.spec.mixed is not None else [self.scheme])
             described = compressed.quantization_config(schemes, left_float, compressed.kv_cache_args(self.spec))
-            ModelCompressor(quantization_config=described).update_config(
+            ModelCompressor(quantization_config=described,
+                            transform_config=transforms.transform_config(self.spec, self.rotations)).update_config(
                 str(self.staging))
         else:
             gptq_format.update_config(self.staging, self.spec)

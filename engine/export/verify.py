@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from engine.errors import ExportError
 from engine.export.checkpoint import CheckpointFormat
+from engine.export.transforms import stored_rotations
 from engine.models import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 SUFFIXES = {CheckpointFormat.COMPRESSED_TENSORS: ".weight_scale", CheckpointFormat.GPTQ: ".qweight"}
@@ -148,25 +149,29 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
     inputs = input_quantizers(Path(folder))
+    rotations = stored_rotations(Path(folder), _tensor_files(Path(folder)))
+    rotated = (f", its {len(rotations)} stored input rotations attached as vLLM applies them (transformers does not read a "
+               "transform_config)") if rotations else ""
     if reason is None:
         model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
         if not (inputs and rounds_scales(dtype)):
-            return divergence(model, evaluation, reference, reference_model=loaded), "transformers from_pretrained"
+            with quantized(model, QuantizedModel(rotations=rotations)):
+                return divergence(model, evaluation, reference, reference_model=loaded), "transformers from_pretrained" + rotated
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
         own = perplexity(model, evaluation)  # said beside the result: one head pass, not a divergence's two
         for module in model.model.modules():  # the layers' inputs; the KV cache is rounded in the model's dtype everywhere
             if hasattr(module, "quantization_scheme") and isinstance(module, torch.nn.Linear):
                 module.quantization_enabled = False
-        with quantized(model, QuantizedModel(inputs=inputs)):
+        with quantized(model, QuantizedModel(inputs=inputs, rotations=rotations)):
             return divergence(model, evaluation, reference, reference_model=loaded), (
-                f"transformers from_pretrained, its inputs quantized in float32 on the file's input scales as vLLM's "
-                f"kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives perplexity "
-                f"{own:.3f}")
+                f"transformers from_pretrained{rotated}, its inputs quantized in float32 on the file's input scales as "
+                f"vLLM's kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives "
+                f"perplexity {own:.3f}")
     read_back = QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=inputs, floats=changed_floats(folder, loaded),
-                               kv_cache=stored_kv_scales(folder, dtype))
+                               kv_cache=stored_kv_scales(folder, dtype), rotations=rotations)
     with quantized(loaded, read_back):
-        return divergence(loaded, evaluation, reference), f"read back here ({reason})"
+        return divergence(loaded, evaluation, reference), f"read back here ({reason}){rotated}"
 
 
 def changed_floats(folder: str | Path, loaded) -> dict[str, torch.Tensor]:

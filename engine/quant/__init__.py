@@ -13,12 +13,14 @@ from engine.quant.entry import quantize
 from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
 from engine.quant.formats.floats import FloatWeight, NumberFormat
 from engine.quant.formats.grid import Grid, IntWeight, rounds_scales
+from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard, random_hadamard
 from engine.quant.formats.kv import KVScales, fake_quantize_fp8_kv
 from engine.quant.formats.rtn import rtn
 from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
 from engine.quant.methods.gptq import gptq
 from engine.quant.methods.mappings import gain_offset
 from engine.quant.methods.mixed import ALLOCATION_TOKENS
+from engine.quant.methods.rotation import LayerRotations, layer_rotations
 from engine.quant.perplexity import EvaluationSet, evaluation_windows, output_logits, perplexity
 from engine.quant.plan import quantizable_layers
 from engine.quant.request import Calibrated, Quantization, Sensitivity
@@ -41,6 +43,9 @@ from engine.quant.specs import (
     MixedSpec,
     QuantSpec,
     RangeMethod,
+    Rotation,
+    RotationMatrix,
+    RotationSpec,
     WeightMethod,
     WeightSpec,
 )
@@ -68,11 +73,13 @@ __all__ = [
     "Fp8Inputs",
     "Granularity",
     "Grid",
+    "InputRotation",
     "IntWeight",
     "KVCacheSpec",
     "KVRange",
     "KVScales",
     "KVStrategy",
+    "LayerRotations",
     "MixedSpec",
     "Mxfp4Inputs",
     "NumberFormat",
@@ -82,6 +89,9 @@ __all__ = [
     "Quantization",
     "QuantizedModel",
     "RangeMethod",
+    "Rotation",
+    "RotationMatrix",
+    "RotationSpec",
     "Sensitivity",
     "TokenInputs",
     "WeightMethod",
@@ -96,13 +106,17 @@ __all__ = [
     "format_ranges",
     "gain_offset",
     "gptq",
+    "hadamard",
+    "has_hadamard",
     "kv_cache_table",
     "kv_method_ranges",
+    "layer_rotations",
     "output_logits",
     "perplexity",
     "quantizable_layers",
     "quantize",
     "quantized",
+    "random_hadamard",
     "rounds_scales",
     "rtn",
     "search_awq_scaling",

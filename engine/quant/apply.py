@@ -14,6 +14,7 @@ from engine.hooks import tapping_kv
 from engine.models import LayerKind, LinearLayer, LoadedModel, find_linear_layers
 from engine.quant.formats.floats import FloatWeight
 from engine.quant.formats.grid import IntWeight
+from engine.quant.formats.hadamard import InputRotation
 from engine.quant.formats.kv import KVScales
 from engine.runner import model_device
 
@@ -63,7 +64,9 @@ class QuantizedModel:
     layer without a quantized weight runs with its float weight rescaled so. ``experts``: MoE experts
     modules' fused weights (``…experts.gate_up_proj`` [E, 2I, H], ``…experts.down_proj``) quantized,
     and ``expert_integers`` each expert's part (gate_up, down) as a checkpoint stores it.
-    ``kv_cache``: each attention module's FP8 cache scales (its keys and values rounded as cached)."""
+    ``kv_cache``: each attention module's FP8 cache scales (its keys and values rounded as cached).
+    ``rotations``: the layers whose input is rotated at inference (x -> x R, before it is quantized);
+    their weights in ``weights`` are rotated too (W R), quantized or not (engine/quant/methods/rotation.py)."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
@@ -74,6 +77,7 @@ class QuantizedModel:
     experts: dict[str, torch.Tensor] = field(default_factory=dict)  # full parameter name -> an experts module's fake weights
     expert_integers: dict[str, IntWeight | FloatWeight] = field(default_factory=dict)  # "{module}.{expert}.{part}" -> integers
     kv_cache: dict[str, KVScales] = field(default_factory=dict)
+    rotations: dict[str, InputRotation] = field(default_factory=dict)
 
     def add(self, layer: LinearLayer, fake: torch.Tensor, integers: IntWeight | FloatWeight) -> None:
         """A layer's fake-quantized [out, in] weight and its integers."""
@@ -98,7 +102,7 @@ class QuantizedModel:
         return QuantizedModel({k: v for k, v in self.weights.items() if k in names},
                               {k: v for k, v in self.inputs.items() if k in names},
                               {k: v for k, v in self.integers.items() if k in names}, self.floats, self.column_scales,
-                              self.row_scales)
+                              self.row_scales, rotations={k: v for k, v in self.rotations.items() if k in names})
 
     @property
     def rescaled(self) -> set[str]:
@@ -134,7 +138,7 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
     """
     loaded.require_resident("Quantized evaluation")
     modules = dict(loaded.model.named_modules())
-    missing = (set(plan.inputs) | set(plan.kv_cache)) - set(modules)
+    missing = (set(plan.inputs) | set(plan.kv_cache) | set(plan.rotations)) - set(modules)
     if missing:
         raise CalibscopeError(f"The model has no module {min(missing)!r}; was the plan made for another model?")
     with loaded.lock:
@@ -148,6 +152,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
                 parameter = loaded.model.get_parameter(name)
                 originals[name] = parameter.data
                 parameter.data = value
+            for name, rotation in plan.rotations.items():  # first: the input is rotated, then quantized
+                handles.append(modules[name].register_forward_pre_hook(_rotating(rotation.to(modules[name].weight.device))))
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
                 handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
@@ -188,6 +194,13 @@ def rescaled(matrix: torch.Tensor, columns: torch.Tensor | None = None, rows: to
         limit = clips.to(result.device).float().repeat_interleave(width, dim=1)[:, :result.shape[1]]
         result = torch.maximum(torch.minimum(result.float(), limit), -limit).to(matrix.dtype)
     return result
+
+
+def _rotating(rotation: InputRotation):
+    def hook(_module, args):
+        return (rotation.rotate(args[0]), *args[1:])
+
+    return hook
 
 
 def _input_quantizer(grid: InputQuantizer):

@@ -19,7 +19,7 @@ from engine.progress import Progress, no_progress, scaled
 from engine.quant.activations.inputs import input_quantizer
 from engine.quant.activations.kv_cache import kv_cache_scales, kv_cache_table
 from engine.quant.activations.ranges import relative_error
-from engine.quant.apply import QuantizedModel, original_weights
+from engine.quant.apply import QuantizedModel, module_weight, original_weights
 from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
 from engine.quant.formats.grid import GroupGrids, IntWeight
 from engine.quant.measures import output_error
@@ -27,6 +27,7 @@ from engine.quant.methods.awq_pass import awq_scaling
 from engine.quant.methods.experts import expert_hessians, quantize_experts
 from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.methods.mixed import allocate, bits_per_weight, group_divergences, layer_groups, measured_losses
+from engine.quant.methods.rotation import rotate
 from engine.quant.methods.smoothing import smooth
 from engine.quant.request import Calibrated
 from engine.quant.specs import Allocation, Granularity, KVCacheSpec, QuantSpec, WeightSpec
@@ -153,6 +154,18 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
             return stats.arrays(name) if stats is not None and name in observed else None
 
         matrices = original_weights(loaded, layers)
+        percentiles = stats.spec.percentiles if stats is not None else ()
+        rotated, rotation_rows = None, {}
+        if spec.rotation is not None:
+            if hessians is not None:
+                groups = hessians.shared_with
+            else:
+                with loaded.lock:
+                    groups = sharing if sharing is not None else input_sharing(loaded.model, layers, loaded.device)
+            rotated = rotate(loaded, layers, matrices, spec, calibration, stats, groups, scaled(progress, 0.0, 0.4))
+            matrices, hessians = rotated.rotations.weights(matrices), rotated.rotations.hessians(hessians)
+            arrays_of, percentiles = rotated.arrays, rotated.after.spec.percentiles
+            rotation_rows = rotated.table.set_index("layer").to_dict("index")
         smoothing, awq = None, None
         if spec.smoothing is not None:
             smoothing = smooth(loaded, layers, matrices, arrays_of, spec.smoothing)
@@ -166,13 +179,15 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         if spec.mixed is not None:
             weights, widths = _mixed_weights(loaded, layers, matrices, spec, calibrated, scaled(progress, 0.0, 0.9))
         elif spec.weights.enabled:
-            weights = quantized_weights(layers, matrices, spec.weights, hessians, scaled(progress, 0.8 if awq else 0.0, 0.9),
-                                        sharing)
+            weights = quantized_weights(layers, matrices, spec.weights, hessians,
+                                        scaled(progress, 0.8 if awq else 0.4 if rotated else 0.0, 0.9), sharing)
         else:
             weights = {}
         plan, rows = QuantizedModel(), []
         if smoothing is not None:
             plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
+        if rotated is not None:
+            plan.rotations = rotated.rotations.online()
         for layer in layers:
             started = time.perf_counter()
             row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}
@@ -195,11 +210,14 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
                 elif awq_error is not None and not spec.needs_hessians:  # AWQ's pass measured the same RTN weights
                     row["output_error"] = awq_error
             row.update(awq_row)
+            row.update(rotation_rows.get(layer.name, {}))
+            if layer.name not in weights and rotated is not None and layer.name in plan.rotations:
+                plan.weights[layer.name] = module_weight(layer, matrices[layer.name])  # float, rotated with its input
             if spec.activations.enabled and layer.kind.is_linear:
                 arrays = arrays_of(layer.name) if smoothing is None else smoothing.arrays(layer.name, arrays_of(layer.name))
                 inputs = spec.activations
-                quantizer = input_quantizer(layer.name, arrays, inputs, stats.spec.percentiles if stats is not None else (),
-                                            layer.module.weight.dtype, layer.in_features)
+                quantizer = input_quantizer(layer.name, arrays, inputs, percentiles, layer.module.weight.dtype,
+                                            layer.in_features)
                 plan.inputs[layer.name] = quantizer
                 if quantizer.clip is not None:
                     row["clip"] = quantizer.clip

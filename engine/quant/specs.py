@@ -400,6 +400,53 @@ class KVCacheSpec:
         return f"KV FP8 per-{'head' if self.strategy is KVStrategy.HEAD else 'tensor'} {method}"
 
 
+class Rotation(str, Enum):
+    """Which quantized layers get their input rotated before it is quantized (engine/quant/methods/rotation.py):
+    x -> x R at inference and W -> W R fused into the weight, so the float layer computes the same,
+    as llm-compressor's QuIP "v" rotation does (compressed-tensors' input and weight_input transforms).
+    every layer: all of them (QuIP); where it helps: only the input groups whose quantization error on
+    the calibration set the rotation lowers."""
+
+    EVERY_LAYER = "every layer"
+    WHERE_IT_HELPS = "where it helps"
+
+
+class RotationMatrix(str, Enum):
+    """random-hadamard: compressed-tensors' random Hadamard (a known Hadamard times random signs, one
+    per width, from the seed), llm-compressor's QuIP default; hadamard: a deterministic one
+    (Sylvester's, times Paley's for widths that are not powers of two)."""
+
+    RANDOM_HADAMARD = "random-hadamard"
+    HADAMARD = "hadamard"
+
+
+@dataclass(frozen=True)
+class RotationSpec:
+    """Hadamard rotations of quantized layers' inputs. ``block``: rotate consecutive blocks of this
+    many channels (compressed-tensors' head_dim, llm-compressor's transform_block_size; 0: the whole
+    input, which every quantized width must then have a Hadamard matrix for); ``seed``: the random
+    Hadamard's generator seed (None: compressed-tensors' default generator, as llm-compressor's QuIP
+    runs it)."""
+
+    placement: Rotation = Rotation.EVERY_LAYER
+    matrix: RotationMatrix = RotationMatrix.RANDOM_HADAMARD
+    block: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "placement", choice(Rotation, self.placement, "rotation placement"))
+        object.__setattr__(self, "matrix", choice(RotationMatrix, self.matrix, "rotation matrix"))
+        if self.block < 0 or (self.block and self.block % 4 and self.block not in (1, 2)):
+            raise SpecError(f"rotation block={self.block}: a Hadamard block has 1, 2 or a multiple of 4 channels "
+                            "(e.g. 16 for NVFP4's blocks, 32 for MXFP4's, the head dimension); 0 rotates the whole input.")
+
+    def label(self) -> str:
+        matrix = "Hadamard" if self.matrix is RotationMatrix.HADAMARD else "random Hadamard"
+        block = f" in blocks of {self.block}" if self.block else ""
+        where = ", where it helps" if self.placement is Rotation.WHERE_IT_HELPS else ""
+        return f"{matrix} rotation{block}{where}"
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Weights and activations of the layers whose module name matches ``name_pattern`` (all
@@ -418,6 +465,7 @@ class QuantSpec:
     experts: ExpertPolicy = field(default_factory=ExpertPolicy)
     mixed: MixedSpec | None = None
     kv_cache: KVCacheSpec | None = None
+    rotation: RotationSpec | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -440,6 +488,17 @@ class QuantSpec:
             object.__setattr__(self, "mixed", MixedSpec(**self.mixed))
         if self.mixed is not None:
             self._check_mixed()
+        if isinstance(self.rotation, dict):  # a run config's [quantize.rotation] table
+            object.__setattr__(self, "rotation", RotationSpec(**self.rotation))
+        if self.rotation is not None:
+            self._check_rotation()
+
+    def _check_rotation(self) -> None:
+        if not self.weights.enabled and not self.activations.enabled:
+            raise SpecError("A rotation turns the inputs and weights of quantized layers: quantize weights or inputs too.")
+        if self.smoothing is not None or self.awq is not None or self.mixed is not None:
+            raise SpecError("Rotations are not combined with SmoothQuant, AWQ or mixed precision here (each changes the "
+                            "inputs the other was chosen for): choose one.")
 
     def _check_mixed(self) -> None:
         weights = self.weights
@@ -481,7 +540,8 @@ class QuantSpec:
         experts = [f"({self.experts.label()})"] if self.experts != ExpertPolicy() else []
         mixed = f", {self.mixed.label()}" if self.mixed is not None else ""
         kv = [self.kv_cache.label()] if self.kv_cache is not None else []
-        return " + ".join(smoothing + awq + parts + kv) + mixed + (" " + experts[0] if experts else "")
+        rotation = [self.rotation.label()] if self.rotation is not None else []
+        return " + ".join(rotation + smoothing + awq + parts + kv) + mixed + (" " + experts[0] if experts else "")
 
     @property
     def needs_hessians(self) -> bool:
@@ -490,7 +550,9 @@ class QuantSpec:
 
     @property
     def needs_stats(self) -> bool:
-        return (self.activations.enabled and not self.activations.dynamic) or self.smoothing is not None
+        """Static input ranges' (a rotation collects its rotated inputs' own) and SmoothQuant's."""
+        static = self.activations.enabled and not self.activations.dynamic
+        return (static and self.rotation is None) or self.smoothing is not None
 
     @property
     def needs_calibration(self) -> bool:
@@ -507,6 +569,8 @@ class QuantSpec:
             return "The divergence allocation"
         if self.kv_cache is not None and self.kv_cache.calibrated:
             return "The KV cache's calibration"
+        if self.rotation is not None:
+            return "The rotation"
         return None
 
     @property
@@ -515,13 +579,14 @@ class QuantSpec:
         estimates): AWQ's pass is one, and its search runs each measured module again per grid point,
         about three quarters of a forward (an MLP's share on the builtin model)."""
         forwards = 2 + 3 * self.awq.grid // 4 if self.awq is not None else 0
-        return forwards + (1 if self.kv_cache is not None and self.kv_cache.calibrated else 0)
+        rotation = 2 if self.rotation is not None else 0  # the rotated inputs' statistics and the probe
+        return forwards + rotation + (1 if self.kv_cache is not None and self.kv_cache.calibrated else 0)
 
     @property
     def can_run_sequentially(self) -> bool:
         """GPTQ weights with float activations and cache: what block-by-block (sequential) GPTQ quantizes."""
         return (self.weights.needs_hessians and not self.activations.enabled and self.awq is None and self.mixed is None
-                and self.kv_cache is None)
+                and self.kv_cache is None and self.rotation is None)
 
 
 GPTQ, RTN = WeightMethod.GPTQ, WeightMethod.RTN

@@ -1,0 +1,59 @@
+"""A rotated plan's online transforms in a compressed-tensors checkpoint, as llm-compressor's QuIP
+writes them and vLLM reads them.
+
+``transform_config`` (in config.json's quantization_config): one scheme, named "v" as QuIP names its
+input rotation, applying an ``input`` transform (online) and a ``weight_input`` inverse (already fused
+into the stored weights) to the rotated layers, listed by name ("where it helps" rotates some). Each
+rotated layer gets ``{layer}.v_input.weight``: the ±1 Hadamard matrix of its order, unnormalized, as
+compressed-tensors' transform module holds it; vLLM (compressed_tensors/transform/module.py) divides
+it by √n after loading and multiplies each input by it, a dense GEMM for "random-hadamard" and its
+Hadamard kernel (Sylvester's matrix) for "hadamard". So "hadamard" is written only where every order
+is a power of two; a deterministic Paley-Sylvester matrix is written as "random-hadamard", whose
+stored matrix vLLM uses as it is.
+
+transformers (5.x, with compressed-tensors 0.20) does not apply a transform_config when it loads a
+checkpoint: it drops the transform tensors. The reload check (verify.py) attaches them as vLLM does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
+from safetensors import safe_open
+
+from engine.quant import InputRotation, QuantSpec, RotationMatrix
+
+GROUP = "v"  # llm-compressor QuIP's name for its input rotation
+SUFFIX = f".{GROUP}_input.weight"
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def transform_config(spec: QuantSpec, rotations: dict[str, InputRotation]) -> TransformConfig | None:
+    """config.json's transform_config for the rotated layers (None: nothing is rotated)."""
+    if not rotations:
+        return None
+    layers = sorted(rotations)
+    orders = {rotation.order for rotation in rotations.values()}
+    sylvester = spec.rotation.matrix is RotationMatrix.HADAMARD and all(map(_power_of_two, orders))
+    scheme = TransformScheme(type="hadamard" if sylvester else "random-hadamard", head_dim=spec.rotation.block or None,
+                             apply=[TransformArgs(targets=layers, location="input"),
+                                    TransformArgs(targets=layers, location="weight_input", inverse=True)])
+    return TransformConfig(config_groups={GROUP: scheme})
+
+
+def transform_tensors(rotations: dict[str, InputRotation], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Each rotated layer's ±1 matrix (exact in any float dtype), as ``{layer}.v_input.weight``."""
+    return {f"{name}{SUFFIX}": rotation.matrix.to(dtype).contiguous() for name, rotation in rotations.items()}
+
+
+def stored_rotations(folder: Path, files: dict[str, str]) -> dict[str, InputRotation]:
+    """The online input rotations a checkpoint holds (``files``: tensor name -> its shard)."""
+    found = {}
+    for key, file in files.items():
+        if key.endswith(SUFFIX):
+            with safe_open(folder / file, "pt") as opened:
+                found[key.removesuffix(SUFFIX)] = InputRotation(opened.get_tensor(key))
+    return found

@@ -1,0 +1,138 @@
+"""Hadamard matrices of any order that has a known one, and the orthonormal rotations made from them.
+
+A Hadamard matrix H of order n has entries ±1 and H Hᵀ = n I, so H / √n is a rotation that spreads
+every input channel over all n outputs with equal weight: an outlier channel of x becomes n values
+of |x_j| / √n. Orders are 1, 2 and multiples of 4; this module builds
+
+  * Sylvester's 2^k: H_2k = [[H, H], [H, -H]] (compressed-tensors' deterministic "hadamard");
+  * Paley's first construction, order q + 1 for a prime q ≡ 3 (mod 4), and his second, order
+    2 (q + 1) for a prime q ≡ 1 (mod 4), from the quadratic character χ of GF(q);
+  * Kronecker products K ⊗ H_2^k of those, so 640 = 20 × 32 (Paley I, q = 19), 576 = 36 × 16
+    (Paley II, q = 17), 1,536 = 12 × 128, 2,560 = 20 × 128 and 5,120 = 20 × 256 all work;
+  * and, for an odd part no Paley construction of a prime reaches (52, 92, 172 ...), the known
+    matrices compressed-tensors ships (N. J. A. Sloane's library), which its random Hadamard uses.
+
+``random_hadamard`` is compressed-tensors' own ``random_hadamard_matrix`` (its "random-hadamard"
+transform type, llm-compressor's QuIP default): the same matrix for the same seed, so a checkpoint
+written here holds what its transform factory builds."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+from compressed_tensors.transform.utils.hadamard import _fetch_hadamard_divisor, random_hadamard_matrix
+
+from engine.errors import CalibscopeError
+
+
+def _is_prime(q: int) -> bool:
+    return q > 1 and all(q % d for d in range(2, math.isqrt(q) + 1))
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    """Q[i, j] = χ(j - i) over GF(q), q prime: 1 for a non-zero square, -1 for a non-square, 0 on the diagonal."""
+    squares = {(x * x) % q for x in range(1, q)}
+    character = torch.tensor([0] + [1 if d in squares else -1 for d in range(1, q)], dtype=torch.float64)
+    index = torch.arange(q)
+    return character[(index.view(1, -1) - index.view(-1, 1)) % q]
+
+
+def _paley_one(q: int) -> torch.Tensor:
+    """Order q + 1, q ≡ 3 (mod 4): H = I + S with S = [[0, 1ᵀ], [-1, Q]] skew-symmetric."""
+    skew = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    skew[0, 1:], skew[1:, 0], skew[1:, 1:] = 1.0, -1.0, _jacobsthal(q)
+    return torch.eye(q + 1, dtype=torch.float64) + skew
+
+
+def _paley_two(q: int) -> torch.Tensor:
+    """Order 2 (q + 1), q ≡ 1 (mod 4): each entry of the symmetric C = [[0, 1ᵀ], [1, Q]] becomes a
+    2 × 2 block, 0 -> [[1, -1], [-1, -1]] and ±1 -> ±[[1, 1], [1, -1]]."""
+    conference = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    conference[0, 1:], conference[1:, 0], conference[1:, 1:] = 1.0, 1.0, _jacobsthal(q)
+    ones = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+    return torch.kron(conference, ones) + torch.kron(torch.eye(q + 1, dtype=torch.float64), zero)
+
+
+def _sylvester(n: int) -> torch.Tensor:
+    matrix = torch.ones(1, 1, dtype=torch.float64)
+    while matrix.shape[0] < n:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix
+
+
+def _paley(order: int) -> torch.Tensor | None:
+    """A Paley matrix of exactly ``order`` (a multiple of 4) from a prime, or None."""
+    if _is_prime(order - 1) and (order - 1) % 4 == 3:
+        return _paley_one(order - 1)
+    if order % 2 == 0 and _is_prime(order // 2 - 1) and (order // 2 - 1) % 4 == 1:
+        return _paley_two(order // 2 - 1)
+    return None
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@lru_cache(maxsize=32)
+def _hadamard(n: int) -> torch.Tensor:
+    if _power_of_two(n):
+        return _sylvester(n)
+    odd_part = n
+    while odd_part % 2 == 0:
+        odd_part //= 2
+    for factor in (4 * odd_part, 8 * odd_part, 16 * odd_part, 2 * odd_part):  # the smallest Paley order first
+        if n % factor == 0 and (base := _paley(factor)) is not None:
+            return torch.kron(base, _sylvester(n // factor))
+    known = _fetch_hadamard_divisor(n, torch.float64)
+    if known is not None:
+        return torch.kron(known, _sylvester(n // known.shape[0]))
+    raise CalibscopeError(f"No Hadamard matrix of order {n} is known here (orders are 1, 2 or multiples of 4, built as a "
+                          "Paley matrix of a prime or a known one times a power of two): rotate in blocks whose size "
+                          "divides it (e.g. the head dimension or 128), or leave this layer unrotated.")
+
+
+def hadamard(n: int) -> torch.Tensor:
+    """A Hadamard matrix of order ``n`` (float64, entries ±1, H Hᵀ = n I); deterministic."""
+    return _hadamard(n).clone()
+
+
+def has_hadamard(n: int) -> bool:
+    try:
+        _hadamard(n)
+    except CalibscopeError:
+        return False
+    return True
+
+
+def random_hadamard(n: int, generator: torch.Generator) -> torch.Tensor:
+    """compressed-tensors' random Hadamard of order ``n`` (float64, entries ±1): a known Hadamard
+    matrix applied to a diagonal of random signs drawn from ``generator``."""
+    try:
+        return random_hadamard_matrix(n, torch.float64, torch.device("cpu"), generator)
+    except ValueError:
+        raise CalibscopeError(f"compressed-tensors has no random Hadamard matrix of order {n}: use the deterministic "
+                              "Hadamard, or rotate in blocks whose size divides it.") from None
+
+
+def block_diagonal(matrix: torch.Tensor, width: int) -> torch.Tensor:
+    """I ⊗ ``matrix``: the rotation of ``width`` channels in consecutive blocks of matrix's order."""
+    return torch.block_diag(*[matrix] * (width // matrix.shape[0]))
+
+
+class InputRotation:
+    """x -> x H / √b at inference, in consecutive blocks of b = H's order channels, computed in float32
+    and returned in x's dtype, as compressed-tensors' online transform computes it at its default
+    precision (``matrix``: the ±1 H, as a checkpoint stores it)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix.to(torch.float32)
+        self.order = matrix.shape[0]
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = x.to(torch.float32).unflatten(-1, (-1, self.order))
+        return ((blocks @ self.matrix) / math.sqrt(self.order)).flatten(-2).to(x.dtype)
+
+    def to(self, device: torch.device) -> InputRotation:
+        return self if self.matrix.device == device else InputRotation(self.matrix.to(device))

@@ -1,0 +1,271 @@
+"""Hadamard rotations of quantized layers' inputs, as llm-compressor's QuIP applies them (its "v"
+rotation: compressed-tensors' ``input`` transform online and ``weight_input`` inverse fused):
+
+    x' = x R,  W' = W R,  so  x' W'ᵀ = x R Rᵀ Wᵀ = x Wᵀ      (R = H / √n orthonormal)
+
+The float layer computes the same; what changes is what is quantized. An outlier channel of x is
+spread over every channel of x R, so a per-tensor or per-token range stops being set by a few
+channels (W4A4 int gains), and a weight's large columns are spread likewise. But a block-scaled
+format (NVFP4's 16 values under one scale, MXFP4's 32) already isolates outliers in their block, and
+spreading them into every block can cost more than it gains; so "where it helps" predicts, per input
+(the layers that read one input share its rotation, as vLLM fuses them), whether rotating lowers the
+layer's quantization error on the calibration set's own tokens, and rotates only those.
+
+The prediction: on the first ``PROBE_TOKENS`` tokens of the set, each layer's relative output error
+‖Q_in(x) Q_w(W)ᵀ - x Wᵀ‖² / ‖x Wᵀ‖² with the scheme's input quantizer and round-to-nearest weights,
+unrotated and rotated (GPTQ, when asked, runs afterwards on the chosen weights)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+
+from engine import guard
+from engine.errors import CalibscopeError
+from engine.memo import OwnerMemo
+from engine.models import LinearLayer, LoadedModel, find_linear_layers
+from engine.quant.activations.inputs import InputQuantizer, input_quantizer
+from engine.quant.apply import QuantizedModel, module_weight, quantized
+from engine.quant.formats.hadamard import InputRotation, block_diagonal, hadamard, has_hadamard, random_hadamard
+from engine.quant.methods.matrices import quantize_groups
+from engine.quant.specs import QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
+from engine.runner import model_device
+from engine.sampling import CalibrationSet
+from engine.stats import StatsReport, StatsSpec, collect
+
+PROBE_TOKENS = 512  # tokens of the calibration set each layer's predicted errors are measured on
+# the statistics of a model's inputs on one set, unrotated and rotated: a scheme, its placement
+# changed or another scheme on the same set and rotation reuses them instead of two more passes
+_STATISTICS: OwnerMemo[StatsReport] = OwnerMemo(keep=4)
+
+
+@dataclass
+class LayerRotations:
+    """The rotated layers (name -> input width) and the ±1 Hadamard matrices they use, one per order
+    (the width, or the spec's block), as a checkpoint stores them."""
+
+    spec: RotationSpec
+    matrices: dict[int, torch.Tensor]
+    widths: dict[str, int]
+
+    def order(self, width: int) -> int:
+        return self.spec.block or width
+
+    def rotation(self, layer: str) -> torch.Tensor:
+        """R = H / √b (block-diagonal over the layer's width), float64."""
+        width = self.widths[layer]
+        matrix = self.matrices[self.order(width)]
+        return block_diagonal(matrix, width) / math.sqrt(matrix.shape[0])
+
+    def online(self) -> dict[str, InputRotation]:
+        shared = {order: InputRotation(matrix) for order, matrix in self.matrices.items()}
+        return {name: shared[self.order(width)] for name, width in self.widths.items()}
+
+    def rotated(self, layer: str, matrix: torch.Tensor) -> torch.Tensor:
+        """[out, in] W R, computed in float64 and kept in W's dtype (compressed-tensors fuses so)."""
+        rotation = self.rotation(layer).to(matrix.device)
+        return (matrix.to(torch.float64) @ rotation).to(matrix.dtype)
+
+    def weights(self, matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: self.rotated(name, matrix) if name in self.widths else matrix for name, matrix in matrices.items()}
+
+    def hessians(self, report):
+        return None if report is None else RotatedHessians(report, self)
+
+    def only(self, names: set[str]) -> LayerRotations:
+        widths = {name: width for name, width in self.widths.items() if name in names}
+        return LayerRotations(self.spec, {self.order(w): self.matrices[self.order(w)] for w in widths.values()}, widths)
+
+    def plan(self, layers: list[LinearLayer], matrices: dict[str, torch.Tensor]) -> QuantizedModel:
+        """The float model with these rotations: rotated weights in, inputs rotated online."""
+        return QuantizedModel(weights={layer.name: module_weight(layer, self.rotated(layer.name, matrices[layer.name]))
+                                       for layer in layers if layer.name in self.widths},
+                              rotations=self.online())
+
+
+class RotatedHessians:
+    """A HessianReport seen through the rotations: the Hessian of x R is Rᵀ H R."""
+
+    def __init__(self, report, rotations: LayerRotations) -> None:
+        self.report, self.rotations, self.shared_with = report, rotations, report.shared_with
+        self._done: dict[str, torch.Tensor] = {}
+
+    def has(self, layer: str) -> bool:
+        return self.report.has(layer)
+
+    def hessian(self, layer: str) -> torch.Tensor:
+        hessian = self.report.hessian(layer)
+        if layer not in self.rotations.widths:
+            return hessian
+        leader = self.shared_with.get(layer, layer)
+        if leader not in self._done:
+            rotation = self.rotations.rotation(layer).to(device=hessian.device, dtype=torch.float32)
+            self._done[leader] = (rotation.T @ hessian.float() @ rotation).to(hessian.dtype)
+        return self._done[leader]
+
+
+def layer_rotations(loaded: LoadedModel, layers: list[LinearLayer], spec: RotationSpec) -> LayerRotations:
+    """The Hadamard matrices of ``layers``' inputs; a layer whose width has no Hadamard matrix (or
+    does not split into the spec's blocks) is left out, unrotated; none left is refused. Random ones
+    are drawn as compressed-tensors' factory draws them for llm-compressor's QuIP: one generator, one
+    matrix per order, in the order of the model's Linear layers (the LM head excluded) as registered,
+    so the same seed gives the same matrices as its ``apply_transform_config``."""
+    def order(width: int) -> int | None:
+        wanted = spec.block or width
+        return wanted if width % wanted == 0 and has_hadamard(wanted) else None
+
+    widths = {layer.name: layer.in_features for layer in layers if order(layer.in_features) is not None}
+    if not widths:
+        raise CalibscopeError(f"No quantized layer's input can be rotated: their widths "
+                              f"({', '.join(sorted({str(layer.in_features) for layer in layers}))}) have no Hadamard "
+                              f"matrix{' in blocks of ' + str(spec.block) if spec.block else ''}. Choose a block that "
+                              "divides them (e.g. 16, 32, 64), or leave the rotation off.")
+    needed = {order(width) for width in widths.values()}
+    generator = torch.Generator()
+    if spec.seed is not None:
+        generator.manual_seed(spec.seed)
+    matrices: dict[int, torch.Tensor] = {}
+    registered = [layer.in_features for layer in find_linear_layers(loaded.model, execution_order=False)
+                  if not layer.is_head and isinstance(layer.module, torch.nn.Linear)]
+    for width in [*registered, *widths.values()]:
+        found = order(width)
+        if found in needed and found not in matrices:
+            matrices[found] = (random_hadamard(found, generator) if spec.matrix is RotationMatrix.RANDOM_HADAMARD
+                               else hadamard(found))
+    return LayerRotations(spec, matrices, widths)
+
+
+@dataclass
+class Rotated:
+    """What a rotation gives the plan: the rotations kept, the statistics of every candidate layer's
+    input unrotated (``before``) and rotated (``after``) on the calibration set, and one row per
+    candidate layer (its ranges before and after, its predicted errors, whether it is rotated)."""
+
+    rotations: LayerRotations
+    before: StatsReport
+    after: StatsReport
+    table: pd.DataFrame
+
+    def arrays(self, layer: str) -> dict[str, torch.Tensor] | None:
+        report = self.after if layer in self.rotations.widths else self.before
+        return report.arrays(layer) if layer in set(report.summary["key"]) else None
+
+
+def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: QuantSpec,
+           calibration: CalibrationSet, before: StatsReport | None, sharing: dict[str, str], progress) -> Rotated:
+    """Rotate ``layers`` (their [out, in] float ``matrices``) as ``spec.rotation`` says: collect their
+    inputs' statistics on the rotated model (and unrotated, unless ``before`` was collected on this set),
+    predict each input group's error both ways, and keep the rotations the placement asks for."""
+    candidates = layer_rotations(loaded, layers, spec.rotation)
+    layers = [layer for layer in layers if layer.name in candidates.widths]  # the others stay unrotated
+    stats_spec = before.spec if before is not None else StatsSpec()
+    names, rotation = tuple(layer.name for layer in layers), replace(spec.rotation, placement=Rotation.EVERY_LAYER)
+    key = (calibration.manifest.token_sha256, stats_spec, names)
+    if before is None or before.meta.get("calibration_sha256") != calibration.manifest.token_sha256:
+        before = _STATISTICS.get(loaded.model, key) or _STATISTICS.put(
+            loaded.model, key, collect(loaded, calibration, stats_spec, progress=lambda f, m="": progress(0.3 * f, m)))
+    after = _STATISTICS.get(loaded.model, (*key, rotation))
+    if after is None:
+        with quantized(loaded, candidates.plan(layers, matrices)):
+            after = collect(loaded, calibration, stats_spec, progress=lambda f, m="": progress(0.3 + 0.3 * f, m))
+        _STATISTICS.put(loaded.model, (*key, rotation), after)
+    progress(0.6, "Predicting each layer's error with and without the rotation")
+    errors = predicted_errors(loaded, layers, matrices, candidates, spec, before, after, calibration)
+    table = range_changes(layers, before, after).merge(errors, on="layer")
+    if spec.rotation.placement is Rotation.WHERE_IT_HELPS:
+        groups = table.assign(group=[sharing.get(name, name) for name in table["layer"]]).groupby("group")
+        helps = groups[["error_rotated", "error_unrotated"]].transform("sum")
+        table["rotated"] = (helps["error_rotated"] < helps["error_unrotated"]).to_numpy()
+    else:
+        table["rotated"] = True
+    kept = candidates.only(set(table.loc[table["rotated"], "layer"]))
+    progress(1.0, f"Rotated {len(kept.widths)} of {len(matrices)} layers' inputs")
+    return Rotated(kept, before, after, table)
+
+
+def range_changes(layers: list[LinearLayer], before: StatsReport, after: StatsReport) -> pd.DataFrame:
+    """Per layer, its input's ranges unrotated and rotated: |max|, |max| over the tensor's RMS (how far
+    the largest value stands out), the largest channel |max| over the median channel's, the share of
+    the channels' summed |max| that the largest 1% take, and p99.99 of |x| over |max| (the tail)."""
+    rows = []
+    for layer in layers:
+        row = {"layer": layer.name}
+        for side, report in (("before", before), ("after", after)):
+            if layer.name not in set(report.summary["key"]):
+                continue
+            arrays, summary = report.arrays(layer.name), report.summary.set_index("key").loc[layer.name]
+            absmax = arrays["absmax"].float()
+            top = max(1, absmax.numel() // 100)
+            row.update({f"absmax_{side}": float(absmax.max()),
+                        f"crest_{side}": float(absmax.max()) / max(float(summary["std"]), 1e-30),
+                        f"channel_ratio_{side}": float(absmax.max() / absmax.median().clamp(min=1e-30)),
+                        f"top_share_{side}": float(absmax.topk(top).values.sum() / absmax.sum().clamp(min=1e-30))})
+            tail = [column for column in summary.index if column == "p99.99"]
+            if tail:
+                row[f"tail_{side}"] = float(summary[tail[0]]) / max(float(absmax.max()), 1e-30)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor],
+                     rotations: LayerRotations, spec: QuantSpec, before: StatsReport, after: StatsReport,
+                     calibration: CalibrationSet) -> pd.DataFrame:
+    """Each layer's relative output error on the set's first PROBE_TOKENS tokens, quantized unrotated
+    and rotated (see the module's docstring), measured inside a forward of the float model, one layer
+    at a time, so nothing but one layer's weights is held at once."""
+    quantizers = {layer.name: (_input_quantizer(layer, before, spec), _input_quantizer(layer, after, spec))
+                  for layer in layers}
+    sums = {layer.name: torch.zeros(3, dtype=torch.float64) for layer in layers}
+
+    def hook_for(layer: LinearLayer):
+        def hook(_module, args):
+            x = args[0].reshape(-1, layer.in_features).float()
+            sums[layer.name] += _errors(x, matrices[layer.name], rotations, layer.name, spec, *quantizers[layer.name])
+        return hook
+
+    # one layer at a time: its weight in float32 and four copies (rotated, quantized), and the probe's
+    # inputs and outputs four ways
+    weight = max((layer.in_features * layer.out_features for layer in layers), default=0)
+    sides = max((layer.in_features + layer.out_features for layer in layers), default=0)
+    reserved = guard.current().reserve_memory("Predicting rotated errors", 4 * (5 * weight + 4 * PROBE_TOKENS * sides))
+    with reserved, loaded.lock, torch.inference_mode():
+        handles = [layer.module.register_forward_pre_hook(hook_for(layer)) for layer in layers]
+        try:
+            device, left = model_device(loaded.model), PROBE_TOKENS
+            for sequence in calibration.sequences:
+                if left <= 0:
+                    break
+                tokens = torch.as_tensor(sequence[:left], device=device).view(1, -1)
+                loaded.model(input_ids=tokens)
+                left -= tokens.shape[1]
+        finally:
+            for handle in handles:
+                handle.remove()
+    return pd.DataFrame([{"layer": name, "error_unrotated": float(s[0] / s[2].clamp(min=1e-30)),
+                          "error_rotated": float(s[1] / s[2].clamp(min=1e-30))} for name, s in sums.items()])
+
+
+def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
+    if not spec.activations.enabled:
+        return None
+    arrays = report.arrays(layer.name) if layer.name in set(report.summary["key"]) else None
+    return input_quantizer(layer.name, arrays, spec.activations, report.spec.percentiles, layer.module.weight.dtype,
+                           layer.in_features)
+
+
+def _errors(x: torch.Tensor, weight: torch.Tensor, rotations: LayerRotations, name: str, spec: QuantSpec,
+            plain: InputQuantizer | None, rotated: InputQuantizer | None) -> torch.Tensor:
+    """Σ‖ŷ - y‖² unrotated, rotated, and Σ‖y‖², y = x Wᵀ, on these tokens."""
+    weight = weight.to(x.device)
+    reference = x @ weight.float().T
+    rotation = rotations.rotation(name).to(device=x.device, dtype=torch.float32)
+    found = []
+    for inputs, w, quantizer in ((x, weight, plain), (x @ rotation, rotations.rotated(name, weight), rotated)):
+        if quantizer is not None:
+            inputs = quantizer.to(x.device).fake_quantize(inputs)
+        if spec.weights.enabled:
+            w = quantize_groups([[w]], replace(spec.weights, method=WeightMethod.RTN), [None], [name])[0][0][0]
+        found.append(float((inputs @ w.float().T - reference).pow(2).sum()))
+    return torch.tensor([*found, float(reference.pow(2).sum())], dtype=torch.float64)
