@@ -30,13 +30,13 @@ from engine.quant import (
     Calibrated,
     Granularity,
     QuantSpec,
+    RotationSpec,
     WeightMethod,
     WeightSpec,
     evaluate,
     evaluation_windows,
     float_reference,
 )
-from engine.quant.specs import RotationSpec
 from engine.sampling import GptqWindowsSpec, RandomSpec, build
 from engine.stats import HessianSpec, collect, collect_hessians
 

@@ -30,7 +30,17 @@ from engine.export import CheckpointDtype, CheckpointFormat, ExportFormat, save_
 from engine.imatrix import ImatrixSpec, collect_imatrix, write_imatrix
 from engine.models import load_model
 from engine.progress import Progress, labelled, no_progress, scaled
-from engine.quant import ActivationSpec, AwqSpec, Calibrated, ExpertPolicy, KVCacheSpec, MixedSpec, Sensitivity, WeightSpec
+from engine.quant import (
+    ActivationSpec,
+    AwqSpec,
+    Calibrated,
+    ExpertPolicy,
+    KVCacheSpec,
+    MixedSpec,
+    RotationSpec,
+    Sensitivity,
+    WeightSpec,
+)
 from engine.run_report import run_report
 from engine.runner import distributed
 from engine.sampling import LEGACY_LENGTH_NAMES, SamplingSpec, Strategy, SuppliedSpec, build, entry, supplied_set
@@ -70,7 +80,7 @@ def _schemas() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
         weights=(schema_of(WeightSpec) | None, None), activations=(schema_of(ActivationSpec) | None, None),
         name_pattern=(str | None, None), smoothing=(float | None, None), awq=(schema_of(AwqSpec) | None, None),
         experts=(schema_of(ExpertPolicy) | None, None), mixed=(schema_of(MixedSpec) | None, None),
-        kv_cache=(schema_of(KVCacheSpec) | None, None),
+        kv_cache=(schema_of(KVCacheSpec) | None, None), rotation=(schema_of(RotationSpec) | None, None),
         evaluation=(evaluation, None), sensitivity=(Sensitivity | None, None),
         sequential=(StrictBool | None, None), save=(str | None, None), save_format=(CheckpointFormat | None, None),
         save_dtype=(CheckpointDtype | None, None))

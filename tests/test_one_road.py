@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BEHIND_THE_ENTRY = {"plan_quantization", "gptq_block_by_block", "quantized_weights", "quantize_groups", "gptq_batch"}
 # the modules that are the road itself: the entry, the method modules it dispatches to, and their own helpers
 ROAD = {"engine/quant/entry.py", "engine/quant/plan.py", "engine/quant/block_gptq.py", "engine/quant/methods/matrices.py",
-        "engine/quant/methods/gptq.py", "engine/quant/methods/experts.py"}
+        "engine/quant/methods/gptq.py", "engine/quant/methods/experts.py", "engine/quant/methods/rotation.py"}
 
 
 def names_used(path: Path) -> set[str]:

@@ -139,17 +139,18 @@ class ComparisonRun:
 
 def quant_spec_from(values: dict) -> QuantSpec:
     """``{"scheme": preset name}`` (with ``"mixed"``: its widths mixed per layer group; ``"kv_cache"``:
-    its KV cache quantized) or ``{"weights": {...}, "activations": {...}, "name_pattern": ...,
-    "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}, "mixed": {...}, "kv_cache": {...}}``
-    (an AwqSpec's, an ExpertPolicy's, a MixedSpec's and a KVCacheSpec's fields)."""
+    its KV cache quantized; ``"rotation"``: its inputs rotated) or ``{"weights": {...}, "activations": {...},
+    "name_pattern": ..., "smoothing": SmoothQuant's alpha, "awq": {...}, "experts": {...}, "mixed": {...},
+    "kv_cache": {...}, "rotation": {...}}`` (an AwqSpec's, an ExpertPolicy's, a MixedSpec's, a
+    KVCacheSpec's and a RotationSpec's fields)."""
     if "scheme" in values:
         if values["scheme"] not in PRESETS:
             raise SpecError(f"[quantize] scheme {values['scheme']!r} is unknown; use one of {', '.join(PRESETS)}.")
-        added = {key: values[key] for key in ("mixed", "kv_cache") if values.get(key) is not None}
-        return replace(PRESETS[values["scheme"]], **added)  # the preset, its widths mixed or its cache quantized
+        added = {key: values[key] for key in ("mixed", "kv_cache", "rotation") if values.get(key) is not None}
+        return replace(PRESETS[values["scheme"]], **added)  # the preset, its widths mixed, its cache quantized, rotated
     return QuantSpec(WeightSpec(**values.get("weights", {})), ActivationSpec(**values.get("activations", {})),
                      values.get("name_pattern", ""), values.get("smoothing"), values.get("awq"), values.get("experts", {}),
-                     values.get("mixed"), values.get("kv_cache"))
+                     values.get("mixed"), values.get("kv_cache"), values.get("rotation"))
 
 
 def quant_run_from(values: dict) -> QuantRun:

@@ -22,6 +22,7 @@ from engine.figures.quant import (
     scheme_label,
     sensitivity_depth,
 )
+from engine.figures.rotation import rotation_ranges
 from engine.figures.selection import SWEEP_METRICS, comparison_bars, selection_scatter, sweep_curves
 from engine.figures.stats import (
     channel_heatmap,
@@ -60,6 +61,7 @@ __all__ = [
     "perplexity_runs",
     "position_share",
     "ranges_across_depth",
+    "rotation_ranges",
     "run_label",
     "scheme_label",
     "selection_scatter",

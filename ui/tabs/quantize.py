@@ -13,6 +13,7 @@ from engine.figures import (
     has_sensitivity,
     mixed_allocation,
     perplexity_runs,
+    rotation_ranges,
     scheme_label,
     sensitivity_depth,
     short_name,
@@ -36,6 +37,9 @@ from engine.quant import (
     QuantReport,
     QuantSpec,
     RangeMethod,
+    Rotation,
+    RotationMatrix,
+    RotationSpec,
     Sensitivity,
     WeightMethod,
     WeightSpec,
@@ -56,6 +60,9 @@ DEFAULT_PRESET = "W4 g128 GPTQ"
 KV_CHOICES = {"float (as the model computes it)": None, "FP8, constant scale": ("tensor", True),
               "FP8, a scale per tensor": ("tensor", False), "FP8, a scale per KV head": ("attn_head", False)}
 KV_RANGES = [KVRange.MINMAX.value, KVRange.MSE.value, KVRange.ENTROPY.value]
+NO_ROTATION = "none"
+ROTATIONS = [NO_ROTATION, *labels(Rotation)]
+ROTATION_BLOCKS = {"whole input": 0, "16 (NVFP4's blocks)": 16, "32 (MXFP4's blocks)": 32, "64": 64, "128": 128}
 GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
 CPU_EVALUATION = (8, 256)
@@ -120,6 +127,12 @@ HELP = {
         "as vLLM's fp8 KV cache and the checkpoint's kv_cache_scheme do; calibrated scales take one forward of the set "
         "(or the KV statistics collected in Activation ranges); constant: scale 1, nothing calibrated"
     ),
+    "rotation": (
+        "each quantized layer's input rotated by a Hadamard matrix before it is quantized (x R online, W R fused: "
+        "llm-compressor's QuIP, a checkpoint's transform_config); where it helps: only the inputs whose quantization "
+        "error on the calibration set falls. Runs its own pass (the rotated inputs' statistics)"
+    ),
+    "rotation_block": "rotate consecutive blocks of this many channels (a block-diagonal Hadamard) instead of the whole input",
     "kv_range": "how a calibrated scale's range is chosen from the cached values' |x| histogram; minmax is llm-compressor's",
     "budget": "average stored bits per weight over the quantized layers, scales and zero points included",
     "widths": "the weight widths to choose from (vLLM's kernels serve 4 and 8; transformers all)",
@@ -168,6 +181,14 @@ class QuantizeForm:
     allocation: str = Allocation.OUTPUT_ERROR.value
     kv_cache: str = next(iter(KV_CHOICES))
     kv_range: str = KVRange.MINMAX.value
+    rotation: str = NO_ROTATION
+    rotation_matrix: str = RotationMatrix.RANDOM_HADAMARD.value
+    rotation_block: str = next(iter(ROTATION_BLOCKS))
+
+    def rotation_spec(self) -> RotationSpec | None:
+        if self.rotation == NO_ROTATION:
+            return None
+        return RotationSpec(self.rotation, self.rotation_matrix, ROTATION_BLOCKS.get(self.rotation_block, 0))
 
     def spec(self) -> QuantSpec:
         """The scheme, with its widths mixed per layer group when asked."""
@@ -186,7 +207,8 @@ class QuantizeForm:
 
     def base_spec(self) -> QuantSpec:
         if self.preset in PRESETS:  # the controls show it (editing one turns the scheme to Custom); its
-            return replace(PRESETS[self.preset], kv_cache=self.kv_cache_spec())  # damping etc. have no control of their own
+            return replace(PRESETS[self.preset], kv_cache=self.kv_cache_spec(),  # damping etc. have no control of their own
+                           rotation=self.rotation_spec())
         weights = WeightSpec(method=self.method, bits=whole(self.bits), group_size=GROUPS[self.group],
                              symmetric=bool(self.symmetric), act_order=self.act_order, format=self.weight_format)
         # a float input format sets its own bits; int inputs are off at 0 bits
@@ -195,7 +217,8 @@ class QuantizeForm:
                                      granularity=self.granularity, format=self.act_format)
         smoothing = None if self.smoothing in (None, "") else float(self.smoothing)
         return QuantSpec(weights, activations, smoothing=smoothing, awq=AwqSpec(clip=bool(self.awq_clip)) if self.awq else None,
-                         experts=EXPERT_POLICIES[self.experts], kv_cache=self.kv_cache_spec())
+                         experts=EXPERT_POLICIES[self.experts], kv_cache=self.kv_cache_spec(),
+                         rotation=self.rotation_spec())
 
 
 def preset_widgets(name: str) -> list:
@@ -219,7 +242,7 @@ def status_line(report: QuantReport, reused: bool) -> str:
             f"({report.gap:+.2f}, {relative:+.1f}%){divergence_phrase(report)} on {meta['evaluation']} "
             f"({meta['evaluation_tokens']:,} tokens) · "
             f"{meta['layers']} layers · {meta['seconds']:.1f} s{awq_sentence(report.layers)}{experts_sentence(report.layers)}"
-            f"{kv_sentence(report)}")
+            f"{kv_sentence(report)}{rotation_sentence(report)}")
 
 
 def divergence_phrase(report: QuantReport) -> str:
@@ -255,6 +278,22 @@ def kv_sentence(report: QuantReport) -> str:
     return (f"\n- KV cache: FP8 in {len(keys)} attention layers; the cache's rounding costs a median "
             f"{100 * keys['kv_error'].median():.3f}% of the keys' energy and {100 * values['kv_error'].median():.3f}% "
             "of the values' on the calibration set (their rows are in the table).")
+
+
+def rotation_sentence(report: QuantReport) -> str:
+    """What the rotation did, in one sentence (empty without one)."""
+    rows = report.layers
+    if report.spec.rotation is None or "error_rotated" not in rows:
+        return ""
+    rows = rows.dropna(subset=["error_rotated"])
+    rotated = rows[rows["rotated"].astype(bool)]
+    fell = 1 - rows["error_rotated"].sum() / max(rows["error_unrotated"].sum(), 1e-30)
+    left = len(rows) - len(rotated)
+    where = f"; {left} whose predicted error it raised left unrotated" if left else ""
+    ratio = (rows["channel_ratio_before"] / rows["channel_ratio_after"]).median()
+    return (f"\n- Rotation: {len(rotated)} of {len(rows)} layers' inputs rotated{where}. On the calibration set's first "
+            f"tokens, rotating all of them changes their summed output error by {-100 * fell:+.0f}% (predicted, RTN "
+            f"weights); their largest channel over the median channel fell {ratio:.1f}x (median over layers).")
 
 
 def awq_sentence(layers: pd.DataFrame) -> str:
@@ -312,6 +351,7 @@ def check(form: QuantizeForm, context: AppContext) -> None:
     """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
     the visitor's own upload: refused before the request is queued."""
     on_field("kv_cache", form.kv_cache_spec)
+    on_field("rotation_block", form.rotation_spec)
     on_field("preset", form.base_spec)
     spec = on_field("budget", form.spec)
     on_field("sequential", lambda: Quantization(spec, form.sequential))
@@ -346,7 +386,7 @@ def run_quantization(form: QuantizeForm, session: Session, context: AppContext, 
     return {"status": status_line(report, reused) + sensitivity_note(report, form.sensitivity),
             "summary": pd.DataFrame(report.summary_rows(), columns=["", "value"]),
             "runs": perplexity_runs(session.quant_runs), "divergence": divergence_runs(session.quant_runs),
-            "depth": sensitivity_depth(report), "allocation": mixed_allocation(report),
+            "depth": sensitivity_depth(report), "allocation": mixed_allocation(report), "rotation": rotation_ranges(report),
             "table": gr.update(value=table, label=title, visible=True), "session": session}
 
 
@@ -392,6 +432,12 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             with gr.Accordion("KV cache", open=False):
                 kv_cache = gr.Radio(list(KV_CHOICES), value=next(iter(KV_CHOICES)), label="KV cache", info=HELP["kv_cache"])
                 kv_range = gr.Radio(KV_RANGES, value=KVRange.MINMAX.value, label="KV cache range", info=HELP["kv_range"])
+            with gr.Accordion("Rotation", open=False):
+                rotation = gr.Radio(ROTATIONS, value=NO_ROTATION, label="Rotate inputs", info=HELP["rotation"])
+                rotation_matrix = gr.Radio(labels(RotationMatrix), value=RotationMatrix.RANDOM_HADAMARD.value,
+                                           label="Rotation matrix")
+                rotation_block = gr.Dropdown(list(ROTATION_BLOCKS), value=next(iter(ROTATION_BLOCKS)), label="Rotation block",
+                                             info=HELP["rotation_block"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -408,6 +454,7 @@ def build_tab(session: gr.State, context: AppContext) -> None:
             runs = result_plot()
             divergence = result_plot()
     allocation_plot = result_plot()
+    rotation_plot = result_plot()
     depth = result_plot()
     table = result_table("Per layer (sortable)", max_height=380)
     scheme = {"method": method, "weight_format": weight_format, "bits": bits, "group": group, "symmetric": symmetric,
@@ -420,8 +467,10 @@ def build_tab(session: gr.State, context: AppContext) -> None:
         control.input(lambda: CUSTOM, None, preset)
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
                "sensitivity": sensitivity, "preset": preset, "sequential": sequential, "mixed": mixed, "budget": budget,
-               "widths": widths, "allocation": allocation, "kv_cache": kv_cache, "kv_range": kv_range}
+               "widths": widths, "allocation": allocation, "kv_cache": kv_cache, "kv_range": kv_range,
+               "rotation": rotation, "rotation_matrix": rotation_matrix, "rotation_block": rotation_block}
     outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "allocation": allocation_plot,
+               "rotation": rotation_plot,
                "depth": depth, "table": table, "session": session}
     connect(run.click, run_quantization, QuantizeForm, widgets, session, outputs, context, api_name="quantize",
             status=status, cancel=cancel, check=check)

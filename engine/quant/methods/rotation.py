@@ -17,7 +17,7 @@ unrotated and rotated (GPTQ, when asked, runs afterwards on the chosen weights).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -44,11 +44,13 @@ _STATISTICS: OwnerMemo[StatsReport] = OwnerMemo(keep=4)
 @dataclass
 class LayerRotations:
     """The rotated layers (name -> input width) and the ±1 Hadamard matrices they use, one per order
-    (the width, or the spec's block), as a checkpoint stores them."""
+    (the width, or the spec's block), as a checkpoint stores them; each layer's rotated weight is made
+    once (a GEMM of the weight's size times its width) and kept while the plan is made."""
 
     spec: RotationSpec
     matrices: dict[int, torch.Tensor]
     widths: dict[str, int]
+    done: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def order(self, width: int) -> int:
         return self.spec.block or width
@@ -64,9 +66,14 @@ class LayerRotations:
         return {name: shared[self.order(width)] for name, width in self.widths.items()}
 
     def rotated(self, layer: str, matrix: torch.Tensor) -> torch.Tensor:
-        """[out, in] W R, computed in float64 and kept in W's dtype (compressed-tensors fuses so)."""
-        rotation = self.rotation(layer).to(matrix.device)
-        return (matrix.to(torch.float64) @ rotation).to(matrix.dtype)
+        """[out, in] W R of the layer's original weight, kept in W's dtype: computed in float64 for a
+        float32 weight (as compressed-tensors fuses), in float32 for a half-precision one, whose
+        rounding is 2^16 times coarser than float32's."""
+        if layer not in self.done:
+            wide = torch.float64 if matrix.dtype == torch.float32 else torch.float32
+            rotation = self.rotation(layer).to(device=matrix.device, dtype=wide)
+            self.done[layer] = (matrix.to(wide) @ rotation).to(matrix.dtype)
+        return self.done[layer]
 
     def weights(self, matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: self.rotated(name, matrix) if name in self.widths else matrix for name, matrix in matrices.items()}
@@ -76,7 +83,8 @@ class LayerRotations:
 
     def only(self, names: set[str]) -> LayerRotations:
         widths = {name: width for name, width in self.widths.items() if name in names}
-        return LayerRotations(self.spec, {self.order(w): self.matrices[self.order(w)] for w in widths.values()}, widths)
+        return LayerRotations(self.spec, {self.order(w): self.matrices[self.order(w)] for w in widths.values()}, widths,
+                              {name: weight for name, weight in self.done.items() if name in widths})
 
     def plan(self, layers: list[LinearLayer], matrices: dict[str, torch.Tensor]) -> QuantizedModel:
         """The float model with these rotations: rotated weights in, inputs rotated online."""
@@ -214,15 +222,16 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
                      calibration: CalibrationSet) -> pd.DataFrame:
     """Each layer's relative output error on the set's first PROBE_TOKENS tokens, quantized unrotated
     and rotated (see the module's docstring), measured inside a forward of the float model, one layer
-    at a time, so nothing but one layer's weights is held at once."""
+    at a time (the rotated weights are those the plan keeps)."""
     quantizers = {layer.name: (_input_quantizer(layer, before, spec), _input_quantizer(layer, after, spec))
                   for layer in layers}
-    sums = {layer.name: torch.zeros(3, dtype=torch.float64) for layer in layers}
+    sums: dict[str, torch.Tensor] = {}
 
     def hook_for(layer: LinearLayer):
         def hook(_module, args):
             x = args[0].reshape(-1, layer.in_features).float()
-            sums[layer.name] += _errors(x, matrices[layer.name], rotations, layer.name, spec, *quantizers[layer.name])
+            found = _errors(x, matrices[layer.name], rotations, layer.name, spec, *quantizers[layer.name])
+            sums[layer.name] = sums[layer.name] + found if layer.name in sums else found
         return hook
 
     # one layer at a time: its weight in float32 and four copies (rotated, quantized), and the probe's
@@ -243,8 +252,9 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
         finally:
             for handle in handles:
                 handle.remove()
+    totals = {name: found.cpu() for name, found in sums.items()}  # one read-back, after the pass
     return pd.DataFrame([{"layer": name, "error_unrotated": float(s[0] / s[2].clamp(min=1e-30)),
-                          "error_rotated": float(s[1] / s[2].clamp(min=1e-30))} for name, s in sums.items()])
+                          "error_rotated": float(s[1] / s[2].clamp(min=1e-30))} for name, s in totals.items()])
 
 
 def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
@@ -258,14 +268,14 @@ def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -
 def _errors(x: torch.Tensor, weight: torch.Tensor, rotations: LayerRotations, name: str, spec: QuantSpec,
             plain: InputQuantizer | None, rotated: InputQuantizer | None) -> torch.Tensor:
     """Σ‖ŷ - y‖² unrotated, rotated, and Σ‖y‖², y = x Wᵀ, on these tokens."""
-    weight = weight.to(x.device)
-    reference = x @ weight.float().T
+    reference = x @ weight.to(x.device).float().T
     rotation = rotations.rotation(name).to(device=x.device, dtype=torch.float32)
     found = []
     for inputs, w, quantizer in ((x, weight, plain), (x @ rotation, rotations.rotated(name, weight), rotated)):
+        w = w.to(x.device)
         if quantizer is not None:
             inputs = quantizer.to(x.device).fake_quantize(inputs)
         if spec.weights.enabled:
             w = quantize_groups([[w]], replace(spec.weights, method=WeightMethod.RTN), [None], [name])[0][0][0]
-        found.append(float((inputs @ w.float().T - reference).pow(2).sum()))
-    return torch.tensor([*found, float(reference.pow(2).sum())], dtype=torch.float64)
+        found.append((inputs @ w.float().T - reference).pow(2).sum())
+    return torch.stack([*found, reference.pow(2).sum()]).double()  # on the model's device: no read-back per layer
