@@ -55,6 +55,9 @@ start from, calibscope's default AWQ (every input, q/k/v too) and its clip searc
 ``{"bench": "peers_awq", ...}``.
 
 --part kv: llm-compressor's FP8 preset with an FP8 KV cache beside calibscope's (bench/peers_kv.py).
+
+--part rotations: llm-compressor's QuIP and SpinQuant rotations before its NVFP4 and W4A16 presets
+beside calibscope's rotations (bench/peers_rotations.py).
 """
 from __future__ import annotations
 
@@ -80,6 +83,7 @@ from safetensors.torch import load_file
 from bench._common import report
 from bench.gptq_presets import quantized_perplexity, windows
 from bench.peers_kv import kv_part
+from bench.peers_rotations import rotations_part
 from engine import ModelSpec, load_model
 from engine.export import ExportFormat, changed_floats, dequantized_layers, input_quantizers, save_calibration_set
 from engine.models import cache_root, cached_checkpoint
@@ -378,7 +382,7 @@ def report_floats(result: dict, loaded) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "kv", "all"], default="all")
+    parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "kv", "rotations", "all"], default="all")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
@@ -395,6 +399,8 @@ def main() -> None:
         awq(loaded, checkpoint, calibration, evaluation, work)
     if args.part in ("kv", "all"):
         kv_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
+    if args.part in ("rotations", "all"):
+        rotations_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 

@@ -223,3 +223,30 @@ def test_a_layer_without_a_hadamard_is_left_unrotated_and_none_left_is_refused(t
     assert set(kept.widths) == {layer.name for layer in layers if layer.in_features != 37}
     with pytest.raises(CalibscopeError, match="no Hadamard matrix in blocks of 12"):
         layer_rotations(tiny_llama, layers, RotationSpec(block=12))  # 32 and 37 channels: neither splits into 12s
+
+
+@pytest.mark.parametrize("scheme", ["NVFP4 W4A4", "W4 g128 RTN"])
+def test_a_rotated_checkpoint_reloads_at_the_simulated_perplexity_with_its_stored_rotations(scheme, tmp_path):
+    """transformers loads the weights (rotated) and drops the transforms; the check attaches the stored
+    ones as vLLM applies them: the simulated perplexity. Without them the model is another model."""
+    from engine.export import save_quantized
+    from engine.export.verify import reloaded, reloaded_divergence
+    from engine.quant import PRESETS, perplexity
+    from engine.stats import collect
+    from tests.test_checkpoint import corpus, wide_llama, windows
+
+    loaded = wide_llama(torch.bfloat16)
+    calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
+    spec = QuantSpec(PRESETS[scheme].weights, PRESETS[scheme].activations, rotation=RotationSpec())
+    plan, _ = quantize(loaded, spec, Calibrated(calibration, stats=collect(loaded, calibration)))
+    save_quantized(loaded, plan, spec, tmp_path / "out")
+    evaluation = windows(loaded)
+    with quantized(loaded, plan):
+        simulated = perplexity(loaded, evaluation)
+    checked, how = reloaded_divergence(tmp_path / "out", loaded, evaluation)
+    assert checked.perplexity / simulated == pytest.approx(1.0, abs=1e-3)
+    assert f"its {len(plan.rotations)} stored input rotations attached" in how
+    from engine.models import from_model
+
+    bare = from_model(reloaded(tmp_path / "out", torch.bfloat16), loaded.tokenizer)
+    assert abs(perplexity(bare, evaluation) / simulated - 1) > 0.01  # what transformers alone computes

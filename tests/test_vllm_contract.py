@@ -25,6 +25,12 @@ Transcribed from vllm/model_executor/layers/quantization/:
   symmetric, strategy tensor or attn_head; each attention module's ``self_attn.k_scale`` / ``v_scale``
   is renamed ``self_attn.attn.k_scale`` (a name with no such parameter is dropped with a warning, and
   the scale stays 1.0) and copied into float32 [1] per tensor or, flattened, [num_kv_heads] per head;
+- compressed_tensors/transform/linear.py and module.py: every Linear an online ``input`` transform of
+  the ``transform_config`` matches (compressed-tensors' ``is_match``) gets a ``{scheme}_input``
+  HadamardTransform whose weight is [n, n] (n: the scheme's head_dim, else the layer's input size),
+  loaded per partition of a fused layer (q/k/v, gate/up), which must hold the same data; it is divided
+  by √n after loading and each input multiplied by it (a dense GEMM; the "hadamard" type runs its
+  Hadamard kernel, Sylvester's matrix, instead); no tensor parallelism with online transforms;
 - gptq.py and gptq_marlin.py: ``quantize_config`` keys ``bits``, ``group_size`` (-1: per channel),
   ``desc_act``, ``sym``, ``lm_head``; ``qweight`` int32 [in · bits / 32, out], ``qzeros`` int32
   [groups, out · bits / 32], ``scales`` [groups, out], ``g_idx`` int32 [in]; gptq packs 2, 3, 4 or 8
@@ -40,11 +46,13 @@ import math
 import pytest
 import torch
 from compressed_tensors.quantization import QuantizationConfig
+from compressed_tensors.transform import TransformConfig
+from compressed_tensors.utils import is_match
 from safetensors import safe_open
 
 from engine.export import save_quantized
 from engine.export.compressed import vllm_warning
-from engine.quant import PRESETS, ActivationSpec, Calibrated, MixedSpec, QuantSpec, WeightSpec, quantize
+from engine.quant import PRESETS, ActivationSpec, Calibrated, MixedSpec, QuantSpec, RotationSpec, WeightSpec, quantize
 from tests.test_checkpoint import calibrated, model  # noqa: F401  (fixtures)
 
 WNA16_BITS = (4, 8)
@@ -296,3 +304,31 @@ def test_an_fp8_kv_cache_has_every_scale_vllm_registers(strategy, model, calibra
     assert set(found) == set(registered)
     for name, (dtype, shape) in found.items():  # vLLM's loader converts floating dtypes; the per-head one flattens
         assert dtype in ("BF16", "F16", "F32") and math.prod(shape) == registered[name], (name, dtype, shape)
+
+
+@pytest.mark.parametrize("rotation", [RotationSpec(), RotationSpec(matrix="hadamard", block=32)])
+def test_a_rotated_nvfp4_checkpoint_has_the_transform_of_every_layer_vllm_rotates(rotation, model, calibrated,  # noqa: F811
+                                                                                 tmp_path):
+    spec = QuantSpec(PRESETS["NVFP4 W4A4"].weights, PRESETS["NVFP4 W4A4"].activations, rotation=rotation)
+    plan, _ = quantize(model, spec, Calibrated(calibrated[0], stats=calibrated[1]))
+    save_quantized(model, plan, spec, tmp_path / "out")
+    settings = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    transforms = TransformConfig.model_validate(settings["transform_config"])
+    ((name, scheme),) = transforms.config_groups.items()
+    online = [args for args in scheme.apply if args.is_online()]
+    assert [args.location for args in online] == ["input"]
+    assert scheme.type == ("hadamard" if rotation.matrix.value == "hadamard" else "random-hadamard")  # 32: Sylvester's
+    files, modules = stored(tmp_path / "out"), dict(model.model.named_modules())
+    size = scheme.head_dim
+    for layer, (_, inputs) in linear_shapes(model).items():
+        rotated = is_match(layer, modules[layer], online[0].targets, online[0].ignore)
+        assert rotated == (layer in plan.rotations)
+        if rotated:
+            dtype, shape = files[f"{layer}.{name}_input.weight"]
+            assert shape == (size or inputs, size or inputs) and dtype in ("BF16", "F32", "F16")
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as opened:
+        fused = [opened.get_tensor(f"model.layers.0.self_attn.{part}.{name}_input.weight")
+                 for part in ("q_proj", "k_proj", "v_proj")]
+        matrix = fused[0].double()
+    assert all(torch.equal(part, fused[0]) for part in fused)  # one input, one transform (vLLM checks it)
+    assert torch.equal(matrix @ matrix.T, matrix.shape[0] * torch.eye(matrix.shape[0], dtype=torch.float64))

@@ -22,6 +22,7 @@ from engine.export.checkpoint import (
 from engine.export.checkpoint import refusal as checkpoint_refusal
 from engine.export.experts import simulated_layers
 from engine.export.size import estimated_checkpoint_bytes
+from engine.export.transforms import stored_rotations
 from engine.export.verify import (
     changed_floats,
     dequantized_layers,
@@ -56,4 +57,5 @@ __all__ = [
     "simulated_layers",
     "stored_dtype",
     "stored_kv_scales",
+    "stored_rotations",
 ]

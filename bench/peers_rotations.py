@@ -1,0 +1,97 @@
+"""bench/peers.py --part rotations: llm-compressor 0.14's QuIPModifier (a random-Hadamard input
+rotation of every Linear but the LM head, its default) and SpinQuantModifier (R1 and R2) before its
+NVFP4 and W4A16 presets (``bench/peer_scripts/llmcompressor_rotations.py``), against calibscope's
+"NVFP4 W4A4" and "W4 g128 RTN" (the W4A16 preset is round-to-nearest, as llm-compressor's
+QuantizationModifier is) unrotated, rotated on every layer and where it helps, on the same windows.
+The peer's checkpoints are read back here (their dequantized weights, input global scales and the
+rotation matrices stored as ``{layer}.v_input.weight``) and every result is evaluated by the same
+divergence routine (mean KL divergence from float, perplexity) on the same held-out windows. Goal:
+calibscope's best choice per scheme at or below both its unrotated scheme and llm-compressor's QuIP;
+``{"bench": "peers_rotations", ...}``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from bench._common import report
+from engine.export import dequantized_layers, input_quantizers, stored_rotations
+from engine.quant import (
+    PRESETS,
+    Calibrated,
+    Quantization,
+    QuantizedModel,
+    RotationSpec,
+    divergence,
+    float_reference,
+    quantize,
+    quantized,
+)
+from engine.stats import StatsSpec, collect
+
+SCHEMES = {"NVFP4": "NVFP4 W4A4", "W4A16": "W4 g128 RTN"}  # llm-compressor preset -> calibscope's
+ROTATIONS = {"none": None, "every layer": RotationSpec(), "where it helps": RotationSpec(placement="where it helps")}
+
+
+def measured(loaded, plan: QuantizedModel, evaluation, reference) -> dict:
+    with quantized(loaded, plan):
+        found = divergence(loaded, evaluation, reference)
+    return {"kld": round(found.mean_kld, 5), "perplexity": round(found.perplexity, 3), "top1": round(found.top1_agreement, 4)}
+
+
+def peer_plan(folder: Path) -> QuantizedModel:
+    """The peer's checkpoint as a plan: its dequantized (rotated) weights, input quantizers and stored rotations."""
+    files = {}
+    for index in folder.glob("*.safetensors.index.json"):
+        files = json.loads(index.read_text())["weight_map"]
+    if not files:
+        from safetensors import safe_open
+        for shard in folder.glob("*.safetensors"):
+            with safe_open(shard, "pt") as opened:
+                files.update(dict.fromkeys(opened.keys(), shard.name))
+    return QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=input_quantizers(folder),
+                          rotations=stored_rotations(folder, files))
+
+
+def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path, environment, exported_windows,
+                   here: Path) -> None:
+    jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
+    stats = collect(loaded, calibration, StatsSpec())
+    reference = float_reference(loaded, evaluation)
+    rows, verdict = [], {}
+    for peer_scheme, scheme in SCHEMES.items():
+        found = {}
+        for label, rotation in ROTATIONS.items():
+            spec = dataclasses.replace(PRESETS[scheme], rotation=rotation)
+            plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(calibration, stats=stats))
+            found[label] = measured(loaded, plan, evaluation, reference)
+            rows.append({"tool": "calibscope", "scheme": scheme, "rotation": label, "rotated_layers": len(plan.rotations),
+                         **found[label]})
+            print(rows[-1], flush=True)
+        for peer_rotation in ("quip", "spinquant"):
+            folder = work / f"llmcompressor-{peer_rotation}-{peer_scheme}"
+            shutil.rmtree(folder, ignore_errors=True)
+            subprocess.run([str(environment("llmcompressor")), str(here / "peer_scripts" / "llmcompressor_rotations.py"),
+                            str(checkpoint), str(jsonl), str(folder), peer_rotation, peer_scheme], check=True, cwd=work)
+            error = folder / "error.txt"
+            row = {"tool": "llmcompressor", "scheme": peer_scheme, "rotation": peer_rotation}
+            if error.exists():
+                row["error"] = error.read_text().splitlines()[0]
+            else:
+                plan = peer_plan(folder)
+                row.update(rotated_layers=len(plan.rotations), **measured(loaded, plan, evaluation, reference))
+                found[f"llm-compressor {peer_rotation}"] = row
+            rows.append(row)
+            print(row, flush=True)
+        best = min(("none", "every layer", "where it helps"), key=lambda label: found[label]["kld"])
+        quip = found.get("llm-compressor quip", {}).get("kld", float("inf"))
+        verdict[scheme] = {"best": best, "best_kld": found[best]["kld"], "unrotated_kld": found["none"]["kld"],
+                           "quip_kld": quip, "met": found[best]["kld"] <= min(found["none"]["kld"], quip)}
+    report("peers_rotations", "schemes where calibscope's best rotation choice is at or below both its unrotated "
+           "scheme and llm-compressor's QuIP (mean KLD)", sum(v["met"] for v in verdict.values()), f"all {len(verdict)}",
+           all(v["met"] for v in verdict.values()), dtype=loaded.info.dtype, device=loaded.info.device,
+           reused={"peer environments": "made once under the cache (no timing depends on them)"},
+           verdict=verdict, rows=rows, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
+           evaluation="16 x 512, wikitext-2 test last 20%")
