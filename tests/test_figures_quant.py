@@ -5,8 +5,9 @@ import pytest
 
 from engine.experiments.sweep import SweepResult
 from engine.figures.quant import KLD_FLOOR, divergence_runs, perplexity_runs, sensitivity_depth
+from engine.figures.rotation import rotation_ranges
 from engine.figures.selection import comparison_bars, selection_scatter, sweep_curves
-from engine.quant import Divergence, QuantReport, QuantSpec, WeightSpec
+from engine.quant import Divergence, QuantReport, QuantSpec, RotationSpec, WeightSpec
 
 
 def test_sensitivity_depth_shows_each_measure_in_execution_order():
@@ -118,3 +119,22 @@ def test_runs_on_different_texts_are_told_apart_and_long_names_wrap():
 def test_no_sensitivity_means_no_figure():
     layers = pd.DataFrame({"layer": ["model.layers.0.mlp.down_proj"], "seconds": [0.1]})
     assert sensitivity_depth(QuantReport(QuantSpec(WeightSpec("rtn", 4, 128)), 20.0, 22.0, layers, {})) is None
+
+
+def test_the_rotation_figure_shows_each_layers_ranges_and_errors_both_ways():
+    layers = pd.DataFrame({
+        "layer": [f"model.layers.{i}.mlp.down_proj" for i in range(3)], "kind": ["Linear"] * 3, "block": [0, 1, 2],
+        "channel_ratio_before": [40.0, 8.0, 3.0], "channel_ratio_after": [2.0, 1.5, 1.4],
+        "error_unrotated": [0.3, 0.05, 0.02], "error_rotated": [0.1, 0.06, 0.019], "rotated": [True, False, True],
+        "absmax_before": [80.0, 9.0, 4.0], "absmax_after": [6.0, 3.0, 2.0], "crest_before": [60.0, 10.0, 4.0],
+        "crest_after": [5.0, 4.0, 3.5], "top_share_before": [0.5, 0.1, 0.05], "top_share_after": [0.02, 0.02, 0.02]})
+    spec = QuantSpec(WeightSpec("rtn", 4, 128), rotation=RotationSpec(placement="where it helps"))
+    fig = rotation_ranges(QuantReport(spec, 20.0, 22.0, layers, {}))
+    by_name = {trace.name: trace for trace in fig.data}
+    assert list(by_name["unrotated input"].y) == [40.0, 8.0, 3.0] and list(by_name["rotated input"].y) == [2.0, 1.5, 1.4]
+    assert list(by_name["rotated error"].y) == [0.1, 0.06, 0.019]
+    assert list(by_name["rotated error"].marker.symbol) == ["circle", "circle-open", "circle"]  # the one left unrotated
+    assert "2 of 3 layers rotated; 1 left unrotated" in fig.layout.title.text
+    assert "|max| 80 → 6" in by_name["unrotated input"].text[0]
+    assert rotation_ranges(QuantReport(QuantSpec(WeightSpec("rtn", 4, 128)), 20.0, 22.0, layers.drop(
+        columns=["error_rotated"]), {})) is None

@@ -146,6 +146,7 @@ def test_the_predicted_errors_are_the_layers_quantized_outputs_on_the_probe(tiny
     """Each row's errors against a direct computation: the layer's input captured on the set's first
     tokens, quantized unrotated and rotated with the scheme's per-token inputs and RTN weights."""
     from engine.quant.methods.matrices import quantize_groups
+    from engine.quant.methods.rotation import PROBE_TOKENS, probe_batch
 
     calibration = calibration_set(tiny_llama)
     plan, table = quantize(tiny_llama, QuantSpec(W4A4.weights, W4A4.activations, rotation=RotationSpec()),
@@ -155,11 +156,11 @@ def test_the_predicted_errors_are_the_layers_quantized_outputs_on_the_probe(tiny
     handle = layer.module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].reshape(-1, layer.in_features)))
     try:
         with torch.inference_mode():
-            for sequence in calibration.sequences:
-                tiny_llama.model(input_ids=torch.as_tensor(sequence).view(1, -1))
+            tiny_llama.model(input_ids=probe_batch(calibration))
     finally:
         handle.remove()
-    x, weight = torch.cat(captured).float()[:512], layer.module.weight.detach().float()
+    x, weight = torch.cat(captured).float(), layer.module.weight.detach().float()
+    assert len(x) == min(PROBE_TOKENS, int(calibration.lengths.sum()))  # 4 samples of 64 tokens: all of them
     rotations = layer_rotations(tiny_llama, [layer], RotationSpec())
     rotation = rotations.rotation(layer.name).float()
     quantizer = plan.inputs[layer.name]

@@ -177,3 +177,22 @@ def test_mixed_precision_runs_from_the_tab_and_shows_its_widths_over_depth(calib
     with pytest.raises(CalibscopeError, match="at least two") as refused:
         quantize(calibrated_session, preset="W4 g128 RTN", mixed=True, widths=[4])
     assert refused.value.field == "budget"
+
+
+def test_a_rotation_runs_from_the_tab_and_shows_each_inputs_ranges_before_and_after(calibrated_session):
+    result = quantize(calibrated_session, preset="W4 g128 RTN", act_bits=4, granularity="token", rotation="where it helps",
+                      rotation_block="16 (NVFP4's blocks)")
+    report = result["session"].quantization
+    assert report.spec.rotation.placement.value == "where it helps" and report.spec.rotation.block == 16
+    rows = report.layers.dropna(subset=["error_rotated"])
+    rotated = rows["rotated"].astype(bool)
+    assert set(report.layers["layer"]) - set(rows["layer"]) == {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}
+    # 37 wide: no Hadamard matrix; each input rotated only where its layers' summed predicted error falls
+    assert rows.loc[rotated, "error_rotated"].sum() <= rows.loc[rotated, "error_unrotated"].sum()
+    assert f"Rotation: {int(rotated.sum())} of {len(rows)} layers' inputs rotated" in result["status"]
+    figure = result["rotation"]
+    assert [short_name(layer) for layer in rows["layer"]][:3] == list(figure.layout.xaxis2.ticktext[:3])
+    assert quantize(calibrated_session)["rotation"] is None  # no rotation asked: no view
+    with pytest.raises(CalibscopeError, match="block") as refused:
+        quantize(calibrated_session, preset="W4 g128 RTN", rotation="every layer", rotation_block="7")
+    assert refused.value.field == "rotation_block"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -51,6 +52,7 @@ class LayerRotations:
     matrices: dict[int, torch.Tensor]
     widths: dict[str, int]
     done: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    made: dict = field(default_factory=dict, repr=False)
 
     def order(self, width: int) -> int:
         return self.spec.block or width
@@ -62,8 +64,10 @@ class LayerRotations:
         return block_diagonal(matrix, width) / math.sqrt(matrix.shape[0])
 
     def online(self) -> dict[str, InputRotation]:
-        shared = {order: InputRotation(matrix) for order, matrix in self.matrices.items()}
-        return {name: shared[self.order(width)] for name, width in self.widths.items()}
+        if "online" not in self.made:
+            shared = {order: InputRotation(matrix) for order, matrix in self.matrices.items()}
+            self.made["online"] = {name: shared[self.order(width)] for name, width in self.widths.items()}
+        return self.made["online"]
 
     def rotated(self, layer: str, matrix: torch.Tensor) -> torch.Tensor:
         """[out, in] W R of the layer's original weight, kept in W's dtype: computed in float64 for a
@@ -220,9 +224,9 @@ def range_changes(layers: list[LinearLayer], before: StatsReport, after: StatsRe
 def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor],
                      rotations: LayerRotations, spec: QuantSpec, before: StatsReport, after: StatsReport,
                      calibration: CalibrationSet) -> pd.DataFrame:
-    """Each layer's relative output error on the set's first PROBE_TOKENS tokens, quantized unrotated
-    and rotated (see the module's docstring), measured inside a forward of the float model, one layer
-    at a time (the rotated weights are those the plan keeps)."""
+    """Each layer's relative output error on the set's first PROBE_TOKENS tokens (``probe_batch``),
+    quantized unrotated and rotated (see the module's docstring), measured inside one forward of the
+    float model, one layer at a time (the rotated weights are those the plan keeps)."""
     quantizers = {layer.name: (_input_quantizer(layer, before, spec), _input_quantizer(layer, after, spec))
                   for layer in layers}
     sums: dict[str, torch.Tensor] = {}
@@ -242,19 +246,27 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
     with reserved, loaded.lock, torch.inference_mode():
         handles = [layer.module.register_forward_pre_hook(hook_for(layer)) for layer in layers]
         try:
-            device, left = model_device(loaded.model), PROBE_TOKENS
-            for sequence in calibration.sequences:
-                if left <= 0:
-                    break
-                tokens = torch.as_tensor(sequence[:left], device=device).view(1, -1)
-                loaded.model(input_ids=tokens)
-                left -= tokens.shape[1]
+            loaded.model(input_ids=probe_batch(calibration).to(model_device(loaded.model)))
         finally:
             for handle in handles:
                 handle.remove()
     totals = {name: found.cpu() for name, found in sums.items()}  # one read-back, after the pass
     return pd.DataFrame([{"layer": name, "error_unrotated": float(s[0] / s[2].clamp(min=1e-30)),
                           "error_rotated": float(s[1] / s[2].clamp(min=1e-30))} for name, s in totals.items()])
+
+
+def probe_batch(calibration: CalibrationSet) -> torch.Tensor:
+    """The set's first sequences, cut to a common length, about PROBE_TOKENS tokens in all, as one
+    unpadded batch [sequences, length]: one forward, so each layer's errors are computed once."""
+    chosen, total = [], 0
+    for sequence in calibration.sequences:
+        if total >= PROBE_TOKENS:
+            break
+        chosen.append(sequence)
+        total += len(sequence)
+    length = min(PROBE_TOKENS, *(len(sequence) for sequence in chosen))
+    count = max(1, min(len(chosen), PROBE_TOKENS // length))
+    return torch.as_tensor(np.stack([sequence[:length] for sequence in chosen[:count]]), dtype=torch.long)
 
 
 def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
@@ -269,9 +281,9 @@ def _errors(x: torch.Tensor, weight: torch.Tensor, rotations: LayerRotations, na
             plain: InputQuantizer | None, rotated: InputQuantizer | None) -> torch.Tensor:
     """Σ‖ŷ - y‖² unrotated, rotated, and Σ‖y‖², y = x Wᵀ, on these tokens."""
     reference = x @ weight.to(x.device).float().T
-    rotation = rotations.rotation(name).to(device=x.device, dtype=torch.float32)
+    turned = rotations.online()[name].to(x.device).rotate(x)
     found = []
-    for inputs, w, quantizer in ((x, weight, plain), (x @ rotation, rotations.rotated(name, weight), rotated)):
+    for inputs, w, quantizer in ((x, weight, plain), (turned, rotations.rotated(name, weight), rotated)):
         w = w.to(x.device)
         if quantizer is not None:
             inputs = quantizer.to(x.device).fake_quantize(inputs)
