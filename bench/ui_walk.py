@@ -48,7 +48,7 @@ def main() -> None:
         page.goto(url)
         walk = Walk(page, timeout_ms=1_800_000)
         # the tiny model's widths (32, 37) take no group of 128: its first run, written at the end, is per channel
-        walk_steps = steps(scheme_first="W8A8 static (min/max)") if args.quick else steps()
+        walk_steps = steps(scheme_first="W8A8 static (min/max)", rotated_scheme="W4 g128 RTN") if args.quick else steps()
         if args.steps:
             wanted = {name.strip() for name in args.steps.split(",")}
             walk_steps = [step for step in walk_steps if step.name in wanted]

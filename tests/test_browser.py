@@ -115,8 +115,9 @@ def test_a_walk_through_every_tab_with_every_export_format_and_a_cancel(tmp_path
     with served_app(limits=Limits(), default_model="tiny-random-llama") as url, chromium_page() as page:
         page.goto(url)
         walk = Walk(page, timeout_ms=120_000)
-        # the tiny model's 37-wide MLP takes no groups of 128 in a checkpoint: its first run is per channel
-        for step in steps(scheme_first="W8A8 static (min/max)"):
+        # the tiny model's 37-wide MLP takes no groups of 128 in a checkpoint: its first run is per channel;
+        # nor MXFP4's blocks of 32: its rotated run is W4 RTN
+        for step in steps(scheme_first="W8A8 static (min/max)", rotated_scheme="W4 g128 RTN"):
             status = walk.run(step)
         assert set(walk.times) == {step.name for step in steps()}
         assert "Wrote compressed-tensors checkpoint" in status and "equal within 0.1%" in status  # written, reloaded

@@ -93,7 +93,17 @@ def mixed_precision(page):
     visible(page, "Mix weight widths per layer").check()
 
 
-def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...] = ("random", "embedding-clusters")):
+def rotated(scheme: str) -> Callable:
+    """``scheme`` with its inputs rotated where the calibration set predicts it helps."""
+    def prepare(page):
+        choose("Scheme", scheme)(page)
+        page.get_by_text("Rotation", exact=True).click()  # the accordion opens
+        visible(page, "where it helps").check()
+    return prepare
+
+
+def steps(scheme_first: str = "W4 g128 RTN", rotated_scheme: str = "MXFP4 W4A4",
+          compare_strategies: tuple[str, ...] = ("random", "embedding-clusters")):
     """Every tab's main button with its defaults (the comparison as small as it gets: one seed, 4
     samples); the first quantization run is written as a checkpoint and reloaded at the end."""
     def small_comparison(page):
@@ -119,6 +129,8 @@ def steps(scheme_first: str = "W4 g128 RTN", compare_strategies: tuple[str, ...]
              screenshot="quantize-awq.png"),
         Step("quantize (mixed)", "Quantize", "Quantize and evaluate", "bits/weight (output error): perplexity",
              mixed_precision, screenshot="quantize-mixed.png"),
+        Step("quantize (rotation)", "Quantize", "Quantize and evaluate", "inputs rotated", rotated(rotated_scheme),
+             screenshot="quantize-rotation.png"),
         Step("compare", "Compare", "Run comparison", "Compared ", small_comparison, screenshot="compare.png"),
         Step("imatrix", "Imatrix", "Collect imatrix", "tensors over", screenshot="imatrix.png"),
         Step("export", "Export", "Prepare downloads", "Ready"),

@@ -45,8 +45,10 @@ def rotation_ranges(report: QuantReport) -> go.Figure | None:
     left = int((~kept).sum())
     said = f"{int(kept.sum())} of {len(rows)} layers rotated" + (f"; {left} left unrotated (hollow)" if left else "")
     styled(fig, f"Rotation: inputs before and after, and what it predicts ({said})", "", "")
-    fig.update_yaxes(type="log", row=1, col=1, title_text="ratio")
-    fig.update_yaxes(type="log", row=2, col=1, title_text="relative error", tickformat=".1%")
+    highest = float(np.nanmax(rows[["channel_ratio_before", "channel_ratio_after"]].to_numpy()))
+    ticks = [value for value in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if value <= 2 * highest]
+    fig.update_yaxes(type="log", row=1, col=1, title_text="ratio", tickvals=ticks, ticktext=[str(v) for v in ticks])
+    fig.update_yaxes(type="log", row=2, col=1, title_text="relative error", tickformat=".1%", dtick="D2")
     step = max(1, len(rows) // 24)
     fig.update_xaxes(tickvals=x[::step], ticktext=names[::step], tickangle=-45, row=2, col=1)
     fig.update_annotations(font_size=12)

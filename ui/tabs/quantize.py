@@ -7,6 +7,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
+from engine.errors import SpecError
 from engine.experiments import HELD_OUT, UPLOADED, EvaluationSpec, QuantRun
 from engine.figures import (
     divergence_runs,
@@ -188,7 +189,9 @@ class QuantizeForm:
     def rotation_spec(self) -> RotationSpec | None:
         if self.rotation == NO_ROTATION:
             return None
-        return RotationSpec(self.rotation, self.rotation_matrix, ROTATION_BLOCKS.get(self.rotation_block, 0))
+        if self.rotation_block not in ROTATION_BLOCKS:
+            raise SpecError(f"Rotation block {self.rotation_block!r} is not one of {', '.join(ROTATION_BLOCKS)}.")
+        return RotationSpec(self.rotation, self.rotation_matrix, ROTATION_BLOCKS[self.rotation_block])
 
     def spec(self) -> QuantSpec:
         """The scheme, with its widths mixed per layer group when asked."""
@@ -308,6 +311,9 @@ def awq_sentence(layers: pd.DataFrame) -> str:
 
 
 ERRORS = ("output_error", "input_error", "kv_error")
+ROTATION_SHARES = ("error_unrotated", "error_rotated", "top_share_before", "top_share_after")
+ROTATION_RANGES = tuple(f"{measure}_{side}" for measure in ("absmax", "crest", "channel_ratio", "tail")
+                        for side in ("before", "after"))
 AWQ_ERRORS = ("awq_error_identity", "awq_error_best", "output_error_before_awq", "clipped_groups")
 
 
@@ -324,9 +330,9 @@ def layer_table(report: QuantReport) -> tuple[pd.DataFrame, str]:
         table, title = table.loc[worst.sort_values(ascending=False).index], "Per layer, largest relative error first"
     else:
         title = "Per layer, in execution order (no sensitivity measured)"
-    formats = {column: percent for column in (*ERRORS, *AWQ_ERRORS, "weight_error") if column in table}
+    formats = {column: percent for column in (*ERRORS, *AWQ_ERRORS, *ROTATION_SHARES, "weight_error") if column in table}
     formats.update({c: ".4g" for c in ("gptq_loss", "perplexity_change", "clip", "hessian_trace", "smoothing_max",
-                                       "awq_ratio", "awq_scale_max") if c in table})
+                                       "awq_ratio", "awq_scale_max", *ROTATION_RANGES) if c in table})
     return shown(table.drop(columns=["seconds", "layer"]), formats), title
 
 

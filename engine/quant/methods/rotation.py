@@ -31,7 +31,7 @@ from engine.quant.activations.inputs import InputQuantizer, input_quantizer
 from engine.quant.apply import QuantizedModel, module_weight, quantized
 from engine.quant.formats.hadamard import InputRotation, block_diagonal, hadamard, has_hadamard, random_hadamard
 from engine.quant.methods.matrices import quantize_groups
-from engine.quant.specs import QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
+from engine.quant.specs import Granularity, QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
 from engine.runner import model_device
 from engine.sampling import CalibrationSet
 from engine.stats import StatsReport, StatsSpec, collect
@@ -172,7 +172,9 @@ def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, t
     predict each input group's error both ways, and keep the rotations the placement asks for."""
     candidates = layer_rotations(loaded, layers, spec.rotation)
     layers = [layer for layer in layers if layer.name in candidates.widths]  # the others stay unrotated
-    stats_spec = before.spec if before is not None else StatsSpec()
+    # per-channel histograms (512 bytes a channel) only where per-channel percentiles set the ranges
+    per_channel = spec.activations.enabled and spec.activations.granularity is Granularity.CHANNEL
+    stats_spec = replace(before.spec if before is not None else StatsSpec(), channel_histograms=per_channel)
     names, rotation = tuple(layer.name for layer in layers), replace(spec.rotation, placement=Rotation.EVERY_LAYER)
     key = (calibration.manifest.token_sha256, stats_spec, names)
     if before is None or before.meta.get("calibration_sha256") != calibration.manifest.token_sha256:
