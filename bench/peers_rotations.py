@@ -11,10 +11,11 @@ calibscope's best choice per scheme at or below both its unrotated scheme and ll
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 from pathlib import Path
+
+from safetensors import safe_open
 
 from bench._common import report
 from engine.export import dequantized_layers, input_quantizers, stored_rotations
@@ -41,18 +42,26 @@ def measured(loaded, plan: QuantizedModel, evaluation, reference) -> dict:
     return {"kld": round(found.mean_kld, 5), "perplexity": round(found.perplexity, 3), "top1": round(found.top1_agreement, 4)}
 
 
+def shard_names(folder: Path) -> dict[str, str]:
+    """Each tensor's shard file in a checkpoint folder."""
+    files = {}
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(shard, "pt") as opened:
+            files.update(dict.fromkeys(opened.keys(), shard.name))
+    return files
+
+
 def peer_plan(folder: Path) -> QuantizedModel:
     """The peer's checkpoint as a plan: its dequantized (rotated) weights, input quantizers and stored rotations."""
-    files = {}
-    for index in folder.glob("*.safetensors.index.json"):
-        files = json.loads(index.read_text())["weight_map"]
-    if not files:
-        from safetensors import safe_open
-        for shard in folder.glob("*.safetensors"):
-            with safe_open(shard, "pt") as opened:
-                files.update(dict.fromkeys(opened.keys(), shard.name))
-    return QuantizedModel(weights=dict(dequantized_layers(folder)), inputs=input_quantizers(folder),
-                          rotations=stored_rotations(folder, files))
+    files = shard_names(folder)
+    weights = dict(dequantized_layers(folder))
+    stored = stored_rotations(folder, files)
+    # QuIP shares one matrix per width across layers, which save_pretrained may write once (tied):
+    # every quantized layer takes the stored matrix of its input width
+    by_width = {rotation.order: rotation for rotation in stored.values()}
+    rotations = {name: stored.get(name, by_width.get(weight.shape[-1])) for name, weight in weights.items()}
+    return QuantizedModel(weights=weights, inputs=input_quantizers(folder),
+                          rotations={name: rotation for name, rotation in rotations.items() if rotation is not None})
 
 
 def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path, environment, exported_windows,
@@ -81,7 +90,8 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
                 row["error"] = error.read_text().splitlines()[0]
             else:
                 plan = peer_plan(folder)
-                row.update(rotated_layers=len(plan.rotations), **measured(loaded, plan, evaluation, reference))
+                row.update(rotated_layers=len(plan.rotations), stored_matrices=len(stored_rotations(folder, shard_names(folder))),
+                           **measured(loaded, plan, evaluation, reference))
                 found[f"llm-compressor {peer_rotation}"] = row
             rows.append(row)
             print(row, flush=True)
