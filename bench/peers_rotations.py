@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from bench._common import report
-from engine.export import dequantized_layers, input_quantizers, stored_rotations
+from engine.export import changed_floats, dequantized_layers, input_quantizers, stored_rotations
 from engine.quant import (
     PRESETS,
     Calibrated,
@@ -51,8 +51,9 @@ def shard_names(folder: Path) -> dict[str, str]:
     return files
 
 
-def peer_plan(folder: Path) -> QuantizedModel:
-    """The peer's checkpoint as a plan: its dequantized (rotated) weights, input quantizers and stored rotations."""
+def peer_plan(folder: Path, loaded) -> QuantizedModel:
+    """The peer's checkpoint as a plan: its dequantized (rotated) weights, input quantizers, stored
+    rotations and the float tensors it changed (SpinQuant's rotated embedding, head and fused norms)."""
     files = shard_names(folder)
     weights = dict(dequantized_layers(folder))
     stored = stored_rotations(folder, files)
@@ -60,7 +61,7 @@ def peer_plan(folder: Path) -> QuantizedModel:
     # every quantized layer takes the stored matrix of its input width
     by_width = {rotation.order: rotation for rotation in stored.values()}
     rotations = {name: stored.get(name, by_width.get(weight.shape[-1])) for name, weight in weights.items()}
-    return QuantizedModel(weights=weights, inputs=input_quantizers(folder),
+    return QuantizedModel(weights=weights, inputs=input_quantizers(folder), floats=changed_floats(folder, loaded),
                           rotations={name: rotation for name, rotation in rotations.items() if rotation is not None})
 
 
@@ -89,7 +90,7 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
             if error.exists():
                 row["error"] = error.read_text().splitlines()[0]
             else:
-                plan = peer_plan(folder)
+                plan = peer_plan(folder, loaded)
                 row.update(rotated_layers=len(plan.rotations), stored_matrices=len(stored_rotations(folder, shard_names(folder))),
                            **measured(loaded, plan, evaluation, reference))
                 found[f"llm-compressor {peer_rotation}"] = row

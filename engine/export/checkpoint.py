@@ -194,9 +194,9 @@ class CheckpointWriter:
             raise ExportError(f"{min(unquantized)} was rescaled (SmoothQuant or AWQ) but not quantized, so its rescaled "
                               "float weight has no place in the checkpoint; quantize every layer the rescaling touched.")
         self.floats.update(plan.floats)
-        if plan.rotations:
-            self.shards.add(transforms.transform_tensors(plan.rotations, self.dtype))
-            self.rotations.update(plan.rotations)
+        for name, tensor in transforms.transform_tensors(plan.rotations, self.dtype):  # one at a time
+            self.shards.add({name: tensor})
+        self.rotations.update(plan.rotations)
         if plan.kv_cache:
             self.shards.add(compressed.kv_cache_tensors(plan.kv_cache, self.dtype))
             self.kv_layers = len(plan.kv_cache)

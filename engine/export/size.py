@@ -4,6 +4,7 @@ checkpoint's dtype. What a disk quota is asked for, and what a download cap comp
 from __future__ import annotations
 
 from engine.export.checkpoint import CheckpointDtype, stored_dtype
+from engine.export.transforms import transform_bytes
 from engine.models import LoadedModel
 from engine.quant import QuantSpec, quantizable_layers
 
@@ -35,4 +36,6 @@ def estimated_checkpoint_bytes(loaded: LoadedModel, spec: QuantSpec,
         total += parameter.numel()
     itemsize = stored_dtype(loaded, dtype).itemsize
     per_channel = sum(layer.out_features for layer in layers) * itemsize * 2
-    return int(MARGIN * ((total - quantized) * itemsize + quantized * _bits_per_weight(spec, itemsize) / 8 + per_channel))
+    rotations = transform_bytes(loaded, spec, stored_dtype(loaded, dtype))
+    return int(MARGIN * ((total - quantized) * itemsize + quantized * _bits_per_weight(spec, itemsize) / 8 + per_channel
+                         + rotations))

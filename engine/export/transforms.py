@@ -15,13 +15,14 @@ transformers (5.x, with compressed-tensors 0.20) does not apply a transform_conf
 checkpoint: it drops the transform tensors. The reload check (verify.py) attaches them as vLLM does."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
 from safetensors import safe_open
 
-from engine.quant import InputRotation, QuantSpec, RotationMatrix
+from engine.quant import InputRotation, QuantSpec, RotationMatrix, quantizable_layers
 
 GROUP = "v"  # llm-compressor QuIP's name for its input rotation
 SUFFIX = f".{GROUP}_input.weight"
@@ -44,16 +45,34 @@ def transform_config(spec: QuantSpec, rotations: dict[str, InputRotation]) -> Tr
     return TransformConfig(config_groups={GROUP: scheme})
 
 
-def transform_tensors(rotations: dict[str, InputRotation], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Each rotated layer's ±1 matrix (exact in any float dtype), as ``{layer}.v_input.weight``."""
-    return {f"{name}{SUFFIX}": rotation.matrix.to(dtype).contiguous() for name, rotation in rotations.items()}
+def transform_tensors(rotations: dict[str, InputRotation], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each rotated layer's ±1 matrix (exact in any float dtype), as ``{layer}.v_input.weight``, made one
+    at a time (vLLM loads each layer's own; the layers of one width share the values)."""
+    for name, rotation in rotations.items():
+        yield f"{name}{SUFFIX}", rotation.matrix.to(dtype).contiguous()
+
+
+def transform_bytes(loaded, spec: QuantSpec, dtype: torch.dtype) -> int:
+    """What the rotated layers' matrices add to a checkpoint (an upper bound: every rotatable layer)."""
+    if spec.rotation is None:
+        return 0
+    return sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize
+               for layer in quantizable_layers(loaded.model, spec) if isinstance(layer.module, torch.nn.Linear))
 
 
 def stored_rotations(folder: Path, files: dict[str, str]) -> dict[str, InputRotation]:
-    """The online input rotations a checkpoint holds (``files``: tensor name -> its shard)."""
-    found = {}
+    """The online input rotations a checkpoint holds (``files``: tensor name -> its shard); the layers
+    whose matrices are equal share one (as they do in the plan that wrote them)."""
+    found: dict[str, InputRotation] = {}
+    distinct: list[InputRotation] = []
     for key, file in files.items():
         if key.endswith(SUFFIX):
             with safe_open(folder / file, "pt") as opened:
-                found[key.removesuffix(SUFFIX)] = InputRotation(opened.get_tensor(key))
+                matrix = opened.get_tensor(key).to(torch.float32)
+            same = next((rotation for rotation in distinct if rotation.order == matrix.shape[0]
+                         and torch.equal(rotation.matrix, matrix)), None)
+            if same is None:
+                same = InputRotation(matrix)
+                distinct.append(same)
+            found[key.removesuffix(SUFFIX)] = same
     return found

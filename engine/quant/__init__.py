@@ -13,7 +13,7 @@ from engine.quant.entry import quantize
 from engine.quant.evaluate import ALL_AT_ONCE, QuantReport, evaluate
 from engine.quant.formats.floats import FloatWeight, NumberFormat
 from engine.quant.formats.grid import Grid, IntWeight, rounds_scales
-from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard, random_hadamard
+from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard, has_random_hadamard, random_hadamard
 from engine.quant.formats.kv import KVScales, fake_quantize_fp8_kv
 from engine.quant.formats.rtn import rtn
 from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
@@ -108,6 +108,7 @@ __all__ = [
     "gptq",
     "hadamard",
     "has_hadamard",
+    "has_random_hadamard",
     "kv_cache_table",
     "kv_method_ranges",
     "layer_rotations",

@@ -95,6 +95,7 @@ class QuantizedModel:
         for name in names:
             self.weights.pop(name, None)
             self.integers.pop(name, None)
+            self.rotations.pop(name, None)  # a rotated input needs its rotated weight
 
     def only(self, names: set[str]) -> QuantizedModel:
         """The same quantization restricted to some layers (per-layer sensitivity): a smoothed model
@@ -152,8 +153,9 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
                 parameter = loaded.model.get_parameter(name)
                 originals[name] = parameter.data
                 parameter.data = value
-            for name, rotation in plan.rotations.items():  # first: the input is rotated, then quantized
-                handles.append(modules[name].register_forward_pre_hook(_rotating(rotation.to(modules[name].weight.device))))
+            shared = _SharedRotation()  # first: the input is rotated, then quantized
+            for name, rotation in plan.rotations.items():
+                handles.append(modules[name].register_forward_pre_hook(shared.hook(rotation)))
             for name, grid in plan.inputs.items():
                 device = modules[name].weight.device
                 handles.append(modules[name].register_forward_pre_hook(_input_quantizer(grid.to(device))))
@@ -196,11 +198,21 @@ def rescaled(matrix: torch.Tensor, columns: torch.Tensor | None = None, rows: to
     return result
 
 
-def _rotating(rotation: InputRotation):
-    def hook(_module, args):
-        return (rotation.rotate(args[0]), *args[1:])
+class _SharedRotation:
+    """Layers that read one input tensor (q/k/v, gate/up) get one rotated tensor: it is rotated once,
+    as vLLM rotates a fused layer's input, and the passes still see that they share it."""
 
-    return hook
+    def __init__(self) -> None:
+        self.last: tuple | None = None  # (input, rotation, rotated input)
+
+    def hook(self, rotation: InputRotation):
+        def rotate(_module, args):
+            x = args[0]
+            if self.last is None or self.last[0] is not x or self.last[1] is not rotation:
+                self.last = (x, rotation, rotation.rotate(x))
+            return (self.last[2], *args[1:])
+
+        return rotate
 
 
 def _input_quantizer(grid: InputQuantizer):

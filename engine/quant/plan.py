@@ -157,11 +157,8 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         percentiles = stats.spec.percentiles if stats is not None else ()
         rotated, rotation_rows = None, {}
         if spec.rotation is not None:
-            if hessians is not None:
-                groups = hessians.shared_with
-            else:
-                with loaded.lock:
-                    groups = sharing if sharing is not None else input_sharing(loaded.model, layers, loaded.device)
+            with loaded.lock:  # every layer's (Hessians may cover some): vLLM fuses them, one rotation per input
+                groups = sharing if sharing is not None else input_sharing(loaded.model, layers, loaded.device)
             rotated = rotate(loaded, layers, matrices, spec, calibration, stats, groups, scaled(progress, 0.0, 0.4))
             matrices, hessians = rotated.rotations.weights(matrices), rotated.rotations.hessians(hessians)
             arrays_of, percentiles = rotated.arrays, rotated.after.spec.percentiles

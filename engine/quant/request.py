@@ -71,8 +71,8 @@ class Quantization:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity", choice(Sensitivity, self.sensitivity, "sensitivity"))
         if self.sequential and not self.spec.can_run_sequentially:
-            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ, mixed precision or "
-                            f"a KV cache), not "
+            raise SpecError(f"sequential is for GPTQ weights only (with float activations, without AWQ, mixed precision, "
+                            f"a KV cache or a rotation), not "
                             f"{self.spec.label()}: leave it off for this scheme.")
 
     @classmethod

@@ -286,14 +286,17 @@ def kv_sentence(report: QuantReport) -> str:
 def rotation_sentence(report: QuantReport) -> str:
     """What the rotation did, in one sentence (empty without one)."""
     rows = report.layers
-    if report.spec.rotation is None or "error_rotated" not in rows:
+    if report.spec.rotation is None or "rotated" not in rows:
         return ""
+    without = int((rows["kind"] != "kv cache").sum() - rows["rotated"].notna().sum())
     rows = rows.dropna(subset=["error_rotated"])
     rotated = rows[rows["rotated"].astype(bool)]
     fell = 1 - rows["error_rotated"].sum() / max(rows["error_unrotated"].sum(), 1e-30)
     left = len(rows) - len(rotated)
     where = f"; {left} whose predicted error it raised left unrotated" if left else ""
     ratio = (rows["channel_ratio_before"] / rows["channel_ratio_after"]).median()
+    if without:
+        where += f"; {without} more have no Hadamard matrix of their width and stay unrotated"
     return (f"\n- Rotation: {len(rotated)} of {len(rows)} layers' inputs rotated{where}. On the calibration set's first "
             f"tokens, rotating all of them changes their summed output error by {-100 * fell:+.0f}% (predicted, RTN "
             f"weights); their largest channel over the median channel fell {ratio:.1f}x (median over layers).")

@@ -21,7 +21,9 @@ import math
 from functools import lru_cache
 
 import torch
+from compressed_tensors.transform.utils.hadamard import REPO_PATH as KNOWN_MATRICES
 from compressed_tensors.transform.utils.hadamard import _fetch_hadamard_divisor, random_hadamard_matrix
+from safetensors import safe_open
 
 from engine.errors import CalibscopeError
 
@@ -75,35 +77,68 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-@lru_cache(maxsize=32)
-def _hadamard(n: int) -> torch.Tensor:
-    if _power_of_two(n):
-        return _sylvester(n)
-    odd_part = n
-    while odd_part % 2 == 0:
-        odd_part //= 2
-    for factor in (4 * odd_part, 8 * odd_part, 16 * odd_part, 2 * odd_part):  # the smallest Paley order first
-        if n % factor == 0 and (base := _paley(factor)) is not None:
-            return torch.kron(base, _sylvester(n // factor))
-    known = _fetch_hadamard_divisor(n, torch.float64)
-    if known is not None:
-        return torch.kron(known, _sylvester(n // known.shape[0]))
-    raise CalibscopeError(f"No Hadamard matrix of order {n} is known here (orders are 1, 2 or multiples of 4, built as a "
-                          "Paley matrix of a prime or a known one times a power of two): rotate in blocks whose size "
-                          "divides it (e.g. the head dimension or 128), or leave this layer unrotated.")
+def _odd_part(n: int) -> int:
+    while n and n % 2 == 0:
+        n //= 2
+    return n
+
+
+def _paley_base(n: int) -> int | None:
+    """The Paley order the Kronecker product of ``n`` starts from (the smallest that works), or None."""
+    odd = _odd_part(n)
+    for factor in (4 * odd, 8 * odd, 16 * odd, 2 * odd):
+        if n % factor == 0 and _power_of_two(n // factor) and _paley_exists(factor):
+            return factor
+    return None
+
+
+def _paley_exists(order: int) -> bool:
+    return ((_is_prime(order - 1) and (order - 1) % 4 == 3)
+            or (order % 2 == 0 and _is_prime(order // 2 - 1) and (order // 2 - 1) % 4 == 1))
+
+
+@lru_cache(maxsize=1)
+def _known_orders() -> tuple[int, ...]:
+    """The orders of the matrices compressed-tensors ships (read once, not loaded)."""
+    with safe_open(str(KNOWN_MATRICES), framework="pt") as file:
+        return tuple(sorted((int(key) for key in file.keys()), reverse=True))  # noqa: SIM118 (not a container)
+
+
+def known_base(n: int) -> int | None:
+    """The largest order among compressed-tensors' known matrices that leaves a power of two, as its
+    random Hadamard takes it, or None."""
+    return next((order for order in _known_orders() if n % order == 0 and _power_of_two(n // order)), None)
+
+
+@lru_cache(maxsize=16)
+def _base(order: int) -> torch.Tensor:
+    """A small base matrix (kept: a few KB each); the Kronecker products are made when asked."""
+    if _power_of_two(order):
+        return _sylvester(order)
+    found = _paley(order)
+    return found if found is not None else _fetch_hadamard_divisor(order, torch.float64)
+
+
+def has_hadamard(n: int) -> bool:
+    """Whether ``hadamard(n)`` exists here, answered without building it."""
+    return n > 0 and (_power_of_two(n) or _paley_base(n) is not None or known_base(n) is not None)
 
 
 def hadamard(n: int) -> torch.Tensor:
     """A Hadamard matrix of order ``n`` (float64, entries ±1, H Hᵀ = n I); deterministic."""
-    return _hadamard(n).clone()
+    if not has_hadamard(n):
+        raise CalibscopeError(f"No Hadamard matrix of order {n} is known here (orders are 1, 2 or multiples of 4, built "
+                              "as a Paley matrix of a prime or a known one times a power of two): rotate in blocks whose "
+                              "size divides it (e.g. the head dimension or 128), or leave this layer unrotated.")
+    if _power_of_two(n):
+        return _sylvester(n)
+    base = _paley_base(n) or known_base(n)
+    return torch.kron(_base(base), _sylvester(n // base))
 
 
-def has_hadamard(n: int) -> bool:
-    try:
-        _hadamard(n)
-    except CalibscopeError:
-        return False
-    return True
+def has_random_hadamard(n: int) -> bool:
+    """Whether compressed-tensors builds a random Hadamard of order ``n`` (a known matrix times a power of two)."""
+    return n > 0 and known_base(n) is not None
 
 
 def random_hadamard(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -116,11 +151,6 @@ def random_hadamard(n: int, generator: torch.Generator) -> torch.Tensor:
                               "Hadamard, or rotate in blocks whose size divides it.") from None
 
 
-def block_diagonal(matrix: torch.Tensor, width: int) -> torch.Tensor:
-    """I ⊗ ``matrix``: the rotation of ``width`` channels in consecutive blocks of matrix's order."""
-    return torch.block_diag(*[matrix] * (width // matrix.shape[0]))
-
-
 class InputRotation:
     """x -> x H / √b at inference, in consecutive blocks of b = H's order channels, computed in float32
     and returned in x's dtype, as compressed-tensors' online transform computes it at its default
@@ -129,10 +159,15 @@ class InputRotation:
     def __init__(self, matrix: torch.Tensor) -> None:
         self.matrix = matrix.to(torch.float32)
         self.order = matrix.shape[0]
+        self._on: dict[torch.device, torch.Tensor] = {self.matrix.device: self.matrix}  # one copy per device
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The matrix on ``device``, copied there once for every layer that shares this rotation."""
+        device = torch.device(device)
+        if device not in self._on:
+            self._on[device] = self.matrix.to(device)
+        return self._on[device]
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         blocks = x.to(torch.float32).unflatten(-1, (-1, self.order))
-        return ((blocks @ self.matrix) / math.sqrt(self.order)).flatten(-2).to(x.dtype)
-
-    def to(self, device: torch.device) -> InputRotation:
-        return self if self.matrix.device == device else InputRotation(self.matrix.to(device))
+        return ((blocks @ self.on(x.device)) / math.sqrt(self.order)).flatten(-2).to(x.dtype)

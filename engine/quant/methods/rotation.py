@@ -29,7 +29,7 @@ from engine.memo import OwnerMemo
 from engine.models import LinearLayer, LoadedModel, find_linear_layers
 from engine.quant.activations.inputs import InputQuantizer, input_quantizer
 from engine.quant.apply import QuantizedModel, module_weight, quantized
-from engine.quant.formats.hadamard import InputRotation, block_diagonal, hadamard, has_hadamard, random_hadamard
+from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard, has_random_hadamard, random_hadamard
 from engine.quant.methods.matrices import quantize_groups
 from engine.quant.specs import Granularity, QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
 from engine.runner import model_device
@@ -39,7 +39,7 @@ from engine.stats import StatsReport, StatsSpec, collect
 PROBE_TOKENS = 512  # tokens of the calibration set each layer's predicted errors are measured on
 # the statistics of a model's inputs on one set, unrotated and rotated: a scheme, its placement
 # changed or another scheme on the same set and rotation reuses them instead of two more passes
-_STATISTICS: OwnerMemo[StatsReport] = OwnerMemo(keep=4)
+_STATISTICS: OwnerMemo[StatsReport] = OwnerMemo(keep=2)
 
 
 @dataclass
@@ -51,17 +51,15 @@ class LayerRotations:
     spec: RotationSpec
     matrices: dict[int, torch.Tensor]
     widths: dict[str, int]
-    done: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    done: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
     made: dict = field(default_factory=dict, repr=False)
 
     def order(self, width: int) -> int:
         return self.spec.block or width
 
-    def rotation(self, layer: str) -> torch.Tensor:
-        """R = H / √b (block-diagonal over the layer's width), float64."""
-        width = self.widths[layer]
-        matrix = self.matrices[self.order(width)]
-        return block_diagonal(matrix, width) / math.sqrt(matrix.shape[0])
+    def matrix(self, layer: str) -> torch.Tensor:
+        """The layer's ±1 Hadamard matrix (float64): its whole width, or one block of R = I ⊗ H."""
+        return self.matrices[self.order(self.widths[layer])]
 
     def online(self) -> dict[str, InputRotation]:
         if "online" not in self.made:
@@ -70,14 +68,17 @@ class LayerRotations:
         return self.made["online"]
 
     def rotated(self, layer: str, matrix: torch.Tensor) -> torch.Tensor:
-        """[out, in] W R of the layer's original weight, kept in W's dtype: computed in float64 for a
-        float32 weight (as compressed-tensors fuses), in float32 for a half-precision one, whose
-        rounding is 2^16 times coarser than float32's."""
-        if layer not in self.done:
+        """[out, in] W R of ``matrix`` (the layer's weight), kept in its dtype and made once: block by
+        block (W's columns in blocks of b times H_b / √b), in float64 for a float32 weight (as
+        compressed-tensors fuses), in float32 for a half-precision one, whose rounding is 2^16 times
+        coarser than float32's."""
+        key = (layer, matrix.data_ptr())
+        if key not in self.done:
             wide = torch.float64 if matrix.dtype == torch.float32 else torch.float32
-            rotation = self.rotation(layer).to(device=matrix.device, dtype=wide)
-            self.done[layer] = (matrix.to(wide) @ rotation).to(matrix.dtype)
-        return self.done[layer]
+            hadamard = self.matrix(layer).to(device=matrix.device, dtype=wide)
+            blocks = matrix.to(wide).unflatten(-1, (-1, hadamard.shape[0]))
+            self.done[key] = ((blocks @ hadamard).flatten(-2) / math.sqrt(hadamard.shape[0])).to(matrix.dtype)
+        return self.done[key]
 
     def weights(self, matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: self.rotated(name, matrix) if name in self.widths else matrix for name, matrix in matrices.items()}
@@ -88,7 +89,7 @@ class LayerRotations:
     def only(self, names: set[str]) -> LayerRotations:
         widths = {name: width for name, width in self.widths.items() if name in names}
         return LayerRotations(self.spec, {self.order(w): self.matrices[self.order(w)] for w in widths.values()}, widths,
-                              {name: weight for name, weight in self.done.items() if name in widths})
+                              {key: weight for key, weight in self.done.items() if key[0] in widths})
 
     def plan(self, layers: list[LinearLayer], matrices: dict[str, torch.Tensor]) -> QuantizedModel:
         """The float model with these rotations: rotated weights in, inputs rotated online."""
@@ -98,11 +99,13 @@ class LayerRotations:
 
 
 class RotatedHessians:
-    """A HessianReport seen through the rotations: the Hessian of x R is Rᵀ H R."""
+    """A HessianReport seen through the rotations: the Hessian of x R is Rᵀ H R, made block by block
+    on the Hessian's device (H_bᵀ H[block i, block k] H_b / b), the last one kept (the layers that share
+    an input ask for it in turn)."""
 
     def __init__(self, report, rotations: LayerRotations) -> None:
         self.report, self.rotations, self.shared_with = report, rotations, report.shared_with
-        self._done: dict[str, torch.Tensor] = {}
+        self._last: tuple[str, torch.Tensor] | None = None
 
     def has(self, layer: str) -> bool:
         return self.report.has(layer)
@@ -112,10 +115,18 @@ class RotatedHessians:
         if layer not in self.rotations.widths:
             return hessian
         leader = self.shared_with.get(layer, layer)
-        if leader not in self._done:
-            rotation = self.rotations.rotation(layer).to(device=hessian.device, dtype=torch.float32)
-            self._done[leader] = (rotation.T @ hessian.float() @ rotation).to(hessian.dtype)
-        return self._done[leader]
+        if self._last is None or self._last[0] != leader:
+            self._last = (leader, rotated_hessian(hessian, self.rotations.matrix(layer)))
+        return self._last[1]
+
+
+def rotated_hessian(hessian: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Rᵀ H R for R = I ⊗ (matrix / √b), in float32 on H's device, returned in H's dtype."""
+    order, width = matrix.shape[0], hessian.shape[0]
+    blocks = hessian.float().view(width // order, order, width // order, order)
+    hadamard = matrix.to(device=hessian.device, dtype=torch.float32)
+    turned = torch.einsum("ij,aick,kl->ajcl", hadamard, blocks, hadamard) / order
+    return turned.reshape(width, width).to(hessian.dtype)
 
 
 def layer_rotations(loaded: LoadedModel, layers: list[LinearLayer], spec: RotationSpec) -> LayerRotations:
@@ -124,14 +135,19 @@ def layer_rotations(loaded: LoadedModel, layers: list[LinearLayer], spec: Rotati
     are drawn as compressed-tensors' factory draws them for llm-compressor's QuIP: one generator, one
     matrix per order, in the order of the model's Linear layers (the LM head excluded) as registered,
     so the same seed gives the same matrices as its ``apply_transform_config``."""
+    exists = has_random_hadamard if spec.matrix is RotationMatrix.RANDOM_HADAMARD else has_hadamard
+
     def order(width: int) -> int | None:
         wanted = spec.block or width
-        return wanted if width % wanted == 0 and has_hadamard(wanted) else None
+        return wanted if width % wanted == 0 and exists(wanted) else None
 
-    widths = {layer.name: layer.in_features for layer in layers if order(layer.in_features) is not None}
+    # nn.Linear only: what compressed-tensors' transforms and the checkpoint writer take
+    linear = [layer for layer in layers if isinstance(layer.module, torch.nn.Linear)]
+    widths = {layer.name: layer.in_features for layer in linear if order(layer.in_features) is not None}
     if not widths:
         raise CalibscopeError(f"No quantized layer's input can be rotated: their widths "
-                              f"({', '.join(sorted({str(layer.in_features) for layer in layers}))}) have no Hadamard "
+                              f"({', '.join(sorted({str(layer.in_features) for layer in layers}))}) have no "
+                              f"{'random ' if spec.matrix is RotationMatrix.RANDOM_HADAMARD else ''}Hadamard "
                               f"matrix{' in blocks of ' + str(spec.block) if spec.block else ''}. Choose a block that "
                               "divides them (e.g. 16, 32, 64), or leave the rotation off.")
     needed = {order(width) for width in widths.values()}
@@ -171,7 +187,7 @@ def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, t
     inputs' statistics on the rotated model (and unrotated, unless ``before`` was collected on this set),
     predict each input group's error both ways, and keep the rotations the placement asks for."""
     candidates = layer_rotations(loaded, layers, spec.rotation)
-    layers = [layer for layer in layers if layer.name in candidates.widths]  # the others stay unrotated
+    layers = [layer for layer in layers if layer.name in candidates.widths and layer.name in matrices]  # others: unrotated
     # per-channel histograms (512 bytes a channel) only where per-channel percentiles set the ranges
     per_channel = spec.activations.enabled and spec.activations.granularity is Granularity.CHANNEL
     stats_spec = replace(before.spec if before is not None else StatsSpec(), channel_histograms=per_channel)
@@ -187,11 +203,11 @@ def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, t
         _STATISTICS.put(loaded.model, (*key, rotation), after)
     progress(0.6, "Predicting each layer's error with and without the rotation")
     errors = predicted_errors(loaded, layers, matrices, candidates, spec, before, after, calibration)
-    table = range_changes(layers, before, after).merge(errors, on="layer")
+    table = range_changes(layers, before, after).merge(errors, on="layer", how="left")  # a layer the probe missed: NaN
     if spec.rotation.placement is Rotation.WHERE_IT_HELPS:
         groups = table.assign(group=[sharing.get(name, name) for name in table["layer"]]).groupby("group")
-        helps = groups[["error_rotated", "error_unrotated"]].transform("sum")
-        table["rotated"] = (helps["error_rotated"] < helps["error_unrotated"]).to_numpy()
+        helps = groups[["error_rotated", "error_unrotated"]].transform("sum", min_count=1)
+        table["rotated"] = (helps["error_rotated"] < helps["error_unrotated"]).to_numpy()  # unmeasured: left unrotated
     else:
         table["rotated"] = True
     kept = candidates.only(set(table.loc[table["rotated"], "layer"]))
@@ -258,17 +274,17 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
 
 
 def probe_batch(calibration: CalibrationSet) -> torch.Tensor:
-    """The set's first sequences, cut to a common length, about PROBE_TOKENS tokens in all, as one
-    unpadded batch [sequences, length]: one forward, so each layer's errors are computed once."""
-    chosen, total = [], 0
-    for sequence in calibration.sequences:
-        if total >= PROBE_TOKENS:
-            break
-        chosen.append(sequence)
-        total += len(sequence)
-    length = min(PROBE_TOKENS, *(len(sequence) for sequence in chosen))
-    count = max(1, min(len(chosen), PROBE_TOKENS // length))
-    return torch.as_tensor(np.stack([sequence[:length] for sequence in chosen[:count]]), dtype=torch.long)
+    """Up to PROBE_TOKENS tokens of the set as one unpadded batch [k, length]: its k longest sequences
+    (the first of equal ones) cut to one length, k chosen for the most tokens (two 256-token windows,
+    or one long document rather than many short ones): one forward, each layer's errors made once."""
+    ordered = sorted(calibration.sequences, key=len, reverse=True)  # stable: equal lengths keep their order
+
+    def cut(k: int) -> int:
+        return min(len(ordered[k - 1]), PROBE_TOKENS // k)
+
+    count = max(range(1, len(ordered) + 1), key=lambda k: k * cut(k))
+    length = cut(count)
+    return torch.as_tensor(np.stack([sequence[:length] for sequence in ordered[:count]]), dtype=torch.long)
 
 
 def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
@@ -283,7 +299,7 @@ def _errors(x: torch.Tensor, weight: torch.Tensor, rotations: LayerRotations, na
             plain: InputQuantizer | None, rotated: InputQuantizer | None) -> torch.Tensor:
     """Σ‖ŷ - y‖² unrotated, rotated, and Σ‖y‖², y = x Wᵀ, on these tokens."""
     reference = x @ weight.to(x.device).float().T
-    turned = rotations.online()[name].to(x.device).rotate(x)
+    turned = rotations.online()[name].rotate(x)
     found = []
     for inputs, w, quantizer in ((x, weight, plain), (turned, rotations.rotated(name, weight), rotated)):
         w = w.to(x.device)
