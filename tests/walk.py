@@ -97,6 +97,9 @@ def rotated(scheme: str) -> Callable:
     """``scheme`` with its inputs rotated where the calibration set predicts it helps."""
     def prepare(page):
         choose("Scheme", scheme)(page)
+        mixed = visible(page, "Mix weight widths per layer")
+        if mixed.count():  # left ticked by the mixed-precision step: rotations do not combine with it
+            mixed.uncheck()
         page.get_by_text("Rotation", exact=True).click()  # the accordion opens
         visible(page, "where it helps").check()
     return prepare
