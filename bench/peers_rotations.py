@@ -15,8 +15,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from safetensors import safe_open
-
 from bench._common import report
 from engine.export import changed_floats, dequantized_layers, input_quantizers, stored_rotations
 from engine.quant import (
@@ -42,21 +40,11 @@ def measured(loaded, plan: QuantizedModel, evaluation, reference) -> dict:
     return {"kld": round(found.mean_kld, 5), "perplexity": round(found.perplexity, 3), "top1": round(found.top1_agreement, 4)}
 
 
-def shard_names(folder: Path) -> dict[str, str]:
-    """Each tensor's shard file in a checkpoint folder."""
-    files = {}
-    for shard in folder.glob("*.safetensors"):
-        with safe_open(shard, "pt") as opened:
-            files.update(dict.fromkeys(opened.keys(), shard.name))
-    return files
-
-
 def peer_plan(folder: Path, loaded) -> QuantizedModel:
     """The peer's checkpoint as a plan: its dequantized (rotated) weights, input quantizers, stored
     rotations and the float tensors it changed (SpinQuant's rotated embedding, head and fused norms)."""
-    files = shard_names(folder)
     weights = dict(dequantized_layers(folder))
-    stored = stored_rotations(folder, files)
+    stored = stored_rotations(folder)
     # QuIP shares one matrix per width across layers, which save_pretrained may write once (tied):
     # every quantized layer takes the stored matrix of its input width
     by_width = {rotation.order: rotation for rotation in stored.values()}
@@ -91,7 +79,7 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
                 row["error"] = error.read_text().splitlines()[0]
             else:
                 plan = peer_plan(folder, loaded)
-                row.update(rotated_layers=len(plan.rotations), stored_matrices=len(stored_rotations(folder, shard_names(folder))),
+                row.update(rotated_layers=len(plan.rotations), stored_matrices=len(stored_rotations(folder)),
                            **measured(loaded, plan, evaluation, reference))
                 found[f"llm-compressor {peer_rotation}"] = row
             rows.append(row)

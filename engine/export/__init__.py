@@ -22,7 +22,6 @@ from engine.export.checkpoint import (
 from engine.export.checkpoint import refusal as checkpoint_refusal
 from engine.export.experts import simulated_layers
 from engine.export.size import estimated_checkpoint_bytes
-from engine.export.transforms import stored_rotations
 from engine.export.verify import (
     changed_floats,
     dequantized_layers,
@@ -30,6 +29,7 @@ from engine.export.verify import (
     largest_weight_difference,
     reloaded_divergence,
     stored_kv_scales,
+    stored_rotations,
 )
 
 __all__ = [

@@ -12,15 +12,14 @@ is a power of two; a deterministic Paley-Sylvester matrix is written as "random-
 stored matrix vLLM uses as it is.
 
 transformers (5.x, with compressed-tensors 0.20) does not apply a transform_config when it loads a
-checkpoint: it drops the transform tensors. The reload check (verify.py) attaches them as vLLM does."""
+checkpoint: it drops the transform tensors. The reload check (verify.py, ``stored_rotations``) reads
+them back and attaches them as vLLM does."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
-from safetensors import safe_open
 
 from engine.quant import InputRotation, QuantSpec, RotationMatrix, quantizable_layers
 
@@ -58,21 +57,3 @@ def transform_bytes(loaded, spec: QuantSpec, dtype: torch.dtype) -> int:
         return 0
     return sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize
                for layer in quantizable_layers(loaded.model, spec) if isinstance(layer.module, torch.nn.Linear))
-
-
-def stored_rotations(folder: Path, files: dict[str, str]) -> dict[str, InputRotation]:
-    """The online input rotations a checkpoint holds (``files``: tensor name -> its shard); the layers
-    whose matrices are equal share one (as they do in the plan that wrote them)."""
-    found: dict[str, InputRotation] = {}
-    distinct: list[InputRotation] = []
-    for key, file in files.items():
-        if key.endswith(SUFFIX):
-            with safe_open(folder / file, "pt") as opened:
-                matrix = opened.get_tensor(key).to(torch.float32)
-            same = next((rotation for rotation in distinct if rotation.order == matrix.shape[0]
-                         and torch.equal(rotation.matrix, matrix)), None)
-            if same is None:
-                same = InputRotation(matrix)
-                distinct.append(same)
-            found[key.removesuffix(SUFFIX)] = same
-    return found

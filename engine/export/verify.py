@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from engine.errors import ExportError
 from engine.export.checkpoint import CheckpointFormat
-from engine.export.transforms import stored_rotations
+from engine.export.transforms import SUFFIX as ROTATION_SUFFIX
 from engine.models import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 SUFFIXES = {CheckpointFormat.COMPRESSED_TENSORS: ".weight_scale", CheckpointFormat.GPTQ: ".qweight"}
@@ -149,7 +149,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
     inputs = input_quantizers(Path(folder))
-    rotations = stored_rotations(Path(folder), _tensor_files(Path(folder)))
+    rotations = stored_rotations(folder)
     rotated = (f", its {len(rotations)} stored input rotations attached as vLLM applies them (transformers does not read a "
                "transform_config)") if rotations else ""
     if reason is None:
@@ -207,6 +207,27 @@ def stored_kv_scales(folder: str | Path, dtype: torch.dtype) -> dict:
 
     modules = sorted(key.removesuffix(".k_scale") for key in files if key.endswith(".k_scale"))
     return {name: KVScales(read(f"{name}.k_scale"), read(f"{name}.v_scale")) for name in modules}
+
+
+def stored_rotations(folder: str | Path) -> dict:
+    """The online input rotations a compressed-tensors checkpoint holds (``{layer}.v_input.weight``:
+    engine/export/transforms.py), layer -> InputRotation; the layers whose matrices are equal share one
+    (as they do in the plan that wrote them)."""
+    from engine.quant import InputRotation
+
+    folder = Path(folder)
+    found, distinct = {}, []
+    for key, file in _tensor_files(folder).items():
+        if key.endswith(ROTATION_SUFFIX):
+            with safe_open(folder / file, "pt") as opened:
+                matrix = opened.get_tensor(key).to(torch.float32)
+            same = next((rotation for rotation in distinct if rotation.order == matrix.shape[0]
+                         and torch.equal(rotation.matrix, matrix)), None)
+            if same is None:
+                same = InputRotation(matrix)
+                distinct.append(same)
+            found[key.removesuffix(ROTATION_SUFFIX)] = same
+    return found
 
 
 def input_quantizers(folder: Path) -> dict:

@@ -184,7 +184,7 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         if smoothing is not None:
             plan.floats, plan.column_scales, plan.row_scales = smoothing.parameters, smoothing.scales, smoothing.row_scales
         if rotated is not None:
-            plan.rotations = rotated.rotations.online()
+            plan.rotations = rotated.rotations.online
         for layer in layers:
             started = time.perf_counter()
             row = {"layer": layer.name, "kind": layer.kind.value, "in_features": layer.in_features}

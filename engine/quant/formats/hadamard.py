@@ -64,13 +64,19 @@ def _sylvester(n: int) -> torch.Tensor:
     return matrix
 
 
+def _paley_construction(order: int):
+    """Which Paley construction makes exactly ``order`` from a prime, and its prime: (construction, q), or None."""
+    if _is_prime(order - 1) and (order - 1) % 4 == 3:
+        return _paley_one, order - 1
+    if order % 2 == 0 and _is_prime(order // 2 - 1) and (order // 2 - 1) % 4 == 1:
+        return _paley_two, order // 2 - 1
+    return None
+
+
 def _paley(order: int) -> torch.Tensor | None:
     """A Paley matrix of exactly ``order`` (a multiple of 4) from a prime, or None."""
-    if _is_prime(order - 1) and (order - 1) % 4 == 3:
-        return _paley_one(order - 1)
-    if order % 2 == 0 and _is_prime(order // 2 - 1) and (order // 2 - 1) % 4 == 1:
-        return _paley_two(order // 2 - 1)
-    return None
+    found = _paley_construction(order)
+    return None if found is None else found[0](found[1])
 
 
 def _power_of_two(n: int) -> bool:
@@ -87,14 +93,9 @@ def _paley_base(n: int) -> int | None:
     """The Paley order the Kronecker product of ``n`` starts from (the smallest that works), or None."""
     odd = _odd_part(n)
     for factor in (4 * odd, 8 * odd, 16 * odd, 2 * odd):
-        if n % factor == 0 and _power_of_two(n // factor) and _paley_exists(factor):
+        if n % factor == 0 and _power_of_two(n // factor) and _paley_construction(factor) is not None:
             return factor
     return None
-
-
-def _paley_exists(order: int) -> bool:
-    return ((_is_prime(order - 1) and (order - 1) % 4 == 3)
-            or (order % 2 == 0 and _is_prime(order // 2 - 1) and (order // 2 - 1) % 4 == 1))
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ from engine.quant.methods.matrices import quantize_groups
 from engine.quant.specs import Granularity, QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
 from engine.runner import model_device
 from engine.sampling import CalibrationSet
-from engine.stats import StatsReport, StatsSpec, collect
+from engine.stats import StatsReport, StatsSpec, collect, percentile_column
 
 PROBE_TOKENS = 512  # tokens of the calibration set each layer's predicted errors are measured on
 # the statistics of a model's inputs on one set, unrotated and rotated: a scheme, its placement
@@ -52,7 +53,6 @@ class LayerRotations:
     matrices: dict[int, torch.Tensor]
     widths: dict[str, int]
     done: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
-    made: dict = field(default_factory=dict, repr=False)
 
     def order(self, width: int) -> int:
         return self.spec.block or width
@@ -61,11 +61,11 @@ class LayerRotations:
         """The layer's ±1 Hadamard matrix (float64): its whole width, or one block of R = I ⊗ H."""
         return self.matrices[self.order(self.widths[layer])]
 
+    @cached_property
     def online(self) -> dict[str, InputRotation]:
-        if "online" not in self.made:
-            shared = {order: InputRotation(matrix) for order, matrix in self.matrices.items()}
-            self.made["online"] = {name: shared[self.order(width)] for name, width in self.widths.items()}
-        return self.made["online"]
+        """Each rotated layer's rotation at inference, one object per matrix (shared by its layers)."""
+        shared = {order: InputRotation(matrix) for order, matrix in self.matrices.items()}
+        return {name: shared[self.order(width)] for name, width in self.widths.items()}
 
     def rotated(self, layer: str, matrix: torch.Tensor) -> torch.Tensor:
         """[out, in] W R of ``matrix`` (the layer's weight), kept in its dtype and made once: block by
@@ -95,7 +95,7 @@ class LayerRotations:
         """The float model with these rotations: rotated weights in, inputs rotated online."""
         return QuantizedModel(weights={layer.name: module_weight(layer, self.rotated(layer.name, matrices[layer.name]))
                                        for layer in layers if layer.name in self.widths},
-                              rotations=self.online())
+                              rotations=self.online)
 
 
 class RotatedHessians:
@@ -177,8 +177,12 @@ class Rotated:
     table: pd.DataFrame
 
     def arrays(self, layer: str) -> dict[str, torch.Tensor] | None:
-        report = self.after if layer in self.rotations.widths else self.before
-        return report.arrays(layer) if layer in set(report.summary["key"]) else None
+        return observed_arrays(self.after if layer in self.rotations.widths else self.before, layer)
+
+
+def observed_arrays(report: StatsReport, layer: str) -> dict[str, torch.Tensor] | None:
+    """The layer's input statistics in ``report``, None where it was not observed."""
+    return report.arrays(layer) if (report.summary["key"] == layer).any() else None
 
 
 def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: QuantSpec,
@@ -220,21 +224,22 @@ def range_changes(layers: list[LinearLayer], before: StatsReport, after: StatsRe
     the largest value stands out), the largest channel |max| over the median channel's, the share of
     the channels' summed |max| that the largest 1% take, and p99.99 of |x| over |max| (the tail)."""
     rows = []
+    summaries = {side: report.summary.set_index("key") for side, report in (("before", before), ("after", after))}
+    tail = percentile_column(99.99)
     for layer in layers:
         row = {"layer": layer.name}
         for side, report in (("before", before), ("after", after)):
-            if layer.name not in set(report.summary["key"]):
+            if layer.name not in summaries[side].index:
                 continue
-            arrays, summary = report.arrays(layer.name), report.summary.set_index("key").loc[layer.name]
-            absmax = arrays["absmax"].float()
+            summary = summaries[side].loc[layer.name]
+            absmax = report.arrays(layer.name)["absmax"].float()
             top = max(1, absmax.numel() // 100)
             row.update({f"absmax_{side}": float(absmax.max()),
                         f"crest_{side}": float(absmax.max()) / max(float(summary["std"]), 1e-30),
                         f"channel_ratio_{side}": float(absmax.max() / absmax.median().clamp(min=1e-30)),
                         f"top_share_{side}": float(absmax.topk(top).values.sum() / absmax.sum().clamp(min=1e-30))})
-            tail = [column for column in summary.index if column == "p99.99"]
-            if tail:
-                row[f"tail_{side}"] = float(summary[tail[0]]) / max(float(absmax.max()), 1e-30)
+            if tail in summary.index:
+                row[f"tail_{side}"] = float(summary[tail]) / max(float(absmax.max()), 1e-30)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -290,16 +295,15 @@ def probe_batch(calibration: CalibrationSet) -> torch.Tensor:
 def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
     if not spec.activations.enabled:
         return None
-    arrays = report.arrays(layer.name) if layer.name in set(report.summary["key"]) else None
-    return input_quantizer(layer.name, arrays, spec.activations, report.spec.percentiles, layer.module.weight.dtype,
-                           layer.in_features)
+    return input_quantizer(layer.name, observed_arrays(report, layer.name), spec.activations, report.spec.percentiles,
+                           layer.module.weight.dtype, layer.in_features)
 
 
 def _errors(x: torch.Tensor, weight: torch.Tensor, rotations: LayerRotations, name: str, spec: QuantSpec,
             plain: InputQuantizer | None, rotated: InputQuantizer | None) -> torch.Tensor:
     """Σ‖ŷ - y‖² unrotated, rotated, and Σ‖y‖², y = x Wᵀ, on these tokens."""
     reference = x @ weight.to(x.device).float().T
-    turned = rotations.online()[name].rotate(x)
+    turned = rotations.online[name].rotate(x)
     found = []
     for inputs, w, quantizer in ((x, weight, plain), (turned, rotations.rotated(name, weight), rotated)):
         w = w.to(x.device)
