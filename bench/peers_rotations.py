@@ -1,8 +1,9 @@
 """bench/peers.py --part rotations: llm-compressor 0.14's QuIPModifier (a random-Hadamard input
 rotation of every Linear but the LM head, its default) and SpinQuantModifier (R1 and R2) before its
-NVFP4 and W4A16 presets (``bench/peer_scripts/llmcompressor_rotations.py``), against calibscope's
-"NVFP4 W4A4" and "W4 g128 RTN" (the W4A16 preset is round-to-nearest, as llm-compressor's
-QuantizationModifier is) unrotated, rotated on every layer and where it helps, on the same windows.
+W4A4, NVFP4, MXFP4 and W4A16 presets (``bench/peer_scripts/llmcompressor_rotations.py``), against
+calibscope's presets of the same numerics ("W4A4 int (A4 per token)", "NVFP4 W4A4", "MXFP4 W4A4" and
+"W4 g128 RTN": the peer's QuantizationModifier rounds to nearest) unrotated, rotated on every layer
+and where it helps, on the same windows.
 The peer's checkpoints are read back here (their dequantized weights, input global scales and the
 rotation matrices stored as ``{layer}.v_input.weight``) and every result is evaluated by the same
 divergence routine (mean KL divergence from float, perplexity) on the same held-out windows. Goal:
@@ -30,7 +31,8 @@ from engine.quant import (
 )
 from engine.stats import StatsSpec, collect
 
-SCHEMES = {"NVFP4": "NVFP4 W4A4", "W4A16": "W4 g128 RTN"}  # llm-compressor preset -> calibscope's
+SCHEMES = {"W4A4": "W4A4 int (A4 per token)", "NVFP4": "NVFP4 W4A4", "MXFP4": "MXFP4 W4A4",  # llm-compressor preset
+           "W4A16": "W4 g128 RTN"}  # -> calibscope's
 ROTATIONS = {"none": None, "every layer": RotationSpec(), "where it helps": RotationSpec(placement="where it helps")}
 
 
@@ -54,7 +56,7 @@ def peer_plan(folder: Path, loaded) -> QuantizedModel:
 
 
 def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path, environment, exported_windows,
-                   here: Path) -> None:
+                   here: Path, suffix: str = "") -> None:
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
     stats = collect(loaded, calibration, StatsSpec())
     reference = float_reference(loaded, evaluation)
@@ -88,7 +90,7 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
         quip = found.get("llm-compressor quip", {}).get("kld", float("inf"))
         verdict[scheme] = {"best": best, "best_kld": found[best]["kld"], "unrotated_kld": found["none"]["kld"],
                            "quip_kld": quip, "met": found[best]["kld"] <= min(found["none"]["kld"], quip)}
-    report("peers_rotations", "schemes where calibscope's best rotation choice is at or below both its unrotated "
+    report(f"peers_rotations{suffix}", "schemes where calibscope's best rotation choice is at or below both its unrotated "
            "scheme and llm-compressor's QuIP (mean KLD)", sum(v["met"] for v in verdict.values()), f"all {len(verdict)}",
            all(v["met"] for v in verdict.values()), dtype=loaded.info.dtype, device=loaded.info.device,
            reused={"peer environments": "made once under the cache (no timing depends on them)"},

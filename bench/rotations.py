@@ -26,13 +26,9 @@ from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
 from engine.quant import (
     PRESETS,
-    ActivationSpec,
     Calibrated,
-    Granularity,
     QuantSpec,
     RotationSpec,
-    WeightMethod,
-    WeightSpec,
     evaluate,
     evaluation_windows,
     float_reference,
@@ -42,7 +38,7 @@ from engine.stats import HessianSpec, collect, collect_hessians
 
 MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 SCHEMES = {
-    "W4A4 int": QuantSpec(WeightSpec(WeightMethod.RTN, 4, 128), ActivationSpec(4, granularity=Granularity.TOKEN)),
+    "W4A4 int": PRESETS["W4A4 int (A4 per token)"],
     "NVFP4 W4A4": PRESETS["NVFP4 W4A4"],
     "MXFP4 W4A4": PRESETS["MXFP4 W4A4"],
     "W4A16 RTN": PRESETS["W4 g128 RTN"],

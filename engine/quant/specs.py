@@ -633,4 +633,6 @@ PRESETS: dict[str, QuantSpec] = {
     "NVFP4 W4A4": QuantSpec(WeightSpec(RTN, format=NumberFormat.NVFP4), ActivationSpec(format=NumberFormat.NVFP4)),  # "NVFP4"
     "NVFP4A16": QuantSpec(WeightSpec(RTN, format=NumberFormat.NVFP4)),
     "MXFP4 W4A4": QuantSpec(WeightSpec(RTN, format=NumberFormat.MXFP4), ActivationSpec(format=NumberFormat.MXFP4)),  # "MXFP4"
+    # four-bit integers both sides, the inputs per token at inference: the scheme rotations exist for
+    "W4A4 int (A4 per token)": QuantSpec(WeightSpec(RTN, 4, 128), ActivationSpec(4, granularity=Granularity.TOKEN)),  # "W4A4"
 }
