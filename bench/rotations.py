@@ -10,13 +10,16 @@ on calibration sets of 8 / 32 / 128 GPTQ windows of 256 tokens of wikitext-2 tes
 (``--seeds``) and 128 random documents (``--document-seeds``). Mean KL divergence from float and perplexity on
 ``--windows`` held-out windows of 512 tokens (its last quarter). A scheme that reads nothing of the
 set (dynamic inputs and RTN weights, unrotated or rotated everywhere) is evaluated once per model and
-said so (``reads_set`` false). ``--quick``: Gemma, one seed, 8 and 32 windows, 2 evaluation windows."""
+said so (``reads_set`` false); a plan identical to one measured (the same rotated layers of a
+scheme that reads nothing else of the set) is not measured twice (``same_plan_as``).
+``--quick``: Gemma, one seed, 8 and 32 windows, 2 evaluation windows."""
 from __future__ import annotations
 
 import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 
 # isort: split
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -27,11 +30,14 @@ from engine import ModelSpec, load_model
 from engine.quant import (
     PRESETS,
     Calibrated,
+    Quantization,
     QuantSpec,
     RotationSpec,
-    evaluate,
+    divergence,
     evaluation_windows,
     float_reference,
+    quantize,
+    quantized,
 )
 from engine.sampling import GptqWindowsSpec, RandomSpec, build
 from engine.stats import HessianSpec, collect, collect_hessians
@@ -51,20 +57,40 @@ LENGTH = 256
 
 def reads_set(spec: QuantSpec, rotation: RotationSpec | None) -> bool:
     """Whether the result depends on the calibration set at all."""
-    static = spec.activations.enabled and not spec.activations.dynamic
-    return static or spec.weights.needs_hessians or (rotation is not None and rotation.placement.value == "where it helps")
+    return reads_beyond_placement(spec) or (rotation is not None and rotation.placement.value == "where it helps")
 
 
-def measure(loaded, scheme: str, rotation: str, calibrated: Calibrated, evaluation, reference) -> dict:
-    spec = SCHEMES[scheme]
-    spec = QuantSpec(spec.weights, spec.activations, rotation=ROTATIONS[rotation])
-    started = time.perf_counter()
-    result = evaluate(loaded, spec, calibrated, evaluation, make_reference=lambda *_: reference)
-    rotated = result.layers["rotated"].fillna(False).astype(bool).sum() if "rotated" in result.layers else 0
-    return {"scheme": scheme, "rotation": rotation, "kld": round(result.divergence.mean_kld, 5),
-            "top1": round(result.divergence.top1_agreement, 4), "perplexity": round(result.quantized_perplexity, 3),
-            "rotated_layers": int(rotated), "layers": len(result.layers),
-            "seconds": round(time.perf_counter() - started, 1)}
+def reads_beyond_placement(spec: QuantSpec) -> bool:
+    """Whether the quantized weights or input ranges read the set (not only where to rotate)."""
+    return (spec.activations.enabled and not spec.activations.dynamic) or spec.weights.needs_hessians
+
+
+class Measurer:
+    """Each scheme and rotation quantized and measured, once per distinct plan: a plan is fixed by the
+    scheme, the rotated layers (the rotations' seed is fixed) and, where the scheme reads the set
+    beyond choosing where to rotate, the set. "Where it helps" often rotates every layer or none, and
+    a dynamic scheme then gives the very plan already measured: its result is that plan's, said in
+    ``same_plan_as`` (nothing is estimated)."""
+
+    def __init__(self, loaded, evaluation, reference):
+        self.loaded, self.evaluation, self.reference = loaded, evaluation, reference
+        self.measured: dict[tuple, dict] = {}
+
+    def __call__(self, scheme: str, rotation: str, calibrated: Calibrated, set_label: str) -> dict:
+        spec = dataclasses.replace(SCHEMES[scheme], rotation=ROTATIONS[rotation])
+        started = time.perf_counter()
+        plan, table = quantize(self.loaded, Quantization(spec, sensitivity="none"), calibrated)
+        key = (scheme, set_label if reads_beyond_placement(spec) else "-", frozenset(plan.rotations))
+        row = {"scheme": scheme, "rotation": rotation, "rotated_layers": len(plan.rotations), "layers": len(table)}
+        if key in self.measured:
+            return {**row, **self.measured[key][0], "same_plan_as": self.measured[key][1],
+                    "seconds": round(time.perf_counter() - started, 1)}
+        with quantized(self.loaded, plan):
+            found = divergence(self.loaded, self.evaluation, self.reference)
+        result = {"kld": round(found.mean_kld, 5), "top1": round(found.top1_agreement, 4),
+                  "perplexity": round(found.perplexity, 3)}
+        self.measured[key] = result, f"{rotation}, {set_label}"
+        return {**row, **result, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def calibration_sets(loaded, corpus, sizes: tuple[int, ...], seeds: int, document_seeds: int):
@@ -82,6 +108,7 @@ def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int
     corpus = calibration_corpus("wikitext")
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
     reference = float_reference(loaded, evaluation)
+    measure = Measurer(loaded, evaluation, reference)
     rows, done_once = [], set()
     for strategy, seed, calibration in calibration_sets(loaded, corpus, sizes, seeds, document_seeds):
         started = time.perf_counter()
@@ -96,7 +123,7 @@ def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int
                     continue
                 done_once.add((scheme, rotation))
                 row = {"model": name, "calibration": strategy if depends else "-", "seed": seed if depends else None,
-                       "reads_set": depends, **measure(loaded, scheme, rotation, calibrated, evaluation, reference)}
+                       "reads_set": depends, **measure(scheme, rotation, calibrated, f"{strategy} seed {seed}")}
                 print(row, flush=True)
                 rows.append(row)
     return rows, {"float_perplexity": round(reference.perplexity, 4), "dtype": loaded.info.dtype,
@@ -140,9 +167,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--document-seeds", type=int, default=3, help="seeds of the random-document sets")
     parser.add_argument("--windows", type=int, default=8, help="held-out windows of 512 tokens")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="calibration set sizes (windows)")
     args = parser.parse_args()
     names = ["gemma"] if args.quick else args.models.split(",")
-    sizes, seeds, windows = ((8, 32), 1, 2) if args.quick else (SIZES, args.seeds, args.windows)
+    sizes = tuple(int(size) for size in args.sizes.split(","))
+    sizes, seeds, windows = ((8, 32), 1, 2) if args.quick else (sizes, args.seeds, args.windows)
     rows, details = [], {}
     for name in names:
         found, details[name] = run_model(name, sizes, seeds, 1 if args.quick else args.document_seeds, windows)

@@ -177,7 +177,7 @@ def input_sharing(model: nn.Module, layers: Sequence[LinearLayer], device: torch
         return observe
 
     with torch.inference_mode(), observing([(layer.module, Side.INPUT, note(layer.name)) for layer in layers]):
-        model(input_ids=torch.ones(1, 2, dtype=torch.long, device=device))
+        model(input_ids=torch.ones(1, 2, dtype=torch.long, device=device), use_cache=False)
     return sharing
 
 

@@ -11,7 +11,7 @@ import torch
 from engine import ModelSpec, load_model
 from engine.experiments import SweepSpec, sweep
 from engine.hooks import TokenIndex, observing
-from engine.quant import PRESETS, Calibrated, Quantization, evaluate, evaluation_windows, gptq
+from engine.quant import PRESETS, Calibrated, Quantization, RotationSpec, evaluate, evaluation_windows, gptq
 from engine.quant.activations.format_ranges import format_ranges
 from engine.quant.methods.matrices import quantize_groups
 from engine.stats import ActivationAccumulator, HessianSpec, StatsSpec, collect
@@ -42,6 +42,48 @@ def test_no_step_creates_a_tensor_without_saying_where(name):
         swept = sweep(loaded, calibration, SweepSpec(shuffles=1, batch_size=4))
     assert report.quantized_perplexity > 1 and len(swept.rows)
     assert relative_difference(hessians.hessians, blockwise.hessians) < 1e-5
+
+
+ROTATED = {"GPTQ, every input": replace(PRESETS["W4 g128 GPTQ"], rotation=RotationSpec()),
+           "W4A4 int, where it helps": replace(PRESETS["W4A4 int (A4 per token)"],
+                                               rotation=RotationSpec(placement="where it helps")),
+           "NVFP4, blocks of 16": replace(PRESETS["NVFP4 W4A4"], rotation=RotationSpec(matrix="hadamard", block=16))}
+
+
+def test_no_rotation_step_creates_a_tensor_without_saying_where():
+    """The rotations' matrices, rotated Hessians, probe, own statistics pass and online hooks, under
+    a default device of 'meta' (as above)."""
+    loaded = load_model(ModelSpec("tiny-random-gemma3"))
+    calibration = calibration_for(loaded)
+    with torch.device("meta"):
+        stats = collect(loaded, calibration, StatsSpec(batch_size=4))
+        hessians = collect_hessians(loaded, calibration, HessianSpec(batch_size=4))
+        windows = evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
+        reports = {name: evaluate(loaded, spec, Calibrated(calibration, stats=stats, hessians=hessians), windows)
+                   for name, spec in ROTATED.items()}
+    assert all(report.quantized_perplexity > 1 for report in reports.values())
+    assert all(report.layers["rotated"].any() for report in reports.values())
+
+
+@pytest.mark.gpu
+@cuda
+def test_rotated_schemes_on_a_bfloat16_model_on_the_gpu_match_the_cpu():
+    """The common case: a bf16 model on CUDA, rotated (its float model first: the original's logits)."""
+    on_gpu = load_model(ModelSpec("tiny-random-gemma3", device="cuda", dtype="bfloat16"))
+    on_cpu = load_model(ModelSpec("tiny-random-gemma3", dtype="bfloat16"))
+    windows = {loaded.info.device: evaluation_windows(loaded.tokenizer, HELD_OUT, 64, 2, "held out")
+               for loaded in (on_gpu, on_cpu)}
+    found = {}
+    for loaded in (on_gpu, on_cpu):
+        calibration = calibration_for(loaded)
+        calibrated = Calibrated(calibration, stats=collect(loaded, calibration, StatsSpec(batch_size=4)),
+                                hessians=collect_hessians(loaded, calibration, HessianSpec(batch_size=4)))
+        found[loaded.info.device] = {name: evaluate(loaded, spec, calibrated, windows[loaded.info.device])
+                                     for name, spec in ROTATED.items()}
+    for name in ROTATED:
+        gpu, cpu = found[on_gpu.info.device][name], found[on_cpu.info.device][name]
+        assert gpu.divergence.mean_kld == pytest.approx(cpu.divergence.mean_kld, rel=0.1, abs=1e-3), name
+        assert list(gpu.layers["rotated"]) == list(cpu.layers["rotated"]), name
 
 
 def test_a_bfloat16_model_on_the_cpu_accumulates_exact_float32_hessians():

@@ -131,10 +131,11 @@ def hadamard(n: int) -> torch.Tensor:
         raise CalibscopeError(f"No Hadamard matrix of order {n} is known here (orders are 1, 2 or multiples of 4, built "
                               "as a Paley matrix of a prime or a known one times a power of two): rotate in blocks whose "
                               "size divides it (e.g. the head dimension or 128), or leave this layer unrotated.")
-    if _power_of_two(n):
-        return _sylvester(n)
-    base = _paley_base(n) or known_base(n)
-    return torch.kron(_base(base), _sylvester(n // base))
+    with torch.device("cpu"):  # built on the CPU whatever the default device; users copy them where they run
+        if _power_of_two(n):
+            return _sylvester(n)
+        base = _paley_base(n) or known_base(n)
+        return torch.kron(_base(base), _sylvester(n // base))
 
 
 def has_random_hadamard(n: int) -> bool:
@@ -146,7 +147,8 @@ def random_hadamard(n: int, generator: torch.Generator) -> torch.Tensor:
     """compressed-tensors' random Hadamard of order ``n`` (float64, entries ±1): a known Hadamard
     matrix applied to a diagonal of random signs drawn from ``generator``."""
     try:
-        return random_hadamard_matrix(n, torch.float64, torch.device("cpu"), generator)
+        with torch.device("cpu"):  # the package draws its signs without naming a device: the generator's is the CPU
+            return random_hadamard_matrix(n, torch.float64, torch.device("cpu"), generator)
     except ValueError:
         raise CalibscopeError(f"compressed-tensors has no random Hadamard matrix of order {n}: use the deterministic "
                               "Hadamard, or rotate in blocks whose size divides it.") from None

@@ -269,7 +269,7 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
     with reserved, loaded.lock, torch.inference_mode():
         handles = [layer.module.register_forward_pre_hook(hook_for(layer)) for layer in layers]
         try:
-            loaded.model(input_ids=probe_batch(calibration).to(model_device(loaded.model)))
+            loaded.model(input_ids=probe_batch(calibration, model_device(loaded.model)), use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()
@@ -278,7 +278,7 @@ def predicted_errors(loaded: LoadedModel, layers: list[LinearLayer], matrices: d
                           "error_rotated": float(s[1] / s[2].clamp(min=1e-30))} for name, s in totals.items()])
 
 
-def probe_batch(calibration: CalibrationSet) -> torch.Tensor:
+def probe_batch(calibration: CalibrationSet, device: torch.device | str = "cpu") -> torch.Tensor:
     """Up to PROBE_TOKENS tokens of the set as one unpadded batch [k, length]: its k longest sequences
     (the first of equal ones) cut to one length, k chosen for the most tokens (two 256-token windows,
     or one long document rather than many short ones): one forward, each layer's errors made once."""
@@ -289,7 +289,7 @@ def probe_batch(calibration: CalibrationSet) -> torch.Tensor:
 
     count = max(range(1, len(ordered) + 1), key=lambda k: k * cut(k))
     length = cut(count)
-    return torch.as_tensor(np.stack([sequence[:length] for sequence in ordered[:count]]), dtype=torch.long)
+    return torch.as_tensor(np.stack([sequence[:length] for sequence in ordered[:count]]), dtype=torch.long, device=device)
 
 
 def _input_quantizer(layer: LinearLayer, report: StatsReport, spec: QuantSpec) -> InputQuantizer | None:
