@@ -3,7 +3,8 @@ rotation of every Linear but the LM head, its default) and SpinQuantModifier (R1
 W4A4, NVFP4, MXFP4 and W4A16 presets (``bench/peer_scripts/llmcompressor_rotations.py``), against
 calibscope's presets of the same numerics ("W4A4 int (A4 per token)", "NVFP4 W4A4", "MXFP4 W4A4" and
 "W4 g128 RTN": the peer's QuantizationModifier rounds to nearest) unrotated, rotated on every layer
-and where it helps, on the same windows.
+and where it helps, on the same windows. The int presets take a group of 128 columns where every
+width allows it and the largest power of two that divides them where not (SmolLM2: 64, on both sides).
 The peer's checkpoints are read back here (their dequantized weights, input global scales and the
 rotation matrices stored as ``{layer}.v_input.weight``) and every result is evaluated by the same
 divergence routine (mean KL divergence from float, perplexity) on the same held-out windows. Goal:
@@ -21,11 +22,13 @@ from engine.export import changed_floats, dequantized_layers, input_quantizers, 
 from engine.quant import (
     PRESETS,
     Calibrated,
+    NumberFormat,
     Quantization,
     QuantizedModel,
     RotationSpec,
     divergence,
     float_reference,
+    quantizable_layers,
     quantize,
     quantized,
 )
@@ -55,16 +58,26 @@ def peer_plan(folder: Path, loaded) -> QuantizedModel:
                           rotations={name: rotation for name, rotation in rotations.items() if rotation is not None})
 
 
+def int_group(loaded) -> int:
+    """The int presets' group size: 128, or the largest power of two that divides every quantized
+    layer's input where 128 does not (SmolLM2's 576 = 4.5 x 128: compressed-tensors refuses a group
+    that does not divide the columns)."""
+    widths = {layer.in_features for layer in quantizable_layers(loaded.model, PRESETS["W4 g128 RTN"])}
+    return next(group for group in (128, 64, 32, 16) if all(width % group == 0 for width in widths))
+
+
 def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path, environment, exported_windows,
                    here: Path, suffix: str = "") -> None:
     jsonl = exported_windows(calibration, loaded.tokenizer, "jsonl", work)
     stats = collect(loaded, calibration, StatsSpec())
     reference = float_reference(loaded, evaluation)
-    rows, verdict = [], {}
+    rows, verdict, group = [], {}, int_group(loaded)
     for peer_scheme, scheme in SCHEMES.items():
-        found = {}
+        found, preset = {}, PRESETS[scheme]
+        if preset.weights.format is NumberFormat.INT and group != preset.weights.group_size:
+            preset = dataclasses.replace(preset, weights=dataclasses.replace(preset.weights, group_size=group))
         for label, rotation in ROTATIONS.items():
-            spec = dataclasses.replace(PRESETS[scheme], rotation=rotation)
+            spec = dataclasses.replace(preset, rotation=rotation)
             plan, _ = quantize(loaded, Quantization(spec, sensitivity="none"), Calibrated(calibration, stats=stats))
             found[label] = measured(loaded, plan, evaluation, reference)
             rows.append({"tool": "calibscope", "scheme": scheme, "rotation": label, "rotated_layers": len(plan.rotations),
@@ -74,7 +87,8 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
             folder = work / f"llmcompressor-{peer_rotation}-{peer_scheme}"
             shutil.rmtree(folder, ignore_errors=True)
             subprocess.run([str(environment("llmcompressor")), str(here / "peer_scripts" / "llmcompressor_rotations.py"),
-                            str(checkpoint), str(jsonl), str(folder), peer_rotation, peer_scheme], check=True, cwd=work)
+                            str(checkpoint), str(jsonl), str(folder), peer_rotation, peer_scheme, str(group)],
+                           check=True, cwd=work)
             error = folder / "error.txt"
             row = {"tool": "llmcompressor", "scheme": peer_scheme, "rotation": peer_rotation}
             if error.exists():
@@ -94,5 +108,5 @@ def rotations_part(loaded, checkpoint: Path, calibration, evaluation, work: Path
            "scheme and llm-compressor's QuIP (mean KLD)", sum(v["met"] for v in verdict.values()), f"all {len(verdict)}",
            all(v["met"] for v in verdict.values()), dtype=loaded.info.dtype, device=loaded.info.device,
            reused={"peer environments": "made once under the cache (no timing depends on them)"},
-           verdict=verdict, rows=rows, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
+           verdict=verdict, rows=rows, int_group_size=group, calibration="32 x 512 gptq-windows, wikitext-2 test first 80%",
            evaluation="16 x 512, wikitext-2 test last 20%")
