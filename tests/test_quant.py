@@ -129,6 +129,43 @@ def test_clipping_beats_min_max_on_heavy_tailed_activations(method, bits, gain):
     assert clipped < gain * minmax, (clipped, minmax)
 
 
+def token_inputs(seed: int = 0) -> torch.Tensor:
+    """[2, 16, 96] inputs with outlier channels, one all-zero token and one token at ties of the grid."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 96, generator=generator) * torch.logspace(-1, 1, 96)
+    x[0, 3] = 0.0
+    x[1, 5] = torch.arange(96) % 16 - 7.5
+    return x
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6])
+def test_dynamic_int_inputs_below_8_bits_are_compressed_tensors_own_forward(bits):
+    """vLLM has no int kernel below 8 bits: transformers serves W4A4 int through compressed-tensors'
+    forward, so the simulation is its dynamic per-token quantization, to the bit."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+
+    from engine.quant import NumberFormat, TokenInputs
+
+    x = token_inputs()
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="token", dynamic=True)
+    scale, zero = compute_dynamic_scales_and_zp(x, args, module=torch.nn.Linear(96, 8))
+    assert torch.equal(TokenInputs(NumberFormat.INT, bits).fake_quantize(x), fake_quantize(x, scale, zero, args))
+
+
+def test_dynamic_int8_inputs_are_vllms_kernel():
+    """8 bits is vLLM's dynamic int8 kernel: each token's |max| is level 127 and nothing clips."""
+    from engine.quant import NumberFormat, TokenInputs
+
+    x = token_inputs()
+    maximum = x.abs().amax(-1, keepdim=True)
+    step = torch.where(maximum == 0, 1.0, maximum / 127)
+    out = TokenInputs(NumberFormat.INT, 8).fake_quantize(x)
+    torch.testing.assert_close(out, torch.round(x / step) * step)
+    torch.testing.assert_close(out.abs().amax(-1, keepdim=True), maximum)
+
+
 def test_mse_clip_keeps_the_full_range_of_uniform_data_and_per_channel_percentiles_are_used():
     x = torch.rand(50000, 2) * 2 - 1
     arrays = statistics_of(x, (0.999,))

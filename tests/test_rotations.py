@@ -190,7 +190,7 @@ def test_the_predicted_errors_are_the_layers_quantized_outputs_on_the_probe(tiny
     x, weight = torch.cat(captured).float(), layer.module.weight.detach().float()
     assert len(x) == min(PROBE_TOKENS, int(calibration.lengths.sum()))  # 4 samples of 64 tokens: all of them
     rotations = layer_rotations(tiny_llama, [layer], RotationSpec())
-    rotation = rotations.matrix(layer.name).float() / layer.in_features ** 0.5  # whole input: one block
+    hadamard, root = rotations.matrix(layer.name), layer.in_features ** 0.5  # whole input: one block
     quantizer = plan.inputs[layer.name]
 
     def error(inputs, w):
@@ -199,8 +199,9 @@ def test_the_predicted_errors_are_the_layers_quantized_outputs_on_the_probe(tiny
 
     row = table.set_index("layer").loc[layer.name]
     assert row["error_unrotated"] == pytest.approx(error(x, weight), rel=1e-4)
-    # W R made here in float32, there in float64: a few weights round to the other 4-bit code
-    assert row["error_rotated"] == pytest.approx(error(x @ rotation, weight @ rotation), rel=2e-3)
+    # as compressed-tensors computes them: x H / √b in float32 at inference, W H / √b fused in float64
+    turned, fused = (x @ hadamard.float()) / root, ((weight.double() @ hadamard.double()) / root).float()
+    assert row["error_rotated"] == pytest.approx(error(turned, fused), rel=1e-4)
 
 
 def test_where_it_helps_rotates_whole_inputs_whose_predicted_error_falls(tiny_llama):

@@ -55,7 +55,10 @@ class Fp8Inputs:
 
 @dataclass
 class TokenInputs:
-    """A scale per token from its own |max| (dynamic: FP8 absmax / 448, int absmax / (2^(b-1) - 1))."""
+    """A scale per token from its own |max|, as the runtime that serves the checkpoint finds it: FP8
+    absmax / 448; int8 absmax / 127 (vLLM's int8 kernel); int below 8 bits, which vLLM has no kernel
+    for and compressed-tensors' own forward runs, absmax / ((2^b - 1) / 2), its symmetric range
+    (7.5 at 4 bits: the token's largest value rounds to 8 and clips to 7, for a finer step)."""
 
     format: NumberFormat
     bits: int
@@ -65,9 +68,10 @@ class TokenInputs:
         if self.format is NumberFormat.FP8:
             scale = fp8_scale(maximum)
             return round_fp8(x / scale) * scale
-        levels = 2 ** (self.bits - 1) - 1
-        scale = torch.where(maximum == 0, 1.0, maximum / levels)
-        return torch.clamp(torch.round(x / scale), -levels - 1, levels) * scale
+        top = 2 ** (self.bits - 1) - 1
+        half_range = top if self.bits == 8 else (2**self.bits - 1) / 2
+        scale = torch.where(maximum == 0, 1.0, maximum / half_range)
+        return torch.clamp(torch.round(x / scale), -top - 1, top) * scale
 
     def to(self, device: torch.device) -> TokenInputs:
         return self
