@@ -12,6 +12,9 @@ on calibration sets of 8 / 32 / 128 GPTQ windows of 256 tokens of wikitext-2 tes
 set (dynamic inputs and RTN weights, unrotated or rotated everywhere) is evaluated once per model and
 said so (``reads_set`` false); a plan identical to one measured (the same rotated layers of a
 scheme that reads nothing else of the set) is not measured twice (``same_plan_as``).
+``--schemes`` measures some of the schemes (after a change that concerns only them); with ``--keep``,
+a previous result of this bench on the same models and held-out windows, the other schemes' rows
+are that result's, and the new result says so in ``reused`` (its commit and date).
 ``--quick``: Gemma, one seed, 8 and 32 windows, 2 evaluation windows."""
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import _isolate  # noqa: F401  (first: see bench/_isolate.py)
 # isort: split
 import argparse
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -102,7 +107,8 @@ def calibration_sets(loaded, corpus, sizes: tuple[int, ...], seeds: int, documen
                                                      RandomSpec(nsamples=max(sizes), length=LENGTH, seed=seed))
 
 
-def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int, windows: int) -> tuple[list[dict], dict]:
+def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int, document_seeds: int,
+              windows: int) -> tuple[list[dict], dict]:
     loaded = load_model(ModelSpec(BENCH_MODELS[name]))
     corpus = calibration_corpus("wikitext")
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
@@ -112,10 +118,12 @@ def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int
     for strategy, seed, calibration in calibration_sets(loaded, corpus, sizes, seeds, document_seeds):
         started = time.perf_counter()
         stats = collect(loaded, calibration)
-        hessians = collect_hessians(loaded, calibration, HessianSpec())
+        needs_hessians = any(SCHEMES[scheme].weights.needs_hessians for scheme in schemes)
+        hessians = collect_hessians(loaded, calibration, HessianSpec()) if needs_hessians else None
         calibrated = Calibrated(calibration, stats=stats, hessians=hessians)
         print(f"{name} {strategy} seed {seed}: statistics and Hessians in {time.perf_counter() - started:.0f} s", flush=True)
-        for scheme, spec in SCHEMES.items():
+        for scheme in schemes:
+            spec = SCHEMES[scheme]
             for rotation, rotation_spec in ROTATIONS.items():
                 depends = reads_set(spec, rotation_spec)
                 if not depends and (scheme, rotation) in done_once:
@@ -127,6 +135,20 @@ def run_model(name: str, sizes: tuple[int, ...], seeds: int, document_seeds: int
                 rows.append(row)
     return rows, {"float_perplexity": round(reference.perplexity, 4), "dtype": loaded.info.dtype,
                   "device": loaded.info.device, "evaluation_windows": windows}
+
+
+def kept_rows(previous: dict, schemes: list[str], details: dict) -> tuple[list[dict], dict[str, str]]:
+    """The rows of the schemes not measured now, from a previous result of this bench measured on the
+    same models and held-out windows (refused otherwise), and what the new result says of them."""
+    for name, detail in details.items():
+        before = previous["details"].get(name, {})
+        if (before.get("evaluation_windows"), before.get("float_perplexity")) != (detail["evaluation_windows"],
+                                                                                 detail["float_perplexity"]):
+            raise SystemExit(f"--keep: {name} was evaluated on other held-out windows there; rerun every scheme")
+    rows = [row for row in previous["rows"] if row["model"] in details and row["scheme"] not in schemes]
+    names = sorted({row["scheme"] for row in rows}, key=list(SCHEMES).index)
+    source = f"{previous['bench']}.json of commit {previous['source']['commit'][:7]}, measured {previous['machine']['when']}"
+    return rows, ({f"rows of {', '.join(names)}": source} if rows else {})
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -167,21 +189,32 @@ def main() -> None:
     parser.add_argument("--document-seeds", type=int, default=3, help="seeds of the random-document sets")
     parser.add_argument("--windows", type=int, default=8, help="held-out windows of 512 tokens")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="calibration set sizes (windows)")
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"some of: {', '.join(SCHEMES)}")
+    parser.add_argument("--keep", type=Path, help="a previous result of this bench: the rows of the schemes not measured")
     args = parser.parse_args()
     names = ["gemma"] if args.quick else args.models.split(",")
+    schemes = args.schemes.split(",")
+    if unknown := sorted(set(schemes) - set(SCHEMES)):
+        parser.error(f"unknown scheme {', '.join(unknown)}: choose from {', '.join(SCHEMES)}")
+    if set(schemes) != set(SCHEMES) and not (args.keep or args.quick):
+        parser.error("--schemes without --keep would write a table of only those schemes over the whole one: "
+                     "give --keep, the result whose other rows to keep")
+    previous = json.loads(args.keep.read_text()) if args.keep else None  # read before this run may overwrite it
     sizes = tuple(int(size) for size in args.sizes.split(","))
     sizes, seeds, windows = ((8, 32), 1, 2) if args.quick else (sizes, args.seeds, args.windows)
     rows, details = [], {}
     for name in names:
-        found, details[name] = run_model(name, sizes, seeds, 1 if args.quick else args.document_seeds, windows)
+        found, details[name] = run_model(name, schemes, sizes, seeds, 1 if args.quick else args.document_seeds, windows)
         rows.extend(found)
+    kept, reused = kept_rows(previous, schemes, details) if previous else ([], {})
+    rows = sorted(kept + rows, key=lambda row: (names.index(row["model"]), list(SCHEMES).index(row["scheme"])))
     table = summary(rows)
     verdict = best_at_or_below(table)
     suffix = "" if names == ["gemma", "smollm2"] else "_" + "_".join(names)
     report(f"rotations{suffix}", "cells where 'where it helps' is at or below both unrotated and rotated everywhere "
            "(mean KLD, within 2%)", sum(verdict.values()), f"all {len(verdict)}", all(verdict.values()),
            dtype=sorted({detail["dtype"] for detail in details.values()}), device=next(iter(details.values()))["device"],
-           quick=args.quick, details=details, verdict=verdict, summary=table, rows=rows)
+           reused=reused, quick=args.quick, details=details, verdict=verdict, summary=table, rows=rows)
 
 
 if __name__ == "__main__":
