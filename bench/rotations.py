@@ -97,14 +97,13 @@ class Measurer:
         return {**row, **result, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def calibration_sets(loaded, corpus, sizes: tuple[int, ...], seeds: int, document_seeds: int):
+def calibration_specs(sizes: tuple[int, ...], seeds: int, document_seeds: int):
+    """(label, seed, spec) of each calibration set the bench builds."""
     for size in sizes:
         for seed in range(seeds):
-            windows = GptqWindowsSpec(nsamples=size, length=LENGTH, seed=seed)
-            yield f"{size} windows", seed, build(corpus, loaded.tokenizer, windows)
+            yield f"{size} windows", seed, GptqWindowsSpec(nsamples=size, length=LENGTH, seed=seed)
     for seed in range(document_seeds):
-        yield f"{max(sizes)} documents", seed, build(corpus, loaded.tokenizer,
-                                                     RandomSpec(nsamples=max(sizes), length=LENGTH, seed=seed))
+        yield f"{max(sizes)} documents", seed, RandomSpec(nsamples=max(sizes), length=LENGTH, seed=seed)
 
 
 def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int, document_seeds: int,
@@ -115,13 +114,15 @@ def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int,
     reference = float_reference(loaded, evaluation)
     measure = Measurer(loaded, evaluation, reference)
     rows, done_once = [], set()
-    for strategy, seed, calibration in calibration_sets(loaded, corpus, sizes, seeds, document_seeds):
+    needs_hessians = any(SCHEMES[scheme].weights.needs_hessians for scheme in schemes)
+    for strategy, seed, set_spec in calibration_specs(sizes, seeds, document_seeds):
         started = time.perf_counter()
+        calibration = build(corpus, loaded.tokenizer, set_spec)
         stats = collect(loaded, calibration)
-        needs_hessians = any(SCHEMES[scheme].weights.needs_hessians for scheme in schemes)
         hessians = collect_hessians(loaded, calibration, HessianSpec()) if needs_hessians else None
         calibrated = Calibrated(calibration, stats=stats, hessians=hessians)
-        print(f"{name} {strategy} seed {seed}: statistics and Hessians in {time.perf_counter() - started:.0f} s", flush=True)
+        made = "statistics and Hessians" if needs_hessians else "statistics"
+        print(f"{name} {strategy} seed {seed}: {made} in {time.perf_counter() - started:.0f} s", flush=True)
         for scheme in schemes:
             spec = SCHEMES[scheme]
             for rotation, rotation_spec in ROTATIONS.items():
@@ -137,18 +138,25 @@ def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int,
                   "device": loaded.info.device, "evaluation_windows": windows}
 
 
-def kept_rows(previous: dict, schemes: list[str], details: dict) -> tuple[list[dict], dict[str, str]]:
+def kept_rows(previous: dict, schemes: list[str], details: dict, sets: set[tuple[str, int]],
+              quick: bool) -> tuple[list[dict], dict[str, str]]:
     """The rows of the schemes not measured now, from a previous result of this bench measured on the
-    same models and held-out windows (refused otherwise), and what the new result says of them."""
+    same models, held-out windows, dtype and calibration sets (``sets``: (label, seed) of this run;
+    refused otherwise), and what the new result says of them (and what that result reused)."""
+    if previous.get("quick") != quick or previous["source"].get("dirty"):
+        raise SystemExit("--keep: that result is a quick run or was measured from a changed tree; rerun every scheme")
     for name, detail in details.items():
         before = previous["details"].get(name, {})
-        if (before.get("evaluation_windows"), before.get("float_perplexity")) != (detail["evaluation_windows"],
-                                                                                 detail["float_perplexity"]):
-            raise SystemExit(f"--keep: {name} was evaluated on other held-out windows there; rerun every scheme")
+        if any(before.get(key) != detail[key] for key in ("evaluation_windows", "float_perplexity", "dtype", "device")):
+            raise SystemExit(f"--keep: {name} was evaluated on other held-out windows, dtype or device there; "
+                             "rerun every scheme")
     rows = [row for row in previous["rows"] if row["model"] in details and row["scheme"] not in schemes]
+    kept_sets = {(row["calibration"], row["seed"]) for row in rows if row["reads_set"]}
+    if rows and kept_sets != sets:
+        raise SystemExit(f"--keep: that result calibrated on other sets ({sorted(kept_sets)}); rerun every scheme")
     names = sorted({row["scheme"] for row in rows}, key=list(SCHEMES).index)
     source = f"{previous['bench']}.json of commit {previous['source']['commit'][:7]}, measured {previous['machine']['when']}"
-    return rows, ({f"rows of {', '.join(names)}": source} if rows else {})
+    return rows, ({f"rows of {', '.join(names)}": source, **previous.get("reused", {})} if rows else {})
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -193,7 +201,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="a previous result of this bench: the rows of the schemes not measured")
     args = parser.parse_args()
     names = ["gemma"] if args.quick else args.models.split(",")
-    schemes = args.schemes.split(",")
+    schemes = list(dict.fromkeys(args.schemes.split(",")))  # each once
     if unknown := sorted(set(schemes) - set(SCHEMES)):
         parser.error(f"unknown scheme {', '.join(unknown)}: choose from {', '.join(SCHEMES)}")
     if set(schemes) != set(SCHEMES) and not (args.keep or args.quick):
@@ -202,11 +210,13 @@ def main() -> None:
     previous = json.loads(args.keep.read_text()) if args.keep else None  # read before this run may overwrite it
     sizes = tuple(int(size) for size in args.sizes.split(","))
     sizes, seeds, windows = ((8, 32), 1, 2) if args.quick else (sizes, args.seeds, args.windows)
+    document_seeds = 1 if args.quick else args.document_seeds
     rows, details = [], {}
     for name in names:
-        found, details[name] = run_model(name, schemes, sizes, seeds, 1 if args.quick else args.document_seeds, windows)
+        found, details[name] = run_model(name, schemes, sizes, seeds, document_seeds, windows)
         rows.extend(found)
-    kept, reused = kept_rows(previous, schemes, details) if previous else ([], {})
+    sets = {(label, seed) for label, seed, _ in calibration_specs(sizes, seeds, document_seeds)}
+    kept, reused = kept_rows(previous, schemes, details, sets, args.quick) if previous else ([], {})
     rows = sorted(kept + rows, key=lambda row: (names.index(row["model"]), list(SCHEMES).index(row["scheme"])))
     table = summary(rows)
     verdict = best_at_or_below(table)

@@ -250,7 +250,8 @@ def test_tensor_names_dtypes_and_shapes_are_llm_compressors(model, calibrated, t
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(WeightSpec("rtn", 4, 128)), QuantSpec(WeightSpec("gptq", 4, 128)),
-                                  QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax"))], ids=lambda s: s.label())
+                                  QuantSpec(WeightSpec("rtn", 8, 0), ActivationSpec(8, "minmax")),
+                                  PRESETS["W4A4 int (A4 per token)"]], ids=lambda s: s.label())
 def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     """In bfloat16 a checkpoint stores its scales in bfloat16 (as llm-compressor's do): calibscope
     rounds on those scales, so the reloaded weights are the simulated ones to the bit and the
@@ -267,7 +268,7 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     weights = dense_weights(back)
     for name, simulated in plan.weights.items():
         assert simulated.dtype == torch.bfloat16 and torch.equal(weights[name], simulated), name
-    if spec.activations.enabled:  # the input scales too: bf16 in the file, the same value simulated
+    if spec.activations.enabled and not spec.activations.dynamic:  # the input scales too: bf16 in the file, the same value
         stored = back.model.layers[0].mlp.down_proj.input_scale
         assert float(stored) == float(plan.inputs["model.layers.0.mlp.down_proj"].scale)
     evaluation = windows(loaded)
@@ -277,10 +278,12 @@ def test_bfloat16_reloads_to_exactly_the_simulated_model(spec, tmp_path):
     # the same weights; the reloaded model's own bf16 forward (and compressed-tensors' input
     # quantization, in bf16) differs in its roundings: ~1e-4 of the perplexity here
     assert back_ppl / simulated_ppl == pytest.approx(1.0, abs=1e-3)
-    # what the dashboard reports: static inputs quantized in float32 on the file's scales, as vLLM does
+    # what the dashboard reports: static inputs quantized in float32 on the file's scales, as vLLM does;
+    # per-token int4 inputs by compressed-tensors' own forward, their runtime, which the simulation follows
     checked, how = reloaded_divergence(tmp_path / "out", loaded, evaluation)
     assert checked.perplexity / simulated_ppl == pytest.approx(1.0, abs=1e-3)
-    assert ("as vLLM's kernels do" in how) == spec.activations.enabled
+    static, dynamic = spec.activations.enabled and not spec.activations.dynamic, spec.activations.dynamic
+    assert ("as vLLM's kernels do" in how, "compressed-tensors' own forward" in how) == (static, dynamic)
 
 
 def test_tied_embeddings_are_written_once_and_reloaded_tied(tmp_path):

@@ -138,20 +138,24 @@ def token_inputs(seed: int = 0) -> torch.Tensor:
     return x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 6])
-def test_dynamic_int_inputs_below_8_bits_are_compressed_tensors_own_forward(bits):
+def test_dynamic_int_inputs_below_8_bits_are_compressed_tensors_own_forward(bits, dtype):
     """vLLM has no int kernel below 8 bits: transformers serves W4A4 int through compressed-tensors'
-    forward, so the simulation is its dynamic per-token quantization, to the bit."""
+    forward, so the simulation is its dynamic per-token quantization in the model's dtype, to the bit
+    (the forward hook hands the quantizer the input in float32)."""
     from compressed_tensors.quantization import QuantizationArgs
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
     from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
 
     from engine.quant import NumberFormat, TokenInputs
 
-    x = token_inputs()
+    x = token_inputs().to(dtype)
     args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="token", dynamic=True)
     scale, zero = compute_dynamic_scales_and_zp(x, args, module=torch.nn.Linear(96, 8))
-    assert torch.equal(TokenInputs(NumberFormat.INT, bits).fake_quantize(x), fake_quantize(x, scale, zero, args))
+    theirs = fake_quantize(x, scale, zero, args)
+    assert theirs.dtype == dtype
+    assert torch.equal(TokenInputs(NumberFormat.INT, bits, dtype).fake_quantize(x.float()), theirs.float())
 
 
 def test_dynamic_int8_inputs_are_vllms_kernel():

@@ -143,20 +143,25 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
     through transformers where it loads the checkpoint, else its layers read back here
     (compressed-tensors' decompressor, or GPTQ unpacking) and swapped into ``loaded``."""
     from engine.models import from_model
-    from engine.quant import QuantizedModel, divergence, float_reference, perplexity, quantized, rounds_scales
+    from engine.quant import QuantizedModel, TokenInputs, divergence, float_reference, perplexity, quantized, rounds_scales
 
     reference = reference if reference is not None else float_reference(loaded, evaluation)
     dtype = next(loaded.model.parameters()).dtype
     reason = transformers_loads(folder, dtype)
-    inputs = input_quantizers(Path(folder))
+    inputs = input_quantizers(Path(folder), dtype)
     rotations = stored_rotations(folder)
     rotated = (f", its {len(rotations)} stored input rotations attached as vLLM applies them (transformers does not read a "
                "transform_config)") if rotations else ""
+    # inputs only compressed-tensors runs (dynamic int below 8 bits): its own forward is the runtime
+    own_runtime = bool(inputs) and all(isinstance(quantizer, TokenInputs) and quantizer.in_compressed_tensors
+                                        for quantizer in inputs.values())
     if reason is None:
         model = from_model(reloaded(folder, dtype).to(loaded.device), loaded.tokenizer)
-        if not (inputs and rounds_scales(dtype)):
+        if not (inputs and rounds_scales(dtype)) or own_runtime:
+            said = ", its inputs quantized by compressed-tensors' own forward (vLLM has no kernel for them)"
             with quantized(model, QuantizedModel(rotations=rotations)):
-                return divergence(model, evaluation, reference, reference_model=loaded), "transformers from_pretrained" + rotated
+                return divergence(model, evaluation, reference, reference_model=loaded), (
+                    "transformers from_pretrained" + rotated + (said if own_runtime else ""))
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
         own = perplexity(model, evaluation)  # said beside the result: one head pass, not a divergence's two
@@ -230,9 +235,10 @@ def stored_rotations(folder: str | Path) -> dict:
     return found
 
 
-def input_quantizers(folder: Path) -> dict:
+def input_quantizers(folder: Path, dtype: torch.dtype = torch.float32) -> dict:
     """How each quantized layer's input is quantized, read from a compressed-tensors checkpoint: its
-    config's input_activations and each layer's input scale (int, FP8) or global scale (NVFP4)."""
+    config's input_activations and each layer's input scale (int, FP8) or global scale (NVFP4);
+    ``dtype``: the model's, which dynamic int inputs that compressed-tensors' forward runs compute in."""
     from engine.quant import Fp8Inputs, Grid, Mxfp4Inputs, NumberFormat, Nvfp4Inputs, TokenInputs
 
     folder = Path(folder)
@@ -254,7 +260,7 @@ def input_quantizers(folder: Path) -> dict:
             return {layer: Mxfp4Inputs() for layer in layers}
         return {layer: Nvfp4Inputs(read(f"{layer}.input_global_scale")) for layer in layers}
     if args.get("dynamic") is True:
-        return {layer: TokenInputs(NumberFormat.FP8 if floating else NumberFormat.INT, bits) for layer in layers}
+        return {layer: TokenInputs(NumberFormat.FP8 if floating else NumberFormat.INT, bits, dtype) for layer in layers}
     if floating:
         return {layer: Fp8Inputs(read(f"{layer}.input_scale")) for layer in layers}
     half = 2 ** (bits - 1)  # signed levels -half..half-1 with zero point z: calibscope's zero is z + half

@@ -4,7 +4,8 @@ of 16 found at inference under a calibrated global scale) or MXFP4 (a power-of-t
 of 32 found at inference).
 
 Inputs are quantized in float32, as vLLM's kernels quantize them (x / scale in float32, then
-rounded): compressed-tensors' own forward, in transformers, divides in the model's dtype. What is
+rounded): compressed-tensors' own forward, in transformers, divides in the model's dtype, and is
+followed where it is the runtime (dynamic int inputs at widths vLLM has no kernel for). What is
 calibrated is made from the statistics in the model's dtype (a bf16 checkpoint stores bf16 input
 scales; NVFP4's global scale is 448 · 6 / absmax computed in bf16, as llm-compressor computes it).
 A maximum of 0, NaN or missing calibrates nothing: the layer is named and nothing is written for it.
@@ -56,25 +57,32 @@ class Fp8Inputs:
 @dataclass
 class TokenInputs:
     """A scale per token from its own |max|, as the runtime that serves the checkpoint finds it: FP8
-    absmax / 448; int8 absmax / 127 (vLLM's int8 kernel); int below 8 bits, which vLLM has no kernel
-    for and compressed-tensors' own forward runs, absmax / ((2^b - 1) / 2), its symmetric range
-    (7.5 at 4 bits: the token's largest value rounds to 8 and clips to 7, for a finer step)."""
+    absmax / 448 and int8 absmax / 127, in float32 (vLLM's kernels); int at other widths, which vLLM
+    has no kernel for and compressed-tensors' own forward runs in transformers, as that forward
+    computes it: absmax / ((2^b - 1) / 2) (7.5 at 4 bits: a token's largest value rounds to 8 and
+    clips to 7, for a finer step), the scale, x / scale and the result in ``dtype``, the model's."""
 
     format: NumberFormat
     bits: int
+    dtype: torch.dtype = torch.float32
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        maximum = x.abs().amax(-1, keepdim=True)
         if self.format is NumberFormat.FP8:
-            scale = fp8_scale(maximum)
+            scale = fp8_scale(x.abs().amax(-1, keepdim=True))
             return round_fp8(x / scale) * scale
         top = 2 ** (self.bits - 1) - 1
-        half_range = top if self.bits == 8 else (2**self.bits - 1) / 2
-        scale = torch.where(maximum == 0, 1.0, maximum / half_range)
-        return torch.clamp(torch.round(x / scale), -top - 1, top) * scale
+        values = x if self.bits == 8 else x.to(self.dtype)
+        maximum = values.abs().amax(-1, keepdim=True)
+        scale = torch.where(maximum == 0, 1.0, maximum / (top if self.bits == 8 else (2**self.bits - 1) / 2))
+        return (torch.clamp(torch.round(values / scale), -top - 1, top) * scale).to(x.dtype)
 
     def to(self, device: torch.device) -> TokenInputs:
         return self
+
+    @property
+    def in_compressed_tensors(self) -> bool:
+        """Whether compressed-tensors' forward is the runtime of these inputs (vLLM has no kernel)."""
+        return self.format is NumberFormat.INT and self.bits != 8
 
     clip = None
 
@@ -142,7 +150,7 @@ def input_quantizer(name: str, arrays: dict[str, torch.Tensor] | None, spec: Act
     if fmt is NumberFormat.MXFP4:
         return Mxfp4Inputs()
     if spec.dynamic:
-        return TokenInputs(fmt, spec.bits)
+        return TokenInputs(fmt, spec.bits, dtype)
     if arrays is None:
         raise CalibscopeError(f"No activation statistics for {name}: collect statistics of layer inputs for every layer "
                               "you quantize.")
