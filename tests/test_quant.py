@@ -129,6 +129,39 @@ def test_clipping_beats_min_max_on_heavy_tailed_activations(method, bits, gain):
     assert clipped < gain * minmax, (clipped, minmax)
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_int_weights_round_as_compressed_tensors_next_to_every_half_step(symmetric):
+    """float32 weights an ulp from a half-step of their grid (x / scale = k + 0.5 - ε): calibscope's
+    RTN equals compressed-tensors' fake quantization bit for bit. Rounded on unsigned codes, round(x
+    / scale + 8) loses ε to the larger sum and rounds some of them up (1-2 weights a layer of SmolLM2
+    rotated did)."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    from engine.quant.formats.rtn import rtn_quantized
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, generator=generator) * 0.02
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=128)
+    grouped = weight.unflatten(-1, (-1, 128))
+    low, high = grouped.amin(-1), grouped.amax(-1)
+    scale, zero = calculate_qparams(low, high, args)
+    step = scale.repeat_interleave(128, dim=1)
+    half_steps = (torch.floor(weight / step) + 0.5) * step
+    near = torch.nextafter(half_steps, torch.zeros(()))  # an ulp towards 0 from the half-step
+    low_, high_ = low.repeat_interleave(128, dim=1), high.repeat_interleave(128, dim=1)
+    inside = (weight > low_) & (weight < high_) & (near > low_) & (near < high_)
+    weight = torch.where(inside, near, weight)  # each group's min and max kept: the same grids
+    theirs = fake_quantize(weight, scale, zero, args)
+    ours, grids = rtn_quantized(weight, 4, 128, symmetric)
+    assert torch.equal(grids.scale, scale)
+    assert torch.equal(ours, theirs)
+    signed = (grids.zero - 8).repeat_interleave(128, dim=1)
+    unsigned_rounding = step * (torch.clamp(torch.round(weight / step + signed + 8), 0, 15) - signed - 8)
+    assert (unsigned_rounding != theirs).sum() > 100  # the case is exercised
+
+
 def token_inputs(seed: int = 0) -> torch.Tensor:
     """[2, 16, 96] inputs with outlier channels, one all-zero token and one token at ties of the grid."""
     generator = torch.Generator().manual_seed(seed)

@@ -3,10 +3,13 @@
 A grid maps x to scale * (clamp(round(x / scale) + zero, 0, maxq) - zero), with maxq = 2^bits - 1.
 Weights use GPTQ's construction (the range always contains 0; symmetric grids put the zero point
 in the middle), so RTN and GPTQ round to exactly the same grid. A weight is rounded as
-compressed-tensors rounds it, round(x / scale + zero): at an exact tie (x / scale = k + 0.5, common in
-weights that were dequantized from a GGUF) an odd zero point of an asymmetric grid turns round half
-to even the other way than round(x / scale) + zero, the GPTQ reference's order; symmetric grids'
-zero points are even, and the two agree.
+compressed-tensors rounds it, on its signed codes: round(x / scale + z) with z = zero - 2^(bits-1),
+its zero point (0 on a symmetric grid). Adding calibscope's unsigned zero point instead, round(x /
+scale + zero), loses x / scale's last bits to the larger sum, and a value just below a half rounds
+up (1-2 weights a layer of SmolLM2 rotated, which 4-bit per-token inputs then amplify); at an exact
+tie (x / scale = k + 0.5, common in weights dequantized from a GGUF) an odd z of an asymmetric grid
+turns round half to even the other way than round(x / scale) + zero, the GPTQ reference's order,
+which symmetric grids (z = 0) also equal.
 """
 from __future__ import annotations
 
@@ -43,9 +46,12 @@ class Grid:
 
 
 def on_grid(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """A weight rounded as compressed-tensors' fake_quantize rounds it: scale · (clamp(round(x / scale + zero)) - zero)."""
-    q = torch.clamp(torch.round(x / scale + zero), 0, maxq)
-    return scale * (q - zero)
+    """A weight rounded as compressed-tensors' fake_quantize rounds it, on signed codes (see the
+    module's docstring): scale · (clamp(round(x / scale + z), -h, h - 1) - z), z = zero - h, h = 2^(bits-1)."""
+    half = (maxq + 1) // 2
+    signed_zero = zero - half
+    q = torch.clamp(torch.round(x / scale + signed_zero), -half, maxq - half)
+    return scale * (q - signed_zero)
 
 
 def minmax_grid(xmin: torch.Tensor, xmax: torch.Tensor, bits: int, symmetric: bool) -> Grid:

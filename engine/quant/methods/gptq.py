@@ -279,23 +279,24 @@ def group_aware_order(diagonal: torch.Tensor, group_size: int) -> torch.Tensor:
 @dataclass
 class _Rounding:
     """Grids as GPTQ's column loop applies them, for the [B, columns, out] layout: q =
-    clamp(round(w / scale + parity) - parity, low, high) · scale with low = -zero, high = maxq - zero
-    and parity = zero mod 2. That is ``GroupGrids.fake_quantize`` (compressed-tensors' round(w / scale +
-    zero)) bit for bit: adding the even rest of the zero point changes no rounding. Symmetric grids'
-    zero points are even, and their loop runs four operations instead of six, which counts: the loop's
+    clamp(round(w / scale + z) - z, low, high) · scale with low = -zero, high = maxq - zero and z =
+    zero - 2^(bits-1), compressed-tensors' signed zero point. That is ``GroupGrids.fake_quantize``
+    (compressed-tensors' round on signed codes, engine/quant/formats/grid.py) bit for bit. Symmetric
+    grids' z is 0, and their loop runs four operations instead of six, which counts: the loop's
     per-column operations are what GPTQ spends on a layer."""
 
     scale: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
-    parity: torch.Tensor | None = None  # None: every zero point even (symmetric grids)
+    signed_zero: torch.Tensor | None = None  # None: every signed zero point 0 (symmetric grids)
 
     @classmethod
     def of(cls, grid: Grid, symmetric: bool) -> _Rounding:
-        return cls(grid.scale, -grid.zero, grid.maxq - grid.zero, None if symmetric else grid.zero.remainder(2))
+        return cls(grid.scale, -grid.zero, grid.maxq - grid.zero, None if symmetric else grid.zero - (grid.maxq + 1) // 2)
 
     def _parts(self) -> tuple[torch.Tensor, ...]:
-        return (self.scale, self.low, self.high) if self.parity is None else (self.scale, self.low, self.high, self.parity)
+        parts = (self.scale, self.low, self.high)
+        return parts if self.signed_zero is None else (*parts, self.signed_zero)
 
     @classmethod
     def stacked(cls, grids: list[_Rounding]) -> _Rounding:
@@ -313,10 +314,10 @@ class _Rounding:
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         q = torch.div(w, self.scale)
-        if self.parity is None:
+        if self.signed_zero is None:
             q.round_()
         else:
-            q.add_(self.parity).round_().sub_(self.parity)
+            q.add_(self.signed_zero).round_().sub_(self.signed_zero)
         return q.clamp_(self.low, self.high).mul_(self.scale)
 
 
