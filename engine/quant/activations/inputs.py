@@ -71,9 +71,12 @@ class TokenInputs:
             scale = fp8_scale(x.abs().amax(-1, keepdim=True))
             return round_fp8(x / scale) * scale
         top = 2 ** (self.bits - 1) - 1
-        values = x if self.bits == 8 else x.to(self.dtype)
+        if self.in_compressed_tensors:
+            values, half_range = x.to(self.dtype), (2**self.bits - 1) / 2
+        else:  # vLLM's int8 kernel, in float32
+            values, half_range = x, top
         maximum = values.abs().amax(-1, keepdim=True)
-        scale = torch.where(maximum == 0, 1.0, maximum / (top if self.bits == 8 else (2**self.bits - 1) / 2))
+        scale = torch.where(maximum == 0, 1.0, maximum / half_range)
         return (torch.clamp(torch.round(values / scale), -top - 1, top) * scale).to(x.dtype)
 
     def to(self, device: torch.device) -> TokenInputs:
