@@ -20,7 +20,7 @@ vocabulary entry per scored token: 2.1 GB for 16 chunks) are deleted at the end.
    llama-perplexity --kl-divergence-base BASE --kl-divergence on both. calibscope reads the TYPE's
    GGUF into a second copy of the model (engine.imatrix: llama_gguf_weights; the dequantized F32
    file reads back to the very same numbers, checked) and runs ``divergence(copy, windows,
-   float_reference(model, windows), reference_model=model)``, summarized over the positions
+   float_reference(model, windows))``, summarized over the positions
    llama.cpp scores (``from_position(n_ctx / 2)``: 255 per chunk of 512).
    Every llama-perplexity run keeps the KV cache in f32 and flash attention off (its default f16
    cache would round both models' keys and values); weights are not repacked (bench/_llamacpp.py:
@@ -254,7 +254,7 @@ def main() -> None:
             for name, value in quantized.items():
                 params[name].copy_(value)
         clock = time.perf_counter()
-        found = divergence(copy, evaluation, reference, reference_model=loaded)
+        found = divergence(copy, evaluation, reference)
         seconds[f"calibscope {kind} divergence"] = round(time.perf_counter() - clock, 1)
         mine = summary(found.from_position(FIRST))
         result = {"gguf_tensor_types": tensor_types, "weights_changed": len(changed),
@@ -268,7 +268,7 @@ def main() -> None:
         if not args.no_activation_check and set(tensor_types) <= Q8_0_ACTIVATIONS | {"F32"}:
             with q8_0_inputs(copy.model) as hooked:
                 clock = time.perf_counter()
-                found = divergence(copy, evaluation, reference, reference_model=loaded)
+                found = divergence(copy, evaluation, reference)
                 seconds[f"calibscope {kind} divergence, Q8_0 activations"] = round(time.perf_counter() - clock, 1)
             rounded = summary(found.from_position(FIRST))
             result.update(calibscope_q8_0_activations=rounded, q8_0_layers=hooked,

@@ -15,6 +15,10 @@ scheme that reads nothing else of the set) is not measured twice (``same_plan_as
 ``--schemes`` measures some of the schemes (after a change that concerns only them); with ``--keep``,
 a previous result of this bench on the same models and held-out windows, the other schemes' rows
 are that result's, and the new result says so in ``reused`` (its commit and date).
+The fused rotations (SpinQuant's R1 and R2, engine/quant/methods/fused_rotation.py; ``FUSED``: what each
+model's layout takes) are measured alone and with each placement online on the turned model;
+``--rotations`` measures some of them (with ``--keep`` as for schemes, or ``--result``, a name of
+the result's own for a run on other sets). ``best`` names each cell's lowest-KLD rotation.
 ``--quick``: Gemma, one seed, 8 and 32 windows, 2 evaluation windows."""
 from __future__ import annotations
 
@@ -55,6 +59,18 @@ SCHEMES = {
     "W4A16 GPTQ": PRESETS["W4 g128 GPTQ"],
 }
 ROTATIONS = {"none": None, "every layer": RotationSpec(), "where it helps": RotationSpec(placement="where it helps")}
+# SpinQuant's fused rotations where each model's layout takes them: SmolLM2 (pre-norm Llama) R1 and R2;
+# Gemma 3's norms after attention and the MLP refuse R1, so R2 alone
+FUSED = {"smollm2": {"residual": True, "heads": True}, "gemma": {"heads": True}}
+FUSED_ROTATIONS = ("fused", "fused + every layer", "fused + where it helps")
+
+
+def rotations_for(model: str) -> dict[str, RotationSpec | None]:
+    """Every rotation the bench knows for ``model``: QuIP's placements, then the fused ones alone and
+    with each placement online on the turned model."""
+    fused = FUSED[model]
+    return {**ROTATIONS, "fused": RotationSpec(placement="none", **fused), "fused + every layer": RotationSpec(**fused),
+            "fused + where it helps": RotationSpec(placement="where it helps", **fused)}
 SIZES = (8, 32, 128)
 LENGTH = 256
 
@@ -76,16 +92,18 @@ class Measurer:
     a dynamic scheme then gives the very plan already measured: its result is that plan's, said in
     ``same_plan_as`` (nothing is estimated)."""
 
-    def __init__(self, loaded, evaluation, reference):
-        self.loaded, self.evaluation, self.reference = loaded, evaluation, reference
+    def __init__(self, loaded, evaluation, reference, rotations: dict[str, RotationSpec | None]):
+        self.loaded, self.evaluation, self.reference, self.rotations = loaded, evaluation, reference, rotations
         self.measured: dict[tuple, dict] = {}
 
     def __call__(self, scheme: str, rotation: str, calibrated: Calibrated, set_label: str) -> dict:
-        spec = dataclasses.replace(SCHEMES[scheme], rotation=ROTATIONS[rotation])
+        spec = dataclasses.replace(SCHEMES[scheme], rotation=self.rotations[rotation])
         started = time.perf_counter()
         plan, table = quantize(self.loaded, Quantization(spec, sensitivity="none"), calibrated)
-        key = (scheme, set_label if reads_beyond_placement(spec) else "-", frozenset(plan.rotations))
-        row = {"scheme": scheme, "rotation": rotation, "rotated_layers": len(plan.rotations), "layers": len(table)}
+        fused = table.attrs.get("fused_rotation")  # a turned model is another model: never the same plan as an unturned one
+        key = (scheme, set_label if reads_beyond_placement(spec) else "-", frozenset(plan.rotations), fused is not None)
+        row = {"scheme": scheme, "rotation": rotation, "rotated_layers": len(plan.rotations), "layers": len(table),
+               **({"fused": fused.split(" (logits")[0]} if fused else {})}
         if key in self.measured:
             return {**row, **self.measured[key][0], "same_plan_as": self.measured[key][1],
                     "seconds": round(time.perf_counter() - started, 1)}
@@ -106,13 +124,14 @@ def calibration_specs(sizes: tuple[int, ...], seeds: int, document_seeds: int):
         yield f"{max(sizes)} documents", seed, RandomSpec(nsamples=max(sizes), length=LENGTH, seed=seed)
 
 
-def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int, document_seeds: int,
-              windows: int) -> tuple[list[dict], dict]:
+def run_model(name: str, schemes: list[str], rotations: list[str], sizes: tuple[int, ...], seeds: int,
+              document_seeds: int, windows: int) -> tuple[list[dict], dict]:
     loaded = load_model(ModelSpec(BENCH_MODELS[name]))
     corpus = calibration_corpus("wikitext")
     evaluation = evaluation_windows(loaded.tokenizer, held_out_texts(), 512, windows, "wikitext-2 test, last quarter")
     reference = float_reference(loaded, evaluation)
-    measure = Measurer(loaded, evaluation, reference)
+    known = rotations_for(name)
+    measure = Measurer(loaded, evaluation, reference, known)
     rows, done_once = [], set()
     needs_hessians = any(SCHEMES[scheme].weights.needs_hessians for scheme in schemes)
     for strategy, seed, set_spec in calibration_specs(sizes, seeds, document_seeds):
@@ -125,7 +144,8 @@ def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int,
         print(f"{name} {strategy} seed {seed}: {made} in {time.perf_counter() - started:.0f} s", flush=True)
         for scheme in schemes:
             spec = SCHEMES[scheme]
-            for rotation, rotation_spec in ROTATIONS.items():
+            for rotation in rotations:
+                rotation_spec = known[rotation]
                 depends = reads_set(spec, rotation_spec)
                 if not depends and (scheme, rotation) in done_once:
                     continue
@@ -138,11 +158,11 @@ def run_model(name: str, schemes: list[str], sizes: tuple[int, ...], seeds: int,
                   "device": loaded.info.device, "evaluation_windows": windows}
 
 
-def kept_rows(previous: dict, schemes: list[str], details: dict, sets: set[tuple[str, int]],
+def kept_rows(previous: dict, schemes: list[str], rotations: list[str], details: dict, sets: set[tuple[str, int]],
               quick: bool) -> tuple[list[dict], dict[str, str]]:
-    """The rows of the schemes not measured now, from a previous result of this bench measured on the
-    same models, held-out windows, dtype and calibration sets (``sets``: (label, seed) of this run;
-    refused otherwise), and what the new result says of them (and what that result reused)."""
+    """The rows of the schemes and rotations not measured now, from a previous result of this bench
+    measured on the same models, held-out windows, dtype and calibration sets (``sets``: (label, seed)
+    of this run; refused otherwise), and what the new result says of them (and what that result reused)."""
     if previous.get("quick") != quick or previous["source"].get("dirty"):
         raise SystemExit("--keep: that result is a quick run or was measured from a changed tree; rerun every scheme")
     for name, detail in details.items():
@@ -150,11 +170,12 @@ def kept_rows(previous: dict, schemes: list[str], details: dict, sets: set[tuple
         if any(before.get(key) != detail[key] for key in ("evaluation_windows", "float_perplexity", "dtype", "device")):
             raise SystemExit(f"--keep: {name} was evaluated on other held-out windows, dtype or device there; "
                              "rerun every scheme")
-    rows = [row for row in previous["rows"] if row["model"] in details and row["scheme"] not in schemes]
+    rows = [row for row in previous["rows"]
+            if row["model"] in details and not (row["scheme"] in schemes and row["rotation"] in rotations)]
     kept_sets = {(row["calibration"], row["seed"]) for row in rows if row["reads_set"]}
     if rows and kept_sets != sets:
         raise SystemExit(f"--keep: that result calibrated on other sets ({sorted(kept_sets)}); rerun every scheme")
-    names = sorted({row["scheme"] for row in rows}, key=list(SCHEMES).index)
+    names = sorted({f"{row['scheme']} {row['rotation']}" for row in rows})
     source = f"{previous['bench']}.json of commit {previous['source']['commit'][:7]}, measured {previous['machine']['when']}"
     return rows, ({f"rows of {', '.join(names)}": source, **previous.get("reused", {})} if rows else {})
 
@@ -189,6 +210,23 @@ def best_at_or_below(table: list[dict]) -> dict:
     return verdict
 
 
+def best_rotations(table: list[dict]) -> dict:
+    """Per model, scheme and calibration: the rotation with the lowest mean KLD (a set-independent row,
+    calibration "-", stands in every calibration of its model and scheme), its KLD and the unrotated one."""
+    cells = {(entry["model"], entry["scheme"], entry["calibration"]) for entry in table if entry["calibration"] != "-"}
+    cells |= {(entry["model"], entry["scheme"], "-") for entry in table
+              if not any(cell[:2] == (entry["model"], entry["scheme"]) for cell in cells)}
+    best = {}
+    for model, scheme, calibration in sorted(cells):
+        same = [entry for entry in table if (entry["model"], entry["scheme"]) == (model, scheme)
+                and entry["calibration"] in (calibration, "-")]
+        winner = min(same, key=lambda entry: entry["kld"])
+        unrotated = next((entry["kld"] for entry in same if entry["rotation"] == "none"), None)
+        best[f"{model} {scheme} {calibration}"] = {"rotation": winner["rotation"], "kld": winner["kld"],
+                                                   "unrotated_kld": unrotated}
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -198,33 +236,43 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8, help="held-out windows of 512 tokens")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="calibration set sizes (windows)")
     parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"some of: {', '.join(SCHEMES)}")
-    parser.add_argument("--keep", type=Path, help="a previous result of this bench: the rows of the schemes not measured")
+    every_rotation = [*ROTATIONS, *FUSED_ROTATIONS]
+    parser.add_argument("--rotations", default=",".join(every_rotation), help=f"some of: {', '.join(every_rotation)}")
+    parser.add_argument("--keep", type=Path, help="a previous result of this bench: the rows of the schemes and rotations "
+                        "not measured")
+    parser.add_argument("--result", help="the result's name (default: rotations, or rotations_<model> for one model)")
     args = parser.parse_args()
     names = ["gemma"] if args.quick else args.models.split(",")
     schemes = list(dict.fromkeys(args.schemes.split(",")))  # each once
+    rotations = list(dict.fromkeys(args.rotations.split(",")))
     if unknown := sorted(set(schemes) - set(SCHEMES)):
         parser.error(f"unknown scheme {', '.join(unknown)}: choose from {', '.join(SCHEMES)}")
-    if set(schemes) != set(SCHEMES) and not (args.keep or args.quick):
-        parser.error("--schemes without --keep would write a table of only those schemes over the whole one: "
-                     "give --keep, the result whose other rows to keep")
+    if unknown := sorted(set(rotations) - set(every_rotation)):
+        parser.error(f"unknown rotation {', '.join(unknown)}: choose from {', '.join(every_rotation)}")
+    partial = set(schemes) != set(SCHEMES) or set(rotations) != set(every_rotation)
+    if partial and not (args.keep or args.quick or args.result):
+        parser.error("--schemes or --rotations without --keep would write a table of only those over the whole one: "
+                     "give --keep, the result whose other rows to keep, or --result, a name of its own")
     previous = json.loads(args.keep.read_text()) if args.keep else None  # read before this run may overwrite it
     sizes = tuple(int(size) for size in args.sizes.split(","))
     sizes, seeds, windows = ((8, 32), 1, 2) if args.quick else (sizes, args.seeds, args.windows)
     document_seeds = 1 if args.quick else args.document_seeds
     rows, details = [], {}
     for name in names:
-        found, details[name] = run_model(name, schemes, sizes, seeds, document_seeds, windows)
+        found, details[name] = run_model(name, schemes, rotations, sizes, seeds, document_seeds, windows)
         rows.extend(found)
     sets = {(label, seed) for label, seed, _ in calibration_specs(sizes, seeds, document_seeds)}
-    kept, reused = kept_rows(previous, schemes, details, sets, args.quick) if previous else ([], {})
+    kept, reused = kept_rows(previous, schemes, rotations, details, sets, args.quick) if previous else ([], {})
     rows = sorted(kept + rows, key=lambda row: (names.index(row["model"]), list(SCHEMES).index(row["scheme"])))
     table = summary(rows)
     verdict = best_at_or_below(table)
     suffix = "" if names == ["gemma", "smollm2"] else "_" + "_".join(names)
-    report(f"rotations{suffix}", "cells where 'where it helps' is at or below both unrotated and rotated everywhere "
-           "(mean KLD, within 2%)", sum(verdict.values()), f"all {len(verdict)}", all(verdict.values()),
+    report(args.result or f"rotations{suffix}",
+           "cells where 'where it helps' is at or below both unrotated and rotated everywhere (mean KLD, within 2%)",
+           sum(verdict.values()), f"all {len(verdict)}", all(verdict.values()),
            dtype=sorted({detail["dtype"] for detail in details.values()}), device=next(iter(details.values()))["device"],
-           reused=reused, quick=args.quick, details=details, verdict=verdict, summary=table, rows=rows)
+           reused=reused, quick=args.quick, details=details, verdict=verdict, best=best_rotations(table),
+           fused={name: rotations_for(name)["fused"].label() for name in names}, summary=table, rows=rows)
 
 
 if __name__ == "__main__":

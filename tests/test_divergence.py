@@ -83,9 +83,23 @@ def test_another_model_is_compared_with_the_float_models_head(two_models):
     reference = float_reference(loaded, evaluation)
     with quantized(loaded, plan):
         simulated = divergence(loaded, evaluation, reference)
-    other = divergence(copy, evaluation, reference, reference_model=loaded)
+    other = divergence(copy, evaluation, reference)
     np.testing.assert_allclose(other.kld, simulated.kld, rtol=1e-5, atol=1e-8)
     assert other.perplexity == pytest.approx(simulated.perplexity, rel=1e-6)
+
+
+def test_the_reference_keeps_the_float_head_when_a_plan_turns_it(two_models):
+    """Fused rotations give the model another LM head (turned, the final norm's gain folded): the
+    reference's logits stay the float model's, so the turned float model is at zero divergence."""
+    from engine.quant import RotationSpec, fuse_rotations
+
+    loaded, _, _, evaluation = two_models
+    reference = float_reference(loaded, evaluation)
+    fused = fuse_rotations(loaded, RotationSpec(placement="none", residual=True))
+    assert "lm_head.weight" in fused.floats
+    with quantized(loaded, fused.plan()):
+        turned = divergence(loaded, evaluation, reference)
+    assert turned.mean_kld < 1e-5  # float32 rounding
 
 
 def test_a_reference_of_other_windows_is_refused(two_models):

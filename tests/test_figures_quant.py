@@ -138,3 +138,7 @@ def test_the_rotation_figure_shows_each_layers_ranges_and_errors_both_ways():
     assert "|max| 80 → 6" in by_name["unrotated input"].text[0]
     assert rotation_ranges(QuantReport(QuantSpec(WeightSpec("rtn", 4, 128)), 20.0, 22.0, layers.drop(
         columns=["error_rotated"]), {})) is None
+    fused = QuantSpec(WeightSpec("rtn", 4, 128), rotation=RotationSpec(placement="none", residual=True))
+    fig = rotation_ranges(QuantReport(fused, 20.0, 22.0, layers.drop(columns=["error_rotated", "error_unrotated"]), {}))
+    assert [trace.name for trace in fig.data] == ["as loaded input", "turned input"]
+    assert list(fig.data[1].y) == [2.0, 1.5, 1.4] and "fell 5.3x, median" in fig.layout.title.text  # 20, 5.3, 2.1

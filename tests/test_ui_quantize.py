@@ -15,7 +15,15 @@ from ui.limits import Limits
 from ui.state import Session
 from ui.tabs.activations import collect_statistics
 from ui.tabs.hessians import HessianForm, compute_hessians
-from ui.tabs.quantize import CUSTOM, EXPERT_POLICIES, SCHEME_WIDGETS, QuantizeForm, preset_widgets, run_quantization
+from ui.tabs.quantize import (
+    CUSTOM,
+    EXPERT_POLICIES,
+    FUSED,
+    SCHEME_WIDGETS,
+    QuantizeForm,
+    preset_widgets,
+    run_quantization,
+)
 
 HELD = next(iter(HELD_OUT))
 
@@ -177,6 +185,19 @@ def test_mixed_precision_runs_from_the_tab_and_shows_its_widths_over_depth(calib
     with pytest.raises(CalibscopeError, match="at least two") as refused:
         quantize(calibrated_session, preset="W4 g128 RTN", mixed=True, widths=[4])
     assert refused.value.field == "budget"
+
+
+def test_fused_rotations_run_from_the_tab_and_say_what_they_turned(calibrated_session):
+    result = quantize(calibrated_session, rotation="none", rotation_fused=list(FUSED))
+    rotation = result["session"].quantization.spec.rotation
+    assert rotation.residual and rotation.heads and rotation.online() is None
+    assert ("Fused rotation: the residual stream (R1, blocks of 32) and each value head (R2, 8 channels) turned and fused "
+            "into the weights") in result["status"]
+    assert "each input's largest channel over its median one fell" in result["status"]
+    assert [trace.name for trace in result["rotation"].data] == ["as loaded input", "turned input"]
+    with pytest.raises(CalibscopeError, match="not one of") as refused:
+        quantize(calibrated_session, rotation_fused=["R5"])
+    assert refused.value.field == "rotation_fused"
 
 
 def test_a_rotation_runs_from_the_tab_and_shows_each_inputs_ranges_before_and_after(calibrated_session):

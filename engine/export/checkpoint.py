@@ -265,6 +265,9 @@ class CheckpointWriter:
     def _write_metadata(self, left_float: list[str]) -> None:
         config = copy.deepcopy(self.loaded.model.config)
         config.dtype = self.dtype
+        if _untied(self.loaded, self.floats):  # fused rotations gave the LM head its own weight: loaders must not re-tie it
+            for described in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+                described.tie_word_embeddings = False
         config.save_pretrained(self.staging)
         if self.format is CheckpointFormat.COMPRESSED_TENSORS:
             schemes = ([self._width_schemes[bits].model_copy(update={"targets": sorted(names)})
@@ -325,6 +328,16 @@ def _in_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, float32: set[
     if not tensor.is_floating_point() or any(pattern in name for pattern in float32):
         return tensor
     return tensor.to(dtype)
+
+
+def _untied(loaded: LoadedModel, floats: dict[str, torch.Tensor]) -> bool:
+    """Whether ``floats`` give an LM head tied to the embeddings a value of its own (or the embeddings one)."""
+    model = loaded.model
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embedding is None or head.weight is not embedding.weight:
+        return False
+    names = {module: name for name, module in model.named_modules()}
+    return f"{names[head]}.weight" in floats or f"{names[embedding]}.weight" in floats
 
 
 def _is_head(loaded: LoadedModel, name: str) -> bool:

@@ -160,7 +160,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
         if not (inputs and rounds_scales(dtype)) or own_runtime:
             said = ", its inputs quantized by compressed-tensors' own forward (vLLM has no kernel for them)"
             with quantized(model, QuantizedModel(rotations=rotations)):
-                return divergence(model, evaluation, reference, reference_model=loaded), (
+                return divergence(model, evaluation, reference), (
                     "transformers from_pretrained" + rotated + (said if own_runtime else ""))
         # compressed-tensors' forward quantizes inputs in the model's dtype (x / scale rounded to bf16
         # before it is rounded to an integer or a float format); vLLM's kernels and calibscope divide in float32
@@ -169,7 +169,7 @@ def reloaded_divergence(folder: str | Path, loaded, evaluation, reference=None) 
             if hasattr(module, "quantization_scheme") and isinstance(module, torch.nn.Linear):
                 module.quantization_enabled = False
         with quantized(model, QuantizedModel(inputs=inputs, rotations=rotations)):
-            return divergence(model, evaluation, reference, reference_model=loaded), (
+            return divergence(model, evaluation, reference), (
                 f"transformers from_pretrained{rotated}, its inputs quantized in float32 on the file's input scales as "
                 f"vLLM's kernels do; transformers' own {str(dtype).removeprefix('torch.')} input quantization gives "
                 f"perplexity {own:.3f}")

@@ -17,6 +17,7 @@ from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard,
 from engine.quant.formats.kv import KVScales, fake_quantize_fp8_kv
 from engine.quant.formats.rtn import rtn
 from engine.quant.methods.awq_pass import awq_scaling, search_awq_scaling
+from engine.quant.methods.fused_rotation import FusedRotations, fuse_rotations
 from engine.quant.methods.gptq import gptq
 from engine.quant.methods.mappings import gain_offset
 from engine.quant.methods.mixed import ALLOCATION_TOKENS
@@ -71,6 +72,7 @@ __all__ = [
     "FloatReference",
     "FloatWeight",
     "Fp8Inputs",
+    "FusedRotations",
     "Granularity",
     "Grid",
     "InputRotation",
@@ -104,6 +106,7 @@ __all__ = [
     "fake_quantize_fp8_kv",
     "float_reference",
     "format_ranges",
+    "fuse_rotations",
     "gain_offset",
     "gptq",
     "hadamard",

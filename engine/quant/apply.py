@@ -66,7 +66,10 @@ class QuantizedModel:
     and ``expert_integers`` each expert's part (gate_up, down) as a checkpoint stores it.
     ``kv_cache``: each attention module's FP8 cache scales (its keys and values rounded as cached).
     ``rotations``: the layers whose input is rotated at inference (x -> x R, before it is quantized);
-    their weights in ``weights`` are rotated too (W R), quantized or not (engine/quant/methods/rotation.py)."""
+    their weights in ``weights`` are rotated too (W R), quantized or not (engine/quant/methods/rotation.py).
+    Fused rotations (engine/quant/methods/fused_rotation.py) put the turned model's every changed
+    parameter in ``floats`` (embeddings, norms, the LM head, float layers); a tied LM head given its
+    own value there is untied while the plan is in the model."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, InputQuantizer] = field(default_factory=dict)
@@ -147,10 +150,18 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
         parameters = fitted_parameters(modules, {**plan.floats, **plan.experts,
                                                  **{f"{name}.weight": w for name, w in weights.items()}})
         originals: dict[str, torch.Tensor] = {}
+        untied: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
         handles = []
         try:
+            swapped: set[int] = set()
             for name, value in parameters.items():
                 parameter = loaded.model.get_parameter(name)
+                if id(parameter) in swapped:  # tied to a parameter the plan already changed (an LM head turned
+                    owner, attribute = name.rsplit(".", 1)  # apart from its embeddings): untied for the block
+                    untied.append((loaded.model.get_submodule(owner), attribute, parameter))
+                    setattr(untied[-1][0], attribute, torch.nn.Parameter(value, requires_grad=False))
+                    continue
+                swapped.add(id(parameter))
                 originals[name] = parameter.data
                 parameter.data = value
             shared = _SharedRotation()  # first: the input is rotated, then quantized
@@ -165,6 +176,8 @@ def quantized(loaded: LoadedModel, plan: QuantizedModel) -> Iterator[None]:
         finally:
             for handle in handles:
                 handle.remove()
+            for module, attribute, parameter in reversed(untied):
+                setattr(module, attribute, parameter)
             for name, value in originals.items():
                 loaded.model.get_parameter(name).data = value
 

@@ -5,8 +5,9 @@ the same (llama.cpp's ``llama-perplexity --kl-divergence``), beside the perplexi
 The float distributions are never held: for a 262k vocabulary one window's would take gigabytes.
 What is kept of the float model is its final hidden state at each scored position (``FloatReference``,
 hidden-size numbers per token); its logits are made again from them, HEAD_CHUNK tokens at a time,
-beside the quantized model's. The LM head is never quantized (``quantizable_layers``), so the
-reference's logits are the float model's exactly."""
+beside the quantized model's, by the float model's own LM head, kept with them (no copy: a plan swaps
+new tensors in and never writes into a weight), since a plan may change the head (fused rotations
+turn it) and a reloaded checkpoint is another model."""
 from __future__ import annotations
 
 import math
@@ -28,12 +29,19 @@ from engine.runner import batch_working_bytes
 class FloatReference:
     """The float model on an evaluation set: its perplexity and its final hidden states at the scored
     positions ([windows, length - 1, hidden], the model's dtype and device); ``nll`` its NLL at each
-    scored token ([windows, length - 1], float64)."""
+    scored token ([windows, length - 1], float64); ``head``: its LM head's weight, bias and logit
+    soft-cap, which make the logits of those states."""
 
     perplexity: float
     states: torch.Tensor
     evaluation_key: str
     nll: np.ndarray | None = None
+    head: tuple[torch.Tensor, torch.Tensor | None, float | None] | None = None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias, cap = self.head
+        logits = torch.nn.functional.linear(hidden.to(weight.device), weight, bias).float()
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,10 @@ def float_reference(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: 
             done = min(start + batch_size, windows.shape[0])
             progress(done / windows.shape[0], f"Float model: window {done} of {windows.shape[0]}")
     nll = torch.cat(nlls).cpu().numpy().reshape(windows.shape[0], windows.shape[1] - 1)
-    return FloatReference(math.exp(float(nll.sum()) / evaluation.tokens), torch.cat(states), evaluation.key, nll)
+    head = loaded.model.get_output_embeddings()
+    kept = (head.weight.detach(), head.bias.detach() if isinstance(head.bias, torch.Tensor) else None,
+            getattr(loaded.model.config, "final_logit_softcapping", None))
+    return FloatReference(math.exp(float(nll.sum()) / evaluation.tokens), torch.cat(states), evaluation.key, nll, kept)
 
 
 def token_divergence(reference_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
@@ -141,15 +152,13 @@ def expected(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def divergence(model: LoadedModel, evaluation: EvaluationSet, reference: FloatReference, batch_size: int = 4,
-               progress: Progress = no_progress, reference_model: LoadedModel | None = None) -> Divergence:
-    """``model`` (as it is now: e.g. inside ``quantized(...)``) against ``reference`` on ``evaluation``.
-    ``reference_model`` makes the reference's logits (its LM head), ``model`` by default: another
-    model (a reloaded checkpoint) is compared with the float model that made the reference. Nothing
-    is read back from the device until the end."""
+               progress: Progress = no_progress) -> Divergence:
+    """``model`` (as it is now: e.g. inside ``quantized(...)``, or a reloaded checkpoint) against
+    ``reference`` on ``evaluation``, whose logits its own LM head makes. Nothing is read back from
+    the device until the end."""
     if reference.evaluation_key != evaluation.key:
         raise CalibscopeError("The float reference was made on other evaluation windows; make it on these.")
     model.require_resident("The divergence")
-    head_model = (reference_model or model).model
     device = next(model.model.parameters()).device
     windows = evaluation.windows
     klds, nlls, same = [], [], []
@@ -163,7 +172,7 @@ def divergence(model: LoadedModel, evaluation: EvaluationSet, reference: FloatRe
             targets = ids[:, 1:].reshape(-1)
             for first in range(0, flat.shape[0], HEAD_CHUNK):
                 part = slice(first, first + HEAD_CHUNK)
-                reference_logits = output_logits(head_model, floats[part].to(head_model.device))
+                reference_logits = reference.logits(floats[part])
                 kld, nll, top = token_divergence(reference_logits.to(device), output_logits(model.model, flat[part]),
                                                  targets[part])
                 klds.append(kld)

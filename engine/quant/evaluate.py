@@ -81,6 +81,7 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     thorough = sensitivity is Sensitivity.THOROUGH
     split = (0.3, 0.45, 0.6) if thorough else (0.5, 0.75, 1.0)
     plan, table = quantize(loaded, quantization, calibrated, labelled(scaled(progress, 0.0, split[0]), "Quantizing"))
+    fused = {key: table.attrs[key] for key in ("fused_rotation",) if key in table.attrs}  # what SpinQuant's R1 / R2 turned
     if on_plan is not None:
         on_plan(plan)
     reference = make_reference(loaded, evaluation, batch_size, labelled(scaled(progress, split[0], split[1]), "Float model"))
@@ -106,7 +107,7 @@ def evaluate(loaded: LoadedModel, quantization: Quantization | QuantSpec, calibr
     meta = {"model": loaded.info.name, "evaluation": evaluation.name, "evaluation_tokens": evaluation.tokens,
             "evaluation_key": evaluation.key, "layers": layers, "sensitivity": sensitivity.value,
             "calibration_sha256": sha, "gptq": gptq_mode(spec, quantization.sequential),
-            "seconds": round(time.perf_counter() - started, 2), **average_bits(table)}
+            "seconds": round(time.perf_counter() - started, 2), **average_bits(table), **fused}
     report = QuantReport(spec, reference.perplexity, measured.perplexity, table, meta, measured)
     if not math.isfinite(measured.perplexity):
         raise CalibscopeError(f"{spec.label()} makes the model's loss non-finite on {evaluation.name}; "

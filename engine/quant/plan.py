@@ -19,20 +19,22 @@ from engine.progress import Progress, no_progress, scaled
 from engine.quant.activations.inputs import input_quantizer
 from engine.quant.activations.kv_cache import kv_cache_scales, kv_cache_table
 from engine.quant.activations.ranges import relative_error
-from engine.quant.apply import QuantizedModel, module_weight, original_weights
+from engine.quant.apply import QuantizedModel, module_weight, original_weights, quantized
 from engine.quant.formats.floats import FloatGrids, FloatWeight, NumberFormat
 from engine.quant.formats.grid import GroupGrids, IntWeight
 from engine.quant.measures import output_error
 from engine.quant.methods.awq_pass import awq_scaling
 from engine.quant.methods.experts import expert_hessians, quantize_experts
+from engine.quant.methods.fused_rotation import calibrated_again, fuse_rotations, turned_stats_spec
 from engine.quant.methods.matrices import GPTQ_BATCH_BYTES, quantize_groups, stored_weight
 from engine.quant.methods.mixed import allocate, bits_per_weight, group_divergences, layer_groups, measured_losses
-from engine.quant.methods.rotation import rotate
+from engine.quant.methods.rotation import probe_batch, range_changes, rotate
 from engine.quant.methods.smoothing import smooth
 from engine.quant.request import Calibrated
 from engine.quant.specs import Allocation, Granularity, KVCacheSpec, QuantSpec, WeightSpec
+from engine.runner import model_device
 from engine.sampling import CalibrationSet
-from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect_expert_stats, collect_kv
+from engine.stats import ExpertReport, ExpertSpec, HessianReport, collect, collect_expert_stats, collect_kv
 
 
 def quantizable_layers(model: torch.nn.Module, spec: QuantSpec) -> list[LinearLayer]:
@@ -137,7 +139,10 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
     its Hessians kept) is not given; MoE experts get one row per expert and part
     (engine/quant/methods/experts.py). The weights are read under the model's lock, so another session's
     quantized evaluation on the same model never leaks into this plan. What the scheme needs was
-    checked by the entry (``engine.quant.quantize``), the one caller."""
+    checked by the entry (``engine.quant.quantize``), the one caller. Fused rotations (SpinQuant's R1,
+    R2) turn the float model first, and the rest of the scheme is planned on it (``_fused_plan``)."""
+    if spec.rotation is not None and spec.rotation.fused:
+        return _fused_plan(loaded, spec, calibrated, progress, output_errors)
     stats, hessians, calibration = calibrated.stats, calibrated.hessians, calibrated.samples
     layers = quantizable_layers(loaded.model, spec)
     # the plan holds float32 copies of every weight it quantizes (the original, the rounded one, its
@@ -231,6 +236,27 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
             rows.extend(kv_rows)
         progress(1.0, f"Quantized {len(layers)} layers")
         return plan, pd.DataFrame(rows)
+
+
+def _fused_plan(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrated, progress: Progress,
+                output_errors: bool) -> tuple[QuantizedModel, pd.DataFrame]:
+    """The model turned by the fused rotations (engine/quant/methods/fused_rotation.py), what was
+    collected collected again on it, and the scheme (with the inputs' online rotation, if any) planned
+    on it; the plan keeps the turned floats it did not quantize."""
+    fused = fuse_rotations(loaded, spec.rotation, scaled(progress, 0.0, 0.05),
+                           probe_batch(calibrated.samples, model_device(loaded.model)))
+    inner = replace(spec, rotation=spec.rotation.online())
+    before, wanted = calibrated.stats, turned_stats_spec(calibrated, inner)
+    if before is None or before.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256:
+        before = collect(loaded, calibrated.samples, wanted, progress=scaled(progress, 0.05, 0.2))
+    with quantized(loaded, fused.plan()):
+        again = calibrated_again(loaded, calibrated, inner, spec.rotation, scaled(progress, 0.2, 0.4))
+        plan, table = plan_quantization(loaded, inner, again, scaled(progress, 0.4, 1.0), output_errors)
+    if inner.rotation is None:  # each input on the model as loaded and turned (an online rotation shows its own)
+        table = table.merge(range_changes(quantizable_layers(loaded.model, spec), before, again.stats), on="layer",
+                            how="left")
+    table.attrs["fused_rotation"] = fused.sentence()
+    return fused.merged(plan), table
 
 
 def _mixed_weights(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, torch.Tensor], spec: QuantSpec,

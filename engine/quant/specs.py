@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from engine.errors import SpecError
@@ -405,8 +405,10 @@ class Rotation(str, Enum):
     x -> x R at inference and W -> W R fused into the weight, so the float layer computes the same,
     as llm-compressor's QuIP "v" rotation does (compressed-tensors' input and weight_input transforms).
     every layer: all of them (QuIP); where it helps: only the input groups whose quantization error on
-    the calibration set the rotation lowers."""
+    the calibration set the rotation lowers; none: no input is rotated online (only the fused
+    rotations, ``RotationSpec.residual`` and ``heads``, turn the model)."""
 
+    NONE = "none"
     EVERY_LAYER = "every layer"
     WHERE_IT_HELPS = "where it helps"
 
@@ -432,6 +434,8 @@ class RotationSpec:
     matrix: RotationMatrix = RotationMatrix.RANDOM_HADAMARD
     block: int = 0
     seed: int | None = None
+    residual: bool = False
+    heads: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", choice(Rotation, self.placement, "rotation placement"))
@@ -439,12 +443,27 @@ class RotationSpec:
         if self.block < 0 or (self.block and self.block % 4 and self.block not in (1, 2)):
             raise SpecError(f"rotation block={self.block}: a Hadamard block has 1, 2 or a multiple of 4 channels "
                             "(e.g. 16 for NVFP4's blocks, 32 for MXFP4's, the head dimension); 0 rotates the whole input.")
+        if self.placement is Rotation.NONE and not self.fused:
+            raise SpecError("A rotation with placement 'none' and neither the residual stream (R1) nor the heads (R2) "
+                            "rotates nothing: choose where inputs are rotated, or residual / heads, or no rotation.")
+
+    @property
+    def fused(self) -> bool:
+        """Whether SpinQuant's offline rotations turn the float model first (engine/quant/methods/fused_rotation.py)."""
+        return self.residual or self.heads
+
+    def online(self) -> RotationSpec | None:
+        """The inputs' online rotation alone, made on the model the fused rotations turned (None: none)."""
+        return None if self.placement is Rotation.NONE else replace(self, residual=False, heads=False)
 
     def label(self) -> str:
         matrix = "Hadamard" if self.matrix is RotationMatrix.HADAMARD else "random Hadamard"
+        fused = "+".join(name for name, on in (("R1", self.residual), ("R2", self.heads)) if on)
+        if self.placement is Rotation.NONE:
+            return f"{fused} fused {matrix} rotation{f' in blocks of {self.block}' if self.block else ''}"
         block = f" in blocks of {self.block}" if self.block else ""
         where = ", where it helps" if self.placement is Rotation.WHERE_IT_HELPS else ""
-        return f"{matrix} rotation{block}{where}"
+        return f"{fused + ' fused + ' if fused else ''}{matrix} rotation{block}{where}"
 
 
 @dataclass(frozen=True)
@@ -579,7 +598,9 @@ class QuantSpec:
         estimates): AWQ's pass is one, and its search runs each measured module again per grid point,
         about three quarters of a forward (an MLP's share on the builtin model)."""
         forwards = 2 + 3 * self.awq.grid // 4 if self.awq is not None else 0
-        rotation = 2 if self.rotation is not None else 0  # the rotated inputs' statistics and the probe
+        rotation = 2 if self.rotation is not None and self.rotation.online() is not None else 0  # rotated statistics, probe
+        if self.rotation is not None and self.rotation.fused:
+            rotation += 2  # the turned model's statistics and Hessians collected again
         return forwards + rotation + (1 if self.kv_cache is not None and self.kv_cache.calibrated else 0)
 
     @property

@@ -61,8 +61,10 @@ DEFAULT_PRESET = "W4 g128 GPTQ"
 KV_CHOICES = {"float (as the model computes it)": None, "FP8, constant scale": ("tensor", True),
               "FP8, a scale per tensor": ("tensor", False), "FP8, a scale per KV head": ("attn_head", False)}
 KV_RANGES = [KVRange.MINMAX.value, KVRange.MSE.value, KVRange.ENTROPY.value]
-NO_ROTATION = "none"
-ROTATIONS = [NO_ROTATION, *labels(Rotation)]
+NO_ROTATION = Rotation.NONE.value
+ROTATIONS = labels(Rotation)
+# SpinQuant's offline rotations, fused into the weights: the label shown -> the RotationSpec field it sets
+FUSED = {"R1: the residual stream": "residual", "R2: each value head": "heads"}
 ROTATION_BLOCKS = {"whole input": 0, "16 (NVFP4's blocks)": 16, "32 (MXFP4's blocks)": 32, "64": 64, "128": 128}
 GROUPS = {"per tensor (FP8)": -1, "per channel": 0, "16": 16, "32": 32, "64": 64, "128": 128}
 # On a CPU an evaluation must take seconds, not minutes: 8 x 256 tokens (GPU: 32 x 512).
@@ -134,6 +136,12 @@ HELP = {
         "error on the calibration set falls. Runs its own pass (the rotated inputs' statistics)"
     ),
     "rotation_block": "rotate consecutive blocks of this many channels (a block-diagonal Hadamard) instead of the whole input",
+    "rotation_fused": (
+        "SpinQuant's offline rotations, fused into the weights (free at inference): R1 turns the residual stream (the "
+        "embeddings, every block's reads and writes, the norms' gains folded, the LM head untied; pre-norm models such as "
+        "Llama, Qwen, SmolLM2, not Gemma 2/3), R2 each value head (v_proj into o_proj). The statistics and Hessians are "
+        "collected again on the turned model"
+    ),
     "kv_range": "how a calibrated scale's range is chosen from the cached values' |x| histogram; minmax is llm-compressor's",
     "budget": "average stored bits per weight over the quantized layers, scales and zero points included",
     "widths": "the weight widths to choose from (vLLM's kernels serve 4 and 8; transformers all)",
@@ -185,13 +193,23 @@ class QuantizeForm:
     rotation: str = NO_ROTATION
     rotation_matrix: str = RotationMatrix.RANDOM_HADAMARD.value
     rotation_block: str = next(iter(ROTATION_BLOCKS))
+    rotation_fused: tuple = ()
+
+    def fused_rotations(self) -> set[str]:
+        """The RotationSpec fields the fused-rotation choices set."""
+        unknown = [choice for choice in self.rotation_fused or () if choice not in FUSED]
+        if unknown:
+            raise SpecError(f"Fused rotation {unknown[0]!r} is not one of {', '.join(FUSED)}.")
+        return {FUSED[choice] for choice in self.rotation_fused or ()}
 
     def rotation_spec(self) -> RotationSpec | None:
-        if self.rotation == NO_ROTATION:
+        fused = self.fused_rotations()
+        if self.rotation == NO_ROTATION and not fused:
             return None
         if self.rotation_block not in ROTATION_BLOCKS:
             raise SpecError(f"Rotation block {self.rotation_block!r} is not one of {', '.join(ROTATION_BLOCKS)}.")
-        return RotationSpec(self.rotation, self.rotation_matrix, ROTATION_BLOCKS[self.rotation_block])
+        return RotationSpec(self.rotation, self.rotation_matrix, ROTATION_BLOCKS[self.rotation_block],
+                            residual="residual" in fused, heads="heads" in fused)
 
     def spec(self) -> QuantSpec:
         """The scheme, with its widths mixed per layer group when asked."""
@@ -286,8 +304,13 @@ def kv_sentence(report: QuantReport) -> str:
 def rotation_sentence(report: QuantReport) -> str:
     """What the rotation did, in one sentence (empty without one)."""
     rows = report.layers
+    fused = f"\n- Fused rotation: {report.meta['fused_rotation']}" if "fused_rotation" in report.meta else ""
+    if fused and "rotated" not in rows and "channel_ratio_after" in rows:
+        ratio = (rows["channel_ratio_before"] / rows["channel_ratio_after"]).median()
+        fused += f"; each input's largest channel over its median one fell {ratio:.1f}x (median over layers)"
+    fused += "." if fused else ""
     if report.spec.rotation is None or "rotated" not in rows:
-        return ""
+        return fused
     without = int((rows["kind"] != "kv cache").sum() - rows["rotated"].notna().sum())
     rows = rows.dropna(subset=["error_rotated"])
     rotated = rows[rows["rotated"].astype(bool)]
@@ -297,7 +320,7 @@ def rotation_sentence(report: QuantReport) -> str:
     ratio = (rows["channel_ratio_before"] / rows["channel_ratio_after"]).median()
     if without:
         where += f"; {without} more have no Hadamard matrix of their width and stay unrotated"
-    return (f"\n- Rotation: {len(rotated)} of {len(rows)} layers' inputs rotated{where}. On the calibration set's first "
+    return (f"{fused}\n- Rotation: {len(rotated)} of {len(rows)} layers' inputs rotated{where}. On the calibration set's first "
             f"tokens, rotating all of them changes their summed output error by {-100 * fell:+.0f}% (predicted, RTN "
             f"weights); their largest channel over the median channel fell {ratio:.1f}x (median over layers).")
 
@@ -360,6 +383,7 @@ def check(form: QuantizeForm, context: AppContext) -> None:
     """A scheme that cannot be, an evaluation larger than this app allows, a held-out file that is not
     the visitor's own upload: refused before the request is queued."""
     on_field("kv_cache", form.kv_cache_spec)
+    on_field("rotation_fused", form.fused_rotations)
     on_field("rotation_block", form.rotation_spec)
     on_field("preset", form.base_spec)
     spec = on_field("budget", form.spec)
@@ -447,6 +471,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
                                            label="Rotation matrix")
                 rotation_block = gr.Dropdown(list(ROTATION_BLOCKS), value=next(iter(ROTATION_BLOCKS)), label="Rotation block",
                                              info=HELP["rotation_block"])
+                rotation_fused = gr.CheckboxGroup(list(FUSED), value=[], label="Fuse into the weights (SpinQuant)",
+                                                  info=HELP["rotation_fused"])
             with gr.Accordion("Evaluation", open=True):
                 source = gr.Dropdown([*HELD_OUT, UPLOADED], value=next(iter(HELD_OUT)), label="Held-out text")
                 upload = gr.File(label="Held-out text file", type="filepath", height=90, visible=False)
@@ -477,7 +503,8 @@ def build_tab(session: gr.State, context: AppContext) -> None:
     widgets = {**scheme, "source": source, "upload": upload, "length": length, "windows": windows,
                "sensitivity": sensitivity, "preset": preset, "sequential": sequential, "mixed": mixed, "budget": budget,
                "widths": widths, "allocation": allocation, "kv_cache": kv_cache, "kv_range": kv_range,
-               "rotation": rotation, "rotation_matrix": rotation_matrix, "rotation_block": rotation_block}
+               "rotation": rotation, "rotation_matrix": rotation_matrix, "rotation_block": rotation_block,
+               "rotation_fused": rotation_fused}
     outputs = {"status": status, "summary": summary, "runs": runs, "divergence": divergence, "allocation": allocation_plot,
                "rotation": rotation_plot,
                "depth": depth, "table": table, "session": session}

@@ -174,3 +174,19 @@ class InputRotation:
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         blocks = x.to(torch.float32).unflatten(-1, (-1, self.order))
         return ((blocks @ self.on(x.device)) / math.sqrt(self.order)).flatten(-2).to(x.dtype)
+
+
+def turned(values: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """values (I ⊗ H / √b) over the last dimension (``matrix``: the ±1 H of order b), computed and
+    returned in values' dtype: callers pass a wide copy (float64 for a float32 weight, float32 for a
+    half-precision one) and round once after their last turn."""
+    hadamard = matrix.to(device=values.device, dtype=values.dtype)
+    blocks = values.unflatten(-1, (-1, hadamard.shape[0]))
+    return (blocks @ hadamard).flatten(-2) / math.sqrt(hadamard.shape[0])
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where a rotation is fused into a weight: float64 for a float32 weight (as compressed-tensors
+    fuses), float32 for a half-precision one, whose rounding is 2^16 times coarser than float32's."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+

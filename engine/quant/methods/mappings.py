@@ -76,9 +76,9 @@ def parent_module(model: nn.Module, names: tuple[str, ...]) -> str:
     return ".".join(common)
 
 
-def output_change(loaded: LoadedModel, plan: QuantizedModel) -> float:
-    """‖logits(with plan) - logits‖ / ‖logits‖ on a short probe."""
-    tokens = probe_tokens(loaded)
+def output_change(loaded: LoadedModel, plan: QuantizedModel, tokens: torch.Tensor | None = None) -> float:
+    """‖logits(with plan) - logits‖ / ‖logits‖ on ``tokens`` (default: a short probe)."""
+    tokens = probe_tokens(loaded) if tokens is None else tokens.to(loaded.device)
     with loaded.lock, torch.inference_mode():
         before = loaded.model(input_ids=tokens).logits.float()
         with quantized(loaded, plan):
@@ -108,7 +108,7 @@ def gain_offset(norm: nn.Module, loaded: LoadedModel) -> float | None:
     return next((candidate for candidate in GAIN_OFFSETS if abs(offset - candidate) < 1e-2), None)
 
 
-def _norm_readers(loaded: LoadedModel) -> dict[str, list[str]]:
+def norm_readers(loaded: LoadedModel) -> dict[str, list[str]]:
     """norm -> the layers whose input is that norm's output tensor, in the order they read it."""
     model = loaded.model
     everything = {layer.module: layer.name for layer in find_linear_layers(model, execution_order=False)}
@@ -141,7 +141,7 @@ def norm_mappings(loaded: LoadedModel, layers: list[LinearLayer]) -> list[Scalin
     quantized_names = {layer.name for layer in layers}
     modules = dict(loaded.model.named_modules())
     mappings = []
-    for norm, names in _norm_readers(loaded).items():
+    for norm, names in norm_readers(loaded).items():
         if not set(names) <= quantized_names:
             continue
         offset = gain_offset(modules[norm], loaded)

@@ -16,7 +16,6 @@ The prediction: on the first ``PROBE_TOKENS`` tokens of the set, each layer's re
 unrotated and rotated (GPTQ, when asked, runs afterwards on the chosen weights)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -30,13 +29,22 @@ from engine.memo import OwnerMemo
 from engine.models import LinearLayer, LoadedModel, find_linear_layers
 from engine.quant.activations.inputs import InputQuantizer, input_quantizer
 from engine.quant.apply import QuantizedModel, module_weight, quantized
-from engine.quant.formats.hadamard import InputRotation, hadamard, has_hadamard, has_random_hadamard, random_hadamard
+from engine.quant.formats.hadamard import (
+    InputRotation,
+    hadamard,
+    has_hadamard,
+    has_random_hadamard,
+    random_hadamard,
+    turned,
+    wide_dtype,
+)
 from engine.quant.methods.matrices import quantize_groups
 from engine.quant.specs import Granularity, QuantSpec, Rotation, RotationMatrix, RotationSpec, WeightMethod
 from engine.runner import model_device
 from engine.sampling import CalibrationSet
 from engine.stats import StatsReport, StatsSpec, collect, percentile_column
 
+TURNED = "fused_rotation"  # a statistics report's meta: the fused rotations of the model it was collected on
 PROBE_TOKENS = 512  # tokens of the calibration set each layer's predicted errors are measured on
 # the statistics of a model's inputs on one set, unrotated and rotated: a scheme, its placement
 # changed or another scheme on the same set and rotation reuses them instead of two more passes
@@ -74,10 +82,7 @@ class LayerRotations:
         coarser than float32's."""
         key = (layer, matrix.data_ptr())
         if key not in self.done:
-            wide = torch.float64 if matrix.dtype == torch.float32 else torch.float32
-            hadamard = self.matrix(layer).to(device=matrix.device, dtype=wide)
-            blocks = matrix.to(wide).unflatten(-1, (-1, hadamard.shape[0]))
-            self.done[key] = ((blocks @ hadamard).flatten(-2) / math.sqrt(hadamard.shape[0])).to(matrix.dtype)
+            self.done[key] = turned(matrix.to(wide_dtype(matrix.dtype)), self.matrix(layer)).to(matrix.dtype)
         return self.done[key]
 
     def weights(self, matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,7 +201,8 @@ def rotate(loaded: LoadedModel, layers: list[LinearLayer], matrices: dict[str, t
     per_channel = spec.activations.enabled and spec.activations.granularity is Granularity.CHANNEL
     stats_spec = replace(before.spec if before is not None else StatsSpec(), channel_histograms=per_channel)
     names, rotation = tuple(layer.name for layer in layers), replace(spec.rotation, placement=Rotation.EVERY_LAYER)
-    key = (calibration.manifest.token_sha256, stats_spec, names)
+    # a model turned by fused rotations first (its statistics say so) is another model
+    key = (calibration.manifest.token_sha256, stats_spec, names, before.meta.get(TURNED) if before is not None else None)
     if before is None or before.meta.get("calibration_sha256") != calibration.manifest.token_sha256:
         before = _STATISTICS.get(loaded.model, key) or _STATISTICS.put(
             loaded.model, key, collect(loaded, calibration, stats_spec, progress=lambda f, m="": progress(0.3 * f, m)))
