@@ -164,6 +164,7 @@ def test_the_scheme_runs_on_the_turned_model_as_on_that_model_loaded_as_its_own(
 
 def test_a_fused_checkpoint_unties_its_head_and_reloads_at_the_simulated_perplexity(tmp_path):
     from engine.export import save_quantized
+    from engine.export.size import estimated_checkpoint_bytes
     from engine.export.verify import reloaded, reloaded_divergence
 
     loaded = with_gains(wide_llama(torch.bfloat16, tied=True))
@@ -173,6 +174,7 @@ def test_a_fused_checkpoint_unties_its_head_and_reloads_at_the_simulated_perplex
     plan, _ = quantize(loaded, spec, Calibrated(calibration))
     summary = save_quantized(loaded, plan, spec, tmp_path / "out")
     assert summary.quantized_layers == 14
+    assert 0.9 < estimated_checkpoint_bytes(loaded, spec) / summary.bytes < 1.25  # the untied head counted
     config = AutoConfig.from_pretrained(tmp_path / "out")
     assert config.tie_word_embeddings is False
     evaluation = windows(loaded)

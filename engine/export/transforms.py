@@ -52,8 +52,14 @@ def transform_tensors(rotations: dict[str, InputRotation], dtype: torch.dtype) -
 
 
 def transform_bytes(loaded, spec: QuantSpec, dtype: torch.dtype) -> int:
-    """What the rotated layers' matrices add to a checkpoint (an upper bound: every rotatable layer)."""
+    """What a rotation adds to a checkpoint (an upper bound): the rotated layers' matrices (every
+    rotatable layer), and an LM head tied to the embeddings that R1 turns apart (written twice)."""
     if spec.rotation is None:
         return 0
-    return sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize
-               for layer in quantizable_layers(loaded.model, spec) if isinstance(layer.module, torch.nn.Linear))
+    head, embedding = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
+    untied = (head.weight.numel() * dtype.itemsize if spec.rotation.residual and head is not None
+              and embedding is not None and head.weight is embedding.weight else 0)
+    if spec.rotation.online() is None:
+        return untied
+    return untied + sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize
+                        for layer in quantizable_layers(loaded.model, spec) if isinstance(layer.module, torch.nn.Linear))

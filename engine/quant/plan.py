@@ -250,7 +250,7 @@ def _fused_plan(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrated, pr
     if before is None or before.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256:
         before = collect(loaded, calibrated.samples, wanted, progress=scaled(progress, 0.05, 0.2))
     with quantized(loaded, fused.plan()):
-        again = calibrated_again(loaded, calibrated, inner, spec.rotation, scaled(progress, 0.2, 0.4))
+        again = calibrated_again(loaded, calibrated, inner, spec.rotation, output_errors, scaled(progress, 0.2, 0.4))
         plan, table = plan_quantization(loaded, inner, again, scaled(progress, 0.4, 1.0), output_errors)
     if inner.rotation is None:  # each input on the model as loaded and turned (an online rotation shows its own)
         table = table.merge(range_changes(quantizable_layers(loaded.model, spec), before, again.stats), on="layer",

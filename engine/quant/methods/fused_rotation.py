@@ -278,18 +278,19 @@ def turned_stats_spec(calibrated: Calibrated, spec: QuantSpec) -> StatsSpec:
 
 
 def calibrated_again(loaded: LoadedModel, calibrated: Calibrated, spec: QuantSpec, turned_by: RotationSpec,
-                     progress: Progress = no_progress) -> Calibrated:
+                     output_errors: bool = True, progress: Progress = no_progress) -> Calibrated:
     """What ``calibrated`` holds, collected again on the turned model (call it inside ``quantized``
     with the fused plan): the statistics (always: the view of what the turn did to each input, the
     static ranges and the online rotation's "before"), marked as collected on the model ``turned_by``
-    turned; the Hessians where given, with their own specs; the KV cache's statistics are
+    turned; the Hessians where given and read (GPTQ, or each layer's output error when
+    ``output_errors``), with their own specs; the KV cache's statistics are
     left to be collected on it when calibrated. MoE experts' reports stay: R2 leaves every expert's
     input as it was, and R1 is refused for MoE models."""
     samples = calibrated.samples
     stats = collect(loaded, samples, turned_stats_spec(calibrated, spec), progress=scaled(progress, 0.0, 0.5))
     stats.meta[TURNED] = turned_by.label()
     hessians = None
-    if calibrated.hessians is not None:
+    if calibrated.hessians is not None and (spec.weights.needs_hessians or output_errors):
         hessians = collect_hessians(loaded, samples, HessianSpec(**calibrated.hessians.meta["spec"]),
                                     scaled(progress, 0.5, 1.0))
     return Calibrated(samples, stats, hessians, calibrated.experts, None)
