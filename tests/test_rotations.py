@@ -256,27 +256,38 @@ def test_a_layer_without_a_hadamard_is_left_unrotated_and_none_left_is_refused(t
         layer_rotations(tiny_llama, layers, RotationSpec(block=12))  # 32 and 37 channels: neither splits into 12s
 
 
+def reloads_as_simulated(loaded, plan, folder):
+    """The checkpoint in ``folder`` reloaded (its stored rotations attached as vLLM applies them) at
+    ``plan``'s simulated perplexity; the evaluation windows and that perplexity."""
+    from engine.export.verify import reloaded_divergence
+    from engine.quant import perplexity
+    from tests.test_checkpoint import windows
+
+    evaluation = windows(loaded)
+    with quantized(loaded, plan):
+        simulated = perplexity(loaded, evaluation)
+    checked, how = reloaded_divergence(folder, loaded, evaluation)
+    assert checked.perplexity / simulated == pytest.approx(1.0, abs=1e-3)
+    assert f"its {len(plan.rotations)} stored input rotations attached" in how
+    return evaluation, simulated
+
+
 @pytest.mark.parametrize("scheme", ["NVFP4 W4A4", "W4 g128 RTN"])
 def test_a_rotated_checkpoint_reloads_at_the_simulated_perplexity_with_its_stored_rotations(scheme, tmp_path):
     """transformers loads the weights (rotated) and drops the transforms; the check attaches the stored
     ones as vLLM applies them: the simulated perplexity. Without them the model is another model."""
     from engine.export import save_quantized
-    from engine.export.verify import reloaded, reloaded_divergence
+    from engine.export.verify import reloaded
     from engine.quant import PRESETS, perplexity
     from engine.stats import collect
-    from tests.test_checkpoint import corpus, wide_llama, windows
+    from tests.test_checkpoint import corpus, wide_llama
 
     loaded = wide_llama(torch.bfloat16)
     calibration = build(corpus(), loaded.tokenizer, RandomSpec(nsamples=8, length=96, seed=0))
     spec = QuantSpec(PRESETS[scheme].weights, PRESETS[scheme].activations, rotation=RotationSpec())
     plan, _ = quantize(loaded, spec, Calibrated(calibration, stats=collect(loaded, calibration)))
     save_quantized(loaded, plan, spec, tmp_path / "out")
-    evaluation = windows(loaded)
-    with quantized(loaded, plan):
-        simulated = perplexity(loaded, evaluation)
-    checked, how = reloaded_divergence(tmp_path / "out", loaded, evaluation)
-    assert checked.perplexity / simulated == pytest.approx(1.0, abs=1e-3)
-    assert f"its {len(plan.rotations)} stored input rotations attached" in how
+    evaluation, simulated = reloads_as_simulated(loaded, plan, tmp_path / "out")
     from engine.models import from_model
 
     bare = from_model(reloaded(tmp_path / "out", torch.bfloat16), loaded.tokenizer)

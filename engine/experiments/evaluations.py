@@ -13,6 +13,7 @@ from collections.abc import Callable
 from engine.corpus import column, load_corpus
 from engine.errors import CalibscopeError
 from engine.experiments.cache import ResultCache
+from engine.memo import OwnerMemo
 from engine.models import LoadedModel
 from engine.progress import Progress, no_progress
 from engine.quant import (
@@ -53,11 +54,12 @@ def held_out_texts(source: str, upload: str | None = None) -> list[str]:
 
 class EvaluationCache:
     """Bounded caches of evaluation windows, float references and quantized evaluations. A reference
-    holds hidden-size numbers per evaluated token (5 MB for the builtin Gemma's 4 x 512 windows)."""
+    holds hidden-size numbers per evaluated token (5 MB for the builtin Gemma's 4 x 512 windows) and
+    the model's LM head (no copy): references are kept per model object, and go with it."""
 
     def __init__(self, windows: int = 8, references: int = 8, reports: int = 32) -> None:
         self._windows = ResultCache(windows)
-        self._floats = ResultCache(references)
+        self._floats: OwnerMemo[FloatReference] = OwnerMemo(references)
         self._reports = ResultCache(reports)
 
     def windows(self, loaded: LoadedModel, source: str, length: int, count: int, upload: str | None = None) -> EvaluationSet:
@@ -67,7 +69,7 @@ class EvaluationCache:
 
     def reference(self, loaded: LoadedModel, evaluation: EvaluationSet, batch_size: int = 4,
                   progress: Progress = no_progress) -> FloatReference:
-        return self._floats.get_or_compute((loaded.spec, evaluation.key),
+        return self._floats.get_or_compute(loaded.model, evaluation.key,
                                            lambda: float_reference(loaded, evaluation, batch_size, progress))
 
     def evaluate(self, loaded: LoadedModel, quantization: Quantization, calibrated: Calibrated, evaluation: EvaluationSet,

@@ -93,9 +93,9 @@ def refusal(spec: QuantSpec, fmt: CheckpointFormat | str, dtype: CheckpointDtype
     """Why ``spec`` cannot be written in ``fmt`` and ``dtype`` (None, or ``model`` before the model is
     known: whatever dtype it turns out to be) (None: it can)."""
     fmt = checkpoint_format(fmt)
-    if fmt is CheckpointFormat.GPTQ and spec.rotation is not None:
+    if fmt is CheckpointFormat.GPTQ and spec.rotation is not None and spec.rotation.online() is not None:
         return ("The GPTQ format has no place for the rotations that a rotated model's inputs need at inference: "
-                "write compressed-tensors, whose transform_config vLLM applies.")
+                "write compressed-tensors, whose transform_config vLLM applies (or fuse the rotations alone).")
     if fmt is CheckpointFormat.GPTQ:
         return gptq_format.refusal(spec)
     known = _known_dtype(dtype)
@@ -331,11 +331,13 @@ def _in_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, float32: set[
 
 
 def _untied(loaded: LoadedModel, floats: dict[str, torch.Tensor]) -> bool:
-    """Whether ``floats`` give an LM head tied to the embeddings a value of its own (or the embeddings one)."""
+    """Whether ``floats`` give an LM head tied to the embeddings a value of its own (or the embeddings
+    one); under the model's lock, where no other session's plan has untied them for a while."""
     model = loaded.model
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or embedding is None or head.weight is not embedding.weight:
-        return False
+    with loaded.lock:
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is None or embedding is None or head.weight is not embedding.weight:
+            return False
     names = {module: name for name, module in model.named_modules()}
     return f"{names[head]}.weight" in floats or f"{names[embedding]}.weight" in floats
 

@@ -56,9 +56,10 @@ def transform_bytes(loaded, spec: QuantSpec, dtype: torch.dtype) -> int:
     rotatable layer), and an LM head tied to the embeddings that R1 turns apart (written twice)."""
     if spec.rotation is None:
         return 0
-    head, embedding = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
-    untied = (head.weight.numel() * dtype.itemsize if spec.rotation.residual and head is not None
-              and embedding is not None and head.weight is embedding.weight else 0)
+    with loaded.lock:  # no other session's plan has untied them for a while
+        head, embedding = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
+        untied = (head.weight.numel() * dtype.itemsize if spec.rotation.residual and head is not None
+                  and embedding is not None and head.weight is embedding.weight else 0)
     if spec.rotation.online() is None:
         return untied
     return untied + sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize

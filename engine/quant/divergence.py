@@ -121,10 +121,10 @@ def float_reference(loaded: LoadedModel, evaluation: EvaluationSet, batch_size: 
                 nlls.append(torch.nn.functional.cross_entropy(logits, part, reduction="none").double())
             done = min(start + batch_size, windows.shape[0])
             progress(done / windows.shape[0], f"Float model: window {done} of {windows.shape[0]}")
+        head = loaded.model.get_output_embeddings()  # under the lock: the float head, not a plan's
+        kept = (head.weight.detach(), head.bias.detach() if isinstance(head.bias, torch.Tensor) else None,
+                getattr(loaded.model.config, "final_logit_softcapping", None))
     nll = torch.cat(nlls).cpu().numpy().reshape(windows.shape[0], windows.shape[1] - 1)
-    head = loaded.model.get_output_embeddings()
-    kept = (head.weight.detach(), head.bias.detach() if isinstance(head.bias, torch.Tensor) else None,
-            getattr(loaded.model.config, "final_logit_softcapping", None))
     return FloatReference(math.exp(float(nll.sum()) / evaluation.tokens), torch.cat(states), evaluation.key, nll, kept)
 
 

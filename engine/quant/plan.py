@@ -126,7 +126,7 @@ PLAN_COPIES = 3
 
 
 def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrated, progress: Progress = no_progress,
-                      output_errors: bool = True) -> tuple[QuantizedModel, pd.DataFrame]:
+                      output_errors: bool = True, turned: frozenset[str] = frozenset()) -> tuple[QuantizedModel, pd.DataFrame]:
     """Quantized weights and input grids for ``layers`` and one row per layer: weight_error
     (‖ΔW‖²/‖W‖²), output_error (relative output change on the calibration tokens, needs Hessians, or
     AWQ's own pass), gptq_loss and damping (GPTQ), clip (activation range), input_error (expected
@@ -140,7 +140,8 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
     (engine/quant/methods/experts.py). The weights are read under the model's lock, so another session's
     quantized evaluation on the same model never leaks into this plan. What the scheme needs was
     checked by the entry (``engine.quant.quantize``), the one caller. Fused rotations (SpinQuant's R1,
-    R2) turn the float model first, and the rest of the scheme is planned on it (``_fused_plan``)."""
+    R2) turn the float model first, and the rest of the scheme is planned on it (``_fused_plan``);
+    ``turned``: the layers whose input they turned, which the inputs' online rotation leaves alone."""
     if spec.rotation is not None and spec.rotation.fused:
         return _fused_plan(loaded, spec, calibrated, progress, output_errors)
     stats, hessians, calibration = calibrated.stats, calibrated.hessians, calibrated.samples
@@ -161,10 +162,11 @@ def plan_quantization(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrat
         matrices = original_weights(loaded, layers)
         percentiles = stats.spec.percentiles if stats is not None else ()
         rotated, rotation_rows = None, {}
-        if spec.rotation is not None:
+        online = [layer for layer in layers if layer.name not in turned]
+        if spec.rotation is not None and online:
             with loaded.lock:  # every layer's (Hessians may cover some): vLLM fuses them, one rotation per input
                 groups = sharing if sharing is not None else input_sharing(loaded.model, layers, loaded.device)
-            rotated = rotate(loaded, layers, matrices, spec, calibration, stats, groups, scaled(progress, 0.0, 0.4))
+            rotated = rotate(loaded, online, matrices, spec, calibration, stats, groups, scaled(progress, 0.0, 0.4))
             matrices, hessians = rotated.rotations.weights(matrices), rotated.rotations.hessians(hessians)
             arrays_of, percentiles = rotated.arrays, rotated.after.spec.percentiles
             rotation_rows = rotated.table.set_index("layer").to_dict("index")
@@ -245,16 +247,18 @@ def _fused_plan(loaded: LoadedModel, spec: QuantSpec, calibrated: Calibrated, pr
     on it; the plan keeps the turned floats it did not quantize."""
     fused = fuse_rotations(loaded, spec.rotation, scaled(progress, 0.0, 0.05),
                            probe_batch(calibrated.samples, model_device(loaded.model)))
-    inner = replace(spec, rotation=spec.rotation.online())
-    before, wanted = calibrated.stats, turned_stats_spec(calibrated, inner)
-    if before is None or before.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256:
-        before = collect(loaded, calibrated.samples, wanted, progress=scaled(progress, 0.05, 0.2))
+    inner, layers = replace(spec, rotation=spec.rotation.online()), quantizable_layers(loaded.model, spec)
+    before = calibrated.stats
+    stale = before is None or before.meta.get("calibration_sha256") != calibrated.samples.manifest.token_sha256
+    if inner.rotation is None and stale:  # the view: each input on the model as loaded and turned
+        before = collect(loaded, calibrated.samples, turned_stats_spec(calibrated, inner), progress=scaled(progress, 0.05, 0.2))
+    turned = frozenset(fused.turned_inputs(inner.rotation, {layer.name: layer.in_features for layer in layers}))
     with quantized(loaded, fused.plan()):
         again = calibrated_again(loaded, calibrated, inner, spec.rotation, output_errors, scaled(progress, 0.2, 0.4))
-        plan, table = plan_quantization(loaded, inner, again, scaled(progress, 0.4, 1.0), output_errors)
-    if inner.rotation is None:  # each input on the model as loaded and turned (an online rotation shows its own)
-        table = table.merge(range_changes(quantizable_layers(loaded.model, spec), before, again.stats), on="layer",
-                            how="left")
+        plan, table = plan_quantization(loaded, inner, again, scaled(progress, 0.4, 1.0), output_errors, turned)
+    if inner.rotation is None:  # an online rotation shows its own before and after
+        table = table.merge(range_changes(layers, before, again.stats), on="layer", how="left")
+    table["input_turned"] = table["layer"].isin(fused.inputs)  # by R1 or R2
     table.attrs["fused_rotation"] = fused.sentence()
     return fused.merged(plan), table
 

@@ -311,7 +311,8 @@ def rotation_sentence(report: QuantReport) -> str:
     fused += "." if fused else ""
     if report.spec.rotation is None or "rotated" not in rows:
         return fused
-    without = int((rows["kind"] != "kv cache").sum() - rows["rotated"].notna().sum())
+    turned = int(rows["input_turned"].sum()) if "input_turned" in rows else 0  # left to R1 / R2
+    without = int((rows["kind"] != "kv cache").sum() - rows["rotated"].notna().sum()) - turned
     rows = rows.dropna(subset=["error_rotated"])
     rotated = rows[rows["rotated"].astype(bool)]
     fell = 1 - rows["error_rotated"].sum() / max(rows["error_unrotated"].sum(), 1e-30)
@@ -320,6 +321,8 @@ def rotation_sentence(report: QuantReport) -> str:
     ratio = (rows["channel_ratio_before"] / rows["channel_ratio_after"]).median()
     if without:
         where += f"; {without} more have no Hadamard matrix of their width and stay unrotated"
+    if turned:
+        where += f"; {turned} whose input the fused rotation turned are left to it"
     return (f"{fused}\n- Rotation: {len(rotated)} of {len(rows)} layers' inputs rotated{where}. On the calibration set's first "
             f"tokens, rotating all of them changes their summed output error by {-100 * fell:+.0f}% (predicted, RTN "
             f"weights); their largest channel over the median channel fell {ratio:.1f}x (median over layers).")

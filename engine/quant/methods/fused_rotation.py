@@ -26,7 +26,7 @@ llm-compressor's SpinQuant also centres each embedding row (QuaRot's step for La
 changes an RMSNorm model's output; calibscope does not."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from engine.quant.methods.mappings import (
     is_norm,
     norm_readers,
     output_change,
-    probe_tokens,
+    probe_with,
     renormalizing_norms,
     tolerance,
 )
@@ -76,13 +76,24 @@ class FusedRotations:
     """The turned float model: ``floats`` (full parameter name -> its fused value, in the model's
     dtype) and the orders of R1 and R2 (None: not applied); ``untied``: the LM head now differs from
     the embeddings it shared (a checkpoint writes both, tie_word_embeddings false); ``change``: the
-    probe's relative change of the logits (rounding)."""
+    probe's relative change of the logits (rounding); ``inputs``: the layers whose input a fused
+    rotation turns (R1's readers, R2's o_proj) -> that rotation's order."""
 
     floats: dict[str, torch.Tensor]
     residual: int | None
     heads: int | None
     untied: bool
     change: float
+    inputs: dict[str, int] = field(default_factory=dict)
+
+    def turned_inputs(self, online: RotationSpec | None, widths: dict[str, int]) -> set[str]:
+        """The layers an online rotation leaves alone: those whose input a fused rotation of the same
+        order already turned. Turning them again by the same Hadamard would undo it (Sylvester's H H =
+        n I) or correlate the two; QuaRot's online rotations go where the fused ones do not reach
+        (down_proj's input, o_proj's across heads)."""
+        if online is None:
+            return set()
+        return {name for name, order in self.inputs.items() if (online.block or widths.get(name)) == order}
 
     def plan(self) -> QuantizedModel:
         return QuantizedModel(floats=dict(self.floats))
@@ -165,12 +176,7 @@ def final_norm(loaded: LoadedModel, candidates: list[str]) -> str | None:
 
     handles = [modules[name].register_forward_hook(after_norm(name)) for name in candidates]
     handles.append(model.get_output_embeddings().register_forward_pre_hook(before_head))
-    try:
-        with loaded.lock, torch.inference_mode():
-            model(input_ids=probe_tokens(loaded))
-    finally:
-        for handle in handles:
-            handle.remove()
+    probe_with(loaded, handles)
     return found[-1] if found else None
 
 
@@ -190,14 +196,12 @@ def head_pairs(loaded: LoadedModel) -> list[tuple[str, str, int]]:
     return pairs
 
 
-def _order(width: int, spec: RotationSpec, what: str) -> int:
+def _order(width: int, wanted: int, spec: RotationSpec, what: str, advice: str) -> int:
     exists = has_random_hadamard if spec.matrix is RotationMatrix.RANDOM_HADAMARD else has_hadamard
-    order = spec.block or width
-    if width % order or not exists(order):
+    if width % wanted or not exists(wanted):
         raise CalibscopeError(f"{what} has {width} channels, which have no {spec.matrix.value} matrix"
-                              f"{' in blocks of ' + str(spec.block) if spec.block else ''}: choose a block that divides "
-                              f"them (e.g. 64), or leave it unrotated.")
-    return order
+                              f"{' in blocks of ' + str(wanted) if wanted != width else ''}: {advice}")
+    return wanted
 
 
 def fuse_rotations(loaded: LoadedModel, spec: RotationSpec, progress: Progress = no_progress,
@@ -206,61 +210,69 @@ def fuse_rotations(loaded: LoadedModel, spec: RotationSpec, progress: Progress =
     each weight turned in a wide dtype and rounded once; refused where it would not compute the
     original's logits on ``probe`` (tokens [batch, length]: text, e.g. the calibration set's; default: a
     short probe of the first token ids). Random matrices are drawn from one generator (``spec.seed``),
-    R1's first."""
+    R1's first. The model's lock is held throughout: its parameters are read as the float originals."""
     loaded.require_resident("Fused rotations")
     model = loaded.model
     generator = torch.Generator()
     if spec.seed is not None:
         generator.manual_seed(spec.seed)
+    wide, device = wide_dtype(model.dtype), model.get_input_embeddings().weight.device
 
-    def draw(order: int) -> torch.Tensor:
-        return random_hadamard(order, generator) if spec.matrix is RotationMatrix.RANDOM_HADAMARD else hadamard(order)
+    def draw(order: int) -> torch.Tensor:  # on the model's device once, for every parameter it turns
+        matrix = random_hadamard(order, generator) if spec.matrix is RotationMatrix.RANDOM_HADAMARD else hadamard(order)
+        return matrix.to(device=device, dtype=wide)
 
-    layout = residual_layout(loaded) if spec.residual else None
-    pairs = head_pairs(loaded) if spec.heads else []
-    # each fused parameter: what turns it (columns: x W' reads a turned input; rows: its output turns)
-    columns: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}  # name -> (matrix, gain folded first)
-    rows: dict[str, list[torch.Tensor]] = {}
-    replaced: dict[str, torch.Tensor] = {}
-    r1 = None
-    if layout is not None:
-        r1 = draw(_order(model.get_input_embeddings().weight.shape[1], spec, "The residual stream"))
-        columns.setdefault(layout.embedding, []).append((r1, None))
-        for norm, (offset, readers) in layout.norms.items():
-            weight = model.get_parameter(f"{norm}.weight").detach()
-            for reader in readers:
-                columns.setdefault(f"{reader}.weight", []).append((r1, weight.double() + offset))
-            replaced[f"{norm}.weight"] = torch.full_like(weight, 1.0 - offset)  # the gain now 1
-        for writer in layout.writers:
-            rows.setdefault(f"{writer}.weight", []).append(r1)
-            if isinstance(model.get_submodule(writer).bias, torch.Tensor):
-                columns.setdefault(f"{writer}.bias", []).append((r1, None))
-    r2: dict[int, torch.Tensor] = {}
-    for value, output, head_dim in pairs:
-        if head_dim not in r2:
-            r2[head_dim] = draw(_order(head_dim, replace(spec, block=head_dim), "A value head"))
-        rows.setdefault(f"{value}.weight", []).append(r2[head_dim])
-        if isinstance(model.get_submodule(value).bias, torch.Tensor):
-            columns.setdefault(f"{value}.bias", []).append((r2[head_dim], None))
-        columns.setdefault(f"{output}.weight", []).append((r2[head_dim], None))
-    names = sorted(set(columns) | set(rows))
-    sizes = [model.get_parameter(name).numel() for name in names]
-    widest = max(sizes, default=0) * wide_dtype(model.dtype).itemsize
-    kept = sum(sizes) * model.dtype.itemsize
-    with guard.current().reserve_memory("Fusing the rotations (a turned copy of the model's weights)", kept + 3 * widest):
-        with loaded.lock:
+    with loaded.lock:
+        layout = residual_layout(loaded) if spec.residual else None
+        pairs = head_pairs(loaded) if spec.heads else []
+        # each fused parameter: what turns it (columns: x W' reads a turned input; rows: its output turns)
+        columns: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}  # name -> (matrix, gain folded first)
+        rows: dict[str, list[torch.Tensor]] = {}
+        replaced: dict[str, torch.Tensor] = {}
+        inputs: dict[str, int] = {}  # the quantizable layers whose input a fused rotation turns -> its order
+        r1 = None
+        if layout is not None:
+            hidden = model.get_input_embeddings().weight.shape[1]
+            r1 = draw(_order(hidden, spec.block or hidden, spec, "The residual stream",
+                             "choose a block that divides them (e.g. 64), or leave the residual stream (R1) unrotated."))
+            columns.setdefault(layout.embedding, []).append((r1, None))
+            for norm, (offset, readers) in layout.norms.items():
+                weight = model.get_parameter(f"{norm}.weight").detach()
+                for reader in readers:
+                    columns.setdefault(f"{reader}.weight", []).append((r1, weight.to(wide) + offset))
+                    inputs[reader] = r1.shape[0]
+                replaced[f"{norm}.weight"] = torch.full_like(weight, 1.0 - offset)  # the gain now 1
+            for writer in layout.writers:
+                rows.setdefault(f"{writer}.weight", []).append(r1)
+                if isinstance(model.get_submodule(writer).bias, torch.Tensor):
+                    columns.setdefault(f"{writer}.bias", []).append((r1, None))
+        r2: dict[int, torch.Tensor] = {}
+        for value, output, head_dim in pairs:
+            if head_dim not in r2:
+                r2[head_dim] = draw(_order(head_dim, head_dim, spec, "A value head",
+                                           "leave the heads (R2) unrotated for this model."))
+            rows.setdefault(f"{value}.weight", []).append(r2[head_dim])
+            if isinstance(model.get_submodule(value).bias, torch.Tensor):
+                columns.setdefault(f"{value}.bias", []).append((r2[head_dim], None))
+            columns.setdefault(f"{output}.weight", []).append((r2[head_dim], None))
+            inputs[output] = head_dim
+        names = sorted(set(columns) | set(rows))
+        sizes = [model.get_parameter(name).numel() for name in names]
+        widest = max(sizes, default=0) * wide.itemsize
+        kept = sum(sizes) * model.dtype.itemsize
+        with guard.current().reserve_memory("Fusing the rotations (a turned copy of the model's weights)", kept + 3 * widest):
             for number, name in enumerate(names):
                 original = model.get_parameter(name).detach()
-                value = original.to(wide_dtype(original.dtype))
+                value = original.to(wide)
                 for matrix, gain in columns.get(name, []):
-                    value = turned(value * gain.to(value) if gain is not None else value, matrix)
+                    value = turned(value * gain if gain is not None else value, matrix)
                 for matrix in rows.get(name, []):
                     value = turned(value.T, matrix).T
                 replaced[name] = value.to(original.dtype).contiguous()
                 progress(0.8 * (number + 1) / len(names), f"Turned {name}")
-        fused = FusedRotations(replaced, r1.shape[0] if r1 is not None else None, next(iter(r2), None),
-                               layout is not None and layout.tied, 0.0)
-        fused.change = output_change(loaded, fused.plan(), probe)
+            fused = FusedRotations(replaced, r1.shape[0] if r1 is not None else None, next(iter(r2), None),
+                                   layout is not None and layout.tied, 0.0, inputs)
+            fused.change = output_change(loaded, fused.plan(), probe)
     if fused.change > (tolerance(loaded) if model.dtype == torch.float32 else HALF_TOLERANCE):
         raise CalibscopeError(f"Fusing the rotations changed the model's logits by {fused.change:.2%}, more than rounding: "
                               f"{loaded.info.name}'s layout is not one calibscope can turn exactly. Rotate the inputs online "

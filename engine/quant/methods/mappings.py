@@ -127,13 +127,18 @@ def norm_readers(loaded: LoadedModel) -> dict[str, list[str]]:
 
     handles = [module.register_forward_hook(after_norm) for module in norms]
     handles += [module.register_forward_pre_hook(before_layer) for module in everything]
+    probe_with(loaded, handles)
+    return readers
+
+
+def probe_with(loaded: LoadedModel, handles: list) -> None:
+    """One forward of the probe through the hooks of ``handles`` (registered), which are removed after."""
     try:
         with loaded.lock, torch.inference_mode():
-            model(input_ids=probe_tokens(loaded))
+            loaded.model(input_ids=probe_tokens(loaded))
     finally:
         for handle in handles:
             handle.remove()
-    return readers
 
 
 def norm_mappings(loaded: LoadedModel, layers: list[LinearLayer]) -> list[ScalingMapping]:
