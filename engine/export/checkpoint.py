@@ -33,7 +33,7 @@ from engine.errors import ExportError, SpecError
 from engine.export import compressed, gptq_format, transforms
 from engine.export.experts import expert_linears
 from engine.export.shards import DEFAULT_SHARD_BYTES, ShardWriter
-from engine.models import CheckpointWeights, ExpertsLayer, LoadedModel, find_experts
+from engine.models import CheckpointWeights, ExpertsLayer, LoadedModel, find_experts, tied_head
 from engine.quant import IntWeight, QuantizedModel, QuantSpec
 from engine.specs import choice
 
@@ -335,11 +335,11 @@ def _untied(loaded: LoadedModel, floats: dict[str, torch.Tensor]) -> bool:
     one); under the model's lock, where no other session's plan has untied them for a while."""
     model = loaded.model
     with loaded.lock:
-        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-        if head is None or embedding is None or head.weight is not embedding.weight:
+        if not tied_head(model):
             return False
     names = {module: name for name, module in model.named_modules()}
-    return f"{names[head]}.weight" in floats or f"{names[embedding]}.weight" in floats
+    return (f"{names[model.get_output_embeddings()]}.weight" in floats
+            or f"{names[model.get_input_embeddings()]}.weight" in floats)
 
 
 def _is_head(loaded: LoadedModel, name: str) -> bool:

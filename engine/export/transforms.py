@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
 
+from engine.models import tied_head
 from engine.quant import InputRotation, QuantSpec, RotationMatrix, quantizable_layers
 
 GROUP = "v"  # llm-compressor QuIP's name for its input rotation
@@ -56,10 +57,9 @@ def transform_bytes(loaded, spec: QuantSpec, dtype: torch.dtype) -> int:
     rotatable layer), and an LM head tied to the embeddings that R1 turns apart (written twice)."""
     if spec.rotation is None:
         return 0
-    with loaded.lock:  # no other session's plan has untied them for a while
-        head, embedding = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
-        untied = (head.weight.numel() * dtype.itemsize if spec.rotation.residual and head is not None
-                  and embedding is not None and head.weight is embedding.weight else 0)
+    with loaded.lock:
+        tied = tied_head(loaded.model)
+    untied = loaded.model.get_output_embeddings().weight.numel() * dtype.itemsize if spec.rotation.residual and tied else 0
     if spec.rotation.online() is None:
         return untied
     return untied + sum((spec.rotation.block or layer.in_features) ** 2 * dtype.itemsize

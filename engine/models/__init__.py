@@ -9,6 +9,7 @@ from engine.models.layers import (
     block_of,
     find_experts,
     find_linear_layers,
+    tied_head,
 )
 from engine.models.loading import (
     LoadedModel,
@@ -58,4 +59,5 @@ __all__ = [
     "find_linear_layers",
     "from_model",
     "load_model",
+    "tied_head",
 ]

@@ -238,3 +238,11 @@ def find_experts(model: nn.Module) -> list[ExpertsLayer]:
 def _called_pre_routed(module: nn.Module) -> bool:
     """Experts whose forward takes the hidden states alone (Llama 4), not (hidden, top_k_index, top_k_weights)."""
     return len(inspect.signature(module.forward).parameters) == 1
+
+
+def tied_head(model: nn.Module) -> bool:
+    """Whether the LM head's weight is the input embeddings' tensor (read it under the model's lock:
+    a plan with fused rotations unties them while it is in the model)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return head is not None and embedding is not None and head.weight is embedding.weight

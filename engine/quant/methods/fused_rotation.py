@@ -34,7 +34,7 @@ from torch import nn
 from engine import guard
 from engine.errors import CalibscopeError
 from engine.hooks import cached_attention
-from engine.models import LoadedModel, find_experts, find_linear_layers
+from engine.models import LoadedModel, find_experts, find_linear_layers, tied_head
 from engine.progress import Progress, no_progress, scaled
 from engine.quant.apply import QuantizedModel
 from engine.quant.formats.hadamard import hadamard, has_hadamard, has_random_hadamard, random_hadamard, turned, wide_dtype
@@ -153,7 +153,7 @@ def residual_layout(loaded: LoadedModel) -> ResidualLayout:
                                   "channel by channel, which no fused weight undoes, so the residual stream (R1) cannot "
                                   "be rotated exactly. Rotate the heads (R2) and the inputs online instead.")
     return ResidualLayout(f"{names[embedding]}.weight", f"{names[head]}.weight", norms,
-                          tuple(layer.name for layer in layers), head.weight is embedding.weight)
+                          tuple(layer.name for layer in layers), tied_head(model))
 
 
 def final_norm(loaded: LoadedModel, candidates: list[str]) -> str | None:
